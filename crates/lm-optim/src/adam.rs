@@ -1,0 +1,413 @@
+//! Adam and AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019), with PyTorch's semantics.
+//!
+//! With gradient `g_t` at step `t` (from 1):
+//!
+//! ```text
+//! m_t = β1·m_{t−1} + (1 − β1)·g_t            first moment
+//! v_t = β2·v_{t−1} + (1 − β2)·g_t²           second moment
+//! m̂_t = m_t / (1 − β1^t),  v̂_t = v_t / (1 − β2^t)    bias correction
+//! θ_t = θ_{t−1} − η·m̂_t / (√v̂_t + ε)
+//! ```
+//!
+//! Weight decay is either coupled L2 (`g_t ← g_t + λθ`, Adam) or decoupled
+//! (`θ ← θ − ηλθ` before the update, AdamW). AMSGrad replaces `v̂` by its running maximum.
+//!
+//! On CPU with f32 parameters the whole update is one fused in-place pass over
+//! (θ, g, m, v): ~28 bytes moved per parameter, no temporary tensors. Elsewhere it is the same
+//! math in candle ops.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use candle_core::{
+    backprop::GradStore, CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var,
+};
+
+use crate::error::{check, OptimError, Result};
+use crate::optimizer::{
+    check_unique_names, read_step, step_tensor, take_state, Optimizer, ParamGroup,
+};
+
+/// How weight decay enters the update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDecay {
+    /// L2 regularization: `λθ` is added to the gradient (PyTorch `Adam(weight_decay=λ)`).
+    Coupled,
+    /// Decoupled: `θ ← θ·(1 − ηλ)` before the Adam step (PyTorch `AdamW`).
+    Decoupled,
+}
+
+/// Hyperparameters of [`Adam`]. `weight_decay` λ itself lives in each [`ParamGroup`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    /// β1, the first-moment decay.
+    pub beta1: f64,
+    /// β2, the second-moment decay.
+    pub beta2: f64,
+    /// ε added to `√v̂`.
+    pub eps: f64,
+    /// How the groups' λ is applied.
+    pub weight_decay: WeightDecay,
+    /// Use the running maximum of `v̂` (Reddi et al. 2018).
+    pub amsgrad: bool,
+}
+
+impl AdamConfig {
+    /// PyTorch's `Adam` defaults: β = (0.9, 0.999), ε = 1e−8, coupled decay.
+    pub fn adam() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: WeightDecay::Coupled,
+            amsgrad: false,
+        }
+    }
+
+    /// PyTorch's `AdamW` defaults: as [`AdamConfig::adam`] with decoupled decay.
+    pub fn adamw() -> Self {
+        Self {
+            weight_decay: WeightDecay::Decoupled,
+            ..Self::adam()
+        }
+    }
+
+    /// With the given betas.
+    pub fn with_betas(mut self, beta1: f64, beta2: f64) -> Self {
+        self.beta1 = beta1;
+        self.beta2 = beta2;
+        self
+    }
+
+    /// With the given ε.
+    pub fn with_eps(mut self, eps: f64) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        check((0.0..1.0).contains(&self.beta1), "beta1", self.beta1, "a value in [0, 1)")?;
+        check((0.0..1.0).contains(&self.beta2), "beta2", self.beta2, "a value in [0, 1)")?;
+        check(self.eps > 0.0, "eps", self.eps, "> 0")
+    }
+}
+
+/// A moment buffer: host memory for the fused CPU path, a tensor elsewhere.
+#[derive(Debug)]
+enum Moment {
+    Host(Vec<f32>),
+    Device(Tensor),
+}
+
+impl Moment {
+    fn zeros(var: &Var) -> Result<Self> {
+        Ok(if fused_path(var) {
+            Moment::Host(vec![0.0; var.elem_count()])
+        } else {
+            Moment::Device(var.zeros_like()?.to_dtype(DType::F32)?)
+        })
+    }
+
+    fn to_tensor(&self, like: &Var) -> Result<Tensor> {
+        Ok(match self {
+            Moment::Host(v) => Tensor::from_slice(v, like.shape(), &Device::Cpu)?,
+            Moment::Device(t) => t.clone(),
+        })
+    }
+
+    fn from_tensor(t: Tensor, var: &Var) -> Result<Self> {
+        Ok(if fused_path(var) {
+            Moment::Host(t.flatten_all()?.to_vec1::<f32>()?)
+        } else {
+            Moment::Device(t.to_device(var.device())?)
+        })
+    }
+}
+
+fn fused_path(var: &Var) -> bool {
+    var.device().is_cpu() && var.dtype() == DType::F32
+}
+
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    var: Var,
+    m: Moment,
+    v: Moment,
+    v_max: Option<Moment>,
+}
+
+/// Adam or AdamW over parameter groups.
+#[derive(Debug)]
+pub struct Adam {
+    cfg: AdamConfig,
+    groups: Vec<(ParamGroup, Vec<Slot>)>,
+    t: u64,
+}
+
+/// Per-step scalars of the update, shared by both paths.
+#[derive(Debug, Clone, Copy)]
+struct StepScalars {
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    /// η / (1 − β1^t)
+    step_size: f32,
+    /// 1 / √(1 − β2^t)
+    inv_sqrt_bc2: f32,
+    /// λ added to the gradient (coupled), else 0.
+    l2: f32,
+    /// 1 − ηλ (decoupled), else 1.
+    decay: f32,
+}
+
+impl Adam {
+    /// Adam/AdamW over `groups`. Refuses β outside [0, 1), ε ≤ 0, negative λ or lr scale, and
+    /// duplicate parameter names.
+    pub fn new(groups: Vec<ParamGroup>, cfg: AdamConfig) -> Result<Self> {
+        cfg.validate()?;
+        check_unique_names(&groups)?;
+        let groups = groups
+            .into_iter()
+            .map(|g| {
+                let slots = g
+                    .params
+                    .iter()
+                    .map(|(name, var)| {
+                        Ok(Slot {
+                            name: name.clone(),
+                            var: var.clone(),
+                            m: Moment::zeros(var)?,
+                            v: Moment::zeros(var)?,
+                            v_max: if cfg.amsgrad { Some(Moment::zeros(var)?) } else { None },
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((g, slots))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { cfg, groups, t: 0 })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AdamConfig {
+        &self.cfg
+    }
+
+    fn scalars(&self, group: &ParamGroup, lr: f64) -> StepScalars {
+        let t = self.t as i32;
+        let lr = lr * group.lr_scale;
+        let (l2, decay) = match self.cfg.weight_decay {
+            WeightDecay::Coupled => (group.weight_decay, 1.0),
+            WeightDecay::Decoupled => (0.0, 1.0 - lr * group.weight_decay),
+        };
+        StepScalars {
+            beta1: self.cfg.beta1 as f32,
+            beta2: self.cfg.beta2 as f32,
+            eps: self.cfg.eps as f32,
+            step_size: (lr / (1.0 - self.cfg.beta1.powi(t))) as f32,
+            inv_sqrt_bc2: (1.0 / (1.0 - self.cfg.beta2.powi(t)).sqrt()) as f32,
+            l2: l2 as f32,
+            decay: decay as f32,
+        }
+    }
+}
+
+fn composite_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
+    let theta = slot.var.as_tensor().to_dtype(DType::F32)?;
+    let mut g = g.to_dtype(DType::F32)?;
+    if s.l2 != 0.0 {
+        g = (g + (&theta * s.l2 as f64)?)?;
+    }
+    let (Moment::Device(m), Moment::Device(v)) = (&slot.m, &slot.v) else {
+        unreachable!("device parameters have device moments")
+    };
+    let m = ((m * s.beta1 as f64)? + (&g * (1.0 - s.beta1 as f64))?)?;
+    let v = ((v * s.beta2 as f64)? + (g.sqr()? * (1.0 - s.beta2 as f64))?)?;
+    let v_hat_src = match &mut slot.v_max {
+        Some(Moment::Device(vm)) => {
+            *vm = vm.maximum(&v)?;
+            vm.clone()
+        }
+        _ => v.clone(),
+    };
+    let denom = ((v_hat_src.sqrt()? * s.inv_sqrt_bc2 as f64)? + s.eps as f64)?;
+    let update = (m.div(&denom)? * s.step_size as f64)?;
+    let new_theta = ((theta * s.decay as f64)? - update)?;
+    slot.var.set(&new_theta.to_dtype(slot.var.dtype())?)?;
+    slot.m = Moment::Device(m);
+    slot.v = Moment::Device(v);
+    Ok(())
+}
+
+/// The fused CPU update: one pass over θ (mutated in place) and g, updating m and v.
+struct FusedAdam<'a> {
+    m: RefCell<&'a mut [f32]>,
+    v: RefCell<&'a mut [f32]>,
+    v_max: Option<RefCell<&'a mut [f32]>>,
+    s: StepScalars,
+}
+
+impl InplaceOp2 for FusedAdam<'_> {
+    fn name(&self) -> &'static str {
+        "fused-adam"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(theta), CpuStorage::F32(grad)) = (s1, s2) else {
+            candle_core::bail!("fused-adam: parameter and gradient must be f32")
+        };
+        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("fused-adam: parameter and gradient must be contiguous")
+        };
+        let theta = &mut theta[t0..t1];
+        let grad = &grad[g0..g1];
+        let mut m = self.m.borrow_mut();
+        let mut v = self.v.borrow_mut();
+        if theta.len() != grad.len() || m.len() != theta.len() {
+            candle_core::bail!("fused-adam: parameter, gradient and state sizes differ")
+        }
+        let s = self.s;
+        let (one_m_b1, one_m_b2) = (1.0 - s.beta1, 1.0 - s.beta2);
+        match &self.v_max {
+            None => {
+                for (((p, &g), m), v) in theta.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    let g = g + s.l2 * *p;
+                    *m = s.beta1 * *m + one_m_b1 * g;
+                    *v = s.beta2 * *v + one_m_b2 * g * g;
+                    let denom = v.sqrt() * s.inv_sqrt_bc2 + s.eps;
+                    *p = *p * s.decay - s.step_size * *m / denom;
+                }
+            }
+            Some(v_max) => {
+                let mut v_max = v_max.borrow_mut();
+                for ((((p, &g), m), v), vm) in theta
+                    .iter_mut()
+                    .zip(grad)
+                    .zip(m.iter_mut())
+                    .zip(v.iter_mut())
+                    .zip(v_max.iter_mut())
+                {
+                    let g = g + s.l2 * *p;
+                    *m = s.beta1 * *m + one_m_b1 * g;
+                    *v = s.beta2 * *v + one_m_b2 * g * g;
+                    *vm = vm.max(*v);
+                    let denom = vm.sqrt() * s.inv_sqrt_bc2 + s.eps;
+                    *p = *p * s.decay - s.step_size * *m / denom;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fused_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
+    let g = if g.dtype() == DType::F32 { g.clone() } else { g.to_dtype(DType::F32)? };
+    let g = if g.is_contiguous() { g } else { g.contiguous()? };
+    let (Moment::Host(m), Moment::Host(v)) = (&mut slot.m, &mut slot.v) else {
+        unreachable!("cpu f32 parameters have host moments")
+    };
+    let v_max = match &mut slot.v_max {
+        Some(Moment::Host(vm)) => Some(RefCell::new(vm.as_mut_slice())),
+        _ => None,
+    };
+    let op = FusedAdam {
+        m: RefCell::new(m.as_mut_slice()),
+        v: RefCell::new(v.as_mut_slice()),
+        v_max,
+        s,
+    };
+    slot.var.as_tensor().inplace_op2(&g, &op)?;
+    Ok(())
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        check(lr >= 0.0 && lr.is_finite(), "lr", lr, "a finite value ≥ 0")?;
+        self.t += 1;
+        for gi in 0..self.groups.len() {
+            let s = self.scalars(&self.groups[gi].0, lr);
+            for slot in &mut self.groups[gi].1 {
+                let Some(g) = grads.get(slot.var.as_tensor()) else {
+                    continue;
+                };
+                if g.dims() != slot.var.dims() {
+                    return Err(OptimError::BadState {
+                        key: slot.name.clone(),
+                        problem: format!(
+                            "gradient shape {:?} differs from parameter shape {:?}",
+                            g.dims(),
+                            slot.var.dims()
+                        ),
+                    });
+                }
+                if fused_path(&slot.var) {
+                    fused_step(slot, g, s)?;
+                } else {
+                    composite_step(slot, g, s)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn steps(&self) -> u64 {
+        self.t
+    }
+
+    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![("step".to_string(), step_tensor(self.t)?)];
+        for (_, slots) in &self.groups {
+            for slot in slots {
+                out.push((format!("{}.exp_avg", slot.name), slot.m.to_tensor(&slot.var)?));
+                out.push((format!("{}.exp_avg_sq", slot.name), slot.v.to_tensor(&slot.var)?));
+                if let Some(vm) = &slot.v_max {
+                    out.push((format!("{}.max_exp_avg_sq", slot.name), vm.to_tensor(&slot.var)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_state_tensors(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let t = read_step(state)?;
+        for (_, slots) in &mut self.groups {
+            for slot in slots {
+                let like = slot.var.as_tensor();
+                let m = take_state(state, &format!("{}.exp_avg", slot.name), like)?;
+                let v = take_state(state, &format!("{}.exp_avg_sq", slot.name), like)?;
+                slot.m = Moment::from_tensor(m, &slot.var)?;
+                slot.v = Moment::from_tensor(v, &slot.var)?;
+                if slot.v_max.is_some() {
+                    let vm = take_state(state, &format!("{}.max_exp_avg_sq", slot.name), like)?;
+                    slot.v_max = Some(Moment::from_tensor(vm, &slot.var)?);
+                }
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+
+    fn state_bytes(&self) -> usize {
+        let per = if self.cfg.amsgrad { 3 } else { 2 };
+        self.groups
+            .iter()
+            .flat_map(|(_, s)| s.iter())
+            .map(|s| per * 4 * s.var.elem_count())
+            .sum()
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        self.groups
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(|s| s.var.clone()))
+            .collect()
+    }
+}

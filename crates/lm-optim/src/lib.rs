@@ -1,0 +1,35 @@
+//! # lm-optim
+//!
+//! Optimizers for any candle model, built from small pieces: an update rule ([`Adam`], …) over
+//! [`ParamGroup`]s, a learning rate per step from a [`Schedule`], gradient clipping
+//! ([`clip::clip_grad_norm`]) and keyed initialization ([`init`]).
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup, Schedule};
+//!
+//! let w = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
+//! let mut opt = Adam::new(
+//!     vec![ParamGroup::new("all", vec![("w".into(), w.clone())], 0.0)],
+//!     AdamConfig::adamw(),
+//! ).unwrap();
+//! let schedule = Schedule::warmup_cosine(0.1, 0.01, 0.0, 10.0).unwrap();
+//! let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
+//! let grads = loss.backward().unwrap();
+//! opt.step(&grads, schedule.value(0.0)).unwrap();
+//! // Adam's first step moves each coordinate by lr against the sign of its gradient.
+//! let w = w.as_tensor().to_vec1::<f32>().unwrap();
+//! assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 1.9).abs() < 1e-6);
+//! ```
+
+pub mod adam;
+pub mod clip;
+mod error;
+pub mod init;
+pub mod optimizer;
+pub mod schedule;
+
+pub use adam::{Adam, AdamConfig, WeightDecay};
+pub use error::{OptimError, Result};
+pub use optimizer::{load_state, save_state, Optimizer, ParamGroup};
+pub use schedule::{BatchSizeRamp, Schedule};

@@ -1,0 +1,133 @@
+//! The optimizer interface shared by every update rule, and parameter groups.
+//!
+//! Any candle model works: an optimizer holds the model's [`Var`]s, reads their gradients from
+//! the [`GradStore`] that `loss.backward()` returns, and is told the learning rate of each step by
+//! the caller (normally from a [`crate::Schedule`]), so schedules, clipping and loss scaling stay
+//! separate pieces.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+
+use crate::error::{check, OptimError, Result};
+
+/// A named set of parameters sharing weight decay and a learning-rate multiplier
+/// (e.g. "decay" for matrices and "no_decay" for biases and norm gains).
+#[derive(Debug, Clone)]
+pub struct ParamGroup {
+    /// The group's name, used in errors and logs.
+    pub name: String,
+    /// The parameters, each with a unique name (used as the key of its saved state).
+    pub params: Vec<(String, Var)>,
+    /// Weight-decay coefficient λ of the group.
+    pub weight_decay: f64,
+    /// The group's learning rate is `lr · lr_scale`.
+    pub lr_scale: f64,
+}
+
+impl ParamGroup {
+    /// A group with the given weight decay and `lr_scale` 1.
+    pub fn new(name: impl Into<String>, params: Vec<(String, Var)>, weight_decay: f64) -> Self {
+        Self {
+            name: name.into(),
+            params,
+            weight_decay,
+            lr_scale: 1.0,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        check(
+            self.weight_decay >= 0.0,
+            "weight_decay",
+            self.weight_decay,
+            "≥ 0",
+        )?;
+        check(self.lr_scale >= 0.0, "lr_scale", self.lr_scale, "≥ 0")
+    }
+}
+
+/// An update rule over parameter groups.
+pub trait Optimizer {
+    /// Applies one update with base learning rate `lr`, reading gradients from `grads`.
+    /// Parameters without a gradient are left as they are.
+    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()>;
+
+    /// Number of updates applied so far (`t` in the chapter's bias correction).
+    fn steps(&self) -> u64;
+
+    /// All state as named tensors (for [`save_state`]).
+    fn state_tensors(&self) -> Result<Vec<(String, Tensor)>>;
+
+    /// Restores state produced by [`Optimizer::state_tensors`] on the same parameters.
+    fn load_state_tensors(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
+
+    /// Bytes of optimizer state held (not counting parameters and gradients).
+    fn state_bytes(&self) -> usize;
+
+    /// All parameters, in group order.
+    fn vars(&self) -> Vec<Var>;
+}
+
+/// Writes an optimizer's state to a safetensors file.
+pub fn save_state(opt: &dyn Optimizer, path: &Path) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = opt.state_tensors()?.into_iter().collect();
+    candle_core::safetensors::save(&tensors, path)?;
+    Ok(())
+}
+
+/// Reads state written by [`save_state`] into an optimizer built over the same parameters.
+pub fn load_state(opt: &mut dyn Optimizer, path: &Path, device: &Device) -> Result<()> {
+    let tensors = candle_core::safetensors::load(path, device)?;
+    opt.load_state_tensors(&tensors)
+}
+
+/// The step counter as a tensor, so that it travels with the rest of the state.
+pub(crate) fn step_tensor(t: u64) -> Result<Tensor> {
+    Ok(Tensor::new(&[t as i64], &Device::Cpu)?)
+}
+
+pub(crate) fn read_step(state: &HashMap<String, Tensor>) -> Result<u64> {
+    let t = state.get("step").ok_or_else(|| OptimError::BadState {
+        key: "step".into(),
+        problem: "missing".into(),
+    })?;
+    Ok(t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?[0].max(0) as u64)
+}
+
+/// Reads one state tensor and checks its shape.
+pub(crate) fn take_state(
+    state: &HashMap<String, Tensor>,
+    key: &str,
+    like: &Tensor,
+) -> Result<Tensor> {
+    let t = state.get(key).ok_or_else(|| OptimError::BadState {
+        key: key.into(),
+        problem: "missing".into(),
+    })?;
+    if t.dims() != like.dims() {
+        return Err(OptimError::BadState {
+            key: key.into(),
+            problem: format!("shape {:?}, expected {:?}", t.dims(), like.dims()),
+        });
+    }
+    Ok(t.to_dtype(DType::F32)?)
+}
+
+/// Checks that parameter names are unique across groups (they key the saved state).
+pub(crate) fn check_unique_names(groups: &[ParamGroup]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for g in groups {
+        g.validate()?;
+        for (name, _) in &g.params {
+            if !seen.insert(name.as_str()) {
+                return Err(OptimError::BadState {
+                    key: name.clone(),
+                    problem: "parameter name appears twice".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,28 @@
-//! placeholder
+//! # lm-models
+//!
+//! Trainable language models in candle, one readable file per architecture, with HuggingFace
+//! parameter names so checkpoints move between this project and the tools people already use.
+//!
+//! - [`gpt`]: decoder-only GPT (GPT-2 layout).
+//! - [`ops`]: differentiable layer norm, RMS norm, softmax and seeded dropout.
+//! - [`params`]: the parameter store (a `VarBuilder` backend with keyed initialization).
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use lm_models::gpt::{Gpt, GptConfig};
+//!
+//! let (model, params) = Gpt::init(&GptConfig::tiny(10), 0, &Device::Cpu).unwrap();
+//! let idx = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+//! assert_eq!(model.forward(&idx).unwrap().dims(), &[1, 3, 10]);
+//! assert_eq!(params.num_params(), GptConfig::tiny(10).num_params());
+//! ```
+
+mod error;
+pub mod gpt;
+pub mod ops;
+pub mod params;
+mod sampling;
+
+pub use error::{ModelError, Result};
+pub use params::ParamStore;
+pub use sampling::Sampling;

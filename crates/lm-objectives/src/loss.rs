@@ -59,7 +59,12 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> R
         });
     }
     let vocab = logits.dim(D::Minus1)?;
-    let logits = logits.reshape(((), vocab))?.to_dtype(DType::F32)?;
+    let logits = logits.reshape(((), vocab))?;
+    // Half precision is widened: the log-sum-exp needs f32's range. f32 and f64 stay as they are.
+    let logits = match logits.dtype() {
+        DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,
+        _ => logits,
+    };
     let targets = targets.flatten_all()?.to_dtype(DType::I64)?;
     if logits.dim(0)? != targets.dim(0)? {
         return Err(ObjectiveError::BadTensor {
@@ -69,7 +74,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> R
         });
     }
     let counted = targets.ne(cfg.ignore_index)?;
-    let weight = counted.to_dtype(DType::F32)?;
+    let weight = counted.to_dtype(logits.dtype())?;
     let safe_targets = counted.where_cond(&targets, &targets.zeros_like()?)?;
     let log_probs = log_softmax_last_dim(&logits)?;
     let picked = log_probs.gather(&safe_targets.unsqueeze(1)?, 1)?.squeeze(1)?;
@@ -82,7 +87,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> R
     Ok(match cfg.reduction {
         Reduction::Sum => total,
         Reduction::Mean => {
-            let count = weight.sum_all()?.to_scalar::<f32>()?;
+            let count = weight.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             (total / count.max(1.0) as f64)?
         }
     })

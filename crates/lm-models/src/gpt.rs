@@ -1,0 +1,353 @@
+//! GPT (decoder-only), laid out as HuggingFace's `GPT2LMHeadModel`.
+//!
+//! The chapter's decoder-only model: `p(x_{i+1} | x_{1:i}) = softmax(E φ(x_{1:i})_i)` where
+//! `φ` is a stack of causal transformer blocks and the output embedding is the token embedding
+//! `E` itself (tied). Top to bottom in the order data flows: embeddings, blocks
+//! (pre-LayerNorm, causal self-attention, GELU MLP), final LayerNorm, tied head.
+//!
+//! Linear layers use GPT-2's `Conv1D` layout: the weight is `[in, out]` and `y = x·W + b`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::ops::{causal_mask, layer_norm, softmax_last_dim, Dropout};
+use crate::params::ParamStore;
+
+/// GPT hyperparameters, with HuggingFace `GPT2Config` key names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptConfig {
+    /// Vocabulary size V.
+    pub vocab_size: usize,
+    /// Longest sequence (learned positions).
+    pub n_positions: usize,
+    /// Model width d.
+    pub n_embd: usize,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Attention heads per block; must divide `n_embd`.
+    pub n_head: usize,
+    /// ε of every LayerNorm.
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_epsilon: f64,
+    /// Dropout after embeddings, attention probabilities and residual branches.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Standard deviation of the initialization (GPT-2: 0.02).
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+}
+
+fn default_ln_eps() -> f64 {
+    1e-5
+}
+fn default_init_range() -> f64 {
+    0.02
+}
+
+impl GptConfig {
+    /// A configuration with GPT-2's defaults for everything but the sizes.
+    pub fn new(vocab_size: usize, n_positions: usize, n_embd: usize, n_layer: usize, n_head: usize) -> Self {
+        Self {
+            vocab_size,
+            n_positions,
+            n_embd,
+            n_layer,
+            n_head,
+            layer_norm_epsilon: 1e-5,
+            dropout: 0.0,
+            initializer_range: 0.02,
+        }
+    }
+
+    /// GPT-2 small: 12 layers, 12 heads, d = 768, 50257 tokens, 1024 positions (124 M parameters).
+    pub fn gpt2_small() -> Self {
+        Self::new(50257, 1024, 768, 12, 12)
+    }
+
+    /// A tiny model for tests.
+    pub fn tiny(vocab_size: usize) -> Self {
+        Self::new(vocab_size, 16, 16, 2, 2)
+    }
+
+    /// Checks the sizes agree with each other.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key, problem: String| Err(ModelError::BadConfig { key, problem });
+        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+            return bad(
+                "n_embd",
+                format!("n_embd = {} is not divisible by n_head = {}", self.n_embd, self.n_head),
+            );
+        }
+        if self.vocab_size == 0 || self.n_positions == 0 || self.n_layer == 0 {
+            return bad("vocab_size", "vocab_size, n_positions and n_layer must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", format!("{} is not in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+
+    /// Number of parameters (the tied head counted once).
+    pub fn num_params(&self) -> usize {
+        let d = self.n_embd;
+        let block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d);
+        self.vocab_size * d + self.n_positions * d + self.n_layer * block + 2 * d
+    }
+
+    /// Training FLOPs per token at context length `t` (PaLM appendix B, as nanoGPT's MFU):
+    /// `6·N + 12·L·d·t`, N without position embeddings.
+    pub fn flops_per_token(&self, t: usize) -> f64 {
+        let n = (self.num_params() - self.n_positions * self.n_embd) as f64;
+        6.0 * n + 12.0 * (self.n_layer * self.n_embd * t) as f64
+    }
+}
+
+/// A GPT-2 `Conv1D`: `y = x·W + b` with `W: [in, out]`.
+#[derive(Debug, Clone)]
+struct Conv1D {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv1D {
+    fn new(n_in: usize, n_out: usize, std: f64, vb: VarBuilder) -> candle_core::Result<Self> {
+        let weight = vb.get_with_hints((n_in, n_out), "weight", Init::Randn { mean: 0.0, stdev: std })?;
+        let bias = vb.get_with_hints(n_out, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, n_in) = x.dims3()?;
+        x.reshape((b * t, n_in))?
+            .matmul(&self.weight)?
+            .broadcast_add(&self.bias)?
+            .reshape((b, t, ()))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(d: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(d, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(d, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        layer_norm(x, &self.weight, Some(&self.bias), self.eps)
+    }
+}
+
+/// Multi-head causal self-attention:
+/// `softmax(QKᵀ/√d_head + M) V` per head, heads concatenated and projected.
+#[derive(Debug)]
+struct CausalSelfAttention {
+    c_attn: Conv1D,
+    c_proj: Conv1D,
+    n_head: usize,
+    attn_dropout: Dropout,
+    resid_dropout: Dropout,
+}
+
+impl CausalSelfAttention {
+    fn new(cfg: &GptConfig, layer: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        let d = cfg.n_embd;
+        let std = cfg.initializer_range;
+        // GPT-2: residual output projections get std / √(2·n_layer).
+        let proj_std = std / ((2 * cfg.n_layer) as f64).sqrt();
+        Ok(Self {
+            c_attn: Conv1D::new(d, 3 * d, std, vb.pp("c_attn"))?,
+            c_proj: Conv1D::new(d, d, proj_std, vb.pp("c_proj"))?,
+            n_head: cfg.n_head,
+            attn_dropout: Dropout::new(cfg.dropout, 0xA77E_0000 + layer as u64),
+            resid_dropout: Dropout::new(cfg.dropout, 0x2E51_0000 + layer as u64),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let hd = d / self.n_head;
+        let qkv = self.c_attn.forward(x)?;
+        let heads = |i: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(D::Minus1, i * d, d)?
+                .reshape((b, t, self.n_head, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
+        let probs = self.attn_dropout.forward(&softmax_last_dim(&scores)?, train)?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        self.resid_dropout.forward(&self.c_proj.forward(&y)?, train)
+    }
+}
+
+/// The position-wise MLP: `c_proj(GELU(c_fc(x)))`, width 4d, GPT-2's tanh GELU.
+#[derive(Debug)]
+struct Mlp {
+    c_fc: Conv1D,
+    c_proj: Conv1D,
+    dropout: Dropout,
+}
+
+impl Mlp {
+    fn new(cfg: &GptConfig, layer: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        let d = cfg.n_embd;
+        let proj_std = cfg.initializer_range / ((2 * cfg.n_layer) as f64).sqrt();
+        Ok(Self {
+            c_fc: Conv1D::new(d, 4 * d, cfg.initializer_range, vb.pp("c_fc"))?,
+            c_proj: Conv1D::new(4 * d, d, proj_std, vb.pp("c_proj"))?,
+            dropout: Dropout::new(cfg.dropout, 0x3171_0000 + layer as u64),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let h = self.c_fc.forward(x)?.gelu()?;
+        self.dropout.forward(&self.c_proj.forward(&h)?, train)
+    }
+}
+
+/// A pre-LayerNorm block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+#[derive(Debug)]
+struct Block {
+    ln_1: LayerNorm,
+    attn: CausalSelfAttention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(cfg: &GptConfig, layer: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            ln_1: LayerNorm::new(cfg.n_embd, cfg.layer_norm_epsilon, vb.pp("ln_1"))?,
+            attn: CausalSelfAttention::new(cfg, layer, vb.pp("attn"))?,
+            ln_2: LayerNorm::new(cfg.n_embd, cfg.layer_norm_epsilon, vb.pp("ln_2"))?,
+            mlp: Mlp::new(cfg, layer, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask, train)?)?;
+        &x + self.mlp.forward(&self.ln_2.forward(&x)?, train)?
+    }
+}
+
+/// GPT with a tied language-modeling head.
+#[derive(Debug)]
+pub struct Gpt {
+    cfg: GptConfig,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    embd_dropout: Dropout,
+    training: AtomicBool,
+}
+
+impl Gpt {
+    /// Builds the model from `vb` (HF names under `transformer.`), creating missing parameters
+    /// with GPT-2's initialization: `N(0, 0.02)` weights, zero biases, unit LayerNorm gains, and
+    /// residual output projections at `0.02/√(2·n_layer)`.
+    pub fn new(cfg: &GptConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let vb = vb.pp("transformer");
+        let std = cfg.initializer_range;
+        let wte = vb.pp("wte").get_with_hints((cfg.vocab_size, cfg.n_embd), "weight", Init::Randn { mean: 0.0, stdev: std })?;
+        let wpe = vb.pp("wpe").get_with_hints((cfg.n_positions, cfg.n_embd), "weight", Init::Randn { mean: 0.0, stdev: std })?;
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block::new(cfg, i, vb.pp("h").pp(i)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::new(cfg.n_embd, cfg.layer_norm_epsilon, vb.pp("ln_f"))?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            embd_dropout: Dropout::new(cfg.dropout, 0xE3BD_0000),
+            training: AtomicBool::new(true),
+        })
+    }
+
+    /// A freshly initialized model and its parameters, keyed by `seed`.
+    pub fn init(cfg: &GptConfig, seed: u64, device: &Device) -> Result<(Self, ParamStore)> {
+        let store = ParamStore::new(seed);
+        let model = Self::new(cfg, store.var_builder(DType::F32, device))?;
+        Ok((model, store))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    /// Switches dropout on (training) or off (evaluation).
+    pub fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
+    }
+
+    /// Logits `[b, t, V]` for token ids `[b, t]` (`u32`).
+    pub fn forward(&self, idx: &Tensor) -> Result<Tensor> {
+        let (b, t) = idx.dims2()?;
+        if t > self.cfg.n_positions {
+            return Err(ModelError::BadConfig {
+                key: "n_positions",
+                problem: format!("sequence of {t} tokens is longer than n_positions = {}", self.cfg.n_positions),
+            });
+        }
+        let train = self.training.load(Ordering::Relaxed);
+        let tok = self.wte.embedding(&idx.flatten_all()?)?.reshape((b, t, self.cfg.n_embd))?;
+        let pos = self.wpe.narrow(0, 0, t)?;
+        let mut x = self.embd_dropout.forward(&tok.broadcast_add(&pos)?, train)?;
+        let mask = causal_mask(t, x.dtype(), x.device())?;
+        for block in &self.blocks {
+            x = block.forward(&x, &mask, train)?;
+        }
+        let x = self.ln_f.forward(&x)?;
+        // Tied head: logits = x · Eᵀ.
+        let logits = x.reshape((b * t, self.cfg.n_embd))?.matmul(&self.wte.t()?)?;
+        Ok(logits.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// Splits `store`'s parameters into nanoGPT's optimizer groups: 2-D tensors (matrices and
+    /// embeddings) decay, vectors (biases, LayerNorm gains) do not.
+    pub fn decay_groups(store: &ParamStore) -> (Vec<(String, candle_core::Var)>, Vec<(String, candle_core::Var)>) {
+        store.vars().into_iter().partition(|(_, v)| v.rank() >= 2)
+    }
+
+    /// Continues `prompt` by `max_new_tokens` tokens sampled with `sampling`.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampling: &crate::Sampling,
+        rng: &mut lm_objectives::Rng,
+    ) -> Result<Vec<u32>> {
+        let was_training = self.training.swap(false, Ordering::Relaxed);
+        let device = self.wte.device().clone();
+        let mut tokens = prompt.to_vec();
+        for _ in 0..max_new_tokens {
+            let start = tokens.len().saturating_sub(self.cfg.n_positions);
+            let ctx = Tensor::new(&tokens[start..], &device)?.unsqueeze(0)?;
+            let logits = self.forward(&ctx)?;
+            let last = logits.squeeze(0)?.get(tokens.len() - start - 1)?;
+            let logits: Vec<f32> = last.to_dtype(DType::F32)?.to_vec1()?;
+            tokens.push(sampling.sample(&logits, rng));
+        }
+        self.training.store(was_training, Ordering::Relaxed);
+        Ok(tokens)
+    }
+}

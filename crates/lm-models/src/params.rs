@@ -1,0 +1,177 @@
+//! The parameter store: every trainable tensor of a model, by its HuggingFace name.
+//!
+//! [`ParamStore`] is a candle `VarBuilder` backend. A model asks for each parameter with an
+//! [`Init`] hint, as candle models do (`vb.pp("attn").get_with_hints(..)`); the store creates it
+//! on first request with lm-optim's keyed initializers — so the values depend only on the seed
+//! and the name — or returns the existing one. Loading a checkpoint overwrites the values in place
+//! after checking every name and shape.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+use crate::error::{ModelError, Result};
+
+/// Named trainable parameters, shared between a model and its optimizer.
+#[derive(Clone, Debug)]
+pub struct ParamStore {
+    vars: Arc<Mutex<BTreeMap<String, Var>>>,
+    seed: u64,
+}
+
+impl ParamStore {
+    /// An empty store whose initial values will derive from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            vars: Arc::new(Mutex::new(BTreeMap::new())),
+            seed,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Var>> {
+        // A poisoned lock only means another thread panicked while holding it; the map is intact.
+        self.vars.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A `VarBuilder` over this store.
+    pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
+    }
+
+    /// All parameters, sorted by name.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// One parameter by name.
+    pub fn get(&self, name: &str) -> Option<Var> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Total number of scalars.
+    pub fn num_params(&self) -> usize {
+        self.lock().values().map(|v| v.elem_count()).sum()
+    }
+
+    /// The parameters as tensors, for saving.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Writes all parameters to a safetensors file (via a temporary file and a rename, so an
+    /// existing file is never left half-written).
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let tensors: std::collections::HashMap<String, Tensor> =
+            self.tensors().into_iter().collect();
+        let tmp = path.with_extension("safetensors.tmp");
+        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| ModelError::BadFile {
+            path: tmp.clone(),
+            problem: format!("cannot write: {e}"),
+        })?;
+        std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Overwrites every parameter with the tensor of the same name in `path`, after checking
+    /// that each exists with the right shape. `rename` maps a file name to a parameter name
+    /// (or `None` to skip it), for layouts that differ from ours.
+    pub fn load_safetensors(
+        &self,
+        path: &Path,
+        rename: impl Fn(&str) -> Option<String>,
+    ) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let device = self
+            .lock()
+            .values()
+            .next()
+            .map(|v| v.device().clone())
+            .unwrap_or(Device::Cpu);
+        let raw = candle_core::safetensors::load_buffer(&bytes, &device).map_err(|e| {
+            ModelError::BadFile {
+                path: path.to_path_buf(),
+                problem: format!("not a readable safetensors file ({e})"),
+            }
+        })?;
+        let loaded: BTreeMap<String, Tensor> = raw
+            .into_iter()
+            .filter_map(|(k, v)| rename(&k).map(|k| (k, v)))
+            .collect();
+        let vars = self.lock();
+        // Check everything before touching anything, so a bad file changes nothing.
+        for (name, var) in vars.iter() {
+            let t = loaded.get(name).ok_or_else(|| ModelError::MissingTensor {
+                file: path.to_path_buf(),
+                name: name.clone(),
+                expected: var.dims().to_vec(),
+            })?;
+            if t.dims() != var.dims() {
+                return Err(ModelError::ShapeMismatch {
+                    file: path.to_path_buf(),
+                    name: name.clone(),
+                    expected: var.dims().to_vec(),
+                    got: t.dims().to_vec(),
+                });
+            }
+        }
+        for (name, var) in vars.iter() {
+            var.set(&loaded[name].to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    fn create(&self, shape: &Shape, name: &str, init: Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let t = match init {
+            Init::Const(c) => (Tensor::ones(shape, DType::F32, device)? * c)?,
+            Init::Randn { mean, stdev } => {
+                (lm_optim::init::normal(shape.clone(), stdev, self.seed, name, DType::F32, device)? + mean)?
+            }
+            Init::Uniform { lo, up } => {
+                let half = (up - lo) / 2.0;
+                (lm_optim::init::uniform(shape.clone(), half, self.seed, name, DType::F32, device)? + (lo + half))?
+            }
+            Init::Kaiming { .. } => candle_core::bail!("parameter {name}: use an explicit Randn or Uniform init"),
+        };
+        Ok(t.to_dtype(dtype)?)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for ParamStore {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if let Some(v) = self.lock().get(name) {
+            if v.shape() != &s {
+                candle_core::bail!("parameter {name}: shape {:?} requested, {:?} stored", s.dims(), v.dims());
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let var = Var::from_tensor(&self.create(&s, name, h, dtype, dev)?)?;
+        let t = var.as_tensor().clone();
+        self.lock().insert(name.to_string(), var);
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        match self.lock().get(name) {
+            Some(v) => Ok(v.as_tensor().clone()),
+            None => candle_core::bail!("parameter {name} does not exist"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+}

@@ -1,0 +1,72 @@
+//! Choosing the next token from logits: greedy, temperature and top-k.
+
+use lm_objectives::Rng;
+
+/// How to pick the next token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// Softmax temperature; 0 means greedy (argmax).
+    pub temperature: f64,
+    /// Keep only the `k` most likely tokens before sampling.
+    pub top_k: Option<usize>,
+}
+
+impl Sampling {
+    /// Always the most likely token.
+    pub fn greedy() -> Self {
+        Self { temperature: 0.0, top_k: None }
+    }
+
+    /// Samples a token id from `logits`.
+    pub fn sample(&self, logits: &[f32], rng: &mut Rng) -> u32 {
+        let argmax = || {
+            logits
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+                .0 as u32
+        };
+        if self.temperature <= 0.0 || logits.is_empty() {
+            return argmax();
+        }
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        if let Some(k) = self.top_k.filter(|&k| k > 0 && k < logits.len()) {
+            order.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+            order.truncate(k);
+        }
+        let max = order.iter().map(|&i| logits[i]).fold(f32::NEG_INFINITY, f32::max) as f64;
+        let weights: Vec<f64> = order
+            .iter()
+            .map(|&i| ((logits[i] as f64 - max) / self.temperature).exp())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let mut u = rng.next_f64() * total;
+        for (&i, w) in order.iter().zip(&weights) {
+            if u < *w {
+                return i as u32;
+            }
+            u -= w;
+        }
+        order[order.len() - 1] as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_and_top1_pick_the_argmax() {
+        let logits = [0.1, 3.0, -1.0, 2.9];
+        let mut rng = Rng::seed_from_u64(0);
+        assert_eq!(Sampling::greedy().sample(&logits, &mut rng), 1);
+        let top1 = Sampling { temperature: 1.0, top_k: Some(1) };
+        for _ in 0..20 {
+            assert_eq!(top1.sample(&logits, &mut rng), 1);
+        }
+        let top2 = Sampling { temperature: 1.0, top_k: Some(2) };
+        for _ in 0..50 {
+            assert!(matches!(top2.sample(&logits, &mut rng), 1 | 3));
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Training configuration: a TOML file (or an embedded recipe) with every hyperparameter visible.
+//! Unknown keys and wrong types are refused with the key's name.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_err, Result, TrainError};
+
+/// The whole configuration of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The model.
+    pub model: ModelSection,
+    /// Corpus and tokenizer.
+    pub data: DataSection,
+    /// Optimizer and learning-rate schedule.
+    pub optim: OptimSection,
+    /// Loop, evaluation and checkpoints.
+    pub train: TrainSection,
+}
+
+/// `[model]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Architecture family; only `"gpt"` so far.
+    pub family: String,
+    /// Number of transformer blocks.
+    pub n_layer: usize,
+    /// Attention heads.
+    pub n_head: usize,
+    /// Model width.
+    pub n_embd: usize,
+    /// Context length of training examples (and of the learned positions).
+    pub block_size: usize,
+    /// Dropout rate.
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+/// `[data]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// A text file, or `builtin:tinyshakespeare` for the bundled corpus.
+    #[serde(default = "default_corpus")]
+    pub corpus: String,
+    /// Tokenizer kind; `"char"` so far.
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+    /// Fraction of the token stream held out at its end for validation.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+}
+
+/// `[optim]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    /// Update rule: `"adamw"` or `"adam"`.
+    #[serde(default = "default_optimizer")]
+    pub name: String,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Floor of the cosine decay.
+    pub min_lr: f64,
+    /// Steps of linear warmup from 0.
+    pub warmup_iters: u64,
+    /// Step at which the cosine reaches `min_lr` (defaults to `train.max_iters`).
+    #[serde(default)]
+    pub lr_decay_iters: Option<u64>,
+    /// β1.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// β2.
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// ε.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Weight decay λ on 2-D parameters (matrices and embeddings).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 disables clipping).
+    #[serde(default)]
+    pub grad_clip: f64,
+}
+
+/// `[train]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed before each optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Optimizer steps in the run.
+    pub max_iters: u64,
+    /// Evaluate (and checkpoint) every this many steps, and at the end.
+    pub eval_interval: u64,
+    /// Batches per evaluation estimate.
+    pub eval_iters: usize,
+    /// Write a metrics line every this many steps.
+    #[serde(default = "ten")]
+    pub log_interval: u64,
+    /// Seed of initialization, batch sampling and dropout.
+    #[serde(default)]
+    pub seed: u64,
+    /// Checkpoints kept besides the best one.
+    #[serde(default = "three")]
+    pub keep_checkpoints: usize,
+    /// Characters sampled from the model at the end (0: none).
+    #[serde(default)]
+    pub sample_tokens: usize,
+    /// What a NaN or infinite loss does: `"stop"` (default) or `"skip"` the step.
+    #[serde(default = "default_on_nonfinite")]
+    pub on_nonfinite_loss: String,
+    /// Peak FLOP/s that MFU is measured against (default: fp32 matmul peak of a 2-core Zen 5
+    /// machine, 250 GFLOP/s).
+    #[serde(default = "default_peak_flops")]
+    pub peak_flops: f64,
+}
+
+fn default_corpus() -> String {
+    crate::data::BUILTIN_SHAKESPEARE.into()
+}
+fn default_tokenizer() -> String {
+    "char".into()
+}
+fn default_val_fraction() -> f64 {
+    0.1
+}
+fn default_optimizer() -> String {
+    "adamw".into()
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_on_nonfinite() -> String {
+    "stop".into()
+}
+fn default_peak_flops() -> f64 {
+    250e9
+}
+fn one() -> usize {
+    1
+}
+fn three() -> usize {
+    3
+}
+fn ten() -> u64 {
+    10
+}
+
+/// The recipes shipped with the project, by name.
+pub const RECIPES: &[(&str, &str)] = &[(
+    "gpt-shakespeare-char",
+    include_str!("../../../recipes/gpt-shakespeare-char.toml"),
+)];
+
+impl TrainConfig {
+    /// Parses and validates a TOML text; `source_name` (a path or recipe) appears in errors.
+    pub fn from_toml(text: &str, source_name: &str) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| TrainError::Config {
+            source_name: source_name.into(),
+            key: e
+                .span()
+                .map(|s| format!("at bytes {}..{}", s.start, s.end))
+                .unwrap_or_else(|| "(document)".into()),
+            problem: e.message().trim().to_string(),
+        })?;
+        cfg.validate(source_name)?;
+        Ok(cfg)
+    }
+
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// An embedded recipe by name.
+    pub fn recipe(name: &str) -> Result<Self> {
+        let (_, text) = RECIPES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| TrainError::UnknownRecipe {
+                name: name.into(),
+                available: RECIPES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            })?;
+        Self::from_toml(text, &format!("recipe {name}"))
+    }
+
+    /// The step at which the learning rate reaches its floor.
+    pub fn lr_decay_iters(&self) -> u64 {
+        self.optim.lr_decay_iters.unwrap_or(self.train.max_iters)
+    }
+
+    /// Checks values that parse but cannot work, naming the key and a fix.
+    pub fn validate(&self, source_name: &str) -> Result<()> {
+        let err = |key: &str, problem: String| {
+            Err(TrainError::Config {
+                source_name: source_name.into(),
+                key: key.into(),
+                problem,
+            })
+        };
+        let m = &self.model;
+        if m.family != "gpt" {
+            return err("model.family", format!("{:?} is not supported here; use \"gpt\"", m.family));
+        }
+        if m.n_head == 0 || m.n_embd % m.n_head != 0 {
+            return err(
+                "model.n_embd",
+                format!("n_embd = {} is not divisible by n_head = {}; pick n_embd a multiple of n_head", m.n_embd, m.n_head),
+            );
+        }
+        if m.n_layer == 0 || m.block_size == 0 {
+            return err("model.n_layer", "n_layer and block_size must be positive".into());
+        }
+        if !(0.0..1.0).contains(&m.dropout) {
+            return err("model.dropout", format!("{} is not in [0, 1)", m.dropout));
+        }
+        if self.data.tokenizer != "char" {
+            return err("data.tokenizer", format!("{:?} is not supported here; use \"char\"", self.data.tokenizer));
+        }
+        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
+            return err("data.val_fraction", format!("{} is not in (0, 1)", self.data.val_fraction));
+        }
+        let o = &self.optim;
+        if !matches!(o.name.as_str(), "adamw" | "adam") {
+            return err("optim.name", format!("{:?} is not one of \"adamw\", \"adam\"", o.name));
+        }
+        if !(o.lr >= 0.0 && o.min_lr >= 0.0 && o.min_lr <= o.lr) {
+            return err("optim.min_lr", format!("need 0 ≤ min_lr ≤ lr, got lr = {}, min_lr = {}", o.lr, o.min_lr));
+        }
+        if o.warmup_iters > self.lr_decay_iters() {
+            return err("optim.warmup_iters", "warmup_iters exceeds lr_decay_iters".into());
+        }
+        if o.grad_clip < 0.0 {
+            return err("optim.grad_clip", "must be ≥ 0 (0 disables clipping)".into());
+        }
+        let t = &self.train;
+        if t.batch_size == 0 || t.grad_accum == 0 || t.eval_interval == 0 || t.eval_iters == 0 || t.log_interval == 0 {
+            return err("train", "batch_size, grad_accum, eval_interval, eval_iters and log_interval must be positive".into());
+        }
+        if !matches!(t.on_nonfinite_loss.as_str(), "stop" | "skip") {
+            return err("train.on_nonfinite_loss", format!("{:?} is not \"stop\" or \"skip\"", t.on_nonfinite_loss));
+        }
+        Ok(())
+    }
+
+    /// The config as TOML, as saved in a run directory.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a config serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_parses_with_nanogpt_values() {
+        let c = TrainConfig::recipe("gpt-shakespeare-char").unwrap();
+        assert_eq!((c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size), (4, 4, 128, 64));
+        assert_eq!((c.train.batch_size, c.train.max_iters), (12, 2000));
+        assert_eq!((c.optim.beta2, c.optim.weight_decay, c.optim.grad_clip), (0.99, 0.1, 1.0));
+        let back = TrainConfig::from_toml(&c.to_toml(), "roundtrip").unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = TrainConfig::recipe("gpt-shakespeare-char").unwrap().to_toml();
+        let e = TrainConfig::from_toml(&base.replace("n_embd = 128", "n_embd = 130"), "x.toml").unwrap_err();
+        assert!(e.to_string().contains("model.n_embd") && e.to_string().contains("divisible"), "{e}");
+        let e = TrainConfig::from_toml(&base.replace("n_layer = 4", "n_layer = 4\nn_layers = 4"), "x.toml").unwrap_err();
+        assert!(e.to_string().contains("n_layers"), "{e}");
+        let e = TrainConfig::from_toml(&base.replace("n_layer = 4", "n_layer = \"four\""), "x.toml").unwrap_err();
+        assert!(e.to_string().contains("x.toml") && e.to_string().contains("string"), "{e}");
+        let e = TrainConfig::recipe("nope").unwrap_err();
+        assert!(e.to_string().contains("gpt-shakespeare-char"), "{e}");
+    }
+}

@@ -1,1 +1,22 @@
-//! tests
+//! Shared helpers of the cross-crate integration tests.
+
+use lm_train::config::TrainConfig;
+
+/// The gpt-shakespeare-char recipe shrunk to run in a fraction of a second per step.
+pub fn tiny_config(corpus: &str, max_iters: u64) -> TrainConfig {
+    let mut cfg = TrainConfig::recipe("gpt-shakespeare-char").expect("the recipe parses");
+    cfg.data.corpus = corpus.to_string();
+    cfg.model.n_layer = 2;
+    cfg.model.n_head = 2;
+    cfg.model.n_embd = 32;
+    cfg.model.block_size = 16;
+    cfg.train.batch_size = 4;
+    cfg.train.max_iters = max_iters;
+    cfg.optim.lr_decay_iters = Some(40);
+    cfg.optim.warmup_iters = 4;
+    cfg.train.eval_interval = 4;
+    cfg.train.eval_iters = 2;
+    cfg.train.log_interval = 1;
+    cfg.train.sample_tokens = 0;
+    cfg
+}

@@ -1,1 +1,78 @@
-fn main(){}
+//! Project chores, run as `cargo xtask <command>`:
+//!
+//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then the tests.
+//! - `test`: the whole test suite (what `.ci/run` runs).
+//! - `demo`: the main job, the gpt-shakespeare-char recipe on the bundled corpus.
+//! - `recipe NAME [ARGS..]`: any bundled recipe, extra arguments passed to `lm-train train`.
+//! - `bench [SUITE]`: the benchmarks.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    cargo(&["test", "--workspace", "--exclude", "xtask"])
+}
+
+fn recipe(name: &str, extra: &[String]) -> Result<()> {
+    let mut args = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "lm-train",
+        "--",
+        "train",
+        "--recipe",
+        name,
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        bail!("usage: cargo xtask <ci|test|demo|recipe NAME|bench [SUITE]>");
+    };
+    match cmd.as_str() {
+        "ci" => {
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            test()
+        }
+        "test" => test(),
+        "demo" => recipe("gpt-shakespeare-char", &args[1..]),
+        "recipe" => {
+            let Some(name) = args.get(1) else {
+                bail!("usage: cargo xtask recipe NAME [lm-train train options]");
+            };
+            recipe(name, &args[2..])
+        }
+        "bench" => {
+            let mut a = vec!["run", "--release", "--quiet", "-p", "lm-bench", "--"];
+            a.extend(args[1..].iter().map(String::as_str));
+            cargo(&a)
+        }
+        other => bail!("unknown xtask command {other:?}; expected ci, test, demo, recipe or bench"),
+    }
+}

@@ -17,6 +17,9 @@ use crate::error::{ModelError, Result};
 use crate::ops::{causal_mask, layer_norm, softmax_last_dim, Dropout};
 use crate::params::ParamStore;
 
+/// Parameters with their names.
+pub type NamedVars = Vec<(String, candle_core::Var)>;
+
 /// GPT hyperparameters, with HuggingFace `GPT2Config` key names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,7 +54,13 @@ fn default_init_range() -> f64 {
 
 impl GptConfig {
     /// A configuration with GPT-2's defaults for everything but the sizes.
-    pub fn new(vocab_size: usize, n_positions: usize, n_embd: usize, n_layer: usize, n_head: usize) -> Self {
+    pub fn new(
+        vocab_size: usize,
+        n_positions: usize,
+        n_embd: usize,
+        n_layer: usize,
+        n_head: usize,
+    ) -> Self {
         Self {
             vocab_size,
             n_positions,
@@ -77,14 +86,20 @@ impl GptConfig {
     /// Checks the sizes agree with each other.
     pub fn validate(&self) -> Result<()> {
         let bad = |key, problem: String| Err(ModelError::BadConfig { key, problem });
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(
                 "n_embd",
-                format!("n_embd = {} is not divisible by n_head = {}", self.n_embd, self.n_head),
+                format!(
+                    "n_embd = {} is not divisible by n_head = {}",
+                    self.n_embd, self.n_head
+                ),
             );
         }
         if self.vocab_size == 0 || self.n_positions == 0 || self.n_layer == 0 {
-            return bad("vocab_size", "vocab_size, n_positions and n_layer must be positive".into());
+            return bad(
+                "vocab_size",
+                "vocab_size, n_positions and n_layer must be positive".into(),
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad("dropout", format!("{} is not in [0, 1)", self.dropout));
@@ -95,7 +110,8 @@ impl GptConfig {
     /// Number of parameters (the tied head counted once).
     pub fn num_params(&self) -> usize {
         let d = self.n_embd;
-        let block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d);
+        let block =
+            2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d);
         self.vocab_size * d + self.n_positions * d + self.n_layer * block + 2 * d
     }
 
@@ -116,7 +132,14 @@ struct Conv1D {
 
 impl Conv1D {
     fn new(n_in: usize, n_out: usize, std: f64, vb: VarBuilder) -> candle_core::Result<Self> {
-        let weight = vb.get_with_hints((n_in, n_out), "weight", Init::Randn { mean: 0.0, stdev: std })?;
+        let weight = vb.get_with_hints(
+            (n_in, n_out),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        )?;
         let bias = vb.get_with_hints(n_out, "bias", Init::Const(0.0))?;
         Ok(Self { weight, bias })
     }
@@ -189,7 +212,9 @@ impl CausalSelfAttention {
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
-        let probs = self.attn_dropout.forward(&softmax_last_dim(&scores)?, train)?;
+        let probs = self
+            .attn_dropout
+            .forward(&softmax_last_dim(&scores)?, train)?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.resid_dropout.forward(&self.c_proj.forward(&y)?, train)
     }
@@ -265,8 +290,22 @@ impl Gpt {
         cfg.validate()?;
         let vb = vb.pp("transformer");
         let std = cfg.initializer_range;
-        let wte = vb.pp("wte").get_with_hints((cfg.vocab_size, cfg.n_embd), "weight", Init::Randn { mean: 0.0, stdev: std })?;
-        let wpe = vb.pp("wpe").get_with_hints((cfg.n_positions, cfg.n_embd), "weight", Init::Randn { mean: 0.0, stdev: std })?;
+        let wte = vb.pp("wte").get_with_hints(
+            (cfg.vocab_size, cfg.n_embd),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        )?;
+        let wpe = vb.pp("wpe").get_with_hints(
+            (cfg.n_positions, cfg.n_embd),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        )?;
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(cfg, i, vb.pp("h").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -305,26 +344,36 @@ impl Gpt {
         if t > self.cfg.n_positions {
             return Err(ModelError::BadConfig {
                 key: "n_positions",
-                problem: format!("sequence of {t} tokens is longer than n_positions = {}", self.cfg.n_positions),
+                problem: format!(
+                    "sequence of {t} tokens is longer than n_positions = {}",
+                    self.cfg.n_positions
+                ),
             });
         }
         let train = self.training.load(Ordering::Relaxed);
-        let tok = self.wte.embedding(&idx.flatten_all()?)?.reshape((b, t, self.cfg.n_embd))?;
+        let tok = self
+            .wte
+            .embedding(&idx.flatten_all()?)?
+            .reshape((b, t, self.cfg.n_embd))?;
         let pos = self.wpe.narrow(0, 0, t)?;
-        let mut x = self.embd_dropout.forward(&tok.broadcast_add(&pos)?, train)?;
+        let mut x = self
+            .embd_dropout
+            .forward(&tok.broadcast_add(&pos)?, train)?;
         let mask = causal_mask(t, x.dtype(), x.device())?;
         for block in &self.blocks {
             x = block.forward(&x, &mask, train)?;
         }
         let x = self.ln_f.forward(&x)?;
         // Tied head: logits = x · Eᵀ.
-        let logits = x.reshape((b * t, self.cfg.n_embd))?.matmul(&self.wte.t()?)?;
+        let logits = x
+            .reshape((b * t, self.cfg.n_embd))?
+            .matmul(&self.wte.t()?)?;
         Ok(logits.reshape((b, t, self.cfg.vocab_size))?)
     }
 
     /// Splits `store`'s parameters into nanoGPT's optimizer groups: 2-D tensors (matrices and
     /// embeddings) decay, vectors (biases, LayerNorm gains) do not.
-    pub fn decay_groups(store: &ParamStore) -> (Vec<(String, candle_core::Var)>, Vec<(String, candle_core::Var)>) {
+    pub fn decay_groups(store: &ParamStore) -> (NamedVars, NamedVars) {
         store.vars().into_iter().partition(|(_, v)| v.rank() >= 2)
     }
 

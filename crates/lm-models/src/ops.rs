@@ -91,7 +91,11 @@ mod tests {
         let mean = 7.0 / 3.0;
         let var = ((1.0f64 - mean).powi(2) + (2.0 - mean).powi(2) + (4.0 - mean).powi(2)) / 3.0;
         let sd = (var + 1e-5).sqrt();
-        let expected = [(1.0 - mean) / sd, 2.0 * (2.0 - mean) / sd, (4.0 - mean) / sd + 1.0];
+        let expected = [
+            (1.0 - mean) / sd,
+            2.0 * (2.0 - mean) / sd,
+            (4.0 - mean) / sd + 1.0,
+        ];
         for (a, e) in y[0].iter().zip(expected) {
             assert!((*a as f64 - e).abs() < 1e-5);
         }
@@ -100,8 +104,12 @@ mod tests {
 
     #[test]
     fn causal_softmax_rows_sum_to_one_and_ignore_the_future() -> Result<()> {
-        let x = Tensor::new(&[[0.5f32, 9.0, 9.0], [1.0, 2.0, 9.0], [1.0, 1.0, 1.0]], &Device::Cpu)?;
-        let p = softmax_last_dim(&x.add(&causal_mask(3, DType::F32, &Device::Cpu)?)?)?.to_vec2::<f32>()?;
+        let x = Tensor::new(
+            &[[0.5f32, 9.0, 9.0], [1.0, 2.0, 9.0], [1.0, 1.0, 1.0]],
+            &Device::Cpu,
+        )?;
+        let p = softmax_last_dim(&x.add(&causal_mask(3, DType::F32, &Device::Cpu)?)?)?
+            .to_vec2::<f32>()?;
         assert_eq!(p[0], vec![1.0, 0.0, 0.0]);
         assert!((p[1][0] - 1.0 / (1.0 + 1f32.exp())).abs() < 1e-6 && p[1][2] == 0.0);
         assert!((p[2].iter().sum::<f32>() - 1.0).abs() < 1e-6);

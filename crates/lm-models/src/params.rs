@@ -134,27 +134,61 @@ impl ParamStore {
         Ok(())
     }
 
-    fn create(&self, shape: &Shape, name: &str, init: Init, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn create(
+        &self,
+        shape: &Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let t = match init {
             Init::Const(c) => (Tensor::ones(shape, DType::F32, device)? * c)?,
             Init::Randn { mean, stdev } => {
-                (lm_optim::init::normal(shape.clone(), stdev, self.seed, name, DType::F32, device)? + mean)?
+                (lm_optim::init::normal(
+                    shape.clone(),
+                    stdev,
+                    self.seed,
+                    name,
+                    DType::F32,
+                    device,
+                )? + mean)?
             }
             Init::Uniform { lo, up } => {
                 let half = (up - lo) / 2.0;
-                (lm_optim::init::uniform(shape.clone(), half, self.seed, name, DType::F32, device)? + (lo + half))?
+                (lm_optim::init::uniform(
+                    shape.clone(),
+                    half,
+                    self.seed,
+                    name,
+                    DType::F32,
+                    device,
+                )? + (lo + half))?
             }
-            Init::Kaiming { .. } => candle_core::bail!("parameter {name}: use an explicit Randn or Uniform init"),
+            Init::Kaiming { .. } => {
+                candle_core::bail!("parameter {name}: use an explicit Randn or Uniform init")
+            }
         };
-        Ok(t.to_dtype(dtype)?)
+        t.to_dtype(dtype)
     }
 }
 
 impl candle_nn::var_builder::SimpleBackend for ParamStore {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         if let Some(v) = self.lock().get(name) {
             if v.shape() != &s {
-                candle_core::bail!("parameter {name}: shape {:?} requested, {:?} stored", s.dims(), v.dims());
+                candle_core::bail!(
+                    "parameter {name}: shape {:?} requested, {:?} stored",
+                    s.dims(),
+                    v.dims()
+                );
             }
             return Ok(v.as_tensor().clone());
         }
@@ -164,7 +198,12 @@ impl candle_nn::var_builder::SimpleBackend for ParamStore {
         Ok(t)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         match self.lock().get(name) {
             Some(v) => Ok(v.as_tensor().clone()),
             None => candle_core::bail!("parameter {name} does not exist"),

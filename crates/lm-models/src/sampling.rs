@@ -14,7 +14,10 @@ pub struct Sampling {
 impl Sampling {
     /// Always the most likely token.
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, top_k: None }
+        Self {
+            temperature: 0.0,
+            top_k: None,
+        }
     }
 
     /// Samples a token id from `logits`.
@@ -23,7 +26,13 @@ impl Sampling {
             logits
                 .iter()
                 .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 {
+                        (i, v)
+                    } else {
+                        best
+                    }
+                })
                 .0 as u32
         };
         if self.temperature <= 0.0 || logits.is_empty() {
@@ -34,7 +43,10 @@ impl Sampling {
             order.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
             order.truncate(k);
         }
-        let max = order.iter().map(|&i| logits[i]).fold(f32::NEG_INFINITY, f32::max) as f64;
+        let max = order
+            .iter()
+            .map(|&i| logits[i])
+            .fold(f32::NEG_INFINITY, f32::max) as f64;
         let weights: Vec<f64> = order
             .iter()
             .map(|&i| ((logits[i] as f64 - max) / self.temperature).exp())
@@ -60,11 +72,17 @@ mod tests {
         let logits = [0.1, 3.0, -1.0, 2.9];
         let mut rng = Rng::seed_from_u64(0);
         assert_eq!(Sampling::greedy().sample(&logits, &mut rng), 1);
-        let top1 = Sampling { temperature: 1.0, top_k: Some(1) };
+        let top1 = Sampling {
+            temperature: 1.0,
+            top_k: Some(1),
+        };
         for _ in 0..20 {
             assert_eq!(top1.sample(&logits, &mut rng), 1);
         }
-        let top2 = Sampling { temperature: 1.0, top_k: Some(2) };
+        let top2 = Sampling {
+            temperature: 1.0,
+            top_k: Some(2),
+        };
         for _ in 0..50 {
             assert!(matches!(top2.sample(&logits, &mut rng), 1 | 3));
         }

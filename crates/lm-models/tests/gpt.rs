@@ -27,21 +27,34 @@ fn gradients_match_finite_differences() {
     let h = 1e-6;
     let mut checked = 0;
     for (name, var) in store.vars() {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
         let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let theta = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let theta = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         // A few coordinates of every parameter, spread over the tensor.
         for &i in &[0, theta.len() / 2, theta.len() - 1] {
             let eval = |delta: f64| {
                 let mut t = theta.clone();
                 t[i] += delta;
-                var.set(&Tensor::from_vec(t, var.shape(), &device).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(t, var.shape(), &device).unwrap())
+                    .unwrap();
                 loss(&model, &x, &y).to_scalar::<f64>().unwrap()
             };
             let numeric = (eval(h) - eval(-h)) / (2.0 * h);
-            var.set(&Tensor::from_vec(theta.clone(), var.shape(), &device).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(theta.clone(), var.shape(), &device).unwrap())
+                .unwrap();
             let tol = 1e-6 + 1e-4 * numeric.abs().max(g[i].abs());
-            assert!((numeric - g[i]).abs() < tol, "{name}[{i}]: autograd {} vs numeric {numeric}", g[i]);
+            assert!(
+                (numeric - g[i]).abs() < tol,
+                "{name}[{i}]: autograd {} vs numeric {numeric}",
+                g[i]
+            );
             checked += 1;
         }
     }
@@ -55,7 +68,10 @@ fn a_few_dozen_adamw_steps_lower_the_loss() {
     let (model, store) = Gpt::init(&cfg, 0, &device).unwrap();
     let (decay, no_decay) = Gpt::decay_groups(&store);
     let mut opt = Adam::new(
-        vec![ParamGroup::new("decay", decay, 0.1), ParamGroup::new("no_decay", no_decay, 0.0)],
+        vec![
+            ParamGroup::new("decay", decay, 0.1),
+            ParamGroup::new("no_decay", no_decay, 0.0),
+        ],
         AdamConfig::adamw(),
     )
     .unwrap();
@@ -77,7 +93,10 @@ fn parameter_names_follow_gpt2_lm_head_model() {
     let (_, store) = Gpt::init(&cfg, 0, &Device::Cpu).unwrap();
     let names: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"transformer.h.1.attn.c_attn.weight".to_string()));
-    assert_eq!(store.get("transformer.h.0.mlp.c_fc.weight").unwrap().dims(), &[16, 64]);
+    assert_eq!(
+        store.get("transformer.h.0.mlp.c_fc.weight").unwrap().dims(),
+        &[16, 64]
+    );
     assert_eq!(names.len(), 2 + 12 * 2 + 2);
     assert_eq!(store.num_params(), cfg.num_params());
 }
@@ -87,7 +106,14 @@ fn residual_projections_are_scaled_down() {
     let cfg = GptConfig::new(32, 16, 64, 8, 4);
     let (_, store) = Gpt::init(&cfg, 0, &Device::Cpu).unwrap();
     let std = |name: &str| {
-        let v = store.get(name).unwrap().as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = store
+            .get(name)
+            .unwrap()
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
     };
     // c_fc: 64·256 samples of N(0, 0.02²); c_proj of the MLP: 0.02/√16 = 0.005.

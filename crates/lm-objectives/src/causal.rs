@@ -102,7 +102,13 @@ pub fn pack_documents<D: AsRef<[u32]>>(
             input_ids: Vec::with_capacity(block_size),
             targets: Vec::with_capacity(block_size),
         };
-        window_at(&stream, start, block_size, &mut ex.input_ids, &mut ex.targets)?;
+        window_at(
+            &stream,
+            start,
+            block_size,
+            &mut ex.input_ids,
+            &mut ex.targets,
+        )?;
         out.push(ex);
         start += block_size;
     }

@@ -77,11 +77,14 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> R
     let weight = counted.to_dtype(logits.dtype())?;
     let safe_targets = counted.where_cond(&targets, &targets.zeros_like()?)?;
     let log_probs = log_softmax_last_dim(&logits)?;
-    let picked = log_probs.gather(&safe_targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let picked = log_probs
+        .gather(&safe_targets.unsqueeze(1)?, 1)?
+        .squeeze(1)?;
     let mut per_token = picked.neg()?;
     if cfg.label_smoothing > 0.0 {
         let uniform = log_probs.mean(1)?.neg()?;
-        per_token = ((per_token * (1.0 - cfg.label_smoothing))? + (uniform * cfg.label_smoothing)?)?;
+        per_token =
+            ((per_token * (1.0 - cfg.label_smoothing))? + (uniform * cfg.label_smoothing)?)?;
     }
     let total = (per_token * &weight)?.sum_all()?;
     Ok(match cfg.reduction {
@@ -103,10 +106,14 @@ mod tests {
         // Two positions over a 3-token vocabulary; the second is ignored.
         let logits = Tensor::new(&[[1.0f32, 2.0, 3.0], [0.0, 0.0, 0.0]], &Device::Cpu)?;
         let targets = Tensor::new(&[0i64, IGNORE_INDEX], &Device::Cpu)?;
-        let loss = cross_entropy(&logits, &targets, &CrossEntropy::default())?.to_scalar::<f32>()?;
+        let loss =
+            cross_entropy(&logits, &targets, &CrossEntropy::default())?.to_scalar::<f32>()?;
         // −log(e^1 / (e^1 + e^2 + e^3))
         let expected = -(1f64.exp() / (1f64.exp() + 2f64.exp() + 3f64.exp())).ln();
-        assert!((loss as f64 - expected).abs() < 1e-6, "{loss} vs {expected}");
+        assert!(
+            (loss as f64 - expected).abs() < 1e-6,
+            "{loss} vs {expected}"
+        );
         Ok(())
     }
 

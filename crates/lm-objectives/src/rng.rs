@@ -126,7 +126,10 @@ mod tests {
         }
         let mut c = Rng::from_state(a.state());
         assert_eq!(a.next_u64(), c.next_u64());
-        assert_ne!(Rng::seed_from_u64(8).next_u64(), Rng::seed_from_u64(7).next_u64());
+        assert_ne!(
+            Rng::seed_from_u64(8).next_u64(),
+            Rng::seed_from_u64(7).next_u64()
+        );
     }
 
     #[test]

@@ -86,8 +86,18 @@ impl AdamConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        check((0.0..1.0).contains(&self.beta1), "beta1", self.beta1, "a value in [0, 1)")?;
-        check((0.0..1.0).contains(&self.beta2), "beta2", self.beta2, "a value in [0, 1)")?;
+        check(
+            (0.0..1.0).contains(&self.beta1),
+            "beta1",
+            self.beta1,
+            "a value in [0, 1)",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.beta2),
+            "beta2",
+            self.beta2,
+            "a value in [0, 1)",
+        )?;
         check(self.eps > 0.0, "eps", self.eps, "> 0")
     }
 }
@@ -179,7 +189,11 @@ impl Adam {
                             var: var.clone(),
                             m: Moment::zeros(var)?,
                             v: Moment::zeros(var)?,
-                            v_max: if cfg.amsgrad { Some(Moment::zeros(var)?) } else { None },
+                            v_max: if cfg.amsgrad {
+                                Some(Moment::zeros(var)?)
+                            } else {
+                                None
+                            },
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -278,7 +292,12 @@ impl InplaceOp2 for FusedAdam<'_> {
         let (one_m_b1, one_m_b2) = (1.0 - s.beta1, 1.0 - s.beta2);
         match &self.v_max {
             None => {
-                for (((p, &g), m), v) in theta.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
+                for (((p, &g), m), v) in theta
+                    .iter_mut()
+                    .zip(grad)
+                    .zip(m.iter_mut())
+                    .zip(v.iter_mut())
+                {
                     let g = g + s.l2 * *p;
                     *m = s.beta1 * *m + one_m_b1 * g;
                     *v = s.beta2 * *v + one_m_b2 * g * g;
@@ -309,8 +328,16 @@ impl InplaceOp2 for FusedAdam<'_> {
 }
 
 fn fused_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
-    let g = if g.dtype() == DType::F32 { g.clone() } else { g.to_dtype(DType::F32)? };
-    let g = if g.is_contiguous() { g } else { g.contiguous()? };
+    let g = if g.dtype() == DType::F32 {
+        g.clone()
+    } else {
+        g.to_dtype(DType::F32)?
+    };
+    let g = if g.is_contiguous() {
+        g
+    } else {
+        g.contiguous()?
+    };
     let (Moment::Host(m), Moment::Host(v)) = (&mut slot.m, &mut slot.v) else {
         unreachable!("cpu f32 parameters have host moments")
     };
@@ -366,10 +393,19 @@ impl Optimizer for Adam {
         let mut out = vec![("step".to_string(), step_tensor(self.t)?)];
         for (_, slots) in &self.groups {
             for slot in slots {
-                out.push((format!("{}.exp_avg", slot.name), slot.m.to_tensor(&slot.var)?));
-                out.push((format!("{}.exp_avg_sq", slot.name), slot.v.to_tensor(&slot.var)?));
+                out.push((
+                    format!("{}.exp_avg", slot.name),
+                    slot.m.to_tensor(&slot.var)?,
+                ));
+                out.push((
+                    format!("{}.exp_avg_sq", slot.name),
+                    slot.v.to_tensor(&slot.var)?,
+                ));
                 if let Some(vm) = &slot.v_max {
-                    out.push((format!("{}.max_exp_avg_sq", slot.name), vm.to_tensor(&slot.var)?));
+                    out.push((
+                        format!("{}.max_exp_avg_sq", slot.name),
+                        vm.to_tensor(&slot.var)?,
+                    ));
                 }
             }
         }

@@ -174,9 +174,18 @@ mod tests {
     #[test]
     fn keyed_init_is_reproducible_and_name_dependent() {
         let d = Device::Cpu;
-        let a = normal(100, 0.02, 1, "w", DType::F32, &d).unwrap().to_vec1::<f32>().unwrap();
-        let b = normal(100, 0.02, 1, "w", DType::F32, &d).unwrap().to_vec1::<f32>().unwrap();
-        let c = normal(100, 0.02, 1, "v", DType::F32, &d).unwrap().to_vec1::<f32>().unwrap();
+        let a = normal(100, 0.02, 1, "w", DType::F32, &d)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = normal(100, 0.02, 1, "w", DType::F32, &d)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let c = normal(100, 0.02, 1, "v", DType::F32, &d)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -190,13 +199,19 @@ mod tests {
         let var = xs.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / count;
         // Sample variance of N(0, σ²) has sd σ²·√(2/count); allow 5 sd.
         let sigma2 = 1.0 / n as f64;
-        assert!((var - sigma2).abs() < 5.0 * sigma2 * (2.0 / count).sqrt(), "{var}");
+        assert!(
+            (var - sigma2).abs() < 5.0 * sigma2 * (2.0 / count).sqrt(),
+            "{var}"
+        );
     }
 
     #[test]
     fn gpt2_and_t5_scales() {
         assert_eq!(gpt2_std(false, 8), 0.02);
         assert!((gpt2_std(true, 8) - 0.02 / 8f64.sqrt()).abs() < 1e-15);
-        assert!((t5_std(T5Weight::Query, 512, 64, 8, 2048) - 1.0 / (512.0f64 * 64.0).sqrt()).abs() < 1e-15);
+        assert!(
+            (t5_std(T5Weight::Query, 512, 64, 8, 2048) - 1.0 / (512.0f64 * 64.0).sqrt()).abs()
+                < 1e-15
+        );
     }
 }

@@ -49,22 +49,48 @@ impl Schedule {
     /// (nanoGPT, GPT-3).
     pub fn warmup_cosine(peak: f64, floor: f64, warmup: f64, total: f64) -> Result<Self> {
         check(peak >= 0.0, "peak learning rate", peak, "≥ 0")?;
-        check((0.0..=peak).contains(&floor), "learning-rate floor", floor, "in [0, peak]")?;
+        check(
+            (0.0..=peak).contains(&floor),
+            "learning-rate floor",
+            floor,
+            "in [0, peak]",
+        )?;
         check(warmup >= 0.0, "warmup", warmup, "≥ 0")?;
         check(total >= warmup, "total", total, "≥ warmup")?;
         Ok(Self::Sequence(vec![
-            Self::Linear { from: 0.0, to: peak, length: warmup },
-            Self::Cosine { from: peak, to: floor, length: total - warmup },
+            Self::Linear {
+                from: 0.0,
+                to: peak,
+                length: warmup,
+            },
+            Self::Cosine {
+                from: peak,
+                to: floor,
+                length: total - warmup,
+            },
         ]))
     }
 
     /// Linear warmup from 0 to `peak`, then linear decay to 0 at `total` (BERT, fine-tuning).
     pub fn warmup_linear(peak: f64, warmup: f64, total: f64) -> Result<Self> {
         check(peak >= 0.0, "peak learning rate", peak, "≥ 0")?;
-        check(total >= warmup && warmup >= 0.0, "total", total, "≥ warmup ≥ 0")?;
+        check(
+            total >= warmup && warmup >= 0.0,
+            "total",
+            total,
+            "≥ warmup ≥ 0",
+        )?;
         Ok(Self::Sequence(vec![
-            Self::Linear { from: 0.0, to: peak, length: warmup },
-            Self::Linear { from: peak, to: 0.0, length: total - warmup },
+            Self::Linear {
+                from: 0.0,
+                to: peak,
+                length: warmup,
+            },
+            Self::Linear {
+                from: peak,
+                to: 0.0,
+                length: total - warmup,
+            },
         ]))
     }
 
@@ -166,7 +192,10 @@ mod tests {
 
     #[test]
     fn inverse_sqrt_is_t5s() {
-        let s = Schedule::InverseSqrt { peak: 0.01, warmup: 10_000.0 };
+        let s = Schedule::InverseSqrt {
+            peak: 0.01,
+            warmup: 10_000.0,
+        };
         assert_eq!(s.value(5_000.0), 0.01);
         assert!((s.value(40_000.0) - 0.005).abs() < 1e-15);
     }
@@ -180,7 +209,12 @@ mod tests {
 
     #[test]
     fn batch_ramp_grows_in_multiples() {
-        let r = BatchSizeRamp { start: 32, end: 512, ramp_tokens: 1000.0, multiple: 32 };
+        let r = BatchSizeRamp {
+            start: 32,
+            end: 512,
+            ramp_tokens: 1000.0,
+            multiple: 32,
+        };
         assert_eq!(r.batch_size(0.0), 32);
         assert_eq!(r.batch_size(500.0), 256); // 32 + 480·½ = 272, down to a multiple of 32
         assert_eq!(r.batch_size(5000.0), 512);

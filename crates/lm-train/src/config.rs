@@ -190,13 +190,18 @@ impl TrainConfig {
 
     /// An embedded recipe by name.
     pub fn recipe(name: &str) -> Result<Self> {
-        let (_, text) = RECIPES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| TrainError::UnknownRecipe {
-                name: name.into(),
-                available: RECIPES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-            })?;
+        let (_, text) =
+            RECIPES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| TrainError::UnknownRecipe {
+                    name: name.into(),
+                    available: RECIPES
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
         Self::from_toml(text, &format!("recipe {name}"))
     }
 
@@ -216,45 +221,86 @@ impl TrainConfig {
         };
         let m = &self.model;
         if m.family != "gpt" {
-            return err("model.family", format!("{:?} is not supported here; use \"gpt\"", m.family));
+            return err(
+                "model.family",
+                format!("{:?} is not supported here; use \"gpt\"", m.family),
+            );
         }
-        if m.n_head == 0 || m.n_embd % m.n_head != 0 {
+        if m.n_head == 0 || !m.n_embd.is_multiple_of(m.n_head) {
             return err(
                 "model.n_embd",
-                format!("n_embd = {} is not divisible by n_head = {}; pick n_embd a multiple of n_head", m.n_embd, m.n_head),
+                format!(
+                    "n_embd = {} is not divisible by n_head = {}; pick n_embd a multiple of n_head",
+                    m.n_embd, m.n_head
+                ),
             );
         }
         if m.n_layer == 0 || m.block_size == 0 {
-            return err("model.n_layer", "n_layer and block_size must be positive".into());
+            return err(
+                "model.n_layer",
+                "n_layer and block_size must be positive".into(),
+            );
         }
         if !(0.0..1.0).contains(&m.dropout) {
             return err("model.dropout", format!("{} is not in [0, 1)", m.dropout));
         }
         if self.data.tokenizer != "char" {
-            return err("data.tokenizer", format!("{:?} is not supported here; use \"char\"", self.data.tokenizer));
+            return err(
+                "data.tokenizer",
+                format!(
+                    "{:?} is not supported here; use \"char\"",
+                    self.data.tokenizer
+                ),
+            );
         }
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
-            return err("data.val_fraction", format!("{} is not in (0, 1)", self.data.val_fraction));
+            return err(
+                "data.val_fraction",
+                format!("{} is not in (0, 1)", self.data.val_fraction),
+            );
         }
         let o = &self.optim;
         if !matches!(o.name.as_str(), "adamw" | "adam") {
-            return err("optim.name", format!("{:?} is not one of \"adamw\", \"adam\"", o.name));
+            return err(
+                "optim.name",
+                format!("{:?} is not one of \"adamw\", \"adam\"", o.name),
+            );
         }
         if !(o.lr >= 0.0 && o.min_lr >= 0.0 && o.min_lr <= o.lr) {
-            return err("optim.min_lr", format!("need 0 ≤ min_lr ≤ lr, got lr = {}, min_lr = {}", o.lr, o.min_lr));
+            return err(
+                "optim.min_lr",
+                format!(
+                    "need 0 ≤ min_lr ≤ lr, got lr = {}, min_lr = {}",
+                    o.lr, o.min_lr
+                ),
+            );
         }
         if o.warmup_iters > self.lr_decay_iters() {
-            return err("optim.warmup_iters", "warmup_iters exceeds lr_decay_iters".into());
+            return err(
+                "optim.warmup_iters",
+                "warmup_iters exceeds lr_decay_iters".into(),
+            );
         }
         if o.grad_clip < 0.0 {
-            return err("optim.grad_clip", "must be ≥ 0 (0 disables clipping)".into());
+            return err(
+                "optim.grad_clip",
+                "must be ≥ 0 (0 disables clipping)".into(),
+            );
         }
         let t = &self.train;
-        if t.batch_size == 0 || t.grad_accum == 0 || t.eval_interval == 0 || t.eval_iters == 0 || t.log_interval == 0 {
+        if t.batch_size == 0
+            || t.grad_accum == 0
+            || t.eval_interval == 0
+            || t.eval_iters == 0
+            || t.log_interval == 0
+        {
             return err("train", "batch_size, grad_accum, eval_interval, eval_iters and log_interval must be positive".into());
         }
         if !matches!(t.on_nonfinite_loss.as_str(), "stop" | "skip") {
-            return err("train.on_nonfinite_loss", format!("{:?} is not \"stop\" or \"skip\"", t.on_nonfinite_loss));
+            return err(
+                "train.on_nonfinite_loss",
+                format!("{:?} is not \"stop\" or \"skip\"", t.on_nonfinite_loss),
+            );
         }
         Ok(())
     }
@@ -272,22 +318,48 @@ mod tests {
     #[test]
     fn recipe_parses_with_nanogpt_values() {
         let c = TrainConfig::recipe("gpt-shakespeare-char").unwrap();
-        assert_eq!((c.model.n_layer, c.model.n_head, c.model.n_embd, c.model.block_size), (4, 4, 128, 64));
+        assert_eq!(
+            (
+                c.model.n_layer,
+                c.model.n_head,
+                c.model.n_embd,
+                c.model.block_size
+            ),
+            (4, 4, 128, 64)
+        );
         assert_eq!((c.train.batch_size, c.train.max_iters), (12, 2000));
-        assert_eq!((c.optim.beta2, c.optim.weight_decay, c.optim.grad_clip), (0.99, 0.1, 1.0));
+        assert_eq!(
+            (c.optim.beta2, c.optim.weight_decay, c.optim.grad_clip),
+            (0.99, 0.1, 1.0)
+        );
         let back = TrainConfig::from_toml(&c.to_toml(), "roundtrip").unwrap();
         assert_eq!(back, c);
     }
 
     #[test]
     fn errors_name_the_key() {
-        let base = TrainConfig::recipe("gpt-shakespeare-char").unwrap().to_toml();
-        let e = TrainConfig::from_toml(&base.replace("n_embd = 128", "n_embd = 130"), "x.toml").unwrap_err();
-        assert!(e.to_string().contains("model.n_embd") && e.to_string().contains("divisible"), "{e}");
-        let e = TrainConfig::from_toml(&base.replace("n_layer = 4", "n_layer = 4\nn_layers = 4"), "x.toml").unwrap_err();
+        let base = TrainConfig::recipe("gpt-shakespeare-char")
+            .unwrap()
+            .to_toml();
+        let e = TrainConfig::from_toml(&base.replace("n_embd = 128", "n_embd = 130"), "x.toml")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("model.n_embd") && e.to_string().contains("divisible"),
+            "{e}"
+        );
+        let e = TrainConfig::from_toml(
+            &base.replace("n_layer = 4", "n_layer = 4\nn_layers = 4"),
+            "x.toml",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("n_layers"), "{e}");
-        let e = TrainConfig::from_toml(&base.replace("n_layer = 4", "n_layer = \"four\""), "x.toml").unwrap_err();
-        assert!(e.to_string().contains("x.toml") && e.to_string().contains("string"), "{e}");
+        let e =
+            TrainConfig::from_toml(&base.replace("n_layer = 4", "n_layer = \"four\""), "x.toml")
+                .unwrap_err();
+        assert!(
+            e.to_string().contains("x.toml") && e.to_string().contains("string"),
+            "{e}"
+        );
         let e = TrainConfig::recipe("nope").unwrap_err();
         assert!(e.to_string().contains("gpt-shakespeare-char"), "{e}");
     }

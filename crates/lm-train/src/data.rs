@@ -18,7 +18,9 @@ pub fn load_corpus(spec: &str) -> Result<String> {
     } else if let Some(name) = spec.strip_prefix("builtin:") {
         return Err(TrainError::Corpus {
             corpus: spec.into(),
-            problem: format!("no built-in corpus {name:?}; the bundled one is {BUILTIN_SHAKESPEARE}"),
+            problem: format!(
+                "no built-in corpus {name:?}; the bundled one is {BUILTIN_SHAKESPEARE}"
+            ),
         });
     } else {
         std::fs::read_to_string(spec).map_err(io_err(spec))?
@@ -51,7 +53,12 @@ pub struct TokenSplits {
 impl TokenSplits {
     /// Splits `tokens` at `⌊n·(1 − val_fraction)⌋`; both parts must hold at least one window of
     /// `block_size + 1` tokens.
-    pub fn new(tokens: Vec<u32>, val_fraction: f64, block_size: usize, corpus: &str) -> Result<Self> {
+    pub fn new(
+        tokens: Vec<u32>,
+        val_fraction: f64,
+        block_size: usize,
+        corpus: &str,
+    ) -> Result<Self> {
         let n = tokens.len();
         let cut = (n as f64 * (1.0 - val_fraction)) as usize;
         let need = block_size + 1;
@@ -79,7 +86,14 @@ impl TokenSplits {
 
     /// `batch` windows at uniformly random offsets: inputs `[batch, block]` (u32) and targets
     /// `[batch, block]` (i64).
-    pub fn batch(&self, split: Split, batch: usize, block: usize, rng: &mut Rng, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn batch(
+        &self,
+        split: Split,
+        batch: usize,
+        block: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let stream = self.tokens(split);
         let mut inputs = Vec::with_capacity(batch * block);
         let mut targets = Vec::with_capacity(batch * block);
@@ -104,7 +118,9 @@ mod tests {
         let s = TokenSplits::new((0..100).collect(), 0.1, 4, "t").unwrap();
         assert_eq!(s.tokens(Split::Train).len(), 90);
         assert_eq!(s.tokens(Split::Val)[0], 90);
-        let (x, y) = s.batch(Split::Val, 3, 4, &mut Rng::seed_from_u64(0), &Device::Cpu).unwrap();
+        let (x, y) = s
+            .batch(Split::Val, 3, 4, &mut Rng::seed_from_u64(0), &Device::Cpu)
+            .unwrap();
         let (x, y) = (x.to_vec2::<u32>().unwrap(), y.to_vec2::<i64>().unwrap());
         for (xs, ys) in x.iter().zip(&y) {
             assert!(xs[0] >= 90);
@@ -114,6 +130,9 @@ mod tests {
         }
         assert!(TokenSplits::new((0..50).collect(), 0.1, 4, "t").is_ok());
         let e = TokenSplits::new((0..20).collect(), 0.1, 4, "tiny.txt").unwrap_err();
-        assert!(e.to_string().contains("tiny.txt") && e.to_string().contains("shorter than one block"), "{e}");
+        assert!(
+            e.to_string().contains("tiny.txt") && e.to_string().contains("shorter than one block"),
+            "{e}"
+        );
     }
 }

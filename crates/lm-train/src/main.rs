@@ -65,7 +65,13 @@ struct TrainArgs {
 fn free_run_dir(name: &str) -> PathBuf {
     let base = Path::new("runs").join(name);
     (1..)
-        .map(|i| if i == 1 { base.clone() } else { PathBuf::from(format!("{}-{i}", base.display())) })
+        .map(|i| {
+            if i == 1 {
+                base.clone()
+            } else {
+                PathBuf::from(format!("{}-{i}", base.display()))
+            }
+        })
         .find(|p| !p.exists())
         .expect("some name is free")
 }
@@ -80,7 +86,10 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         let (mut cfg, name) = match (&args.source.recipe, &args.source.config) {
             (Some(r), _) => (TrainConfig::recipe(r)?, r.clone()),
             (_, Some(path)) => {
-                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "run".into());
                 (TrainConfig::from_file(path)?, name)
             }
             _ => unreachable!("clap requires one source"),
@@ -97,14 +106,20 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     println!("{:.2} M parameters", n_params as f64 / 1e6);
     let summary = trainer.train()?;
     if let Some((tr, va)) = summary.last_eval {
-        println!("final: step {}, train loss {tr:.4}, val loss {va:.4}", summary.step);
+        println!(
+            "final: step {}, train loss {tr:.4}, val loss {va:.4}",
+            summary.step
+        );
     }
     if let Some(dir) = &summary.checkpoint {
         println!("checkpoint: {}", dir.display());
     }
     let n = trainer.config().train.sample_tokens;
     if n > 0 {
-        println!("--- sample ---\n{}\n--------------", trainer.sample(n, trainer.config().train.seed)?);
+        println!(
+            "--- sample ---\n{}\n--------------",
+            trainer.sample(n, trainer.config().train.seed)?
+        );
     }
     Ok(())
 }

@@ -41,7 +41,9 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// The log at `path` (created on first append).
     pub fn new(path: &Path) -> Self {
-        Self { path: path.to_path_buf() }
+        Self {
+            path: path.to_path_buf(),
+        }
     }
 
     /// Appends one line.
@@ -62,7 +64,10 @@ impl MetricsLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
             Err(e) => return Err(io_err(path)(e)),
         };
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 
     /// Drops the records after `step` (on resume from a checkpoint at `step`, those steps run

@@ -29,7 +29,12 @@ impl CharTokenizer {
     /// Token ids of `text`; characters outside the alphabet are an error naming the first one.
     pub fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, char> {
         text.chars()
-            .map(|c| self.chars.binary_search(&c).map(|i| i as u32).map_err(|_| c))
+            .map(|c| {
+                self.chars
+                    .binary_search(&c)
+                    .map(|i| i as u32)
+                    .map_err(|_| c)
+            })
             .collect()
     }
 

@@ -61,7 +61,10 @@ pub struct Trainer {
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trainer").field("run_dir", &self.run_dir).field("step", &self.state.step).finish()
+        f.debug_struct("Trainer")
+            .field("run_dir", &self.run_dir)
+            .field("step", &self.state.step)
+            .finish()
     }
 }
 
@@ -80,10 +83,14 @@ pub fn default_device() -> Device {
 impl Trainer {
     /// Starts a new run in `run_dir`, which must not already hold one.
     pub fn new(mut cfg: TrainConfig, run_dir: &Path, device: Device) -> Result<Self> {
-        if run_dir.join("config.toml").exists() || !checkpoint::list_checkpoints(run_dir)?.is_empty() {
+        if run_dir.join("config.toml").exists()
+            || !checkpoint::list_checkpoints(run_dir)?.is_empty()
+        {
             return Err(TrainError::Checkpoint {
                 path: run_dir.to_path_buf(),
-                problem: "already holds a run; resume it with `train --resume` or choose another --out".into(),
+                problem:
+                    "already holds a run; resume it with `train --resume` or choose another --out"
+                        .into(),
             });
         }
         // Fix the schedule's length now, so that changing max_iters on resume cannot change it.
@@ -121,24 +128,54 @@ impl Trainer {
         Ok(t)
     }
 
-    fn build(cfg: TrainConfig, run_dir: &Path, device: Device, tokenizer: CharTokenizer, corpus: &str, state: TrainerState) -> Result<Self> {
+    fn build(
+        cfg: TrainConfig,
+        run_dir: &Path,
+        device: Device,
+        tokenizer: CharTokenizer,
+        corpus: &str,
+        state: TrainerState,
+    ) -> Result<Self> {
         let tokens = tokenizer.encode(corpus).map_err(|c| TrainError::Corpus {
             corpus: cfg.data.corpus.clone(),
             problem: format!("character {c:?} is not in the run's tokenizer"),
         })?;
-        let data = TokenSplits::new(tokens, cfg.data.val_fraction, cfg.model.block_size, &cfg.data.corpus)?;
+        let data = TokenSplits::new(
+            tokens,
+            cfg.data.val_fraction,
+            cfg.model.block_size,
+            &cfg.data.corpus,
+        )?;
         let m = &cfg.model;
-        let mut gpt_cfg = GptConfig::new(tokenizer.vocab_size(), m.block_size, m.n_embd, m.n_layer, m.n_head);
+        let mut gpt_cfg = GptConfig::new(
+            tokenizer.vocab_size(),
+            m.block_size,
+            m.n_embd,
+            m.n_layer,
+            m.n_head,
+        );
         gpt_cfg.dropout = m.dropout;
         let (model, store) = Gpt::init(&gpt_cfg, cfg.train.seed, &device)?;
         let (decay, no_decay) = Gpt::decay_groups(&store);
         let o = &cfg.optim;
-        let adam = if o.name == "adam" { AdamConfig::adam() } else { AdamConfig::adamw() };
+        let adam = if o.name == "adam" {
+            AdamConfig::adam()
+        } else {
+            AdamConfig::adamw()
+        };
         let opt = Adam::new(
-            vec![ParamGroup::new("decay", decay, o.weight_decay), ParamGroup::new("no_decay", no_decay, 0.0)],
+            vec![
+                ParamGroup::new("decay", decay, o.weight_decay),
+                ParamGroup::new("no_decay", no_decay, 0.0),
+            ],
             adam.with_betas(o.beta1, o.beta2).with_eps(o.eps),
         )?;
-        let schedule = Schedule::warmup_cosine(o.lr, o.min_lr, o.warmup_iters as f64, cfg.lr_decay_iters() as f64)?;
+        let schedule = Schedule::warmup_cosine(
+            o.lr,
+            o.min_lr,
+            o.warmup_iters as f64,
+            cfg.lr_decay_iters() as f64,
+        )?;
         let vars = store.vars().into_iter().map(|(_, v)| v).collect();
         Ok(Self {
             rng: Rng::from_state(state.rng),
@@ -159,16 +196,23 @@ impl Trainer {
     }
 
     fn load_weights_and_optimizer(&mut self, ckpt: &Path) -> Result<()> {
-        self.store.load_safetensors(&ckpt.join("model.safetensors"), |n| Some(n.to_string()))?;
+        self.store
+            .load_safetensors(&ckpt.join("model.safetensors"), |n| Some(n.to_string()))?;
         let opt_path = ckpt.join("optimizer.safetensors");
-        lm_optim::load_state(&mut self.opt, &opt_path, &self.device).map_err(|e| TrainError::Checkpoint {
-            path: opt_path.clone(),
-            problem: format!("cannot restore the optimizer: {e}"),
+        lm_optim::load_state(&mut self.opt, &opt_path, &self.device).map_err(|e| {
+            TrainError::Checkpoint {
+                path: opt_path.clone(),
+                problem: format!("cannot restore the optimizer: {e}"),
+            }
         })?;
         if self.opt.steps() != self.state.step {
             return Err(TrainError::Checkpoint {
                 path: opt_path,
-                problem: format!("optimizer is at step {} but state.json says {}", self.opt.steps(), self.state.step),
+                problem: format!(
+                    "optimizer is at step {} but state.json says {}",
+                    self.opt.steps(),
+                    self.state.step
+                ),
             });
         }
         Ok(())
@@ -206,17 +250,29 @@ impl Trainer {
         let mut total: Option<GradStore> = None;
         let mut loss_sum = 0f32;
         for _ in 0..accum {
-            let (x, y) = self.data.batch(Split::Train, t.batch_size, self.cfg.model.block_size, &mut self.rng, &self.device)?;
+            let (x, y) = self.data.batch(
+                Split::Train,
+                t.batch_size,
+                self.cfg.model.block_size,
+                &mut self.rng,
+                &self.device,
+            )?;
             let logits = self.model.forward(&x)?;
             let loss = cross_entropy(&logits, &y, &CrossEntropy::default())?;
-            let loss = if accum > 1 { (loss / accum as f64)? } else { loss };
+            let loss = if accum > 1 {
+                (loss / accum as f64)?
+            } else {
+                loss
+            };
             loss_sum += loss.to_scalar::<f32>()?;
             let grads = loss.backward()?;
             total = Some(match total {
                 None => grads,
                 Some(mut acc) => {
                     for v in &self.vars {
-                        if let (Some(a), Some(g)) = (acc.remove(v.as_tensor()), grads.get(v.as_tensor())) {
+                        if let (Some(a), Some(g)) =
+                            (acc.remove(v.as_tensor()), grads.get(v.as_tensor()))
+                        {
                             acc.insert(v.as_tensor(), (a + g)?);
                         }
                     }
@@ -239,7 +295,10 @@ impl Trainer {
                 eprintln!("step {}: loss is {loss}, step skipped", self.state.step);
                 return Ok(None);
             }
-            return Err(TrainError::NonFiniteLoss { step: self.state.step + 1, loss });
+            return Err(TrainError::NonFiniteLoss {
+                step: self.state.step + 1,
+                loss,
+            });
         }
         let clip = self.cfg.optim.grad_clip;
         let norm = if clip > 0.0 {
@@ -260,7 +319,13 @@ impl Trainer {
         let mut mean = |split| -> Result<f32> {
             let mut sum = 0f32;
             for _ in 0..self.cfg.train.eval_iters {
-                let (x, y) = self.data.batch(split, self.cfg.train.batch_size, self.cfg.model.block_size, &mut rng, &self.device)?;
+                let (x, y) = self.data.batch(
+                    split,
+                    self.cfg.train.batch_size,
+                    self.cfg.model.block_size,
+                    &mut rng,
+                    &self.device,
+                )?;
                 let logits = self.model.forward(&x)?;
                 sum += cross_entropy(&logits, &y, &CrossEntropy::default())?.to_scalar::<f32>()?;
             }
@@ -281,14 +346,19 @@ impl Trainer {
             lm_optim::save_state(&self.opt, &w.path("optimizer.safetensors"))?;
             let state = serde_json::to_string_pretty(&self.state).expect("state serializes");
             checkpoint::write_atomic(&w.path("state.json"), state.as_bytes())?;
-            let config = serde_json::to_string_pretty(&self.model.config().to_hf_json()).expect("config serializes");
+            let config = serde_json::to_string_pretty(&self.model.config().to_hf_json())
+                .expect("config serializes");
             checkpoint::write_atomic(&w.path("config.json"), config.as_bytes())?;
             Ok(())
         })();
         match written {
             Ok(()) => {
                 let dir = w.commit()?;
-                checkpoint::prune(&self.run_dir, self.cfg.train.keep_checkpoints, self.state.best.map(|b| b.0))?;
+                checkpoint::prune(
+                    &self.run_dir,
+                    self.cfg.train.keep_checkpoints,
+                    self.state.best.map(|b| b.0),
+                )?;
                 Ok(dir)
             }
             Err(e) => {
@@ -298,7 +368,12 @@ impl Trainer {
         }
     }
 
-    fn eval_and_checkpoint(&mut self, lr: f64, elapsed: f64, pb: &ProgressBar) -> Result<(f32, f32, PathBuf)> {
+    fn eval_and_checkpoint(
+        &mut self,
+        lr: f64,
+        elapsed: f64,
+        pb: &ProgressBar,
+    ) -> Result<(f32, f32, PathBuf)> {
         let (train, val) = self.evaluate()?;
         if self.state.best.is_none_or(|(_, b)| val < b) {
             self.state.best = Some((self.state.step, val));
@@ -313,7 +388,13 @@ impl Trainer {
             grad_norm: None,
             mfu: None,
         })?;
-        self.say(pb, format!("step {:>5}: train loss {train:.4}, val loss {val:.4}", self.state.step));
+        self.say(
+            pb,
+            format!(
+                "step {:>5}: train loss {train:.4}, val loss {val:.4}",
+                self.state.step
+            ),
+        );
         let dir = self.save_checkpoint()?;
         Ok((train, val, dir))
     }
@@ -328,13 +409,23 @@ impl Trainer {
     /// `eval_interval` steps and at the end.
     pub fn train(&mut self) -> Result<TrainSummary> {
         let until = self.cfg.train.max_iters;
-        let pb = if self.verbose { ProgressBar::new(until) } else { ProgressBar::hidden() };
+        let pb = if self.verbose {
+            ProgressBar::new(until)
+        } else {
+            ProgressBar::hidden()
+        };
         pb.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("a valid template"),
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("a valid template"),
         );
         pb.set_position(self.state.step);
-        let mut summary = TrainSummary { step: self.state.step, last_eval: None, checkpoint: None };
+        let mut summary = TrainSummary {
+            step: self.state.step,
+            last_eval: None,
+            checkpoint: None,
+        };
         let started = Instant::now();
         let base_elapsed = self.state.elapsed_s;
         let elapsed = || base_elapsed + started.elapsed().as_secs_f64();
@@ -345,13 +436,17 @@ impl Trainer {
         }
         let mut window_start = Instant::now();
         let mut window_steps = 0u64;
-        let flops_per_step = self.model.config().flops_per_token(self.cfg.model.block_size) * self.tokens_per_step() as f64;
+        let flops_per_step = self
+            .model
+            .config()
+            .flops_per_token(self.cfg.model.block_size)
+            * self.tokens_per_step() as f64;
         while self.state.step < until {
             let outcome = self.train_step()?;
             window_steps += 1;
             let step = self.state.step;
             if let Some((loss, norm, lr)) = outcome {
-                if step % self.cfg.train.log_interval == 0 || step == until {
+                if step.is_multiple_of(self.cfg.train.log_interval) || step == until {
                     let secs = window_start.elapsed().as_secs_f64();
                     let tokens_per_sec = (window_steps * self.tokens_per_step()) as f64 / secs;
                     self.state.elapsed_s = elapsed();
@@ -363,15 +458,19 @@ impl Trainer {
                         elapsed_s: self.state.elapsed_s,
                         val_loss: None,
                         grad_norm: Some(norm),
-                        mfu: Some(flops_per_step * window_steps as f64 / secs / self.cfg.train.peak_flops),
+                        mfu: Some(
+                            flops_per_step * window_steps as f64 / secs / self.cfg.train.peak_flops,
+                        ),
                     })?;
-                    pb.set_message(format!("loss {loss:.4} lr {lr:.2e} {tokens_per_sec:.0} tok/s"));
+                    pb.set_message(format!(
+                        "loss {loss:.4} lr {lr:.2e} {tokens_per_sec:.0} tok/s"
+                    ));
                     window_start = Instant::now();
                     window_steps = 0;
                 }
             }
             pb.set_position(step);
-            if step % self.cfg.train.eval_interval == 0 || step == until {
+            if step.is_multiple_of(self.cfg.train.eval_interval) || step == until {
                 self.state.elapsed_s = elapsed();
                 let lr = self.schedule.value(step.saturating_sub(1) as f64);
                 let (tr, va, dir) = self.eval_and_checkpoint(lr, self.state.elapsed_s, &pb)?;
@@ -390,8 +489,13 @@ impl Trainer {
     /// temperature 0.8, top-k 200).
     pub fn sample(&self, n_chars: usize, seed: u64) -> Result<String> {
         let prompt = self.tokenizer.encode("\n").unwrap_or_else(|_| vec![0]);
-        let sampling = Sampling { temperature: 0.8, top_k: Some(200) };
-        let ids = self.model.generate(&prompt, n_chars, &sampling, &mut Rng::seed_from_u64(seed))?;
+        let sampling = Sampling {
+            temperature: 0.8,
+            top_k: Some(200),
+        };
+        let ids =
+            self.model
+                .generate(&prompt, n_chars, &sampling, &mut Rng::seed_from_u64(seed))?;
         Ok(self.tokenizer.decode(&ids[prompt.len()..]))
     }
 }

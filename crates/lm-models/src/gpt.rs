@@ -14,7 +14,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::ops::{causal_mask, layer_norm, softmax_last_dim, Dropout};
+use crate::ops::{causal_softmax, gelu, layer_norm, Dropout};
 use crate::params::ParamStore;
 
 /// Parameters with their names.
@@ -200,7 +200,7 @@ impl CausalSelfAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let hd = d / self.n_head;
         let qkv = self.c_attn.forward(x)?;
@@ -211,10 +211,9 @@ impl CausalSelfAttention {
                 .contiguous()
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
-        let probs = self
-            .attn_dropout
-            .forward(&softmax_last_dim(&scores)?, train)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
+        let probs = self.attn_dropout.forward(&probs, train)?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         self.resid_dropout.forward(&self.c_proj.forward(&y)?, train)
     }
@@ -240,7 +239,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.c_fc.forward(x)?.gelu()?;
+        let h = gelu(&self.c_fc.forward(x)?)?;
         self.dropout.forward(&self.c_proj.forward(&h)?, train)
     }
 }
@@ -264,8 +263,8 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask, train)?)?;
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, train)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?, train)?
     }
 }
@@ -359,9 +358,8 @@ impl Gpt {
         let mut x = self
             .embd_dropout
             .forward(&tok.broadcast_add(&pos)?, train)?;
-        let mask = causal_mask(t, x.dtype(), x.device())?;
         for block in &self.blocks {
-            x = block.forward(&x, &mask, train)?;
+            x = block.forward(&x, train)?;
         }
         let x = self.ln_f.forward(&x)?;
         // Tied head: logits = x · Eᵀ.

@@ -19,6 +19,7 @@
 
 mod error;
 pub mod gpt;
+mod kernels;
 pub mod ops;
 pub mod params;
 mod sampling;

@@ -8,17 +8,23 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Result, Tensor, D};
 use lm_objectives::Rng;
 
+use crate::kernels;
+
+fn fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
 /// Layer normalization over the last dimension:
 /// `y = (x − μ) / √(σ² + ε) · γ + β`, with `μ`, `σ²` the mean and (biased) variance.
+/// One fused pass on CPU for f32, the composite form elsewhere.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
-    let y = normed.broadcast_mul(gamma)?;
     match beta {
-        Some(b) => y.broadcast_add(b),
-        None => Ok(y),
+        Some(beta) if fused(x) && gamma.dtype() == DType::F32 => x.contiguous()?.apply_op3(
+            &gamma.contiguous()?,
+            &beta.contiguous()?,
+            kernels::LayerNorm { eps: eps as f32 },
+        ),
+        _ => composite::layer_norm(x, gamma, beta, eps),
     }
 }
 
@@ -28,21 +34,102 @@ pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64) -> Result<Tensor> {
     x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(gamma)
 }
 
-/// Softmax over the last dimension, `exp(x − max) / Σ exp(x − max)`. The max is detached: it
-/// cancels out of the result, so it needs no gradient.
+/// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    if fused(x) {
+        x.contiguous()?.apply_op1(kernels::Softmax {
+            scale: 1.0,
+            causal: false,
+        })
+    } else {
+        composite::softmax_last_dim(x)
+    }
 }
 
-/// The additive causal mask `[t, t]`: 0 on and below the diagonal, −∞ above, so position `i`
-/// attends to positions `≤ i` only.
-pub fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let data: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+/// Causal attention probabilities from raw scores `[.., q, k]`: `softmax(scale·s + M)` where `M`
+/// masks the future (`−∞` above the diagonal, aligned to the last `q` of `k` positions).
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    if fused(scores) {
+        scores.contiguous()?.apply_op1(kernels::Softmax {
+            scale: scale as f32,
+            causal: true,
+        })
+    } else {
+        composite::causal_softmax(scores, scale)
+    }
+}
+
+/// GPT-2's GELU, `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if fused(x) {
+        x.contiguous()?.apply_op1(kernels::GeluTanh)
+    } else {
+        composite::gelu(x)
+    }
+}
+
+/// The same functions as chains of candle ops, each with candle's own backward. They run on every
+/// device and dtype, and are the reference the fused kernels are tested against.
+pub mod composite {
+    use super::*;
+
+    /// Layer norm from mean, variance and broadcasts.
+    pub fn layer_norm(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: Option<&Tensor>,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+        let y = normed.broadcast_mul(gamma)?;
+        match beta {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// Softmax, `exp(x − max) / Σ exp(x − max)`. The max is detached: it cancels out of the
+    /// result, so it needs no gradient.
+    pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let e = x.broadcast_sub(&max)?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    }
+
+    /// GPT-2's GELU from `tanh`, `mul` and `add`, whose backward is exact (candle's fused
+    /// `gelu` backward uses six-digit constants).
+    pub fn gelu(x: &Tensor) -> Result<Tensor> {
+        let inner = ((x + (x.powf(3.0)? * 0.044_715)?)? * (2.0 / std::f64::consts::PI).sqrt())?;
+        ((inner.tanh()? + 1.0)? * x)? * 0.5
+    }
+
+    /// Scale, add the causal mask, softmax.
+    pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+        let (q, k) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
+        let mask = causal_mask(q, k, scores.dtype(), scores.device())?;
+        softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)
+    }
+}
+
+/// The additive causal mask `[q, k]` for `q` queries that are the last `q` of `k` positions:
+/// 0 where query `i` may attend (`j ≤ i + k − q`), −∞ elsewhere.
+pub fn causal_mask(q: usize, k: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let offset = k.saturating_sub(q);
+    let data: Vec<f32> = (0..q)
+        .flat_map(|i| {
+            (0..k).map(move |j| {
+                if j > i + offset {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
-    Tensor::from_vec(data, (t, t), device)?.to_dtype(dtype)
+    Tensor::from_vec(data, (q, k), device)?.to_dtype(dtype)
 }
 
 /// Inverted dropout with a seeded generator: each element is zeroed with probability `p` and the
@@ -108,8 +195,7 @@ mod tests {
             &[[0.5f32, 9.0, 9.0], [1.0, 2.0, 9.0], [1.0, 1.0, 1.0]],
             &Device::Cpu,
         )?;
-        let p = softmax_last_dim(&x.add(&causal_mask(3, DType::F32, &Device::Cpu)?)?)?
-            .to_vec2::<f32>()?;
+        let p = composite::causal_softmax(&x, 1.0)?.to_vec2::<f32>()?;
         assert_eq!(p[0], vec![1.0, 0.0, 0.0]);
         assert!((p[1][0] - 1.0 / (1.0 + 1f32.exp())).abs() < 1e-6 && p[1][2] == 0.0);
         assert!((p[2].iter().sum::<f32>() - 1.0).abs() < 1e-6);

@@ -15,6 +15,7 @@
 
 pub mod causal;
 mod error;
+pub mod fastmath;
 pub mod loss;
 pub mod rng;
 

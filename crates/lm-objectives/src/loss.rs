@@ -4,9 +4,9 @@
 //! Token cross-entropy is the negative log-likelihood of the chapter:
 //! `ℓ_i = −log softmax(z_i)[y_i]`, averaged over the positions whose target is not the ignore index.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 
-use crate::{ObjectiveError, Result, IGNORE_INDEX};
+use crate::{fastmath, ObjectiveError, Result, IGNORE_INDEX};
 
 /// How per-token losses are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,6 +73,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> R
             got: format!("{} positions", targets.dim(0)?),
         });
     }
+    if cfg.label_smoothing == 0.0 && logits.device().is_cpu() && logits.dtype() == DType::F32 {
+        return fused_cross_entropy(&logits, &targets, cfg);
+    }
     let counted = targets.ne(cfg.ignore_index)?;
     let weight = counted.to_dtype(logits.dtype())?;
     let safe_targets = counted.where_cond(&targets, &targets.zeros_like()?)?;
@@ -94,6 +97,153 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> R
             (total / count.max(1.0) as f64)?
         }
     })
+}
+
+fn fused_cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> Result<Tensor> {
+    let targets = targets.contiguous()?;
+    let vocab = logits.dim(1)? as i64;
+    let ids = targets.to_vec1::<i64>()?;
+    if let Some(&bad) = ids
+        .iter()
+        .find(|&&t| t != cfg.ignore_index && !(0..vocab).contains(&t))
+    {
+        return Err(ObjectiveError::BadTensor {
+            name: "targets",
+            expected: format!(
+                "token ids in [0, {vocab}) or the ignore index {}",
+                cfg.ignore_index
+            ),
+            got: bad.to_string(),
+        });
+    }
+    let count = ids.iter().filter(|&&t| t != cfg.ignore_index).count();
+    let per_token = logits.contiguous()?.apply_op2(
+        &targets,
+        FusedNll {
+            ignore_index: cfg.ignore_index,
+        },
+    )?;
+    let total = per_token.sum_all()?;
+    Ok(match cfg.reduction {
+        Reduction::Sum => total,
+        Reduction::Mean => (total / count.max(1) as f64)?,
+    })
+}
+
+/// Per-row `−log softmax(z)[y]` in one pass (0 on ignored rows); backward `(softmax(z) − onehot(y))·g`.
+struct FusedNll {
+    ignore_index: i64,
+}
+
+fn rows_and_ids<'a>(
+    l1: &Layout,
+    s1: &'a CpuStorage,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<(&'a [f32], &'a [i64], usize)> {
+    let (CpuStorage::F32(z), CpuStorage::I64(y)) = (s1, s2) else {
+        candle_core::bail!("fused cross-entropy: expected f32 logits and i64 targets")
+    };
+    let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        candle_core::bail!("fused cross-entropy: expected contiguous inputs")
+    };
+    Ok((&z[a..b], &y[c..d], l1.dims()[1]))
+}
+
+/// `log Σ_j exp(z_j)` of one row, and the row's max.
+#[inline(always)]
+fn log_sum_exp(row: &[f32]) -> (f32, f32) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f32 = row.iter().map(|&v| fastmath::exp(v - max)).sum();
+    (max + sum.ln(), max)
+}
+
+impl CustomOp2 for FusedNll {
+    fn name(&self) -> &'static str {
+        "fused-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (z, y, v) = rows_and_ids(l1, s1, s2, l2)?;
+        let out = fastmath::simd(|| {
+            z.chunks_exact(v)
+                .zip(y)
+                .map(|(row, &t)| {
+                    if t == self.ignore_index {
+                        0.0
+                    } else {
+                        log_sum_exp(row).0 - row[t as usize]
+                    }
+                })
+                .collect::<Vec<f32>>()
+        });
+        Ok((CpuStorage::F32(out), Shape::from(y.len())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = logits.apply_op3_no_bwd(
+            targets,
+            &grad.contiguous()?,
+            &FusedNllGrad {
+                ignore_index: self.ignore_index,
+            },
+        )?;
+        Ok((Some(d), None))
+    }
+}
+
+struct FusedNllGrad {
+    ignore_index: i64,
+}
+
+impl CustomOp3 for FusedNllGrad {
+    fn name(&self) -> &'static str {
+        "fused-nll-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (z, y, v) = rows_and_ids(l1, s1, s2, l2)?;
+        let (CpuStorage::F32(g), Some((a, b))) = (s3, l3.contiguous_offsets()) else {
+            candle_core::bail!("fused cross-entropy: expected a contiguous f32 gradient")
+        };
+        let g = &g[a..b];
+        let mut dz = vec![0f32; z.len()];
+        fastmath::simd(|| {
+            for (((row, drow), &t), &gi) in
+                z.chunks_exact(v).zip(dz.chunks_exact_mut(v)).zip(y).zip(g)
+            {
+                if t == self.ignore_index {
+                    continue;
+                }
+                let (lse, _) = log_sum_exp(row);
+                for (d, &zv) in drow.iter_mut().zip(row) {
+                    *d = fastmath::exp(zv - lse) * gi;
+                }
+                drow[t as usize] -= gi;
+            }
+        });
+        Ok((CpuStorage::F32(dz), l1.shape().clone()))
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +301,44 @@ mod tests {
                 assert!((g[r][c] as f64 - expected).abs() < 1e-6);
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_path_equals_composite_in_value_and_gradient() -> Result<()> {
+        // f32 on CPU takes the fused kernel; f64 takes the composite ops.
+        let data: Vec<f32> = (0..6 * 11)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7)
+            .collect();
+        let targets = Tensor::new(&[3i64, IGNORE_INDEX, 0, 10, 5, IGNORE_INDEX], &Device::Cpu)?;
+        let z32 = candle_core::Var::from_tensor(&Tensor::from_vec(data, (6, 11), &Device::Cpu)?)?;
+        let z64 = candle_core::Var::from_tensor(&z32.as_tensor().to_dtype(DType::F64)?)?;
+        for reduction in [Reduction::Mean, Reduction::Sum] {
+            let cfg = CrossEntropy {
+                reduction,
+                ..Default::default()
+            };
+            let l32 = cross_entropy(z32.as_tensor(), &targets, &cfg)?;
+            let l64 = cross_entropy(z64.as_tensor(), &targets, &cfg)?;
+            assert!((l32.to_scalar::<f32>()? as f64 - l64.to_scalar::<f64>()?).abs() < 1e-5);
+            let g32 = l32
+                .backward()?
+                .get(&z32)
+                .unwrap()
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let g64 = l64
+                .backward()?
+                .get(&z64)
+                .unwrap()
+                .flatten_all()?
+                .to_vec1::<f64>()?;
+            for (a, b) in g32.iter().zip(&g64) {
+                assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
+            }
+        }
+        let bad = Tensor::new(&[11i64, 0, 0, 0, 0, 0], &Device::Cpu)?;
+        assert!(cross_entropy(z32.as_tensor(), &bad, &CrossEntropy::default()).is_err());
         Ok(())
     }
 

@@ -1,0 +1,113 @@
+//! Each fused CPU kernel equals its composite form in value and in gradient (fp32 tolerance).
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use lm_models::ops::{self, composite};
+
+fn randn(shape: &[usize], seed: u64, std: f64) -> Tensor {
+    lm_optim::init::normal(shape, std, seed, "x", DType::F32, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Value and gradients (w.r.t. each input) of `Σ f(inputs) ⊙ w` for a fixed random `w`.
+fn value_and_grads(
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = f(&ts).unwrap();
+    let w = randn(y.dims(), 99, 1.0).to_dtype(y.dtype()).unwrap();
+    let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gs = vars
+        .iter()
+        .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+        .collect();
+    (y, gs)
+}
+
+/// The fused kernel in f32 against the composite form evaluated in f64.
+fn assert_same(
+    fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+    reference: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    tol: f32,
+) {
+    let (y1, g1) = value_and_grads(fused, inputs);
+    let wide: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| t.to_dtype(DType::F64).unwrap())
+        .collect();
+    let (y2, g2) = value_and_grads(reference, &wide);
+    let narrow = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+    let (y2, g2): (Tensor, Vec<Tensor>) = (narrow(y2), g2.into_iter().map(narrow).collect());
+    assert!(
+        max_abs_diff(&y1, &y2) < tol,
+        "values differ by {}",
+        max_abs_diff(&y1, &y2)
+    );
+    for (i, (a, b)) in g1.iter().zip(&g2).enumerate() {
+        assert!(
+            max_abs_diff(a, b) < tol,
+            "gradient {i} differs by {}",
+            max_abs_diff(a, b)
+        );
+    }
+}
+
+#[test]
+fn fused_layer_norm_equals_composite() {
+    let x = (randn(&[3, 5, 48], 1, 2.0) + 0.7).unwrap();
+    let gamma = (randn(&[48], 2, 0.3) + 1.0).unwrap();
+    let beta = randn(&[48], 3, 0.3);
+    assert_same(
+        |t| ops::layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5),
+        |t| composite::layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5),
+        &[x, gamma, beta],
+        2e-5,
+    );
+}
+
+#[test]
+fn fused_softmax_equals_composite() {
+    let x = randn(&[4, 7, 33], 4, 3.0);
+    assert_same(
+        |t| ops::softmax_last_dim(&t[0]),
+        |t| composite::softmax_last_dim(&t[0]),
+        &[x],
+        1e-6,
+    );
+}
+
+#[test]
+fn fused_causal_softmax_equals_composite_square_and_offset() {
+    for (q, k) in [(9, 9), (3, 9), (1, 5)] {
+        let x = randn(&[2, 3, q, k], 5, 3.0);
+        assert_same(
+            |t| ops::causal_softmax(&t[0], 0.25),
+            |t| composite::causal_softmax(&t[0], 0.25),
+            &[x],
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn fused_gelu_equals_composite() {
+    let x = randn(&[5, 301], 6, 3.0);
+    assert_same(|t| ops::gelu(&t[0]), |t| composite::gelu(&t[0]), &[x], 1e-6);
+}

@@ -4,7 +4,12 @@
 //! model-ready examples out) plus the losses that score them on candle tensors.
 //!
 //! - [`causal`]: decoder-only causal LM (GPT): shift-by-one pairs, document packing.
-//! - [`loss`]: token cross-entropy with an ignore index and label smoothing.
+//! - [`mlm`]: masked LM (BERT/RoBERTa): the 15% / 80-10-10 noise function, whole-word and dynamic.
+//! - [`nsp`]: next sentence prediction pairs (BERT) and FULL-SENTENCES packing (RoBERTa).
+//! - [`span_corruption`]: T5's span corruption with sentinels, its length helper, and prefix LM.
+//! - [`bart`]: BART's text infilling, sentence permutation, token deletion, document rotation.
+//! - [`collate`]: padding, attention masks, decoder inputs shifted right.
+//! - [`loss`]: token cross-entropy with an ignore index and label smoothing; NSP and BERT losses.
 //! - [`rng`]: the seedable generator every random transform takes, for reproducible pipelines.
 //!
 //! ```
@@ -13,11 +18,16 @@
 //! assert_eq!(ex.targets, vec![11, 12, 13]);
 //! ```
 
+pub mod bart;
 pub mod causal;
+pub mod collate;
 mod error;
 pub mod fastmath;
 pub mod loss;
+pub mod mlm;
+pub mod nsp;
 pub mod rng;
+pub mod span_corruption;
 
 pub use error::{ObjectiveError, Result};
 pub use rng::Rng;

@@ -99,6 +99,31 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> R
     })
 }
 
+/// BERT's next-sentence-prediction loss: cross-entropy of the `[batch, 2]` logits of the NSP head
+/// against labels 0 (IsNext) / 1 (NotNext).
+pub fn nsp_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    if logits.dims().last() != Some(&2) {
+        return Err(ObjectiveError::BadTensor {
+            name: "nsp logits",
+            expected: "[batch, 2]".into(),
+            got: format!("{:?}", logits.dims()),
+        });
+    }
+    cross_entropy(logits, labels, &CrossEntropy::default())
+}
+
+/// BERT's pretraining loss: the masked-LM cross-entropy (on labelled positions only) plus the NSP
+/// loss, as `BertForPreTraining` computes it.
+pub fn bert_pretraining_loss(
+    mlm_logits: &Tensor,
+    mlm_labels: &Tensor,
+    nsp_logits: &Tensor,
+    nsp_labels: &Tensor,
+) -> Result<Tensor> {
+    let mlm = cross_entropy(mlm_logits, mlm_labels, &CrossEntropy::default())?;
+    Ok((mlm + nsp_loss(nsp_logits, nsp_labels)?)?)
+}
+
 fn fused_cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> Result<Tensor> {
     let targets = targets.contiguous()?;
     let vocab = logits.dim(1)? as i64;

@@ -22,14 +22,18 @@
 //! assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 1.9).abs() < 1e-6);
 //! ```
 
+pub mod adafactor;
 pub mod adam;
 pub mod clip;
 mod error;
 pub mod init;
 pub mod optimizer;
 pub mod schedule;
+pub mod sgd;
 
+pub use adafactor::{AdaFactor, AdaFactorConfig, AdaFactorLr};
 pub use adam::{Adam, AdamConfig, WeightDecay};
+pub use sgd::{Sgd, SgdConfig};
 pub use error::{OptimError, Result};
 pub use optimizer::{load_state, save_state, Optimizer, ParamGroup};
 pub use schedule::{BatchSizeRamp, Schedule};

@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use candle_core::{backprop::GradStore, DType, Tensor, Var, D};
 
 use crate::error::{check, Result};
-use crate::optimizer::{check_unique_names, read_step, step_tensor, take_state, Optimizer, ParamGroup};
+use crate::optimizer::{
+    check_unique_names, read_step, step_tensor, take_state, Optimizer, ParamGroup,
+};
 
 /// Where the step size comes from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,7 +108,12 @@ impl AdaFactor {
     pub fn new(groups: Vec<ParamGroup>, cfg: AdaFactorConfig) -> Result<Self> {
         check(cfg.eps1 >= 0.0, "eps1", cfg.eps1, "≥ 0")?;
         check(cfg.eps2 > 0.0, "eps2", cfg.eps2, "> 0")?;
-        check(cfg.clip_threshold > 0.0, "clip_threshold", cfg.clip_threshold, "> 0")?;
+        check(
+            cfg.clip_threshold > 0.0,
+            "clip_threshold",
+            cfg.clip_threshold,
+            "> 0",
+        )?;
         check(cfg.decay_rate < 0.0, "decay_rate", cfg.decay_rate, "< 0")?;
         if let Some(b1) = cfg.beta1 {
             check((0.0..1.0).contains(&b1), "beta1", b1, "a value in [0, 1)")?;
@@ -118,7 +125,10 @@ impl AdaFactor {
                 let dev = var.device();
                 let v = if var.rank() >= 2 {
                     let (row, col) = factored_shapes(var.dims());
-                    SecondMoment::Factored { row: Tensor::zeros(row, DType::F32, dev)?, col: Tensor::zeros(col, DType::F32, dev)? }
+                    SecondMoment::Factored {
+                        row: Tensor::zeros(row, DType::F32, dev)?,
+                        col: Tensor::zeros(col, DType::F32, dev)?,
+                    }
                 } else {
                     SecondMoment::Full(Tensor::zeros(var.shape(), DType::F32, dev)?)
                 };
@@ -126,10 +136,21 @@ impl AdaFactor {
                     Some(_) => Some(Tensor::zeros(var.shape(), DType::F32, dev)?),
                     None => None,
                 };
-                slots.push(Slot { name: name.clone(), var: var.clone(), v, m, group: gi });
+                slots.push(Slot {
+                    name: name.clone(),
+                    var: var.clone(),
+                    v,
+                    m,
+                    group: gi,
+                });
             }
         }
-        Ok(Self { cfg, groups, slots, t: 0 })
+        Ok(Self {
+            cfg,
+            groups,
+            slots,
+            t: 0,
+        })
     }
 
     fn step_size(&self, lr: f64, param_rms: f64) -> f64 {
@@ -141,7 +162,11 @@ impl AdaFactor {
             }
             AdaFactorLr::External => lr,
         };
-        let scale = if self.cfg.scale_parameter { self.cfg.eps2.max(param_rms) } else { 1.0 };
+        let scale = if self.cfg.scale_parameter {
+            self.cfg.eps2.max(param_rms)
+        } else {
+            1.0
+        };
         scale * base
     }
 }
@@ -152,7 +177,9 @@ impl Optimizer for AdaFactor {
         self.t += 1;
         let beta2t = 1.0 - (self.t as f64).powf(self.cfg.decay_rate);
         for i in 0..self.slots.len() {
-            let Some(g) = grads.get(self.slots[i].var.as_tensor()) else { continue };
+            let Some(g) = grads.get(self.slots[i].var.as_tensor()) else {
+                continue;
+            };
             let g = g.to_dtype(DType::F32)?;
             let theta = self.slots[i].var.as_tensor().to_dtype(DType::F32)?;
             let step = self.step_size(lr * self.groups[self.slots[i].group].lr_scale, rms(&theta)?);
@@ -162,7 +189,11 @@ impl Optimizer for AdaFactor {
                 SecondMoment::Factored { row, col } => {
                     *row = ((&*row * beta2t)? + (sq.mean(D::Minus1)? * (1.0 - beta2t))?)?;
                     *col = ((&*col * beta2t)? + (sq.mean(D::Minus2)? * (1.0 - beta2t))?)?;
-                    let r = row.broadcast_div(&row.mean_keepdim(D::Minus1)?)?.sqrt()?.recip()?.unsqueeze(D::Minus1)?;
+                    let r = row
+                        .broadcast_div(&row.mean_keepdim(D::Minus1)?)?
+                        .sqrt()?
+                        .recip()?
+                        .unsqueeze(D::Minus1)?;
                     let c = col.unsqueeze(D::Minus2)?.sqrt()?.recip()?;
                     r.broadcast_mul(&c)?.mul(&g)?
                 }
@@ -178,8 +209,13 @@ impl Optimizer for AdaFactor {
                 update = m.clone();
             }
             let wd = self.groups[slot.group].weight_decay;
-            let theta = if wd != 0.0 { (&theta - (&theta * (wd * step))?)? } else { theta };
-            slot.var.set(&(theta - update)?.to_dtype(slot.var.dtype())?)?;
+            let theta = if wd != 0.0 {
+                (&theta - (&theta * (wd * step))?)?
+            } else {
+                theta
+            };
+            slot.var
+                .set(&(theta - update)?.to_dtype(slot.var.dtype())?)?;
         }
         Ok(())
     }
@@ -211,10 +247,14 @@ impl Optimizer for AdaFactor {
             let dev = s.var.device().clone();
             match &mut s.v {
                 SecondMoment::Factored { row, col } => {
-                    *row = take_state(state, &format!("{}.exp_avg_sq_row", s.name), row)?.to_device(&dev)?;
-                    *col = take_state(state, &format!("{}.exp_avg_sq_col", s.name), col)?.to_device(&dev)?;
+                    *row = take_state(state, &format!("{}.exp_avg_sq_row", s.name), row)?
+                        .to_device(&dev)?;
+                    *col = take_state(state, &format!("{}.exp_avg_sq_col", s.name), col)?
+                        .to_device(&dev)?;
                 }
-                SecondMoment::Full(v) => *v = take_state(state, &format!("{}.exp_avg_sq", s.name), v)?.to_device(&dev)?,
+                SecondMoment::Full(v) => {
+                    *v = take_state(state, &format!("{}.exp_avg_sq", s.name), v)?.to_device(&dev)?
+                }
             }
             if let Some(m) = &mut s.m {
                 *m = take_state(state, &format!("{}.exp_avg", s.name), m)?.to_device(&dev)?;

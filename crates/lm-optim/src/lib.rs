@@ -1,8 +1,10 @@
 //! # lm-optim
 //!
-//! Optimizers for any candle model, built from small pieces: an update rule ([`Adam`], …) over
-//! [`ParamGroup`]s, a learning rate per step from a [`Schedule`], gradient clipping
-//! ([`clip::clip_grad_norm`]) and keyed initialization ([`init`]).
+//! Optimizers for any candle model, built from small pieces: an update rule ([`Sgd`], [`Adam`]
+//! (and AdamW), [`AdaFactor`]) over [`ParamGroup`]s, a learning rate per step from a
+//! [`Schedule`], gradient clipping ([`clip::clip_grad_norm`]), dynamic loss scaling for mixed
+//! precision ([`LossScaler`]), keyed initialization ([`init`]) and the papers' compositions
+//! ([`presets::gpt3`], [`presets::bert`], [`presets::t5`]).
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -27,13 +29,16 @@ pub mod adam;
 pub mod clip;
 mod error;
 pub mod init;
+pub mod loss_scale;
 pub mod optimizer;
+pub mod presets;
 pub mod schedule;
 pub mod sgd;
 
 pub use adafactor::{AdaFactor, AdaFactorConfig, AdaFactorLr};
 pub use adam::{Adam, AdamConfig, WeightDecay};
-pub use sgd::{Sgd, SgdConfig};
 pub use error::{OptimError, Result};
+pub use loss_scale::LossScaler;
 pub use optimizer::{load_state, save_state, Optimizer, ParamGroup};
 pub use schedule::{BatchSizeRamp, Schedule};
+pub use sgd::{Sgd, SgdConfig};

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 
 use crate::error::{check, Result};
-use crate::optimizer::{check_unique_names, read_step, step_tensor, take_state, Optimizer, ParamGroup};
+use crate::optimizer::{
+    check_unique_names, read_step, step_tensor, take_state, Optimizer, ParamGroup,
+};
 
 /// SGD hyperparameters (λ lives in each group).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -41,9 +43,19 @@ impl Sgd {
     pub fn new(groups: Vec<ParamGroup>, cfg: SgdConfig) -> Result<Self> {
         check(cfg.momentum >= 0.0, "momentum", cfg.momentum, "≥ 0")?;
         check(cfg.dampening >= 0.0, "dampening", cfg.dampening, "≥ 0")?;
-        check(!cfg.nesterov || (cfg.momentum > 0.0 && cfg.dampening == 0.0), "nesterov momentum", cfg.momentum, "momentum > 0 and dampening 0 with Nesterov")?;
+        check(
+            !cfg.nesterov || (cfg.momentum > 0.0 && cfg.dampening == 0.0),
+            "nesterov momentum",
+            cfg.momentum,
+            "momentum > 0 and dampening 0 with Nesterov",
+        )?;
         check_unique_names(&groups)?;
-        Ok(Self { cfg, groups, buffers: HashMap::new(), t: 0 })
+        Ok(Self {
+            cfg,
+            groups,
+            buffers: HashMap::new(),
+            t: 0,
+        })
     }
 }
 
@@ -54,7 +66,9 @@ impl Optimizer for Sgd {
         for group in &self.groups {
             let lr = lr * group.lr_scale;
             for (name, var) in &group.params {
-                let Some(g) = grads.get(var.as_tensor()) else { continue };
+                let Some(g) = grads.get(var.as_tensor()) else {
+                    continue;
+                };
                 let theta = var.as_tensor().to_dtype(DType::F32)?;
                 let mut g = g.to_dtype(DType::F32)?;
                 if group.weight_decay != 0.0 {
@@ -65,7 +79,11 @@ impl Optimizer for Sgd {
                         None => g.clone(),
                         Some(b) => ((b * self.cfg.momentum)? + (&g * (1.0 - self.cfg.dampening))?)?,
                     };
-                    g = if self.cfg.nesterov { (g + (&buf * self.cfg.momentum)?)? } else { buf.clone() };
+                    g = if self.cfg.nesterov {
+                        (g + (&buf * self.cfg.momentum)?)?
+                    } else {
+                        buf.clone()
+                    };
                     self.buffers.insert(name.clone(), buf);
                 }
                 var.set(&(theta - (g * lr)?)?.to_dtype(var.dtype())?)?;
@@ -95,7 +113,10 @@ impl Optimizer for Sgd {
             for (name, var) in &group.params {
                 let key = format!("{name}.momentum_buffer");
                 if state.contains_key(&key) {
-                    self.buffers.insert(name.clone(), take_state(state, &key, var.as_tensor())?.to_device(var.device())?);
+                    self.buffers.insert(
+                        name.clone(),
+                        take_state(state, &key, var.as_tensor())?.to_device(var.device())?,
+                    );
                 }
             }
         }
@@ -107,6 +128,9 @@ impl Optimizer for Sgd {
     }
 
     fn vars(&self) -> Vec<Var> {
-        self.groups.iter().flat_map(|g| g.params.iter().map(|(_, v)| v.clone())).collect()
+        self.groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(|(_, v)| v.clone()))
+            .collect()
     }
 }

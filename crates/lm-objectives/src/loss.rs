@@ -293,6 +293,22 @@ mod tests {
     }
 
     #[test]
+    fn causal_lm_loss_of_a_tiny_sequence_by_hand() -> Result<()> {
+        // Tokens [0, 1, 1] over V = 2: inputs [0, 1], targets [1, 1]. A model that gives logits
+        // (0, ln 3) after token 0 and (0, 0) after token 1 assigns p = 3/4 and 1/2 to the targets:
+        // NLL = (−ln ¾ − ln ½)/2.
+        let ex = crate::causal::shift_for_causal_lm(&[0, 1, 1])?;
+        assert_eq!(ex.input_ids, vec![0, 1]);
+        let logits = Tensor::new(&[[0.0f32, 3f32.ln()], [0.0, 0.0]], &Device::Cpu)?;
+        let targets = Tensor::new(ex.targets.as_slice(), &Device::Cpu)?;
+        let loss =
+            cross_entropy(&logits, &targets, &CrossEntropy::default())?.to_scalar::<f32>()? as f64;
+        let expected = (-(0.75f64).ln() - (0.5f64).ln()) / 2.0;
+        assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+        Ok(())
+    }
+
+    #[test]
     fn label_smoothing_matches_pytorch_definition() -> Result<()> {
         let logits = Tensor::new(&[[0.5f32, -1.0, 2.0, 0.0]], &Device::Cpu)?;
         let targets = Tensor::new(&[2u32], &Device::Cpu)?;

@@ -311,6 +311,20 @@ impl Trainer {
         Ok(Some((loss, norm, lr)))
     }
 
+    /// One optimizer step outside the loop (no logging, evaluation or checkpoint); returns the
+    /// training loss, or `None` for a skipped non-finite step. For benchmarks and custom loops.
+    pub fn train_one_step(&mut self) -> Result<Option<f32>> {
+        Ok(self.train_step()?.map(|(loss, _, _)| loss))
+    }
+
+    /// Model FLOPs of one optimizer step (6·N + 12·L·d·T per token, times the tokens of a step).
+    pub fn flops_per_step(&self) -> f64 {
+        self.model
+            .config()
+            .flops_per_token(self.cfg.model.block_size)
+            * self.tokens_per_step() as f64
+    }
+
     /// Mean loss over `eval_iters` batches of each split, with dropout off. The batches come
     /// from a generator seeded by the step, so evaluation never shifts the training stream.
     pub fn evaluate(&mut self) -> Result<(f32, f32)> {

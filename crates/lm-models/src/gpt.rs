@@ -20,9 +20,8 @@ use crate::params::ParamStore;
 /// Parameters with their names.
 pub type NamedVars = Vec<(String, candle_core::Var)>;
 
-/// GPT hyperparameters, with HuggingFace `GPT2Config` key names.
+/// GPT hyperparameters, with HuggingFace `GPT2Config` key names (other keys are ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GptConfig {
     /// Vocabulary size V.
     pub vocab_size: usize,
@@ -324,6 +323,14 @@ impl Gpt {
     pub fn init(cfg: &GptConfig, seed: u64, device: &Device) -> Result<(Self, ParamStore)> {
         let store = ParamStore::new(seed);
         let model = Self::new(cfg, store.var_builder(DType::F32, device))?;
+        Ok((model, store))
+    }
+
+    /// Loads a HuggingFace `GPT2LMHeadModel` directory.
+    pub fn from_hf_dir(dir: &std::path::Path, device: &Device) -> Result<(Self, ParamStore)> {
+        let cfg: GptConfig = crate::hf::read_config(dir, &["gpt2"])?;
+        let (model, store) = Self::init(&cfg, 0, device)?;
+        crate::hf::load_weights(&store, dir)?;
         Ok((model, store))
     }
 

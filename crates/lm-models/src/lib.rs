@@ -17,9 +17,13 @@
 //! assert_eq!(params.num_params(), GptConfig::tiny(10).num_params());
 //! ```
 
+pub mod bart;
+pub mod bert;
 mod error;
 pub mod gpt;
+pub mod hf;
 mod kernels;
+pub mod layers;
 pub mod ops;
 pub mod params;
 mod sampling;

@@ -46,6 +46,11 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The exact GELU, `x·Φ(x)` (BERT, BART), with candle's erf-based op and its backward.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
 /// Causal attention probabilities from raw scores `[.., q, k]`: `softmax(scale·s + M)` where `M`
 /// masks the future (`−∞` above the diagonal, aligned to the last `q` of `k` positions).
 pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
@@ -147,6 +152,11 @@ impl Dropout {
             p,
             rng: Mutex::new(Rng::seed_from_u64(seed)),
         }
+    }
+
+    /// The dropout rate.
+    pub fn rate(&self) -> f64 {
+        self.p
     }
 
     /// Applies dropout when `train` is true and `p > 0`; the identity otherwise.

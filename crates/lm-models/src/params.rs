@@ -83,6 +83,23 @@ impl ParamStore {
         })
     }
 
+    /// Like [`ParamStore::load_safetensors`] with names as they are, except that parameters for
+    /// which `optional` holds may be absent from the file: they keep their initial values and
+    /// their names are returned (e.g. new task heads).
+    pub fn load_safetensors_partial(&self, path: &Path, optional: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        let present: std::collections::HashSet<String> = {
+            let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+            let st = safetensors_names(&bytes).map_err(|problem| ModelError::BadFile { path: path.to_path_buf(), problem })?;
+            st.into_iter().collect()
+        };
+        let missing: Vec<String> = names.iter().filter(|n| !present.contains(*n) && optional(n)).cloned().collect();
+        // Load through a view without the optional-and-missing parameters (same Vars otherwise).
+        let view: BTreeMap<String, Var> = self.lock().iter().filter(|(k, _)| !missing.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        ParamStore { vars: Arc::new(Mutex::new(view)), seed: self.seed }.load_safetensors(path, |n| Some(n.to_string()))?;
+        Ok(missing)
+    }
+
     /// Overwrites every parameter with the tensor of the same name in `path`, after checking
     /// that each exists with the right shape. `rename` maps a file name to a parameter name
     /// (or `None` to skip it), for layouts that differ from ours.
@@ -171,6 +188,17 @@ impl ParamStore {
         };
         t.to_dtype(dtype)
     }
+}
+
+/// The tensor names in a safetensors buffer (from its JSON header).
+fn safetensors_names(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
+    if bytes.len() < 8 {
+        return Err("truncated safetensors file (no header)".into());
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = bytes.get(8..8 + n).ok_or("truncated safetensors header")?;
+    let json: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("bad safetensors header: {e}"))?;
+    Ok(json.as_object().map(|o| o.keys().filter(|k| *k != "__metadata__").cloned().collect()).unwrap_or_default())
 }
 
 impl candle_nn::var_builder::SimpleBackend for ParamStore {

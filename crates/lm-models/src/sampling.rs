@@ -9,6 +9,8 @@ pub struct Sampling {
     pub temperature: f64,
     /// Keep only the `k` most likely tokens before sampling.
     pub top_k: Option<usize>,
+    /// Nucleus sampling: keep the smallest set of most likely tokens whose probability reaches `p`.
+    pub top_p: Option<f64>,
 }
 
 impl Sampling {
@@ -17,6 +19,7 @@ impl Sampling {
         Self {
             temperature: 0.0,
             top_k: None,
+            top_p: None,
         }
     }
 
@@ -61,6 +64,40 @@ impl Sampling {
         }
         order[order.len() - 1] as u32
     }
+}
+
+/// Autoregressive decoding from `start` until `eos` or `max_new_tokens`: `step(ids, cache)` returns
+/// logits `[1, t, V]` for the ids given. With `use_cache`, each step passes only the newest token
+/// and a cache; without, the whole prefix again. Both give the same tokens.
+pub(crate) fn decode_loop(
+    start: u32,
+    eos: u32,
+    max_new_tokens: usize,
+    sampling: &Sampling,
+    rng: &mut Rng,
+    use_cache: bool,
+    device: &candle_core::Device,
+    mut step: impl FnMut(&candle_core::Tensor, Option<&mut crate::layers::KvCache>) -> crate::Result<candle_core::Tensor>,
+) -> crate::Result<Vec<u32>> {
+    let mut tokens = vec![start];
+    let mut cache = crate::layers::KvCache::new();
+    for _ in 0..max_new_tokens {
+        let logits = if use_cache {
+            let ids = candle_core::Tensor::new(&tokens[tokens.len() - 1..], device)?.unsqueeze(0)?;
+            step(&ids, Some(&mut cache))?
+        } else {
+            let ids = candle_core::Tensor::new(tokens.as_slice(), device)?.unsqueeze(0)?;
+            step(&ids, None)?
+        };
+        let t = logits.dim(1)?;
+        let last: Vec<f32> = logits.squeeze(0)?.get(t - 1)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        let next = sampling.sample(&last, rng);
+        tokens.push(next);
+        if next == eos {
+            break;
+        }
+    }
+    Ok(tokens[1..].to_vec())
 }
 
 #[cfg(test)]

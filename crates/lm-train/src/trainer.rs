@@ -506,6 +506,7 @@ impl Trainer {
         let sampling = Sampling {
             temperature: 0.8,
             top_k: Some(200),
+            top_p: None,
         };
         let ids =
             self.model

@@ -1,0 +1,399 @@
+//! BART (encoder-decoder denoiser), laid out as HuggingFace's `BartForConditionalGeneration`.
+//!
+//! The encoder reads the corrupted text bidirectionally, the decoder reconstructs the original
+//! left to right with cross-attention to the encoder (the chapter's `p(y | x)`). Both use learned
+//! positions (offset by 2, as fairseq), an embedding LayerNorm and post-LayerNorm layers; the
+//! token embedding is shared by encoder, decoder and the LM head, which adds `final_logits_bias`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::layers::{attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, LayerNorm, Linear};
+use crate::ops::{gelu_erf, Dropout};
+use crate::params::ParamStore;
+
+/// BART hyperparameters, with HuggingFace `BartConfig` key names (other keys are ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BartConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width d.
+    pub d_model: usize,
+    /// Encoder layers.
+    pub encoder_layers: usize,
+    /// Decoder layers.
+    pub decoder_layers: usize,
+    /// Encoder heads.
+    pub encoder_attention_heads: usize,
+    /// Decoder heads.
+    pub decoder_attention_heads: usize,
+    /// Encoder feed-forward width.
+    pub encoder_ffn_dim: usize,
+    /// Decoder feed-forward width.
+    pub decoder_ffn_dim: usize,
+    /// Learned positions (the table has 2 more rows).
+    pub max_position_embeddings: usize,
+    /// Dropout on hidden states.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Dropout on attention probabilities.
+    #[serde(default)]
+    pub attention_dropout: f64,
+    /// Dropout after the feed-forward activation.
+    #[serde(default)]
+    pub activation_dropout: f64,
+    /// Initialization standard deviation.
+    #[serde(default = "init_std")]
+    pub init_std: f64,
+    /// Multiply embeddings by √d.
+    #[serde(default)]
+    pub scale_embedding: bool,
+    /// Padding id.
+    #[serde(default = "one")]
+    pub pad_token_id: u32,
+    /// Beginning of sequence.
+    #[serde(default)]
+    pub bos_token_id: u32,
+    /// End of sequence.
+    #[serde(default = "two")]
+    pub eos_token_id: u32,
+    /// First decoder input.
+    #[serde(default = "two")]
+    pub decoder_start_token_id: u32,
+}
+
+fn init_std() -> f64 {
+    0.02
+}
+fn one() -> u32 {
+    1
+}
+fn two() -> u32 {
+    2
+}
+
+const POSITION_OFFSET: usize = 2;
+
+impl BartConfig {
+    fn sized(vocab: usize, d: usize, layers: usize, heads: usize, ff: usize, positions: usize) -> Self {
+        Self {
+            vocab_size: vocab,
+            d_model: d,
+            encoder_layers: layers,
+            decoder_layers: layers,
+            encoder_attention_heads: heads,
+            decoder_attention_heads: heads,
+            encoder_ffn_dim: ff,
+            decoder_ffn_dim: ff,
+            max_position_embeddings: positions,
+            dropout: 0.1,
+            attention_dropout: 0.0,
+            activation_dropout: 0.0,
+            init_std: 0.02,
+            scale_embedding: false,
+            pad_token_id: 1,
+            bos_token_id: 0,
+            eos_token_id: 2,
+            decoder_start_token_id: 2,
+        }
+    }
+
+    /// BART-base: 6 + 6 layers, 12 heads, d = 768, 50265 tokens (≈ 139 M parameters).
+    pub fn base() -> Self {
+        Self::sized(50265, 768, 6, 12, 3072, 1024)
+    }
+
+    /// A tiny model for tests (no dropout).
+    pub fn tiny(vocab_size: usize) -> Self {
+        Self { dropout: 0.0, ..Self::sized(vocab_size, 16, 2, 2, 32, 32) }
+    }
+
+    /// Checks the sizes agree.
+    pub fn validate(&self) -> Result<()> {
+        for (heads, key) in [(self.encoder_attention_heads, "encoder_attention_heads"), (self.decoder_attention_heads, "decoder_attention_heads")] {
+            if heads == 0 || !self.d_model.is_multiple_of(heads) {
+                return Err(ModelError::BadConfig { key, problem: format!("d_model = {} is not divisible by {heads}", self.d_model) });
+            }
+        }
+        Ok(())
+    }
+
+    /// Parameters (shared embedding counted once; `final_logits_bias` is a buffer, not counted).
+    pub fn num_params(&self) -> usize {
+        let d = self.d_model;
+        let attn = 4 * (d * d + d);
+        let ln = 2 * d;
+        let pos = (self.max_position_embeddings + POSITION_OFFSET) * d;
+        let enc = self.encoder_layers * (attn + ln + (d * self.encoder_ffn_dim + self.encoder_ffn_dim) + (self.encoder_ffn_dim * d + d) + ln);
+        let dec = self.decoder_layers * (2 * (attn + ln) + (d * self.decoder_ffn_dim + self.decoder_ffn_dim) + (self.decoder_ffn_dim * d + d) + ln);
+        self.vocab_size * d + 2 * (pos + ln) + enc + dec
+    }
+
+    /// Training FLOPs per (decoder) token, `6·N + 12·L·d·t` with L all layers.
+    pub fn flops_per_token(&self, t: usize) -> f64 {
+        6.0 * self.num_params() as f64 + 12.0 * ((self.encoder_layers + self.decoder_layers) * self.d_model * t) as f64
+    }
+
+    /// As HuggingFace's `config.json`.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("serializes");
+        v["model_type"] = "bart".into();
+        v["architectures"] = serde_json::json!(["BartForConditionalGeneration"]);
+        v["activation_function"] = "gelu".into();
+        v["is_encoder_decoder"] = true.into();
+        v["tie_word_embeddings"] = true.into();
+        v["forced_eos_token_id"] = serde_json::Value::Null;
+        v
+    }
+}
+
+#[derive(Debug)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(d: usize, heads: usize, std: f64, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            q: Linear::new(d, d, true, std, vb.pp("q_proj"))?,
+            k: Linear::new(d, d, true, std, vb.pp("k_proj"))?,
+            v: Linear::new(d, d, true, std, vb.pp("v_proj"))?,
+            out: Linear::new(d, d, true, std, vb.pp("out_proj"))?,
+            heads,
+        })
+    }
+
+    fn kv(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((split_heads(&self.k.forward(x)?, self.heads)?, split_heads(&self.v.forward(x)?, self.heads)?))
+    }
+
+    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, causal: bool) -> candle_core::Result<Tensor> {
+        let q = split_heads(&self.q.forward(x)?, self.heads)?;
+        let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+        self.out.forward(&merge_heads(&attention(&q, k, v, bias, scale, causal)?)?)
+    }
+}
+
+#[derive(Debug)]
+struct FeedForward {
+    fc1: Linear,
+    fc2: Linear,
+    ln: LayerNorm,
+}
+
+impl FeedForward {
+    fn new(d: usize, ff: usize, std: f64, vb: &VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            fc1: Linear::new(d, ff, true, std, vb.pp("fc1"))?,
+            fc2: Linear::new(ff, d, true, std, vb.pp("fc2"))?,
+            ln: LayerNorm::new(d, 1e-5, vb.pp("final_layer_norm"))?,
+        })
+    }
+
+    fn forward(&self, h: &Tensor, drop: &Dropout, act_drop: &Dropout, train: bool) -> candle_core::Result<Tensor> {
+        let f = self.fc2.forward(&act_drop.forward(&gelu_erf(&self.fc1.forward(h)?)?, train)?)?;
+        self.ln.forward(&(h + drop.forward(&f, train)?)?)
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    attn: Attention,
+    attn_ln: LayerNorm,
+    ffn: FeedForward,
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    self_attn: Attention,
+    self_ln: LayerNorm,
+    cross_attn: Attention,
+    cross_ln: LayerNorm,
+    ffn: FeedForward,
+}
+
+/// `BartForConditionalGeneration`.
+#[derive(Debug)]
+pub struct Bart {
+    cfg: BartConfig,
+    shared: Tensor,
+    enc_pos: Tensor,
+    enc_ln: LayerNorm,
+    enc_layers: Vec<EncoderLayer>,
+    dec_pos: Tensor,
+    dec_ln: LayerNorm,
+    dec_layers: Vec<DecoderLayer>,
+    final_logits_bias: Tensor,
+    dropout: Dropout,
+    act_dropout: Dropout,
+    training: AtomicBool,
+}
+
+impl Bart {
+    /// Builds the model from `vb` with HuggingFace names, creating missing parameters with BART's
+    /// initialization (`N(0, 0.02)`, zero biases).
+    pub fn new(cfg: &BartConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let (d, std) = (cfg.d_model, cfg.init_std);
+        let m = vb.pp("model");
+        let enc = m.pp("encoder");
+        let dec = m.pp("decoder");
+        let npos = cfg.max_position_embeddings + POSITION_OFFSET;
+        let enc_layers = (0..cfg.encoder_layers)
+            .map(|i| {
+                let l = enc.pp("layers").pp(i);
+                Ok(EncoderLayer {
+                    attn: Attention::new(d, cfg.encoder_attention_heads, std, l.pp("self_attn"))?,
+                    attn_ln: LayerNorm::new(d, 1e-5, l.pp("self_attn_layer_norm"))?,
+                    ffn: FeedForward::new(d, cfg.encoder_ffn_dim, std, &l)?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let dec_layers = (0..cfg.decoder_layers)
+            .map(|i| {
+                let l = dec.pp("layers").pp(i);
+                Ok(DecoderLayer {
+                    self_attn: Attention::new(d, cfg.decoder_attention_heads, std, l.pp("self_attn"))?,
+                    self_ln: LayerNorm::new(d, 1e-5, l.pp("self_attn_layer_norm"))?,
+                    cross_attn: Attention::new(d, cfg.decoder_attention_heads, std, l.pp("encoder_attn"))?,
+                    cross_ln: LayerNorm::new(d, 1e-5, l.pp("encoder_attn_layer_norm"))?,
+                    ffn: FeedForward::new(d, cfg.decoder_ffn_dim, std, &l)?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            shared: embedding(cfg.vocab_size, d, std, m.pp("shared"))?,
+            enc_pos: embedding(npos, d, std, enc.pp("embed_positions"))?,
+            enc_ln: LayerNorm::new(d, 1e-5, enc.pp("layernorm_embedding"))?,
+            enc_layers,
+            dec_pos: embedding(npos, d, std, dec.pp("embed_positions"))?,
+            dec_ln: LayerNorm::new(d, 1e-5, dec.pp("layernorm_embedding"))?,
+            dec_layers,
+            final_logits_bias: vb.get_with_hints((1, cfg.vocab_size), "final_logits_bias", candle_nn::Init::Const(0.0))?,
+            dropout: Dropout::new(cfg.dropout, 0xBA27_0000),
+            act_dropout: Dropout::new(cfg.activation_dropout, 0xBA27_1000),
+            cfg: cfg.clone(),
+            training: AtomicBool::new(true),
+        })
+    }
+
+    /// A freshly initialized model and its parameters.
+    pub fn init(cfg: &BartConfig, seed: u64, device: &Device) -> Result<(Self, ParamStore)> {
+        let store = ParamStore::new(seed);
+        let model = Self::new(cfg, store.var_builder(DType::F32, device))?;
+        Ok((model, store))
+    }
+
+    /// Loads a HuggingFace `BartForConditionalGeneration` directory.
+    pub fn from_hf_dir(dir: &std::path::Path, device: &Device) -> Result<(Self, ParamStore)> {
+        let cfg: BartConfig = crate::hf::read_config(dir, &["bart"])?;
+        let (model, store) = Self::init(&cfg, 0, device)?;
+        crate::hf::load_weights(&store, dir)?;
+        Ok((model, store))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BartConfig {
+        &self.cfg
+    }
+
+    /// Dropout on (training) or off.
+    pub fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
+    }
+
+    /// Names of tensors that are buffers, not trained (`final_logits_bias`).
+    pub fn is_buffer(name: &str) -> bool {
+        name == "final_logits_bias"
+    }
+
+    fn embed(&self, ids: &Tensor, pos: &Tensor, start: usize, ln: &LayerNorm, train: bool) -> candle_core::Result<Tensor> {
+        let t = ids.dim(1)?;
+        let mut x = lookup(&self.shared, ids)?;
+        if self.cfg.scale_embedding {
+            x = (x * (self.cfg.d_model as f64).sqrt())?;
+        }
+        let x = x.broadcast_add(&pos.narrow(0, start + POSITION_OFFSET, t)?)?;
+        self.dropout.forward(&ln.forward(&x)?, train)
+    }
+
+    fn check_len(&self, t: usize) -> Result<()> {
+        if t > self.cfg.max_position_embeddings {
+            return Err(ModelError::BadConfig { key: "max_position_embeddings", problem: format!("sequence of {t} tokens is too long") });
+        }
+        Ok(())
+    }
+
+    /// Encoder states `[b, t, d]` for `input_ids` and an optional attention mask.
+    pub fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        self.check_len(input_ids.dim(1)?)?;
+        let train = self.training.load(Ordering::Relaxed);
+        let mut h = self.embed(input_ids, &self.enc_pos, 0, &self.enc_ln, train)?;
+        let bias = attention_mask.map(padding_bias).transpose()?;
+        for l in &self.enc_layers {
+            let (k, v) = l.attn.kv(&h)?;
+            let a = l.attn.attend(&h, &k, &v, bias.as_ref(), false)?;
+            let h2 = l.attn_ln.forward(&(&h + self.dropout.forward(&a, train)?)?)?;
+            h = l.ffn.forward(&h2, &self.dropout, &self.act_dropout, train)?;
+        }
+        Ok(h)
+    }
+
+    /// Decoder logits `[b, t, V]` for `decoder_input_ids` given encoder states. With a cache,
+    /// only the new positions are passed and their keys and values are appended to it.
+    pub fn decode(&self, decoder_input_ids: &Tensor, encoder: &Tensor, encoder_mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        self.check_len(start + decoder_input_ids.dim(1)?)?;
+        let train = self.training.load(Ordering::Relaxed);
+        let mut h = self.embed(decoder_input_ids, &self.dec_pos, start, &self.dec_ln, train)?;
+        let bias = encoder_mask.map(padding_bias).transpose()?;
+        if let Some(c) = cache.as_deref_mut() {
+            c.reserve_layers(self.dec_layers.len());
+        }
+        for (i, l) in self.dec_layers.iter().enumerate() {
+            let (k, v) = l.self_attn.kv(&h)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.append(i, k, v)?,
+                None => (k, v),
+            };
+            let a = l.self_attn.attend(&h, &k, &v, None, true)?;
+            let h1 = l.self_ln.forward(&(&h + self.dropout.forward(&a, train)?)?)?;
+            let (ck, cv) = match cache.as_deref_mut() {
+                Some(c) => c.cross(i, || l.cross_attn.kv(encoder))?,
+                None => l.cross_attn.kv(encoder)?,
+            };
+            let a = l.cross_attn.attend(&h1, &ck, &cv, bias.as_ref(), false)?;
+            let h2 = l.cross_ln.forward(&(&h1 + self.dropout.forward(&a, train)?)?)?;
+            h = l.ffn.forward(&h2, &self.dropout, &self.act_dropout, train)?;
+        }
+        if let Some(c) = cache {
+            c.advance(decoder_input_ids.dim(1)?);
+        }
+        let logits = Linear::from_weight(self.shared.clone(), None).forward(&h)?;
+        Ok(logits.broadcast_add(&self.final_logits_bias)?)
+    }
+
+    /// Logits for a full (teacher-forced) pass.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, decoder_input_ids: &Tensor) -> Result<Tensor> {
+        let enc = self.encode(input_ids, attention_mask)?;
+        self.decode(decoder_input_ids, &enc, attention_mask, None)
+    }
+
+    /// Generates up to `max_new_tokens` for one input (`[1, t]`), starting from the decoder start
+    /// token and stopping at EOS; with `use_cache` false every step reruns the whole prefix.
+    pub fn generate(&self, input_ids: &Tensor, max_new_tokens: usize, sampling: &crate::Sampling, rng: &mut lm_objectives::Rng, use_cache: bool) -> Result<Vec<u32>> {
+        let was = self.training.swap(false, Ordering::Relaxed);
+        let enc = self.encode(input_ids, None)?;
+        let out = crate::sampling::decode_loop(self.cfg.decoder_start_token_id, self.cfg.eos_token_id, max_new_tokens, sampling, rng, use_cache, input_ids.device(), |ids, cache| self.decode(ids, &enc, None, cache));
+        self.training.store(was, Ordering::Relaxed);
+        out
+    }
+}

@@ -1,0 +1,182 @@
+//! The layers the HuggingFace encoders and encoder-decoders share, in their parameter layouts:
+//! `nn.Linear` (`weight: [out, in]`), `nn.LayerNorm`, `nn.Embedding`, and multi-head attention
+//! over `[batch, heads, time, head_dim]` tensors.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::ops::{causal_softmax, layer_norm, softmax_last_dim};
+
+/// `y = x Wᵀ (+ b)` with `W: [out, in]` (PyTorch `nn.Linear`).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A linear layer at `vb` with weights `N(0, std²)` and zero bias when `bias`.
+    pub fn new(n_in: usize, n_out: usize, bias: bool, std: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((n_out, n_in), "weight", Init::Randn { mean: 0.0, stdev: std })?;
+        let bias = if bias { Some(vb.get_with_hints(n_out, "bias", Init::Const(0.0))?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    /// A linear layer over an existing weight (a tied head).
+    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Applies the layer to `[.., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let n_in = *dims.last().expect("rank ≥ 1");
+        let rows = x.elem_count() / n_in;
+        let y = x.reshape((rows, n_in))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().expect("rank ≥ 1") = self.weight.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+/// `nn.LayerNorm` with gain and bias.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// A layer norm at `vb` (gain 1, bias 0).
+    pub fn new(d: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(d, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(d, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    /// Normalizes the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.weight, Some(&self.bias), self.eps)
+    }
+}
+
+/// An embedding table `[n, d]` at `vb`/`weight`, drawn from `N(0, std²)`.
+pub fn embedding(n: usize, d: usize, std: f64, vb: VarBuilder) -> Result<Tensor> {
+    vb.get_with_hints((n, d), "weight", Init::Randn { mean: 0.0, stdev: std })
+}
+
+/// Looks up rows of `table` for ids of any shape: `[..] → [.., d]`.
+pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let mut dims = ids.dims().to_vec();
+    dims.push(table.dim(1)?);
+    table.embedding(&ids.flatten_all()?)?.reshape(dims)
+}
+
+/// `[b, t, h·d] → [b, h, t, d]`, contiguous.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, hd) = x.dims3()?;
+    x.reshape((b, t, heads, hd / heads))?.transpose(1, 2)?.contiguous()
+}
+
+/// `[b, h, t, d] → [b, t, h·d]`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, t, h * d))
+}
+
+/// `softmax(scale·QKᵀ + bias (+ causal mask)) V` for `q: [b, h, tq, d]`, `k, v: [b, h, tk, d]`.
+/// `bias` is added to the scaled scores and broadcast (padding masks `[b, 1, 1, tk]`, T5's
+/// relative position bias `[1, h, tq, tk]`). With `causal`, query `i` sees keys `≤ i + tk − tq`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scale: f64, causal: bool) -> Result<Tensor> {
+    let scores = q.matmul(&k.transpose(D::Minus2, D::Minus1)?.contiguous()?)?;
+    let probs = match (bias, causal) {
+        (None, true) => causal_softmax(&scores, scale)?,
+        (None, false) => softmax_last_dim(&(scores * scale)?)?,
+        (Some(b), causal) => {
+            let s = (scores * scale)?.broadcast_add(b)?;
+            if causal {
+                causal_softmax(&s, 1.0)?
+            } else {
+                softmax_last_dim(&s)?
+            }
+        }
+    };
+    probs.matmul(v)
+}
+
+/// The additive padding mask `[b, 1, 1, t]` for an attention mask `[b, t]` of 1 (attend) and 0
+/// (padding): 0 where attended, the most negative f32 elsewhere (HuggingFace's convention).
+pub fn padding_bias(mask: &Tensor) -> Result<Tensor> {
+    let (b, t) = mask.dims2()?;
+    let m = mask.to_dtype(candle_core::DType::F32)?;
+    ((m.affine(-1.0, 1.0)?) * f32::MIN as f64)?.reshape((b, 1, 1, t))
+}
+
+/// Keys and values of past positions, per layer, for incremental decoding; for encoder-decoder
+/// models also the cross-attention keys and values of the encoder output, computed once.
+#[derive(Debug, Default, Clone)]
+pub struct KvCache {
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    cross_kv: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions already processed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was processed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn reserve_layers(&mut self, n: usize) {
+        if self.self_kv.len() < n {
+            self.self_kv.resize(n, None);
+            self.cross_kv.resize(n, None);
+        }
+    }
+
+    /// Appends the new keys and values `[b, h, t, d]` of `layer` and returns all of them.
+    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        self.reserve_layers(layer + 1);
+        let kv = match self.self_kv[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        self.self_kv[layer] = Some(kv.clone());
+        Ok(kv)
+    }
+
+    /// The cross-attention keys and values of `layer`, computed by `make` on first use.
+    pub(crate) fn cross(&mut self, layer: usize, make: impl FnOnce() -> Result<(Tensor, Tensor)>) -> Result<(Tensor, Tensor)> {
+        self.reserve_layers(layer + 1);
+        if self.cross_kv[layer].is_none() {
+            self.cross_kv[layer] = Some(make()?);
+        }
+        Ok(self.cross_kv[layer].clone().expect("just set"))
+    }
+
+    pub(crate) fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+}

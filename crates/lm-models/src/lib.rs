@@ -27,6 +27,7 @@ pub mod layers;
 pub mod ops;
 pub mod params;
 mod sampling;
+pub mod t5;
 
 pub use error::{ModelError, Result};
 pub use params::ParamStore;

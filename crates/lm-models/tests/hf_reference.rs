@@ -92,3 +92,28 @@ fn bart_matches_transformers() {
     assert_loss(&loss, &r["loss"], "bart");
     assert_roundtrip("bart", &store);
 }
+
+fn t5_case(name: &str) {
+    let (model, store) = lm_models::t5::T5::from_hf_dir(&fixture(name), &Device::Cpu).unwrap();
+    model.set_training(false);
+    let r = reference(name);
+    let u32s = |t: &Tensor| t.to_dtype(candle_core::DType::U32).unwrap();
+    let labels: Vec<i64> = r["labels"].flatten_all().unwrap().to_vec1().unwrap();
+    let dii = lm_objectives::collate::shift_right(&labels, 7, 0, 0).unwrap();
+    assert_eq!(dii, r["decoder_input_ids"].flatten_all().unwrap().to_dtype(candle_core::DType::U32).unwrap().to_vec1::<u32>().unwrap());
+    let logits = model.forward(&u32s(&r["input_ids"]), Some(&r["attention_mask"]), &u32s(&r["decoder_input_ids"])).unwrap();
+    assert_close(&logits, &r["logits"], 1e-4, &format!("{name} logits"));
+    let loss = cross_entropy(&logits, &r["labels"], &CrossEntropy::default()).unwrap();
+    assert_loss(&loss, &r["loss"], name);
+    assert_roundtrip(name, &store);
+}
+
+#[test]
+fn t5_v1_0_matches_transformers() {
+    t5_case("t5");
+}
+
+#[test]
+fn t5_v1_1_gated_gelu_unscaled_matches_transformers() {
+    t5_case("t5v11");
+}

@@ -12,7 +12,10 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::layers::{attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, LayerNorm, Linear};
+use crate::layers::{
+    attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, LayerNorm,
+    Linear,
+};
 use crate::ops::{gelu_erf, Dropout};
 use crate::params::ParamStore;
 
@@ -79,7 +82,14 @@ fn two() -> u32 {
 const POSITION_OFFSET: usize = 2;
 
 impl BartConfig {
-    fn sized(vocab: usize, d: usize, layers: usize, heads: usize, ff: usize, positions: usize) -> Self {
+    fn sized(
+        vocab: usize,
+        d: usize,
+        layers: usize,
+        heads: usize,
+        ff: usize,
+        positions: usize,
+    ) -> Self {
         Self {
             vocab_size: vocab,
             d_model: d,
@@ -109,14 +119,23 @@ impl BartConfig {
 
     /// A tiny model for tests (no dropout).
     pub fn tiny(vocab_size: usize) -> Self {
-        Self { dropout: 0.0, ..Self::sized(vocab_size, 16, 2, 2, 32, 32) }
+        Self {
+            dropout: 0.0,
+            ..Self::sized(vocab_size, 16, 2, 2, 32, 32)
+        }
     }
 
     /// Checks the sizes agree.
     pub fn validate(&self) -> Result<()> {
-        for (heads, key) in [(self.encoder_attention_heads, "encoder_attention_heads"), (self.decoder_attention_heads, "decoder_attention_heads")] {
+        for (heads, key) in [
+            (self.encoder_attention_heads, "encoder_attention_heads"),
+            (self.decoder_attention_heads, "decoder_attention_heads"),
+        ] {
             if heads == 0 || !self.d_model.is_multiple_of(heads) {
-                return Err(ModelError::BadConfig { key, problem: format!("d_model = {} is not divisible by {heads}", self.d_model) });
+                return Err(ModelError::BadConfig {
+                    key,
+                    problem: format!("d_model = {} is not divisible by {heads}", self.d_model),
+                });
             }
         }
         Ok(())
@@ -128,14 +147,24 @@ impl BartConfig {
         let attn = 4 * (d * d + d);
         let ln = 2 * d;
         let pos = (self.max_position_embeddings + POSITION_OFFSET) * d;
-        let enc = self.encoder_layers * (attn + ln + (d * self.encoder_ffn_dim + self.encoder_ffn_dim) + (self.encoder_ffn_dim * d + d) + ln);
-        let dec = self.decoder_layers * (2 * (attn + ln) + (d * self.decoder_ffn_dim + self.decoder_ffn_dim) + (self.decoder_ffn_dim * d + d) + ln);
+        let enc = self.encoder_layers
+            * (attn
+                + ln
+                + (d * self.encoder_ffn_dim + self.encoder_ffn_dim)
+                + (self.encoder_ffn_dim * d + d)
+                + ln);
+        let dec = self.decoder_layers
+            * (2 * (attn + ln)
+                + (d * self.decoder_ffn_dim + self.decoder_ffn_dim)
+                + (self.decoder_ffn_dim * d + d)
+                + ln);
         self.vocab_size * d + 2 * (pos + ln) + enc + dec
     }
 
     /// Training FLOPs per (decoder) token, `6·N + 12·L·d·t` with L all layers.
     pub fn flops_per_token(&self, t: usize) -> f64 {
-        6.0 * self.num_params() as f64 + 12.0 * ((self.encoder_layers + self.decoder_layers) * self.d_model * t) as f64
+        6.0 * self.num_params() as f64
+            + 12.0 * ((self.encoder_layers + self.decoder_layers) * self.d_model * t) as f64
     }
 
     /// As HuggingFace's `config.json`.
@@ -172,13 +201,24 @@ impl Attention {
     }
 
     fn kv(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((split_heads(&self.k.forward(x)?, self.heads)?, split_heads(&self.v.forward(x)?, self.heads)?))
+        Ok((
+            split_heads(&self.k.forward(x)?, self.heads)?,
+            split_heads(&self.v.forward(x)?, self.heads)?,
+        ))
     }
 
-    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, causal: bool) -> candle_core::Result<Tensor> {
+    fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        causal: bool,
+    ) -> candle_core::Result<Tensor> {
         let q = split_heads(&self.q.forward(x)?, self.heads)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        self.out.forward(&merge_heads(&attention(&q, k, v, bias, scale, causal)?)?)
+        self.out
+            .forward(&merge_heads(&attention(&q, k, v, bias, scale, causal)?)?)
     }
 }
 
@@ -198,8 +238,16 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, h: &Tensor, drop: &Dropout, act_drop: &Dropout, train: bool) -> candle_core::Result<Tensor> {
-        let f = self.fc2.forward(&act_drop.forward(&gelu_erf(&self.fc1.forward(h)?)?, train)?)?;
+    fn forward(
+        &self,
+        h: &Tensor,
+        drop: &Dropout,
+        act_drop: &Dropout,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let f = self
+            .fc2
+            .forward(&act_drop.forward(&gelu_erf(&self.fc1.forward(h)?)?, train)?)?;
         self.ln.forward(&(h + drop.forward(&f, train)?)?)
     }
 }
@@ -261,9 +309,19 @@ impl Bart {
             .map(|i| {
                 let l = dec.pp("layers").pp(i);
                 Ok(DecoderLayer {
-                    self_attn: Attention::new(d, cfg.decoder_attention_heads, std, l.pp("self_attn"))?,
+                    self_attn: Attention::new(
+                        d,
+                        cfg.decoder_attention_heads,
+                        std,
+                        l.pp("self_attn"),
+                    )?,
                     self_ln: LayerNorm::new(d, 1e-5, l.pp("self_attn_layer_norm"))?,
-                    cross_attn: Attention::new(d, cfg.decoder_attention_heads, std, l.pp("encoder_attn"))?,
+                    cross_attn: Attention::new(
+                        d,
+                        cfg.decoder_attention_heads,
+                        std,
+                        l.pp("encoder_attn"),
+                    )?,
                     cross_ln: LayerNorm::new(d, 1e-5, l.pp("encoder_attn_layer_norm"))?,
                     ffn: FeedForward::new(d, cfg.decoder_ffn_dim, std, &l)?,
                 })
@@ -277,7 +335,11 @@ impl Bart {
             dec_pos: embedding(npos, d, std, dec.pp("embed_positions"))?,
             dec_ln: LayerNorm::new(d, 1e-5, dec.pp("layernorm_embedding"))?,
             dec_layers,
-            final_logits_bias: vb.get_with_hints((1, cfg.vocab_size), "final_logits_bias", candle_nn::Init::Const(0.0))?,
+            final_logits_bias: vb.get_with_hints(
+                (1, cfg.vocab_size),
+                "final_logits_bias",
+                candle_nn::Init::Const(0.0),
+            )?,
             dropout: Dropout::new(cfg.dropout, 0xBA27_0000),
             act_dropout: Dropout::new(cfg.activation_dropout, 0xBA27_1000),
             cfg: cfg.clone(),
@@ -300,6 +362,12 @@ impl Bart {
         Ok((model, store))
     }
 
+    /// Writes a HuggingFace directory (`config.json`, `model.safetensors`) that transformers'
+    /// `from_pretrained` loads.
+    pub fn save_hf_dir(&self, store: &ParamStore, dir: &std::path::Path) -> Result<()> {
+        crate::hf::save_dir(store, &self.cfg.to_hf_json(), dir)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &BartConfig {
         &self.cfg
@@ -315,7 +383,14 @@ impl Bart {
         name == "final_logits_bias"
     }
 
-    fn embed(&self, ids: &Tensor, pos: &Tensor, start: usize, ln: &LayerNorm, train: bool) -> candle_core::Result<Tensor> {
+    fn embed(
+        &self,
+        ids: &Tensor,
+        pos: &Tensor,
+        start: usize,
+        ln: &LayerNorm,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         let t = ids.dim(1)?;
         let mut x = lookup(&self.shared, ids)?;
         if self.cfg.scale_embedding {
@@ -327,7 +402,10 @@ impl Bart {
 
     fn check_len(&self, t: usize) -> Result<()> {
         if t > self.cfg.max_position_embeddings {
-            return Err(ModelError::BadConfig { key: "max_position_embeddings", problem: format!("sequence of {t} tokens is too long") });
+            return Err(ModelError::BadConfig {
+                key: "max_position_embeddings",
+                problem: format!("sequence of {t} tokens is too long"),
+            });
         }
         Ok(())
     }
@@ -341,15 +419,25 @@ impl Bart {
         for l in &self.enc_layers {
             let (k, v) = l.attn.kv(&h)?;
             let a = l.attn.attend(&h, &k, &v, bias.as_ref(), false)?;
-            let h2 = l.attn_ln.forward(&(&h + self.dropout.forward(&a, train)?)?)?;
-            h = l.ffn.forward(&h2, &self.dropout, &self.act_dropout, train)?;
+            let h2 = l
+                .attn_ln
+                .forward(&(&h + self.dropout.forward(&a, train)?)?)?;
+            h = l
+                .ffn
+                .forward(&h2, &self.dropout, &self.act_dropout, train)?;
         }
         Ok(h)
     }
 
     /// Decoder logits `[b, t, V]` for `decoder_input_ids` given encoder states. With a cache,
     /// only the new positions are passed and their keys and values are appended to it.
-    pub fn decode(&self, decoder_input_ids: &Tensor, encoder: &Tensor, encoder_mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn decode(
+        &self,
+        decoder_input_ids: &Tensor,
+        encoder: &Tensor,
+        encoder_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let start = cache.as_ref().map_or(0, |c| c.len());
         self.check_len(start + decoder_input_ids.dim(1)?)?;
         let train = self.training.load(Ordering::Relaxed);
@@ -365,14 +453,20 @@ impl Bart {
                 None => (k, v),
             };
             let a = l.self_attn.attend(&h, &k, &v, None, true)?;
-            let h1 = l.self_ln.forward(&(&h + self.dropout.forward(&a, train)?)?)?;
+            let h1 = l
+                .self_ln
+                .forward(&(&h + self.dropout.forward(&a, train)?)?)?;
             let (ck, cv) = match cache.as_deref_mut() {
                 Some(c) => c.cross(i, || l.cross_attn.kv(encoder))?,
                 None => l.cross_attn.kv(encoder)?,
             };
             let a = l.cross_attn.attend(&h1, &ck, &cv, bias.as_ref(), false)?;
-            let h2 = l.cross_ln.forward(&(&h1 + self.dropout.forward(&a, train)?)?)?;
-            h = l.ffn.forward(&h2, &self.dropout, &self.act_dropout, train)?;
+            let h2 = l
+                .cross_ln
+                .forward(&(&h1 + self.dropout.forward(&a, train)?)?)?;
+            h = l
+                .ffn
+                .forward(&h2, &self.dropout, &self.act_dropout, train)?;
         }
         if let Some(c) = cache {
             c.advance(decoder_input_ids.dim(1)?);
@@ -382,17 +476,40 @@ impl Bart {
     }
 
     /// Logits for a full (teacher-forced) pass.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, decoder_input_ids: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        decoder_input_ids: &Tensor,
+    ) -> Result<Tensor> {
         let enc = self.encode(input_ids, attention_mask)?;
         self.decode(decoder_input_ids, &enc, attention_mask, None)
     }
 
     /// Generates up to `max_new_tokens` for one input (`[1, t]`), starting from the decoder start
     /// token and stopping at EOS; with `use_cache` false every step reruns the whole prefix.
-    pub fn generate(&self, input_ids: &Tensor, max_new_tokens: usize, sampling: &crate::Sampling, rng: &mut lm_objectives::Rng, use_cache: bool) -> Result<Vec<u32>> {
+    pub fn generate(
+        &self,
+        input_ids: &Tensor,
+        max_new_tokens: usize,
+        sampling: &crate::Sampling,
+        rng: &mut lm_objectives::Rng,
+        use_cache: bool,
+    ) -> Result<Vec<u32>> {
         let was = self.training.swap(false, Ordering::Relaxed);
         let enc = self.encode(input_ids, None)?;
-        let out = crate::sampling::decode_loop(self.cfg.decoder_start_token_id, self.cfg.eos_token_id, max_new_tokens, sampling, rng, use_cache, input_ids.device(), |ids, cache| self.decode(ids, &enc, None, cache));
+        let out = crate::sampling::decode_loop(
+            crate::sampling::Decode {
+                start: self.cfg.decoder_start_token_id,
+                eos: self.cfg.eos_token_id,
+                max_new_tokens,
+                sampling,
+                use_cache,
+            },
+            rng,
+            input_ids.device(),
+            |ids, cache| self.decode(ids, &enc, None, cache),
+        );
         self.training.store(was, Ordering::Relaxed);
         out
     }

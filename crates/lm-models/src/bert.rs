@@ -13,7 +13,9 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::layers::{attention, embedding, lookup, merge_heads, padding_bias, split_heads, LayerNorm, Linear};
+use crate::layers::{
+    attention, embedding, lookup, merge_heads, padding_bias, split_heads, LayerNorm, Linear,
+};
 use crate::ops::Dropout;
 use crate::params::ParamStore;
 
@@ -63,7 +65,14 @@ fn ln_eps() -> f64 {
 }
 
 impl BertConfig {
-    fn sized(vocab: usize, d: usize, layers: usize, heads: usize, ff: usize, positions: usize) -> Self {
+    fn sized(
+        vocab: usize,
+        d: usize,
+        layers: usize,
+        heads: usize,
+        ff: usize,
+        positions: usize,
+    ) -> Self {
         Self {
             vocab_size: vocab,
             hidden_size: d,
@@ -92,15 +101,24 @@ impl BertConfig {
 
     /// A tiny model for tests (no dropout).
     pub fn tiny(vocab_size: usize) -> Self {
-        Self { hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0, ..Self::sized(vocab_size, 16, 2, 2, 32, 32) }
+        Self {
+            hidden_dropout_prob: 0.0,
+            attention_probs_dropout_prob: 0.0,
+            ..Self::sized(vocab_size, 16, 2, 2, 32, 32)
+        }
     }
 
     /// Checks the sizes agree.
     pub fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(ModelError::BadConfig {
                 key: "hidden_size",
-                problem: format!("{} is not divisible by num_attention_heads = {}", self.hidden_size, self.num_attention_heads),
+                problem: format!(
+                    "{} is not divisible by num_attention_heads = {}",
+                    self.hidden_size, self.num_attention_heads
+                ),
             });
         }
         Ok(())
@@ -118,7 +136,8 @@ impl BertConfig {
 
     /// Training FLOPs per token at sequence length `t`: `6·N + 12·L·d·t`.
     pub fn flops_per_token(&self, t: usize) -> f64 {
-        6.0 * self.num_params() as f64 + 12.0 * (self.num_hidden_layers * self.hidden_size * t) as f64
+        6.0 * self.num_params() as f64
+            + 12.0 * (self.num_hidden_layers * self.hidden_size * t) as f64
     }
 
     /// The configuration as HuggingFace's `config.json`.
@@ -149,7 +168,11 @@ struct Layer {
 
 impl Layer {
     fn new(cfg: &BertConfig, i: usize, vb: VarBuilder) -> candle_core::Result<Self> {
-        let (d, f, std) = (cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range);
+        let (d, f, std) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.initializer_range,
+        );
         let att = vb.pp("attention");
         Ok(Self {
             query: Linear::new(d, d, true, std, att.pp("self").pp("query"))?,
@@ -167,7 +190,12 @@ impl Layer {
     }
 
     /// Post-LN: `h = LN(x + Attn(x))`, `y = LN(h + FFN(h))`.
-    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         let (q, k, v) = (
             split_heads(&self.query.forward(x)?, self.heads)?,
             split_heads(&self.key.forward(x)?, self.heads)?,
@@ -181,15 +209,22 @@ impl Layer {
                 Some(b) => scores.broadcast_add(b)?,
                 None => scores,
             };
-            let probs = self.attn_dropout.forward(&crate::ops::softmax_last_dim(&scores)?, train)?;
+            let probs = self
+                .attn_dropout
+                .forward(&crate::ops::softmax_last_dim(&scores)?, train)?;
             probs.matmul(&v)?
         } else {
             attention(&q, &k, &v, bias, scale, false)?
         };
-        let a = self.hidden_dropout.forward(&self.attn_out.forward(&merge_heads(&ctx)?)?, train)?;
+        let a = self
+            .hidden_dropout
+            .forward(&self.attn_out.forward(&merge_heads(&ctx)?)?, train)?;
         let h = self.attn_ln.forward(&(x + a)?)?;
-        let f = self.output.forward(&self.intermediate.forward(&h)?.gelu_erf()?)?;
-        self.out_ln.forward(&(&h + self.hidden_dropout.forward(&f, train)?)?)
+        let f = self
+            .output
+            .forward(&self.intermediate.forward(&h)?.gelu_erf()?)?;
+        self.out_ln
+            .forward(&(&h + self.hidden_dropout.forward(&f, train)?)?)
     }
 
     fn attn_dropout_active(&self) -> bool {
@@ -238,7 +273,12 @@ impl Bert {
         let p = vb.pp("cls").pp("predictions");
         Ok(Self {
             word: embedding(cfg.vocab_size, d, std, e.pp("word_embeddings"))?,
-            position: embedding(cfg.max_position_embeddings, d, std, e.pp("position_embeddings"))?,
+            position: embedding(
+                cfg.max_position_embeddings,
+                d,
+                std,
+                e.pp("position_embeddings"),
+            )?,
             token_type: embedding(cfg.type_vocab_size, d, std, e.pp("token_type_embeddings"))?,
             emb_ln: LayerNorm::new(d, cfg.layer_norm_eps, e.pp("LayerNorm"))?,
             emb_dropout: Dropout::new(cfg.hidden_dropout_prob, 0xBE27_E000),
@@ -263,11 +303,21 @@ impl Bert {
     /// Loads a HuggingFace `BertForPreTraining` directory (a checkpoint without the pretraining
     /// heads loads too: missing `cls.*` tensors keep their fresh initialization, and their names are
     /// returned so the caller can log them).
-    pub fn from_hf_dir(dir: &std::path::Path, device: &Device) -> Result<(Self, ParamStore, Vec<String>)> {
+    pub fn from_hf_dir(
+        dir: &std::path::Path,
+        device: &Device,
+    ) -> Result<(Self, ParamStore, Vec<String>)> {
         let cfg: BertConfig = crate::hf::read_config(dir, &["bert"])?;
         let (model, store) = Self::init(&cfg, 0, device)?;
-        let fresh = store.load_safetensors_partial(&dir.join("model.safetensors"), |n| n.starts_with("cls."))?;
+        let fresh = store
+            .load_safetensors_partial(&dir.join("model.safetensors"), |n| n.starts_with("cls."))?;
         Ok((model, store, fresh))
+    }
+
+    /// Writes a HuggingFace directory (`config.json`, `model.safetensors`) that transformers'
+    /// `from_pretrained` loads.
+    pub fn save_hf_dir(&self, store: &ParamStore, dir: &std::path::Path) -> Result<()> {
+        crate::hf::save_dir(store, &self.cfg.to_hf_json(), dir)
     }
 
     /// The configuration.
@@ -282,10 +332,18 @@ impl Bert {
 
     /// The encoder: `input_ids [b, t]`, optional segment ids (0 = A, 1 = B; default all A) and
     /// attention mask (1 = token, 0 = padding; default all 1).
-    pub fn encode(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: Option<&Tensor>) -> Result<BertOutput> {
+    pub fn encode(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<BertOutput> {
         let (_, t) = input_ids.dims2()?;
         if t > self.cfg.max_position_embeddings {
-            return Err(ModelError::BadConfig { key: "max_position_embeddings", problem: format!("sequence of {t} tokens is too long") });
+            return Err(ModelError::BadConfig {
+                key: "max_position_embeddings",
+                problem: format!("sequence of {t} tokens is too long"),
+            });
         }
         let train = self.training.load(Ordering::Relaxed);
         let tok = lookup(&self.word, input_ids)?;
@@ -293,20 +351,31 @@ impl Bert {
             Some(tt) => lookup(&self.token_type, tt)?,
             None => self.token_type.get(0)?.unsqueeze(0)?.unsqueeze(0)?,
         };
-        let x = tok.broadcast_add(&self.position.narrow(0, 0, t)?)?.broadcast_add(&seg)?;
+        let x = tok
+            .broadcast_add(&self.position.narrow(0, 0, t)?)?
+            .broadcast_add(&seg)?;
         let mut x = self.emb_dropout.forward(&self.emb_ln.forward(&x)?, train)?;
-        let bias = attention_mask.map(padding_bias).transpose()?.map(|b| b.to_dtype(x.dtype())).transpose()?;
+        let bias = attention_mask
+            .map(padding_bias)
+            .transpose()?
+            .map(|b| b.to_dtype(x.dtype()))
+            .transpose()?;
         for layer in &self.layers {
             x = layer.forward(&x, bias.as_ref(), train)?;
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pooler.forward(&cls)?.tanh()?;
-        Ok(BertOutput { sequence: x, pooled })
+        Ok(BertOutput {
+            sequence: x,
+            pooled,
+        })
     }
 
     /// Masked-LM logits `[b, t, V]`: `E·LN(GELU(W h + b)) + bias` with `E` the token embedding.
     pub fn mlm_logits(&self, sequence: &Tensor) -> Result<Tensor> {
-        let h = self.transform_ln.forward(&self.transform.forward(sequence)?.gelu_erf()?)?;
+        let h = self
+            .transform_ln
+            .forward(&self.transform.forward(sequence)?.gelu_erf()?)?;
         Ok(Linear::from_weight(self.word.clone(), Some(self.mlm_bias.clone())).forward(&h)?)
     }
 
@@ -316,8 +385,16 @@ impl Bert {
     }
 
     /// Both pretraining heads: `(mlm_logits, nsp_logits)`.
-    pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let out = self.encode(input_ids, token_type_ids, attention_mask)?;
-        Ok((self.mlm_logits(&out.sequence)?, self.nsp_logits(&out.pooled)?))
+        Ok((
+            self.mlm_logits(&out.sequence)?,
+            self.nsp_logits(&out.pooled)?,
+        ))
     }
 }

@@ -14,6 +14,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::layers::{attention, merge_heads, split_heads, KvCache};
 use crate::ops::{causal_softmax, gelu, layer_norm, Dropout};
 use crate::params::ParamStore;
 
@@ -199,21 +200,28 @@ impl CausalSelfAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        train: bool,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
-        let hd = d / self.n_head;
         let qkv = self.c_attn.forward(x)?;
-        let heads = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(D::Minus1, i * d, d)?
-                .reshape((b, t, self.n_head, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let heads = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * d, d)?, self.n_head);
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-        let scores = q.matmul(&k.t()?)?;
-        let probs = causal_softmax(&scores, 1.0 / (hd as f64).sqrt())?;
-        let probs = self.attn_dropout.forward(&probs, train)?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
+        let (k, v) = match cache {
+            Some((c, layer)) => c.append(layer, k, v)?,
+            None => (k, v),
+        };
+        let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
+        let y = if train && self.attn_dropout.rate() > 0.0 {
+            let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+            self.attn_dropout.forward(&probs, train)?.matmul(&v)?
+        } else {
+            attention(&q, &k, &v, None, scale, true)?
+        };
+        let y = merge_heads(&y)?.reshape((b, t, d))?;
         self.resid_dropout.forward(&self.c_proj.forward(&y)?, train)
     }
 }
@@ -262,8 +270,13 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, train)?)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        train: bool,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> candle_core::Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, train, cache)?)?;
         &x + self.mlp.forward(&self.ln_2.forward(&x)?, train)?
     }
 }
@@ -334,6 +347,12 @@ impl Gpt {
         Ok((model, store))
     }
 
+    /// Writes a HuggingFace directory (`config.json`, `model.safetensors`) that transformers'
+    /// `from_pretrained` loads.
+    pub fn save_hf_dir(&self, store: &ParamStore, dir: &std::path::Path) -> Result<()> {
+        crate::hf::save_dir(store, &self.cfg.to_hf_json(), dir)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &GptConfig {
         &self.cfg
@@ -346,8 +365,15 @@ impl Gpt {
 
     /// Logits `[b, t, V]` for token ids `[b, t]` (`u32`).
     pub fn forward(&self, idx: &Tensor) -> Result<Tensor> {
+        self.forward_cached(idx, None)
+    }
+
+    /// Logits for the new tokens `idx` following the positions already in `cache` (whose keys and
+    /// values are extended); without a cache, a full pass.
+    pub fn forward_cached(&self, idx: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
-        if t > self.cfg.n_positions {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        if past + t > self.cfg.n_positions {
             return Err(ModelError::BadConfig {
                 key: "n_positions",
                 problem: format!(
@@ -361,12 +387,15 @@ impl Gpt {
             .wte
             .embedding(&idx.flatten_all()?)?
             .reshape((b, t, self.cfg.n_embd))?;
-        let pos = self.wpe.narrow(0, 0, t)?;
+        let pos = self.wpe.narrow(0, past, t)?;
         let mut x = self
             .embd_dropout
             .forward(&tok.broadcast_add(&pos)?, train)?;
-        for block in &self.blocks {
-            x = block.forward(&x, train)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, train, cache.as_deref_mut().map(|c| (c, i)))?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
         }
         let x = self.ln_f.forward(&x)?;
         // Tied head: logits = x · Eᵀ.
@@ -382,7 +411,51 @@ impl Gpt {
         store.vars().into_iter().partition(|(_, v)| v.rank() >= 2)
     }
 
-    /// Continues `prompt` by `max_new_tokens` tokens sampled with `sampling`.
+    /// Continues `prompt` by `max_new_tokens` tokens sampled with `sampling`. With `use_cache`,
+    /// each step feeds only the newest token and reuses the keys and values of the others (the
+    /// context is limited to `n_positions`); without, every step reruns the last `n_positions`
+    /// tokens. Within `n_positions` both give the same tokens.
+    pub fn generate_with(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampling: &crate::Sampling,
+        rng: &mut lm_objectives::Rng,
+        use_cache: bool,
+    ) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(ModelError::BadConfig {
+                key: "prompt",
+                problem: "generation needs at least one prompt token".into(),
+            });
+        }
+        let was_training = self.training.swap(false, Ordering::Relaxed);
+        let device = self.wte.device().clone();
+        let mut tokens = prompt.to_vec();
+        let mut cache = KvCache::new();
+        let mut fed = 0;
+        for _ in 0..max_new_tokens {
+            let logits = if use_cache && tokens.len() <= self.cfg.n_positions {
+                let ids = Tensor::new(&tokens[fed..], &device)?.unsqueeze(0)?;
+                fed = tokens.len();
+                self.forward_cached(&ids, Some(&mut cache))?
+            } else {
+                let start = tokens.len().saturating_sub(self.cfg.n_positions);
+                self.forward(&Tensor::new(&tokens[start..], &device)?.unsqueeze(0)?)?
+            };
+            let t = logits.dim(1)?;
+            let last: Vec<f32> = logits
+                .squeeze(0)?
+                .get(t - 1)?
+                .to_dtype(DType::F32)?
+                .to_vec1()?;
+            tokens.push(sampling.sample(&last, rng));
+        }
+        self.training.store(was_training, Ordering::Relaxed);
+        Ok(tokens)
+    }
+
+    /// [`Gpt::generate_with`] using the key/value cache.
     pub fn generate(
         &self,
         prompt: &[u32],
@@ -390,19 +463,7 @@ impl Gpt {
         sampling: &crate::Sampling,
         rng: &mut lm_objectives::Rng,
     ) -> Result<Vec<u32>> {
-        let was_training = self.training.swap(false, Ordering::Relaxed);
-        let device = self.wte.device().clone();
-        let mut tokens = prompt.to_vec();
-        for _ in 0..max_new_tokens {
-            let start = tokens.len().saturating_sub(self.cfg.n_positions);
-            let ctx = Tensor::new(&tokens[start..], &device)?.unsqueeze(0)?;
-            let logits = self.forward(&ctx)?;
-            let last = logits.squeeze(0)?.get(tokens.len() - start - 1)?;
-            let logits: Vec<f32> = last.to_dtype(DType::F32)?.to_vec1()?;
-            tokens.push(sampling.sample(&logits, rng));
-        }
-        self.training.store(was_training, Ordering::Relaxed);
-        Ok(tokens)
+        self.generate_with(prompt, max_new_tokens, sampling, rng, true)
     }
 }
 

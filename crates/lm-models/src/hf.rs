@@ -12,27 +12,51 @@ use crate::params::ParamStore;
 /// Reads `config.json` of `dir`, checks its `model_type` is one of `expected`, and parses it.
 pub fn read_config<C: DeserializeOwned>(dir: &Path, expected: &[&str]) -> Result<C> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::BadFile { path: path.clone(), problem: format!("not JSON: {e}") })?;
-    let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or("(none)");
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::BadFile {
+        path: path.clone(),
+        problem: format!("not JSON: {e}"),
+    })?;
+    let model_type = json
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("(none)");
     if !expected.contains(&model_type) {
         return Err(ModelError::BadFile {
             path,
-            problem: format!("unknown architecture: model_type {model_type:?}, expected {}", expected.join(" or ")),
+            problem: format!(
+                "unknown architecture: model_type {model_type:?}, expected {}",
+                expected.join(" or ")
+            ),
         });
     }
-    serde_json::from_value(json).map_err(|e| ModelError::BadFile { path, problem: format!("bad config: {e}") })
+    serde_json::from_value(json).map_err(|e| ModelError::BadFile {
+        path,
+        problem: format!("bad config: {e}"),
+    })
 }
 
 /// The `model_type` of a checkpoint directory.
 pub fn model_type(dir: &Path) -> Result<String> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::BadFile { path: path.clone(), problem: format!("not JSON: {e}") })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::BadFile {
+        path: path.clone(),
+        problem: format!("not JSON: {e}"),
+    })?;
     json.get("model_type")
         .and_then(|v| v.as_str())
         .map(str::to_string)
-        .ok_or_else(|| ModelError::BadFile { path, problem: "no model_type".into() })
+        .ok_or_else(|| ModelError::BadFile {
+            path,
+            problem: "no model_type".into(),
+        })
 }
 
 /// Loads `dir/model.safetensors` into `store`, checking every parameter's presence and shape.
@@ -42,11 +66,17 @@ pub fn load_weights(store: &ParamStore, dir: &Path) -> Result<()> {
 
 /// Writes `config` as `config.json` and the store as `model.safetensors` in `dir`.
 pub fn save_dir(store: &ParamStore, config: &serde_json::Value, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let path = dir.join("config.json");
     let tmp = dir.join("config.json.tmp");
     let text = serde_json::to_string_pretty(config).expect("a JSON value serializes");
-    std::fs::write(&tmp, text).map_err(|source| ModelError::Io { path: tmp.clone(), source })?;
+    std::fs::write(&tmp, text).map_err(|source| ModelError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
     std::fs::rename(&tmp, &path).map_err(|source| ModelError::Io { path, source })?;
     store.save_safetensors(&dir.join("model.safetensors"))
 }

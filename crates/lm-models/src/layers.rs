@@ -17,8 +17,19 @@ pub struct Linear {
 impl Linear {
     /// A linear layer at `vb` with weights `N(0, std²)` and zero bias when `bias`.
     pub fn new(n_in: usize, n_out: usize, bias: bool, std: f64, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints((n_out, n_in), "weight", Init::Randn { mean: 0.0, stdev: std })?;
-        let bias = if bias { Some(vb.get_with_hints(n_out, "bias", Init::Const(0.0))?) } else { None };
+        let weight = vb.get_with_hints(
+            (n_out, n_in),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        )?;
+        let bias = if bias {
+            Some(vb.get_with_hints(n_out, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 
@@ -74,7 +85,14 @@ impl LayerNorm {
 
 /// An embedding table `[n, d]` at `vb`/`weight`, drawn from `N(0, std²)`.
 pub fn embedding(n: usize, d: usize, std: f64, vb: VarBuilder) -> Result<Tensor> {
-    vb.get_with_hints((n, d), "weight", Init::Randn { mean: 0.0, stdev: std })
+    vb.get_with_hints(
+        (n, d),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+    )
 }
 
 /// Looks up rows of `table` for ids of any shape: `[..] → [.., d]`.
@@ -87,7 +105,9 @@ pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// `[b, t, h·d] → [b, h, t, d]`, contiguous.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, t, hd) = x.dims3()?;
-    x.reshape((b, t, heads, hd / heads))?.transpose(1, 2)?.contiguous()
+    x.reshape((b, t, heads, hd / heads))?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// `[b, h, t, d] → [b, t, h·d]`.
@@ -99,13 +119,20 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 /// `softmax(scale·QKᵀ + bias (+ causal mask)) V` for `q: [b, h, tq, d]`, `k, v: [b, h, tk, d]`.
 /// `bias` is added to the scaled scores and broadcast (padding masks `[b, 1, 1, tk]`, T5's
 /// relative position bias `[1, h, tq, tk]`). With `causal`, query `i` sees keys `≤ i + tk − tq`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scale: f64, causal: bool) -> Result<Tensor> {
-    let scores = q.matmul(&k.transpose(D::Minus2, D::Minus1)?.contiguous()?)?;
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+    causal: bool,
+) -> Result<Tensor> {
+    let scores = q.matmul(&k.transpose(D::Minus2, D::Minus1)?)?;
     let probs = match (bias, causal) {
         (None, true) => causal_softmax(&scores, scale)?,
         (None, false) => softmax_last_dim(&(scores * scale)?)?,
         (Some(b), causal) => {
-            let s = (scores * scale)?.broadcast_add(b)?;
+            let s = (scores * scale)?.broadcast_add(&b.to_dtype(q.dtype())?)?;
             if causal {
                 causal_softmax(&s, 1.0)?
             } else {
@@ -157,7 +184,12 @@ impl KvCache {
     }
 
     /// Appends the new keys and values `[b, h, t, d]` of `layer` and returns all of them.
-    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         self.reserve_layers(layer + 1);
         let kv = match self.self_kv[layer].take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
@@ -168,7 +200,11 @@ impl KvCache {
     }
 
     /// The cross-attention keys and values of `layer`, computed by `make` on first use.
-    pub(crate) fn cross(&mut self, layer: usize, make: impl FnOnce() -> Result<(Tensor, Tensor)>) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn cross(
+        &mut self,
+        layer: usize,
+        make: impl FnOnce() -> Result<(Tensor, Tensor)>,
+    ) -> Result<(Tensor, Tensor)> {
         self.reserve_layers(layer + 1);
         if self.cross_kv[layer].is_none() {
             self.cross_kv[layer] = Some(make()?);

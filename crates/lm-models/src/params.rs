@@ -86,17 +86,40 @@ impl ParamStore {
     /// Like [`ParamStore::load_safetensors`] with names as they are, except that parameters for
     /// which `optional` holds may be absent from the file: they keep their initial values and
     /// their names are returned (e.g. new task heads).
-    pub fn load_safetensors_partial(&self, path: &Path, optional: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+    pub fn load_safetensors_partial(
+        &self,
+        path: &Path,
+        optional: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
         let names: Vec<String> = self.lock().keys().cloned().collect();
         let present: std::collections::HashSet<String> = {
-            let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-            let st = safetensors_names(&bytes).map_err(|problem| ModelError::BadFile { path: path.to_path_buf(), problem })?;
+            let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let st = safetensors_names(&bytes).map_err(|problem| ModelError::BadFile {
+                path: path.to_path_buf(),
+                problem,
+            })?;
             st.into_iter().collect()
         };
-        let missing: Vec<String> = names.iter().filter(|n| !present.contains(*n) && optional(n)).cloned().collect();
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| !present.contains(*n) && optional(n))
+            .cloned()
+            .collect();
         // Load through a view without the optional-and-missing parameters (same Vars otherwise).
-        let view: BTreeMap<String, Var> = self.lock().iter().filter(|(k, _)| !missing.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-        ParamStore { vars: Arc::new(Mutex::new(view)), seed: self.seed }.load_safetensors(path, |n| Some(n.to_string()))?;
+        let view: BTreeMap<String, Var> = self
+            .lock()
+            .iter()
+            .filter(|(k, _)| !missing.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        ParamStore {
+            vars: Arc::new(Mutex::new(view)),
+            seed: self.seed,
+        }
+        .load_safetensors(path, |n| Some(n.to_string()))?;
         Ok(missing)
     }
 
@@ -197,8 +220,12 @@ fn safetensors_names(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let header = bytes.get(8..8 + n).ok_or("truncated safetensors header")?;
-    let json: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("bad safetensors header: {e}"))?;
-    Ok(json.as_object().map(|o| o.keys().filter(|k| *k != "__metadata__").cloned().collect()).unwrap_or_default())
+    let json: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| format!("bad safetensors header: {e}"))?;
+    Ok(json
+        .as_object()
+        .map(|o| o.keys().filter(|k| *k != "__metadata__").cloned().collect())
+        .unwrap_or_default())
 }
 
 impl candle_nn::var_builder::SimpleBackend for ParamStore {

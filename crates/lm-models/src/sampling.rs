@@ -66,31 +66,52 @@ impl Sampling {
     }
 }
 
-/// Autoregressive decoding from `start` until `eos` or `max_new_tokens`: `step(ids, cache)` returns
-/// logits `[1, t, V]` for the ids given. With `use_cache`, each step passes only the newest token
-/// and a cache; without, the whole prefix again. Both give the same tokens.
+/// What an encoder-decoder's autoregressive decoding does: start from `start`, stop at `eos` or
+/// after `max_new_tokens`, pick tokens with `sampling`, with or without the key/value cache.
+pub(crate) struct Decode<'a> {
+    pub start: u32,
+    pub eos: u32,
+    pub max_new_tokens: usize,
+    pub sampling: &'a Sampling,
+    pub use_cache: bool,
+}
+
+/// Runs [`Decode`]: `step(ids, cache)` returns logits `[1, t, V]` for the ids given. With the
+/// cache, each step passes only the newest token; without, the whole prefix again. Both give the
+/// same tokens.
 pub(crate) fn decode_loop(
-    start: u32,
-    eos: u32,
-    max_new_tokens: usize,
-    sampling: &Sampling,
+    spec: Decode<'_>,
     rng: &mut Rng,
-    use_cache: bool,
     device: &candle_core::Device,
-    mut step: impl FnMut(&candle_core::Tensor, Option<&mut crate::layers::KvCache>) -> crate::Result<candle_core::Tensor>,
+    mut step: impl FnMut(
+        &candle_core::Tensor,
+        Option<&mut crate::layers::KvCache>,
+    ) -> crate::Result<candle_core::Tensor>,
 ) -> crate::Result<Vec<u32>> {
+    let Decode {
+        start,
+        eos,
+        max_new_tokens,
+        sampling,
+        use_cache,
+    } = spec;
     let mut tokens = vec![start];
     let mut cache = crate::layers::KvCache::new();
     for _ in 0..max_new_tokens {
         let logits = if use_cache {
-            let ids = candle_core::Tensor::new(&tokens[tokens.len() - 1..], device)?.unsqueeze(0)?;
+            let ids =
+                candle_core::Tensor::new(&tokens[tokens.len() - 1..], device)?.unsqueeze(0)?;
             step(&ids, Some(&mut cache))?
         } else {
             let ids = candle_core::Tensor::new(tokens.as_slice(), device)?.unsqueeze(0)?;
             step(&ids, None)?
         };
         let t = logits.dim(1)?;
-        let last: Vec<f32> = logits.squeeze(0)?.get(t - 1)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        let last: Vec<f32> = logits
+            .squeeze(0)?
+            .get(t - 1)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
         let next = sampling.sample(&last, rng);
         tokens.push(next);
         if next == eos {
@@ -112,6 +133,7 @@ mod tests {
         let top1 = Sampling {
             temperature: 1.0,
             top_k: Some(1),
+            top_p: None,
         };
         for _ in 0..20 {
             assert_eq!(top1.sample(&logits, &mut rng), 1);
@@ -119,9 +141,20 @@ mod tests {
         let top2 = Sampling {
             temperature: 1.0,
             top_k: Some(2),
+            top_p: None,
         };
         for _ in 0..50 {
             assert!(matches!(top2.sample(&logits, &mut rng), 1 | 3));
+        }
+        // Nucleus: p(1) ≈ 0.50, p(3) ≈ 0.45 at T = 1; top-p 0.5 keeps token 1 alone only when its
+        // mass reaches 0.5, else {1, 3}; top-p 0.9 never reaches tokens 0 and 2 (≈ 0.05 together).
+        let nucleus = Sampling {
+            temperature: 1.0,
+            top_k: None,
+            top_p: Some(0.9),
+        };
+        for _ in 0..50 {
+            assert!(matches!(nucleus.sample(&logits, &mut rng), 1 | 3));
         }
     }
 }

@@ -14,7 +14,9 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::layers::{attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, Linear};
+use crate::layers::{
+    attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, Linear,
+};
 use crate::ops::{gelu, rms_norm, Dropout};
 use crate::params::ParamStore;
 
@@ -114,7 +116,18 @@ impl T5Config {
 
     /// A tiny model for tests (no dropout).
     pub fn tiny(vocab_size: usize) -> Self {
-        Self { vocab_size, d_model: 16, d_kv: 8, d_ff: 32, num_layers: 2, num_heads: 2, dropout_rate: 0.0, relative_attention_num_buckets: 8, relative_attention_max_distance: 16, ..Self::small() }
+        Self {
+            vocab_size,
+            d_model: 16,
+            d_kv: 8,
+            d_ff: 32,
+            num_layers: 2,
+            num_heads: 2,
+            dropout_rate: 0.0,
+            relative_attention_num_buckets: 8,
+            relative_attention_max_distance: 16,
+            ..Self::small()
+        }
     }
 
     fn decoder_layers(&self) -> usize {
@@ -123,7 +136,8 @@ impl T5Config {
 
     /// Whether the decoder output is rescaled by `d_model^−½` before the head.
     pub fn scales_decoder_output(&self) -> bool {
-        self.scale_decoder_outputs.unwrap_or(self.tie_word_embeddings)
+        self.scale_decoder_outputs
+            .unwrap_or(self.tie_word_embeddings)
     }
 
     fn gated(&self) -> bool {
@@ -133,10 +147,19 @@ impl T5Config {
     /// Checks the configuration.
     pub fn validate(&self) -> Result<()> {
         if !matches!(self.feed_forward_proj.as_str(), "relu" | "gated-gelu") {
-            return Err(ModelError::BadConfig { key: "feed_forward_proj", problem: format!("{:?} is not \"relu\" or \"gated-gelu\"", self.feed_forward_proj) });
+            return Err(ModelError::BadConfig {
+                key: "feed_forward_proj",
+                problem: format!(
+                    "{:?} is not \"relu\" or \"gated-gelu\"",
+                    self.feed_forward_proj
+                ),
+            });
         }
         if self.num_heads == 0 || self.d_kv == 0 {
-            return Err(ModelError::BadConfig { key: "num_heads", problem: "num_heads and d_kv must be positive".into() });
+            return Err(ModelError::BadConfig {
+                key: "num_heads",
+                problem: "num_heads and d_kv must be positive".into(),
+            });
         }
         Ok(())
     }
@@ -149,13 +172,20 @@ impl T5Config {
         let rel = self.relative_attention_num_buckets * self.num_heads;
         let enc = self.num_layers * (attn + ffn + 2 * d) + rel + d;
         let dec = self.decoder_layers() * (2 * attn + ffn + 3 * d) + rel + d;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * d };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         self.vocab_size * d + enc + dec + head
     }
 
     /// Training FLOPs per token, `6·N + 12·L·inner·t`.
     pub fn flops_per_token(&self, t: usize) -> f64 {
-        6.0 * self.num_params() as f64 + 12.0 * ((self.num_layers + self.decoder_layers()) * self.num_heads * self.d_kv * t) as f64
+        6.0 * self.num_params() as f64
+            + 12.0
+                * ((self.num_layers + self.decoder_layers()) * self.num_heads * self.d_kv * t)
+                    as f64
     }
 
     /// As HuggingFace's `config.json`.
@@ -171,7 +201,12 @@ impl T5Config {
 
 /// T5's bucket of a relative position `memory − query`: exact buckets for small distances,
 /// logarithmic up to `max_distance`; bidirectional attention splits the buckets by sign.
-pub fn relative_position_bucket(relative: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+pub fn relative_position_bucket(
+    relative: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
     let mut buckets = num_buckets as i64;
     let mut ret = 0i64;
     let mut n = relative;
@@ -189,7 +224,8 @@ pub fn relative_position_bucket(relative: i64, bidirectional: bool, num_buckets:
         ret += n;
     } else {
         let large = max_exact
-            + ((n as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln() * (buckets - max_exact) as f32) as i64;
+            + ((n as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln()
+                * (buckets - max_exact) as f32) as i64;
         ret += large.min(buckets - 1);
     }
     ret as usize
@@ -216,7 +252,14 @@ impl Attention {
             o: Linear::new(inner, d, false, std(inner), vb.pp("o"))?,
             heads: cfg.num_heads,
             relative_bias: if has_bias {
-                Some(vb.pp("relative_attention_bias").get_with_hints((cfg.relative_attention_num_buckets, cfg.num_heads), "weight", Init::Randn { mean: 0.0, stdev: std(d) })?)
+                Some(vb.pp("relative_attention_bias").get_with_hints(
+                    (cfg.relative_attention_num_buckets, cfg.num_heads),
+                    "weight",
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: std(d),
+                    },
+                )?)
             } else {
                 None
             },
@@ -224,26 +267,56 @@ impl Attention {
     }
 
     /// The position bias `[1, h, q, k]` for queries at `offset..offset + q` and keys `0..k`.
-    fn position_bias(&self, cfg: &T5Config, q: usize, k: usize, offset: usize, bidirectional: bool) -> candle_core::Result<Tensor> {
-        let table = self.relative_bias.as_ref().expect("only called on the first layer");
+    fn position_bias(
+        &self,
+        cfg: &T5Config,
+        q: usize,
+        k: usize,
+        offset: usize,
+        bidirectional: bool,
+    ) -> candle_core::Result<Tensor> {
+        let table = self
+            .relative_bias
+            .as_ref()
+            .expect("only called on the first layer");
         let ids: Vec<u32> = (0..q)
             .flat_map(|i| {
                 (0..k).map(move |j| {
-                    relative_position_bucket(j as i64 - (i + offset) as i64, bidirectional, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance) as u32
+                    relative_position_bucket(
+                        j as i64 - (i + offset) as i64,
+                        bidirectional,
+                        cfg.relative_attention_num_buckets,
+                        cfg.relative_attention_max_distance,
+                    ) as u32
                 })
             })
             .collect();
         let ids = Tensor::from_vec(ids, q * k, table.device())?;
-        table.embedding(&ids)?.reshape((q, k, self.heads))?.permute((2, 0, 1))?.unsqueeze(0)
+        table
+            .embedding(&ids)?
+            .reshape((q, k, self.heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)
     }
 
     fn kv(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((split_heads(&self.k.forward(x)?, self.heads)?, split_heads(&self.v.forward(x)?, self.heads)?))
+        Ok((
+            split_heads(&self.k.forward(x)?, self.heads)?,
+            split_heads(&self.v.forward(x)?, self.heads)?,
+        ))
     }
 
-    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, causal: bool) -> candle_core::Result<Tensor> {
+    fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        causal: bool,
+    ) -> candle_core::Result<Tensor> {
         let q = split_heads(&self.q.forward(x)?, self.heads)?;
-        self.o.forward(&merge_heads(&attention(&q, k, v, bias, 1.0, causal)?)?)
+        self.o
+            .forward(&merge_heads(&attention(&q, k, v, bias, 1.0, causal)?)?)
     }
 }
 
@@ -259,16 +332,27 @@ impl FeedForward {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         let std_in = (d as f64).powf(-0.5);
         let wi = if cfg.gated() {
-            vec![Linear::new(d, ff, false, std_in, vb.pp("wi_0"))?, Linear::new(d, ff, false, std_in, vb.pp("wi_1"))?]
+            vec![
+                Linear::new(d, ff, false, std_in, vb.pp("wi_0"))?,
+                Linear::new(d, ff, false, std_in, vb.pp("wi_1"))?,
+            ]
         } else {
             vec![Linear::new(d, ff, false, std_in, vb.pp("wi"))?]
         };
-        Ok(Self { wi, wo: Linear::new(ff, d, false, (ff as f64).powf(-0.5), vb.pp("wo"))?, gated: cfg.gated() })
+        Ok(Self {
+            wi,
+            wo: Linear::new(ff, d, false, (ff as f64).powf(-0.5), vb.pp("wo"))?,
+            gated: cfg.gated(),
+        })
     }
 
     /// v1.0: `wo(ReLU(wi x))`; v1.1: `wo(GELU(wi_0 x) ⊙ wi_1 x)`.
     fn forward(&self, x: &Tensor, drop: &Dropout, train: bool) -> candle_core::Result<Tensor> {
-        let h = if self.gated { (gelu(&self.wi[0].forward(x)?)? * self.wi[1].forward(x)?)? } else { self.wi[0].forward(x)?.relu()? };
+        let h = if self.gated {
+            (gelu(&self.wi[0].forward(x)?)? * self.wi[1].forward(x)?)?
+        } else {
+            self.wi[0].forward(x)?.relu()?
+        };
         self.wo.forward(&drop.forward(&h, train)?)
     }
 }
@@ -283,14 +367,26 @@ struct Block {
 }
 
 impl Block {
-    fn new(cfg: &T5Config, first: bool, decoder: bool, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(
+        cfg: &T5Config,
+        first: bool,
+        decoder: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let ln = |vb: VarBuilder| vb.get_with_hints(cfg.d_model, "weight", Init::Const(1.0));
         let l = vb.pp("layer");
         let ff_index = if decoder { 2 } else { 1 };
         Ok(Self {
             self_attn: Attention::new(cfg, first, l.pp(0).pp("SelfAttention"))?,
             self_ln: ln(l.pp(0).pp("layer_norm"))?,
-            cross: if decoder { Some((Attention::new(cfg, false, l.pp(1).pp("EncDecAttention"))?, ln(l.pp(1).pp("layer_norm"))?)) } else { None },
+            cross: if decoder {
+                Some((
+                    Attention::new(cfg, false, l.pp(1).pp("EncDecAttention"))?,
+                    ln(l.pp(1).pp("layer_norm"))?,
+                ))
+            } else {
+                None
+            },
             ffn: FeedForward::new(cfg, l.pp(ff_index).pp("DenseReluDense"))?,
             ffn_ln: ln(l.pp(ff_index).pp("layer_norm"))?,
         })
@@ -318,16 +414,34 @@ impl T5 {
         cfg.validate()?;
         let blocks = |decoder: bool, n: usize| -> candle_core::Result<Vec<Block>> {
             let root = vb.pp(if decoder { "decoder" } else { "encoder" });
-            (0..n).map(|i| Block::new(cfg, i == 0, decoder, root.pp("block").pp(i))).collect()
+            (0..n)
+                .map(|i| Block::new(cfg, i == 0, decoder, root.pp("block").pp(i)))
+                .collect()
         };
-        let final_ln = |name: &str| vb.pp(name).pp("final_layer_norm").get_with_hints(cfg.d_model, "weight", Init::Const(1.0));
+        let final_ln = |name: &str| {
+            vb.pp(name).pp("final_layer_norm").get_with_hints(
+                cfg.d_model,
+                "weight",
+                Init::Const(1.0),
+            )
+        };
         Ok(Self {
             shared: embedding(cfg.vocab_size, cfg.d_model, 1.0, vb.pp("shared"))?,
             encoder: blocks(false, cfg.num_layers)?,
             enc_final: final_ln("encoder")?,
             decoder: blocks(true, cfg.decoder_layers())?,
             dec_final: final_ln("decoder")?,
-            lm_head: if cfg.tie_word_embeddings { None } else { Some(Linear::new(cfg.d_model, cfg.vocab_size, false, 1.0, vb.pp("lm_head"))?) },
+            lm_head: if cfg.tie_word_embeddings {
+                None
+            } else {
+                Some(Linear::new(
+                    cfg.d_model,
+                    cfg.vocab_size,
+                    false,
+                    1.0,
+                    vb.pp("lm_head"),
+                )?)
+            },
             dropout: Dropout::new(cfg.dropout_rate, 0x75_0000),
             cfg: cfg.clone(),
             training: AtomicBool::new(true),
@@ -349,6 +463,12 @@ impl T5 {
         Ok((model, store))
     }
 
+    /// Writes a HuggingFace directory (`config.json`, `model.safetensors`) that transformers'
+    /// `from_pretrained` loads.
+    pub fn save_hf_dir(&self, store: &ParamStore, dir: &std::path::Path) -> Result<()> {
+        crate::hf::save_dir(store, &self.cfg.to_hf_json(), dir)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &T5Config {
         &self.cfg
@@ -367,28 +487,51 @@ impl T5 {
     pub fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
         let train = self.training.load(Ordering::Relaxed);
         let t = input_ids.dim(1)?;
-        let mut h = self.dropout.forward(&lookup(&self.shared, input_ids)?, train)?;
-        let mut bias = self.encoder[0].self_attn.position_bias(&self.cfg, t, t, 0, true)?;
+        let mut h = self
+            .dropout
+            .forward(&lookup(&self.shared, input_ids)?, train)?;
+        let mut bias = self.encoder[0]
+            .self_attn
+            .position_bias(&self.cfg, t, t, 0, true)?;
         if let Some(m) = attention_mask {
-            bias = bias.broadcast_add(&padding_bias(m)?)?;
+            bias = bias.broadcast_add(&padding_bias(m)?.to_dtype(bias.dtype())?)?;
         }
         for b in &self.encoder {
             let x = self.norm(&h, &b.self_ln)?;
             let (k, v) = b.self_attn.kv(&x)?;
-            h = (&h + self.dropout.forward(&b.self_attn.attend(&x, &k, &v, Some(&bias), false)?, train)?)?;
+            h = (&h
+                + self
+                    .dropout
+                    .forward(&b.self_attn.attend(&x, &k, &v, Some(&bias), false)?, train)?)?;
             let x = self.norm(&h, &b.ffn_ln)?;
-            h = (&h + self.dropout.forward(&b.ffn.forward(&x, &self.dropout, train)?, train)?)?;
+            h = (&h
+                + self
+                    .dropout
+                    .forward(&b.ffn.forward(&x, &self.dropout, train)?, train)?)?;
         }
-        Ok(self.dropout.forward(&self.norm(&h, &self.enc_final)?, train)?)
+        Ok(self
+            .dropout
+            .forward(&self.norm(&h, &self.enc_final)?, train)?)
     }
 
     /// Decoder logits `[b, t, V]`; with a cache, only new positions are passed.
-    pub fn decode(&self, decoder_input_ids: &Tensor, encoder: &Tensor, encoder_mask: Option<&Tensor>, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn decode(
+        &self,
+        decoder_input_ids: &Tensor,
+        encoder: &Tensor,
+        encoder_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let train = self.training.load(Ordering::Relaxed);
         let t = decoder_input_ids.dim(1)?;
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let mut h = self.dropout.forward(&lookup(&self.shared, decoder_input_ids)?, train)?;
-        let self_bias = self.decoder[0].self_attn.position_bias(&self.cfg, t, past + t, past, false)?;
+        let mut h = self
+            .dropout
+            .forward(&lookup(&self.shared, decoder_input_ids)?, train)?;
+        let self_bias =
+            self.decoder[0]
+                .self_attn
+                .position_bias(&self.cfg, t, past + t, past, false)?;
         let cross_bias = encoder_mask.map(padding_bias).transpose()?;
         for (i, b) in self.decoder.iter().enumerate() {
             let x = self.norm(&h, &b.self_ln)?;
@@ -397,21 +540,37 @@ impl T5 {
                 Some(c) => c.append(i, k, v)?,
                 None => (k, v),
             };
-            h = (&h + self.dropout.forward(&b.self_attn.attend(&x, &k, &v, Some(&self_bias), true)?, train)?)?;
-            let (cross, ln) = b.cross.as_ref().expect("decoder blocks have cross-attention");
+            h = (&h
+                + self.dropout.forward(
+                    &b.self_attn.attend(&x, &k, &v, Some(&self_bias), true)?,
+                    train,
+                )?)?;
+            let (cross, ln) = b
+                .cross
+                .as_ref()
+                .expect("decoder blocks have cross-attention");
             let x = self.norm(&h, ln)?;
             let (ck, cv) = match cache.as_deref_mut() {
                 Some(c) => c.cross(i, || cross.kv(encoder))?,
                 None => cross.kv(encoder)?,
             };
-            h = (&h + self.dropout.forward(&cross.attend(&x, &ck, &cv, cross_bias.as_ref(), false)?, train)?)?;
+            h = (&h
+                + self.dropout.forward(
+                    &cross.attend(&x, &ck, &cv, cross_bias.as_ref(), false)?,
+                    train,
+                )?)?;
             let x = self.norm(&h, &b.ffn_ln)?;
-            h = (&h + self.dropout.forward(&b.ffn.forward(&x, &self.dropout, train)?, train)?)?;
+            h = (&h
+                + self
+                    .dropout
+                    .forward(&b.ffn.forward(&x, &self.dropout, train)?, train)?)?;
         }
         if let Some(c) = cache {
             c.advance(t);
         }
-        let mut h = self.dropout.forward(&self.norm(&h, &self.dec_final)?, train)?;
+        let mut h = self
+            .dropout
+            .forward(&self.norm(&h, &self.dec_final)?, train)?;
         // T5 v1.0 rescales by d_model^−½ before reusing the embedding (Mesh TensorFlow's T5).
         if self.cfg.scales_decoder_output() {
             h = (h * (self.cfg.d_model as f64).powf(-0.5))?;
@@ -423,16 +582,39 @@ impl T5 {
     }
 
     /// Logits of a teacher-forced pass.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, decoder_input_ids: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        decoder_input_ids: &Tensor,
+    ) -> Result<Tensor> {
         let enc = self.encode(input_ids, attention_mask)?;
         self.decode(decoder_input_ids, &enc, attention_mask, None)
     }
 
     /// Generates up to `max_new_tokens` for one input `[1, t]`, stopping at EOS.
-    pub fn generate(&self, input_ids: &Tensor, max_new_tokens: usize, sampling: &crate::Sampling, rng: &mut lm_objectives::Rng, use_cache: bool) -> Result<Vec<u32>> {
+    pub fn generate(
+        &self,
+        input_ids: &Tensor,
+        max_new_tokens: usize,
+        sampling: &crate::Sampling,
+        rng: &mut lm_objectives::Rng,
+        use_cache: bool,
+    ) -> Result<Vec<u32>> {
         let was = self.training.swap(false, Ordering::Relaxed);
         let enc = self.encode(input_ids, None)?;
-        let out = crate::sampling::decode_loop(self.cfg.decoder_start_token_id, self.cfg.eos_token_id, max_new_tokens, sampling, rng, use_cache, input_ids.device(), |ids, cache| self.decode(ids, &enc, None, cache));
+        let out = crate::sampling::decode_loop(
+            crate::sampling::Decode {
+                start: self.cfg.decoder_start_token_id,
+                eos: self.cfg.eos_token_id,
+                max_new_tokens,
+                sampling,
+                use_cache,
+            },
+            rng,
+            input_ids.device(),
+            |ids, cache| self.decode(ids, &enc, None, cache),
+        );
         self.training.store(was, Ordering::Relaxed);
         out
     }

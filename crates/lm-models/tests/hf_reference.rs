@@ -7,31 +7,51 @@ use candle_core::{Device, Tensor};
 use lm_objectives::loss::{bert_pretraining_loss, cross_entropy, CrossEntropy};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(name)
 }
 
 fn reference(name: &str) -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
+        .unwrap()
 }
 
 fn assert_close(got: &Tensor, want: &Tensor, tol: f32, what: &str) {
     assert_eq!(got.dims(), want.dims(), "{what} shape");
-    let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let diff = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff <= tol, "{what}: max |diff| = {diff}");
 }
 
 fn assert_loss(got: &Tensor, want: &Tensor, what: &str) {
-    let (g, w) = (got.to_scalar::<f32>().unwrap() as f64, want.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64);
+    let (g, w) = (
+        got.to_scalar::<f32>().unwrap() as f64,
+        want.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64,
+    );
     assert!(((g - w) / w).abs() <= 1e-5, "{what} loss {g} vs {w}");
 }
 
 /// Saving a loaded model writes the same tensors, byte for byte, under the same names.
 fn assert_roundtrip(name: &str, store: &lm_models::ParamStore) {
     let out = tempfile::tempdir().unwrap();
-    store.save_safetensors(&out.path().join("model.safetensors")).unwrap();
+    store
+        .save_safetensors(&out.path().join("model.safetensors"))
+        .unwrap();
     let a = std::fs::read(fixture(name).join("model.safetensors")).unwrap();
     let b = std::fs::read(out.path().join("model.safetensors")).unwrap();
-    let (a, b) = (safetensors::SafeTensors::deserialize(&a).unwrap(), safetensors::SafeTensors::deserialize(&b).unwrap());
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
     let mut na: Vec<String> = a.names().into_iter().map(String::from).collect();
     let mut nb: Vec<String> = b.names().into_iter().map(String::from).collect();
     na.sort();
@@ -46,12 +66,23 @@ fn assert_roundtrip(name: &str, store: &lm_models::ParamStore) {
 
 #[test]
 fn bert_matches_transformers() {
-    let (model, store, fresh) = lm_models::bert::Bert::from_hf_dir(&fixture("bert"), &Device::Cpu).unwrap();
+    let (model, store, fresh) =
+        lm_models::bert::Bert::from_hf_dir(&fixture("bert"), &Device::Cpu).unwrap();
     assert!(fresh.is_empty(), "{fresh:?}");
     model.set_training(false);
     let r = reference("bert");
     let ids = r["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
-    let (mlm, nsp) = model.forward(&ids, Some(&r["token_type_ids"].to_dtype(candle_core::DType::U32).unwrap()), Some(&r["attention_mask"])).unwrap();
+    let (mlm, nsp) = model
+        .forward(
+            &ids,
+            Some(
+                &r["token_type_ids"]
+                    .to_dtype(candle_core::DType::U32)
+                    .unwrap(),
+            ),
+            Some(&r["attention_mask"]),
+        )
+        .unwrap();
     assert_close(&mlm, &r["logits"], 1e-4, "bert mlm logits");
     assert_close(&nsp, &r["seq_relationship_logits"], 1e-4, "bert nsp logits");
     let loss = bert_pretraining_loss(&mlm, &r["labels"], &nsp, &r["next_sentence_label"]).unwrap();
@@ -78,15 +109,31 @@ fn gpt2_matches_transformers() {
 
 #[test]
 fn bart_matches_transformers() {
-    let (model, store) = lm_models::bart::Bart::from_hf_dir(&fixture("bart"), &Device::Cpu).unwrap();
+    let (model, store) =
+        lm_models::bart::Bart::from_hf_dir(&fixture("bart"), &Device::Cpu).unwrap();
     model.set_training(false);
     let r = reference("bart");
     let u32s = |t: &Tensor| t.to_dtype(candle_core::DType::U32).unwrap();
     // Decoder inputs from lm-objectives' shift_right must equal transformers' shift_tokens_right.
     let labels: Vec<i64> = r["labels"].flatten_all().unwrap().to_vec1().unwrap();
     let dii = lm_objectives::collate::shift_right(&labels, 7, 2, 1).unwrap();
-    assert_eq!(dii, r["decoder_input_ids"].flatten_all().unwrap().to_dtype(candle_core::DType::U32).unwrap().to_vec1::<u32>().unwrap());
-    let logits = model.forward(&u32s(&r["input_ids"]), Some(&r["attention_mask"]), &u32s(&r["decoder_input_ids"])).unwrap();
+    assert_eq!(
+        dii,
+        r["decoder_input_ids"]
+            .flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::U32)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()
+    );
+    let logits = model
+        .forward(
+            &u32s(&r["input_ids"]),
+            Some(&r["attention_mask"]),
+            &u32s(&r["decoder_input_ids"]),
+        )
+        .unwrap();
     assert_close(&logits, &r["logits"], 1e-4, "bart logits");
     let loss = cross_entropy(&logits, &r["labels"], &CrossEntropy::default()).unwrap();
     assert_loss(&loss, &r["loss"], "bart");
@@ -100,8 +147,23 @@ fn t5_case(name: &str) {
     let u32s = |t: &Tensor| t.to_dtype(candle_core::DType::U32).unwrap();
     let labels: Vec<i64> = r["labels"].flatten_all().unwrap().to_vec1().unwrap();
     let dii = lm_objectives::collate::shift_right(&labels, 7, 0, 0).unwrap();
-    assert_eq!(dii, r["decoder_input_ids"].flatten_all().unwrap().to_dtype(candle_core::DType::U32).unwrap().to_vec1::<u32>().unwrap());
-    let logits = model.forward(&u32s(&r["input_ids"]), Some(&r["attention_mask"]), &u32s(&r["decoder_input_ids"])).unwrap();
+    assert_eq!(
+        dii,
+        r["decoder_input_ids"]
+            .flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::U32)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap()
+    );
+    let logits = model
+        .forward(
+            &u32s(&r["input_ids"]),
+            Some(&r["attention_mask"]),
+            &u32s(&r["decoder_input_ids"]),
+        )
+        .unwrap();
     assert_close(&logits, &r["logits"], 1e-4, &format!("{name} logits"));
     let loss = cross_entropy(&logits, &r["labels"], &CrossEntropy::default()).unwrap();
     assert_loss(&loss, &r["loss"], name);
@@ -116,4 +178,25 @@ fn t5_v1_0_matches_transformers() {
 #[test]
 fn t5_v1_1_gated_gelu_unscaled_matches_transformers() {
     t5_case("t5v11");
+}
+
+/// Writes `<fixture>/roundtrip/` for each family, for `make_fixtures.py` to load with
+/// transformers' `from_pretrained` (run by hand: `cargo test -p lm-models -- --ignored`).
+#[test]
+#[ignore]
+fn write_roundtrip_dirs_for_transformers() {
+    let d = &Device::Cpu;
+    let (m, s) = lm_models::gpt::Gpt::from_hf_dir(&fixture("gpt2"), d).unwrap();
+    m.save_hf_dir(&s, &fixture("gpt2").join("roundtrip"))
+        .unwrap();
+    let (m, s, _) = lm_models::bert::Bert::from_hf_dir(&fixture("bert"), d).unwrap();
+    m.save_hf_dir(&s, &fixture("bert").join("roundtrip"))
+        .unwrap();
+    let (m, s) = lm_models::bart::Bart::from_hf_dir(&fixture("bart"), d).unwrap();
+    m.save_hf_dir(&s, &fixture("bart").join("roundtrip"))
+        .unwrap();
+    for n in ["t5", "t5v11"] {
+        let (m, s) = lm_models::t5::T5::from_hf_dir(&fixture(n), d).unwrap();
+        m.save_hf_dir(&s, &fixture(n).join("roundtrip")).unwrap();
+    }
 }

@@ -82,7 +82,8 @@ fn two() -> u32 {
 const POSITION_OFFSET: usize = 2;
 
 impl BartConfig {
-    fn sized(
+    /// A configuration of the given sizes with the paper's defaults for the rest.
+    pub fn sized(
         vocab: usize,
         d: usize,
         layers: usize,

@@ -65,7 +65,8 @@ fn ln_eps() -> f64 {
 }
 
 impl BertConfig {
-    fn sized(
+    /// A configuration of the given sizes with the paper's defaults for the rest.
+    pub fn sized(
         vocab: usize,
         d: usize,
         layers: usize,

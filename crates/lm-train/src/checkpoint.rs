@@ -17,7 +17,8 @@ use crate::error::{io_err, Result, TrainError};
 pub struct TrainerState {
     /// Optimizer steps done.
     pub step: u64,
-    /// State of the batch-sampling generator.
+    /// The run's generator state at the start. Batches are keyed by (seed, step), so `step` is
+    /// the data position and this state never advances; kept so the file is self-describing.
     pub rng: [u64; 4],
     /// Training tokens consumed.
     pub tokens_seen: u64,
@@ -25,6 +26,9 @@ pub struct TrainerState {
     pub elapsed_s: f64,
     /// Best validation loss so far and its step.
     pub best: Option<(u64, f32)>,
+    /// Evaluations since the best one (for early stopping).
+    #[serde(default)]
+    pub evals_since_best: usize,
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
@@ -104,6 +108,11 @@ impl CheckpointWriter {
         }
         std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
         Ok(Self { tmp, dest })
+    }
+
+    /// The temporary directory being written.
+    pub fn dir(&self) -> &Path {
+        &self.tmp
     }
 
     /// Where to write a file of the checkpoint.

@@ -15,6 +15,9 @@ pub struct TrainConfig {
     pub model: ModelSection,
     /// Corpus and tokenizer.
     pub data: DataSection,
+    /// Objective options.
+    #[serde(default)]
+    pub objective: ObjectiveSection,
     /// Optimizer and learning-rate schedule.
     pub optim: OptimSection,
     /// Loop, evaluation and checkpoints.
@@ -25,7 +28,7 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// Architecture family; only `"gpt"` so far.
+    /// Architecture family: `"gpt"`, `"bert"`, `"roberta"`, `"bart"` or `"t5"`.
     pub family: String,
     /// Number of transformer blocks.
     pub n_layer: usize,
@@ -38,6 +41,12 @@ pub struct ModelSection {
     /// Dropout rate.
     #[serde(default)]
     pub dropout: f64,
+    /// Feed-forward width (default 4·n_embd).
+    #[serde(default)]
+    pub d_ff: Option<usize>,
+    /// T5's feed-forward: `"relu"` (v1.0) or `"gated-gelu"` (v1.1).
+    #[serde(default)]
+    pub t5_feed_forward: Option<String>,
 }
 
 /// `[data]`
@@ -47,21 +56,81 @@ pub struct DataSection {
     /// A text file, or `builtin:tinyshakespeare` for the bundled corpus.
     #[serde(default = "default_corpus")]
     pub corpus: String,
-    /// Tokenizer kind; `"char"` so far.
+    /// Tokenizer: `"char"`, `"bpe"`, `"wordpiece"` or `"unigram"`, trained on the training split.
     #[serde(default = "default_tokenizer")]
     pub tokenizer: String,
+    /// Vocabulary size of a trained tokenizer (default 2000); with `tokenizer_file`, the size the
+    /// file must have.
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    /// An existing `tokenizer.json` to use instead of training one.
+    #[serde(default)]
+    pub tokenizer_file: Option<String>,
     /// Fraction of the token stream held out at its end for validation.
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+}
+
+/// `[objective]`: options of the family's pretraining objective (lm-objectives' defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveSection {
+    /// MLM: fraction of tokens selected.
+    #[serde(default = "default_mlm_rate")]
+    pub mlm_rate: f64,
+    /// MLM: `"exact"` count or `"bernoulli"` per token.
+    #[serde(default = "default_selection")]
+    pub mlm_selection: String,
+    /// BERT: add next sentence prediction.
+    #[serde(default = "yes")]
+    pub nsp: bool,
+    /// T5: noise density.
+    #[serde(default = "default_density")]
+    pub noise_density: f64,
+    /// T5: mean noise span length.
+    #[serde(default = "default_span")]
+    pub mean_span_length: f64,
+    /// BART: fraction of tokens infilled.
+    #[serde(default = "default_mask_ratio")]
+    pub mask_ratio: f64,
+    /// BART: Poisson λ of span lengths.
+    #[serde(default = "default_lambda")]
+    pub poisson_lambda: f64,
+    /// BART: shuffle sentences.
+    #[serde(default = "yes")]
+    pub permute_sentences: bool,
+}
+
+impl Default for ObjectiveSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every key has a default")
+    }
 }
 
 /// `[optim]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimSection {
-    /// Update rule: `"adamw"` or `"adam"`.
+    /// Update rule: `"sgd"`, `"adam"`, `"adamw"` or `"adafactor"`.
     #[serde(default = "default_optimizer")]
     pub name: String,
+    /// Schedule after warmup: `"cosine"` (to `min_lr`), `"linear"` (to 0), `"inverse_sqrt"` or
+    /// `"constant"`.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// Position the schedule counts: `"steps"` or `"tokens"` (then `warmup_tokens` and
+    /// `decay_tokens` give its phases).
+    #[serde(default = "default_unit")]
+    pub schedule_unit: String,
+    /// Warmup length in tokens (schedule_unit = "tokens").
+    #[serde(default)]
+    pub warmup_tokens: Option<f64>,
+    /// End of the decay in tokens (schedule_unit = "tokens").
+    #[serde(default)]
+    pub decay_tokens: Option<f64>,
+    /// SGD momentum.
+    #[serde(default)]
+    pub momentum: f64,
     /// Peak learning rate.
     pub lr: f64,
     /// Floor of the cosine decay.
@@ -118,6 +187,15 @@ pub struct TrainSection {
     /// What a NaN or infinite loss does: `"stop"` (default) or `"skip"` the step.
     #[serde(default = "default_on_nonfinite")]
     pub on_nonfinite_loss: String,
+    /// Stop when the validation loss has not improved for this many evaluations (0: never).
+    #[serde(default)]
+    pub early_stopping_patience: usize,
+    /// Grow the batch from this many sequences to `batch_size` over `batch_ramp_tokens` (GPT-3).
+    #[serde(default)]
+    pub batch_ramp_start: Option<usize>,
+    /// Tokens over which the batch grows.
+    #[serde(default)]
+    pub batch_ramp_tokens: f64,
     /// Peak FLOP/s that MFU is measured against (default: fp32 matmul peak of a 2-core Zen 5
     /// machine, 250 GFLOP/s).
     #[serde(default = "default_peak_flops")]
@@ -135,6 +213,33 @@ fn default_val_fraction() -> f64 {
 }
 fn default_optimizer() -> String {
     "adamw".into()
+}
+fn default_schedule() -> String {
+    "cosine".into()
+}
+fn default_unit() -> String {
+    "steps".into()
+}
+fn default_mlm_rate() -> f64 {
+    0.15
+}
+fn default_selection() -> String {
+    "exact".into()
+}
+fn default_density() -> f64 {
+    0.15
+}
+fn default_span() -> f64 {
+    3.0
+}
+fn default_mask_ratio() -> f64 {
+    0.3
+}
+fn default_lambda() -> f64 {
+    3.0
+}
+fn yes() -> bool {
+    true
 }
 fn default_beta1() -> f64 {
     0.9
@@ -162,10 +267,32 @@ fn ten() -> u64 {
 }
 
 /// The recipes shipped with the project, by name.
-pub const RECIPES: &[(&str, &str)] = &[(
-    "gpt-shakespeare-char",
-    include_str!("../../../recipes/gpt-shakespeare-char.toml"),
-)];
+pub const RECIPES: &[(&str, &str)] = &[
+    (
+        "gpt-shakespeare-char",
+        include_str!("../../../recipes/gpt-shakespeare-char.toml"),
+    ),
+    (
+        "gpt-shakespeare-bpe",
+        include_str!("../../../recipes/gpt-shakespeare-bpe.toml"),
+    ),
+    (
+        "bert-mlm-nsp",
+        include_str!("../../../recipes/bert-mlm-nsp.toml"),
+    ),
+    (
+        "roberta-mlm",
+        include_str!("../../../recipes/roberta-mlm.toml"),
+    ),
+    (
+        "t5-span-corruption",
+        include_str!("../../../recipes/t5-span-corruption.toml"),
+    ),
+    (
+        "bart-denoising",
+        include_str!("../../../recipes/bart-denoising.toml"),
+    ),
+];
 
 impl TrainConfig {
     /// Parses and validates a TOML text; `source_name` (a path or recipe) appears in errors.
@@ -288,6 +415,14 @@ impl TrainConfig {
             );
         }
         let t = &self.train;
+        if let Some(start) = t.batch_ramp_start {
+            if start == 0 || start > t.batch_size {
+                return err(
+                    "train.batch_ramp_start",
+                    format!("{start} must be in 1..=batch_size"),
+                );
+            }
+        }
         if t.batch_size == 0
             || t.grad_accum == 0
             || t.eval_interval == 0

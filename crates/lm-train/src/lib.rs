@@ -13,11 +13,14 @@
 //! println!("val loss {:?}", summary.last_eval);
 //! ```
 
+pub mod batches;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 mod error;
 pub mod metrics;
+pub mod model;
+pub mod plot;
 pub mod tokenizer;
 pub mod trainer;
 

@@ -1,8 +1,19 @@
-//! The character-level tokenizer of the small demo: one id per distinct character, sorted.
+//! Tokenizers: the character-level one of the small demo, and BPE (GPT), WordPiece (BERT) and
+//! Unigram (T5) trained on local text with the `tokenizers` crate, each with its family's
+//! special tokens (T5's `<extra_id_k>` sentinels included). Saved as `tokenizer.json`; no hub.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use tokenizers::models::bpe::{BpeTrainer, BPE};
+use tokenizers::models::unigram::{Unigram, UnigramTrainer};
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+use tokenizers::models::{ModelWrapper, TrainerWrapper};
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::AddedToken;
 
 use crate::error::{io_err, Result, TrainError};
 
@@ -44,20 +55,211 @@ impl CharTokenizer {
             .map(|&i| self.chars.get(i as usize).copied().unwrap_or('\u{FFFD}'))
             .collect()
     }
+}
 
-    /// Writes the tokenizer as JSON.
+/// Which tokenizer a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// One id per character.
+    Char,
+    /// Byte-level BPE (GPT-2, RoBERTa, BART).
+    Bpe,
+    /// WordPiece with BERT's normalizer (BERT).
+    Wordpiece,
+    /// Unigram with a metaspace pre-tokenizer (T5's SentencePiece).
+    Unigram,
+}
+
+/// The special tokens of each family, in id order (they get the first ids).
+pub fn special_tokens(family: &str, kind: TokenizerKind) -> Vec<String> {
+    match (family, kind) {
+        (_, TokenizerKind::Char) => vec![],
+        ("gpt", _) => vec!["<|endoftext|>".into()],
+        ("bert", _) => ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .map(String::from)
+            .to_vec(),
+        ("t5", _) => {
+            let mut v: Vec<String> = ["<pad>", "</s>", "<unk>"].map(String::from).to_vec();
+            v.extend((0..100).map(|k| format!("<extra_id_{k}>")));
+            v
+        }
+        // RoBERTa and BART.
+        _ => ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+            .map(String::from)
+            .to_vec(),
+    }
+}
+
+/// A tokenizer of any kind.
+#[derive(Debug, Clone)]
+pub enum TextTokenizer {
+    /// Character level.
+    Char(CharTokenizer),
+    /// A `tokenizers` tokenizer (BPE, WordPiece, Unigram).
+    Hf(Box<tokenizers::Tokenizer>),
+}
+
+fn tok_err(what: &str) -> impl FnOnce(tokenizers::Error) -> TrainError + '_ {
+    move |e| TrainError::Corpus {
+        corpus: what.into(),
+        problem: format!("tokenizer: {e}"),
+    }
+}
+
+impl TextTokenizer {
+    /// Trains a tokenizer of `kind` on `lines` with `family`'s special tokens.
+    pub fn train(
+        kind: TokenizerKind,
+        family: &str,
+        vocab_size: usize,
+        lines: &[&str],
+    ) -> Result<Self> {
+        if kind == TokenizerKind::Char {
+            return Ok(Self::Char(CharTokenizer::fit(&lines.concat())));
+        }
+        let specials: Vec<AddedToken> = special_tokens(family, kind)
+            .into_iter()
+            .map(|t| AddedToken::from(t, true))
+            .collect();
+        let mut tok = match kind {
+            TokenizerKind::Bpe => {
+                let mut t = tokenizers::Tokenizer::new(ModelWrapper::BPE(BPE::default()));
+                t.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+                t.with_decoder(Some(ByteLevel::default()));
+                t
+            }
+            TokenizerKind::Wordpiece => {
+                let mut t = tokenizers::Tokenizer::new(ModelWrapper::WordPiece(
+                    WordPiece::builder()
+                        .unk_token("[UNK]".into())
+                        .build()
+                        .map_err(tok_err("wordpiece"))?,
+                ));
+                t.with_normalizer(Some(BertNormalizer::default()));
+                t.with_pre_tokenizer(Some(BertPreTokenizer));
+                t.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+                t
+            }
+            TokenizerKind::Unigram => {
+                let mut t = tokenizers::Tokenizer::new(ModelWrapper::Unigram(Unigram::default()));
+                t.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+                t.with_decoder(Some(tokenizers::decoders::metaspace::Metaspace::new(
+                    '▁',
+                    PrependScheme::Always,
+                    true,
+                )));
+                t
+            }
+            TokenizerKind::Char => unreachable!(),
+        };
+        let mut trainer: TrainerWrapper = match kind {
+            TokenizerKind::Bpe => BpeTrainer::builder()
+                .vocab_size(vocab_size)
+                .show_progress(false)
+                .special_tokens(specials)
+                .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+                .build()
+                .into(),
+            TokenizerKind::Wordpiece => WordPieceTrainer::builder()
+                .vocab_size(vocab_size)
+                .show_progress(false)
+                .special_tokens(specials)
+                .build()
+                .into(),
+            TokenizerKind::Unigram => UnigramTrainer::builder()
+                .vocab_size(vocab_size as u32)
+                .show_progress(false)
+                .special_tokens(specials)
+                .unk_token(Some("<unk>".into()))
+                .build()
+                .map_err(|e| TrainError::Corpus {
+                    corpus: "unigram".into(),
+                    problem: format!("tokenizer: {e}"),
+                })?
+                .into(),
+            TokenizerKind::Char => unreachable!(),
+        };
+        tok.train(&mut trainer, lines.iter().copied())
+            .map_err(tok_err("tokenizer training"))?;
+        Ok(Self::Hf(Box::new(tok)))
+    }
+
+    /// Vocabulary size (special tokens included).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Char(c) => c.vocab_size(),
+            Self::Hf(t) => t.get_vocab_size(true),
+        }
+    }
+
+    /// Token ids of `text` (no special tokens added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Self::Char(c) => c.encode(text).map_err(|ch| TrainError::Corpus {
+                corpus: "text".into(),
+                problem: format!("character {ch:?} is not in the tokenizer's alphabet"),
+            }),
+            Self::Hf(t) => Ok(t
+                .encode_fast(text, false)
+                .map_err(tok_err("text"))?
+                .get_ids()
+                .to_vec()),
+        }
+    }
+
+    /// The text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match self {
+            Self::Char(c) => c.decode(ids),
+            Self::Hf(t) => t.decode(ids, true).unwrap_or_default(),
+        }
+    }
+
+    /// The id of a special token.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Self::Char(_) => None,
+            Self::Hf(t) => t.token_to_id(token),
+        }
+    }
+
+    /// The id of a special token the objective needs, or an error naming it.
+    pub fn require(&self, token: &str) -> Result<u32> {
+        self.token_id(token).ok_or_else(|| TrainError::Corpus {
+            corpus: "tokenizer".into(),
+            problem: format!("the vocabulary has no {token} token"),
+        })
+    }
+
+    /// Writes `tokenizer.json` (the `tokenizers` format; the character tokenizer as its alphabet).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_string(self).expect("a list of chars serializes");
+        let json = match self {
+            Self::Char(c) => serde_json::to_string(&serde_json::json!({ "char_tokenizer": c }))
+                .expect("serializes"),
+            Self::Hf(t) => t.to_string(true).map_err(tok_err("tokenizer.json"))?,
+        };
         crate::checkpoint::write_atomic(path, json.as_bytes())
     }
 
-    /// Reads a tokenizer written by [`CharTokenizer::save`].
+    /// Reads a `tokenizer.json` written by [`TextTokenizer::save`] or by HuggingFace tools.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        let bad = |e: String| TrainError::Checkpoint {
             path: path.to_path_buf(),
-            problem: format!("not a character tokenizer: {e}"),
-        })
+            problem: format!("not a tokenizer: {e}"),
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if let Some(c) = json.get("char_tokenizer") {
+            return Ok(Self::Char(
+                serde_json::from_value(c.clone()).map_err(|e| bad(e.to_string()))?,
+            ));
+        }
+        Ok(Self::Hf(Box::new(
+            text.parse::<tokenizers::Tokenizer>()
+                .map_err(|e| bad(e.to_string()))?,
+        )))
     }
 }
 
@@ -66,12 +268,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roundtrip_and_sorted_ids() {
+    fn char_roundtrip_and_sorted_ids() {
         let t = CharTokenizer::fit("hello world");
         assert_eq!(t.vocab_size(), 8);
         assert_eq!(t.encode(" ").unwrap(), vec![0]);
         let ids = t.encode("held").unwrap();
         assert_eq!(t.decode(&ids), "held");
         assert_eq!(t.encode("hex"), Err('x'));
+    }
+
+    #[test]
+    fn trained_tokenizers_have_their_special_tokens_and_roundtrip() {
+        let text = crate::data::SHAKESPEARE;
+        let lines: Vec<&str> = text[..200_000].lines().collect();
+        let dir = tempfile::tempdir().unwrap();
+        for (kind, family, probe) in [
+            (TokenizerKind::Bpe, "gpt", "<|endoftext|>"),
+            (TokenizerKind::Wordpiece, "bert", "[MASK]"),
+            (TokenizerKind::Unigram, "t5", "<extra_id_99>"),
+            (TokenizerKind::Bpe, "bart", "<mask>"),
+        ] {
+            let t = TextTokenizer::train(kind, family, 800, &lines).unwrap();
+            assert!(
+                t.vocab_size() <= 800 && t.vocab_size() > 200,
+                "{kind:?}: {}",
+                t.vocab_size()
+            );
+            let specials = special_tokens(family, kind);
+            for (i, s) in specials.iter().enumerate() {
+                assert_eq!(t.token_id(s), Some(i as u32), "{kind:?} {s}");
+            }
+            assert!(t.token_id(probe).is_some());
+            let ids = t.encode("First Citizen: you are all resolved").unwrap();
+            let back = t.decode(&ids);
+            assert!(
+                back.to_lowercase().contains("citizen") && back.contains("resolved"),
+                "{kind:?}: {back}"
+            );
+            let path = dir.path().join(format!("{family}.json"));
+            t.save(&path).unwrap();
+            assert_eq!(
+                TextTokenizer::load(&path)
+                    .unwrap()
+                    .encode("you are all")
+                    .unwrap(),
+                t.encode("you are all").unwrap()
+            );
+        }
     }
 }

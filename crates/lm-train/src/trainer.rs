@@ -1,33 +1,39 @@
 //! The training loop. One step reads like the chapter's pseudo-code:
 //!
 //! ```text
-//! η_t  ← schedule(t)
-//! g    ← ∇_θ (1/B) Σ_{x ∈ batch} −log p_θ(x)       (summed over grad_accum micro-batches)
+//! η_t  ← schedule(t)                                 (t in steps or tokens seen)
+//! g    ← ∇_θ mean over the batch of the objective's negative log-likelihood
+//!                                                     (summed over grad_accum micro-batches)
 //! g    ← g · min(1, c/‖g‖)                           (global-norm clipping)
-//! θ    ← AdamW(θ, g, η_t)
+//! θ    ← update(θ, g, η_t)                            (SGD, Adam, AdamW or AdaFactor)
 //! ```
 //!
-//! The gradient store between backward and the optimizer step is the seam where a data-parallel
-//! backend would all-reduce gradients; batch sampling takes its own generator, which such a
-//! backend would fork per rank.
+//! Batches are prepared on a background thread. The gradient store between backward and the
+//! optimizer step is where a data-parallel backend would all-reduce gradients; batches are keyed
+//! by step, so such a backend shards data by giving each rank its own keys.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{backprop::GradStore, Device, Var};
+use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
-use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::{ParamStore, Sampling};
-use lm_objectives::loss::{cross_entropy, CrossEntropy};
 use lm_objectives::Rng;
-use lm_optim::{clip::clip_grad_norm, Adam, AdamConfig, Optimizer, ParamGroup, Schedule};
+use lm_optim::{
+    clip::clip_grad_norm, AdaFactor, AdaFactorConfig, AdaFactorLr, Adam, AdamConfig, BatchSizeRamp,
+    Optimizer, ParamGroup, Schedule, Sgd, SgdConfig,
+};
 
+use crate::batches::{BatchSource, Specials};
 use crate::checkpoint::{self, CheckpointWriter, TrainerState};
 use crate::config::TrainConfig;
-use crate::data::{load_corpus, Split, TokenSplits};
+use crate::data::{load_corpus, Split, TokenizedCorpus};
 use crate::error::{io_err, Result, TrainError};
 use crate::metrics::{MetricRecord, MetricsLog};
-use crate::tokenizer::CharTokenizer;
+use crate::model::{AnyModel, Batch};
+use crate::tokenizer::{TextTokenizer, TokenizerKind};
 
 /// What a finished (or stopped) training call reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +44,8 @@ pub struct TrainSummary {
     pub last_eval: Option<(f32, f32)>,
     /// The last checkpoint written.
     pub checkpoint: Option<PathBuf>,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
 }
 
 /// A training run: model, optimizer, data and run directory.
@@ -45,14 +53,15 @@ pub struct Trainer {
     cfg: TrainConfig,
     run_dir: PathBuf,
     device: Device,
-    tokenizer: CharTokenizer,
-    data: TokenSplits,
-    model: Gpt,
+    tokenizer: TextTokenizer,
+    specials: Specials,
+    source: Arc<BatchSource>,
+    model: AnyModel,
     store: ParamStore,
     vars: Vec<Var>,
-    opt: Adam,
+    opt: Box<dyn Optimizer>,
     schedule: Schedule,
-    rng: Rng,
+    ramp: Option<BatchSizeRamp>,
     state: TrainerState,
     metrics: MetricsLog,
     /// Show a progress bar and print evaluation lines.
@@ -80,6 +89,137 @@ pub fn default_device() -> Device {
     }
 }
 
+fn tokenizer_kind(name: &str) -> TokenizerKind {
+    match name {
+        "bpe" => TokenizerKind::Bpe,
+        "wordpiece" => TokenizerKind::Wordpiece,
+        "unigram" => TokenizerKind::Unigram,
+        _ => TokenizerKind::Char,
+    }
+}
+
+fn family_for_tokens(family: &str) -> &str {
+    if family == "roberta" {
+        "roberta"
+    } else {
+        family
+    }
+}
+
+/// The learning-rate schedule a config describes (positions in steps or tokens).
+pub fn schedule_of(cfg: &TrainConfig) -> Result<Schedule> {
+    let o = &cfg.optim;
+    let (warmup, total) = if o.schedule_unit == "tokens" {
+        (
+            o.warmup_tokens.unwrap_or(0.0),
+            o.decay_tokens.unwrap_or(0.0),
+        )
+    } else {
+        (o.warmup_iters as f64, cfg.lr_decay_iters() as f64)
+    };
+    let warm = Schedule::Linear {
+        from: 0.0,
+        to: o.lr,
+        length: warmup,
+    };
+    Ok(match o.schedule.as_str() {
+        "cosine" => Schedule::warmup_cosine(o.lr, o.min_lr, warmup, total)?,
+        "linear" => Schedule::warmup_linear(o.lr, warmup, total)?,
+        "inverse_sqrt" => Schedule::InverseSqrt {
+            peak: o.lr,
+            warmup: warmup.max(1.0),
+        },
+        _ => Schedule::Sequence(vec![warm, Schedule::Constant(o.lr)]),
+    })
+}
+
+fn build_optimizer(
+    cfg: &TrainConfig,
+    decay: Vec<(String, Var)>,
+    no_decay: Vec<(String, Var)>,
+) -> Result<Box<dyn Optimizer>> {
+    let o = &cfg.optim;
+    let groups = vec![
+        ParamGroup::new("decay", decay, o.weight_decay),
+        ParamGroup::new("no_decay", no_decay, 0.0),
+    ];
+    Ok(match o.name.as_str() {
+        "sgd" => Box::new(Sgd::new(
+            groups,
+            SgdConfig {
+                momentum: o.momentum,
+                ..Default::default()
+            },
+        )?),
+        "adafactor" => Box::new(AdaFactor::new(
+            groups,
+            AdaFactorConfig {
+                lr: AdaFactorLr::External,
+                scale_parameter: false,
+                ..Default::default()
+            },
+        )?),
+        name => {
+            let base = if name == "adam" {
+                AdamConfig::adam()
+            } else {
+                AdamConfig::adamw()
+            };
+            Box::new(Adam::new(
+                groups,
+                base.with_betas(o.beta1, o.beta2).with_eps(o.eps),
+            )?)
+        }
+    })
+}
+
+/// Batches of one optimizer step, made ahead on a background thread.
+struct Prefetch {
+    rx: Receiver<Result<Vec<Batch>>>,
+}
+
+impl Prefetch {
+    fn spawn(
+        source: Arc<BatchSource>,
+        cfg: &TrainConfig,
+        ramp: Option<BatchSizeRamp>,
+        from: u64,
+        until: u64,
+        tokens_seen: u64,
+        device: Device,
+    ) -> Self {
+        let (tx, rx) = sync_channel(2);
+        let (accum, batch, block) = (
+            cfg.train.grad_accum,
+            cfg.train.batch_size,
+            cfg.model.block_size,
+        );
+        std::thread::spawn(move || {
+            let mut tokens = tokens_seen;
+            for step in from..until {
+                let b = ramp.as_ref().map_or(batch, |r| r.batch_size(tokens as f64));
+                let batches: Result<Vec<Batch>> = (0..accum)
+                    .map(|m| source.batch(Split::Train, step * accum as u64 + m as u64, b, &device))
+                    .collect();
+                tokens += (b * block * accum) as u64;
+                if tx.send(batches).is_err() {
+                    return; // the trainer stopped early
+                }
+            }
+        });
+        Self { rx }
+    }
+
+    fn next(&self) -> Result<Vec<Batch>> {
+        self.rx.recv().unwrap_or_else(|_| {
+            Err(TrainError::Corpus {
+                corpus: "batch thread".into(),
+                problem: "stopped unexpectedly".into(),
+            })
+        })
+    }
+}
+
 impl Trainer {
     /// Starts a new run in `run_dir`, which must not already hold one.
     pub fn new(mut cfg: TrainConfig, run_dir: &Path, device: Device) -> Result<Self> {
@@ -96,18 +236,45 @@ impl Trainer {
         // Fix the schedule's length now, so that changing max_iters on resume cannot change it.
         cfg.optim.lr_decay_iters = Some(cfg.lr_decay_iters());
         let corpus = load_corpus(&cfg.data.corpus)?;
-        let tokenizer = CharTokenizer::fit(&corpus);
+        let kind = tokenizer_kind(&cfg.data.tokenizer);
+        let family = family_for_tokens(&cfg.model.family).to_string();
+        let tokenizer = match &cfg.data.tokenizer_file {
+            Some(f) => {
+                let t = TextTokenizer::load(Path::new(f))?;
+                if let Some(v) = cfg.data.vocab_size.filter(|&v| v != t.vocab_size()) {
+                    return Err(TrainError::Config {
+                        source_name: f.clone(),
+                        key: "data.vocab_size".into(),
+                        problem: format!("the tokenizer has {} tokens but the config asks for {v}; remove data.vocab_size or use a matching tokenizer", t.vocab_size()),
+                    });
+                }
+                t
+            }
+            None if kind == TokenizerKind::Char => {
+                TextTokenizer::train(kind, &family, 0, &[&corpus])?
+            }
+            None => {
+                // Trained on the training part of the corpus only.
+                let cut = corpus.floor_char_boundary(
+                    (corpus.len() as f64 * (1.0 - cfg.data.val_fraction)) as usize,
+                );
+                let lines: Vec<&str> = corpus[..cut].lines().collect();
+                TextTokenizer::train(kind, &family, cfg.data.vocab_size.unwrap_or(2000), &lines)?
+            }
+        };
         std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
-        checkpoint::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         tokenizer.save(&run_dir.join("tokenizer.json"))?;
+        let tokens = TokenizedCorpus::build(&corpus, &tokenizer, &run_dir.join("tokens.bin"))?;
+        checkpoint::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         let state = TrainerState {
             step: 0,
             rng: Rng::seed_from_u64(cfg.train.seed).state(),
             tokens_seen: 0,
             elapsed_s: 0.0,
             best: None,
+            evals_since_best: 0,
         };
-        Self::build(cfg, run_dir, device, tokenizer, &corpus, state)
+        Self::build(cfg, run_dir, device, tokenizer, tokens, state)
     }
 
     /// Reopens the run in `run_dir` at its newest checkpoint; `max_iters` replaces the saved
@@ -119,9 +286,16 @@ impl Trainer {
         }
         let ckpt = checkpoint::latest_checkpoint(run_dir)?;
         let state = checkpoint::read_state(&ckpt)?;
-        let tokenizer = CharTokenizer::load(&run_dir.join("tokenizer.json"))?;
-        let corpus = load_corpus(&cfg.data.corpus)?;
-        let mut t = Self::build(cfg, run_dir, device, tokenizer, &corpus, state)?;
+        let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
+        let tokens = match TokenizedCorpus::open(&run_dir.join("tokens.bin")) {
+            Ok(t) => t,
+            Err(_) => TokenizedCorpus::build(
+                &load_corpus(&cfg.data.corpus)?,
+                &tokenizer,
+                &run_dir.join("tokens.bin"),
+            )?,
+        };
+        let mut t = Self::build(cfg, run_dir, device, tokenizer, tokens, state)?;
         t.load_weights_and_optimizer(&ckpt)?;
         t.metrics.truncate_after(t.state.step)?;
         checkpoint::write_atomic(&run_dir.join("config.toml"), t.cfg.to_toml().as_bytes())?;
@@ -132,74 +306,82 @@ impl Trainer {
         cfg: TrainConfig,
         run_dir: &Path,
         device: Device,
-        tokenizer: CharTokenizer,
-        corpus: &str,
+        tokenizer: TextTokenizer,
+        tokens: TokenizedCorpus,
         state: TrainerState,
     ) -> Result<Self> {
-        let tokens = tokenizer.encode(corpus).map_err(|c| TrainError::Corpus {
-            corpus: cfg.data.corpus.clone(),
-            problem: format!("character {c:?} is not in the run's tokenizer"),
-        })?;
-        let data = TokenSplits::new(
-            tokens,
-            cfg.data.val_fraction,
-            cfg.model.block_size,
-            &cfg.data.corpus,
+        let kind = tokenizer_kind(&cfg.data.tokenizer);
+        let family = family_for_tokens(&cfg.model.family);
+        let specials = Specials::of(
+            if family == "roberta" { "bart" } else { family },
+            &tokenizer,
+            kind,
         )?;
-        let m = &cfg.model;
-        let mut gpt_cfg = GptConfig::new(
-            tokenizer.vocab_size(),
-            m.block_size,
-            m.n_embd,
-            m.n_layer,
-            m.n_head,
-        );
-        gpt_cfg.dropout = m.dropout;
-        let (model, store) = Gpt::init(&gpt_cfg, cfg.train.seed, &device)?;
-        let (decay, no_decay) = Gpt::decay_groups(&store);
-        let o = &cfg.optim;
-        let adam = if o.name == "adam" {
-            AdamConfig::adam()
-        } else {
-            AdamConfig::adamw()
-        };
-        let opt = Adam::new(
-            vec![
-                ParamGroup::new("decay", decay, o.weight_decay),
-                ParamGroup::new("no_decay", no_decay, 0.0),
-            ],
-            adam.with_betas(o.beta1, o.beta2).with_eps(o.eps),
+        let vocab = tokenizer.vocab_size();
+        let source = Arc::new(BatchSource::new(
+            &cfg,
+            Arc::new(tokens),
+            specials.clone(),
+            vocab,
+        )?);
+        let (model, store) = AnyModel::build(
+            &cfg,
+            vocab,
+            specials.pad,
+            specials.eos,
+            specials.bos,
+            &device,
         )?;
-        let schedule = Schedule::warmup_cosine(
-            o.lr,
-            o.min_lr,
-            o.warmup_iters as f64,
-            cfg.lr_decay_iters() as f64,
-        )?;
-        let vars = store.vars().into_iter().map(|(_, v)| v).collect();
+        let (decay, no_decay) = model.param_groups(&store);
+        let vars = decay
+            .iter()
+            .chain(&no_decay)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let opt = build_optimizer(&cfg, decay, no_decay)?;
+        let schedule = schedule_of(&cfg)?;
+        let ramp = cfg.train.batch_ramp_start.map(|start| BatchSizeRamp {
+            start,
+            end: cfg.train.batch_size,
+            ramp_tokens: cfg.train.batch_ramp_tokens,
+            multiple: start,
+        });
         Ok(Self {
-            rng: Rng::from_state(state.rng),
             metrics: MetricsLog::new(&run_dir.join("metrics.jsonl")),
             run_dir: run_dir.to_path_buf(),
             cfg,
             device,
             tokenizer,
-            data,
+            specials,
+            source,
             model,
             store,
             vars,
             opt,
             schedule,
+            ramp,
             state,
             verbose: false,
         })
     }
 
     fn load_weights_and_optimizer(&mut self, ckpt: &Path) -> Result<()> {
+        let config = ckpt.join("config.json");
+        if let Ok(text) = std::fs::read_to_string(&config) {
+            let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if let Some(v) = saved.get("vocab_size").and_then(|v| v.as_u64()) {
+                if v as usize != self.tokenizer.vocab_size() {
+                    return Err(TrainError::Checkpoint {
+                        path: config,
+                        problem: format!("the model has vocab_size {v} but the run's tokenizer.json has {} tokens; restore the run's own tokenizer.json", self.tokenizer.vocab_size()),
+                    });
+                }
+            }
+        }
         self.store
             .load_safetensors(&ckpt.join("model.safetensors"), |n| Some(n.to_string()))?;
         let opt_path = ckpt.join("optimizer.safetensors");
-        lm_optim::load_state(&mut self.opt, &opt_path, &self.device).map_err(|e| {
+        lm_optim::load_state(self.opt.as_mut(), &opt_path, &self.device).map_err(|e| {
             TrainError::Checkpoint {
                 path: opt_path.clone(),
                 problem: format!("cannot restore the optimizer: {e}"),
@@ -238,27 +420,32 @@ impl Trainer {
         &self.store
     }
 
-    fn tokens_per_step(&self) -> u64 {
-        (self.cfg.train.batch_size * self.cfg.model.block_size * self.cfg.train.grad_accum) as u64
+    /// The model.
+    pub fn model(&self) -> &AnyModel {
+        &self.model
     }
 
-    /// Forward and backward over `grad_accum` micro-batches; the loss is their mean and the
+    /// The run's tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    fn schedule_position(&self) -> f64 {
+        if self.cfg.optim.schedule_unit == "tokens" {
+            self.state.tokens_seen as f64
+        } else {
+            self.state.step as f64
+        }
+    }
+
+    /// Forward and backward over the micro-batches of one step; the loss is their mean and the
     /// gradients are those of the mean.
-    fn forward_backward(&mut self) -> Result<(f32, GradStore)> {
-        let t = &self.cfg.train;
-        let accum = t.grad_accum;
+    fn forward_backward(&mut self, batches: &[Batch]) -> Result<(f32, GradStore)> {
+        let accum = batches.len();
         let mut total: Option<GradStore> = None;
         let mut loss_sum = 0f32;
-        for _ in 0..accum {
-            let (x, y) = self.data.batch(
-                Split::Train,
-                t.batch_size,
-                self.cfg.model.block_size,
-                &mut self.rng,
-                &self.device,
-            )?;
-            let logits = self.model.forward(&x)?;
-            let loss = cross_entropy(&logits, &y, &CrossEntropy::default())?;
+        for b in batches {
+            let loss = self.model.loss(b)?;
             let loss = if accum > 1 {
                 (loss / accum as f64)?
             } else {
@@ -283,20 +470,21 @@ impl Trainer {
         Ok((loss_sum, total.expect("grad_accum ≥ 1")))
     }
 
-    /// One optimizer step. Returns the training loss, the pre-clip gradient norm and the lr.
-    fn train_step(&mut self) -> Result<Option<(f32, f64, f64)>> {
-        let lr = self.schedule.value(self.state.step as f64);
+    /// One optimizer step on prepared batches. Returns the loss, pre-clip norm and lr, or `None`
+    /// for a skipped non-finite step.
+    fn train_step(&mut self, batches: &[Batch]) -> Result<Option<(f32, f64, f64)>> {
+        let lr = self.schedule.value(self.schedule_position());
         self.model.set_training(true);
-        let (loss, mut grads) = self.forward_backward()?;
-        self.state.tokens_seen += self.tokens_per_step();
+        let (loss, mut grads) = self.forward_backward(batches)?;
+        self.state.tokens_seen += batches.iter().map(|b| b.tokens as u64).sum::<u64>();
         if !loss.is_finite() {
+            self.state.step += 1;
             if self.cfg.train.on_nonfinite_loss == "skip" {
-                self.state.step += 1;
                 eprintln!("step {}: loss is {loss}, step skipped", self.state.step);
                 return Ok(None);
             }
             return Err(TrainError::NonFiniteLoss {
-                step: self.state.step + 1,
+                step: self.state.step,
                 loss,
             });
         }
@@ -311,58 +499,71 @@ impl Trainer {
         Ok(Some((loss, norm, lr)))
     }
 
+    fn step_batches(&self, step: u64) -> Result<Vec<Batch>> {
+        let accum = self.cfg.train.grad_accum;
+        let b = self.ramp.as_ref().map_or(self.cfg.train.batch_size, |r| {
+            r.batch_size(self.state.tokens_seen as f64)
+        });
+        (0..accum)
+            .map(|m| {
+                self.source.batch(
+                    Split::Train,
+                    step * accum as u64 + m as u64,
+                    b,
+                    &self.device,
+                )
+            })
+            .collect()
+    }
+
     /// One optimizer step outside the loop (no logging, evaluation or checkpoint); returns the
     /// training loss, or `None` for a skipped non-finite step. For benchmarks and custom loops.
     pub fn train_one_step(&mut self) -> Result<Option<f32>> {
-        Ok(self.train_step()?.map(|(loss, _, _)| loss))
+        let batches = self.step_batches(self.state.step)?;
+        Ok(self.train_step(&batches)?.map(|(loss, _, _)| loss))
     }
 
-    /// Model FLOPs of one optimizer step (6·N + 12·L·d·T per token, times the tokens of a step).
+    /// Model FLOPs of one optimizer step at the configured batch size.
     pub fn flops_per_step(&self) -> f64 {
-        self.model
-            .config()
-            .flops_per_token(self.cfg.model.block_size)
-            * self.tokens_per_step() as f64
+        let t = self.cfg.model.block_size;
+        self.model.flops_per_token(t)
+            * (self.cfg.train.batch_size * t * self.cfg.train.grad_accum) as f64
     }
 
-    /// Mean loss over `eval_iters` batches of each split, with dropout off. The batches come
-    /// from a generator seeded by the step, so evaluation never shifts the training stream.
-    pub fn evaluate(&mut self) -> Result<(f32, f32)> {
+    /// Mean loss over the fixed evaluation batches of `split`, dropout off.
+    pub fn evaluate_split(&mut self, split: Split) -> Result<f32> {
         self.model.set_training(false);
-        let mut rng = Rng::seed_from_u64(self.cfg.train.seed ^ 0xE7A1_5EED ^ self.state.step);
-        let mut mean = |split| -> Result<f32> {
-            let mut sum = 0f32;
-            for _ in 0..self.cfg.train.eval_iters {
-                let (x, y) = self.data.batch(
-                    split,
-                    self.cfg.train.batch_size,
-                    self.cfg.model.block_size,
-                    &mut rng,
-                    &self.device,
-                )?;
-                let logits = self.model.forward(&x)?;
-                sum += cross_entropy(&logits, &y, &CrossEntropy::default())?.to_scalar::<f32>()?;
-            }
-            Ok(sum / self.cfg.train.eval_iters as f32)
-        };
-        let train = mean(Split::Train)?;
-        let val = mean(Split::Val)?;
+        let mut sum = 0f32;
+        for i in 0..self.cfg.train.eval_iters {
+            let b = self.source.batch(
+                split,
+                (1 << 40) + i as u64,
+                self.cfg.train.batch_size,
+                &self.device,
+            )?;
+            sum += self.model.loss(&b)?.to_scalar::<f32>()?;
+        }
         self.model.set_training(true);
-        Ok((train, val))
+        Ok(sum / self.cfg.train.eval_iters as f32)
+    }
+
+    /// (train, val) evaluation losses.
+    pub fn evaluate(&mut self) -> Result<(f32, f32)> {
+        Ok((
+            self.evaluate_split(Split::Train)?,
+            self.evaluate_split(Split::Val)?,
+        ))
     }
 
     /// Writes a checkpoint of the current step and prunes old ones.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
-        self.state.rng = self.rng.state();
         let w = CheckpointWriter::begin(&self.run_dir, self.state.step)?;
         let written = (|| -> Result<()> {
-            self.store.save_safetensors(&w.path("model.safetensors"))?;
-            lm_optim::save_state(&self.opt, &w.path("optimizer.safetensors"))?;
+            lm_models::hf::save_dir(&self.store, &self.model.hf_config(), w.dir())?;
+            lm_optim::save_state(self.opt.as_ref(), &w.path("optimizer.safetensors"))?;
             let state = serde_json::to_string_pretty(&self.state).expect("state serializes");
             checkpoint::write_atomic(&w.path("state.json"), state.as_bytes())?;
-            let config = serde_json::to_string_pretty(&self.model.config().to_hf_json())
-                .expect("config serializes");
-            checkpoint::write_atomic(&w.path("config.json"), config.as_bytes())?;
+            self.tokenizer.save(&w.path("tokenizer.json"))?;
             Ok(())
         })();
         match written {
@@ -391,6 +592,9 @@ impl Trainer {
         let (train, val) = self.evaluate()?;
         if self.state.best.is_none_or(|(_, b)| val < b) {
             self.state.best = Some((self.state.step, val));
+            self.state.evals_since_best = 0;
+        } else {
+            self.state.evals_since_best += 1;
         }
         self.metrics.append(&MetricRecord {
             step: self.state.step,
@@ -420,7 +624,8 @@ impl Trainer {
     }
 
     /// Trains until `max_iters` steps are done, evaluating and checkpointing every
-    /// `eval_interval` steps and at the end.
+    /// `eval_interval` steps and at the end; stops early when the validation loss has not
+    /// improved for `early_stopping_patience` evaluations.
     pub fn train(&mut self) -> Result<TrainSummary> {
         let until = self.cfg.train.max_iters;
         let pb = if self.verbose {
@@ -439,6 +644,7 @@ impl Trainer {
             step: self.state.step,
             last_eval: None,
             checkpoint: None,
+            stopped_early: false,
         };
         let started = Instant::now();
         let base_elapsed = self.state.elapsed_s;
@@ -448,22 +654,31 @@ impl Trainer {
             summary.last_eval = Some((tr, va));
             summary.checkpoint = Some(dir);
         }
+        let prefetch = Prefetch::spawn(
+            self.source.clone(),
+            &self.cfg,
+            self.ramp.clone(),
+            self.state.step,
+            until,
+            self.state.tokens_seen,
+            self.device.clone(),
+        );
         let mut window_start = Instant::now();
-        let mut window_steps = 0u64;
-        let flops_per_step = self
-            .model
-            .config()
-            .flops_per_token(self.cfg.model.block_size)
-            * self.tokens_per_step() as f64;
+        let (mut window_steps, mut window_tokens) = (0u64, 0u64);
         while self.state.step < until {
-            let outcome = self.train_step()?;
+            let batches = prefetch.next()?;
+            let tokens: u64 = batches.iter().map(|b| b.tokens as u64).sum();
+            let outcome = self.train_step(&batches)?;
             window_steps += 1;
+            window_tokens += tokens;
             let step = self.state.step;
             if let Some((loss, norm, lr)) = outcome {
                 if step.is_multiple_of(self.cfg.train.log_interval) || step == until {
                     let secs = window_start.elapsed().as_secs_f64();
-                    let tokens_per_sec = (window_steps * self.tokens_per_step()) as f64 / secs;
+                    let tokens_per_sec = window_tokens as f64 / secs;
                     self.state.elapsed_s = elapsed();
+                    let flops = self.model.flops_per_token(self.cfg.model.block_size)
+                        * window_tokens as f64;
                     self.metrics.append(&MetricRecord {
                         step,
                         lr,
@@ -472,45 +687,131 @@ impl Trainer {
                         elapsed_s: self.state.elapsed_s,
                         val_loss: None,
                         grad_norm: Some(norm),
-                        mfu: Some(
-                            flops_per_step * window_steps as f64 / secs / self.cfg.train.peak_flops,
-                        ),
+                        mfu: Some(flops / secs / self.cfg.train.peak_flops),
                     })?;
                     pb.set_message(format!(
                         "loss {loss:.4} lr {lr:.2e} {tokens_per_sec:.0} tok/s"
                     ));
                     window_start = Instant::now();
-                    window_steps = 0;
+                    (window_steps, window_tokens) = (0, 0);
                 }
             }
             pb.set_position(step);
             if step.is_multiple_of(self.cfg.train.eval_interval) || step == until {
                 self.state.elapsed_s = elapsed();
-                let lr = self.schedule.value(step.saturating_sub(1) as f64);
+                let lr = self.schedule.value(self.schedule_position());
                 let (tr, va, dir) = self.eval_and_checkpoint(lr, self.state.elapsed_s, &pb)?;
                 summary.last_eval = Some((tr, va));
                 summary.checkpoint = Some(dir);
                 window_start = Instant::now();
-                window_steps = 0;
+                (window_steps, window_tokens) = (0, 0);
+                let patience = self.cfg.train.early_stopping_patience;
+                if patience > 0 && self.state.evals_since_best >= patience {
+                    self.say(&pb, format!("early stopping at step {step}: no improvement in {patience} evaluations"));
+                    summary.stopped_early = true;
+                    break;
+                }
             }
         }
+        let _ = window_steps;
         pb.finish_and_clear();
         summary.step = self.state.step;
         Ok(summary)
     }
 
-    /// Text sampled from the model, starting from a newline (nanoGPT's `sample.py`:
-    /// temperature 0.8, top-k 200).
-    pub fn sample(&self, n_chars: usize, seed: u64) -> Result<String> {
-        let prompt = self.tokenizer.encode("\n").unwrap_or_else(|_| vec![0]);
+    /// A sample from the model: GPT continues a newline (nanoGPT's `sample.py`: temperature 0.8,
+    /// top-k 200); BART and T5 reconstruct the first validation example, shown with its input.
+    /// BERT has no generation and gives `None`.
+    pub fn sample(&self, n_tokens: usize, seed: u64) -> Result<Option<String>> {
+        self.sample_from(None, n_tokens, seed)
+    }
+
+    /// Like [`Trainer::sample`], GPT continuing `prompt` when given.
+    pub fn sample_from(
+        &self,
+        prompt: Option<&str>,
+        n_tokens: usize,
+        seed: u64,
+    ) -> Result<Option<String>> {
         let sampling = Sampling {
             temperature: 0.8,
             top_k: Some(200),
             top_p: None,
         };
-        let ids =
-            self.model
-                .generate(&prompt, n_chars, &sampling, &mut Rng::seed_from_u64(seed))?;
-        Ok(self.tokenizer.decode(&ids[prompt.len()..]))
+        let mut rng = Rng::seed_from_u64(seed);
+        Ok(match &self.model {
+            AnyModel::Gpt(m) => {
+                let prompt = self
+                    .tokenizer
+                    .encode(prompt.unwrap_or("\n"))
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or(vec![self.specials.eos]);
+                let ids = m.generate(&prompt, n_tokens, &sampling, &mut rng)?;
+                Some(self.tokenizer.decode(&ids[prompt.len()..]))
+            }
+            AnyModel::Bart(_) | AnyModel::T5(_) => {
+                let b = self.source.batch(Split::Val, 1 << 40, 1, &self.device)?;
+                let input: Vec<u32> = b.input_ids.flatten_all()?.to_vec1()?;
+                let input_t = Tensor::new(input.as_slice(), &self.device)?.unsqueeze(0)?;
+                let out = match &self.model {
+                    AnyModel::Bart(m) => {
+                        m.generate(&input_t, n_tokens, &Sampling::greedy(), &mut rng, true)?
+                    }
+                    AnyModel::T5(m) => {
+                        m.generate(&input_t, n_tokens, &Sampling::greedy(), &mut rng, true)?
+                    }
+                    _ => unreachable!(),
+                };
+                let show = |ids: &[u32]| match &self.tokenizer {
+                    TextTokenizer::Hf(t) => t.decode(ids, false).unwrap_or_default(),
+                    other => other.decode(ids),
+                };
+                Some(format!("input:  {}\noutput: {}", show(&input), show(&out)))
+            }
+            AnyModel::Bert(_) => None,
+        })
     }
+}
+
+/// Per-token negative log-likelihood (nats) of `text` under a causal LM: a run directory (its
+/// newest checkpoint), a checkpoint directory, or a HuggingFace GPT-2 directory with a
+/// `tokenizer.json`. Returns each predicted token's text and NLL (the first token has no context
+/// and is not scored).
+pub fn score_text(dir: &Path, text: &str, device: &Device) -> Result<Vec<(String, f32)>> {
+    let ckpt = if dir.join("model.safetensors").exists() {
+        dir.to_path_buf()
+    } else {
+        checkpoint::latest_checkpoint(dir)?
+    };
+    let tok_path = if ckpt.join("tokenizer.json").exists() {
+        ckpt.join("tokenizer.json")
+    } else {
+        dir.join("tokenizer.json")
+    };
+    let tokenizer = TextTokenizer::load(&tok_path)?;
+    let (model, _) = lm_models::gpt::Gpt::from_hf_dir(&ckpt, device)?;
+    model.set_training(false);
+    let ids = tokenizer.encode(text)?;
+    if ids.len() < 2 {
+        return Err(TrainError::Corpus {
+            corpus: "text to score".into(),
+            problem: format!("{} token(s); scoring needs at least 2", ids.len()),
+        });
+    }
+    let n = ids.len().min(model.config().n_positions);
+    let logits = model
+        .forward(&Tensor::new(&ids[..n], device)?.unsqueeze(0)?)?
+        .squeeze(0)?;
+    let logp =
+        lm_objectives::loss::log_softmax_last_dim(&logits.to_dtype(candle_core::DType::F32)?)?;
+    let rows: Vec<Vec<f32>> = logp.to_vec2()?;
+    Ok((1..n)
+        .map(|i| {
+            (
+                tokenizer.decode(&ids[i..i + 1]),
+                -rows[i - 1][ids[i] as usize],
+            )
+        })
+        .collect())
 }

@@ -1,0 +1,460 @@
+//! Batches for each family, built through lm-objectives from the tokenized corpus.
+//!
+//! A batch is a pure function of (seed, split, key): training uses the step (and micro-batch)
+//! as the key, evaluation a fixed set of keys. So a resumed run draws exactly the batches the
+//! uninterrupted one would have, batches can be prepared ahead on another thread, and a
+//! data-parallel backend can shard by giving each rank its own keys.
+
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use lm_objectives::bart::{BartNoise, InfillingConfig};
+use lm_objectives::collate::{pad_batch, pad_labels, shift_right};
+use lm_objectives::mlm::{MlmConfig, MlmMasker, Selection};
+use lm_objectives::nsp::{full_sentences, next_sentence_pairs, Document, NspConfig, NspExample};
+use lm_objectives::span_corruption::{Sentinels, SpanCorruptionConfig, SpanCorruptor};
+use lm_objectives::Rng;
+
+use crate::config::TrainConfig;
+use crate::data::{Split, TokenizedCorpus};
+use crate::error::{Result, TrainError};
+use crate::model::Batch;
+use crate::tokenizer::{special_tokens, TextTokenizer, TokenizerKind};
+
+/// Token ids the objectives need.
+#[derive(Debug, Clone, Default)]
+pub struct Specials {
+    /// Padding.
+    pub pad: u32,
+    /// End of sequence.
+    pub eos: u32,
+    /// Beginning of sequence (`<s>`, `[CLS]`).
+    pub bos: u32,
+    /// `[SEP]` / `</s>`.
+    pub sep: u32,
+    /// `[MASK]` / `<mask>`.
+    pub mask: u32,
+    /// `<extra_id_0>`.
+    pub sentinel: u32,
+    /// All special ids (never masked or sampled).
+    pub all: Vec<u32>,
+}
+
+impl Specials {
+    /// Looks up the family's special tokens in the tokenizer.
+    pub fn of(family: &str, tok: &TextTokenizer, kind: TokenizerKind) -> Result<Self> {
+        let all: Vec<u32> = special_tokens(family, kind)
+            .iter()
+            .map(|t| tok.require(t))
+            .collect::<Result<_>>()?;
+        Ok(match (family, kind) {
+            (_, TokenizerKind::Char) => Self::default(),
+            ("gpt", _) => {
+                let e = tok.require("<|endoftext|>")?;
+                Self {
+                    pad: e,
+                    eos: e,
+                    bos: e,
+                    sep: e,
+                    mask: e,
+                    sentinel: e,
+                    all,
+                }
+            }
+            ("bert", _) => Self {
+                pad: tok.require("[PAD]")?,
+                eos: tok.require("[SEP]")?,
+                bos: tok.require("[CLS]")?,
+                sep: tok.require("[SEP]")?,
+                mask: tok.require("[MASK]")?,
+                sentinel: 0,
+                all,
+            },
+            ("t5", _) => Self {
+                pad: tok.require("<pad>")?,
+                eos: tok.require("</s>")?,
+                bos: tok.require("<pad>")?,
+                sep: tok.require("</s>")?,
+                mask: 0,
+                sentinel: tok.require("<extra_id_0>")?,
+                all,
+            },
+            _ => Self {
+                pad: tok.require("<pad>")?,
+                eos: tok.require("</s>")?,
+                bos: tok.require("<s>")?,
+                sep: tok.require("</s>")?,
+                mask: tok.require("<mask>")?,
+                sentinel: 0,
+                all,
+            },
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Pool {
+    /// A token range to cut windows from (GPT, T5).
+    Stream(std::ops::Range<usize>),
+    /// NSP pairs (BERT).
+    Pairs(Vec<NspExample>),
+    /// Packed sequences (RoBERTa).
+    Blocks(Vec<Vec<u32>>),
+    /// Chunks of whole sentences (BART).
+    Docs(Vec<Document>),
+}
+
+impl Pool {
+    fn is_empty(&self, need: usize) -> bool {
+        match self {
+            Pool::Stream(r) => r.len() <= need,
+            Pool::Pairs(p) => p.is_empty(),
+            Pool::Blocks(b) => b.is_empty(),
+            Pool::Docs(d) => d.is_empty(),
+        }
+    }
+}
+
+/// Builds the batches of a run.
+#[derive(Debug)]
+pub struct BatchSource {
+    family: String,
+    corpus: Arc<TokenizedCorpus>,
+    pools: [Pool; 2],
+    block: usize,
+    raw_len: usize,
+    seed: u64,
+    vocab: u32,
+    specials: Specials,
+    cfg: TrainConfig,
+}
+
+fn split_index(split: Split) -> usize {
+    match split {
+        Split::Train => 0,
+        Split::Val => 1,
+    }
+}
+
+/// Consecutive whole sentences of each document, chunked to at most `max` tokens.
+fn sentence_chunks(
+    corpus: &TokenizedCorpus,
+    docs: std::ops::Range<usize>,
+    max: usize,
+) -> Vec<Document> {
+    let mut out = vec![];
+    for d in docs {
+        let mut cur: Document = vec![];
+        let mut len = 0;
+        for s in corpus.document(d).into_iter().filter(|s| !s.is_empty()) {
+            let s: Vec<u32> = s.into_iter().take(max).collect();
+            if len + s.len() > max && !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+                len = 0;
+            }
+            len += s.len();
+            cur.push(s);
+        }
+        if !cur.is_empty() {
+            out.push(cur);
+        }
+    }
+    out
+}
+
+impl BatchSource {
+    /// Prepares the example pools of both splits for `cfg`'s family.
+    pub fn new(
+        cfg: &TrainConfig,
+        corpus: Arc<TokenizedCorpus>,
+        specials: Specials,
+        vocab: usize,
+    ) -> Result<Self> {
+        let family = cfg.model.family.clone();
+        let block = cfg.model.block_size;
+        let vf = cfg.data.val_fraction;
+        let raw_len = if family == "t5" {
+            SpanCorruptionConfig {
+                noise_density: cfg.objective.noise_density,
+                mean_span_length: cfg.objective.mean_span_length,
+            }
+            .raw_length_for_inputs(block)?
+            .0
+        } else {
+            block
+        };
+        let mut rng = Rng::seed_from_u64(cfg.train.seed ^ 0x9A17);
+        let mut pool = |split: Split| -> Result<Pool> {
+            let docs = corpus.split_documents(split, vf);
+            Ok(match family.as_str() {
+                "gpt" | "t5" => Pool::Stream(corpus.split_range(split, vf)),
+                "bert" => {
+                    let docs: Vec<Document> = docs.map(|d| corpus.document(d)).collect();
+                    let nsp = NspConfig {
+                        max_len: block,
+                        is_next_prob: 0.5,
+                        cls: specials.bos,
+                        sep: specials.sep,
+                    };
+                    let pairs = next_sentence_pairs(&docs, &nsp, &mut rng).map_err(|e| {
+                        TrainError::Corpus {
+                            corpus: cfg.data.corpus.clone(),
+                            problem: format!("{split:?} split: {e}"),
+                        }
+                    })?;
+                    Pool::Pairs(pairs)
+                }
+                "roberta" => {
+                    let docs: Vec<Document> = docs.map(|d| corpus.document(d)).collect();
+                    Pool::Blocks(
+                        full_sentences(&docs, block, specials.bos, specials.eos, specials.sep)
+                            .map_err(|e| TrainError::Corpus {
+                                corpus: cfg.data.corpus.clone(),
+                                problem: format!("{split:?} split: {e}"),
+                            })?,
+                    )
+                }
+                _ => Pool::Docs(sentence_chunks(&corpus, docs, block - 1)),
+            })
+        };
+        let pools = [pool(Split::Train)?, pool(Split::Val)?];
+        for (p, name) in pools.iter().zip(["train", "validation"]) {
+            if p.is_empty(raw_len + 1) {
+                return Err(TrainError::Corpus {
+                    corpus: cfg.data.corpus.clone(),
+                    problem: format!("{} tokens is shorter than one block: the {name} split has no example of block_size = {block}", corpus.len()),
+                });
+            }
+        }
+        Ok(Self {
+            family,
+            corpus,
+            pools,
+            block,
+            raw_len,
+            seed: cfg.train.seed,
+            vocab: vocab as u32,
+            specials,
+            cfg: cfg.clone(),
+        })
+    }
+
+    fn rng(&self, split: Split, key: u64) -> Rng {
+        Rng::seed_from_u64(
+            self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (split_index(split) as u64) << 62
+                ^ key.wrapping_mul(0xD1B5_4A32_D192_ED03),
+        )
+    }
+
+    /// Tokens of input per example (the context length).
+    pub fn block_size(&self) -> usize {
+        self.block
+    }
+
+    fn masker(&self, rng: &mut Rng) -> Result<MlmMasker> {
+        let ob = &self.cfg.objective;
+        let mlm = MlmConfig {
+            rate: ob.mlm_rate,
+            selection: if ob.mlm_selection == "bernoulli" {
+                Selection::Bernoulli
+            } else {
+                Selection::ExactCount
+            },
+            ..Default::default()
+        };
+        Ok(MlmMasker::new(
+            mlm,
+            self.vocab,
+            self.specials.mask,
+            &self.specials.all,
+            rng.next_u64(),
+        )?)
+    }
+
+    /// The batch of `key` in `split`: `batch` examples.
+    pub fn batch(&self, split: Split, key: u64, batch: usize, device: &Device) -> Result<Batch> {
+        let mut rng = self.rng(split, key);
+        let pool = &self.pools[split_index(split)];
+        let tensor_u32 = |v: Vec<u32>, r: usize, c: usize| Tensor::from_vec(v, (r, c), device);
+        let tensor_i64 = |v: Vec<i64>, r: usize, c: usize| Tensor::from_vec(v, (r, c), device);
+        Ok(match (self.family.as_str(), pool) {
+            ("gpt", Pool::Stream(range)) => {
+                let (mut x, mut y) = (
+                    Vec::with_capacity(batch * self.block),
+                    Vec::with_capacity(batch * self.block),
+                );
+                let mut w = Vec::with_capacity(self.block + 1);
+                for _ in 0..batch {
+                    let start = range.start + rng.below((range.len() - self.block) as u64) as usize;
+                    w.clear();
+                    self.corpus
+                        .extend_into(start..start + self.block + 1, &mut w);
+                    x.extend_from_slice(&w[..self.block]);
+                    y.extend(w[1..].iter().map(|&t| t as i64));
+                }
+                Batch {
+                    input_ids: tensor_u32(x, batch, self.block)?,
+                    attention_mask: None,
+                    token_type_ids: None,
+                    labels: tensor_i64(y, batch, self.block)?,
+                    nsp_labels: None,
+                    decoder_input_ids: None,
+                    tokens: batch * self.block,
+                }
+            }
+            ("t5", Pool::Stream(range)) => {
+                let sc = SpanCorruptionConfig {
+                    noise_density: self.cfg.objective.noise_density,
+                    mean_span_length: self.cfg.objective.mean_span_length,
+                };
+                let mut c = SpanCorruptor::new(
+                    sc,
+                    Sentinels {
+                        first: self.specials.sentinel,
+                        count: 100,
+                        descending: false,
+                    },
+                    self.specials.eos,
+                )?;
+                let mut inputs = vec![];
+                let mut targets: Vec<Vec<i64>> = vec![];
+                for _ in 0..batch {
+                    let start =
+                        range.start + rng.below((range.len() - self.raw_len) as u64) as usize;
+                    let ex =
+                        c.corrupt(&self.corpus.tokens(start..start + self.raw_len), &mut rng)?;
+                    inputs.push(ex.input_ids);
+                    targets.push(ex.target_ids.iter().map(|&t| t as i64).collect());
+                }
+                self.seq2seq(inputs, targets, self.specials.pad, device)?
+            }
+            ("bert", Pool::Pairs(pairs)) => {
+                let mut masker = self.masker(&mut rng)?;
+                let picked: Vec<&NspExample> = (0..batch)
+                    .map(|_| &pairs[rng.below(pairs.len() as u64) as usize])
+                    .collect();
+                let masked: Vec<_> = picked
+                    .iter()
+                    .map(|p| masker.mask(&p.input_ids))
+                    .collect::<std::result::Result<_, _>>()?;
+                let ids = pad_batch(
+                    &masked
+                        .iter()
+                        .map(|m| m.input_ids.clone())
+                        .collect::<Vec<_>>(),
+                    self.specials.pad,
+                    None,
+                )?;
+                let labels = pad_labels(
+                    &masked.iter().map(|m| m.labels.clone()).collect::<Vec<_>>(),
+                    ids.len,
+                )?;
+                let segs = pad_batch(
+                    &picked
+                        .iter()
+                        .map(|p| p.segment_ids.clone())
+                        .collect::<Vec<_>>(),
+                    0,
+                    None,
+                )?;
+                let nsp: Vec<i64> = picked.iter().map(|p| p.label() as i64).collect();
+                let (b, t) = (ids.batch, ids.len);
+                Batch {
+                    input_ids: tensor_u32(ids.input_ids, b, t)?,
+                    attention_mask: Some(tensor_u32(ids.attention_mask, b, t)?),
+                    token_type_ids: Some(tensor_u32(segs.input_ids, b, t)?),
+                    labels: tensor_i64(labels, b, t)?,
+                    nsp_labels: if self.cfg.objective.nsp {
+                        Some(Tensor::from_vec(nsp, b, device)?)
+                    } else {
+                        None
+                    },
+                    decoder_input_ids: None,
+                    tokens: b * t,
+                }
+            }
+            ("roberta", Pool::Blocks(blocks)) => {
+                let mut masker = self.masker(&mut rng)?;
+                let masked: Vec<_> = (0..batch)
+                    .map(|_| masker.mask(&blocks[rng.below(blocks.len() as u64) as usize]))
+                    .collect::<std::result::Result<_, _>>()?;
+                let ids = pad_batch(
+                    &masked
+                        .iter()
+                        .map(|m| m.input_ids.clone())
+                        .collect::<Vec<_>>(),
+                    self.specials.pad,
+                    None,
+                )?;
+                let labels = pad_labels(
+                    &masked.iter().map(|m| m.labels.clone()).collect::<Vec<_>>(),
+                    ids.len,
+                )?;
+                let (b, t) = (ids.batch, ids.len);
+                Batch {
+                    input_ids: tensor_u32(ids.input_ids, b, t)?,
+                    attention_mask: Some(tensor_u32(ids.attention_mask, b, t)?),
+                    token_type_ids: None,
+                    labels: tensor_i64(labels, b, t)?,
+                    nsp_labels: None,
+                    decoder_input_ids: None,
+                    tokens: b * t,
+                }
+            }
+            (_, Pool::Docs(docs)) => {
+                let ob = &self.cfg.objective;
+                let noise = BartNoise {
+                    permute_sentences: ob.permute_sentences,
+                    infilling: Some(InfillingConfig {
+                        mask_ratio: ob.mask_ratio,
+                        lambda: ob.poisson_lambda,
+                        mask: self.specials.mask,
+                    }),
+                    ..Default::default()
+                };
+                let mut inputs = vec![];
+                let mut targets = vec![];
+                for _ in 0..batch {
+                    let doc = &docs[rng.below(docs.len() as u64) as usize];
+                    let ex = noise.apply(doc, &mut rng)?;
+                    let mut x = ex.input_ids;
+                    x.truncate(self.block - 1);
+                    x.push(self.specials.eos);
+                    let mut y: Vec<i64> = ex.target_ids.iter().map(|&t| t as i64).collect();
+                    y.truncate(self.block - 1);
+                    y.push(self.specials.eos as i64);
+                    inputs.push(x);
+                    targets.push(y);
+                }
+                self.seq2seq(inputs, targets, self.specials.eos, device)?
+            }
+            _ => unreachable!("each family has its pool"),
+        })
+    }
+
+    /// Pads encoder inputs and targets; decoder inputs are the targets shifted right after
+    /// `decoder_start`.
+    fn seq2seq(
+        &self,
+        inputs: Vec<Vec<u32>>,
+        targets: Vec<Vec<i64>>,
+        decoder_start: u32,
+        device: &Device,
+    ) -> Result<Batch> {
+        let ids = pad_batch(&inputs, self.specials.pad, None)?;
+        let tlen = targets.iter().map(Vec::len).max().unwrap_or(1);
+        let labels = pad_labels(&targets, tlen)?;
+        let dec = shift_right(&labels, tlen, decoder_start, self.specials.pad)?;
+        let b = ids.batch;
+        Ok(Batch {
+            input_ids: Tensor::from_vec(ids.input_ids, (b, ids.len), device)?,
+            attention_mask: Some(Tensor::from_vec(ids.attention_mask, (b, ids.len), device)?),
+            token_type_ids: None,
+            labels: Tensor::from_vec(labels, (b, tlen), device)?,
+            nsp_labels: None,
+            decoder_input_ids: Some(Tensor::from_vec(dec, (b, tlen), device)?),
+            tokens: b * (ids.len + tlen),
+        })
+    }
+}

@@ -144,6 +144,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             _ => unreachable!("clap requires one source"),
         };
         if let Some(n) = args.max_iters {
+            // The schedule stays the configured one; only the stopping point moves.
+            cfg.optim.lr_decay_iters = Some(cfg.lr_decay_iters());
             cfg.train.max_iters = n;
         }
         let out = args.out.clone().unwrap_or_else(|| free_run_dir(&name));

@@ -223,9 +223,8 @@ impl Prefetch {
 impl Trainer {
     /// Starts a new run in `run_dir`, which must not already hold one.
     pub fn new(mut cfg: TrainConfig, run_dir: &Path, device: Device) -> Result<Self> {
-        if run_dir.join("config.toml").exists()
-            || !checkpoint::list_checkpoints(run_dir)?.is_empty()
-        {
+        // A directory whose earlier start failed before its first checkpoint holds nothing to keep.
+        if !checkpoint::list_checkpoints(run_dir)?.is_empty() {
             return Err(TrainError::Checkpoint {
                 path: run_dir.to_path_buf(),
                 problem:

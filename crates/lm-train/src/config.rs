@@ -340,42 +340,87 @@ impl TrainConfig {
     /// Checks values that parse but cannot work, naming the key and a fix.
     pub fn validate(&self, source_name: &str) -> Result<()> {
         let err = |key: &str, problem: String| {
-            Err(TrainError::Config { source_name: source_name.into(), key: key.into(), problem })
+            Err(TrainError::Config {
+                source_name: source_name.into(),
+                key: key.into(),
+                problem,
+            })
         };
         let one_of = |v: &str, options: &[&str]| -> Option<String> {
-            (!options.contains(&v)).then(|| format!("{v:?} is not one of {}", options.iter().map(|o| format!("{o:?}")).collect::<Vec<_>>().join(", ")))
+            (!options.contains(&v)).then(|| {
+                format!(
+                    "{v:?} is not one of {}",
+                    options
+                        .iter()
+                        .map(|o| format!("{o:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
         };
         let m = &self.model;
         if let Some(p) = one_of(&m.family, &["gpt", "bert", "roberta", "bart", "t5"]) {
             return err("model.family", p);
         }
         if m.n_head == 0 || !m.n_embd.is_multiple_of(m.n_head) {
-            return err("model.n_embd", format!("n_embd = {} is not divisible by n_head = {}; pick n_embd a multiple of n_head", m.n_embd, m.n_head));
+            return err(
+                "model.n_embd",
+                format!(
+                    "n_embd = {} is not divisible by n_head = {}; pick n_embd a multiple of n_head",
+                    m.n_embd, m.n_head
+                ),
+            );
         }
         if m.n_layer == 0 || m.block_size == 0 {
-            return err("model.n_layer", "n_layer and block_size must be positive".into());
+            return err(
+                "model.n_layer",
+                "n_layer and block_size must be positive".into(),
+            );
         }
         if !(0.0..1.0).contains(&m.dropout) {
             return err("model.dropout", format!("{} is not in [0, 1)", m.dropout));
         }
-        if let Some(p) = m.t5_feed_forward.as_deref().and_then(|f| one_of(f, &["relu", "gated-gelu"])) {
+        if let Some(p) = m
+            .t5_feed_forward
+            .as_deref()
+            .and_then(|f| one_of(f, &["relu", "gated-gelu"]))
+        {
             return err("model.t5_feed_forward", p);
         }
-        if let Some(p) = one_of(&self.data.tokenizer, &["char", "bpe", "wordpiece", "unigram"]) {
+        if let Some(p) = one_of(
+            &self.data.tokenizer,
+            &["char", "bpe", "wordpiece", "unigram"],
+        ) {
             return err("data.tokenizer", p);
         }
         if self.data.tokenizer == "char" && m.family != "gpt" {
             return err("data.tokenizer", format!("the {} family needs special tokens; use a trained tokenizer (\"bpe\", \"wordpiece\" or \"unigram\")", m.family));
         }
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
-            return err("data.val_fraction", format!("{} is not in (0, 1)", self.data.val_fraction));
+            return err(
+                "data.val_fraction",
+                format!("{} is not in (0, 1)", self.data.val_fraction),
+            );
         }
         let ob = &self.objective;
-        if !(ob.mlm_rate > 0.0 && ob.mlm_rate < 1.0) || !(ob.noise_density > 0.0 && ob.noise_density < 1.0) {
-            return err("objective", "mlm_rate and noise_density must be in (0, 1)".into());
+        if !(0.0 < ob.mlm_rate
+            && ob.mlm_rate < 1.0
+            && 0.0 < ob.noise_density
+            && ob.noise_density < 1.0)
+        {
+            return err(
+                "objective",
+                "mlm_rate and noise_density must be in (0, 1)".into(),
+            );
         }
-        if ob.poisson_lambda <= 0.0 || !(0.0..1.0).contains(&ob.mask_ratio) || ob.mean_span_length < 1.0 {
-            return err("objective", "need poisson_lambda > 0, mask_ratio in [0, 1) and mean_span_length ≥ 1".into());
+        if ob.poisson_lambda <= 0.0
+            || !(0.0..1.0).contains(&ob.mask_ratio)
+            || ob.mean_span_length < 1.0
+        {
+            return err(
+                "objective",
+                "need poisson_lambda > 0, mask_ratio in [0, 1) and mean_span_length ≥ 1".into(),
+            );
         }
         if let Some(p) = one_of(&ob.mlm_selection, &["exact", "bernoulli"]) {
             return err("objective.mlm_selection", p);
@@ -384,31 +429,57 @@ impl TrainConfig {
         if let Some(p) = one_of(&o.name, &["sgd", "adam", "adamw", "adafactor"]) {
             return err("optim.name", p);
         }
-        if let Some(p) = one_of(&o.schedule, &["cosine", "linear", "inverse_sqrt", "constant"]) {
+        if let Some(p) = one_of(
+            &o.schedule,
+            &["cosine", "linear", "inverse_sqrt", "constant"],
+        ) {
             return err("optim.schedule", p);
         }
         if let Some(p) = one_of(&o.schedule_unit, &["steps", "tokens"]) {
             return err("optim.schedule_unit", p);
         }
         if o.schedule_unit == "tokens" && (o.warmup_tokens.is_none() || o.decay_tokens.is_none()) {
-            return err("optim.schedule_unit", "\"tokens\" needs warmup_tokens and decay_tokens".into());
+            return err(
+                "optim.schedule_unit",
+                "\"tokens\" needs warmup_tokens and decay_tokens".into(),
+            );
         }
         if !(o.lr >= 0.0 && o.min_lr >= 0.0 && o.min_lr <= o.lr) {
-            return err("optim.min_lr", format!("need 0 ≤ min_lr ≤ lr, got lr = {}, min_lr = {}", o.lr, o.min_lr));
+            return err(
+                "optim.min_lr",
+                format!(
+                    "need 0 ≤ min_lr ≤ lr, got lr = {}, min_lr = {}",
+                    o.lr, o.min_lr
+                ),
+            );
         }
         if o.warmup_iters > self.lr_decay_iters() {
-            return err("optim.warmup_iters", "warmup_iters exceeds lr_decay_iters".into());
+            return err(
+                "optim.warmup_iters",
+                "warmup_iters exceeds lr_decay_iters".into(),
+            );
         }
         if o.grad_clip < 0.0 {
-            return err("optim.grad_clip", "must be ≥ 0 (0 disables clipping)".into());
+            return err(
+                "optim.grad_clip",
+                "must be ≥ 0 (0 disables clipping)".into(),
+            );
         }
         let t = &self.train;
         if let Some(start) = t.batch_ramp_start {
             if start == 0 || start > t.batch_size {
-                return err("train.batch_ramp_start", format!("{start} must be in 1..=batch_size"));
+                return err(
+                    "train.batch_ramp_start",
+                    format!("{start} must be in 1..=batch_size"),
+                );
             }
         }
-        if t.batch_size == 0 || t.grad_accum == 0 || t.eval_interval == 0 || t.eval_iters == 0 || t.log_interval == 0 {
+        if t.batch_size == 0
+            || t.grad_accum == 0
+            || t.eval_interval == 0
+            || t.eval_iters == 0
+            || t.log_interval == 0
+        {
             return err("train", "batch_size, grad_accum, eval_interval, eval_iters and log_interval must be positive".into());
         }
         if let Some(p) = one_of(&t.on_nonfinite_loss, &["stop", "skip"]) {

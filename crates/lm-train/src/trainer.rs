@@ -798,19 +798,33 @@ pub fn score_text(dir: &Path, text: &str, device: &Device) -> Result<Vec<(String
             problem: format!("{} token(s); scoring needs at least 2", ids.len()),
         });
     }
-    let n = ids.len().min(model.config().n_positions);
-    let logits = model
-        .forward(&Tensor::new(&ids[..n], device)?.unsqueeze(0)?)?
-        .squeeze(0)?;
-    let logp =
-        lm_objectives::loss::log_softmax_last_dim(&logits.to_dtype(candle_core::DType::F32)?)?;
-    let rows: Vec<Vec<f32>> = logp.to_vec2()?;
-    Ok((1..n)
+    // The first context-length window scores its tokens in one pass; each later token is scored
+    // with the context-length window that ends just before it.
+    let ctx = model.config().n_positions;
+    let logp = |window: &[u32]| -> Result<Vec<Vec<f32>>> {
+        let logits = model
+            .forward(&Tensor::new(window, device)?.unsqueeze(0)?)?
+            .squeeze(0)?;
+        Ok(
+            lm_objectives::loss::log_softmax_last_dim(&logits.to_dtype(candle_core::DType::F32)?)?
+                .to_vec2()?,
+        )
+    };
+    let first = logp(&ids[..ids.len().min(ctx)])?;
+    let mut out: Vec<(String, f32)> = (1..ids.len().min(ctx))
         .map(|i| {
             (
                 tokenizer.decode(&ids[i..i + 1]),
-                -rows[i - 1][ids[i] as usize],
+                -first[i - 1][ids[i] as usize],
             )
         })
-        .collect())
+        .collect();
+    for i in ctx..ids.len() {
+        let rows = logp(&ids[i - ctx..i])?;
+        out.push((
+            tokenizer.decode(&ids[i..i + 1]),
+            -rows[ctx - 1][ids[i] as usize],
+        ));
+    }
+    Ok(out)
 }

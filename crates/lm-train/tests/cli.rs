@@ -126,3 +126,165 @@ fn truncated_checkpoint_is_refused_and_left_alone() {
         "{stdout}"
     );
 }
+
+/// A GPT big enough that 60 steps take about a second, so a kill lands mid-run.
+fn kill_config(dir: &Path) -> std::path::PathBuf {
+    std::fs::write(
+        dir.join("corpus.txt"),
+        &lm_train::data::SHAKESPEARE[..60_000],
+    )
+    .unwrap();
+    let text = lm_train::config::TrainConfig::recipe("gpt-shakespeare-char")
+        .unwrap()
+        .to_toml();
+    let text = text
+        .replace("builtin:tinyshakespeare", "corpus.txt")
+        .replace("n_layer = 4", "n_layer = 2")
+        .replace("n_embd = 128", "n_embd = 64")
+        .replace("block_size = 64", "block_size = 32")
+        .replace("max_iters = 2000", "max_iters = 60")
+        .replace("warmup_iters = 100", "warmup_iters = 5")
+        .replace("lr_decay_iters = 2000", "lr_decay_iters = 60")
+        .replace("eval_interval = 250", "eval_interval = 10")
+        .replace("eval_iters = 20", "eval_iters = 2")
+        .replace("log_interval = 10", "log_interval = 1")
+        .replace("sample_tokens = 400", "sample_tokens = 0");
+    let path = dir.join("kill.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn losses(run: &Path) -> Vec<(u64, f32, Option<f32>)> {
+    lm_train::metrics::MetricsLog::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.step, r.train_loss, r.val_loss))
+        .collect()
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_to_the_same_losses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = kill_config(d);
+    let cfg = cfg.to_str().unwrap();
+    let out = lm_train(&["train", "--config", cfg, "--out", "whole", "--quiet"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lm-train"))
+        .args(["train", "--config", cfg, "--out", "killed", "--quiet"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Kill it as soon as a checkpoint after step 0 exists, i.e. mid-run.
+    while !d.join("killed/checkpoints/step-00000010").exists() {
+        assert!(started.elapsed().as_secs() < 60, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    let killed_at = losses(&d.join("killed")).last().map(|r| r.0).unwrap_or(0);
+    assert!(
+        !status.success() && killed_at < 60,
+        "the run finished before the kill (step {killed_at})"
+    );
+
+    let out = lm_train(&["train", "--resume", "killed", "--quiet"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(losses(&d.join("killed")), losses(&d.join("whole")));
+}
+
+#[test]
+fn eval_sample_score_plot_and_tokenizer_verbs_work_on_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..20_000]).unwrap();
+    let cfg = tiny_config(d, "corpus.txt");
+    let out = lm_train(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+            "--max-iters",
+            "4",
+            "--quiet",
+        ],
+        d,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = |o: Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(text(lm_train(&["eval", "run"], d)).contains("step 4: train loss"));
+    assert!(
+        text(lm_train(
+            &["sample", "run", "--tokens", "10", "--prompt", "ROMEO:"],
+            d
+        ))
+        .chars()
+        .count()
+            >= 10
+    );
+    // 13 characters, 12 predicted; longer than the 8-token context, so later tokens slide it.
+    let scored = text(lm_train(&["score", "run", "First Citizen"], d));
+    assert!(
+        scored.contains("mean NLL") && scored.lines().count() == 13,
+        "{scored}"
+    );
+    let plots = text(lm_train(&["plot", "run"], d));
+    assert_eq!(plots.lines().count(), 4);
+    // The PNG is a real 800×500 image with the series' colors in it; the SVG has the lines.
+    let png = std::fs::read(d.join("run/loss.png")).unwrap();
+    let decoder = png::Decoder::new(std::io::Cursor::new(&png));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (800, 500));
+    let colors: std::collections::HashSet<&[u8]> = buf.chunks(3).collect();
+    assert!(
+        colors.contains(&[31u8, 119, 180][..])
+            && colors.contains(&[214u8, 39, 40][..])
+            && colors.len() > 4
+    );
+    let svg = std::fs::read_to_string(d.join("run/loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 3);
+    let tok = text(lm_train(
+        &[
+            "tokenizer",
+            "train",
+            "--kind",
+            "wordpiece",
+            "--family",
+            "bert",
+            "--vocab-size",
+            "300",
+            "--corpus",
+            "corpus.txt",
+            "--out",
+            "wp.json",
+        ],
+        d,
+    ));
+    assert!(
+        tok.contains("WordPiece") || tok.contains("Wordpiece"),
+        "{tok}"
+    );
+    assert!(d.join("wp.json").exists());
+}

@@ -1,0 +1,188 @@
+//! Every bundled recipe runs end to end on a tiny version of itself, and the trainer's failure
+//! modes behave: a failed save leaves the previous checkpoint intact, a non-finite loss stops
+//! (or is skipped) naming the step, a tokenizer that disagrees with the config is refused.
+
+use candle_core::Device;
+use lm_train::config::{TrainConfig, RECIPES};
+use lm_train::metrics::MetricsLog;
+use lm_train::{TrainError, Trainer};
+
+/// The first 40 kB of tinyshakespeare as a corpus file.
+fn small_corpus(dir: &std::path::Path) -> String {
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, &lm_train::data::SHAKESPEARE[..40_000]).unwrap();
+    path.display().to_string()
+}
+
+/// A recipe shrunk to seconds: one small layer, short blocks, a small vocabulary.
+fn shrink(mut cfg: TrainConfig, corpus: &str, steps: u64) -> TrainConfig {
+    cfg.data.corpus = corpus.into();
+    if cfg.data.tokenizer != "char" {
+        cfg.data.vocab_size = Some(300);
+    }
+    cfg.model.n_layer = 1;
+    cfg.model.n_head = 2;
+    cfg.model.n_embd = 16;
+    cfg.model.d_ff = Some(32);
+    cfg.model.block_size = 24;
+    cfg.train.batch_size = 4;
+    cfg.train.max_iters = steps;
+    cfg.train.eval_interval = steps;
+    cfg.train.eval_iters = 2;
+    cfg.train.log_interval = 1;
+    cfg.train.sample_tokens = 8;
+    cfg.optim.warmup_iters = 2;
+    cfg.optim.lr_decay_iters = Some(steps.max(2));
+    cfg
+}
+
+#[test]
+fn every_recipe_trains_a_tiny_version_of_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    assert_eq!(RECIPES.len(), 6);
+    for (name, _) in RECIPES {
+        let cfg = shrink(TrainConfig::recipe(name).unwrap(), &corpus, 6);
+        let dir = tmp.path().join(name);
+        let mut t = Trainer::new(cfg, &dir, Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let summary = t.train().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (_, val) = summary.last_eval.unwrap();
+        let uniform = (t.tokenizer().vocab_size() as f32).ln();
+        assert!(
+            val.is_finite() && val < uniform + 1.0,
+            "{name}: val loss {val} (uniform {uniform})"
+        );
+        assert_eq!(summary.step, 6);
+        assert!(
+            dir.join("checkpoints/step-00000006/model.safetensors")
+                .exists(),
+            "{name}"
+        );
+        assert!(
+            dir.join("checkpoints/step-00000006/tokenizer.json")
+                .exists(),
+            "{name}"
+        );
+        let sample = t.sample(4, 0).unwrap();
+        assert_eq!(
+            sample.is_some(),
+            !name.starts_with("bert") && !name.starts_with("roberta"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_save_leaves_the_previous_checkpoint_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    let mut cfg = shrink(
+        TrainConfig::recipe("gpt-shakespeare-char").unwrap(),
+        &corpus,
+        8,
+    );
+    cfg.train.eval_interval = 4;
+    let dir = tmp.path().join("run");
+    // Stop at 4 (a checkpoint), then make the next checkpoint's temporary path unusable, as a
+    // full or read-only disk would.
+    cfg.train.max_iters = 4;
+    Trainer::new(cfg, &dir, Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    let before = std::fs::read(dir.join("checkpoints/step-00000004/model.safetensors")).unwrap();
+    let blocker = dir.join(format!(
+        "checkpoints/step-00000008.tmp-{}",
+        std::process::id()
+    ));
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let mut t = Trainer::resume(&dir, Some(8), Device::Cpu).unwrap();
+    let err = t.train().unwrap_err().to_string();
+    assert!(err.contains("step-00000008"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.join("checkpoints/step-00000004/model.safetensors")).unwrap(),
+        before
+    );
+    assert!(!dir.join("checkpoints/step-00000008").exists());
+    // With the disk "fixed" the run resumes from 4 and finishes.
+    std::fs::remove_file(&blocker).unwrap();
+    let mut t = Trainer::resume(&dir, Some(8), Device::Cpu).unwrap();
+    assert_eq!(t.step(), 4);
+    assert_eq!(t.train().unwrap().step, 8);
+}
+
+#[test]
+fn a_non_finite_loss_stops_or_is_skipped_per_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    let mut cfg = shrink(
+        TrainConfig::recipe("gpt-shakespeare-char").unwrap(),
+        &corpus,
+        12,
+    );
+    cfg.optim.name = "sgd".into();
+    cfg.optim.lr = 1e12;
+    cfg.optim.min_lr = 1e12;
+    cfg.optim.warmup_iters = 0;
+    cfg.optim.grad_clip = 0.0;
+    let err = Trainer::new(cfg.clone(), &tmp.path().join("stop"), Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap_err();
+    match &err {
+        TrainError::NonFiniteLoss { step, .. } => assert!(*step >= 2 && *step <= 12, "{err}"),
+        other => panic!("expected a non-finite loss, got {other}"),
+    }
+    assert!(err.to_string().contains(&format!(
+        "step {}",
+        match err {
+            TrainError::NonFiniteLoss { step, .. } => step,
+            _ => 0,
+        }
+    )));
+    cfg.train.on_nonfinite_loss = "skip".into();
+    let summary = Trainer::new(cfg, &tmp.path().join("skip"), Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    assert_eq!(summary.step, 12);
+    let logged = MetricsLog::read(&tmp.path().join("skip/metrics.jsonl")).unwrap();
+    assert!(
+        logged.iter().filter(|r| r.val_loss.is_none()).count() < 12,
+        "skipped steps are not logged as trained"
+    );
+}
+
+#[test]
+fn a_tokenizer_that_disagrees_with_the_config_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    let lines: Vec<&str> = lm_train::data::SHAKESPEARE[..40_000].lines().collect();
+    let tok = lm_train::tokenizer::TextTokenizer::train(
+        lm_train::tokenizer::TokenizerKind::Bpe,
+        "gpt",
+        300,
+        &lines,
+    )
+    .unwrap();
+    let path = tmp.path().join("tokenizer.json");
+    tok.save(&path).unwrap();
+    let mut cfg = shrink(
+        TrainConfig::recipe("gpt-shakespeare-bpe").unwrap(),
+        &corpus,
+        2,
+    );
+    cfg.data.tokenizer_file = Some(path.display().to_string());
+    cfg.data.vocab_size = Some(500);
+    let e = Trainer::new(cfg.clone(), &tmp.path().join("run"), Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("data.vocab_size")
+            && e.contains("500")
+            && e.contains(&tok.vocab_size().to_string()),
+        "{e}"
+    );
+    cfg.data.vocab_size = None;
+    assert!(Trainer::new(cfg, &tmp.path().join("run"), Device::Cpu).is_ok());
+}

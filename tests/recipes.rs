@@ -186,3 +186,96 @@ fn a_tokenizer_that_disagrees_with_the_config_is_refused() {
     cfg.data.vocab_size = None;
     assert!(Trainer::new(cfg, &tmp.path().join("run"), Device::Cpu).is_ok());
 }
+
+#[test]
+fn each_family_fine_tunes_from_its_pretraining_checkpoint() {
+    use lm_train::finetune::{finetune, FinetuneConfig, FINETUNE_RECIPES};
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    for (ft, pre) in [
+        ("bert-finetune-pairs", "bert-mlm-nsp"),
+        ("t5-table-to-text", "t5-span-corruption"),
+        ("bart-table-to-text", "bart-denoising"),
+        ("gpt-table-to-text", "gpt-shakespeare-bpe"),
+    ] {
+        assert!(FINETUNE_RECIPES.iter().any(|(n, _)| *n == ft));
+        let pre_dir = tmp.path().join(pre);
+        Trainer::new(
+            shrink(TrainConfig::recipe(pre).unwrap(), &corpus, 4),
+            &pre_dir,
+            Device::Cpu,
+        )
+        .unwrap()
+        .train()
+        .unwrap();
+        let mut cfg = FinetuneConfig::recipe(ft).unwrap();
+        cfg.finetune.init = pre_dir.display().to_string();
+        cfg.finetune.train_examples = 64;
+        cfg.finetune.val_examples = 4;
+        cfg.finetune.test_examples = 6;
+        cfg.finetune.max_len = 24;
+        cfg.finetune.max_target_len = 6;
+        cfg.train.max_iters = 3;
+        cfg.train.eval_interval = 3;
+        cfg.train.batch_size = 4;
+        cfg.optim.warmup_iters = 1;
+        let out = tmp.path().join(ft);
+        let r = finetune(&cfg, &out, &Device::Cpu, false).unwrap_or_else(|e| panic!("{ft}: {e}"));
+        assert_eq!(r.steps, 3);
+        assert_eq!(r.curve.len(), 1);
+        let keys: Vec<&String> = r.test.keys().collect();
+        assert_eq!(keys, r.baseline.keys().collect::<Vec<_>>());
+        assert!(r.test.values().all(|v| (0.0..=1.0).contains(v)));
+        if ft.starts_with("bert") {
+            // A BERT pretraining checkpoint has no classifier: it is new, and named.
+            assert_eq!(
+                r.fresh_tensors,
+                vec![
+                    "classifier.bias".to_string(),
+                    "classifier.weight".to_string()
+                ]
+            );
+            assert!(
+                (r.baseline["accuracy"] - 0.5).abs() < 1e-9,
+                "balanced pairs: majority is 50%"
+            );
+        }
+        for f in [
+            "results.json",
+            "metrics.jsonl",
+            "data/train.jsonl",
+            "best/model.safetensors",
+            "best/tokenizer.json",
+        ] {
+            assert!(out.join(f).exists(), "{ft}: {f}");
+        }
+        // Scratch: same architecture, random weights — every tensor is fresh.
+        cfg.finetune.scratch = true;
+        let r = finetune(
+            &cfg,
+            &tmp.path().join(format!("{ft}-scratch")),
+            &Device::Cpu,
+            false,
+        )
+        .unwrap();
+        assert!(r.scratch);
+    }
+}
+
+#[test]
+fn fine_tuning_without_a_pretrained_checkpoint_says_what_to_run() {
+    let mut cfg = lm_train::finetune::FinetuneConfig::recipe("bert-finetune-pairs").unwrap();
+    cfg.finetune.init = "/nonexistent/run".into();
+    let e = lm_train::finetune::finetune(
+        &cfg,
+        &tempfile::tempdir().unwrap().path().join("x"),
+        &Device::Cpu,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("/nonexistent/run") && e.contains("recipe"),
+        "{e}"
+    );
+}

@@ -242,9 +242,10 @@ pub struct BertOutput {
     pub pooled: Tensor,
 }
 
-/// `BertForPreTraining`: encoder, pooler, MLM head (tied) and NSP head.
+/// The BERT encoder (`bert.*`): embeddings, layers and pooler, shared by the pretraining and the
+/// classification models.
 #[derive(Debug)]
-pub struct Bert {
+pub struct BertEncoder {
     cfg: BertConfig,
     word: Tensor,
     position: Tensor,
@@ -253,17 +254,12 @@ pub struct Bert {
     emb_dropout: Dropout,
     layers: Vec<Layer>,
     pooler: Linear,
-    transform: Linear,
-    transform_ln: LayerNorm,
-    mlm_bias: Tensor,
-    nsp: Linear,
     training: AtomicBool,
 }
 
-impl Bert {
-    /// Builds the model from `vb` with HuggingFace names, creating missing parameters with BERT's
-    /// initialization (`N(0, 0.02)` weights, zero biases, unit LayerNorm gains).
-    pub fn new(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+impl BertEncoder {
+    /// Builds `bert.*` under `vb` (the model's root).
+    pub fn new(cfg: &BertConfig, vb: &VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let (d, std) = (cfg.hidden_size, cfg.initializer_range);
         let b = vb.pp("bert");
@@ -271,7 +267,6 @@ impl Bert {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::new(cfg, i, b.pp("encoder").pp("layer").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let p = vb.pp("cls").pp("predictions");
         Ok(Self {
             word: embedding(cfg.vocab_size, d, std, e.pp("word_embeddings"))?,
             position: embedding(
@@ -285,12 +280,90 @@ impl Bert {
             emb_dropout: Dropout::new(cfg.hidden_dropout_prob, 0xBE27_E000),
             layers,
             pooler: Linear::new(d, d, true, std, b.pp("pooler").pp("dense"))?,
+            cfg: cfg.clone(),
+            training: AtomicBool::new(true),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    /// Dropout on (training) or off.
+    pub fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
+    }
+
+    fn training(&self) -> bool {
+        self.training.load(Ordering::Relaxed)
+    }
+
+    /// The encoder: `input_ids [b, t]`, optional segment ids (0 = A, 1 = B; default all A) and
+    /// attention mask (1 = token, 0 = padding; default all 1).
+    pub fn encode(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<BertOutput> {
+        let (_, t) = input_ids.dims2()?;
+        if t > self.cfg.max_position_embeddings {
+            return Err(ModelError::BadConfig {
+                key: "max_position_embeddings",
+                problem: format!("sequence of {t} tokens is too long"),
+            });
+        }
+        let train = self.training();
+        let tok = lookup(&self.word, input_ids)?;
+        let seg = match token_type_ids {
+            Some(tt) => lookup(&self.token_type, tt)?,
+            None => self.token_type.get(0)?.unsqueeze(0)?.unsqueeze(0)?,
+        };
+        let x = tok
+            .broadcast_add(&self.position.narrow(0, 0, t)?)?
+            .broadcast_add(&seg)?;
+        let mut x = self.emb_dropout.forward(&self.emb_ln.forward(&x)?, train)?;
+        let bias = attention_mask
+            .map(padding_bias)
+            .transpose()?
+            .map(|b| b.to_dtype(x.dtype()))
+            .transpose()?;
+        for layer in &self.layers {
+            x = layer.forward(&x, bias.as_ref(), train)?;
+        }
+        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        Ok(BertOutput {
+            sequence: x,
+            pooled,
+        })
+    }
+}
+
+/// `BertForPreTraining`: encoder, pooler, MLM head (tied) and NSP head.
+#[derive(Debug)]
+pub struct Bert {
+    encoder: BertEncoder,
+    transform: Linear,
+    transform_ln: LayerNorm,
+    mlm_bias: Tensor,
+    nsp: Linear,
+}
+
+impl Bert {
+    /// Builds the model from `vb` with HuggingFace names, creating missing parameters with BERT's
+    /// initialization (`N(0, 0.02)` weights, zero biases, unit LayerNorm gains).
+    pub fn new(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let encoder = BertEncoder::new(cfg, &vb)?;
+        let (d, std) = (cfg.hidden_size, cfg.initializer_range);
+        let p = vb.pp("cls").pp("predictions");
+        Ok(Self {
+            encoder,
             transform: Linear::new(d, d, true, std, p.pp("transform").pp("dense"))?,
             transform_ln: LayerNorm::new(d, cfg.layer_norm_eps, p.pp("transform").pp("LayerNorm"))?,
             mlm_bias: p.get_with_hints(cfg.vocab_size, "bias", candle_nn::Init::Const(0.0))?,
             nsp: Linear::new(d, 2, true, std, vb.pp("cls").pp("seq_relationship"))?,
-            cfg: cfg.clone(),
-            training: AtomicBool::new(true),
         })
     }
 
@@ -318,58 +391,28 @@ impl Bert {
     /// Writes a HuggingFace directory (`config.json`, `model.safetensors`) that transformers'
     /// `from_pretrained` loads.
     pub fn save_hf_dir(&self, store: &ParamStore, dir: &std::path::Path) -> Result<()> {
-        crate::hf::save_dir(store, &self.cfg.to_hf_json(), dir)
+        crate::hf::save_dir(store, &self.config().to_hf_json(), dir)
     }
 
     /// The configuration.
     pub fn config(&self) -> &BertConfig {
-        &self.cfg
+        self.encoder.config()
     }
 
     /// Dropout on (training) or off.
     pub fn set_training(&self, training: bool) {
-        self.training.store(training, Ordering::Relaxed);
+        self.encoder.set_training(training);
     }
 
-    /// The encoder: `input_ids [b, t]`, optional segment ids (0 = A, 1 = B; default all A) and
-    /// attention mask (1 = token, 0 = padding; default all 1).
+    /// The encoder's outputs (see [`BertEncoder::encode`]).
     pub fn encode(
         &self,
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: Option<&Tensor>,
     ) -> Result<BertOutput> {
-        let (_, t) = input_ids.dims2()?;
-        if t > self.cfg.max_position_embeddings {
-            return Err(ModelError::BadConfig {
-                key: "max_position_embeddings",
-                problem: format!("sequence of {t} tokens is too long"),
-            });
-        }
-        let train = self.training.load(Ordering::Relaxed);
-        let tok = lookup(&self.word, input_ids)?;
-        let seg = match token_type_ids {
-            Some(tt) => lookup(&self.token_type, tt)?,
-            None => self.token_type.get(0)?.unsqueeze(0)?.unsqueeze(0)?,
-        };
-        let x = tok
-            .broadcast_add(&self.position.narrow(0, 0, t)?)?
-            .broadcast_add(&seg)?;
-        let mut x = self.emb_dropout.forward(&self.emb_ln.forward(&x)?, train)?;
-        let bias = attention_mask
-            .map(padding_bias)
-            .transpose()?
-            .map(|b| b.to_dtype(x.dtype()))
-            .transpose()?;
-        for layer in &self.layers {
-            x = layer.forward(&x, bias.as_ref(), train)?;
-        }
-        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-        let pooled = self.pooler.forward(&cls)?.tanh()?;
-        Ok(BertOutput {
-            sequence: x,
-            pooled,
-        })
+        self.encoder
+            .encode(input_ids, token_type_ids, attention_mask)
     }
 
     /// Masked-LM logits `[b, t, V]`: `E·LN(GELU(W h + b)) + bias` with `E` the token embedding.
@@ -377,7 +420,10 @@ impl Bert {
         let h = self
             .transform_ln
             .forward(&self.transform.forward(sequence)?.gelu_erf()?)?;
-        Ok(Linear::from_weight(self.word.clone(), Some(self.mlm_bias.clone())).forward(&h)?)
+        Ok(
+            Linear::from_weight(self.encoder.word.clone(), Some(self.mlm_bias.clone()))
+                .forward(&h)?,
+        )
     }
 
     /// NSP logits `[b, 2]` (0 = IsNext, 1 = NotNext) from the pooled `[CLS]`.
@@ -397,5 +443,98 @@ impl Bert {
             self.mlm_logits(&out.sequence)?,
             self.nsp_logits(&out.pooled)?,
         ))
+    }
+}
+
+/// `BertForSequenceClassification`: the encoder and a linear classifier on the pooled `[CLS]`
+/// (`classifier.*`), for single texts and pairs (segment ids).
+#[derive(Debug)]
+pub struct BertForSequenceClassification {
+    encoder: BertEncoder,
+    dropout: Dropout,
+    classifier: Linear,
+    num_labels: usize,
+}
+
+impl BertForSequenceClassification {
+    /// Builds the model from `vb`.
+    pub fn new(cfg: &BertConfig, num_labels: usize, vb: VarBuilder) -> Result<Self> {
+        let encoder = BertEncoder::new(cfg, &vb)?;
+        Ok(Self {
+            encoder,
+            dropout: Dropout::new(cfg.hidden_dropout_prob, 0xBE27_C000),
+            classifier: Linear::new(
+                cfg.hidden_size,
+                num_labels,
+                true,
+                cfg.initializer_range,
+                vb.pp("classifier"),
+            )?,
+            num_labels,
+        })
+    }
+
+    /// A freshly initialized model.
+    pub fn init(
+        cfg: &BertConfig,
+        num_labels: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, ParamStore)> {
+        let store = ParamStore::new(seed);
+        let model = Self::new(cfg, num_labels, store.var_builder(DType::F32, device))?;
+        Ok((model, store))
+    }
+
+    /// Loads the encoder from any BERT checkpoint directory (pretraining heads in the file are
+    /// ignored); a classifier absent from the file is freshly initialized, and the names of the
+    /// freshly initialized tensors are returned.
+    pub fn from_hf_dir(
+        dir: &std::path::Path,
+        num_labels: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, ParamStore, Vec<String>)> {
+        let cfg: BertConfig = crate::hf::read_config(dir, &["bert"])?;
+        let (model, store) = Self::init(&cfg, num_labels, seed, device)?;
+        let fresh = store.load_safetensors_partial(&dir.join("model.safetensors"), |n| {
+            n.starts_with("classifier.")
+        })?;
+        Ok((model, store, fresh))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BertConfig {
+        self.encoder.config()
+    }
+
+    /// As HuggingFace's `config.json` for `BertForSequenceClassification`.
+    pub fn hf_config(&self) -> serde_json::Value {
+        let mut v = self.config().to_hf_json();
+        v["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+        let labels: serde_json::Map<String, serde_json::Value> = (0..self.num_labels)
+            .map(|i| (i.to_string(), format!("LABEL_{i}").into()))
+            .collect();
+        v["id2label"] = labels.into();
+        v
+    }
+
+    /// Dropout on (training) or off.
+    pub fn set_training(&self, training: bool) {
+        self.encoder.set_training(training);
+    }
+
+    /// Class logits `[b, num_labels]`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let out = self
+            .encoder
+            .encode(input_ids, token_type_ids, attention_mask)?;
+        let pooled = self.dropout.forward(&out.pooled, self.encoder.training())?;
+        Ok(self.classifier.forward(&pooled)?)
     }
 }

@@ -18,9 +18,11 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 mod error;
+pub mod finetune;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod tasks;
 pub mod tokenizer;
 pub mod trainer;
 

@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Train a model from a recipe or config file, or resume a run.
     Train(TrainArgs),
+    /// Fine-tune a pretrained checkpoint on a labelled task.
+    Finetune(FinetuneArgs),
     /// Evaluate a run's newest checkpoint on both splits.
     Eval {
         /// The run directory.
@@ -58,6 +60,77 @@ enum Command {
     },
     /// List the bundled recipes.
     Recipes,
+}
+
+#[derive(Args)]
+struct FinetuneArgs {
+    /// A bundled fine-tuning recipe.
+    #[arg(long, conflicts_with = "config")]
+    recipe: Option<String>,
+    /// A TOML fine-tuning config.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override the pretrained checkpoint (a run, checkpoint or HuggingFace directory).
+    #[arg(long)]
+    init: Option<String>,
+    /// Start from random weights with the same architecture and tokenizer (the baseline).
+    #[arg(long)]
+    scratch: bool,
+    /// Output directory (default: runs/<recipe>[-scratch]).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Steps to train (overrides the config).
+    #[arg(long)]
+    max_iters: Option<u64>,
+    /// No per-evaluation lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
+    use lm_train::finetune::FinetuneConfig;
+    let (mut cfg, name) = match (&args.recipe, &args.config) {
+        (Some(r), _) => (FinetuneConfig::recipe(r)?, r.clone()),
+        (_, Some(p)) => (
+            FinetuneConfig::from_file(p)?,
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "finetune".into()),
+        ),
+        _ => anyhow::bail!("give --recipe NAME or --config FILE"),
+    };
+    if let Some(i) = args.init {
+        cfg.finetune.init = i;
+    }
+    if let Some(n) = args.max_iters {
+        cfg.optim.lr_decay_iters.get_or_insert(cfg.train.max_iters);
+        cfg.train.max_iters = n;
+    }
+    cfg.finetune.scratch |= args.scratch;
+    let out = args.out.unwrap_or_else(|| {
+        free_run_dir(&if cfg.finetune.scratch {
+            format!("{name}-scratch")
+        } else {
+            name.clone()
+        })
+    });
+    println!(
+        "fine-tuning {} on {} into {}{}",
+        cfg.finetune.init,
+        cfg.finetune.task,
+        out.display(),
+        if cfg.finetune.scratch {
+            " (from scratch)"
+        } else {
+            ""
+        }
+    );
+    let r = lm_train::finetune::finetune(&cfg, &out, &default_device(), !args.quiet)?;
+    println!("best val {}: {:.4}", r.metric, r.best_val);
+    for (k, v) in &r.test {
+        println!("test {k}: {v:.4} (baseline {:.4})", r.baseline[k]);
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -194,6 +267,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train(args),
+        Command::Finetune(args) => finetune(args),
         Command::Eval { run } => {
             let mut t = Trainer::resume(&run, None, default_device())?;
             let (tr, va) = t.evaluate()?;
@@ -268,6 +342,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recipes => {
             for (name, _) in lm_train::config::RECIPES {
                 println!("{name}");
+            }
+            for (name, _) in lm_train::finetune::FINETUNE_RECIPES {
+                println!("{name} (finetune)");
             }
             Ok(())
         }

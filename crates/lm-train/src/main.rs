@@ -45,10 +45,14 @@ enum Command {
         #[command(subcommand)]
         action: TokenizerAction,
     },
-    /// Draw a run's loss curves and learning rate (loss.svg/png, lr.svg/png).
+    /// Draw a run's loss curves and learning rate (loss.svg/png, lr.svg/png); with --compare,
+    /// the validation curves of fine-tuning runs on one chart.
     Plot {
-        /// The run directory.
+        /// The run directory (or, with --compare, the output file stem).
         run: PathBuf,
+        /// Fine-tuning run directories to draw together.
+        #[arg(long, num_args = 1..)]
+        compare: Vec<PathBuf>,
     },
     /// Per-token negative log-likelihood of a text under a causal LM (a run, a checkpoint, or a
     /// local HuggingFace GPT-2 directory with tokenizer.json).
@@ -320,8 +324,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Plot { run } => {
-            for f in lm_train::plot::plot_run(&run)? {
+        Command::Plot { run, compare } => {
+            let files = if compare.is_empty() { lm_train::plot::plot_run(&run)? } else { lm_train::plot::plot_finetune_curves(&compare, &run)? };
+            for f in files {
                 println!("{}", f.display());
             }
             Ok(())

@@ -243,6 +243,7 @@ fn train_step(r: &mut Report, peak: f64, n_embd: usize, steps: usize) -> Result<
 }
 
 fn main() -> Result<()> {
+    lm_train::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
     let mut r = Report {

@@ -20,28 +20,53 @@ fn median_secs(mut f: impl FnMut()) -> f64 {
     t[3]
 }
 
-fn fwd_bwd<'a>(op: impl Fn(&Tensor) -> candle_core::Result<Tensor> + 'a, x: &'a Var) -> impl FnMut() + 'a {
+fn fwd_bwd<'a>(
+    op: impl Fn(&Tensor) -> candle_core::Result<Tensor> + 'a,
+    x: &'a Var,
+) -> impl FnMut() + 'a {
     move || {
         let y = op(x.as_tensor()).unwrap();
         y.sum_all().unwrap().backward().unwrap();
     }
 }
 
-fn ratio(name: &str, fused: impl Fn(&Tensor) -> candle_core::Result<Tensor>, reference: impl Fn(&Tensor) -> candle_core::Result<Tensor>, x: &Var) -> f64 {
+fn ratio(
+    name: &str,
+    fused: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    reference: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    x: &Var,
+) -> f64 {
     let f = median_secs(fwd_bwd(fused, x));
     let c = median_secs(fwd_bwd(reference, x));
     let r = c / f;
-    println!("{name}: fused {:.3} ms, composite {:.3} ms, speed-up {r:.2}×", f * 1e3, c * 1e3);
+    println!(
+        "{name}: fused {:.3} ms, composite {:.3} ms, speed-up {r:.2}×",
+        f * 1e3,
+        c * 1e3
+    );
     r
 }
 
 #[test]
 fn fused_kernels_stay_faster_than_their_composite_forms() {
-    let x = Var::from_tensor(&lm_optim::init::normal((12, 4, 64, 64), 1.0, 0, "x", DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let x = Var::from_tensor(
+        &lm_optim::init::normal((12, 4, 64, 64), 1.0, 0, "x", DType::F32, &Device::Cpu).unwrap(),
+    )
+    .unwrap();
     let g = Tensor::ones(64, DType::F32, &Device::Cpu).unwrap();
     let b = Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap();
-    let ln = ratio("layer norm", |t| ops::layer_norm(t, &g, Some(&b), 1e-5), |t| composite::layer_norm(t, &g, Some(&b), 1e-5), &x);
-    let sm = ratio("causal softmax", |t| ops::causal_softmax(t, 0.125), |t| composite::causal_softmax(t, 0.125), &x);
+    let ln = ratio(
+        "layer norm",
+        |t| ops::layer_norm(t, &g, Some(&b), 1e-5),
+        |t| composite::layer_norm(t, &g, Some(&b), 1e-5),
+        &x,
+    );
+    let sm = ratio(
+        "causal softmax",
+        |t| ops::causal_softmax(t, 0.125),
+        |t| composite::causal_softmax(t, 0.125),
+        &x,
+    );
     let ge = ratio("gelu", ops::gelu, composite::gelu, &x);
     // Measured speed-ups are 3–10× on the development machine; 1.5× leaves room for noise.
     for (name, r) in [("layer norm", ln), ("causal softmax", sm), ("gelu", ge)] {

@@ -28,3 +28,16 @@ pub mod trainer;
 
 pub use error::{Result, TrainError};
 pub use trainer::Trainer;
+
+/// Keeps freed tensor buffers in the process instead of returning them to the kernel: glibc
+/// serves large blocks with mmap and unmaps them on free, so every step's fresh activations and
+/// gradients page-fault again (a profile of the training step showed it; ~8% of the step).
+/// Call once at the start of a training program.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; it is safe to call at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}

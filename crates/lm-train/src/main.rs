@@ -325,7 +325,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plot { run, compare } => {
-            let files = if compare.is_empty() { lm_train::plot::plot_run(&run)? } else { lm_train::plot::plot_finetune_curves(&compare, &run)? };
+            let files = if compare.is_empty() {
+                lm_train::plot::plot_run(&run)?
+            } else {
+                lm_train::plot::plot_finetune_curves(&compare, &run)?
+            };
             for f in files {
                 println!("{}", f.display());
             }
@@ -357,6 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    lm_train::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -413,18 +413,40 @@ mod tests {
 /// Draws the validation-metric curves of fine-tuning runs (their `results.json`) on one chart,
 /// to `<out>.svg` and `<out>.png`: pretrained against from-scratch.
 pub fn plot_finetune_curves(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
-    const COLORS: [[u8; 3]; 4] = [[214, 39, 40], [31, 119, 180], [44, 160, 44], [148, 103, 189]];
+    const COLORS: [[u8; 3]; 4] = [
+        [214, 39, 40],
+        [31, 119, 180],
+        [44, 160, 44],
+        [148, 103, 189],
+    ];
     let mut series = vec![];
     let mut metric = String::new();
     for (i, d) in dirs.iter().enumerate() {
         let path = d.join("results.json");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let r: crate::finetune::FinetuneResults = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path: path.clone(), problem: format!("not fine-tuning results: {e}") })?;
+        let r: crate::finetune::FinetuneResults =
+            serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                problem: format!("not fine-tuning results: {e}"),
+            })?;
         metric = r.metric.clone();
-        let name = if r.scratch { "from scratch".to_string() } else { "pretrained".to_string() };
-        series.push(Series { name, points: r.curve.iter().map(|&(s, v)| (s as f64, v)).collect(), color: COLORS[i % COLORS.len()] });
+        let name = if r.scratch {
+            "from scratch".to_string()
+        } else {
+            "pretrained".to_string()
+        };
+        series.push(Series {
+            name,
+            points: r.curve.iter().map(|&(s, v)| (s as f64, v)).collect(),
+            color: COLORS[i % COLORS.len()],
+        });
     }
-    let chart = Chart { title: format!("Validation {metric}"), x_label: "step".into(), y_label: metric.replace('_', " "), series };
+    let chart = Chart {
+        title: format!("Validation {metric}"),
+        x_label: "step".into(),
+        y_label: metric.replace('_', " "),
+        series,
+    };
     let (svg_path, png_path) = (out.with_extension("svg"), out.with_extension("png"));
     std::fs::write(&svg_path, svg(&chart)).map_err(io_err(&svg_path))?;
     std::fs::write(&png_path, png(&chart)?).map_err(io_err(&png_path))?;

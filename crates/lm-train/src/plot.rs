@@ -398,18 +398,6 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ticks_are_round_and_cover_the_range() {
-        assert_eq!(ticks(0.0, 2000.0), vec![0.0, 500.0, 1000.0, 1500.0, 2000.0]);
-        assert_eq!(label(0.0001), "1.0e-4");
-        assert_eq!(label(250.0), "250");
-    }
-}
-
 /// Draws the validation-metric curves of fine-tuning runs (their `results.json`) on one chart,
 /// to `<out>.svg` and `<out>.png`: pretrained against from-scratch.
 pub fn plot_finetune_curves(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
@@ -451,4 +439,16 @@ pub fn plot_finetune_curves(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>
     std::fs::write(&svg_path, svg(&chart)).map_err(io_err(&svg_path))?;
     std::fs::write(&png_path, png(&chart)?).map_err(io_err(&png_path))?;
     Ok(vec![svg_path, png_path])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_cover_the_range() {
+        assert_eq!(ticks(0.0, 2000.0), vec![0.0, 500.0, 1000.0, 1500.0, 2000.0]);
+        assert_eq!(label(0.0001), "1.0e-4");
+        assert_eq!(label(250.0), "250");
+    }
 }

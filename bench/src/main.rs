@@ -205,13 +205,14 @@ fn optim(r: &mut Report, bandwidth: f64) -> Result<()> {
     Ok(())
 }
 
-fn train_step(r: &mut Report, peak: f64, n_embd: usize, steps: usize) -> Result<()> {
+fn train_step(r: &mut Report, peak: f64, recipe: &str, n_embd: usize, steps: usize) -> Result<()> {
     use lm_train::{config::TrainConfig, data::BUILTIN_SHAKESPEARE, Trainer};
-    let mut cfg = TrainConfig::recipe("gpt-shakespeare-char")?;
+    let mut cfg = TrainConfig::recipe(recipe)?;
     cfg.data.corpus = BUILTIN_SHAKESPEARE.into();
     cfg.model.n_embd = n_embd;
+    cfg.optim.lr_decay_iters = Some(cfg.lr_decay_iters());
     cfg.train.max_iters = 0;
-    let dir = std::env::temp_dir().join(format!("lm-bench-{}-{n_embd}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("lm-bench-{}-{recipe}-{n_embd}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut trainer = Trainer::new(cfg.clone(), &dir, Device::Cpu)?;
     let secs = median_secs(3, || {
@@ -222,10 +223,10 @@ fn train_step(r: &mut Report, peak: f64, n_embd: usize, steps: usize) -> Result<
     let _ = std::fs::remove_dir_all(&dir);
     let tokens = (cfg.train.batch_size * cfg.model.block_size) as f64;
     let flops = trainer.flops_per_step();
-    let name = if n_embd == 128 {
-        "gpt-shakespeare-char step (fp32)".to_string()
-    } else {
-        format!("GPT n_embd {n_embd}, 4 layers, ctx 64, batch 12 (fp32)")
+    let name = match (recipe, n_embd) {
+        ("gpt-shakespeare-char", 128) => "gpt-shakespeare-char step (fp32)".to_string(),
+        ("gpt-shakespeare-char", d) => format!("GPT n_embd {d}, 4 layers, ctx 64, batch 12 (fp32)"),
+        (other, _) => format!("{other} step (fp32, the recipe's size)"),
     };
     r.row(
         "train",
@@ -236,7 +237,7 @@ fn train_step(r: &mut Report, peak: f64, n_embd: usize, steps: usize) -> Result<
             tokens / secs,
             100.0 * flops / secs / peak
         ),
-        &format!("train_step_s_n_embd_{n_embd}"),
+        &format!("train_step_s_{recipe}_{n_embd}"),
         secs,
     );
     Ok(())
@@ -258,10 +259,12 @@ fn main() -> Result<()> {
         optim(&mut r, bw)?;
     }
     if want("train") {
-        train_step(&mut r, peak, 128, 20)?;
+        train_step(&mut r, peak, "gpt-shakespeare-char", 128, 20)?;
         for d in [256, 384, 768] {
-            train_step(&mut r, peak, d, 5)?;
+            train_step(&mut r, peak, "gpt-shakespeare-char", d, 5)?;
         }
+        train_step(&mut r, peak, "bert-mlm-nsp", 128, 10)?;
+        train_step(&mut r, peak, "t5-span-corruption", 128, 10)?;
     }
     if args.is_empty() {
         let mut md = String::from("# Performance\n\nMade by `cargo xtask bench` (all suites) on a 2-core AMD EPYC (Zen 5) machine, CPU only.\nEach figure is the median of 3–7 timed runs in one process, after a warm-up run; compare the\nratios, which hold across machines better than absolute times.\n\n| suite | what | measured | against |\n| --- | --- | --- | --- |\n");
@@ -269,6 +272,27 @@ fn main() -> Result<()> {
             md.push_str(&format!("| {s} | {w} | {v} | {vs} |\n"));
         }
         md.push_str("\nThe machine's limits are measured in the same run (first two rows): MFU is achieved model FLOP/s\n(6·N + 12·L·d·T per token) over the f32 matmul peak; the optimizer step moves ≈ 28 bytes per\nparameter (read θ, g, m, v; write θ, m, v), so its limit is bandwidth / 28.\n");
+        md.push_str(
+            "\n## Against the targets\n\n\
+             - gpt-shakespeare-char, fp32: the step above against PyTorch's ~30 ms (eager, 2 threads, same machine \
+             class). Not reached. The composite candle model took ~300 ms per step here; fused custom ops with \
+             their backward (layer norm, causal softmax, GELU, softmax-cross-entropy) brought it to ~120–130 ms, keeping \
+             freed buffers in the process (mallopt) ~8% more. Quality matches: val loss 1.871 at 2000 iterations \
+             (PyTorch 1.886).\n\
+             - Mixed precision (bf16 matmuls on AVX512-BF16, ≤ 20 ms): not done; candle 0.11's CPU gemm has no bf16 \
+             kernel, so it needs a bf16 gemm custom op.\n\
+             - Optimizer: the fused AdamW step is within 2× of the memory-bandwidth limit measured in the same run.\n\
+             - Objectives: MLM masking and span corruption are 100×+ faster than the Python collators.\n\
+             \n## Where the time goes\n\n\
+             `perf record` of the gpt-shakespeare-char step: the gemm microkernel ≈ 34% (about 110 GFLOP/s on these \
+             small shapes, AVX2 kernel), broadcast binary ops ≈ 9%, allocating and collecting fresh outputs ≈ 8%, \
+             zero-filling new buffers ≈ 5%, strided copies (head split/merge transposes) ≈ 5%, page faults and thread \
+             hand-offs most of the rest. The remaining gap to PyTorch is per-op overhead in candle's CPU backend, not \
+             arithmetic: next are a fused linear (gemm with bias, and its backward), a fused attention \
+             forward/backward without the transpose copies, and buffer reuse across steps.\n\
+             \nThe regression guard in CI (`crates/lm-models/tests/perf_guard.rs`) times each fused kernel against its \
+             composite form in one process and requires a ≥ 1.5× speed-up (measured 3–4×).\n",
+        );
         std::fs::write("docs/performance.md", md)?;
         std::fs::write(
             "docs/performance.json",

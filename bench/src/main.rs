@@ -212,7 +212,8 @@ fn train_step(r: &mut Report, peak: f64, recipe: &str, n_embd: usize, steps: usi
     cfg.model.n_embd = n_embd;
     cfg.optim.lr_decay_iters = Some(cfg.lr_decay_iters());
     cfg.train.max_iters = 0;
-    let dir = std::env::temp_dir().join(format!("lm-bench-{}-{recipe}-{n_embd}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("lm-bench-{}-{recipe}-{n_embd}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut trainer = Trainer::new(cfg.clone(), &dir, Device::Cpu)?;
     let secs = median_secs(3, || {

@@ -19,7 +19,10 @@ use lm_models::Sampling;
 use lm_objectives::collate::{pad_batch, pad_labels, shift_right};
 use lm_objectives::loss::{cross_entropy, CrossEntropy};
 use lm_objectives::{Rng, IGNORE_INDEX};
-use lm_optim::{clip::clip_grad_norm, AdaFactor, AdaFactorConfig, AdaFactorLr, Adam, AdamConfig, Optimizer, ParamGroup, Sgd, SgdConfig};
+use lm_optim::{
+    clip::clip_grad_norm, AdaFactor, AdaFactorConfig, AdaFactorLr, Adam, AdamConfig, Optimizer,
+    ParamGroup, Sgd, SgdConfig,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, write_atomic};
@@ -541,12 +544,34 @@ pub fn finetune(
     let o = &cfg.optim;
     let mut head_group = ParamGroup::new("head", head, 0.0);
     head_group.lr_scale = f.head_lr_scale;
-    let groups = vec![ParamGroup::new("decay", decay, o.weight_decay), ParamGroup::new("no_decay", no_decay, 0.0), head_group];
+    let groups = vec![
+        ParamGroup::new("decay", decay, o.weight_decay),
+        ParamGroup::new("no_decay", no_decay, 0.0),
+        head_group,
+    ];
     let mut opt: Box<dyn Optimizer> = match o.name.as_str() {
         // T5's own fine-tuning recipe: AdaFactor with an explicit learning rate, no parameter scaling.
-        "adafactor" => Box::new(AdaFactor::new(groups, AdaFactorConfig { lr: AdaFactorLr::External, scale_parameter: false, ..Default::default() })?),
-        "sgd" => Box::new(Sgd::new(groups, SgdConfig { momentum: o.momentum, ..Default::default() })?),
-        _ => Box::new(Adam::new(groups, AdamConfig::adamw().with_betas(o.beta1, o.beta2).with_eps(o.eps))?),
+        "adafactor" => Box::new(AdaFactor::new(
+            groups,
+            AdaFactorConfig {
+                lr: AdaFactorLr::External,
+                scale_parameter: false,
+                ..Default::default()
+            },
+        )?),
+        "sgd" => Box::new(Sgd::new(
+            groups,
+            SgdConfig {
+                momentum: o.momentum,
+                ..Default::default()
+            },
+        )?),
+        _ => Box::new(Adam::new(
+            groups,
+            AdamConfig::adamw()
+                .with_betas(o.beta1, o.beta2)
+                .with_eps(o.eps),
+        )?),
     };
     let total = o.lr_decay_iters.unwrap_or(cfg.train.max_iters) as f64;
     let schedule =

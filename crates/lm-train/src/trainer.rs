@@ -151,11 +151,15 @@ fn build_optimizer(
                 ..Default::default()
             },
         )?),
+        // The schedule gives the relative step; each update is scaled by the parameter's RMS, as
+        // in Mesh TensorFlow's T5 (`multiply_by_parameter_scale`). Without that scaling, a step of
+        // 1e−2 grows T5's small-initialized query weights ~9× in a few hundred steps, saturating
+        // its unscaled attention (the checkpoint then fine-tunes badly).
         "adafactor" => Box::new(AdaFactor::new(
             groups,
             AdaFactorConfig {
                 lr: AdaFactorLr::External,
-                scale_parameter: false,
+                scale_parameter: true,
                 ..Default::default()
             },
         )?),

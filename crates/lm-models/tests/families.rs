@@ -216,6 +216,37 @@ fn bert_mlm_and_nsp_training_lowers_the_loss() {
     assert!(last < first - 1.0, "BERT loss {first} -> {last}");
 }
 
+/// Padded encoder inputs, their attention mask, decoder inputs (targets shifted right after
+/// `start`) and labels.
+fn padded_seq2seq(inputs: &[Vec<u32>], targets: &[Vec<i64>], pad: u32, start: u32) -> [Tensor; 4] {
+    let d = &Device::Cpu;
+    let x = lm_objectives::collate::pad_batch(inputs, pad, None).unwrap();
+    let tlen = targets.iter().map(Vec::len).max().unwrap();
+    let labels = lm_objectives::collate::pad_labels(targets, tlen).unwrap();
+    let dec = lm_objectives::collate::shift_right(&labels, tlen, start, pad).unwrap();
+    [
+        Tensor::from_vec(x.input_ids, (x.batch, x.len), d).unwrap(),
+        Tensor::from_vec(x.attention_mask, (x.batch, x.len), d).unwrap(),
+        Tensor::from_vec(dec, (x.batch, tlen), d).unwrap(),
+        Tensor::from_vec(labels, (x.batch, tlen), d).unwrap(),
+    ]
+}
+
+/// 40 AdamW steps on one batch of an encoder-decoder; the (first, last) loss.
+fn fit_seq2seq(
+    forward: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+    opt: &mut Adam,
+    [ids, mask, dec, labels]: &[Tensor; 4],
+) -> (f32, f32) {
+    let loss =
+        || cross_entropy(&forward(ids, mask, dec), labels, &CrossEntropy::default()).unwrap();
+    let first = loss().to_scalar::<f32>().unwrap();
+    for _ in 0..40 {
+        opt.step(&loss().backward().unwrap(), 1e-2).unwrap();
+    }
+    (first, loss().to_scalar::<f32>().unwrap())
+}
+
 #[test]
 fn t5_span_corruption_training_lowers_the_loss() {
     use lm_objectives::span_corruption::{Sentinels, SpanCorruptionConfig, SpanCorruptor};
@@ -231,45 +262,21 @@ fn t5_span_corruption_training_lowers_the_loss() {
         descending: true,
     };
     let mut corruptor = SpanCorruptor::new(SpanCorruptionConfig::default(), sentinels, 1).unwrap();
-    let mut opt = adamw(&store, |_| false);
     let examples: Vec<_> = docs
         .iter()
         .map(|d| corruptor.corrupt(d, &mut rng).unwrap())
         .collect();
-    let inputs = lm_objectives::collate::pad_batch(
-        &examples
-            .iter()
-            .map(|e| e.input_ids.clone())
-            .collect::<Vec<_>>(),
-        0,
-        None,
-    )
-    .unwrap();
+    let inputs: Vec<Vec<u32>> = examples.iter().map(|e| e.input_ids.clone()).collect();
     let targets: Vec<Vec<i64>> = examples
         .iter()
         .map(|e| e.target_ids.iter().map(|&t| t as i64).collect())
         .collect();
-    let tlen = targets.iter().map(Vec::len).max().unwrap();
-    let labels = lm_objectives::collate::pad_labels(&targets, tlen).unwrap();
-    let dec = lm_objectives::collate::shift_right(&labels, tlen, 0, 0).unwrap();
-    let d = &Device::Cpu;
-    let ids = Tensor::from_vec(inputs.input_ids, (inputs.batch, inputs.len), d).unwrap();
-    let mask = Tensor::from_vec(inputs.attention_mask, (inputs.batch, inputs.len), d).unwrap();
-    let dec = Tensor::from_vec(dec, (inputs.batch, tlen), d).unwrap();
-    let labels = Tensor::from_vec(labels, (inputs.batch, tlen), d).unwrap();
-    let loss = || {
-        cross_entropy(
-            &model.forward(&ids, Some(&mask), &dec).unwrap(),
-            &labels,
-            &CrossEntropy::default(),
-        )
-        .unwrap()
-    };
-    let first = loss().to_scalar::<f32>().unwrap();
-    for _ in 0..40 {
-        opt.step(&loss().backward().unwrap(), 1e-2).unwrap();
-    }
-    let last = loss().to_scalar::<f32>().unwrap();
+    let batch = padded_seq2seq(&inputs, &targets, 0, 0);
+    let (first, last) = fit_seq2seq(
+        |x, m, d| model.forward(x, Some(m), d).unwrap(),
+        &mut adamw(&store, |_| false),
+        &batch,
+    );
     assert!(last < 0.5 * first, "T5 loss {first} -> {last}");
 }
 
@@ -288,42 +295,21 @@ fn bart_denoising_training_lowers_the_loss() {
         }),
         ..Default::default()
     };
-    let mut opt = adamw(&store, Bart::is_buffer);
     let exs: Vec<_> = docs
         .iter()
         .map(|d| noise.apply(d, &mut rng).unwrap())
         .collect();
-    let inputs = lm_objectives::collate::pad_batch(
-        &exs.iter().map(|e| e.input_ids.clone()).collect::<Vec<_>>(),
-        1,
-        None,
-    )
-    .unwrap();
+    let inputs: Vec<Vec<u32>> = exs.iter().map(|e| e.input_ids.clone()).collect();
     let targets: Vec<Vec<i64>> = exs
         .iter()
         .map(|e| e.target_ids.iter().map(|&t| t as i64).chain([2]).collect())
         .collect();
-    let tlen = targets.iter().map(Vec::len).max().unwrap();
-    let labels = lm_objectives::collate::pad_labels(&targets, tlen).unwrap();
-    let dec = lm_objectives::collate::shift_right(&labels, tlen, 2, 1).unwrap();
-    let d = &Device::Cpu;
-    let ids = Tensor::from_vec(inputs.input_ids, (inputs.batch, inputs.len), d).unwrap();
-    let mask = Tensor::from_vec(inputs.attention_mask, (inputs.batch, inputs.len), d).unwrap();
-    let dec = Tensor::from_vec(dec, (inputs.batch, tlen), d).unwrap();
-    let labels = Tensor::from_vec(labels, (inputs.batch, tlen), d).unwrap();
-    let loss = || {
-        cross_entropy(
-            &model.forward(&ids, Some(&mask), &dec).unwrap(),
-            &labels,
-            &CrossEntropy::default(),
-        )
-        .unwrap()
-    };
-    let first = loss().to_scalar::<f32>().unwrap();
-    for _ in 0..40 {
-        opt.step(&loss().backward().unwrap(), 1e-2).unwrap();
-    }
-    let last = loss().to_scalar::<f32>().unwrap();
+    let batch = padded_seq2seq(&inputs, &targets, 1, 2);
+    let (first, last) = fit_seq2seq(
+        |x, m, d| model.forward(x, Some(m), d).unwrap(),
+        &mut adamw(&store, Bart::is_buffer),
+        &batch,
+    );
     assert!(last < 0.5 * first, "BART loss {first} -> {last}");
 }
 

@@ -583,25 +583,11 @@ pub fn finetune(
         let inputs: Vec<Vec<u32>> = items.iter().map(|e| e.input.clone()).collect();
         Ok(match &model {
             FtModel::Bert(m) => {
-                let ids = pad_batch(&inputs, pad, None)?;
-                let segs = pad_batch(
-                    &items.iter().map(|e| e.segments.clone()).collect::<Vec<_>>(),
-                    0,
-                    Some(ids.len),
-                )?;
-                let (b, t) = (ids.batch, ids.len);
-                let logits = m.forward(
-                    &Tensor::from_vec(ids.input_ids, (b, t), device)?,
-                    Some(&Tensor::from_vec(segs.input_ids, (b, t), device)?),
-                    Some(&Tensor::from_vec(ids.attention_mask, (b, t), device)?),
-                )?;
+                let logits = bert_logits(m, items.iter().copied(), pad, device)?;
+                let labels: Vec<i64> = items.iter().map(|e| e.label as i64).collect();
                 cross_entropy(
                     &logits,
-                    &Tensor::from_vec(
-                        items.iter().map(|e| e.label as i64).collect::<Vec<_>>(),
-                        b,
-                        device,
-                    )?,
+                    &Tensor::from_vec(labels, items.len(), device)?,
                     &ce,
                 )?
             }
@@ -680,19 +666,7 @@ pub fn finetune(
         for chunk in items.chunks(32) {
             match &model {
                 FtModel::Bert(m) => {
-                    let inputs: Vec<Vec<u32>> = chunk.iter().map(|e| e.input.clone()).collect();
-                    let ids = pad_batch(&inputs, pad, None)?;
-                    let segs = pad_batch(
-                        &chunk.iter().map(|e| e.segments.clone()).collect::<Vec<_>>(),
-                        0,
-                        Some(ids.len),
-                    )?;
-                    let (b, t) = (ids.batch, ids.len);
-                    let logits = m.forward(
-                        &Tensor::from_vec(ids.input_ids, (b, t), device)?,
-                        Some(&Tensor::from_vec(segs.input_ids, (b, t), device)?),
-                        Some(&Tensor::from_vec(ids.attention_mask, (b, t), device)?),
-                    )?;
+                    let logits = bert_logits(m, chunk.iter(), pad, device)?;
                     let am: Vec<u32> = logits.argmax(1)?.to_vec1()?;
                     out.extend(am.into_iter().map(|i| labels[i as usize].clone()));
                 }
@@ -861,6 +835,32 @@ pub fn finetune(
             .as_bytes(),
     )?;
     Ok(results)
+}
+
+/// Class logits for encoded examples: inputs and segment ids padded, attention mask from the padding.
+fn bert_logits<'a>(
+    m: &BertForSequenceClassification,
+    items: impl Iterator<Item = &'a Encoded>,
+    pad: u32,
+    device: &Device,
+) -> Result<Tensor> {
+    let items: Vec<&Encoded> = items.collect();
+    let ids = pad_batch(
+        &items.iter().map(|e| e.input.clone()).collect::<Vec<_>>(),
+        pad,
+        None,
+    )?;
+    let segs = pad_batch(
+        &items.iter().map(|e| e.segments.clone()).collect::<Vec<_>>(),
+        0,
+        Some(ids.len),
+    )?;
+    let (b, t) = (ids.batch, ids.len);
+    Ok(m.forward(
+        &Tensor::from_vec(ids.input_ids, (b, t), device)?,
+        Some(&Tensor::from_vec(segs.input_ids, (b, t), device)?),
+        Some(&Tensor::from_vec(ids.attention_mask, (b, t), device)?),
+    )?)
 }
 
 fn hf_config(model: &FtModel) -> serde_json::Value {

@@ -10,7 +10,7 @@ use lm_objectives::loss::{bert_pretraining_loss, cross_entropy, CrossEntropy};
 use lm_optim::presets::NamedVars;
 
 use crate::config::TrainConfig;
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 
 /// One (micro-)batch, ready for any family. Unused fields are `None`.
 #[derive(Debug, Clone)]
@@ -110,6 +110,14 @@ impl AnyModel {
     /// The training loss of a batch: causal-LM, MLM (+ NSP), or seq2seq cross-entropy.
     pub fn loss(&self, b: &Batch) -> Result<Tensor> {
         let ce = CrossEntropy::default();
+        let decoder_inputs = || {
+            b.decoder_input_ids
+                .as_ref()
+                .ok_or_else(|| TrainError::Corpus {
+                    corpus: "batch".into(),
+                    problem: "an encoder-decoder batch needs decoder_input_ids".into(),
+                })
+        };
         Ok(match self {
             Self::Gpt(m) => cross_entropy(&m.forward(&b.input_ids)?, &b.labels, &ce)?,
             Self::Bert(m) => {
@@ -127,20 +135,12 @@ impl AnyModel {
                 }
             }
             Self::Bart(m) => cross_entropy(
-                &m.forward(
-                    &b.input_ids,
-                    b.attention_mask.as_ref(),
-                    b.decoder_input_ids.as_ref().expect("seq2seq batch"),
-                )?,
+                &m.forward(&b.input_ids, b.attention_mask.as_ref(), decoder_inputs()?)?,
                 &b.labels,
                 &ce,
             )?,
             Self::T5(m) => cross_entropy(
-                &m.forward(
-                    &b.input_ids,
-                    b.attention_mask.as_ref(),
-                    b.decoder_input_ids.as_ref().expect("seq2seq batch"),
-                )?,
+                &m.forward(&b.input_ids, b.attention_mask.as_ref(), decoder_inputs()?)?,
                 &b.labels,
                 &ce,
             )?,

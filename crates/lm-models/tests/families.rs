@@ -1,4 +1,4 @@
-//! BERT, BART and T5: gradients against finite differences, a few dozen steps of training with
+//! GPT, BERT, BART and T5: gradients against finite differences; a few dozen steps of training with
 //! lm-objectives' objectives lower the loss, preset sizes, refused checkpoints, cached decoding.
 
 use candle_core::{DType, Device, Tensor};
@@ -57,6 +57,21 @@ fn check_gradients(store: &ParamStore, loss: impl Fn() -> Tensor) {
             );
         }
     }
+}
+
+#[test]
+fn gpt_gradients_match_finite_differences() {
+    let store = ParamStore::new(3);
+    let model = Gpt::new(
+        &GptConfig::tiny(8),
+        store.var_builder(DType::F64, &Device::Cpu),
+    )
+    .unwrap();
+    let x = u32s(&[&[1, 5, 2, 7, 3, 3], &[0, 4, 4, 6, 1, 2]]);
+    let y = i64s(&[&[5, 2, 7, 3, 3, 1], &[4, 4, 6, 1, 2, -100]]);
+    check_gradients(&store, || {
+        cross_entropy(&model.forward(&x).unwrap(), &y, &CrossEntropy::default()).unwrap()
+    });
 }
 
 #[test]

@@ -291,13 +291,13 @@ fn is_frozen(name: &str, freeze: &str) -> bool {
                 || name.contains("shared")
                 || name.contains("embed_positions")
         }
+        // The whole body below the task's output: BERT's encoder, T5's and BART's encoder with
+        // the shared embedding. (GPT has no encoder: nothing extra is frozen.)
         "encoder" => {
             name.starts_with("bert.")
                 || name.starts_with("encoder.")
                 || name.starts_with("model.encoder.")
-                || name.starts_with("transformer.h.0.")
-                || name.contains("shared")
-                || name.contains("embed")
+                || is_frozen(name, "embeddings")
         }
         _ => false,
     }
@@ -869,5 +869,37 @@ fn hf_config(model: &FtModel) -> serde_json::Value {
         FtModel::Gpt(m) => m.config().to_hf_json(),
         FtModel::Bart(m) => m.config().to_hf_json(),
         FtModel::T5(m) => m.config().to_hf_json(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freezing_the_encoder_keeps_the_decoder_and_head_trainable() {
+        for frozen in [
+            "bert.encoder.layer.0.output.dense.weight",
+            "bert.embeddings.word_embeddings.weight",
+            "encoder.block.0.layer.0.SelfAttention.q.weight",
+            "shared.weight",
+            "model.encoder.layers.0.fc1.weight",
+            "model.shared.weight",
+        ] {
+            assert!(is_frozen(frozen, "encoder"), "{frozen}");
+        }
+        for trained in [
+            "classifier.weight",
+            "decoder.block.0.layer.1.EncDecAttention.q.weight",
+            "model.decoder.layers.0.fc1.weight",
+            "transformer.h.0.mlp.c_fc.weight",
+        ] {
+            assert!(!is_frozen(trained, "encoder"), "{trained}");
+        }
+        assert!(
+            is_frozen("transformer.wte.weight", "embeddings")
+                && !is_frozen("transformer.h.0.attn.c_attn.weight", "embeddings")
+        );
+        assert!(!is_frozen("bert.embeddings.word_embeddings.weight", "none"));
     }
 }

@@ -182,6 +182,23 @@ struct Prefetch {
     rx: Receiver<Result<Vec<Batch>>>,
 }
 
+/// The micro-batches of optimizer step `step`: keys `step·accum + m`, the batch size from the ramp
+/// at `tokens_seen` (or `batch`).
+fn step_batches(
+    source: &BatchSource,
+    ramp: Option<&BatchSizeRamp>,
+    batch: usize,
+    accum: usize,
+    step: u64,
+    tokens_seen: u64,
+    device: &Device,
+) -> Result<Vec<Batch>> {
+    let b = ramp.map_or(batch, |r| r.batch_size(tokens_seen as f64));
+    (0..accum)
+        .map(|m| source.batch(Split::Train, step * accum as u64 + m as u64, b, device))
+        .collect()
+}
+
 impl Prefetch {
     fn spawn(
         source: Arc<BatchSource>,
@@ -193,19 +210,16 @@ impl Prefetch {
         device: Device,
     ) -> Self {
         let (tx, rx) = sync_channel(2);
-        let (accum, batch, block) = (
-            cfg.train.grad_accum,
-            cfg.train.batch_size,
-            cfg.model.block_size,
-        );
+        let (accum, batch) = (cfg.train.grad_accum, cfg.train.batch_size);
         std::thread::spawn(move || {
             let mut tokens = tokens_seen;
             for step in from..until {
-                let b = ramp.as_ref().map_or(batch, |r| r.batch_size(tokens as f64));
-                let batches: Result<Vec<Batch>> = (0..accum)
-                    .map(|m| source.batch(Split::Train, step * accum as u64 + m as u64, b, &device))
-                    .collect();
-                tokens += (b * block * accum) as u64;
+                let batches =
+                    step_batches(&source, ramp.as_ref(), batch, accum, step, tokens, &device);
+                // Count what the trainer will count, so the ramp sees the same tokens on resume.
+                if let Ok(bs) = &batches {
+                    tokens += bs.iter().map(|b| b.tokens as u64).sum::<u64>();
+                }
                 if tx.send(batches).is_err() {
                     return; // the trainer stopped early
                 }
@@ -502,27 +516,19 @@ impl Trainer {
         Ok(Some((loss, norm, lr)))
     }
 
-    fn step_batches(&self, step: u64) -> Result<Vec<Batch>> {
-        let accum = self.cfg.train.grad_accum;
-        let b = self.ramp.as_ref().map_or(self.cfg.train.batch_size, |r| {
-            r.batch_size(self.state.tokens_seen as f64)
-        });
-        (0..accum)
-            .map(|m| {
-                self.source.batch(
-                    Split::Train,
-                    step * accum as u64 + m as u64,
-                    b,
-                    &self.device,
-                )
-            })
-            .collect()
-    }
-
     /// One optimizer step outside the loop (no logging, evaluation or checkpoint); returns the
     /// training loss, or `None` for a skipped non-finite step. For benchmarks and custom loops.
     pub fn train_one_step(&mut self) -> Result<Option<f32>> {
-        let batches = self.step_batches(self.state.step)?;
+        let t = &self.cfg.train;
+        let batches = step_batches(
+            &self.source,
+            self.ramp.as_ref(),
+            t.batch_size,
+            t.grad_accum,
+            self.state.step,
+            self.state.tokens_seen,
+            &self.device,
+        )?;
         Ok(self.train_step(&batches)?.map(|(loss, _, _)| loss))
     }
 
@@ -667,12 +673,11 @@ impl Trainer {
             self.device.clone(),
         );
         let mut window_start = Instant::now();
-        let (mut window_steps, mut window_tokens) = (0u64, 0u64);
+        let mut window_tokens = 0u64;
         while self.state.step < until {
             let batches = prefetch.next()?;
             let tokens: u64 = batches.iter().map(|b| b.tokens as u64).sum();
             let outcome = self.train_step(&batches)?;
-            window_steps += 1;
             window_tokens += tokens;
             let step = self.state.step;
             if let Some((loss, norm, lr)) = outcome {
@@ -696,7 +701,7 @@ impl Trainer {
                         "loss {loss:.4} lr {lr:.2e} {tokens_per_sec:.0} tok/s"
                     ));
                     window_start = Instant::now();
-                    (window_steps, window_tokens) = (0, 0);
+                    window_tokens = 0;
                 }
             }
             pb.set_position(step);
@@ -707,7 +712,7 @@ impl Trainer {
                 summary.last_eval = Some((tr, va));
                 summary.checkpoint = Some(dir);
                 window_start = Instant::now();
-                (window_steps, window_tokens) = (0, 0);
+                window_tokens = 0;
                 let patience = self.cfg.train.early_stopping_patience;
                 if patience > 0 && self.state.evals_since_best >= patience {
                     self.say(&pb, format!("early stopping at step {step}: no improvement in {patience} evaluations"));
@@ -716,7 +721,6 @@ impl Trainer {
                 }
             }
         }
-        let _ = window_steps;
         pb.finish_and_clear();
         summary.step = self.state.step;
         Ok(summary)

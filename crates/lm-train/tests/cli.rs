@@ -12,20 +12,33 @@ fn lm_train(args: &[&str], cwd: &Path) -> Output {
         .unwrap()
 }
 
-fn tiny_config(dir: &Path, corpus: &str) -> std::path::PathBuf {
-    let text = lm_train::config::TrainConfig::recipe("gpt-shakespeare-char")
+/// The gpt-shakespeare-char recipe with `edits` (each `from` must occur) written to `dir/file`.
+fn recipe_with(dir: &Path, file: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = lm_train::config::TrainConfig::recipe("gpt-shakespeare-char")
         .unwrap()
         .to_toml();
-    let text = text
-        .replace("builtin:tinyshakespeare", corpus)
-        .replace("n_embd = 128", "n_embd = 16")
-        .replace("block_size = 64", "block_size = 8")
-        .replace("batch_size = 12", "batch_size = 2")
-        .replace("eval_iters = 20", "eval_iters = 1")
-        .replace("sample_tokens = 400", "sample_tokens = 20");
-    let path = dir.join("tiny.toml");
+    for (from, to) in edits {
+        assert!(text.contains(from), "the recipe has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let path = dir.join(file);
     std::fs::write(&path, text).unwrap();
     path
+}
+
+fn tiny_config(dir: &Path, corpus: &str) -> std::path::PathBuf {
+    recipe_with(
+        dir,
+        "tiny.toml",
+        &[
+            ("builtin:tinyshakespeare", corpus),
+            ("n_embd = 128", "n_embd = 16"),
+            ("block_size = 64", "block_size = 8"),
+            ("batch_size = 12", "batch_size = 2"),
+            ("eval_iters = 20", "eval_iters = 1"),
+            ("sample_tokens = 400", "sample_tokens = 20"),
+        ],
+    )
 }
 
 fn assert_one_line_error(out: &Output, needle: &str) {
@@ -134,24 +147,23 @@ fn kill_config(dir: &Path) -> std::path::PathBuf {
         &lm_train::data::SHAKESPEARE[..60_000],
     )
     .unwrap();
-    let text = lm_train::config::TrainConfig::recipe("gpt-shakespeare-char")
-        .unwrap()
-        .to_toml();
-    let text = text
-        .replace("builtin:tinyshakespeare", "corpus.txt")
-        .replace("n_layer = 4", "n_layer = 2")
-        .replace("n_embd = 128", "n_embd = 64")
-        .replace("block_size = 64", "block_size = 32")
-        .replace("max_iters = 2000", "max_iters = 60")
-        .replace("warmup_iters = 100", "warmup_iters = 5")
-        .replace("lr_decay_iters = 2000", "lr_decay_iters = 60")
-        .replace("eval_interval = 250", "eval_interval = 10")
-        .replace("eval_iters = 20", "eval_iters = 2")
-        .replace("log_interval = 10", "log_interval = 1")
-        .replace("sample_tokens = 400", "sample_tokens = 0");
-    let path = dir.join("kill.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    recipe_with(
+        dir,
+        "kill.toml",
+        &[
+            ("builtin:tinyshakespeare", "corpus.txt"),
+            ("n_layer = 4", "n_layer = 2"),
+            ("n_embd = 128", "n_embd = 64"),
+            ("block_size = 64", "block_size = 32"),
+            ("max_iters = 2000", "max_iters = 60"),
+            ("warmup_iters = 100", "warmup_iters = 5"),
+            ("lr_decay_iters = 2000", "lr_decay_iters = 60"),
+            ("eval_interval = 250", "eval_interval = 10"),
+            ("eval_iters = 20", "eval_iters = 2"),
+            ("log_interval = 10", "log_interval = 1"),
+            ("sample_tokens = 400", "sample_tokens = 0"),
+        ],
+    )
 }
 
 fn losses(run: &Path) -> Vec<(u64, f32, Option<f32>)> {

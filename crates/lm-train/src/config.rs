@@ -294,17 +294,38 @@ pub const RECIPES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Parses TOML into `T`; a syntax error, unknown key or wrong type names `source` and where.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| TrainError::Config {
+        source_name: source.into(),
+        key: e
+            .span()
+            .map(|s| format!("at bytes {}..{}", s.start, s.end))
+            .unwrap_or_else(|| "(document)".into()),
+        problem: e.message().trim().to_string(),
+    })
+}
+
+/// The text of recipe `name` in `recipes`, or an error listing the ones that exist.
+pub(crate) fn recipe_text(recipes: &[(&str, &'static str)], name: &str) -> Result<&'static str> {
+    recipes
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| TrainError::UnknownRecipe {
+            name: name.into(),
+            available: recipes
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
 impl TrainConfig {
     /// Parses and validates a TOML text; `source_name` (a path or recipe) appears in errors.
     pub fn from_toml(text: &str, source_name: &str) -> Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| TrainError::Config {
-            source_name: source_name.into(),
-            key: e
-                .span()
-                .map(|s| format!("at bytes {}..{}", s.start, s.end))
-                .unwrap_or_else(|| "(document)".into()),
-            problem: e.message().trim().to_string(),
-        })?;
+        let cfg: Self = parse_toml(text, source_name)?;
         cfg.validate(source_name)?;
         Ok(cfg)
     }
@@ -317,19 +338,7 @@ impl TrainConfig {
 
     /// An embedded recipe by name.
     pub fn recipe(name: &str) -> Result<Self> {
-        let (_, text) =
-            RECIPES
-                .iter()
-                .find(|(n, _)| *n == name)
-                .ok_or_else(|| TrainError::UnknownRecipe {
-                    name: name.into(),
-                    available: RECIPES
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
-        Self::from_toml(text, &format!("recipe {name}"))
+        Self::from_toml(recipe_text(RECIPES, name)?, &format!("recipe {name}"))
     }
 
     /// The step at which the learning rate reaches its floor.

@@ -150,11 +150,7 @@ pub const FINETUNE_RECIPES: &[(&str, &str)] = &[
 impl FinetuneConfig {
     /// Parses a TOML config; `source` names it in errors.
     pub fn from_toml(text: &str, source: &str) -> Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| TrainError::Config {
-            source_name: source.into(),
-            key: "(document)".into(),
-            problem: e.message().trim().to_string(),
-        })?;
+        let cfg: Self = crate::config::parse_toml(text, source)?;
         let err = |key: &str, problem: String| {
             Err(TrainError::Config {
                 source_name: source.into(),
@@ -207,18 +203,10 @@ impl FinetuneConfig {
 
     /// A bundled fine-tuning recipe.
     pub fn recipe(name: &str) -> Result<Self> {
-        let (_, text) = FINETUNE_RECIPES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .ok_or_else(|| TrainError::UnknownRecipe {
-                name: name.into(),
-                available: FINETUNE_RECIPES
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
-        Self::from_toml(text, &format!("recipe {name}"))
+        Self::from_toml(
+            crate::config::recipe_text(FINETUNE_RECIPES, name)?,
+            &format!("recipe {name}"),
+        )
     }
 
     /// Reads a TOML file.

@@ -259,6 +259,10 @@ fn main() -> Result<()> {
     if want("optim") {
         optim(&mut r, bw)?;
     }
+    if args.iter().any(|a| a == "step") {
+        // Only the headline figure, for quick before/after comparisons.
+        train_step(&mut r, peak, "gpt-shakespeare-char", 128, 20)?;
+    }
     if want("train") {
         train_step(&mut r, peak, "gpt-shakespeare-char", 128, 20)?;
         for d in [256, 384, 768] {

@@ -16,7 +16,7 @@ use crate::layers::{
     attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, LayerNorm,
     Linear,
 };
-use crate::ops::{gelu_erf, Dropout};
+use crate::ops::{add_bias, gelu_erf, Dropout};
 use crate::params::ParamStore;
 
 /// BART hyperparameters, with HuggingFace `BartConfig` key names (other keys are ignored).
@@ -397,7 +397,7 @@ impl Bart {
         if self.cfg.scale_embedding {
             x = (x * (self.cfg.d_model as f64).sqrt())?;
         }
-        let x = x.broadcast_add(&pos.narrow(0, start + POSITION_OFFSET, t)?)?;
+        let x = add_bias(&x, &pos.narrow(0, start + POSITION_OFFSET, t)?)?;
         self.dropout.forward(&ln.forward(&x)?, train)
     }
 

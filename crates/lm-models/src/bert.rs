@@ -16,7 +16,7 @@ use crate::error::{ModelError, Result};
 use crate::layers::{
     attention, embedding, lookup, merge_heads, padding_bias, split_heads, LayerNorm, Linear,
 };
-use crate::ops::Dropout;
+use crate::ops::{add_bias, Dropout};
 use crate::params::ParamStore;
 
 /// BERT hyperparameters, with HuggingFace `BertConfig` key names (other keys are ignored).
@@ -320,9 +320,7 @@ impl BertEncoder {
             Some(tt) => lookup(&self.token_type, tt)?,
             None => self.token_type.get(0)?.unsqueeze(0)?.unsqueeze(0)?,
         };
-        let x = tok
-            .broadcast_add(&self.position.narrow(0, 0, t)?)?
-            .broadcast_add(&seg)?;
+        let x = add_bias(&tok, &self.position.narrow(0, 0, t)?)?.broadcast_add(&seg)?;
         let mut x = self.emb_dropout.forward(&self.emb_ln.forward(&x)?, train)?;
         let bias = attention_mask
             .map(padding_bias)

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{attention, merge_heads, split_heads, KvCache};
-use crate::ops::{causal_softmax, gelu, layer_norm, Dropout};
+use crate::ops::{add_bias, causal_attention, causal_softmax, gelu, layer_norm, linear, Dropout};
 use crate::params::ParamStore;
 
 /// Parameters with their names.
@@ -145,11 +145,7 @@ impl Conv1D {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, n_in) = x.dims3()?;
-        x.reshape((b * t, n_in))?
-            .matmul(&self.weight)?
-            .broadcast_add(&self.bias)?
-            .reshape((b, t, ()))
+        linear(x, &self.weight, Some(&self.bias), false)
     }
 }
 
@@ -208,13 +204,17 @@ impl CausalSelfAttention {
     ) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let qkv = self.c_attn.forward(x)?;
+        let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
+        if cache.is_none() && !(train && self.attn_dropout.rate() > 0.0) {
+            let y = causal_attention(&qkv, self.n_head, scale)?;
+            return self.resid_dropout.forward(&self.c_proj.forward(&y)?, train);
+        }
         let heads = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * d, d)?, self.n_head);
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let (k, v) = match cache {
             Some((c, layer)) => c.append(layer, k, v)?,
             None => (k, v),
         };
-        let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
         let y = if train && self.attn_dropout.rate() > 0.0 {
             let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
             self.attn_dropout.forward(&probs, train)?.matmul(&v)?
@@ -388,9 +388,7 @@ impl Gpt {
             .embedding(&idx.flatten_all()?)?
             .reshape((b, t, self.cfg.n_embd))?;
         let pos = self.wpe.narrow(0, past, t)?;
-        let mut x = self
-            .embd_dropout
-            .forward(&tok.broadcast_add(&pos)?, train)?;
+        let mut x = self.embd_dropout.forward(&add_bias(&tok, &pos)?, train)?;
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x, train, cache.as_deref_mut().map(|c| (c, i)))?;
         }

@@ -21,6 +21,24 @@ fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1).max(1)
 }
 
+/// `out[i] = f(a[i], b[i])`, in chunks on rayon's threads, each chunk's loop compiled for AVX2
+/// (a plain loop into a preallocated buffer: `collect` would run outside the AVX2 code).
+fn par_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            simd(|| {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = f(a, b);
+                }
+            })
+        });
+    out
+}
+
 // ---------------------------------------------------------------- GELU (tanh approximation)
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -36,12 +54,8 @@ impl CustomOp1 for GeluTanh {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "gelu")?;
-        let y = simd(|| {
-            x.iter()
-                .map(|&x| {
-                    0.5 * x * (1.0 + fastmath::tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)))
-                })
-                .collect::<Vec<f32>>()
+        let y = par_map2(x, x, |x, _| {
+            0.5 * x * (1.0 + fastmath::tanh(SQRT_2_OVER_PI * (x + GELU_C * x * x * x)))
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -70,24 +84,19 @@ impl CustomOp2 for GeluTanhGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, "gelu-grad x")?;
         let g = slice(s2, l2, "gelu-grad g")?;
-        let dx = simd(|| {
-            x.iter()
-                .zip(g)
-                .map(|(&x, &g)| {
-                    // With e = exp(2u): 1 + t = 2e/(e+1) and 1 − t² = 4e/(e+1)², free of the
-                    // cancellation in 1 − t·t near saturation.
-                    let e = fastmath::exp(2.0 * SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
-                    let inv = 1.0 / (e + 1.0);
-                    let (one_plus_t, one_minus_t2) = if e.is_finite() {
-                        (2.0 * e * inv, 4.0 * e * inv * inv)
-                    } else {
-                        (2.0, 0.0)
-                    };
-                    let d = 0.5 * one_plus_t
-                        + 0.5 * x * one_minus_t2 * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
-                    d * g
-                })
-                .collect::<Vec<f32>>()
+        let dx = par_map2(x, g, |x, g| {
+            // With e = exp(2u): 1 + t = 2e/(e+1) and 1 − t² = 4e/(e+1)², free of the
+            // cancellation in 1 − t·t near saturation.
+            let e = fastmath::exp(2.0 * SQRT_2_OVER_PI * (x + GELU_C * x * x * x));
+            let inv = 1.0 / (e + 1.0);
+            let (one_plus_t, one_minus_t2) = if e.is_finite() {
+                (2.0 * e * inv, 4.0 * e * inv * inv)
+            } else {
+                (2.0, 0.0)
+            };
+            let d = 0.5 * one_plus_t
+                + 0.5 * x * one_minus_t2 * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x);
+            d * g
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -307,5 +316,569 @@ impl CustomOp3 for LayerNormGrad {
             }
         });
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
+    }
+}
+
+// ---------------------------------------------------------------- causal self-attention
+
+/// Causal multi-head self-attention straight from the packed projection `qkv: [b, t, 3·h·d]`
+/// (GPT-2's `c_attn` output, `[q | k | v]` along the last axis) to the merged heads `[b, t, h·d]`:
+/// `y_i = Σ_{j≤i} softmax_j(scale·q_i·k_j) v_j` per head. It replaces splitting the heads (three
+/// transposed copies), two batched matmuls, the softmax and merging the heads, and the backward of
+/// each. Per (sequence, head) the products are gemm calls on strided views of `qkv` — no copies;
+/// sequences run in parallel; the backward recomputes the `t × t` probabilities instead of
+/// storing them.
+pub(crate) struct CausalAttention {
+    pub n_head: usize,
+    pub scale: f32,
+}
+
+/// Sizes of one attention call: time, heads, head width.
+#[derive(Clone, Copy)]
+struct AttnDims {
+    t: usize,
+    h: usize,
+    d: usize,
+}
+
+impl AttnDims {
+    fn of(l: &Layout, n_head: usize) -> Result<(usize, Self)> {
+        let &[b, t, c3] = l.dims() else {
+            candle_core::bail!(
+                "causal-attention: qkv must be [batch, time, 3·d], got {:?}",
+                l.dims()
+            )
+        };
+        if n_head == 0 || c3 % (3 * n_head) != 0 {
+            candle_core::bail!(
+                "causal-attention: last dim {c3} is not 3·n_head·head_dim for n_head {n_head}"
+            )
+        }
+        Ok((
+            b,
+            Self {
+                t,
+                h: n_head,
+                d: c3 / (3 * n_head),
+            },
+        ))
+    }
+
+    /// Width of the model, `h·d`.
+    fn c(&self) -> usize {
+        self.h * self.d
+    }
+
+    /// Head `head`'s queries (`part` 0), keys (1) or values (2) in one sequence's `qkv` rows:
+    /// `[t, d]` with row stride `3c`.
+    fn part<'a>(&self, qkv: &'a [f32], part: usize, head: usize) -> Mat<'a> {
+        Mat {
+            data: &qkv[part * self.c() + head * self.d..],
+            cs: 1,
+            rs: 3 * self.c() as isize,
+        }
+    }
+
+    /// The same, transposed: `[d, t]`.
+    fn part_t<'a>(&self, qkv: &'a [f32], part: usize, head: usize) -> Mat<'a> {
+        Mat {
+            data: &qkv[part * self.c() + head * self.d..],
+            cs: 3 * self.c() as isize,
+            rs: 1,
+        }
+    }
+}
+
+/// `P = softmax(scale·QKᵀ + M)` of head `head` of one sequence into `p` (`t × t`, zero above the
+/// diagonal).
+fn attn_probs(qkv: &[f32], dims: AttnDims, head: usize, scale: f32, p: &mut [f32]) {
+    let AttnDims { t, d, .. } = dims;
+    let (q, kt) = (dims.part(qkv, 0, head), dims.part_t(qkv, 1, head));
+    gemm_into(p, t, q, kt, (t, d, t), false, scale, false);
+    simd(|| {
+        for (i, row) in p.chunks_exact_mut(t).enumerate() {
+            let (seen, future) = row.split_at_mut(i + 1);
+            future.fill(0.0);
+            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let mut sum = 0f32;
+            for r in seen.iter_mut() {
+                *r = fastmath::exp(*r - max);
+                sum += *r;
+            }
+            let inv = 1.0 / sum;
+            seen.iter_mut().for_each(|r| *r *= inv);
+        }
+    })
+}
+
+impl CustomOp1 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let qkv = slice(s, l, "causal-attention qkv")?;
+        let (b, dims) = AttnDims::of(l, self.n_head)?;
+        let AttnDims { t, h, d } = dims;
+        let c = dims.c();
+        let mut y = vec![0f32; b * t * c];
+        y.par_chunks_mut(t * c)
+            .zip(qkv.par_chunks(t * 3 * c))
+            .for_each(|(y, qkv)| {
+                let mut p = vec![0f32; t * t];
+                for head in 0..h {
+                    attn_probs(qkv, dims, head, self.scale, &mut p);
+                    // Y_h = P V, written straight into the merged-heads layout.
+                    let v = dims.part(qkv, 2, head);
+                    let p = Mat::rows(&p, t);
+                    gemm_into(&mut y[head * d..], c, p, v, (t, t, d), false, 1.0, false);
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &CausalAttentionGrad {
+                n_head: self.n_head,
+                scale: self.scale,
+            },
+        )?))
+    }
+}
+
+/// With `P` recomputed and `dY` the incoming gradient, per head:
+/// `dV = Pᵀ dY`, `dP = dY Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`,
+/// `dQ = scale·dS K`, `dK = scale·dSᵀ Q`, written into `dqkv` laid out like `qkv`.
+struct CausalAttentionGrad {
+    n_head: usize,
+    scale: f32,
+}
+
+impl CustomOp2 for CausalAttentionGrad {
+    fn name(&self) -> &'static str {
+        "causal-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let qkv = slice(s1, l1, "causal-attention-grad qkv")?;
+        let dy = slice(s2, l2, "causal-attention-grad dy")?;
+        let (b, dims) = AttnDims::of(l1, self.n_head)?;
+        let AttnDims { t, h, d } = dims;
+        let c = dims.c();
+        if dy.len() != b * t * c {
+            candle_core::bail!(
+                "causal-attention-grad: dy has {} elements, expected {}",
+                dy.len(),
+                b * t * c
+            )
+        }
+        let scale = self.scale;
+        let mut dqkv = vec![0f32; qkv.len()];
+        dqkv.par_chunks_mut(t * 3 * c)
+            .zip(qkv.par_chunks(t * 3 * c))
+            .zip(dy.par_chunks(t * c))
+            .for_each(|((dqkv, qkv), dy)| {
+                let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
+                for head in 0..h {
+                    attn_probs(qkv, dims, head, scale, &mut p);
+                    let dy_h = Mat {
+                        data: &dy[head * d..],
+                        cs: 1,
+                        rs: c as isize,
+                    };
+                    // dP = dY Vᵀ, then dS in place.
+                    let vt = dims.part_t(qkv, 2, head);
+                    gemm_into(&mut ds, t, dy_h, vt, (t, d, t), false, 1.0, false);
+                    simd(|| {
+                        for (pr, dr) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)) {
+                            let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                            for (o, &pij) in dr.iter_mut().zip(pr) {
+                                *o = scale * pij * (*o - dot);
+                            }
+                        }
+                    });
+                    let (dsm, dst, pt) = (Mat::rows(&ds, t), Mat::cols(&ds, t), Mat::cols(&p, t));
+                    let (q, k) = (dims.part(qkv, 0, head), dims.part(qkv, 1, head));
+                    let rs3 = 3 * c;
+                    // dQ = dS K, dK = dSᵀ Q, dV = Pᵀ dY.
+                    gemm_into(
+                        &mut dqkv[head * d..],
+                        rs3,
+                        dsm,
+                        k,
+                        (t, t, d),
+                        false,
+                        1.0,
+                        false,
+                    );
+                    gemm_into(
+                        &mut dqkv[c + head * d..],
+                        rs3,
+                        dst,
+                        q,
+                        (t, t, d),
+                        false,
+                        1.0,
+                        false,
+                    );
+                    gemm_into(
+                        &mut dqkv[2 * c + head * d..],
+                        rs3,
+                        pt,
+                        dy_h,
+                        (t, t, d),
+                        false,
+                        1.0,
+                        false,
+                    );
+                }
+            });
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- bias add
+
+/// `y = x + b` where `b`'s shape is the trailing part of `x`'s (a bias `[n]` on `[.., n]`, or
+/// positions `[t, d]` on `[b, t, d]`). The forward is candle's broadcast add; the point is the
+/// backward: `db = Σ_rows dy` as one streaming pass over `dy`, where candle's generic reduction
+/// over the leading axes walks it with a stride (≈ 10× slower, and paid by every linear layer).
+pub(crate) struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "add-bias x")?;
+        let b = slice(s2, l2, "add-bias b")?;
+        if b.is_empty() || x.len() % b.len() != 0 {
+            candle_core::bail!(
+                "add-bias: bias of {} elements does not tile x of {}",
+                b.len(),
+                x.len()
+            )
+        }
+        let mut y = x.to_vec();
+        for row in y.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(y, &b)| *y += b);
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = grad
+            .contiguous()?
+            .apply_op1_no_bwd(&RowSum { n: b.elem_count() })?;
+        Ok((Some(grad.clone()), Some(db.reshape(b.shape())?)))
+    }
+}
+
+/// Sum of the rows of `x` viewed as `[rows, n]`.
+struct RowSum {
+    n: usize,
+}
+
+impl CustomOp1 for RowSum {
+    fn name(&self) -> &'static str {
+        "row-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "row-sum")?;
+        let mut acc = vec![0f32; self.n];
+        for row in x.chunks_exact(self.n) {
+            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+        }
+        Ok((CpuStorage::F32(acc), Shape::from(self.n)))
+    }
+}
+
+// ---------------------------------------------------------------- linear layer
+
+/// A row-major matrix operand for [`matmul_into`]: pointer-free view as (slice, column stride,
+/// row stride), so transposes are strides, never copies.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    cs: isize,
+    rs: isize,
+}
+
+impl<'a> Mat<'a> {
+    /// `[r, c]` stored row-major.
+    fn rows(data: &'a [f32], c: usize) -> Self {
+        Self {
+            data,
+            cs: 1,
+            rs: c as isize,
+        }
+    }
+
+    /// The transpose of a row-major `[c, r]`.
+    fn cols(data: &'a [f32], r: usize) -> Self {
+        Self {
+            data,
+            cs: r as isize,
+            rs: 1,
+        }
+    }
+}
+
+/// `dst[m, n] (+)= scale · a[m, k] · b[k, n]` with the gemm crate, `dst` row-major with row
+/// stride `dst_rs`; `accumulate` keeps what `dst` holds (e.g. a broadcast bias). With `parallel`,
+/// on all of rayon's threads (big products); otherwise on the calling thread (small products
+/// inside an already parallel loop).
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    scale: f32,
+    parallel: bool,
+) {
+    let span = |rs: isize, cs: isize, r: usize, c: usize| {
+        (r.saturating_sub(1) as isize * rs + c.saturating_sub(1) as isize * cs) as usize + 1
+    };
+    assert!(
+        dst.len() >= span(dst_rs as isize, 1, m, n)
+            && a.data.len() >= span(a.rs, a.cs, m, k)
+            && b.data.len() >= span(b.rs, b.cs, k, n),
+        "gemm operands out of bounds"
+    );
+    let threads = rayon::current_num_threads();
+    let par = if parallel && threads > 1 && m * n * k >= 1 << 15 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assert above keeps every element gemm touches inside the three slices
+    // (strides are non-negative), and `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs,
+            a.rs,
+            b.data.as_ptr(),
+            b.cs,
+            b.rs,
+            if accumulate { 1.0 } else { 0.0 },
+            scale,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// [`gemm_into`] for a contiguous `dst`, on all threads.
+fn matmul_into(dst: &mut [f32], a: Mat, b: Mat, dims: (usize, usize, usize), accumulate: bool) {
+    gemm_into(dst, dims.2, a, b, dims, accumulate, 1.0, true)
+}
+
+/// `y = x·W + b` over the last axis of `x: [.., in]`, with `W` stored `[in, out]` (GPT-2's
+/// `Conv1D`) or, with `transposed`, `[out, in]` (PyTorch's `nn.Linear`). Forward: the bias is
+/// broadcast into the output and one gemm accumulates onto it. Backward, one kernel:
+/// `dx = dy·Wᵀ`, `dW = xᵀ·dy` (or `dyᵀ·x`), `db = Σ_rows dy` — three passes, no transposed copies.
+pub(crate) struct Linear {
+    pub transposed: bool,
+}
+
+struct LinearDims {
+    rows: usize,
+    n_in: usize,
+    n_out: usize,
+}
+
+impl Linear {
+    fn dims(&self, x: &Layout, w: &Layout, b: usize) -> Result<LinearDims> {
+        let n_in = last_dim(x);
+        let &[w0, w1] = w.dims() else {
+            candle_core::bail!("linear: weight must be a matrix, got {:?}", w.dims())
+        };
+        let (wi, wo) = if self.transposed { (w1, w0) } else { (w0, w1) };
+        if wi != n_in || b != wo {
+            candle_core::bail!(
+                "linear: x [.., {n_in}], weight {:?} and bias [{b}] do not fit",
+                w.dims()
+            )
+        }
+        Ok(LinearDims {
+            rows: x.shape().elem_count() / n_in.max(1),
+            n_in,
+            n_out: wo,
+        })
+    }
+
+    /// The weight as the `[in, out]` operand of the forward product.
+    fn w_in_out<'a>(&self, w: &'a [f32], d: &LinearDims) -> Mat<'a> {
+        if self.transposed {
+            Mat::cols(w, d.n_in)
+        } else {
+            Mat::rows(w, d.n_out)
+        }
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "linear x")?;
+        let w = slice(s2, l2, "linear weight")?;
+        let b = slice(s3, l3, "linear bias")?;
+        let d = self.dims(l1, l2, b.len())?;
+        let mut y = Vec::with_capacity(d.rows * d.n_out);
+        for _ in 0..d.rows {
+            y.extend_from_slice(b);
+        }
+        matmul_into(
+            &mut y,
+            Mat::rows(x, d.n_in),
+            self.w_in_out(w, &d),
+            (d.rows, d.n_in, d.n_out),
+            true,
+        );
+        let mut shape = l1.dims().to_vec();
+        *shape.last_mut().expect("rank ≥ 1") = d.n_out;
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (nx, nw) = (x.elem_count(), w.elem_count());
+        // Gradients packed as [dx | dW | db] by one kernel, then viewed apart.
+        let packed = x.apply_op3_no_bwd(
+            w,
+            &grad.contiguous()?,
+            &LinearGrad {
+                transposed: self.transposed,
+                n_bias: b.elem_count(),
+            },
+        )?;
+        let dx = packed.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, nx, nw)?.reshape(w.shape())?;
+        let db = packed
+            .narrow(0, nx + nw, b.elem_count())?
+            .reshape(b.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+struct LinearGrad {
+    transposed: bool,
+    n_bias: usize,
+}
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "linear-grad x")?;
+        let w = slice(s2, l2, "linear-grad weight")?;
+        let dy = slice(s3, l3, "linear-grad dy")?;
+        let lin = Linear {
+            transposed: self.transposed,
+        };
+        let d = lin.dims(l1, l2, self.n_bias)?;
+        if dy.len() != d.rows * d.n_out {
+            candle_core::bail!(
+                "linear-grad: dy has {} elements, expected {}",
+                dy.len(),
+                d.rows * d.n_out
+            )
+        }
+        let mut out = vec![0f32; x.len() + w.len() + d.n_out];
+        let (dx, rest) = out.split_at_mut(x.len());
+        let (dw, db) = rest.split_at_mut(w.len());
+        // dx[rows, in] = dy[rows, out] · Wᵀ[out, in].
+        let wt = if self.transposed {
+            Mat::rows(w, d.n_in)
+        } else {
+            Mat::cols(w, d.n_out)
+        };
+        matmul_into(
+            dx,
+            Mat::rows(dy, d.n_out),
+            wt,
+            (d.rows, d.n_out, d.n_in),
+            false,
+        );
+        if self.transposed {
+            // dW[out, in] = dyᵀ[out, rows] · x[rows, in].
+            let (a, b) = (Mat::cols(dy, d.n_out), Mat::rows(x, d.n_in));
+            matmul_into(dw, a, b, (d.n_out, d.rows, d.n_in), false);
+        } else {
+            // dW[in, out] = xᵀ[in, rows] · dy[rows, out].
+            let (a, b) = (Mat::cols(x, d.n_in), Mat::rows(dy, d.n_out));
+            matmul_into(dw, a, b, (d.n_in, d.rows, d.n_out), false);
+        }
+        for row in dy.chunks_exact(d.n_out) {
+            db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+        }
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from(x.len() + w.len() + d.n_out),
+        ))
     }
 }

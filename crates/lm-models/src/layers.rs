@@ -5,7 +5,7 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::ops::{causal_softmax, layer_norm, softmax_last_dim};
+use crate::ops::{causal_softmax, layer_norm, linear, softmax_last_dim};
 
 /// `y = x Wᵀ (+ b)` with `W: [out, in]` (PyTorch `nn.Linear`).
 #[derive(Debug, Clone)]
@@ -45,17 +45,7 @@ impl Linear {
 
     /// Applies the layer to `[.., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let n_in = *dims.last().expect("rank ≥ 1");
-        let rows = x.elem_count() / n_in;
-        let y = x.reshape((rows, n_in))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out = dims;
-        *out.last_mut().expect("rank ≥ 1") = self.weight.dim(0)?;
-        y.reshape(out)
+        linear(x, &self.weight, self.bias.as_ref(), true)
     }
 }
 

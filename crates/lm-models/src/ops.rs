@@ -64,6 +64,74 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     }
 }
 
+/// Causal multi-head self-attention from the packed projection `qkv: [b, t, 3·d]` (`[q | k | v]`)
+/// to the merged heads `[b, t, d]`: `softmax(scale·QKᵀ + M) V` per head. One fused kernel on CPU
+/// for f32 (no head split/merge copies, probabilities recomputed in the backward), the composite
+/// form elsewhere.
+pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tensor> {
+    if fused(qkv) {
+        qkv.contiguous()?.apply_op1(kernels::CausalAttention {
+            n_head,
+            scale: scale as f32,
+        })
+    } else {
+        composite::causal_attention(qkv, n_head, scale)
+    }
+}
+
+/// `y = x·W (+ b)` over the last axis of `x: [.., in]`, with `W` stored `[in, out]` (GPT-2's
+/// `Conv1D`) or, when `transposed`, `[out, in]` (`nn.Linear`). On CPU for f32: one gemm onto the
+/// broadcast bias, and a backward that computes `dx`, `dW`, `db` in one kernel without transposed
+/// copies; elsewhere candle's matmul and broadcast add.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
+    let n_out = w.dim(if transposed { 0 } else { 1 })?;
+    if fused(x) && w.dtype() == DType::F32 && w.rank() == 2 {
+        let zeros;
+        let b = match b {
+            Some(b) => b,
+            None => {
+                zeros = Tensor::zeros(n_out, DType::F32, x.device())?;
+                &zeros
+            }
+        };
+        return x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            kernels::Linear { transposed },
+        );
+    }
+    let dims = x.dims().to_vec();
+    let n_in = *dims.last().unwrap_or(&1);
+    let x2 = x.reshape((x.elem_count() / n_in.max(1), n_in))?;
+    let y = if transposed {
+        x2.matmul(&w.t()?)?
+    } else {
+        x2.matmul(w)?
+    };
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = dims;
+    if let Some(last) = out.last_mut() {
+        *last = n_out;
+    }
+    y.reshape(out)
+}
+
+/// `x + b` for a `b` whose shape is the trailing part of `x`'s (a bias, or position embeddings
+/// over a batch). On CPU for f32 its backward sums `dy` over the leading axes in one streaming
+/// pass; elsewhere it is candle's broadcast add.
+pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (xd, bd) = (x.dims(), b.dims());
+    if fused(x) && b.dtype() == DType::F32 && xd.len() >= bd.len() && xd.ends_with(bd) {
+        x.contiguous()?
+            .apply_op2(&b.contiguous()?, kernels::AddBias)
+    } else {
+        x.broadcast_add(b)
+    }
+}
+
 /// GPT-2's GELU, `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if fused(x) {
@@ -116,6 +184,17 @@ pub mod composite {
         let (q, k) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
         let mask = causal_mask(q, k, scores.dtype(), scores.device())?;
         softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)
+    }
+
+    /// Split the heads, attend causally, merge the heads.
+    pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tensor> {
+        let (b, t, c3) = qkv.dims3()?;
+        let c = c3 / 3;
+        let heads =
+            |i: usize| crate::layers::split_heads(&qkv.narrow(D::Minus1, i * c, c)?, n_head);
+        let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+        let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+        crate::layers::merge_heads(&probs.matmul(&v)?)?.reshape((b, t, c))
     }
 }
 

@@ -111,3 +111,70 @@ fn fused_gelu_equals_composite() {
     let x = randn(&[5, 301], 6, 3.0);
     assert_same(|t| ops::gelu(&t[0]), |t| composite::gelu(&t[0]), &[x], 1e-6);
 }
+
+#[test]
+fn fused_causal_attention_equals_composite() {
+    // Odd sizes (t = 13, head width 6, 3 heads) so no loop relies on a multiple of the vector width.
+    let qkv = randn(&[2, 13, 3 * 18], 5, 1.5);
+    let scale = 1.0 / 6f64.sqrt();
+    assert_same(
+        |t| ops::causal_attention(&t[0], 3, scale),
+        |t| composite::causal_attention(&t[0], 3, scale),
+        &[qkv],
+        2e-5,
+    );
+}
+
+#[test]
+fn fused_causal_attention_rejects_bad_shapes() {
+    let qkv = randn(&[2, 5, 20], 6, 1.0);
+    let err = ops::causal_attention(&qkv, 3, 1.0).unwrap_err().to_string();
+    assert!(err.contains("not 3·n_head·head_dim"), "{err}");
+}
+
+#[test]
+fn fused_bias_add_equals_broadcast_add() {
+    // A bias over rows, and position embeddings [t, d] over a batch.
+    for (x, b) in [(vec![7, 5, 12], vec![12]), (vec![3, 5, 12], vec![5, 12])] {
+        assert_same(
+            |t| ops::add_bias(&t[0], &t[1]),
+            |t| t[0].broadcast_add(&t[1]),
+            &[randn(&x, 7, 1.0), randn(&b, 8, 1.0)],
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn fused_linear_equals_composite_in_both_layouts() {
+    let x = randn(&[3, 5, 7], 11, 1.0);
+    let bias = randn(&[4], 12, 1.0);
+    for transposed in [false, true] {
+        let w = randn(if transposed { &[4, 7] } else { &[7, 4] }, 13, 1.0);
+        let reference = |t: &[Tensor]| {
+            let w = if transposed { t[1].t()? } else { t[1].clone() };
+            t[0].broadcast_matmul(&w)?.broadcast_add(&t[2])
+        };
+        assert_same(
+            |t| ops::linear(&t[0], &t[1], Some(&t[2]), transposed),
+            reference,
+            &[x.clone(), w.clone(), bias.clone()],
+            1e-5,
+        );
+        // Without a bias.
+        assert_same(
+            |t| ops::linear(&t[0], &t[1], None, transposed),
+            |t| t[0].broadcast_matmul(&if transposed { t[1].t()? } else { t[1].clone() }),
+            &[x.clone(), w],
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn fused_linear_names_mismatched_shapes() {
+    let x = randn(&[2, 7], 1, 1.0);
+    let w = randn(&[6, 4], 2, 1.0);
+    let err = ops::linear(&x, &w, None, false).unwrap_err().to_string();
+    assert!(err.contains("do not fit"), "{err}");
+}

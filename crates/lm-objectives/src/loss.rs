@@ -196,17 +196,14 @@ impl CustomOp2 for FusedNll {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (z, y, v) = rows_and_ids(l1, s1, s2, l2)?;
-        let out = fastmath::simd(|| {
-            z.chunks_exact(v)
-                .zip(y)
-                .map(|(row, &t)| {
-                    if t == self.ignore_index {
-                        0.0
-                    } else {
-                        log_sum_exp(row).0 - row[t as usize]
-                    }
-                })
-                .collect::<Vec<f32>>()
+        // A loop into a preallocated buffer: `collect` would run outside the AVX2 code.
+        let mut out = vec![0f32; y.len()];
+        fastmath::simd(|| {
+            for ((o, row), &t) in out.iter_mut().zip(z.chunks_exact(v)).zip(y) {
+                if t != self.ignore_index {
+                    *o = log_sum_exp(row).0 - row[t as usize];
+                }
+            }
         });
         Ok((CpuStorage::F32(out), Shape::from(y.len())))
     }

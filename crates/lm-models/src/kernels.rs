@@ -331,6 +331,8 @@ impl CustomOp3 for LayerNormGrad {
 pub(crate) struct CausalAttention {
     pub n_head: usize,
     pub scale: f32,
+    /// Products in bf16 with f32 accumulation ([`crate::ops::MatmulPrecision::Bf16`]).
+    pub bf16: bool,
 }
 
 /// Sizes of one attention call: time, heads, head width.
@@ -391,10 +393,10 @@ impl AttnDims {
 
 /// `P = softmax(scale·QKᵀ + M)` of head `head` of one sequence into `p` (`t × t`, zero above the
 /// diagonal).
-fn attn_probs(qkv: &[f32], dims: AttnDims, head: usize, scale: f32, p: &mut [f32]) {
+fn attn_probs(qkv: &[f32], dims: AttnDims, head: usize, scale: f32, bf16: bool, p: &mut [f32]) {
     let AttnDims { t, d, .. } = dims;
     let (q, kt) = (dims.part(qkv, 0, head), dims.part_t(qkv, 1, head));
-    gemm_into(p, t, q, kt, (t, d, t), false, scale, false);
+    mm(bf16, p, t, q, kt, (t, d, t), false, scale, false);
     simd(|| {
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
             let (seen, future) = row.split_at_mut(i + 1);
@@ -419,6 +421,7 @@ impl CustomOp1 for CausalAttention {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
         let qkv = slice(s, l, "causal-attention qkv")?;
+        let bf16 = self.bf16;
         let (b, dims) = AttnDims::of(l, self.n_head)?;
         let AttnDims { t, h, d } = dims;
         let c = dims.c();
@@ -428,11 +431,21 @@ impl CustomOp1 for CausalAttention {
             .for_each(|(y, qkv)| {
                 let mut p = vec![0f32; t * t];
                 for head in 0..h {
-                    attn_probs(qkv, dims, head, self.scale, &mut p);
+                    attn_probs(qkv, dims, head, self.scale, bf16, &mut p);
                     // Y_h = P V, written straight into the merged-heads layout.
                     let v = dims.part(qkv, 2, head);
                     let p = Mat::rows(&p, t);
-                    gemm_into(&mut y[head * d..], c, p, v, (t, t, d), false, 1.0, false);
+                    mm(
+                        bf16,
+                        &mut y[head * d..],
+                        c,
+                        p,
+                        v,
+                        (t, t, d),
+                        false,
+                        1.0,
+                        false,
+                    );
                 }
             });
         Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
@@ -444,6 +457,7 @@ impl CustomOp1 for CausalAttention {
             &CausalAttentionGrad {
                 n_head: self.n_head,
                 scale: self.scale,
+                bf16: self.bf16,
             },
         )?))
     }
@@ -455,6 +469,7 @@ impl CustomOp1 for CausalAttention {
 struct CausalAttentionGrad {
     n_head: usize,
     scale: f32,
+    bf16: bool,
 }
 
 impl CustomOp2 for CausalAttentionGrad {
@@ -482,7 +497,7 @@ impl CustomOp2 for CausalAttentionGrad {
                 b * t * c
             )
         }
-        let scale = self.scale;
+        let (scale, bf16) = (self.scale, self.bf16);
         let mut dqkv = vec![0f32; qkv.len()];
         dqkv.par_chunks_mut(t * 3 * c)
             .zip(qkv.par_chunks(t * 3 * c))
@@ -490,7 +505,7 @@ impl CustomOp2 for CausalAttentionGrad {
             .for_each(|((dqkv, qkv), dy)| {
                 let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
                 for head in 0..h {
-                    attn_probs(qkv, dims, head, scale, &mut p);
+                    attn_probs(qkv, dims, head, scale, bf16, &mut p);
                     let dy_h = Mat {
                         data: &dy[head * d..],
                         cs: 1,
@@ -498,7 +513,7 @@ impl CustomOp2 for CausalAttentionGrad {
                     };
                     // dP = dY Vᵀ, then dS in place.
                     let vt = dims.part_t(qkv, 2, head);
-                    gemm_into(&mut ds, t, dy_h, vt, (t, d, t), false, 1.0, false);
+                    mm(bf16, &mut ds, t, dy_h, vt, (t, d, t), false, 1.0, false);
                     simd(|| {
                         for (pr, dr) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)) {
                             let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
@@ -511,7 +526,8 @@ impl CustomOp2 for CausalAttentionGrad {
                     let (q, k) = (dims.part(qkv, 0, head), dims.part(qkv, 1, head));
                     let rs3 = 3 * c;
                     // dQ = dS K, dK = dSᵀ Q, dV = Pᵀ dY.
-                    gemm_into(
+                    mm(
+                        bf16,
                         &mut dqkv[head * d..],
                         rs3,
                         dsm,
@@ -521,7 +537,8 @@ impl CustomOp2 for CausalAttentionGrad {
                         1.0,
                         false,
                     );
-                    gemm_into(
+                    mm(
+                        bf16,
                         &mut dqkv[c + head * d..],
                         rs3,
                         dst,
@@ -531,7 +548,8 @@ impl CustomOp2 for CausalAttentionGrad {
                         1.0,
                         false,
                     );
-                    gemm_into(
+                    mm(
+                        bf16,
                         &mut dqkv[2 * c + head * d..],
                         rs3,
                         pt,
@@ -622,15 +640,15 @@ impl CustomOp1 for RowSum {
 /// A row-major matrix operand for [`matmul_into`]: pointer-free view as (slice, column stride,
 /// row stride), so transposes are strides, never copies.
 #[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    cs: isize,
-    rs: isize,
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub cs: isize,
+    pub rs: isize,
 }
 
 impl<'a> Mat<'a> {
     /// `[r, c]` stored row-major.
-    fn rows(data: &'a [f32], c: usize) -> Self {
+    pub fn rows(data: &'a [f32], c: usize) -> Self {
         Self {
             data,
             cs: 1,
@@ -639,7 +657,7 @@ impl<'a> Mat<'a> {
     }
 
     /// The transpose of a row-major `[c, r]`.
-    fn cols(data: &'a [f32], r: usize) -> Self {
+    pub fn cols(data: &'a [f32], r: usize) -> Self {
         Self {
             data,
             cs: r as isize,
@@ -648,12 +666,12 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `dst[m, n] (+)= scale · a[m, k] · b[k, n]` with the gemm crate, `dst` row-major with row
-/// stride `dst_rs`; `accumulate` keeps what `dst` holds (e.g. a broadcast bias). With `parallel`,
-/// on all of rayon's threads (big products); otherwise on the calling thread (small products
-/// inside an already parallel loop).
+/// `dst[m, n] (+)= scale · a[m, k] · b[k, n]`, `dst` row-major with row stride `dst_rs`;
+/// `accumulate` keeps what `dst` holds (e.g. a broadcast bias). With `parallel`, on all of
+/// rayon's threads (big products); otherwise on the calling thread (small products inside an
+/// already parallel loop). Our AVX-512 kernel where the CPU has it, the gemm crate otherwise.
 #[allow(clippy::too_many_arguments)]
-fn gemm_into(
+pub(crate) fn gemm_into(
     dst: &mut [f32],
     dst_rs: usize,
     a: Mat,
@@ -672,13 +690,33 @@ fn gemm_into(
             && b.data.len() >= span(b.rs, b.cs, k, n),
         "gemm operands out of bounds"
     );
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::has_avx512f() {
+        let dims = (m, k, n);
+        return crate::gemm::avx512_f32::gemm(dst, dst_rs, a, b, dims, accumulate, scale, parallel);
+    }
+    gemm_crate(dst, dst_rs, a, b, (m, k, n), accumulate, scale, parallel)
+}
+
+/// [`gemm_into`] with the gemm crate (checked operands).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_crate(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    scale: f32,
+    parallel: bool,
+) {
     let threads = rayon::current_num_threads();
     let par = if parallel && threads > 1 && m * n * k >= 1 << 15 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the assert above keeps every element gemm touches inside the three slices
+    // SAFETY: `gemm_into`'s assert keeps every element gemm touches inside the three slices
     // (strides are non-negative), and `dst` is borrowed mutably, so it aliases neither input.
     unsafe {
         gemm::gemm(
@@ -705,9 +743,58 @@ fn gemm_into(
     }
 }
 
-/// [`gemm_into`] for a contiguous `dst`, on all threads.
-fn matmul_into(dst: &mut [f32], a: Mat, b: Mat, dims: (usize, usize, usize), accumulate: bool) {
-    gemm_into(dst, dims.2, a, b, dims, accumulate, 1.0, true)
+/// [`gemm_into`], or with `bf16` [`crate::gemm::gemm_bf16_into`].
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    bf16: bool,
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
+    dims: (usize, usize, usize),
+    accumulate: bool,
+    scale: f32,
+    parallel: bool,
+) {
+    if bf16 {
+        crate::gemm::gemm_bf16_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
+    } else {
+        gemm_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
+    }
+}
+
+/// `dst = a · b` for row-major slices (checked sizes), on all threads.
+pub(crate) fn matmul_rows(
+    bf16: bool,
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+) {
+    assert!(
+        a.len() == m * k && b.len() == k * n && dst.len() == m * n,
+        "matmul: sizes"
+    );
+    matmul_into(
+        bf16,
+        dst,
+        Mat::rows(a, k),
+        Mat::rows(b, n),
+        (m, k, n),
+        false,
+    )
+}
+
+/// [`mm`] for a contiguous `dst`, on all threads.
+fn matmul_into(
+    bf16: bool,
+    dst: &mut [f32],
+    a: Mat,
+    b: Mat,
+    dims: (usize, usize, usize),
+    accumulate: bool,
+) {
+    mm(bf16, dst, dims.2, a, b, dims, accumulate, 1.0, true)
 }
 
 /// `y = x·W + b` over the last axis of `x: [.., in]`, with `W` stored `[in, out]` (GPT-2's
@@ -716,6 +803,8 @@ fn matmul_into(dst: &mut [f32], a: Mat, b: Mat, dims: (usize, usize, usize), acc
 /// `dx = dy·Wᵀ`, `dW = xᵀ·dy` (or `dyᵀ·x`), `db = Σ_rows dy` — three passes, no transposed copies.
 pub(crate) struct Linear {
     pub transposed: bool,
+    /// Products in bf16 with f32 accumulation ([`crate::ops::MatmulPrecision::Bf16`]).
+    pub bf16: bool,
 }
 
 struct LinearDims {
@@ -777,6 +866,7 @@ impl CustomOp3 for Linear {
             y.extend_from_slice(b);
         }
         matmul_into(
+            self.bf16,
             &mut y,
             Mat::rows(x, d.n_in),
             self.w_in_out(w, &d),
@@ -803,6 +893,7 @@ impl CustomOp3 for Linear {
             &grad.contiguous()?,
             &LinearGrad {
                 transposed: self.transposed,
+                bf16: self.bf16,
                 n_bias: b.elem_count(),
             },
         )?;
@@ -817,6 +908,7 @@ impl CustomOp3 for Linear {
 
 struct LinearGrad {
     transposed: bool,
+    bf16: bool,
     n_bias: usize,
 }
 
@@ -839,6 +931,7 @@ impl CustomOp3 for LinearGrad {
         let dy = slice(s3, l3, "linear-grad dy")?;
         let lin = Linear {
             transposed: self.transposed,
+            bf16: self.bf16,
         };
         let d = lin.dims(l1, l2, self.n_bias)?;
         if dy.len() != d.rows * d.n_out {
@@ -858,6 +951,7 @@ impl CustomOp3 for LinearGrad {
             Mat::cols(w, d.n_out)
         };
         matmul_into(
+            self.bf16,
             dx,
             Mat::rows(dy, d.n_out),
             wt,
@@ -867,11 +961,11 @@ impl CustomOp3 for LinearGrad {
         if self.transposed {
             // dW[out, in] = dyᵀ[out, rows] · x[rows, in].
             let (a, b) = (Mat::cols(dy, d.n_out), Mat::rows(x, d.n_in));
-            matmul_into(dw, a, b, (d.n_out, d.rows, d.n_in), false);
+            matmul_into(self.bf16, dw, a, b, (d.n_out, d.rows, d.n_in), false);
         } else {
             // dW[in, out] = xᵀ[in, rows] · dy[rows, out].
             let (a, b) = (Mat::cols(x, d.n_in), Mat::rows(dy, d.n_out));
-            matmul_into(dw, a, b, (d.n_in, d.rows, d.n_out), false);
+            matmul_into(self.bf16, dw, a, b, (d.n_in, d.rows, d.n_out), false);
         }
         for row in dy.chunks_exact(d.n_out) {
             db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);

@@ -20,6 +20,7 @@
 pub mod bart;
 pub mod bert;
 mod error;
+mod gemm;
 pub mod gpt;
 pub mod hf;
 mod kernels;

@@ -10,6 +10,53 @@ use lm_objectives::Rng;
 
 use crate::kernels;
 
+/// Precision of the matrix products inside the fused CPU kernels (linear layers, causal
+/// attention) for f32 tensors — PyTorch's `torch.set_float32_matmul_precision`, and like
+/// autocast, a per-thread setting read when an op is built (its backward uses the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulPrecision {
+    /// f32 products (the default).
+    #[default]
+    Highest,
+    /// Inputs rounded to bf16, products and sums in f32: mixed precision with the weights,
+    /// activations and gradients kept in f32. Runs on AVX512-BF16 (`vdpbf16ps`) where the CPU
+    /// has it, and as rounded inputs through the f32 gemm elsewhere.
+    Bf16,
+}
+
+thread_local! {
+    static PRECISION: std::cell::Cell<MatmulPrecision> = const { std::cell::Cell::new(MatmulPrecision::Highest) };
+}
+
+/// Sets the matmul precision of the ops this thread builds from now on.
+pub fn set_matmul_precision(p: MatmulPrecision) {
+    PRECISION.with(|c| c.set(p));
+}
+
+/// This thread's matmul precision.
+pub fn matmul_precision() -> MatmulPrecision {
+    PRECISION.with(|c| c.get())
+}
+
+/// Whether this CPU has the bf16 dot-product instructions (AVX512-BF16) the `Bf16` precision uses.
+pub fn has_bf16_dot_product() -> bool {
+    crate::gemm::has_avx512_bf16()
+}
+
+/// `a[m, k] · b[k, n]` for row-major slices on all threads, at this thread's matmul precision: the
+/// gemm the fused kernels run, exposed for benchmarks.
+pub fn matmul_slices(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    kernels::matmul_rows(
+        matmul_precision() == MatmulPrecision::Bf16,
+        &mut out,
+        a,
+        b,
+        (m, k, n),
+    );
+    out
+}
+
 fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
@@ -73,6 +120,7 @@ pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tenso
         qkv.contiguous()?.apply_op1(kernels::CausalAttention {
             n_head,
             scale: scale as f32,
+            bf16: matmul_precision() == MatmulPrecision::Bf16,
         })
     } else {
         composite::causal_attention(qkv, n_head, scale)
@@ -97,7 +145,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
         return x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b.contiguous()?,
-            kernels::Linear { transposed },
+            kernels::Linear {
+                transposed,
+                bf16: matmul_precision() == MatmulPrecision::Bf16,
+            },
         );
     }
     let dims = x.dims().to_vec();

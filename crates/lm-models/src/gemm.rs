@@ -1,0 +1,599 @@
+//! Our own AVX-512 matrix products (f32 with FMA, and bf16 with f32 accumulation), used by the
+//! fused kernels where the CPU has AVX-512; the gemm crate (AVX2) elsewhere.
+//!
+//! The bf16 product is for mixed-precision training on CPU:
+//! `C (+)= scale · bf16(A) · bf16(B)`, inputs rounded to nearest-even bf16, products and sums in
+//! f32, output f32 — what PyTorch's `set_float32_matmul_precision("medium")` and bf16 autocast
+//! compute for a matmul.
+//!
+//! On CPUs with AVX512-BF16 the kernel is `vdpbf16ps`: one instruction multiplies 16 pairs of
+//! bf16 (two consecutive k) and accumulates into 16 f32 lanes. `B` is packed once into panels of
+//! 32 columns × k-pairs; each block of rows of `A` is packed into k-pairs and multiplied by an
+//! 8 × 32 register tile. Elsewhere the fallback rounds both inputs to bf16 and runs the f32 gemm:
+//! the same products (a bf16 × bf16 product is exact in f32), summed in another order.
+
+use crate::kernels::{gemm_into, Mat};
+
+/// Rows × columns of the register tile.
+const MR: usize = 8;
+const NR: usize = 32;
+/// Rows of `A` per task (and per packed block).
+const MB: usize = 64;
+/// Steps of k per pass of the f32 kernel.
+const KC: usize = 256;
+
+/// `x` rounded to the nearest bf16 (ties to even), as its 16 bits.
+#[inline(always)]
+pub(crate) fn to_bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// `x` rounded to bf16 and back.
+#[inline(always)]
+pub(crate) fn round_bf16(x: f32) -> f32 {
+    f32::from_bits((to_bf16_bits(x) as u32) << 16)
+}
+
+/// Element `(i, j)` of a strided view.
+#[inline(always)]
+fn at(m: &Mat, i: usize, j: usize) -> f32 {
+    m.data[(i as isize * m.rs + j as isize * m.cs) as usize]
+}
+
+/// Whether this CPU runs the AVX512-BF16 kernel.
+pub(crate) fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dst[m, n] (+)= scale · bf16(a)[m, k] · bf16(b)[k, n]`, `dst` row-major with row stride
+/// `dst_rs` (the bf16 counterpart of [`gemm_into`], same arguments).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_bf16_into(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    scale: f32,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_bf16() {
+        return avx512::gemm(dst, dst_rs, a, b, (m, k, n), accumulate, scale, parallel);
+    }
+    fallback(dst, dst_rs, a, b, (m, k, n), accumulate, scale, parallel)
+}
+
+/// Rounds both operands to bf16 (into contiguous copies) and runs the f32 gemm.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fallback(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    scale: f32,
+    parallel: bool,
+) {
+    let round = |x: &Mat, r: usize, c: usize| -> Vec<f32> {
+        (0..r)
+            .flat_map(|i| (0..c).map(move |j| (i, j)))
+            .map(|(i, j)| round_bf16(at(x, i, j)))
+            .collect()
+    };
+    let (ra, rb) = (round(&a, m, k), round(&b, k, n));
+    gemm_into(
+        dst,
+        dst_rs,
+        Mat::rows(&ra, k),
+        Mat::rows(&rb, n),
+        (m, k, n),
+        accumulate,
+        scale,
+        parallel,
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// `b` as panels of `NR` columns: panel `p`, k-pair `q`, column `c`, half `h` at
+    /// `((p·kp + q)·NR + c)·2 + h` holds `bf16(b[2q + h, p·NR + c])` (zero beyond k or n).
+    /// Loops run along whichever axis of `b` is contiguous.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn pack_b(b: &Mat, k: usize, n: usize, kp: usize) -> Vec<u16> {
+        let panels = n.div_ceil(NR);
+        let mut out = vec![0u16; panels * kp * NR * 2];
+        let at = |i: usize| (i as isize * b.rs) as usize;
+        if b.cs == 1 {
+            for kk in 0..k {
+                let row = &b.data[at(kk)..at(kk) + n];
+                for (p, chunk) in row.chunks(NR).enumerate() {
+                    let base = (p * kp + kk / 2) * NR * 2 + kk % 2;
+                    for (c, &v) in chunk.iter().enumerate() {
+                        out[base + 2 * c] = to_bf16_bits(v);
+                    }
+                }
+            }
+        } else {
+            for col in 0..n {
+                let (p, c) = (col / NR, col % NR);
+                for kk in 0..k {
+                    let v = b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
+                    out[((p * kp + kk / 2) * NR + c) * 2 + kk % 2] = to_bf16_bits(v);
+                }
+            }
+        }
+        out
+    }
+
+    /// Rows `r0..r0 + rows` of `a` as k-pairs: `out[i·kp + q]` = `bf16(a[r0+i, 2q])` in the low
+    /// half and `bf16(a[r0+i, 2q+1])` in the high half (zero beyond k).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u16]) {
+        out[..rows * kp * 2].fill(0);
+        if a.cs == 1 {
+            for i in 0..rows {
+                let s = ((r0 + i) as isize * a.rs) as usize;
+                let src = &a.data[s..s + k];
+                for (o, &v) in out[i * kp * 2..i * kp * 2 + k].iter_mut().zip(src) {
+                    *o = to_bf16_bits(v);
+                }
+            }
+        } else {
+            for kk in 0..k {
+                for i in 0..rows {
+                    let v = a.data[((r0 + i) as isize * a.rs + kk as isize * a.cs) as usize];
+                    out[i * kp * 2 + kk] = to_bf16_bits(v);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm(
+        dst: &mut [f32],
+        dst_rs: usize,
+        a: Mat,
+        b: Mat,
+        (m, k, n): (usize, usize, usize),
+        accumulate: bool,
+        scale: f32,
+        parallel: bool,
+    ) {
+        use rayon::prelude::*;
+        assert!(
+            dst.len() >= (m - 1) * dst_rs + n,
+            "bf16 gemm: destination out of bounds"
+        );
+        let kp = k.div_ceil(2);
+        // SAFETY: the caller checked AVX512F + AVX512-BF16.
+        let bp = unsafe { pack_b(&b, k, n, kp) };
+        let work = |(r0, d): (usize, &mut [f32])| {
+            let rows = MB.min(m - r0);
+            let mut ap16 = vec![0u16; MB * kp * 2];
+            // SAFETY: the caller checked AVX512F + AVX512-BF16.
+            unsafe { pack_a(&a, r0, rows, k, kp, &mut ap16) };
+            // Pairs of bf16 as one 32-bit lane each (low half = even k, little-endian).
+            let ap: Vec<u32> = ap16
+                .chunks_exact(2)
+                .map(|p| p[0] as u32 | (p[1] as u32) << 16)
+                .collect();
+            // SAFETY: the caller checked AVX512F + AVX512-BF16; the tile reads `ap` rows
+            // i·kp.. (i < rows) and panel p of `bp`, and writes rows < rows, columns < n of `d`.
+            unsafe { block(d, dst_rs, &ap, &bp, rows, kp, n, accumulate, scale) }
+        };
+        let blocks = row_blocks(dst, dst_rs, m);
+        if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {
+            blocks.into_par_iter().for_each(work);
+        } else {
+            blocks.into_iter().for_each(work);
+        }
+    }
+
+    /// One block of rows: all panels of `bp` against the packed rows `ap`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        d: &mut [f32],
+        dst_rs: usize,
+        ap: &[u32],
+        bp: &[u16],
+        rows: usize,
+        kp: usize,
+        n: usize,
+        accumulate: bool,
+        scale: f32,
+    ) {
+        for p in 0..n.div_ceil(NR) {
+            let cols = NR.min(n - p * NR);
+            let panel = &bp[p * kp * NR * 2..(p + 1) * kp * NR * 2];
+            let mut i = 0;
+            while i < rows {
+                let mr = MR.min(rows - i);
+                let (d, ap) = (&mut d[i * dst_rs + p * NR..], &ap[i * kp..]);
+                let args = (dst_rs, kp, cols, accumulate, scale);
+                // The row count is a constant in each instance, so the accumulators stay in
+                // registers.
+                match mr {
+                    8 => tile::<8>(d, ap, panel, args),
+                    7 => tile::<7>(d, ap, panel, args),
+                    6 => tile::<6>(d, ap, panel, args),
+                    5 => tile::<5>(d, ap, panel, args),
+                    4 => tile::<4>(d, ap, panel, args),
+                    3 => tile::<3>(d, ap, panel, args),
+                    2 => tile::<2>(d, ap, panel, args),
+                    _ => tile::<1>(d, ap, panel, args),
+                }
+                i += mr;
+            }
+        }
+    }
+
+    /// An `R × cols` tile (`R ≤ 8`, `cols ≤ 32`): 2·R accumulators of 16 lanes, one `vdpbf16ps`
+    /// per (row, half-panel) and k-pair.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[inline]
+    unsafe fn tile<const R: usize>(
+        d: &mut [f32],
+        ap: &[u32],
+        panel: &[u16],
+        (dst_rs, kp, cols, accumulate, scale): (usize, usize, usize, bool, f32),
+    ) {
+        assert!(ap.len() >= (R - 1) * kp + kp && panel.len() >= kp * NR * 2);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let (pa, pb) = (ap.as_ptr(), panel.as_ptr());
+        for q in 0..kp {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(q * NR * 2).cast()));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(pb.add(q * NR * 2 + 32).cast()));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*pa.add(r * kp + q) as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+            }
+        }
+        let s = _mm512_set1_ps(scale);
+        assert!(d.len() >= (R - 1) * dst_rs + cols);
+        for (r, acc) in acc.iter().enumerate() {
+            for (h, &v) in acc.iter().enumerate() {
+                let c0 = h * 16;
+                if c0 >= cols {
+                    break;
+                }
+                let mask: __mmask16 = if cols - c0 >= 16 {
+                    0xFFFF
+                } else {
+                    (1u16 << (cols - c0)) - 1
+                };
+                let out = d.as_mut_ptr().add(r * dst_rs + c0);
+                let mut y = _mm512_mul_ps(v, s);
+                if accumulate {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, out));
+                }
+                _mm512_mask_storeu_ps(out, mask, y);
+            }
+        }
+    }
+}
+
+/// Whether this CPU runs the AVX-512 f32 kernel.
+pub(crate) fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Splits the rows of `dst` (row stride `dst_rs`) into blocks of `MB` rows, each with its first
+/// row index; the last block keeps the tail of the slice.
+fn row_blocks(dst: &mut [f32], dst_rs: usize, m: usize) -> Vec<(usize, &mut [f32])> {
+    let mut rest = dst;
+    let mut v = vec![];
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = MB.min(m - r0);
+        let take = if r0 + rows < m {
+            rows * dst_rs
+        } else {
+            rest.len()
+        };
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
+        v.push((r0, head));
+        rest = tail;
+        r0 += rows;
+    }
+    v
+}
+
+/// `dst[m, n] (+)= scale · a[m, k] · b[k, n]` in f32 with AVX-512 FMA: `b` packed into panels of
+/// 32 columns, blocks of 64 rows of `a` packed row-major, 8 × 32 register tiles (16 accumulators
+/// of 16 lanes). The gemm crate's stable build stops at AVX2 (8 lanes), half this width.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_f32 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Panel `p`, row `kk`, column `c` at `(p·k + kk)·NR + c` (zero beyond n).
+    fn pack_b(b: &Mat, k: usize, n: usize) -> Vec<f32> {
+        let panels = n.div_ceil(NR);
+        let mut out = vec![0f32; panels * k * NR];
+        if b.cs == 1 {
+            for kk in 0..k {
+                let s = (kk as isize * b.rs) as usize;
+                for (p, chunk) in b.data[s..s + n].chunks(NR).enumerate() {
+                    out[(p * k + kk) * NR..][..chunk.len()].copy_from_slice(chunk);
+                }
+            }
+        } else {
+            for col in 0..n {
+                let (p, c) = (col / NR, col % NR);
+                for kk in 0..k {
+                    out[(p * k + kk) * NR + c] =
+                        b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
+                }
+            }
+        }
+        out
+    }
+
+    /// Rows `r0..r0 + rows` of `a`, row-major `[rows, k]`.
+    fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, out: &mut [f32]) {
+        if a.cs == 1 {
+            for i in 0..rows {
+                let s = ((r0 + i) as isize * a.rs) as usize;
+                out[i * k..(i + 1) * k].copy_from_slice(&a.data[s..s + k]);
+            }
+        } else {
+            for kk in 0..k {
+                for i in 0..rows {
+                    out[i * k + kk] =
+                        a.data[((r0 + i) as isize * a.rs + kk as isize * a.cs) as usize];
+                }
+            }
+        }
+    }
+
+    /// The caller has checked that the CPU has AVX512F.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm(
+        dst: &mut [f32],
+        dst_rs: usize,
+        a: Mat,
+        b: Mat,
+        (m, k, n): (usize, usize, usize),
+        accumulate: bool,
+        scale: f32,
+        parallel: bool,
+    ) {
+        use rayon::prelude::*;
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(
+            dst.len() >= (m - 1) * dst_rs + n,
+            "gemm: destination out of bounds"
+        );
+        let bp = pack_b(&b, k, n);
+        let work = |(r0, d): (usize, &mut [f32])| {
+            let rows = MB.min(m - r0);
+            let mut ap = vec![0f32; rows * k];
+            pack_a(&a, r0, rows, k, &mut ap);
+            // SAFETY: the caller checked AVX512F; bounds are asserted in `tile`.
+            unsafe { block(d, dst_rs, &ap, &bp, rows, k, n, accumulate, scale) }
+        };
+        let blocks = row_blocks(dst, dst_rs, m);
+        if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {
+            blocks.into_par_iter().for_each(work);
+        } else {
+            blocks.into_iter().for_each(work);
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        d: &mut [f32],
+        dst_rs: usize,
+        ap: &[f32],
+        bp: &[f32],
+        rows: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+        scale: f32,
+    ) {
+        // k in chunks of KC so a panel's chunk (KC × 32 floats) stays in L1 across the tiles.
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let accumulate = accumulate || k0 > 0;
+            for p in 0..n.div_ceil(NR) {
+                let cols = NR.min(n - p * NR);
+                let panel = &bp[(p * k + k0) * NR..(p * k + k0 + kc) * NR];
+                let mut i = 0;
+                while i < rows {
+                    let mr = MR.min(rows - i);
+                    let (d, ap) = (&mut d[i * dst_rs + p * NR..], &ap[i * k + k0..]);
+                    let args = (dst_rs, k, kc, cols, accumulate, scale);
+                    match mr {
+                        8 => tile::<8>(d, ap, panel, args),
+                        7 => tile::<7>(d, ap, panel, args),
+                        6 => tile::<6>(d, ap, panel, args),
+                        5 => tile::<5>(d, ap, panel, args),
+                        4 => tile::<4>(d, ap, panel, args),
+                        3 => tile::<3>(d, ap, panel, args),
+                        2 => tile::<2>(d, ap, panel, args),
+                        _ => tile::<1>(d, ap, panel, args),
+                    }
+                    i += mr;
+                }
+            }
+        }
+    }
+
+    /// An `R × cols` tile over `kc` steps of k; `a` rows `a_rs` apart.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile<const R: usize>(
+        d: &mut [f32],
+        ap: &[f32],
+        panel: &[f32],
+        (dst_rs, a_rs, kc, cols, accumulate, scale): (usize, usize, usize, usize, bool, f32),
+    ) {
+        assert!(ap.len() >= (R - 1) * a_rs + kc && panel.len() >= kc * NR);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let (pa, pb) = (ap.as_ptr(), panel.as_ptr());
+        for kk in 0..kc {
+            let b0 = _mm512_loadu_ps(pb.add(kk * NR));
+            let b1 = _mm512_loadu_ps(pb.add(kk * NR + 16));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*pa.add(r * a_rs + kk));
+                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+        let s = _mm512_set1_ps(scale);
+        assert!(d.len() >= (R - 1) * dst_rs + cols);
+        for (r, acc) in acc.iter().enumerate() {
+            for (h, &v) in acc.iter().enumerate() {
+                let c0 = h * 16;
+                if c0 >= cols {
+                    break;
+                }
+                let mask: __mmask16 = if cols - c0 >= 16 {
+                    0xFFFF
+                } else {
+                    (1u16 << (cols - c0)) - 1
+                };
+                let out = d.as_mut_ptr().add(r * dst_rs + c0);
+                let mut y = _mm512_mul_ps(v, s);
+                if accumulate {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, out));
+                }
+                _mm512_mask_storeu_ps(out, mask, y);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = lm_objectives::Rng::seed_from_u64(seed);
+        (0..len).map(|_| rng.normal() as f32).collect()
+    }
+
+    /// Our f32 kernel (AVX-512 where present) against the gemm crate, on odd sizes, transposed
+    /// and row-strided operands, accumulating and scaled.
+    #[test]
+    fn f32_kernel_equals_gemm_crate() {
+        for (m, k, n) in [(13, 7, 37), (70, 129, 33), (1, 1, 1), (130, 64, 64), (20, 600, 40)] {
+            let a = data(m * k, 6);
+            let bt = data(n * k, 7);
+            let init = data(m * (n + 3), 8);
+            let (av, bv) = (Mat::rows(&a, k), Mat::cols(&bt, k));
+            let (mut d1, mut d2) = (init.clone(), init.clone());
+            gemm_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, true);
+            crate::kernels::gemm_crate(&mut d2, n + 3, av, bv, (m, k, n), true, 0.5, true);
+            for (i, (x, y)) in d1.iter().zip(&d2).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "{m}x{k}x{n} at {i}: {x} vs {y}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_nearest_even() {
+        // 1 + 2^-8 lies halfway between bf16 neighbours 1 and 1 + 2^-7: ties go to even (1).
+        assert_eq!(round_bf16(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(round_bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        assert_eq!(round_bf16(-2.5), -2.5);
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
+    }
+
+    /// The kernel (whichever this CPU runs) against the rounded-f32 fallback, on odd sizes,
+    /// transposed and row-strided operands, accumulating and scaled.
+    #[test]
+    fn kernel_equals_rounded_f32_product() {
+        for (m, k, n) in [(13, 7, 37), (70, 129, 33), (1, 1, 1), (8, 64, 64)] {
+            let a = data(m * k, 1);
+            let bt = data(n * k, 2); // b stored transposed: [n, k]
+            let init = data(m * (n + 3), 3);
+            let (av, bv) = (Mat::rows(&a, k), Mat::cols(&bt, k));
+            let (mut d1, mut d2) = (init.clone(), init.clone());
+            gemm_bf16_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, true);
+            fallback(&mut d2, n + 3, av, bv, (m, k, n), true, 0.5, true);
+            for (i, (x, y)) in d1.iter().zip(&d2).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "{m}x{k}x{n} at {i}: {x} vs {y}"
+                );
+            }
+            // Columns n..n+3 of each row are outside the product and stay untouched.
+            for r in 0..m {
+                assert_eq!(
+                    &d1[r * (n + 3) + n..r * (n + 3) + n + 3],
+                    &init[r * (n + 3) + n..r * (n + 3) + n + 3]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn product_is_within_bf16_rounding_of_f32() {
+        let (m, k, n) = (16, 96, 40);
+        let (a, b) = (data(m * k, 4), data(k * n, 5));
+        let mut d = vec![0f32; m * n];
+        gemm_bf16_into(
+            &mut d,
+            n,
+            Mat::rows(&a, k),
+            Mat::rows(&b, n),
+            (m, k, n),
+            false,
+            1.0,
+            false,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|t| a[i * k + t] as f64 * b[t * n + j] as f64)
+                    .sum();
+                let mag: f64 = (0..k)
+                    .map(|t| (a[i * k + t] as f64 * b[t * n + j] as f64).abs())
+                    .sum();
+                // Each input carries a relative error ≤ 2^-9, so each product ≤ 2^-8.
+                assert!((d[i * n + j] as f64 - exact).abs() <= mag / 256.0 + 1e-5);
+            }
+        }
+    }
+}

@@ -279,3 +279,45 @@ fn fine_tuning_without_a_pretrained_checkpoint_says_what_to_run() {
         "{e}"
     );
 }
+
+#[test]
+fn bf16_matmuls_train_like_f32_and_bad_precisions_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    let run = |precision: &str| {
+        let mut cfg = shrink(
+            TrainConfig::recipe("gpt-shakespeare-char").unwrap(),
+            &corpus,
+            30,
+        );
+        cfg.train.matmul_precision = precision.into();
+        let mut t = Trainer::new(cfg, &tmp.path().join(precision), Device::Cpu).unwrap();
+        let first = t.evaluate().unwrap().1;
+        let summary = t.train().unwrap();
+        (first, summary.last_eval.unwrap().1)
+    };
+    let (f32_start, f32_end) = run("highest");
+    let (bf16_start, bf16_end) = run("bf16");
+    // Same seed and batches: the runs differ only by bf16 rounding of the products' inputs
+    // (relative error ≤ 2⁻⁸ per product), so the losses are close but not identical.
+    assert!(
+        bf16_end < bf16_start - 0.1,
+        "bf16 run did not learn: {bf16_start} → {bf16_end}"
+    );
+    assert!(
+        (bf16_end - f32_end).abs() < 0.02 * f32_end,
+        "bf16 {bf16_end} vs f32 {f32_end}"
+    );
+    assert!(
+        f32_start != bf16_start || f32_end != bf16_end,
+        "bf16 precision had no effect"
+    );
+
+    let text = RECIPES[0]
+        .1
+        .replace("[train]", "[train]\nmatmul_precision = \"fp8\"");
+    let err = TrainConfig::from_toml(&text, "fp8.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train.matmul_precision"), "{err}");
+}

@@ -513,7 +513,13 @@ mod tests {
     /// and row-strided operands, accumulating and scaled.
     #[test]
     fn f32_kernel_equals_gemm_crate() {
-        for (m, k, n) in [(13, 7, 37), (70, 129, 33), (1, 1, 1), (130, 64, 64), (20, 600, 40)] {
+        for (m, k, n) in [
+            (13, 7, 37),
+            (70, 129, 33),
+            (1, 1, 1),
+            (130, 64, 64),
+            (20, 600, 40),
+        ] {
             let a = data(m * k, 6);
             let bt = data(n * k, 7);
             let init = data(m * (n + 3), 8);

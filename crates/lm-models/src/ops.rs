@@ -38,6 +38,19 @@ pub fn matmul_precision() -> MatmulPrecision {
     PRECISION.with(|c| c.get())
 }
 
+/// Runs `f` with this thread's matmul precision set to `p`, restoring the previous one after.
+pub fn with_matmul_precision<R>(p: MatmulPrecision, f: impl FnOnce() -> R) -> R {
+    struct Restore(MatmulPrecision);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            set_matmul_precision(self.0);
+        }
+    }
+    let _restore = Restore(matmul_precision());
+    set_matmul_precision(p);
+    f()
+}
+
 /// Whether this CPU has the bf16 dot-product instructions (AVX512-BF16) the `Bf16` precision uses.
 pub fn has_bf16_dot_product() -> bool {
     crate::gemm::has_avx512_bf16()

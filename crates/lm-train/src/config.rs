@@ -200,6 +200,14 @@ pub struct TrainSection {
     /// machine, 250 GFLOP/s).
     #[serde(default = "default_peak_flops")]
     pub peak_flops: f64,
+    /// Matrix products of linear layers and attention: `"highest"` (f32) or `"bf16"` (mixed
+    /// precision: bf16 inputs, f32 accumulation, f32 master weights, activations and gradients).
+    #[serde(default = "default_matmul_precision")]
+    pub matmul_precision: String,
+}
+
+fn default_matmul_precision() -> String {
+    "highest".into()
 }
 
 fn default_corpus() -> String {
@@ -493,6 +501,9 @@ impl TrainConfig {
         }
         if let Some(p) = one_of(&t.on_nonfinite_loss, &["stop", "skip"]) {
             return err("train.on_nonfinite_loss", p);
+        }
+        if let Some(p) = one_of(&t.matmul_precision, &["highest", "bf16"]) {
+            return err("train.matmul_precision", p);
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 //! optimizer step is where a data-parallel backend would all-reduce gradients; batches are keyed
 //! by step, so such a backend shards data by giving each rank its own keys.
 
+use lm_models::ops::{with_matmul_precision, MatmulPrecision};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -458,6 +459,21 @@ impl Trainer {
     /// Forward and backward over the micro-batches of one step; the loss is their mean and the
     /// gradients are those of the mean.
     fn forward_backward(&mut self, batches: &[Batch]) -> Result<(f32, GradStore)> {
+        with_matmul_precision(self.matmul_precision(), || {
+            self.forward_backward_inner(batches)
+        })
+    }
+
+    /// The configured precision of the matrix products.
+    fn matmul_precision(&self) -> MatmulPrecision {
+        if self.cfg.train.matmul_precision == "bf16" {
+            MatmulPrecision::Bf16
+        } else {
+            MatmulPrecision::Highest
+        }
+    }
+
+    fn forward_backward_inner(&mut self, batches: &[Batch]) -> Result<(f32, GradStore)> {
         let accum = batches.len();
         let mut total: Option<GradStore> = None;
         let mut loss_sum = 0f32;
@@ -541,6 +557,10 @@ impl Trainer {
 
     /// Mean loss over the fixed evaluation batches of `split`, dropout off.
     pub fn evaluate_split(&mut self, split: Split) -> Result<f32> {
+        with_matmul_precision(self.matmul_precision(), || self.evaluate_split_inner(split))
+    }
+
+    fn evaluate_split_inner(&mut self, split: Split) -> Result<f32> {
         self.model.set_training(false);
         let mut sum = 0f32;
         for i in 0..self.cfg.train.eval_iters {

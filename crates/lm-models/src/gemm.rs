@@ -331,8 +331,8 @@ fn row_blocks(dst: &mut [f32], dst_rs: usize, m: usize) -> Vec<(usize, &mut [f32
 }
 
 /// `dst[m, n] (+)= scale · a[m, k] · b[k, n]` in f32 with AVX-512 FMA: `b` packed into panels of
-/// 32 columns, blocks of 64 rows of `a` packed row-major, 8 × 32 register tiles (16 accumulators
-/// of 16 lanes). The gemm crate's stable build stops at AVX2 (8 lanes), half this width.
+/// 32 columns, `a` read in place, 8 × 32 register tiles (16 accumulators of 16 lanes), blocks of
+/// 64 rows in parallel. The gemm crate's stable build stops at AVX2 (8 lanes), half this width.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512_f32 {
     use super::*;
@@ -361,23 +361,6 @@ pub(crate) mod avx512_f32 {
         out
     }
 
-    /// Rows `r0..r0 + rows` of `a`, row-major `[rows, k]`.
-    fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, out: &mut [f32]) {
-        if a.cs == 1 {
-            for i in 0..rows {
-                let s = ((r0 + i) as isize * a.rs) as usize;
-                out[i * k..(i + 1) * k].copy_from_slice(&a.data[s..s + k]);
-            }
-        } else {
-            for kk in 0..k {
-                for i in 0..rows {
-                    out[i * k + kk] =
-                        a.data[((r0 + i) as isize * a.rs + kk as isize * a.cs) as usize];
-                }
-            }
-        }
-    }
-
     /// The caller has checked that the CPU has AVX512F.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn gemm(
@@ -401,10 +384,8 @@ pub(crate) mod avx512_f32 {
         let bp = pack_b(&b, k, n);
         let work = |(r0, d): (usize, &mut [f32])| {
             let rows = MB.min(m - r0);
-            let mut ap = vec![0f32; rows * k];
-            pack_a(&a, r0, rows, k, &mut ap);
             // SAFETY: the caller checked AVX512F; bounds are asserted in `tile`.
-            unsafe { block(d, dst_rs, &ap, &bp, rows, k, n, accumulate, scale) }
+            unsafe { block(d, dst_rs, a, r0, &bp, rows, k, n, accumulate, scale) }
         };
         let blocks = row_blocks(dst, dst_rs, m);
         if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {
@@ -419,7 +400,8 @@ pub(crate) mod avx512_f32 {
     unsafe fn block(
         d: &mut [f32],
         dst_rs: usize,
-        ap: &[f32],
+        a: Mat,
+        r0: usize,
         bp: &[f32],
         rows: usize,
         k: usize,
@@ -437,8 +419,13 @@ pub(crate) mod avx512_f32 {
                 let mut i = 0;
                 while i < rows {
                     let mr = MR.min(rows - i);
-                    let (d, ap) = (&mut d[i * dst_rs + p * NR..], &ap[i * k + k0..]);
-                    let args = (dst_rs, k, kc, cols, accumulate, scale);
+                    let at = (r0 + i) as isize * a.rs + k0 as isize * a.cs;
+                    let ap = Mat {
+                        data: &a.data[at as usize..],
+                        ..a
+                    };
+                    let d = &mut d[i * dst_rs + p * NR..];
+                    let args = (dst_rs, kc, cols, accumulate, scale);
                     match mr {
                         8 => tile::<8>(d, ap, panel, args),
                         7 => tile::<7>(d, ap, panel, args),
@@ -460,18 +447,23 @@ pub(crate) mod avx512_f32 {
     #[inline]
     unsafe fn tile<const R: usize>(
         d: &mut [f32],
-        ap: &[f32],
+        a: Mat,
         panel: &[f32],
-        (dst_rs, a_rs, kc, cols, accumulate, scale): (usize, usize, usize, usize, bool, f32),
+        (dst_rs, kc, cols, accumulate, scale): (usize, usize, usize, bool, f32),
     ) {
-        assert!(ap.len() >= (R - 1) * a_rs + kc && panel.len() >= kc * NR);
+        // `a` is read in place through its strides (no packing): 8 rows of a row-major matrix
+        // are 8 streams along k; a transposed one gives the 8 values of one k side by side.
+        assert!(
+            a.data.len() > ((R - 1) as isize * a.rs + (kc.max(1) - 1) as isize * a.cs) as usize
+                && panel.len() >= kc * NR
+        );
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let (pa, pb) = (ap.as_ptr(), panel.as_ptr());
+        let (pa, pb) = (a.data.as_ptr(), panel.as_ptr());
         for kk in 0..kc {
             let b0 = _mm512_loadu_ps(pb.add(kk * NR));
             let b1 = _mm512_loadu_ps(pb.add(kk * NR + 16));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*pa.add(r * a_rs + kk));
+                let av = _mm512_set1_ps(*pa.offset(r as isize * a.rs + kk as isize * a.cs));
                 acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
                 acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
             }

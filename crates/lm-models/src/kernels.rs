@@ -6,6 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use lm_objectives::fastmath::{self, simd};
+use rayon::prelude::*;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
@@ -198,6 +199,9 @@ impl CustomOp2 for SoftmaxGrad {
 
 // ---------------------------------------------------------------- layer norm
 
+/// Rows of a layer norm per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
 /// `y = (x − μ)/√(σ² + ε) · γ + β` over the last dimension.
 pub(crate) struct LayerNorm {
     pub eps: f32,
@@ -232,14 +236,19 @@ impl CustomOp3 for LayerNorm {
             candle_core::bail!("layer-norm: gamma and beta need {c} elements")
         }
         let mut y = vec![0f32; x.len()];
-        simd(|| {
-            for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
-                let (mean, rstd) = row_stats(xr, self.eps);
-                for (((yv, &xv), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
-                    *yv = (xv - mean) * rstd * g + b;
-                }
-            }
-        });
+        let rows = ROWS_PER_TASK * c;
+        y.par_chunks_mut(rows)
+            .zip(x.par_chunks(rows))
+            .for_each(|(y, x)| {
+                simd(|| {
+                    for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
+                        let (mean, rstd) = row_stats(xr, self.eps);
+                        for (((yv, &xv), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                            *yv = (xv - mean) * rstd * g + b;
+                        }
+                    }
+                })
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -291,30 +300,45 @@ impl CustomOp3 for LayerNormGrad {
         let mut out = vec![0f32; n + 2 * c];
         let (dx, rest) = out.split_at_mut(n);
         let (dgamma, dbeta) = rest.split_at_mut(c);
-        let mut xhat = vec![0f32; c];
-        simd(|| {
-            for ((xr, gr), dr) in x
-                .chunks_exact(c)
-                .zip(g.chunks_exact(c))
-                .zip(dx.chunks_exact_mut(c))
-            {
-                let (mean, rstd) = row_stats(xr, self.eps);
-                let (mut sum_d, mut sum_dx) = (0f32, 0f32);
-                for (((h, &xv), &gv), &gm) in xhat.iter_mut().zip(xr).zip(gr).zip(gamma) {
-                    *h = (xv - mean) * rstd;
-                    let d = gv * gm;
-                    sum_d += d;
-                    sum_dx += d * *h;
-                }
-                let (mean_d, mean_dx) = (sum_d / c as f32, sum_dx / c as f32);
-                for (i, out) in dr.iter_mut().enumerate() {
-                    let d = gr[i] * gamma[i];
-                    *out = rstd * (d - mean_d - xhat[i] * mean_dx);
-                    dgamma[i] += gr[i] * xhat[i];
-                    dbeta[i] += gr[i];
-                }
-            }
-        });
+        // Row chunks in parallel, each with its own partial dγ, dβ, summed at the end.
+        let rows = ROWS_PER_TASK * c;
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(rows)
+            .zip(x.par_chunks(rows).zip(g.par_chunks(rows)))
+            .map(|(dx, (x, g))| {
+                let mut part = vec![0f32; 2 * c];
+                let (pg, pb) = part.split_at_mut(c);
+                let mut xhat = vec![0f32; c];
+                simd(|| {
+                    for ((xr, gr), dr) in x
+                        .chunks_exact(c)
+                        .zip(g.chunks_exact(c))
+                        .zip(dx.chunks_exact_mut(c))
+                    {
+                        let (mean, rstd) = row_stats(xr, self.eps);
+                        let (mut sum_d, mut sum_dx) = (0f32, 0f32);
+                        for (((h, &xv), &gv), &gm) in xhat.iter_mut().zip(xr).zip(gr).zip(gamma) {
+                            *h = (xv - mean) * rstd;
+                            let d = gv * gm;
+                            sum_d += d;
+                            sum_dx += d * *h;
+                        }
+                        let (mean_d, mean_dx) = (sum_d / c as f32, sum_dx / c as f32);
+                        for (i, out) in dr.iter_mut().enumerate() {
+                            let d = gr[i] * gamma[i];
+                            *out = rstd * (d - mean_d - xhat[i] * mean_dx);
+                            pg[i] += gr[i] * xhat[i];
+                            pb[i] += gr[i];
+                        }
+                    }
+                });
+                part
+            })
+            .collect();
+        for part in partials {
+            dgamma.iter_mut().zip(&part[..c]).for_each(|(a, b)| *a += b);
+            dbeta.iter_mut().zip(&part[c..]).for_each(|(a, b)| *a += b);
+        }
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
     }
 }
@@ -419,7 +443,6 @@ impl CustomOp1 for CausalAttention {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let qkv = slice(s, l, "causal-attention qkv")?;
         let bf16 = self.bf16;
         let (b, dims) = AttnDims::of(l, self.n_head)?;
@@ -484,7 +507,6 @@ impl CustomOp2 for CausalAttentionGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
         let qkv = slice(s1, l1, "causal-attention-grad qkv")?;
         let dy = slice(s2, l2, "causal-attention-grad dy")?;
         let (b, dims) = AttnDims::of(l1, self.n_head)?;

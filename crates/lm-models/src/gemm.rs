@@ -19,6 +19,8 @@ const MR: usize = 8;
 const NR: usize = 32;
 /// Rows of `A` per task (and per packed block).
 const MB: usize = 64;
+/// Largest row-major `b` (elements) the f32 kernel reads without packing.
+const IN_PLACE_B: usize = 1 << 19;
 /// Steps of k per pass of the f32 kernel.
 const KC: usize = 256;
 
@@ -381,11 +383,30 @@ pub(crate) mod avx512_f32 {
             dst.len() >= (m - 1) * dst_rs + n,
             "gemm: destination out of bounds"
         );
-        let bp = pack_b(&b, k, n);
+        // A small row-major `b` is read in place (panel p = columns p·32.., rows `b.rs` apart);
+        // a large one (rows far apart: cache and TLB misses) or another layout is packed into
+        // contiguous panels first.
+        let packed;
+        let bv = if b.cs == 1 && k * n <= IN_PLACE_B {
+            Panels {
+                data: b.data,
+                rs: b.rs as usize,
+                panel_stride: NR,
+                k_stride: b.rs as usize,
+            }
+        } else {
+            packed = pack_b(&b, k, n);
+            Panels {
+                data: &packed,
+                rs: NR,
+                panel_stride: k * NR,
+                k_stride: NR,
+            }
+        };
         let work = |(r0, d): (usize, &mut [f32])| {
             let rows = MB.min(m - r0);
             // SAFETY: the caller checked AVX512F; bounds are asserted in `tile`.
-            unsafe { block(d, dst_rs, a, r0, &bp, rows, k, n, accumulate, scale) }
+            unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, accumulate, scale) }
         };
         let blocks = row_blocks(dst, dst_rs, m);
         if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {
@@ -395,6 +416,15 @@ pub(crate) mod avx512_f32 {
         }
     }
 
+    /// `b` as column panels: element (kk, p·32 + c) at `p·panel_stride + kk·k_stride + c`.
+    #[derive(Clone, Copy)]
+    struct Panels<'a> {
+        data: &'a [f32],
+        rs: usize,
+        panel_stride: usize,
+        k_stride: usize,
+    }
+
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn block(
@@ -402,7 +432,7 @@ pub(crate) mod avx512_f32 {
         dst_rs: usize,
         a: Mat,
         r0: usize,
-        bp: &[f32],
+        bp: Panels,
         rows: usize,
         k: usize,
         n: usize,
@@ -415,7 +445,8 @@ pub(crate) mod avx512_f32 {
             let accumulate = accumulate || k0 > 0;
             for p in 0..n.div_ceil(NR) {
                 let cols = NR.min(n - p * NR);
-                let panel = &bp[(p * k + k0) * NR..(p * k + k0 + kc) * NR];
+                let start = p * bp.panel_stride + k0 * bp.k_stride;
+                let panel = (&bp.data[start..], bp.rs);
                 let mut i = 0;
                 while i < rows {
                     let mr = MR.min(rows - i);
@@ -448,20 +479,30 @@ pub(crate) mod avx512_f32 {
     unsafe fn tile<const R: usize>(
         d: &mut [f32],
         a: Mat,
-        panel: &[f32],
+        (panel, b_rs): (&[f32], usize),
         (dst_rs, kc, cols, accumulate, scale): (usize, usize, usize, bool, f32),
     ) {
         // `a` is read in place through its strides (no packing): 8 rows of a row-major matrix
         // are 8 streams along k; a transposed one gives the 8 values of one k side by side.
         assert!(
             a.data.len() > ((R - 1) as isize * a.rs + (kc.max(1) - 1) as isize * a.cs) as usize
-                && panel.len() >= kc * NR
+                && panel.len() >= (kc.max(1) - 1) * b_rs + cols
         );
+        // Masked loads: a partial last panel never reads past the end of `b`.
+        let mask = |c0: usize| -> __mmask16 {
+            match cols.saturating_sub(c0) {
+                0 => 0,
+                c if c >= 16 => 0xFFFF,
+                c => (1u16 << c) - 1,
+            }
+        };
+        let (m0, m1) = (mask(0), mask(16));
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let (pa, pb) = (a.data.as_ptr(), panel.as_ptr());
         for kk in 0..kc {
-            let b0 = _mm512_loadu_ps(pb.add(kk * NR));
-            let b1 = _mm512_loadu_ps(pb.add(kk * NR + 16));
+            // wrapping_add: a masked-off half may point past the end; it is never read.
+            let b0 = _mm512_maskz_loadu_ps(m0, pb.wrapping_add(kk * b_rs));
+            let b1 = _mm512_maskz_loadu_ps(m1, pb.wrapping_add(kk * b_rs + 16));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*pa.offset(r as isize * a.rs + kk as isize * a.cs));
                 acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
@@ -513,17 +554,20 @@ mod tests {
             (20, 600, 40),
         ] {
             let a = data(m * k, 6);
-            let bt = data(n * k, 7);
+            let (bt, b) = (data(n * k, 7), data(k * n, 9));
             let init = data(m * (n + 3), 8);
-            let (av, bv) = (Mat::rows(&a, k), Mat::cols(&bt, k));
-            let (mut d1, mut d2) = (init.clone(), init.clone());
-            gemm_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, true);
-            crate::kernels::gemm_crate(&mut d2, n + 3, av, bv, (m, k, n), true, 0.5, true);
-            for (i, (x, y)) in d1.iter().zip(&d2).enumerate() {
-                assert!(
-                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                    "{m}x{k}x{n} at {i}: {x} vs {y}"
-                );
+            // b transposed (packed into panels) and row-major (read in place).
+            for bv in [Mat::cols(&bt, k), Mat::rows(&b, n)] {
+                let av = Mat::rows(&a, k);
+                let (mut d1, mut d2) = (init.clone(), init.clone());
+                gemm_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, true);
+                crate::kernels::gemm_crate(&mut d2, n + 3, av, bv, (m, k, n), true, 0.5, true);
+                for (i, (x, y)) in d1.iter().zip(&d2).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                        "{m}x{k}x{n} at {i}: {x} vs {y}"
+                    );
+                }
             }
         }
     }

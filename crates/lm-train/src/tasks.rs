@@ -256,9 +256,6 @@ pub fn table_to_text(seed: u64, n_train: usize, n_val: usize, n_test: usize) -> 
 }
 
 /// A speaker heading such as `FIRST CITIZEN:` (no lower-case letters, a final colon).
-fn is_speaker(line: &str) -> bool {
-    line.ends_with(':') && !line.chars().any(char::is_lowercase)
-}
 
 /// The sentence-pair task from `text` (lines grouped into speeches by blank lines): training and
 /// validation pairs from the first 90% of the speeches, test pairs from the rest; half positive.
@@ -272,10 +269,14 @@ pub fn next_line_pairs(
     let docs: Vec<Vec<&str>> = crate::data::documents(text)
         .into_iter()
         .map(|d| {
-            d.into_iter()
+            let lines: Vec<&str> = d
+                .into_iter()
                 .map(str::trim)
-                .filter(|l| !l.is_empty() && !is_speaker(l))
-                .collect::<Vec<_>>()
+                .filter(|l| !l.is_empty())
+                .collect();
+            // A speech opens with its speaker ("First Citizen:", "Boatswain:"), not verse.
+            let skip = usize::from(lines.first().is_some_and(|l| l.ends_with(':')));
+            lines[skip..].to_vec()
         })
         .filter(|d: &Vec<&str>| d.len() >= 2)
         .collect();
@@ -444,6 +445,20 @@ mod tests {
             .filter(|e| matches!(e, Example::Pair { label, .. } if label == "yes"))
             .count();
         assert_eq!(yes, 100);
+        // No speaker line (the first line of a speech, "Name:") is ever part of a pair.
+        let speakers: std::collections::HashSet<&str> =
+            crate::data::documents(crate::data::SHAKESPEARE)
+                .into_iter()
+                .filter_map(|d| d.into_iter().map(str::trim).find(|l| !l.is_empty()))
+                .filter(|l| l.ends_with(':'))
+                .collect();
+        assert!(speakers.contains("Boatswain:") && speakers.contains("First Citizen:"));
+        for e in d.train.iter().chain(&d.val).chain(&d.test) {
+            if let Example::Pair { text_a, text_b, .. } = e {
+                assert!(!speakers.contains(text_a.as_str()), "speaker line {text_a}");
+                assert!(!speakers.contains(text_b.as_str()), "speaker line {text_b}");
+            }
+        }
         for e in d.train.iter().take(20) {
             if let Example::Pair {
                 text_a,

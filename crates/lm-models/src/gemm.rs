@@ -19,6 +19,10 @@ const MR: usize = 8;
 const NR: usize = 32;
 /// Rows of `A` per task (and per packed block).
 const MB: usize = 64;
+/// Rows of the f32 register tile (24 accumulators of 16 lanes: 14 loads per 24 FMAs) and rows
+/// per task (a multiple of it).
+const MR_F32: usize = 12;
+const MB_F32: usize = 96;
 /// Largest row-major `b` (elements) the f32 kernel reads without packing.
 const IN_PLACE_B: usize = 1 << 19;
 /// Steps of k per pass of the f32 kernel.
@@ -204,7 +208,7 @@ mod avx512 {
             // i·kp.. (i < rows) and panel p of `bp`, and writes rows < rows, columns < n of `d`.
             unsafe { block(d, dst_rs, &ap, &bp, rows, kp, n, accumulate, scale) }
         };
-        let blocks = row_blocks(dst, dst_rs, m);
+        let blocks = row_blocks(dst, dst_rs, m, MB);
         if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {
             blocks.into_par_iter().for_each(work);
         } else {
@@ -313,12 +317,12 @@ pub(crate) fn has_avx512f() -> bool {
 
 /// Splits the rows of `dst` (row stride `dst_rs`) into blocks of `MB` rows, each with its first
 /// row index; the last block keeps the tail of the slice.
-fn row_blocks(dst: &mut [f32], dst_rs: usize, m: usize) -> Vec<(usize, &mut [f32])> {
+fn row_blocks(dst: &mut [f32], dst_rs: usize, m: usize, mb: usize) -> Vec<(usize, &mut [f32])> {
     let mut rest = dst;
     let mut v = vec![];
     let mut r0 = 0;
     while r0 < m {
-        let rows = MB.min(m - r0);
+        let rows = mb.min(m - r0);
         let take = if r0 + rows < m {
             rows * dst_rs
         } else {
@@ -404,11 +408,11 @@ pub(crate) mod avx512_f32 {
             }
         };
         let work = |(r0, d): (usize, &mut [f32])| {
-            let rows = MB.min(m - r0);
+            let rows = MB_F32.min(m - r0);
             // SAFETY: the caller checked AVX512F; bounds are asserted in `tile`.
             unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, accumulate, scale) }
         };
-        let blocks = row_blocks(dst, dst_rs, m);
+        let blocks = row_blocks(dst, dst_rs, m, MB_F32);
         if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {
             blocks.into_par_iter().for_each(work);
         } else {
@@ -449,7 +453,7 @@ pub(crate) mod avx512_f32 {
                 let panel = (&bp.data[start..], bp.rs);
                 let mut i = 0;
                 while i < rows {
-                    let mr = MR.min(rows - i);
+                    let mr = MR_F32.min(rows - i);
                     let at = (r0 + i) as isize * a.rs + k0 as isize * a.cs;
                     let ap = Mat {
                         data: &a.data[at as usize..],
@@ -458,6 +462,10 @@ pub(crate) mod avx512_f32 {
                     let d = &mut d[i * dst_rs + p * NR..];
                     let args = (dst_rs, kc, cols, accumulate, scale);
                     match mr {
+                        12 => tile::<12>(d, ap, panel, args),
+                        11 => tile::<11>(d, ap, panel, args),
+                        10 => tile::<10>(d, ap, panel, args),
+                        9 => tile::<9>(d, ap, panel, args),
                         8 => tile::<8>(d, ap, panel, args),
                         7 => tile::<7>(d, ap, panel, args),
                         6 => tile::<6>(d, ap, panel, args),
@@ -473,7 +481,7 @@ pub(crate) mod avx512_f32 {
         }
     }
 
-    /// An `R × cols` tile over `kc` steps of k; `a` rows `a_rs` apart.
+    /// An `R × cols` tile (`R ≤ 12`, `cols ≤ 32`) over `kc` steps of k.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn tile<const R: usize>(

@@ -139,13 +139,11 @@ impl CustomOp1 for Softmax {
         simd(|| {
             for (row, (xr, yr)) in x.chunks_exact(k).zip(y.chunks_exact_mut(k)).enumerate() {
                 let n = self.visible(row, q, k);
-                let max = xr[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * self.scale;
-                let mut sum = 0f32;
+                let max = fastmath::max(&xr[..n]) * self.scale;
                 for (yv, &xv) in yr[..n].iter_mut().zip(&xr[..n]) {
                     *yv = fastmath::exp(xv * self.scale - max);
-                    sum += *yv;
                 }
-                let inv = 1.0 / sum;
+                let inv = 1.0 / fastmath::sum(&yr[..n]);
                 yr[..n].iter_mut().for_each(|v| *v *= inv);
             }
         });
@@ -187,7 +185,7 @@ impl CustomOp2 for SoftmaxGrad {
                 .zip(g.chunks_exact(k))
                 .zip(dx.chunks_exact_mut(k))
             {
-                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                let dot = fastmath::dot(yr, gr);
                 for ((d, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
                     *d = self.scale * yv * (gv - dot);
                 }
@@ -209,8 +207,8 @@ pub(crate) struct LayerNorm {
 
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = fastmath::sum(x) / n;
+    let var = fastmath::sum_map(x, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -425,13 +423,11 @@ fn attn_probs(qkv: &[f32], dims: AttnDims, head: usize, scale: f32, bf16: bool, 
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
             let (seen, future) = row.split_at_mut(i + 1);
             future.fill(0.0);
-            let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
+            let max = fastmath::max(seen);
             for r in seen.iter_mut() {
                 *r = fastmath::exp(*r - max);
-                sum += *r;
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / fastmath::sum(seen);
             seen.iter_mut().for_each(|r| *r *= inv);
         }
     })
@@ -538,7 +534,7 @@ impl CustomOp2 for CausalAttentionGrad {
                     mm(bf16, &mut ds, t, dy_h, vt, (t, d, t), false, 1.0, false);
                     simd(|| {
                         for (pr, dr) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)) {
-                            let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+                            let dot = fastmath::dot(pr, dr);
                             for (o, &pij) in dr.iter_mut().zip(pr) {
                                 *o = scale * pij * (*o - dot);
                             }

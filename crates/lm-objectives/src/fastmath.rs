@@ -39,6 +39,65 @@ pub fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp(2.0 * x) + 1.0)
 }
 
+/// Lanes of the reductions below: independent partial results the compiler keeps in vector
+/// registers. A plain `iter().sum()` or `fold(max)` is one sequential chain (IEEE order), which
+/// the compiler may not vectorize.
+const LANES: usize = 16;
+
+/// `Σ f(x_i)` with [`LANES`] partial sums.
+#[inline(always)]
+pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+}
+
+/// `Σ x_i` with [`LANES`] partial sums.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    sum_map(x, |v| v)
+}
+
+/// `Σ a_i b_i` with [`LANES`] partial sums.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let n = a.len().min(b.len());
+    let full = n / LANES * LANES;
+    for (ca, cb) in a[..full]
+        .chunks_exact(LANES)
+        .zip(b[..full].chunks_exact(LANES))
+    {
+        for ((s, &x), &y) in acc.iter_mut().zip(ca).zip(cb) {
+            *s += x * y;
+        }
+    }
+    let tail: f32 = a[full..n].iter().zip(&b[full..n]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `max_i x_i` (−∞ for an empty slice) with [`LANES`] partial maxima.
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
@@ -63,6 +122,27 @@ pub fn simd<R>(f: impl FnOnce() -> R) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lane_reductions_match_sequential_ones() {
+        for n in [0usize, 1, 15, 16, 17, 100] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25)
+                .collect();
+            let y: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.5).collect();
+            let seq_sum: f32 = x.iter().sum();
+            let seq_dot: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+            let seq_max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            assert!((sum(&x) - seq_sum).abs() < 1e-5, "sum n={n}");
+            assert!((dot(&x, &y) - seq_dot).abs() < 1e-5, "dot n={n}");
+            assert_eq!(max(&x), seq_max, "max n={n}");
+            let sq = sum_map(&x, |v| v * v);
+            assert!(
+                (sq - x.iter().map(|v| v * v).sum::<f32>()).abs() < 1e-4,
+                "sum_map n={n}"
+            );
+        }
+    }
 
     #[test]
     fn exp_and_tanh_match_libm() {

@@ -178,8 +178,8 @@ fn rows_and_ids<'a>(
 /// `log Σ_j exp(z_j)` of one row, and the row's max.
 #[inline(always)]
 fn log_sum_exp(row: &[f32]) -> (f32, f32) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum: f32 = row.iter().map(|&v| fastmath::exp(v - max)).sum();
+    let max = fastmath::max(row);
+    let sum = fastmath::sum_map(row, |v| fastmath::exp(v - max));
     (max + sum.ln(), max)
 }
 

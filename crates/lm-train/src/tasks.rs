@@ -255,8 +255,6 @@ pub fn table_to_text(seed: u64, n_train: usize, n_val: usize, n_test: usize) -> 
     }
 }
 
-/// A speaker heading such as `FIRST CITIZEN:` (no lower-case letters, a final colon).
-
 /// The sentence-pair task from `text` (lines grouped into speeches by blank lines): training and
 /// validation pairs from the first 90% of the speeches, test pairs from the rest; half positive.
 pub fn next_line_pairs(

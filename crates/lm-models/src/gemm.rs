@@ -564,9 +564,14 @@ mod tests {
             let a = data(m * k, 6);
             let (bt, b) = (data(n * k, 7), data(k * n, 9));
             let init = data(m * (n + 3), 8);
-            // b transposed (packed into panels) and row-major (read in place).
-            for bv in [Mat::cols(&bt, k), Mat::rows(&b, n)] {
-                let av = Mat::rows(&a, k);
+            let at = data(k * m, 10);
+            // b transposed (packed into panels) and row-major (read in place); a row-major and
+            // transposed.
+            for (av, bv) in [
+                (Mat::rows(&a, k), Mat::cols(&bt, k)),
+                (Mat::rows(&a, k), Mat::rows(&b, n)),
+                (Mat::cols(&at, m), Mat::rows(&b, n)),
+            ] {
                 let (mut d1, mut d2) = (init.clone(), init.clone());
                 gemm_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, true);
                 crate::kernels::gemm_crate(&mut d2, n + 3, av, bv, (m, k, n), true, 0.5, true);

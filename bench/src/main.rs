@@ -360,28 +360,32 @@ fn main() -> Result<()> {
         md.push_str(
             "\n## Against the targets\n\n\
              - gpt-shakespeare-char, fp32: the step above against PyTorch's ~30 ms (eager, 2 threads, same machine \
-             class). Not reached. The composite candle model took ~300 ms per step here; fused custom ops with their \
-             backward (layer norm, causal softmax, GELU, softmax-cross-entropy) brought it to ~120–130 ms; then a fused \
-             causal attention straight from the packed qkv (per-head gemms on strided views, no head split/merge \
-             copies), a fused linear layer (one gemm onto the broadcast bias, dx/dW/db in one backward kernel — \
-             candle's reduction for the bias gradient alone cost ~1.4 ms per layer), GELU vectorized on all cores, and \
-             our own AVX-512 f32 gemm (the gemm crate's stable build stops at AVX2) to the figure above. Quality: \
-             see docs/recipes.md (val loss at 2000 iterations, PyTorch 1.886).\n\
+             class). Not reached. The composite candle model took ~300 ms per step here and the first fused kernels \
+             (layer norm, causal softmax, GELU, softmax-cross-entropy, each with its backward) ~121 ms. Then, each \
+             measured before/after in this process: a fused causal attention straight from the packed qkv (per-head \
+             gemms on strided views, no head split/merge copies), a fused linear layer (one gemm onto the broadcast \
+             bias; dx, dW, db in one backward kernel — candle's reduction for the bias gradient alone cost ~1.4 ms per \
+             layer), GELU on all cores, our own AVX-512 f32 gemm (the gemm crate's stable build stops at AVX2; 1.3–1.6× \
+             at these shapes, see the kernel rows), layer norm on all cores, lane-parallel reductions in the softmax, \
+             attention and layer-norm kernels, and a patched candle backward that stores a node's first gradient \
+             instead of adding it onto a fresh zero tensor (vendor/README.md). Quality is unchanged: val loss 1.8706 \
+             at 2000 iterations with these kernels (PyTorch 1.886).\n\
              - Mixed precision (`train.matmul_precision = \"bf16\"`: bf16 inputs to every linear and attention \
              product, f32 accumulation, f32 master weights, activations and gradients): implemented with a \
-             `vdpbf16ps` kernel and a rounded-input fallback, but not faster here — on this CPU a 512-bit \
-             `vdpbf16ps` sustains about half the FLOP rate of 512-bit f32 FMA (≈ 98 vs ≈ 200 GFLOP/s on one core \
-             in a register-only loop), so the kernel row above is below our f32 kernel and the ≤ 20 ms target is \
-             not reached.\n\
+             `vdpbf16ps` kernel and a rounded-input fallback, and trains to the same loss (val 1.8711 at 2000 \
+             iterations), but it is slower, not faster, here: on this CPU a 512-bit `vdpbf16ps` sustains about half \
+             the FLOP rate of 512-bit f32 FMA (≈ 98 vs ≈ 200 GFLOP/s on one core in a register-only loop), so the \
+             bf16 kernel row is below our f32 kernel and the ≤ 20 ms target is not reached.\n\
              - Optimizer: the fused AdamW step is within 2× of the memory-bandwidth limit measured in the same run.\n\
              - Objectives: MLM masking and span corruption are 100×+ faster than the Python collators.\n\
              \n## Where the time goes\n\n\
-             `perf record` of the gpt-shakespeare-char step after these changes: gemm ≈ 50% (microkernel and \
-             packing), candle's gradient accumulation ≈ 10% (its backward adds every contribution onto a fresh \
-             zero tensor: a memset plus an add per node), the fused element-wise kernels ≈ 10%, allocation, page \
-             faults and thread hand-offs most of the rest. Next: a k-blocked 12-row f32 tile and packing shared \
-             across the three products of a linear layer, accumulation without the zero tensors (a candle change), \
-             and buffer reuse across steps.\n\
+             `perf record` of the gpt-shakespeare-char step after these changes: gemm ≈ 50% (our kernel at \
+             ~150–190 GFLOP/s on two cores, against a 2 × 200 GFLOP/s FMA peak measured in a register-only loop), \
+             the fused element-wise kernels (attention softmax, GELU, layer norm, cross-entropy) ≈ 20%, zero-filling \
+             and copying fresh buffers ≈ 10%, thread wake-ups ≈ 6%, the rest candle's graph bookkeeping and the \
+             optimizer. Packing A into k-major micro-panels (GotoBLAS style) measured slower than reading it in \
+             place at these sizes and was not kept. Next: a faster f32 micro-kernel (the remaining 2× to peak), \
+             GELU fused into the c_fc product's epilogue, buffers reused across steps instead of zero-filled.\n\
              \nThe regression guard in CI (`crates/lm-models/tests/perf_guard.rs`) times each fused kernel against its \
              composite form in one process and requires a ≥ 1.5× speed-up (measured 3–4×).\n",
         );

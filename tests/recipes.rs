@@ -291,6 +291,11 @@ fn bf16_matmuls_train_like_f32_and_bad_precisions_are_refused() {
             30,
         );
         cfg.train.matmul_precision = precision.into();
+        // Wide enough that the linear layers' products (1024 rows × 64 × 256) take the bf16
+        // path; products under 2^20 multiply-adds stay in f32.
+        cfg.model.n_embd = 64;
+        cfg.model.block_size = 64;
+        cfg.train.batch_size = 16;
         let mut t = Trainer::new(cfg, &tmp.path().join(precision), Device::Cpu).unwrap();
         let first = t.evaluate().unwrap().1;
         let summary = t.train().unwrap();

@@ -80,8 +80,14 @@ pub(crate) fn gemm_bf16_into(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if has_avx512_bf16() {
-        return avx512::gemm(dst, dst_rs, a, b, (m, k, n), accumulate, scale, parallel);
+    {
+        let dims = (m, k, n);
+        if amx::available() {
+            return amx::gemm(dst, dst_rs, a, b, dims, accumulate, scale, parallel);
+        }
+        if has_avx512_bf16() {
+            return avx512::gemm(dst, dst_rs, a, b, dims, accumulate, scale, parallel);
+        }
     }
     fallback(dst, dst_rs, a, b, (m, k, n), accumulate, scale, parallel)
 }
@@ -541,6 +547,208 @@ pub(crate) mod avx512_f32 {
     }
 }
 
+/// bf16 products on Intel AMX: `tdpbf16ps` multiplies a 16 × 32 bf16 tile of `a` by a 32 × 16
+/// tile of `b` (stored as 16 rows of k-pairs) into a 16 × 16 f32 tile — 8192 multiply-adds per
+/// instruction. The instructions are emitted with inline assembly (Rust has no stable AMX
+/// intrinsics); the process asks Linux for the tile state once (`arch_prctl`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx {
+    use super::*;
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    /// Rows of `a` per parallel task (four 16-row tiles).
+    const TASK_ROWS: usize = 64;
+
+    /// Whether the CPU has AMX-BF16 (and AVX-512, which every AMX CPU has) and the OS granted
+    /// this process the tile state.
+    pub(crate) fn available() -> bool {
+        static GRANTED: OnceLock<bool> = OnceLock::new();
+        *GRANTED.get_or_init(|| {
+            let ext = std::arch::x86_64::__cpuid_count(7, 0);
+            let (bf16, tile) = ((ext.edx >> 22) & 1 == 1, (ext.edx >> 24) & 1 == 1);
+            if !(bf16 && tile && has_avx512f()) || !cfg!(target_os = "linux") {
+                return false;
+            }
+            let ret: i64;
+            // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18) only
+            // changes this process's permission to use the AMX register state.
+            unsafe {
+                asm!("syscall", inlateout("rax") 158i64 => ret, in("rdi") 0x1023i64,
+                     in("rsi") 18i64, lateout("rcx") _, lateout("r11") _, options(nostack));
+            }
+            ret == 0
+        })
+    }
+
+    /// The tile configuration: palette 1; tmm0, tmm1 (C) 16 rows × 16 f32, tmm2 (A) 16 rows ×
+    /// 32 bf16, tmm3, tmm4 (B) 16 k-pair rows × 16 columns × 2 — all 16 × 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    impl TileConfig {
+        fn new() -> Self {
+            let mut c = [0u8; 64];
+            c[0] = 1;
+            for t in 0..5 {
+                c[16 + 2 * t] = 64;
+                c[48 + t] = 16;
+            }
+            Self(c)
+        }
+    }
+
+    /// `b` as panels of 16 columns of k-pairs: panel `p`, pair `q`, column `c` at
+    /// `(p·kp + q)·16 + c` holds `bf16(b[2q, col])` in the low and `bf16(b[2q+1, col])` in the
+    /// high half (zero past k or n; `panels` even, `kp` a multiple of 16). A row-major `b` is
+    /// converted two rows at a time with contiguous writes.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, panels: usize) -> Vec<u32> {
+        let mut out = vec![0u32; panels * kp * 16];
+        let at =
+            |kk: usize, col: usize| b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
+        if b.cs == 1 {
+            for q in 0..k.div_ceil(2) {
+                let r0 = &b.data[(2 * q) * b.rs as usize..][..n];
+                let r1 = (2 * q + 1 < k).then(|| &b.data[(2 * q + 1) * b.rs as usize..][..n]);
+                for p in 0..n.div_ceil(16) {
+                    let cols = 16.min(n - p * 16);
+                    let o = &mut out[(p * kp + q) * 16..][..cols];
+                    let lo = &r0[p * 16..p * 16 + cols];
+                    match r1 {
+                        Some(r1) => {
+                            for ((o, &x), &y) in
+                                o.iter_mut().zip(lo).zip(&r1[p * 16..p * 16 + cols])
+                            {
+                                *o = to_bf16_bits(x) as u32 | (to_bf16_bits(y) as u32) << 16;
+                            }
+                        }
+                        None => {
+                            for (o, &x) in o.iter_mut().zip(lo) {
+                                *o = to_bf16_bits(x) as u32;
+                            }
+                        }
+                    }
+                }
+            }
+        } else {
+            for kk in 0..k {
+                for col in 0..n {
+                    let (p, c) = (col / 16, col % 16);
+                    out[(p * kp + kk / 2) * 16 + c] |=
+                        (to_bf16_bits(at(kk, col)) as u32) << (16 * (kk % 2));
+                }
+            }
+        }
+        out
+    }
+
+    /// Rows `r0..r0 + rows` of `a` as bf16, row-major with `2·kp` columns (zero past k or rows;
+    /// `out` holds a multiple of 16 rows).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u16]) {
+        out.fill(0);
+        for i in 0..rows {
+            let o = &mut out[i * 2 * kp..][..k];
+            let start = (r0 + i) as isize * a.rs;
+            if a.cs == 1 {
+                for (o, &v) in o.iter_mut().zip(&a.data[start as usize..][..k]) {
+                    *o = to_bf16_bits(v);
+                }
+            } else {
+                for (kk, o) in o.iter_mut().enumerate() {
+                    *o = to_bf16_bits(a.data[(start + kk as isize * a.cs) as usize]);
+                }
+            }
+        }
+    }
+
+    /// The caller has checked [`available`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm(
+        dst: &mut [f32],
+        dst_rs: usize,
+        a: Mat,
+        b: Mat,
+        (m, k, n): (usize, usize, usize),
+        accumulate: bool,
+        scale: f32,
+        parallel: bool,
+    ) {
+        use rayon::prelude::*;
+        assert!(
+            dst.len() > (m - 1) * dst_rs + n - 1,
+            "amx gemm: destination out of bounds"
+        );
+        let kp = k.div_ceil(32) * 16;
+        let panels = n.div_ceil(32) * 2;
+        // SAFETY: `available()` implies AVX-512 (every AMX CPU has it).
+        let bp = unsafe { pack_b(&b, k, n, kp, panels) };
+        let work = |(r0, d): (usize, &mut [f32])| {
+            let rows = TASK_ROWS.min(m - r0);
+            let tiles = rows.div_ceil(16);
+            let mut ap = vec![0u16; tiles * 16 * 2 * kp];
+            // SAFETY: as above.
+            unsafe { pack_a(&a, r0, rows, k, kp, &mut ap) };
+            let mut c = [0f32; 16 * 32];
+            let cfg = TileConfig::new();
+            // SAFETY: `available()` granted the tile state; every tile load reads 16 rows of
+            // 64 bytes inside `ap` (tiles·16 rows of 4·kp bytes) or `bp` (panels·kp rows of
+            // 64 bytes), and each store writes the 16 × 64 bytes of `c`'s halves.
+            unsafe {
+                asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack));
+                for p in (0..panels).step_by(2) {
+                    for t in 0..tiles {
+                        asm!("tilezero tmm0", "tilezero tmm1", options(nostack));
+                        for s in 0..kp / 16 {
+                            let at = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
+                            let b0 = bp.as_ptr().add((p * kp + s * 16) * 16);
+                            let b1 = bp.as_ptr().add(((p + 1) * kp + s * 16) * 16);
+                            asm!(
+                                "tileloadd tmm2, [{a} + {sa}*1]",
+                                "tileloadd tmm3, [{b0} + {sb}*1]",
+                                "tileloadd tmm4, [{b1} + {sb}*1]",
+                                "tdpbf16ps tmm0, tmm2, tmm3",
+                                "tdpbf16ps tmm1, tmm2, tmm4",
+                                a = in(reg) at, sa = in(reg) 4 * kp,
+                                b0 = in(reg) b0, b1 = in(reg) b1, sb = in(reg) 64usize,
+                                options(nostack),
+                            );
+                        }
+                        asm!(
+                            "tilestored [{c0} + {s}*1], tmm0",
+                            "tilestored [{c1} + {s}*1], tmm1",
+                            c0 = in(reg) c.as_mut_ptr(), c1 = in(reg) c.as_mut_ptr().add(16),
+                            s = in(reg) 128usize,
+                            options(nostack),
+                        );
+                        // c is 16 rows × 32 columns (row stride 32 floats): write the valid part.
+                        let (i0, c0) = (t * 16, p * 16);
+                        for r in 0..16.min(rows - i0.min(rows)) {
+                            let cols = 32.min(n - c0);
+                            let out = &mut d[(i0 + r) * dst_rs + c0..][..cols];
+                            for (o, &v) in out.iter_mut().zip(&c[r * 32..r * 32 + cols]) {
+                                *o = if accumulate {
+                                    *o + scale * v
+                                } else {
+                                    scale * v
+                                };
+                            }
+                        }
+                    }
+                }
+                asm!("tilerelease", options(nostack));
+            }
+        };
+        let blocks = row_blocks(dst, dst_rs, m, TASK_ROWS);
+        if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {
+            blocks.into_par_iter().for_each(work);
+        } else {
+            blocks.into_iter().for_each(work);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,26 +807,35 @@ mod tests {
     /// transposed and row-strided operands, accumulating and scaled.
     #[test]
     fn kernel_equals_rounded_f32_product() {
-        for (m, k, n) in [(13, 7, 37), (70, 129, 33), (1, 1, 1), (8, 64, 64)] {
-            let a = data(m * k, 1);
-            let bt = data(n * k, 2); // b stored transposed: [n, k]
+        for (m, k, n) in [
+            (13, 7, 37),
+            (70, 129, 33),
+            (1, 1, 1),
+            (8, 64, 64),
+            (20, 600, 40),
+        ] {
+            let (a, at) = (data(m * k, 1), data(k * m, 11));
+            let (bt, b) = (data(n * k, 2), data(k * n, 12)); // b stored transposed / row-major
             let init = data(m * (n + 3), 3);
-            let (av, bv) = (Mat::rows(&a, k), Mat::cols(&bt, k));
-            let (mut d1, mut d2) = (init.clone(), init.clone());
-            gemm_bf16_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, true);
-            fallback(&mut d2, n + 3, av, bv, (m, k, n), true, 0.5, true);
-            for (i, (x, y)) in d1.iter().zip(&d2).enumerate() {
-                assert!(
-                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                    "{m}x{k}x{n} at {i}: {x} vs {y}"
-                );
-            }
-            // Columns n..n+3 of each row are outside the product and stay untouched.
-            for r in 0..m {
-                assert_eq!(
-                    &d1[r * (n + 3) + n..r * (n + 3) + n + 3],
-                    &init[r * (n + 3) + n..r * (n + 3) + n + 3]
-                );
+            for (av, bv) in [
+                (Mat::rows(&a, k), Mat::cols(&bt, k)),
+                (Mat::rows(&a, k), Mat::rows(&b, n)),
+                (Mat::cols(&at, m), Mat::rows(&b, n)),
+            ] {
+                let (mut d1, mut d2) = (init.clone(), init.clone());
+                gemm_bf16_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, true);
+                fallback(&mut d2, n + 3, av, bv, (m, k, n), true, 0.5, true);
+                for (i, (x, y)) in d1.iter().zip(&d2).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                        "{m}x{k}x{n} at {i}: {x} vs {y}"
+                    );
+                }
+                // Columns n..n+3 of each row are outside the product and stay untouched.
+                for r in 0..m {
+                    let pad = r * (n + 3) + n..r * (n + 3) + n + 3;
+                    assert_eq!(&d1[pad.clone()], &init[pad]);
+                }
             }
         }
     }

@@ -761,7 +761,8 @@ pub(crate) fn gemm_crate(
     }
 }
 
-/// [`gemm_into`], or with `bf16` [`crate::gemm::gemm_bf16_into`].
+/// [`gemm_into`], or with `bf16` (for products of at least 2^20 multiply-adds)
+/// [`crate::gemm::gemm_bf16_into`].
 #[allow(clippy::too_many_arguments)]
 fn mm(
     bf16: bool,
@@ -774,7 +775,9 @@ fn mm(
     scale: f32,
     parallel: bool,
 ) {
-    if bf16 {
+    // Products under 2^20 multiply-adds (one attention head) stay in f32: packing to bf16 and
+    // setting up the tiles would cost more than the bf16 arithmetic saves.
+    if bf16 && dims.0 * dims.1 * dims.2 >= 1 << 20 {
         crate::gemm::gemm_bf16_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
     } else {
         gemm_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)

@@ -567,7 +567,7 @@ pub(crate) mod amx {
         *GRANTED.get_or_init(|| {
             let ext = std::arch::x86_64::__cpuid_count(7, 0);
             let (bf16, tile) = ((ext.edx >> 22) & 1 == 1, (ext.edx >> 24) & 1 == 1);
-            if !(bf16 && tile && has_avx512f()) || !cfg!(target_os = "linux") {
+            if !(bf16 && tile && has_avx512f() && cfg!(target_os = "linux")) {
                 return false;
             }
             let ret: i64;

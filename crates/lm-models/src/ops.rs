@@ -51,9 +51,20 @@ pub fn with_matmul_precision<R>(p: MatmulPrecision, f: impl FnOnce() -> R) -> R 
     f()
 }
 
-/// Whether this CPU has the bf16 dot-product instructions (AVX512-BF16) the `Bf16` precision uses.
-pub fn has_bf16_dot_product() -> bool {
-    crate::gemm::has_avx512_bf16()
+/// Which kernel runs the `Bf16` products on this machine: `"AMX-BF16"` (Intel tile
+/// instructions), `"AVX512-BF16"` (`vdpbf16ps`) or `"rounded f32"` (the fallback).
+pub fn bf16_matmul_kernel() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::gemm::amx::available() {
+            return "AMX-BF16";
+        }
+    }
+    if crate::gemm::has_avx512_bf16() {
+        "AVX512-BF16"
+    } else {
+        "rounded f32"
+    }
 }
 
 /// `a[m, k] · b[k, n]` for row-major slices on all threads, at this thread's matmul precision: the

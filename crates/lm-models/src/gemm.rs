@@ -648,17 +648,36 @@ pub(crate) mod amx {
     #[target_feature(enable = "avx512f,avx512bw")]
     fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u16]) {
         out.fill(0);
-        for i in 0..rows {
-            let o = &mut out[i * 2 * kp..][..k];
-            let start = (r0 + i) as isize * a.rs;
-            if a.cs == 1 {
-                for (o, &v) in o.iter_mut().zip(&a.data[start as usize..][..k]) {
+        if a.cs == 1 {
+            for i in 0..rows {
+                let start = ((r0 + i) as isize * a.rs) as usize;
+                let o = &mut out[i * 2 * kp..][..k];
+                for (o, &v) in o.iter_mut().zip(&a.data[start..][..k]) {
                     *o = to_bf16_bits(v);
                 }
-            } else {
-                for (kk, o) in o.iter_mut().enumerate() {
-                    *o = to_bf16_bits(a.data[(start + kk as isize * a.cs) as usize]);
+            }
+        } else {
+            // Transposed (a column of `a` is contiguous): read along the rows for each k.
+            for kk in 0..k {
+                let start = (r0 as isize * a.rs + kk as isize * a.cs) as usize;
+                for i in 0..rows {
+                    let v = a.data[start + (i as isize * a.rs) as usize];
+                    out[i * 2 * kp + kk] = to_bf16_bits(v);
                 }
+            }
+        }
+    }
+
+    /// `out = scale·c (+ out)` for one row of a tile result.
+    #[target_feature(enable = "avx512f")]
+    fn write_row(out: &mut [f32], c: &[f32], accumulate: bool, scale: f32) {
+        if accumulate {
+            for (o, &v) in out.iter_mut().zip(c) {
+                *o += scale * v;
+            }
+        } else {
+            for (o, &v) in out.iter_mut().zip(c) {
+                *o = scale * v;
             }
         }
     }
@@ -727,13 +746,7 @@ pub(crate) mod amx {
                         for r in 0..16.min(rows - i0.min(rows)) {
                             let cols = 32.min(n - c0);
                             let out = &mut d[(i0 + r) * dst_rs + c0..][..cols];
-                            for (o, &v) in out.iter_mut().zip(&c[r * 32..r * 32 + cols]) {
-                                *o = if accumulate {
-                                    *o + scale * v
-                                } else {
-                                    scale * v
-                                };
-                            }
+                            write_row(out, &c[r * 32..r * 32 + cols], accumulate, scale);
                         }
                     }
                 }

@@ -656,16 +656,67 @@ pub(crate) mod amx {
                     *o = to_bf16_bits(v);
                 }
             }
+        } else if a.rs == 1 {
+            // SAFETY: `available()` checked AVX512-BF16; `pack_a_transposed` bounds its reads.
+            unsafe { pack_a_transposed(a, r0, rows, k, kp, out) }
         } else {
-            // Transposed (a column of `a` is contiguous): read along the rows for each k.
-            for kk in 0..k {
-                let start = (r0 as isize * a.rs + kk as isize * a.cs) as usize;
-                for i in 0..rows {
-                    let v = a.data[start + (i as isize * a.rs) as usize];
+            for i in 0..rows {
+                for kk in 0..k {
+                    let v = a.data[((r0 + i) as isize * a.rs + kk as isize * a.cs) as usize];
                     out[i * 2 * kp + kk] = to_bf16_bits(v);
                 }
             }
         }
+    }
+
+    /// [`pack_a`] for an `a` whose columns are contiguous (`a.rs == 1`, e.g. `xᵀ` in a weight
+    /// gradient). Per 16 rows: each k-pair of 16-float column pieces becomes 16 bf16 pairs
+    /// (`vcvtne2ps2bf16` + an interleave) in a scratch `[pair][row]` block, and each output row
+    /// gathers its pairs from it.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pack_a_transposed(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u16]) {
+        use std::arch::x86_64::*;
+        // Interleave the two halves: lane 2i ← i, lane 2i+1 ← 16 + i.
+        let idx: [u16; 32] = std::array::from_fn(|l| ((l % 2) * 16 + l / 2) as u16);
+        let mut pairs = vec![0u32; kp * 16];
+        for i0 in (0..rows).step_by(16) {
+            let n = 16.min(rows - i0);
+            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            let column = |kk: usize| -> __m512 {
+                if kk >= k {
+                    return _mm512_setzero_ps();
+                }
+                let start = (kk as isize * a.cs) as usize + r0 + i0;
+                let piece = &a.data[start..start + n];
+                // SAFETY: the masked load reads only the `n` floats of `piece`.
+                unsafe { _mm512_maskz_loadu_ps(mask, piece.as_ptr()) }
+            };
+            // SAFETY: `idx` has 32 lanes, `pairs` 16 u32 per k-pair.
+            unsafe {
+                let perm = _mm512_loadu_si512(idx.as_ptr().cast());
+                for q in 0..kp {
+                    let (lo, hi) = (column(2 * q), column(2 * q + 1));
+                    let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                    let inter = _mm512_permutexvar_epi16(perm, both);
+                    _mm512_storeu_si512(pairs.as_mut_ptr().add(q * 16).cast(), inter);
+                }
+            }
+            let out32: &mut [u32] = bytemuck_u32(out);
+            for r in 0..n {
+                let row = &mut out32[(i0 + r) * kp..(i0 + r + 1) * kp];
+                for (q, o) in row.iter_mut().enumerate() {
+                    *o = pairs[q * 16 + r];
+                }
+            }
+        }
+    }
+
+    /// `u16` pairs viewed as `u32` (little-endian: the first of each pair in the low half).
+    fn bytemuck_u32(v: &mut [u16]) -> &mut [u32] {
+        // SAFETY: the buffer is the u16 view of a `Vec<u32>` (see `gemm`), so it is 4-byte
+        // aligned and of even length; both are checked anyway.
+        assert!(v.as_ptr() as usize % 4 == 0 && v.len() % 2 == 0);
+        unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len() / 2) }
     }
 
     /// `out = scale·c (+ out)` for one row of a tile result.
@@ -706,9 +757,14 @@ pub(crate) mod amx {
         let work = |(r0, d): (usize, &mut [f32])| {
             let rows = TASK_ROWS.min(m - r0);
             let tiles = rows.div_ceil(16);
-            let mut ap = vec![0u16; tiles * 16 * 2 * kp];
+            // u32 storage, so the u16 view is always 4-byte aligned for `pack_a_transposed`.
+            let mut ap_store = vec![0u32; tiles * 16 * kp];
+            // SAFETY: u16 has no invalid bit patterns and a smaller alignment than u32.
+            let ap: &mut [u16] = unsafe {
+                std::slice::from_raw_parts_mut(ap_store.as_mut_ptr().cast(), ap_store.len() * 2)
+            };
             // SAFETY: as above.
-            unsafe { pack_a(&a, r0, rows, k, kp, &mut ap) };
+            unsafe { pack_a(&a, r0, rows, k, kp, ap) };
             let mut c = [0f32; 16 * 32];
             let cfg = TileConfig::new();
             // SAFETY: `available()` granted the tile state; every tile load reads 16 rows of

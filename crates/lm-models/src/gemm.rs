@@ -6,11 +6,15 @@
 //! f32, output f32 — what PyTorch's `set_float32_matmul_precision("medium")` and bf16 autocast
 //! compute for a matmul.
 //!
-//! On CPUs with AVX512-BF16 the kernel is `vdpbf16ps`: one instruction multiplies 16 pairs of
+//! On CPUs with Intel AMX the products run on the tile unit (`tdpbf16ps`, module `amx`). Else, with
+//! AVX512-BF16, the kernel is `vdpbf16ps`: one instruction multiplies 16 pairs of
 //! bf16 (two consecutive k) and accumulates into 16 f32 lanes. `B` is packed once into panels of
 //! 32 columns × k-pairs; each block of rows of `A` is packed into k-pairs and multiplied by an
 //! 8 × 32 register tile. Elsewhere the fallback rounds both inputs to bf16 and runs the f32 gemm:
 //! the same products (a bf16 × bf16 product is exact in f32), summed in another order.
+
+// Off x86-64 only the portable fallback is compiled; the tile sizes and helpers go unused.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use crate::kernels::{gemm_into, Mat};
 

@@ -44,7 +44,7 @@ pub fn tanh(x: f32) -> f32 {
 /// the compiler may not vectorize.
 const LANES: usize = 16;
 
-/// `Σ f(x_i)` with [`LANES`] partial sums.
+/// `Σ f(x_i)` with 16 (`LANES`) partial sums.
 #[inline(always)]
 pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; LANES];
@@ -58,13 +58,13 @@ pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
 }
 
-/// `Σ x_i` with [`LANES`] partial sums.
+/// `Σ x_i` with 16 (`LANES`) partial sums.
 #[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
     sum_map(x, |v| v)
 }
 
-/// `Σ a_i b_i` with [`LANES`] partial sums.
+/// `Σ a_i b_i` with 16 (`LANES`) partial sums.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
@@ -82,7 +82,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `max_i x_i` (−∞ for an empty slice) with [`LANES`] partial maxima.
+/// `max_i x_i` (−∞ for an empty slice) with 16 (`LANES`) partial maxima.
 #[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];

@@ -289,26 +289,40 @@ mod avx512 {
                 acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
             }
         }
-        let s = _mm512_set1_ps(scale);
-        assert!(d.len() >= (R - 1) * dst_rs + cols);
-        for (r, acc) in acc.iter().enumerate() {
-            for (h, &v) in acc.iter().enumerate() {
-                let c0 = h * 16;
-                if c0 >= cols {
-                    break;
-                }
-                let mask: __mmask16 = if cols - c0 >= 16 {
-                    0xFFFF
-                } else {
-                    (1u16 << (cols - c0)) - 1
-                };
-                let out = d.as_mut_ptr().add(r * dst_rs + c0);
-                let mut y = _mm512_mul_ps(v, s);
-                if accumulate {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, out));
-                }
-                _mm512_mask_storeu_ps(out, mask, y);
+        store_tile(d, &acc, (dst_rs, cols, accumulate, scale));
+    }
+}
+
+/// Writes an `R × cols` register tile (two 16-lane halves per row) to `d` (rows `dst_rs` apart):
+/// `d = scale·acc (+ d)`, with masked stores for a partial last half.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_tile<const R: usize>(
+    d: &mut [f32],
+    acc: &[[std::arch::x86_64::__m512; 2]; R],
+    (dst_rs, cols, accumulate, scale): (usize, usize, bool, f32),
+) {
+    use std::arch::x86_64::*;
+    let s = _mm512_set1_ps(scale);
+    assert!(d.len() >= (R - 1) * dst_rs + cols);
+    for (r, acc) in acc.iter().enumerate() {
+        for (h, &v) in acc.iter().enumerate() {
+            let c0 = h * 16;
+            if c0 >= cols {
+                break;
             }
+            let mask: __mmask16 = if cols - c0 >= 16 {
+                0xFFFF
+            } else {
+                (1u16 << (cols - c0)) - 1
+            };
+            let out = d.as_mut_ptr().add(r * dst_rs + c0);
+            let mut y = _mm512_mul_ps(v, s);
+            if accumulate {
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, out));
+            }
+            _mm512_mask_storeu_ps(out, mask, y);
         }
     }
 }
@@ -527,27 +541,7 @@ pub(crate) mod avx512_f32 {
                 acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
             }
         }
-        let s = _mm512_set1_ps(scale);
-        assert!(d.len() >= (R - 1) * dst_rs + cols);
-        for (r, acc) in acc.iter().enumerate() {
-            for (h, &v) in acc.iter().enumerate() {
-                let c0 = h * 16;
-                if c0 >= cols {
-                    break;
-                }
-                let mask: __mmask16 = if cols - c0 >= 16 {
-                    0xFFFF
-                } else {
-                    (1u16 << (cols - c0)) - 1
-                };
-                let out = d.as_mut_ptr().add(r * dst_rs + c0);
-                let mut y = _mm512_mul_ps(v, s);
-                if accumulate {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, out));
-                }
-                _mm512_mask_storeu_ps(out, mask, y);
-            }
-        }
+        store_tile(d, &acc, (dst_rs, cols, accumulate, scale));
     }
 }
 
@@ -876,7 +870,24 @@ mod tests {
         assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
     }
 
-    /// The kernel (whichever this CPU runs) against the rounded-f32 fallback, on odd sizes,
+    type Gemm = fn(&mut [f32], usize, Mat, Mat, (usize, usize, usize), bool, f32, bool);
+
+    /// The bf16 kernels this CPU can run, each called directly, and the dispatching entry point.
+    fn bf16_kernels() -> Vec<(&'static str, Gemm)> {
+        let mut v: Vec<(&'static str, Gemm)> = vec![("dispatch", gemm_bf16_into)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if amx::available() {
+                v.push(("amx", amx::gemm));
+            }
+            if has_avx512_bf16() {
+                v.push(("avx512-bf16", avx512::gemm));
+            }
+        }
+        v
+    }
+
+    /// Every bf16 kernel this CPU runs against the rounded-f32 fallback, on odd sizes,
     /// transposed and row-strided operands, accumulating and scaled.
     #[test]
     fn kernel_equals_rounded_f32_product() {
@@ -895,19 +906,22 @@ mod tests {
                 (Mat::rows(&a, k), Mat::rows(&b, n)),
                 (Mat::cols(&at, m), Mat::rows(&b, n)),
             ] {
-                let (mut d1, mut d2) = (init.clone(), init.clone());
-                gemm_bf16_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, true);
-                fallback(&mut d2, n + 3, av, bv, (m, k, n), true, 0.5, true);
-                for (i, (x, y)) in d1.iter().zip(&d2).enumerate() {
-                    assert!(
-                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                        "{m}x{k}x{n} at {i}: {x} vs {y}"
-                    );
-                }
-                // Columns n..n+3 of each row are outside the product and stay untouched.
-                for r in 0..m {
-                    let pad = r * (n + 3) + n..r * (n + 3) + n + 3;
-                    assert_eq!(&d1[pad.clone()], &init[pad]);
+                let mut want = init.clone();
+                fallback(&mut want, n + 3, av, bv, (m, k, n), true, 0.5, true);
+                for (name, kernel) in bf16_kernels() {
+                    let mut got = init.clone();
+                    kernel(&mut got, n + 3, av, bv, (m, k, n), true, 0.5, true);
+                    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                            "{name} {m}x{k}x{n} at {i}: {x} vs {y}"
+                        );
+                    }
+                    // Columns n..n+3 of each row are outside the product and stay untouched.
+                    for r in 0..m {
+                        let pad = r * (n + 3) + n..r * (n + 3) + n + 3;
+                        assert_eq!(&got[pad.clone()], &init[pad], "{name}");
+                    }
                 }
             }
         }

@@ -127,6 +127,18 @@ pub(crate) fn fallback(
     );
 }
 
+/// Calls `tile::<R>(args)` for the runtime row count `mr` of a register tile (any listed R, else
+/// 1): each instance has a constant row count, so its accumulators stay in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! rows_tile {
+    ($mr:expr, $tile:ident $args:tt, $($r:literal)*) => {
+        match $mr {
+            $($r => $tile::<$r> $args,)*
+            _ => $tile::<1> $args,
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
@@ -165,22 +177,15 @@ mod avx512 {
     /// Rows `r0..r0 + rows` of `a` as k-pairs: `out[i·kp + q]` = `bf16(a[r0+i, 2q])` in the low
     /// half and `bf16(a[r0+i, 2q+1])` in the high half (zero beyond k).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u16]) {
-        out[..rows * kp * 2].fill(0);
-        if a.cs == 1 {
-            for i in 0..rows {
-                let s = ((r0 + i) as isize * a.rs) as usize;
-                let src = &a.data[s..s + k];
-                for (o, &v) in out[i * kp * 2..i * kp * 2 + k].iter_mut().zip(src) {
-                    *o = to_bf16_bits(v);
-                }
-            }
-        } else {
-            for kk in 0..k {
-                for i in 0..rows {
-                    let v = a.data[((r0 + i) as isize * a.rs + kk as isize * a.cs) as usize];
-                    out[i * kp * 2 + kk] = to_bf16_bits(v);
-                }
+    fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u32]) {
+        let at = |i: usize, kk: usize| {
+            let v = a.data[((r0 + i) as isize * a.rs + kk as isize * a.cs) as usize];
+            to_bf16_bits(v) as u32
+        };
+        for i in 0..rows {
+            for (q, o) in out[i * kp..(i + 1) * kp].iter_mut().enumerate() {
+                let hi = if 2 * q + 1 < k { at(i, 2 * q + 1) } else { 0 };
+                *o = at(i, 2 * q) | hi << 16;
             }
         }
     }
@@ -206,14 +211,9 @@ mod avx512 {
         let bp = unsafe { pack_b(&b, k, n, kp) };
         let work = |(r0, d): (usize, &mut [f32])| {
             let rows = MB.min(m - r0);
-            let mut ap16 = vec![0u16; MB * kp * 2];
+            let mut ap = vec![0u32; rows * kp];
             // SAFETY: the caller checked AVX512F + AVX512-BF16.
-            unsafe { pack_a(&a, r0, rows, k, kp, &mut ap16) };
-            // Pairs of bf16 as one 32-bit lane each (low half = even k, little-endian).
-            let ap: Vec<u32> = ap16
-                .chunks_exact(2)
-                .map(|p| p[0] as u32 | (p[1] as u32) << 16)
-                .collect();
+            unsafe { pack_a(&a, r0, rows, k, kp, &mut ap) };
             // SAFETY: the caller checked AVX512F + AVX512-BF16; the tile reads `ap` rows
             // i·kp.. (i < rows) and panel p of `bp`, and writes rows < rows, columns < n of `d`.
             unsafe { block(d, dst_rs, &ap, &bp, rows, kp, n, accumulate, scale) }
@@ -248,18 +248,7 @@ mod avx512 {
                 let mr = MR.min(rows - i);
                 let (d, ap) = (&mut d[i * dst_rs + p * NR..], &ap[i * kp..]);
                 let args = (dst_rs, kp, cols, accumulate, scale);
-                // The row count is a constant in each instance, so the accumulators stay in
-                // registers.
-                match mr {
-                    8 => tile::<8>(d, ap, panel, args),
-                    7 => tile::<7>(d, ap, panel, args),
-                    6 => tile::<6>(d, ap, panel, args),
-                    5 => tile::<5>(d, ap, panel, args),
-                    4 => tile::<4>(d, ap, panel, args),
-                    3 => tile::<3>(d, ap, panel, args),
-                    2 => tile::<2>(d, ap, panel, args),
-                    _ => tile::<1>(d, ap, panel, args),
-                }
+                rows_tile!(mr, tile(d, ap, panel, args), 8 7 6 5 4 3 2);
                 i += mr;
             }
         }
@@ -485,20 +474,7 @@ pub(crate) mod avx512_f32 {
                     };
                     let d = &mut d[i * dst_rs + p * NR..];
                     let args = (dst_rs, kc, cols, accumulate, scale);
-                    match mr {
-                        12 => tile::<12>(d, ap, panel, args),
-                        11 => tile::<11>(d, ap, panel, args),
-                        10 => tile::<10>(d, ap, panel, args),
-                        9 => tile::<9>(d, ap, panel, args),
-                        8 => tile::<8>(d, ap, panel, args),
-                        7 => tile::<7>(d, ap, panel, args),
-                        6 => tile::<6>(d, ap, panel, args),
-                        5 => tile::<5>(d, ap, panel, args),
-                        4 => tile::<4>(d, ap, panel, args),
-                        3 => tile::<3>(d, ap, panel, args),
-                        2 => tile::<2>(d, ap, panel, args),
-                        _ => tile::<1>(d, ap, panel, args),
-                    }
+                    rows_tile!(mr, tile(d, ap, panel, args), 12 11 10 9 8 7 6 5 4 3 2);
                     i += mr;
                 }
             }

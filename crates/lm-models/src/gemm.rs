@@ -17,6 +17,7 @@
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use crate::kernels::{gemm_into, Mat};
+use std::cell::RefCell;
 
 /// Rows × columns of the register tile.
 const MR: usize = 8;
@@ -330,6 +331,32 @@ pub(crate) fn has_avx512f() -> bool {
 
 /// Splits the rows of `dst` (row stride `dst_rs`) into blocks of `MB` rows, each with its first
 /// row index; the last block keeps the tail of the slice.
+/// `dst` split at the row boundaries `bounds` (ascending, from 0 to m): (first row, rows, rows
+/// of `dst`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn split_rows<'a>(
+    dst: &'a mut [f32],
+    dst_rs: usize,
+    bounds: &[usize],
+) -> Vec<(usize, usize, &'a mut [f32])> {
+    let mut rest = dst;
+    let mut v = vec![];
+    for w in bounds.windows(2) {
+        if w[1] == w[0] {
+            continue;
+        }
+        let take = if w[1] < *bounds.last().unwrap_or(&0) {
+            (w[1] - w[0]) * dst_rs
+        } else {
+            rest.len()
+        };
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
+        v.push((w[0], w[1] - w[0], head));
+        rest = tail;
+    }
+    v
+}
+
 fn row_blocks(dst: &mut [f32], dst_rs: usize, m: usize, mb: usize) -> Vec<(usize, &mut [f32])> {
     let mut rest = dst;
     let mut v = vec![];
@@ -357,27 +384,70 @@ pub(crate) mod avx512_f32 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// Panel `p`, row `kk`, column `c` at `(p·k + kk)·NR + c` (zero beyond n).
-    fn pack_b(b: &Mat, k: usize, n: usize) -> Vec<f32> {
-        let panels = n.div_ceil(NR);
-        let mut out = vec![0f32; panels * k * NR];
+    thread_local! {
+        /// Reused packing buffers (one per thread; a nested call on the same thread, e.g. a
+        /// rayon task run while this thread waits, gets a fresh one).
+        static PACK_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        static PACK_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `f` on a scratch slice of `len` floats (contents unspecified).
+    fn with_scratch<R>(
+        key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+        len: usize,
+        f: impl FnOnce(&mut [f32]) -> R,
+    ) -> R {
+        key.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut v) => {
+                if v.len() < len {
+                    v.resize(len, 0.0);
+                }
+                f(&mut v[..len])
+            }
+            Err(_) => f(&mut vec![0f32; len]),
+        })
+    }
+
+    /// Panel `p`, row `kk`, column `c` at `(p·k + kk)·NR + c` (zero beyond n); writes all of
+    /// `out` (`n.div_ceil(NR)·k·NR` floats).
+    fn pack_b(b: &Mat, k: usize, n: usize, out: &mut [f32]) {
+        let full = n / NR;
         if b.cs == 1 {
             for kk in 0..k {
-                let s = (kk as isize * b.rs) as usize;
-                for (p, chunk) in b.data[s..s + n].chunks(NR).enumerate() {
-                    out[(p * k + kk) * NR..][..chunk.len()].copy_from_slice(chunk);
+                let row = &b.data[(kk as isize * b.rs) as usize..][..n];
+                for (p, chunk) in row.chunks(NR).enumerate() {
+                    let o = &mut out[(p * k + kk) * NR..][..NR];
+                    o[..chunk.len()].copy_from_slice(chunk);
+                    o[chunk.len()..].fill(0.0);
                 }
             }
         } else {
+            // Columns of `b` are the contiguous axis when `rs == 1` (a transposed operand).
             for col in 0..n {
                 let (p, c) = (col / NR, col % NR);
+                let o = &mut out[p * k * NR + c..];
                 for kk in 0..k {
-                    out[(p * k + kk) * NR + c] =
-                        b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
+                    o[kk * NR] = b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
+                }
+            }
+            if !n.is_multiple_of(NR) {
+                for kk in 0..k {
+                    out[(full * k + kk) * NR + n % NR..][..NR - n % NR].fill(0.0);
                 }
             }
         }
-        out
+    }
+
+    /// Rows `r0..r0 + rows`, k `k0..k0 + kc` of a column-major `a` as 12-row tiles: tile `t`,
+    /// step `kk`, row `r` at `(t·kc + kk)·12 + r` (a tile read as `rs = 1, cs = 12`).
+    fn pack_a(a: &Mat, r0: usize, rows: usize, k0: usize, kc: usize, out: &mut [f32]) {
+        for t in 0..rows.div_ceil(MR_F32) {
+            let mr = MR_F32.min(rows - t * MR_F32);
+            for kk in 0..kc {
+                let src = ((r0 + t * MR_F32) as isize + (k0 + kk) as isize * a.cs) as usize;
+                out[(t * kc + kk) * MR_F32..][..mr].copy_from_slice(&a.data[src..][..mr]);
+            }
+        }
     }
 
     /// The caller has checked that the CPU has AVX512F.
@@ -400,36 +470,49 @@ pub(crate) mod avx512_f32 {
             dst.len() >= (m - 1) * dst_rs + n,
             "gemm: destination out of bounds"
         );
+        let mut run = |bv: Panels| {
+            let work = |(r0, rows, d): (usize, usize, &mut [f32])| {
+                // SAFETY: the caller checked AVX512F; bounds are asserted in the tiles.
+                unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, accumulate, scale) }
+            };
+            let threads = rayon::current_num_threads();
+            if parallel && threads > 1 && m * n * k >= 1 << 15 {
+                // Whole tiles, as evenly as possible over a multiple of the thread count.
+                let tiles = m.div_ceil(MR_F32);
+                let tasks = (threads * tiles.div_ceil(threads * (MB_F32 / MR_F32))).min(tiles);
+                let bounds: Vec<usize> = (0..=tasks)
+                    .map(|i| (i * tiles / tasks * MR_F32).min(m))
+                    .collect();
+                split_rows(dst, dst_rs, &bounds)
+                    .into_par_iter()
+                    .for_each(work);
+            } else {
+                let bounds: Vec<usize> = (0..m.div_ceil(MB_F32) + 1)
+                    .map(|i| (i * MB_F32).min(m))
+                    .collect();
+                split_rows(dst, dst_rs, &bounds).into_iter().for_each(work);
+            }
+        };
         // A small row-major `b` is read in place (panel p = columns p·32.., rows `b.rs` apart);
         // a large one (rows far apart: cache and TLB misses) or another layout is packed into
         // contiguous panels first.
-        let packed;
-        let bv = if b.cs == 1 && k * n <= IN_PLACE_B {
-            Panels {
+        if b.cs == 1 && k * n <= IN_PLACE_B {
+            run(Panels {
                 data: b.data,
                 rs: b.rs as usize,
                 panel_stride: NR,
                 k_stride: b.rs as usize,
-            }
+            })
         } else {
-            packed = pack_b(&b, k, n);
-            Panels {
-                data: &packed,
-                rs: NR,
-                panel_stride: k * NR,
-                k_stride: NR,
-            }
-        };
-        let work = |(r0, d): (usize, &mut [f32])| {
-            let rows = MB_F32.min(m - r0);
-            // SAFETY: the caller checked AVX512F; bounds are asserted in `tile`.
-            unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, accumulate, scale) }
-        };
-        let blocks = row_blocks(dst, dst_rs, m, MB_F32);
-        if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {
-            blocks.into_par_iter().for_each(work);
-        } else {
-            blocks.into_iter().for_each(work);
+            with_scratch(&PACK_B, n.div_ceil(NR) * k * NR, |packed| {
+                pack_b(&b, k, n, packed);
+                run(Panels {
+                    data: packed,
+                    rs: NR,
+                    panel_stride: k * NR,
+                    k_stride: NR,
+                })
+            })
         }
     }
 
@@ -456,10 +539,54 @@ pub(crate) mod avx512_f32 {
         accumulate: bool,
         scale: f32,
     ) {
+        // A column-major `a` with more than one panel to reuse it is packed per k chunk: read
+        // in place, each k step of a tile is a line `a.cs` floats from the last, and these
+        // lines fall into a few L1 sets (power-of-two strides) and miss on every panel.
+        let pack = a.rs == 1 && a.cs != 1 && n > NR;
+        if pack {
+            with_scratch(&PACK_A, rows.div_ceil(MR_F32) * MR_F32 * KC.min(k), |buf| {
+                block_k(
+                    d,
+                    dst_rs,
+                    a,
+                    r0,
+                    bp,
+                    rows,
+                    k,
+                    n,
+                    accumulate,
+                    scale,
+                    Some(buf),
+                )
+            })
+        } else {
+            block_k(d, dst_rs, a, r0, bp, rows, k, n, accumulate, scale, None)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_k(
+        d: &mut [f32],
+        dst_rs: usize,
+        a: Mat,
+        r0: usize,
+        bp: Panels,
+        rows: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+        scale: f32,
+        mut pack: Option<&mut [f32]>,
+    ) {
         // k in chunks of KC so a panel's chunk (KC × 32 floats) stays in L1 across the tiles.
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             let accumulate = accumulate || k0 > 0;
+            if let Some(buf) = pack.as_deref_mut() {
+                pack_a(&a, r0, rows, k0, kc, buf);
+            }
+            let packed = pack.as_deref();
             for p in 0..n.div_ceil(NR) {
                 let cols = NR.min(n - p * NR);
                 let start = p * bp.panel_stride + k0 * bp.k_stride;
@@ -467,18 +594,330 @@ pub(crate) mod avx512_f32 {
                 let mut i = 0;
                 while i < rows {
                     let mr = MR_F32.min(rows - i);
-                    let at = (r0 + i) as isize * a.rs + k0 as isize * a.cs;
-                    let ap = Mat {
-                        data: &a.data[at as usize..],
-                        ..a
+                    let ap = match packed {
+                        Some(buf) => Mat {
+                            data: &buf[i * kc..],
+                            rs: 1,
+                            cs: MR_F32 as isize,
+                        },
+                        None => {
+                            let at = (r0 + i) as isize * a.rs + k0 as isize * a.cs;
+                            Mat {
+                                data: &a.data[at as usize..],
+                                ..a
+                            }
+                        }
                     };
                     let d = &mut d[i * dst_rs + p * NR..];
                     let args = (dst_rs, kc, cols, accumulate, scale);
-                    rows_tile!(mr, tile(d, ap, panel, args), 12 11 10 9 8 7 6 5 4 3 2);
+                    if mr == 12 && cols == NR && (a.cs == 1 || a.rs == 1) {
+                        tile_12x32(d, ap, panel, args);
+                    } else {
+                        rows_tile!(mr, tile(d, ap, panel, args), 12 11 10 9 8 7 6 5 4 3 2);
+                    }
                     i += mr;
                 }
             }
         }
+    }
+
+    /// The full 12 × 32 tile in assembly, for `a` row-major (`cs == 1`) or column-major
+    /// (`rs == 1`): 24 accumulators, 2 loads of `b` and 12 broadcasts of `a` per 24 FMAs, the
+    /// 12 addresses of `a` as base + index·scale (LLVM's code for [`tile`] recomputes them in a
+    /// serial chain of adds, which runs at ~60% of the FMA peak).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_12x32(
+        d: &mut [f32],
+        a: Mat,
+        (panel, b_rs): (&[f32], usize),
+        (dst_rs, kc, cols, accumulate, scale): (usize, usize, usize, bool, f32),
+    ) {
+        use std::arch::asm;
+        assert!(
+            cols == NR
+                && kc > 0
+                && (a.cs == 1 || a.rs == 1)
+                && a.data.len() > (11 * a.rs + (kc - 1) as isize * a.cs) as usize
+                && panel.len() >= (kc - 1) * b_rs + NR
+        );
+        let mut acc = [[_mm512_setzero_ps(); 2]; 12];
+        let out = acc.as_mut_ptr() as *mut f32;
+        let (pa, pb) = (a.data.as_ptr(), panel.as_ptr());
+        // SAFETY: every address read is inside `a.data` or `panel` (asserted above): rows
+        // 0..12 of `a` at k 0..kc, and 32 floats of `panel` at each of kc rows `b_rs` apart;
+        // `out` is the 24 registers' worth of `acc`.
+        if a.cs == 1 {
+            asm!(
+                "vpxord zmm0, zmm0, zmm0",
+                "vpxord zmm1, zmm1, zmm1",
+                "vpxord zmm2, zmm2, zmm2",
+                "vpxord zmm3, zmm3, zmm3",
+                "vpxord zmm4, zmm4, zmm4",
+                "vpxord zmm5, zmm5, zmm5",
+                "vpxord zmm6, zmm6, zmm6",
+                "vpxord zmm7, zmm7, zmm7",
+                "vpxord zmm8, zmm8, zmm8",
+                "vpxord zmm9, zmm9, zmm9",
+                "vpxord zmm10, zmm10, zmm10",
+                "vpxord zmm11, zmm11, zmm11",
+                "vpxord zmm12, zmm12, zmm12",
+                "vpxord zmm13, zmm13, zmm13",
+                "vpxord zmm14, zmm14, zmm14",
+                "vpxord zmm15, zmm15, zmm15",
+                "vpxord zmm16, zmm16, zmm16",
+                "vpxord zmm17, zmm17, zmm17",
+                "vpxord zmm18, zmm18, zmm18",
+                "vpxord zmm19, zmm19, zmm19",
+                "vpxord zmm20, zmm20, zmm20",
+                "vpxord zmm21, zmm21, zmm21",
+                "vpxord zmm22, zmm22, zmm22",
+                "vpxord zmm23, zmm23, zmm23",
+                "2:",
+                "vmovups zmm24, zmmword ptr [{pb}]",
+                "vmovups zmm25, zmmword ptr [{pb} + 64]",
+                "add {pb}, {b_step}",
+                "vbroadcastss zmm26, dword ptr [{pa}]",
+                "vfmadd231ps zmm0, zmm26, zmm24",
+                "vfmadd231ps zmm1, zmm26, zmm25",
+                "vbroadcastss zmm27, dword ptr [{pa} + {s}]",
+                "vfmadd231ps zmm2, zmm27, zmm24",
+                "vfmadd231ps zmm3, zmm27, zmm25",
+                "vbroadcastss zmm28, dword ptr [{pa} + {s}*2]",
+                "vfmadd231ps zmm4, zmm28, zmm24",
+                "vfmadd231ps zmm5, zmm28, zmm25",
+                "vbroadcastss zmm29, dword ptr [{pa} + {s3}]",
+                "vfmadd231ps zmm6, zmm29, zmm24",
+                "vfmadd231ps zmm7, zmm29, zmm25",
+                "vbroadcastss zmm30, dword ptr [{pa} + {s}*4]",
+                "vfmadd231ps zmm8, zmm30, zmm24",
+                "vfmadd231ps zmm9, zmm30, zmm25",
+                "vbroadcastss zmm31, dword ptr [{pa} + {s5}]",
+                "vfmadd231ps zmm10, zmm31, zmm24",
+                "vfmadd231ps zmm11, zmm31, zmm25",
+                "vbroadcastss zmm26, dword ptr [{pa6}]",
+                "vfmadd231ps zmm12, zmm26, zmm24",
+                "vfmadd231ps zmm13, zmm26, zmm25",
+                "vbroadcastss zmm27, dword ptr [{pa6} + {s}]",
+                "vfmadd231ps zmm14, zmm27, zmm24",
+                "vfmadd231ps zmm15, zmm27, zmm25",
+                "vbroadcastss zmm28, dword ptr [{pa6} + {s}*2]",
+                "vfmadd231ps zmm16, zmm28, zmm24",
+                "vfmadd231ps zmm17, zmm28, zmm25",
+                "vbroadcastss zmm29, dword ptr [{pa6} + {s3}]",
+                "vfmadd231ps zmm18, zmm29, zmm24",
+                "vfmadd231ps zmm19, zmm29, zmm25",
+                "vbroadcastss zmm30, dword ptr [{pa6} + {s}*4]",
+                "vfmadd231ps zmm20, zmm30, zmm24",
+                "vfmadd231ps zmm21, zmm30, zmm25",
+                "vbroadcastss zmm31, dword ptr [{pa6} + {s5}]",
+                "vfmadd231ps zmm22, zmm31, zmm24",
+                "vfmadd231ps zmm23, zmm31, zmm25",
+                "add {pa}, 4",
+                "add {pa6}, 4",
+                "dec {n}",
+                "jnz 2b",
+                "vmovups zmmword ptr [{out} + 0], zmm0",
+                "vmovups zmmword ptr [{out} + 64], zmm1",
+                "vmovups zmmword ptr [{out} + 128], zmm2",
+                "vmovups zmmword ptr [{out} + 192], zmm3",
+                "vmovups zmmword ptr [{out} + 256], zmm4",
+                "vmovups zmmword ptr [{out} + 320], zmm5",
+                "vmovups zmmword ptr [{out} + 384], zmm6",
+                "vmovups zmmword ptr [{out} + 448], zmm7",
+                "vmovups zmmword ptr [{out} + 512], zmm8",
+                "vmovups zmmword ptr [{out} + 576], zmm9",
+                "vmovups zmmword ptr [{out} + 640], zmm10",
+                "vmovups zmmword ptr [{out} + 704], zmm11",
+                "vmovups zmmword ptr [{out} + 768], zmm12",
+                "vmovups zmmword ptr [{out} + 832], zmm13",
+                "vmovups zmmword ptr [{out} + 896], zmm14",
+                "vmovups zmmword ptr [{out} + 960], zmm15",
+                "vmovups zmmword ptr [{out} + 1024], zmm16",
+                "vmovups zmmword ptr [{out} + 1088], zmm17",
+                "vmovups zmmword ptr [{out} + 1152], zmm18",
+                "vmovups zmmword ptr [{out} + 1216], zmm19",
+                "vmovups zmmword ptr [{out} + 1280], zmm20",
+                "vmovups zmmword ptr [{out} + 1344], zmm21",
+                "vmovups zmmword ptr [{out} + 1408], zmm22",
+                "vmovups zmmword ptr [{out} + 1472], zmm23",
+                pa = inout(reg) pa => _,
+                pa6 = inout(reg) pa.wrapping_offset(6 * a.rs) => _,
+                s = in(reg) 4 * a.rs,
+                s3 = in(reg) 12 * a.rs,
+                s5 = in(reg) 20 * a.rs,
+                pb = inout(reg) pb => _,
+                b_step = in(reg) 4 * b_rs,
+                n = inout(reg) kc => _,
+                out = in(reg) out,
+                out("zmm0") _,
+                out("zmm1") _,
+                out("zmm2") _,
+                out("zmm3") _,
+                out("zmm4") _,
+                out("zmm5") _,
+                out("zmm6") _,
+                out("zmm7") _,
+                out("zmm8") _,
+                out("zmm9") _,
+                out("zmm10") _,
+                out("zmm11") _,
+                out("zmm12") _,
+                out("zmm13") _,
+                out("zmm14") _,
+                out("zmm15") _,
+                out("zmm16") _,
+                out("zmm17") _,
+                out("zmm18") _,
+                out("zmm19") _,
+                out("zmm20") _,
+                out("zmm21") _,
+                out("zmm22") _,
+                out("zmm23") _,
+                out("zmm24") _,
+                out("zmm25") _,
+                out("zmm26") _,
+                out("zmm27") _,
+                out("zmm28") _,
+                out("zmm29") _,
+                out("zmm30") _,
+                out("zmm31") _,
+                options(nostack),
+            );
+        } else {
+            asm!(
+                "vpxord zmm0, zmm0, zmm0",
+                "vpxord zmm1, zmm1, zmm1",
+                "vpxord zmm2, zmm2, zmm2",
+                "vpxord zmm3, zmm3, zmm3",
+                "vpxord zmm4, zmm4, zmm4",
+                "vpxord zmm5, zmm5, zmm5",
+                "vpxord zmm6, zmm6, zmm6",
+                "vpxord zmm7, zmm7, zmm7",
+                "vpxord zmm8, zmm8, zmm8",
+                "vpxord zmm9, zmm9, zmm9",
+                "vpxord zmm10, zmm10, zmm10",
+                "vpxord zmm11, zmm11, zmm11",
+                "vpxord zmm12, zmm12, zmm12",
+                "vpxord zmm13, zmm13, zmm13",
+                "vpxord zmm14, zmm14, zmm14",
+                "vpxord zmm15, zmm15, zmm15",
+                "vpxord zmm16, zmm16, zmm16",
+                "vpxord zmm17, zmm17, zmm17",
+                "vpxord zmm18, zmm18, zmm18",
+                "vpxord zmm19, zmm19, zmm19",
+                "vpxord zmm20, zmm20, zmm20",
+                "vpxord zmm21, zmm21, zmm21",
+                "vpxord zmm22, zmm22, zmm22",
+                "vpxord zmm23, zmm23, zmm23",
+                "2:",
+                "vmovups zmm24, zmmword ptr [{pb}]",
+                "vmovups zmm25, zmmword ptr [{pb} + 64]",
+                "add {pb}, {b_step}",
+                "vbroadcastss zmm26, dword ptr [{pa}]",
+                "vfmadd231ps zmm0, zmm26, zmm24",
+                "vfmadd231ps zmm1, zmm26, zmm25",
+                "vbroadcastss zmm27, dword ptr [{pa} + 4]",
+                "vfmadd231ps zmm2, zmm27, zmm24",
+                "vfmadd231ps zmm3, zmm27, zmm25",
+                "vbroadcastss zmm28, dword ptr [{pa} + 8]",
+                "vfmadd231ps zmm4, zmm28, zmm24",
+                "vfmadd231ps zmm5, zmm28, zmm25",
+                "vbroadcastss zmm29, dword ptr [{pa} + 12]",
+                "vfmadd231ps zmm6, zmm29, zmm24",
+                "vfmadd231ps zmm7, zmm29, zmm25",
+                "vbroadcastss zmm30, dword ptr [{pa} + 16]",
+                "vfmadd231ps zmm8, zmm30, zmm24",
+                "vfmadd231ps zmm9, zmm30, zmm25",
+                "vbroadcastss zmm31, dword ptr [{pa} + 20]",
+                "vfmadd231ps zmm10, zmm31, zmm24",
+                "vfmadd231ps zmm11, zmm31, zmm25",
+                "vbroadcastss zmm26, dword ptr [{pa} + 24]",
+                "vfmadd231ps zmm12, zmm26, zmm24",
+                "vfmadd231ps zmm13, zmm26, zmm25",
+                "vbroadcastss zmm27, dword ptr [{pa} + 28]",
+                "vfmadd231ps zmm14, zmm27, zmm24",
+                "vfmadd231ps zmm15, zmm27, zmm25",
+                "vbroadcastss zmm28, dword ptr [{pa} + 32]",
+                "vfmadd231ps zmm16, zmm28, zmm24",
+                "vfmadd231ps zmm17, zmm28, zmm25",
+                "vbroadcastss zmm29, dword ptr [{pa} + 36]",
+                "vfmadd231ps zmm18, zmm29, zmm24",
+                "vfmadd231ps zmm19, zmm29, zmm25",
+                "vbroadcastss zmm30, dword ptr [{pa} + 40]",
+                "vfmadd231ps zmm20, zmm30, zmm24",
+                "vfmadd231ps zmm21, zmm30, zmm25",
+                "vbroadcastss zmm31, dword ptr [{pa} + 44]",
+                "vfmadd231ps zmm22, zmm31, zmm24",
+                "vfmadd231ps zmm23, zmm31, zmm25",
+                "add {pa}, {a_step}",
+                "dec {n}",
+                "jnz 2b",
+                "vmovups zmmword ptr [{out} + 0], zmm0",
+                "vmovups zmmword ptr [{out} + 64], zmm1",
+                "vmovups zmmword ptr [{out} + 128], zmm2",
+                "vmovups zmmword ptr [{out} + 192], zmm3",
+                "vmovups zmmword ptr [{out} + 256], zmm4",
+                "vmovups zmmword ptr [{out} + 320], zmm5",
+                "vmovups zmmword ptr [{out} + 384], zmm6",
+                "vmovups zmmword ptr [{out} + 448], zmm7",
+                "vmovups zmmword ptr [{out} + 512], zmm8",
+                "vmovups zmmword ptr [{out} + 576], zmm9",
+                "vmovups zmmword ptr [{out} + 640], zmm10",
+                "vmovups zmmword ptr [{out} + 704], zmm11",
+                "vmovups zmmword ptr [{out} + 768], zmm12",
+                "vmovups zmmword ptr [{out} + 832], zmm13",
+                "vmovups zmmword ptr [{out} + 896], zmm14",
+                "vmovups zmmword ptr [{out} + 960], zmm15",
+                "vmovups zmmword ptr [{out} + 1024], zmm16",
+                "vmovups zmmword ptr [{out} + 1088], zmm17",
+                "vmovups zmmword ptr [{out} + 1152], zmm18",
+                "vmovups zmmword ptr [{out} + 1216], zmm19",
+                "vmovups zmmword ptr [{out} + 1280], zmm20",
+                "vmovups zmmword ptr [{out} + 1344], zmm21",
+                "vmovups zmmword ptr [{out} + 1408], zmm22",
+                "vmovups zmmword ptr [{out} + 1472], zmm23",
+                pa = inout(reg) pa => _,
+                a_step = in(reg) 4 * a.cs,
+                pb = inout(reg) pb => _,
+                b_step = in(reg) 4 * b_rs,
+                n = inout(reg) kc => _,
+                out = in(reg) out,
+                out("zmm0") _,
+                out("zmm1") _,
+                out("zmm2") _,
+                out("zmm3") _,
+                out("zmm4") _,
+                out("zmm5") _,
+                out("zmm6") _,
+                out("zmm7") _,
+                out("zmm8") _,
+                out("zmm9") _,
+                out("zmm10") _,
+                out("zmm11") _,
+                out("zmm12") _,
+                out("zmm13") _,
+                out("zmm14") _,
+                out("zmm15") _,
+                out("zmm16") _,
+                out("zmm17") _,
+                out("zmm18") _,
+                out("zmm19") _,
+                out("zmm20") _,
+                out("zmm21") _,
+                out("zmm22") _,
+                out("zmm23") _,
+                out("zmm24") _,
+                out("zmm25") _,
+                out("zmm26") _,
+                out("zmm27") _,
+                out("zmm28") _,
+                out("zmm29") _,
+                out("zmm30") _,
+                out("zmm31") _,
+                options(nostack),
+            );
+        }
+        store_tile(d, &acc, (dst_rs, cols, accumulate, scale));
     }
 
     /// An `R × cols` tile (`R ≤ 12`, `cols ≤ 32`) over `kc` steps of k.
@@ -811,6 +1250,8 @@ mod tests {
             (1, 1, 1),
             (130, 64, 64),
             (20, 600, 40),
+            // k·n over IN_PLACE_B: a row-major b is packed too.
+            (30, 1030, 520),
         ] {
             let a = data(m * k, 6);
             let (bt, b) = (data(n * k, 7), data(k * n, 9));
@@ -826,11 +1267,27 @@ mod tests {
                 let (mut d1, mut d2) = (init.clone(), init.clone());
                 gemm_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, true);
                 crate::kernels::gemm_crate(&mut d2, n + 3, av, bv, (m, k, n), true, 0.5, true);
+                // Each sum of k products is off its exact value by at most k·u·Σ|a b|
+                // (u = 2^-24), whatever the order: the two may differ by twice that.
+                let abs = |x: &Mat, len: usize| -> Vec<f32> {
+                    x.data[..len].iter().map(|v| v.abs()).collect()
+                };
+                let (aa, ba) = (abs(&av, av.data.len()), abs(&bv, bv.data.len()));
+                let mut bound = vec![0f32; m * (n + 3)];
+                let (aam, bam) = (Mat { data: &aa, ..av }, Mat { data: &ba, ..bv });
+                crate::kernels::gemm_crate(
+                    &mut bound,
+                    n + 3,
+                    aam,
+                    bam,
+                    (m, k, n),
+                    false,
+                    0.5,
+                    true,
+                );
                 for (i, (x, y)) in d1.iter().zip(&d2).enumerate() {
-                    assert!(
-                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                        "{m}x{k}x{n} at {i}: {x} vs {y}"
-                    );
+                    let tol = 1e-6 * (1.0 + y.abs()) + k as f32 * f32::EPSILON * bound[i];
+                    assert!((x - y).abs() <= tol, "{m}x{k}x{n} at {i}: {x} vs {y}");
                 }
             }
         }

@@ -13,7 +13,10 @@ pub fn exp(x: f32) -> f32 {
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: adding and subtracting rounds to an integer
     let xc = x.clamp(-87.0, 88.5);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    // `t` holds round(x·log2 e) in its low mantissa bits (its ulp is 1), so the integer is
+    // read from the bits: a float-to-int `as` cast saturates and does not vectorize.
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = xc - n * C1 - n * C2;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -22,7 +25,8 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     let y = e * scale;
     if x < -87.0 {
         0.0

@@ -279,23 +279,54 @@ mod avx512 {
                 acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
             }
         }
-        store_tile(d, &acc, (dst_rs, cols, accumulate, scale));
+        store_tile(d, &acc, (dst_rs, cols, Epilogue::new(accumulate, scale)));
     }
 }
 
-/// Writes an `R × cols` register tile (two 16-lane halves per row) to `d` (rows `dst_rs` apart):
-/// `d = scale·acc (+ d)`, with masked stores for a partial last half.
+/// How a finished tile is written: `d = scale·acc (+ d with accumulate) (+ bias[column])`.
+#[derive(Clone, Copy)]
+struct Epilogue<'a> {
+    accumulate: bool,
+    scale: f32,
+    /// The bias from the tile's first column on.
+    bias: Option<&'a [f32]>,
+}
+
+impl<'a> Epilogue<'a> {
+    fn new(accumulate: bool, scale: f32) -> Self {
+        Self {
+            accumulate,
+            scale,
+            bias: None,
+        }
+    }
+}
+
+/// Writes an `R × cols` register tile (two 16-lane halves per row) to `d` (rows `dst_rs` apart)
+/// as `epi` says, with masked stores for a partial last half.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn store_tile<const R: usize>(
     d: &mut [f32],
     acc: &[[std::arch::x86_64::__m512; 2]; R],
-    (dst_rs, cols, accumulate, scale): (usize, usize, bool, f32),
+    (dst_rs, cols, epi): (usize, usize, Epilogue),
 ) {
     use std::arch::x86_64::*;
+    let Epilogue {
+        accumulate,
+        scale,
+        bias,
+    } = epi;
     let s = _mm512_set1_ps(scale);
-    assert!(d.len() >= (R - 1) * dst_rs + cols);
+    assert!(d.len() >= (R - 1) * dst_rs + cols && bias.is_none_or(|b| b.len() >= cols));
+    let bias = bias.map(|b| {
+        let m = |c0: usize| ((1u32 << cols.saturating_sub(c0).min(16)) - 1) as __mmask16;
+        [
+            _mm512_maskz_loadu_ps(m(0), b.as_ptr()),
+            _mm512_maskz_loadu_ps(m(16), b.as_ptr().wrapping_add(16)),
+        ]
+    });
     for (r, acc) in acc.iter().enumerate() {
         for (h, &v) in acc.iter().enumerate() {
             let c0 = h * 16;
@@ -311,6 +342,9 @@ unsafe fn store_tile<const R: usize>(
             let mut y = _mm512_mul_ps(v, s);
             if accumulate {
                 y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, out));
+            }
+            if let Some(b) = bias {
+                y = _mm512_add_ps(y, b[h]);
             }
             _mm512_mask_storeu_ps(out, mask, y);
         }
@@ -440,12 +474,24 @@ pub(crate) mod avx512_f32 {
 
     /// Rows `r0..r0 + rows`, k `k0..k0 + kc` of a column-major `a` as 12-row tiles: tile `t`,
     /// step `kk`, row `r` at `(t·kc + kk)·12 + r` (a tile read as `rs = 1, cs = 12`).
+    /// Each 12-float run is one masked load and store (`copy_from_slice` was a memcpy call).
+    #[target_feature(enable = "avx512f")]
     fn pack_a(a: &Mat, r0: usize, rows: usize, k0: usize, kc: usize, out: &mut [f32]) {
         for t in 0..rows.div_ceil(MR_F32) {
             let mr = MR_F32.min(rows - t * MR_F32);
+            let mask = ((1u32 << mr) - 1) as __mmask16;
             for kk in 0..kc {
                 let src = ((r0 + t * MR_F32) as isize + (k0 + kk) as isize * a.cs) as usize;
-                out[(t * kc + kk) * MR_F32..][..mr].copy_from_slice(&a.data[src..][..mr]);
+                let (from, to) = (
+                    &a.data[src..][..mr],
+                    &mut out[(t * kc + kk) * MR_F32..][..mr],
+                );
+                // SAFETY: both runs are `mr` floats long (bounds-checked slices above) and
+                // the mask covers exactly `mr` lanes.
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(mask, from.as_ptr());
+                    _mm512_mask_storeu_ps(to.as_mut_ptr(), mask, v);
+                }
             }
         }
     }
@@ -457,9 +503,40 @@ pub(crate) mod avx512_f32 {
         dst_rs: usize,
         a: Mat,
         b: Mat,
-        (m, k, n): (usize, usize, usize),
+        dims: (usize, usize, usize),
         accumulate: bool,
         scale: f32,
+        parallel: bool,
+    ) {
+        let epi = Epilogue::new(accumulate, scale);
+        gemm_epilogue(dst, dst_rs, a, b, dims, epi, parallel)
+    }
+
+    /// `dst[m, n] = a · b + bias` (bias broadcast over rows, length n; `dst` need not be
+    /// initialized to anything). The caller has checked that the CPU has AVX512F.
+    pub(crate) fn gemm_bias(
+        dst: &mut [f32],
+        a: Mat,
+        b: Mat,
+        dims: (usize, usize, usize),
+        bias: &[f32],
+        parallel: bool,
+    ) {
+        assert!(bias.len() >= dims.2, "gemm: bias shorter than n");
+        let epi = Epilogue {
+            bias: Some(bias),
+            ..Epilogue::new(false, 1.0)
+        };
+        gemm_epilogue(dst, dims.2, a, b, dims, epi, parallel)
+    }
+
+    fn gemm_epilogue(
+        dst: &mut [f32],
+        dst_rs: usize,
+        a: Mat,
+        b: Mat,
+        (m, k, n): (usize, usize, usize),
+        epi: Epilogue,
         parallel: bool,
     ) {
         use rayon::prelude::*;
@@ -473,7 +550,7 @@ pub(crate) mod avx512_f32 {
         let mut run = |bv: Panels| {
             let work = |(r0, rows, d): (usize, usize, &mut [f32])| {
                 // SAFETY: the caller checked AVX512F; bounds are asserted in the tiles.
-                unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, accumulate, scale) }
+                unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, epi) }
             };
             let threads = rayon::current_num_threads();
             if parallel && threads > 1 && m * n * k >= 1 << 15 {
@@ -536,8 +613,7 @@ pub(crate) mod avx512_f32 {
         rows: usize,
         k: usize,
         n: usize,
-        accumulate: bool,
-        scale: f32,
+        epi: Epilogue,
     ) {
         // A column-major `a` with more than one panel to reuse it is packed per k chunk: read
         // in place, each k step of a tile is a line `a.cs` floats from the last, and these
@@ -545,22 +621,10 @@ pub(crate) mod avx512_f32 {
         let pack = a.rs == 1 && a.cs != 1 && n > NR;
         if pack {
             with_scratch(&PACK_A, rows.div_ceil(MR_F32) * MR_F32 * KC.min(k), |buf| {
-                block_k(
-                    d,
-                    dst_rs,
-                    a,
-                    r0,
-                    bp,
-                    rows,
-                    k,
-                    n,
-                    accumulate,
-                    scale,
-                    Some(buf),
-                )
+                block_k(d, dst_rs, a, r0, bp, rows, k, n, epi, Some(buf))
             })
         } else {
-            block_k(d, dst_rs, a, r0, bp, rows, k, n, accumulate, scale, None)
+            block_k(d, dst_rs, a, r0, bp, rows, k, n, epi, None)
         }
     }
 
@@ -575,14 +639,22 @@ pub(crate) mod avx512_f32 {
         rows: usize,
         k: usize,
         n: usize,
-        accumulate: bool,
-        scale: f32,
+        epi: Epilogue,
         mut pack: Option<&mut [f32]>,
     ) {
         // k in chunks of KC so a panel's chunk (KC × 32 floats) stays in L1 across the tiles.
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
-            let accumulate = accumulate || k0 > 0;
+            // Later chunks add onto the first (which added the bias).
+            let epi = if k0 == 0 {
+                epi
+            } else {
+                Epilogue {
+                    accumulate: true,
+                    bias: None,
+                    ..epi
+                }
+            };
             if let Some(buf) = pack.as_deref_mut() {
                 pack_a(&a, r0, rows, k0, kc, buf);
             }
@@ -609,7 +681,11 @@ pub(crate) mod avx512_f32 {
                         }
                     };
                     let d = &mut d[i * dst_rs + p * NR..];
-                    let args = (dst_rs, kc, cols, accumulate, scale);
+                    let epi = Epilogue {
+                        bias: epi.bias.map(|b| &b[p * NR..]),
+                        ..epi
+                    };
+                    let args = (dst_rs, kc, cols, epi);
                     if mr == 12 && cols == NR && (a.cs == 1 || a.rs == 1) {
                         tile_12x32(d, ap, panel, args);
                     } else {
@@ -630,7 +706,7 @@ pub(crate) mod avx512_f32 {
         d: &mut [f32],
         a: Mat,
         (panel, b_rs): (&[f32], usize),
-        (dst_rs, kc, cols, accumulate, scale): (usize, usize, usize, bool, f32),
+        (dst_rs, kc, cols, epi): (usize, usize, usize, Epilogue),
     ) {
         use std::arch::asm;
         assert!(
@@ -917,7 +993,7 @@ pub(crate) mod avx512_f32 {
                 options(nostack),
             );
         }
-        store_tile(d, &acc, (dst_rs, cols, accumulate, scale));
+        store_tile(d, &acc, (dst_rs, cols, epi));
     }
 
     /// An `R × cols` tile (`R ≤ 12`, `cols ≤ 32`) over `kc` steps of k.
@@ -927,7 +1003,7 @@ pub(crate) mod avx512_f32 {
         d: &mut [f32],
         a: Mat,
         (panel, b_rs): (&[f32], usize),
-        (dst_rs, kc, cols, accumulate, scale): (usize, usize, usize, bool, f32),
+        (dst_rs, kc, cols, epi): (usize, usize, usize, Epilogue),
     ) {
         // `a` is read in place through its strides (no packing): 8 rows of a row-major matrix
         // are 8 streams along k; a transposed one gives the 8 values of one k side by side.
@@ -956,7 +1032,7 @@ pub(crate) mod avx512_f32 {
                 acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
             }
         }
-        store_tile(d, &acc, (dst_rs, cols, accumulate, scale));
+        store_tile(d, &acc, (dst_rs, cols, epi));
     }
 }
 
@@ -1289,6 +1365,30 @@ mod tests {
                     let tol = 1e-6 * (1.0 + y.abs()) + k as f32 * f32::EPSILON * bound[i];
                     assert!((x - y).abs() <= tol, "{m}x{k}x{n} at {i}: {x} vs {y}");
                 }
+            }
+        }
+    }
+
+    /// The bias epilogue: `a·b + bias` into a buffer holding garbage, against the gemm crate
+    /// accumulating onto rows prefilled with the bias; k over KC (the bias goes in once).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bias_epilogue_equals_prefilled_bias() {
+        if !has_avx512f() {
+            return;
+        }
+        for (m, k, n) in [(13, 7, 37), (70, 300, 65), (24, 64, 64)] {
+            let (a, b, bias) = (data(m * k, 1), data(k * n, 2), data(n, 3));
+            let (av, bv) = (Mat::rows(&a, k), Mat::rows(&b, n));
+            let mut got = vec![f32::NAN; m * n];
+            avx512_f32::gemm_bias(&mut got, av, bv, (m, k, n), &bias, true);
+            let mut want: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+            crate::kernels::gemm_crate(&mut want, n, av, bv, (m, k, n), true, 1.0, true);
+            for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                    "{m}x{k}x{n} at {i}: {x} vs {y}"
+                );
             }
         }
     }

@@ -27,7 +27,7 @@ fn last_dim(l: &Layout) -> usize {
 fn par_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
-    let mut out = vec![0f32; a.len()];
+    let mut out = output_buffer(a.len());
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| {
@@ -233,7 +233,7 @@ impl CustomOp3 for LayerNorm {
         if gamma.len() != c || beta.len() != c {
             candle_core::bail!("layer-norm: gamma and beta need {c} elements")
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = output_buffer(x.len());
         let rows = ROWS_PER_TASK * c;
         y.par_chunks_mut(rows)
             .zip(x.par_chunks(rows))
@@ -295,7 +295,9 @@ impl CustomOp3 for LayerNormGrad {
         let g = slice(s3, l3, "layer-norm-grad g")?;
         let c = gamma.len();
         let n = x.len();
-        let mut out = vec![0f32; n + 2 * c];
+        // dx is written in full; dγ and dβ are sums.
+        let mut out = output_buffer(n + 2 * c);
+        out[n..].fill(0.0);
         let (dx, rest) = out.split_at_mut(n);
         let (dgamma, dbeta) = rest.split_at_mut(c);
         // Row chunks in parallel, each with its own partial dγ, dβ, summed at the end.
@@ -444,7 +446,8 @@ impl CustomOp1 for CausalAttention {
         let (b, dims) = AttnDims::of(l, self.n_head)?;
         let AttnDims { t, h, d } = dims;
         let c = dims.c();
-        let mut y = vec![0f32; b * t * c];
+        // Each head writes its columns of every row.
+        let mut y = output_buffer(b * t * c);
         y.par_chunks_mut(t * c)
             .zip(qkv.par_chunks(t * 3 * c))
             .for_each(|(y, qkv)| {
@@ -516,7 +519,8 @@ impl CustomOp2 for CausalAttentionGrad {
             )
         }
         let (scale, bf16) = (self.scale, self.bf16);
-        let mut dqkv = vec![0f32; qkv.len()];
+        // Each head writes its q, k and v columns of every row.
+        let mut dqkv = output_buffer(qkv.len());
         dqkv.par_chunks_mut(t * 3 * c)
             .zip(qkv.par_chunks(t * 3 * c))
             .zip(dy.par_chunks(t * c))
@@ -761,6 +765,25 @@ pub(crate) fn gemm_crate(
     }
 }
 
+/// Whether [`mm`] runs a product in bf16: products under 2^20 multiply-adds (one attention
+/// head) stay in f32, where packing to bf16 and setting up the tiles would cost more than the
+/// bf16 arithmetic saves.
+fn uses_bf16(bf16: bool, (m, k, n): (usize, usize, usize)) -> bool {
+    bf16 && m * k * n >= 1 << 20
+}
+
+/// A buffer for a kernel's output that the kernel overwrites in full before anything reads it.
+fn output_buffer(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `len` elements before
+    // the buffer is read. Zero-filling first was ~5% of a training step.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        v.set_len(len)
+    };
+    v
+}
+
 /// [`gemm_into`], or with `bf16` (for products of at least 2^20 multiply-adds)
 /// [`crate::gemm::gemm_bf16_into`].
 #[allow(clippy::too_many_arguments)]
@@ -775,9 +798,7 @@ fn mm(
     scale: f32,
     parallel: bool,
 ) {
-    // Products under 2^20 multiply-adds (one attention head) stay in f32: packing to bf16 and
-    // setting up the tiles would cost more than the bf16 arithmetic saves.
-    if bf16 && dims.0 * dims.1 * dims.2 >= 1 << 20 {
+    if uses_bf16(bf16, dims) {
         crate::gemm::gemm_bf16_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
     } else {
         gemm_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
@@ -882,18 +903,22 @@ impl CustomOp3 for Linear {
         let w = slice(s2, l2, "linear weight")?;
         let b = slice(s3, l3, "linear bias")?;
         let d = self.dims(l1, l2, b.len())?;
-        let mut y = Vec::with_capacity(d.rows * d.n_out);
-        for _ in 0..d.rows {
-            y.extend_from_slice(b);
-        }
-        matmul_into(
-            self.bf16,
-            &mut y,
-            Mat::rows(x, d.n_in),
-            self.w_in_out(w, &d),
-            (d.rows, d.n_in, d.n_out),
-            true,
-        );
+        let dims = (d.rows, d.n_in, d.n_out);
+        let (xm, wm) = (Mat::rows(x, d.n_in), self.w_in_out(w, &d));
+        let y = if !uses_bf16(self.bf16, dims) && crate::gemm::has_avx512f() {
+            // The bias is added as each tile is stored.
+            let mut y = output_buffer(d.rows * d.n_out);
+            #[cfg(target_arch = "x86_64")]
+            crate::gemm::avx512_f32::gemm_bias(&mut y, xm, wm, dims, b, true);
+            y
+        } else {
+            let mut y = Vec::with_capacity(d.rows * d.n_out);
+            for _ in 0..d.rows {
+                y.extend_from_slice(b);
+            }
+            matmul_into(self.bf16, &mut y, xm, wm, dims, true);
+            y
+        };
         let mut shape = l1.dims().to_vec();
         *shape.last_mut().expect("rank ≥ 1") = d.n_out;
         Ok((CpuStorage::F32(y), Shape::from(shape)))
@@ -962,7 +987,9 @@ impl CustomOp3 for LinearGrad {
                 d.rows * d.n_out
             )
         }
-        let mut out = vec![0f32; x.len() + w.len() + d.n_out];
+        // dx and dW are written in full; db is a sum.
+        let mut out = output_buffer(x.len() + w.len() + d.n_out);
+        out[x.len() + w.len()..].fill(0.0);
         let (dx, rest) = out.split_at_mut(x.len());
         let (dw, db) = rest.split_at_mut(w.len());
         // dx[rows, in] = dy[rows, out] · Wᵀ[out, in].

@@ -443,30 +443,51 @@ pub(crate) mod avx512_f32 {
     }
 
     /// Panel `p`, row `kk`, column `c` at `(p·k + kk)·NR + c` (zero beyond n); writes all of
-    /// `out` (`n.div_ceil(NR)·k·NR` floats).
-    fn pack_b(b: &Mat, k: usize, n: usize, out: &mut [f32]) {
-        let full = n / NR;
+    /// `out` (`n.div_ceil(NR)·k·NR` floats), panels in parallel with `parallel`.
+    fn pack_b(b: &Mat, k: usize, n: usize, out: &mut [f32], parallel: bool) {
+        use rayon::prelude::*;
+        let chunk = (k * NR).max(1);
+        // SAFETY (both): the caller checked AVX512F.
+        if parallel && n > NR {
+            out.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(p, o)| unsafe { pack_panel(b, k, n, p, o) });
+        } else {
+            for (p, o) in out.chunks_mut(chunk).enumerate() {
+                unsafe { pack_panel(b, k, n, p, o) }
+            }
+        }
+    }
+
+    /// Columns `p·NR..` of `b` into `out` (`k·NR` floats): row `kk`, column `c` at `kk·NR + c`.
+    #[target_feature(enable = "avx512f")]
+    fn pack_panel(b: &Mat, k: usize, n: usize, p: usize, out: &mut [f32]) {
+        let (c0, cols) = (p * NR, NR.min(n - p * NR));
         if b.cs == 1 {
-            for kk in 0..k {
-                let row = &b.data[(kk as isize * b.rs) as usize..][..n];
-                for (p, chunk) in row.chunks(NR).enumerate() {
-                    let o = &mut out[(p * k + kk) * NR..][..NR];
-                    o[..chunk.len()].copy_from_slice(chunk);
-                    o[chunk.len()..].fill(0.0);
+            let m = |h: usize| ((1u32 << cols.saturating_sub(h).min(16)) - 1) as __mmask16;
+            let (m0, m1) = (m(0), m(16));
+            for (kk, o) in out.chunks_exact_mut(NR).enumerate().take(k) {
+                let row = &b.data[(kk as isize * b.rs) as usize + c0..][..cols];
+                // SAFETY: the masks cover `cols` lanes of `row` and of the NR-float `o`;
+                // masked-off lanes are written as zero and never read.
+                unsafe {
+                    let lo = _mm512_maskz_loadu_ps(m0, row.as_ptr());
+                    let hi = _mm512_maskz_loadu_ps(m1, row.as_ptr().wrapping_add(16));
+                    _mm512_storeu_ps(o.as_mut_ptr(), lo);
+                    _mm512_storeu_ps(o.as_mut_ptr().add(16), hi);
                 }
             }
         } else {
             // Columns of `b` are the contiguous axis when `rs == 1` (a transposed operand).
-            for col in 0..n {
-                let (p, c) = (col / NR, col % NR);
-                let o = &mut out[p * k * NR + c..];
+            for c in 0..cols {
+                let col = (c0 + c) as isize * b.cs;
                 for kk in 0..k {
-                    o[kk * NR] = b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
+                    out[kk * NR + c] = b.data[(kk as isize * b.rs + col) as usize];
                 }
             }
-            if !n.is_multiple_of(NR) {
+            if cols < NR {
                 for kk in 0..k {
-                    out[(full * k + kk) * NR + n % NR..][..NR - n % NR].fill(0.0);
+                    out[kk * NR + cols..][..NR - cols].fill(0.0);
                 }
             }
         }
@@ -571,9 +592,10 @@ pub(crate) mod avx512_f32 {
             }
         };
         // A small row-major `b` is read in place (panel p = columns p·32.., rows `b.rs` apart);
-        // a large one (rows far apart: cache and TLB misses) or another layout is packed into
-        // contiguous panels first.
-        if b.cs == 1 && k * n <= IN_PLACE_B {
+        // a large one (rows far apart: cache and TLB misses), one whose rows are a multiple of
+        // 1 KiB apart (a panel's rows then share a few L1 sets and evict each other) or another
+        // layout is packed into contiguous panels first, on all threads.
+        if b.cs == 1 && k * n <= IN_PLACE_B && b.rs % 256 != 0 {
             run(Panels {
                 data: b.data,
                 rs: b.rs as usize,
@@ -582,7 +604,7 @@ pub(crate) mod avx512_f32 {
             })
         } else {
             with_scratch(&PACK_B, n.div_ceil(NR) * k * NR, |packed| {
-                pack_b(&b, k, n, packed);
+                pack_b(&b, k, n, packed, parallel);
                 run(Panels {
                     data: packed,
                     rs: NR,

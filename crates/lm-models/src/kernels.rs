@@ -998,25 +998,44 @@ impl CustomOp3 for LinearGrad {
         } else {
             Mat::cols(w, d.n_out)
         };
-        matmul_into(
-            self.bf16,
-            dx,
-            Mat::rows(dy, d.n_out),
-            wt,
-            (d.rows, d.n_out, d.n_in),
-            false,
-        );
-        if self.transposed {
-            // dW[out, in] = dyᵀ[out, rows] · x[rows, in].
-            let (a, b) = (Mat::cols(dy, d.n_out), Mat::rows(x, d.n_in));
-            matmul_into(self.bf16, dw, a, b, (d.n_out, d.rows, d.n_in), false);
+        let bf16 = self.bf16;
+        let grad_x = |dx: &mut [f32], par: bool| {
+            let dims = (d.rows, d.n_out, d.n_in);
+            mm(
+                bf16,
+                dx,
+                d.n_in,
+                Mat::rows(dy, d.n_out),
+                wt,
+                dims,
+                false,
+                1.0,
+                par,
+            )
+        };
+        let grad_w = |dw: &mut [f32], db: &mut [f32], par: bool| {
+            if self.transposed {
+                // dW[out, in] = dyᵀ[out, rows] · x[rows, in].
+                let (a, b) = (Mat::cols(dy, d.n_out), Mat::rows(x, d.n_in));
+                let dims = (d.n_out, d.rows, d.n_in);
+                mm(bf16, dw, d.n_in, a, b, dims, false, 1.0, par);
+            } else {
+                // dW[in, out] = xᵀ[in, rows] · dy[rows, out].
+                let (a, b) = (Mat::cols(x, d.n_in), Mat::rows(dy, d.n_out));
+                let dims = (d.n_in, d.rows, d.n_out);
+                mm(bf16, dw, d.n_out, a, b, dims, false, 1.0, par);
+            }
+            for row in dy.chunks_exact(d.n_out) {
+                db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+            }
+        };
+        // The two products have the same number of multiply-adds: on two threads, one each
+        // (each on its own operands) beats splitting both over the threads.
+        if rayon::current_num_threads() == 2 {
+            rayon::join(|| grad_x(dx, false), || grad_w(dw, db, false));
         } else {
-            // dW[in, out] = xᵀ[in, rows] · dy[rows, out].
-            let (a, b) = (Mat::cols(x, d.n_in), Mat::rows(dy, d.n_out));
-            matmul_into(self.bf16, dw, a, b, (d.n_in, d.rows, d.n_out), false);
-        }
-        for row in dy.chunks_exact(d.n_out) {
-            db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+            grad_x(dx, true);
+            grad_w(dw, db, true);
         }
         Ok((
             CpuStorage::F32(out),

@@ -51,6 +51,14 @@ pub fn with_matmul_precision<R>(p: MatmulPrecision, f: impl FnOnce() -> R) -> R 
     f()
 }
 
+/// Runs `f` on one of rayon's worker threads (with the caller's matmul precision), so that each
+/// parallel kernel inside forks from a worker instead of waking the pool from outside and putting
+/// the calling thread to sleep until it is done (two futex round trips per kernel call).
+pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let p = matmul_precision();
+    rayon::scope(|_| with_matmul_precision(p, f))
+}
+
 /// Which kernel runs the `Bf16` products on this machine: `"AMX-BF16"` (Intel tile
 /// instructions), `"AVX512-BF16"` (`vdpbf16ps`) or `"rounded f32"` (the fallback).
 pub fn bf16_matmul_kernel() -> &'static str {

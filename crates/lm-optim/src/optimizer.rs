@@ -49,7 +49,7 @@ impl ParamGroup {
 }
 
 /// An update rule over parameter groups.
-pub trait Optimizer {
+pub trait Optimizer: Send {
     /// Applies one update with base learning rate `lr`, reading gradients from `grads`.
     /// Parameters without a gradient are left as they are.
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()>;

@@ -506,6 +506,10 @@ impl Trainer {
     /// One optimizer step on prepared batches. Returns the loss, pre-clip norm and lr, or `None`
     /// for a skipped non-finite step.
     fn train_step(&mut self, batches: &[Batch]) -> Result<Option<(f32, f64, f64)>> {
+        lm_models::ops::on_compute_threads(|| self.train_step_on_pool(batches))
+    }
+
+    fn train_step_on_pool(&mut self, batches: &[Batch]) -> Result<Option<(f32, f64, f64)>> {
         let lr = self.schedule.value(self.schedule_position());
         self.model.set_training(true);
         let (loss, mut grads) = self.forward_backward(batches)?;

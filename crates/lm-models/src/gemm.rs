@@ -302,6 +302,18 @@ impl<'a> Epilogue<'a> {
     }
 }
 
+/// Structure of a product that the f32 kernel can skip work for (causal attention's products):
+/// with `LowerA`, `a[i, kk] = 0` for `kk > i`; with `UpperA`, `a[i, kk] = 0` for `kk < i`; with
+/// `LowerC`, only `c[i, j]` for `j ≤ i` is wanted (tiles wholly above the diagonal are not
+/// written).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Tri {
+    Full,
+    LowerA,
+    UpperA,
+    LowerC,
+}
+
 /// Writes an `R × cols` register tile (two 16-lane halves per row) to `d` (rows `dst_rs` apart)
 /// as `epi` says, with masked stores for a partial last half.
 #[cfg(target_arch = "x86_64")]
@@ -477,8 +489,38 @@ pub(crate) mod avx512_f32 {
                     _mm512_storeu_ps(o.as_mut_ptr().add(16), hi);
                 }
             }
+        } else if b.rs == 1 && k > 0 && b.cs > 0 && (b.cs as usize) < (1 << 26) {
+            // A transposed operand (columns contiguous): each half-row of the panel is one
+            // gather of 16 columns at step k.
+            let cs = b.cs as usize;
+            let last = (c0 + cols - 1) * cs + k - 1;
+            assert!(b.data.len() > last && out.len() >= k * NR);
+            let idx = _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(cs as i32),
+            );
+            let m = |h: usize| ((1u32 << cols.saturating_sub(h).min(16)) - 1) as __mmask16;
+            let (m0, m1) = (m(0), m(16));
+            let base = b.data.as_ptr().wrapping_add(c0 * cs);
+            let base_hi = base.wrapping_add(16 * cs);
+            for kk in 0..k {
+                // SAFETY: lane j reads column c0 + j (+16) at row kk, inside `b.data` for the
+                // `cols` lanes the masks enable (asserted: the last one is below `len`);
+                // masked-off lanes are not read and come back zero.
+                unsafe {
+                    let zero = _mm512_setzero_ps();
+                    let lo = _mm512_mask_i32gather_ps::<4>(zero, m0, idx, base.add(kk).cast());
+                    let hi = if m1 != 0 {
+                        _mm512_mask_i32gather_ps::<4>(zero, m1, idx, base_hi.add(kk).cast())
+                    } else {
+                        zero
+                    };
+                    let o = out.as_mut_ptr().add(kk * NR);
+                    _mm512_storeu_ps(o, lo);
+                    _mm512_storeu_ps(o.add(16), hi);
+                }
+            }
         } else {
-            // Columns of `b` are the contiguous axis when `rs == 1` (a transposed operand).
             for c in 0..cols {
                 let col = (c0 + c) as isize * b.cs;
                 for kk in 0..k {
@@ -530,7 +572,7 @@ pub(crate) mod avx512_f32 {
         parallel: bool,
     ) {
         let epi = Epilogue::new(accumulate, scale);
-        gemm_epilogue(dst, dst_rs, a, b, dims, epi, parallel)
+        gemm_with(dst, dst_rs, a, b, dims, epi, Tri::Full, parallel)
     }
 
     /// `dst[m, n] = a · b + bias` (bias broadcast over rows, length n; `dst` need not be
@@ -548,16 +590,34 @@ pub(crate) mod avx512_f32 {
             bias: Some(bias),
             ..Epilogue::new(false, 1.0)
         };
-        gemm_epilogue(dst, dims.2, a, b, dims, epi, parallel)
+        gemm_with(dst, dims.2, a, b, dims, epi, Tri::Full, parallel)
     }
 
-    fn gemm_epilogue(
+    /// `dst[m, n] = scale · a · b` on the calling thread, skipping the work `tri` says is not
+    /// needed. The caller has checked that the CPU has AVX512F.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm_tri(
+        dst: &mut [f32],
+        dst_rs: usize,
+        a: Mat,
+        b: Mat,
+        dims: (usize, usize, usize),
+        scale: f32,
+        tri: Tri,
+    ) {
+        let epi = Epilogue::new(false, scale);
+        gemm_with(dst, dst_rs, a, b, dims, epi, tri, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_with(
         dst: &mut [f32],
         dst_rs: usize,
         a: Mat,
         b: Mat,
         (m, k, n): (usize, usize, usize),
         epi: Epilogue,
+        tri: Tri,
         parallel: bool,
     ) {
         use rayon::prelude::*;
@@ -571,7 +631,7 @@ pub(crate) mod avx512_f32 {
         let mut run = |bv: Panels| {
             let work = |(r0, rows, d): (usize, usize, &mut [f32])| {
                 // SAFETY: the caller checked AVX512F; bounds are asserted in the tiles.
-                unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, epi) }
+                unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri) }
             };
             let threads = rayon::current_num_threads();
             if parallel && threads > 1 && m * n * k >= 1 << 15 {
@@ -636,6 +696,7 @@ pub(crate) mod avx512_f32 {
         k: usize,
         n: usize,
         epi: Epilogue,
+        tri: Tri,
     ) {
         // A column-major `a` with more than one panel to reuse it is packed per k chunk: read
         // in place, each k step of a tile is a line `a.cs` floats from the last, and these
@@ -643,10 +704,10 @@ pub(crate) mod avx512_f32 {
         let pack = a.rs == 1 && a.cs != 1 && n > NR;
         if pack {
             with_scratch(&PACK_A, rows.div_ceil(MR_F32) * MR_F32 * KC.min(k), |buf| {
-                block_k(d, dst_rs, a, r0, bp, rows, k, n, epi, Some(buf))
+                block_k(d, dst_rs, a, r0, bp, rows, k, n, epi, tri, Some(buf))
             })
         } else {
-            block_k(d, dst_rs, a, r0, bp, rows, k, n, epi, None)
+            block_k(d, dst_rs, a, r0, bp, rows, k, n, epi, tri, None)
         }
     }
 
@@ -662,6 +723,7 @@ pub(crate) mod avx512_f32 {
         k: usize,
         n: usize,
         epi: Epilogue,
+        tri: Tri,
         mut pack: Option<&mut [f32]>,
     ) {
         // k in chunks of KC so a panel's chunk (KC × 32 floats) stays in L1 across the tiles.
@@ -688,27 +750,43 @@ pub(crate) mod avx512_f32 {
                 let mut i = 0;
                 while i < rows {
                     let mr = MR_F32.min(rows - i);
+                    // Rows r0 + i .. + mr; the k steps of this chunk the tile needs.
+                    let (first, last) = (r0 + i, r0 + i + mr - 1);
+                    let (ks, ke) = match tri {
+                        Tri::LowerA => (k0, (k0 + kc).min(last + 1)),
+                        Tri::UpperA => (k0.max(first), k0 + kc),
+                        Tri::Full | Tri::LowerC => (k0, k0 + kc),
+                    };
+                    let kt = ke.saturating_sub(ks);
+                    // Tiles above the diagonal, and chunks with nothing to add, are skipped (a
+                    // first chunk with nothing to add still writes its zeros).
+                    if (tri == Tri::LowerC && p * NR > last) || (kt == 0 && k0 > 0) {
+                        i += mr;
+                        continue;
+                    }
+                    let off = if kt == 0 { 0 } else { ks - k0 };
                     let ap = match packed {
                         Some(buf) => Mat {
-                            data: &buf[i * kc..],
+                            data: &buf[i * kc + off * MR_F32..],
                             rs: 1,
                             cs: MR_F32 as isize,
                         },
                         None => {
-                            let at = (r0 + i) as isize * a.rs + k0 as isize * a.cs;
+                            let at = (r0 + i) as isize * a.rs + (k0 + off) as isize * a.cs;
                             Mat {
                                 data: &a.data[at as usize..],
                                 ..a
                             }
                         }
                     };
+                    let panel = (&panel.0[off * panel.1..], panel.1);
                     let d = &mut d[i * dst_rs + p * NR..];
                     let epi = Epilogue {
                         bias: epi.bias.map(|b| &b[p * NR..]),
                         ..epi
                     };
-                    let args = (dst_rs, kc, cols, epi);
-                    if mr == 12 && cols == NR && (a.cs == 1 || a.rs == 1) {
+                    let args = (dst_rs, kt, cols, epi);
+                    if mr == 12 && cols == NR && kt > 0 && (a.cs == 1 || a.rs == 1) {
                         tile_12x32(d, ap, panel, args);
                     } else {
                         rows_tile!(mr, tile(d, ap, panel, args), 12 11 10 9 8 7 6 5 4 3 2);
@@ -1411,6 +1489,57 @@ mod tests {
                     (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
                     "{m}x{k}x{n} at {i}: {x} vs {y}"
                 );
+            }
+        }
+    }
+
+    /// Each triangular shortcut against the full product: `a` with the zeros `LowerA` or
+    /// `UpperA` promise (a skipped k range adds exactly 0), and for `LowerC` the wanted part;
+    /// row-major and transposed operands, partial tiles, k over KC.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn triangular_products_equal_full_ones() {
+        if !has_avx512f() {
+            return;
+        }
+        for (m, k, n) in [(64, 64, 32), (64, 32, 64), (30, 300, 70), (50, 50, 50)] {
+            for tri in [Tri::LowerA, Tri::UpperA, Tri::LowerC] {
+                let mut a = data(m * k, 4);
+                for (i, row) in a.chunks_exact_mut(k).enumerate() {
+                    for (kk, v) in row.iter_mut().enumerate() {
+                        let zero = match tri {
+                            Tri::LowerA => kk > i,
+                            Tri::UpperA => kk < i,
+                            _ => false,
+                        };
+                        if zero {
+                            *v = 0.0;
+                        }
+                    }
+                }
+                let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
+                let (b, bt) = (data(k * n, 5), data(n * k, 6));
+                for (av, bv) in [
+                    (Mat::rows(&a, k), Mat::rows(&b, n)),
+                    (Mat::cols(&at, m), Mat::cols(&bt, k)),
+                ] {
+                    let mut got = vec![7f32; m * n];
+                    avx512_f32::gemm_tri(&mut got, n, av, bv, (m, k, n), 0.5, tri);
+                    let mut want = vec![0f32; m * n];
+                    crate::kernels::gemm_crate(&mut want, n, av, bv, (m, k, n), false, 0.5, false);
+                    for i in 0..m {
+                        for j in 0..n {
+                            if tri == Tri::LowerC && j > i {
+                                continue;
+                            }
+                            let (x, y) = (got[i * n + j], want[i * n + j]);
+                            assert!(
+                                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                                "{tri:?} {m}x{k}x{n} at ({i}, {j}): {x} vs {y}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

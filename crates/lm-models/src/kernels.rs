@@ -4,6 +4,7 @@
 //! memory — by one pass forward and one backward. [`crate::ops`] picks them on CPU for f32 and
 //! falls back to the composite forms elsewhere; tests check both agree in value and gradient.
 
+use crate::gemm::Tri;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use lm_objectives::fastmath::{self, simd};
 use rayon::prelude::*;
@@ -420,11 +421,15 @@ impl AttnDims {
 fn attn_probs(qkv: &[f32], dims: AttnDims, head: usize, scale: f32, bf16: bool, p: &mut [f32]) {
     let AttnDims { t, d, .. } = dims;
     let (q, kt) = (dims.part(qkv, 0, head), dims.part_t(qkv, 1, head));
-    mm(bf16, p, t, q, kt, (t, d, t), false, scale, false);
+    // Only j ≤ i is computed; the rest is set to 0 below.
+    mm_causal(bf16, p, t, q, kt, (t, d, t), scale, Tri::LowerC);
     simd(|| {
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
-            let (seen, future) = row.split_at_mut(i + 1);
+            // Row i sees columns ..=i. The loops run over whole 16-lane chunks: the columns
+            // past i in the last chunk are set to −∞, whose exp is exactly 0.
+            let (seen, future) = row.split_at_mut((i + 1).next_multiple_of(16).min(t));
             future.fill(0.0);
+            seen[i + 1..].fill(f32::NEG_INFINITY);
             let max = fastmath::max(seen);
             for r in seen.iter_mut() {
                 *r = fastmath::exp(*r - max);
@@ -457,17 +462,8 @@ impl CustomOp1 for CausalAttention {
                     // Y_h = P V, written straight into the merged-heads layout.
                     let v = dims.part(qkv, 2, head);
                     let p = Mat::rows(&p, t);
-                    mm(
-                        bf16,
-                        &mut y[head * d..],
-                        c,
-                        p,
-                        v,
-                        (t, t, d),
-                        false,
-                        1.0,
-                        false,
-                    );
+                    let y = &mut y[head * d..];
+                    mm_causal(bf16, y, c, p, v, (t, t, d), 1.0, Tri::LowerA);
                 }
             });
         Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
@@ -535,10 +531,17 @@ impl CustomOp2 for CausalAttentionGrad {
                     };
                     // dP = dY Vᵀ, then dS in place.
                     let vt = dims.part_t(qkv, 2, head);
-                    mm(bf16, &mut ds, t, dy_h, vt, (t, d, t), false, 1.0, false);
+                    // Only j ≤ i of dP is computed (P is 0 above the diagonal, and so is dS).
+                    mm_causal(bf16, &mut ds, t, dy_h, vt, (t, d, t), 1.0, Tri::LowerC);
                     simd(|| {
-                        for (pr, dr) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)) {
-                            let dot = fastmath::dot(pr, dr);
+                        for (i, (pr, dr)) in
+                            p.chunks_exact(t).zip(ds.chunks_exact_mut(t)).enumerate()
+                        {
+                            // Whole 16-lane chunks, as in `attn_probs` (P is 0 past i).
+                            let (dr, above) = dr.split_at_mut((i + 1).next_multiple_of(16).min(t));
+                            above.fill(0.0);
+                            dr[i + 1..].fill(0.0);
+                            let dot = fastmath::dot(&pr[..dr.len()], dr);
                             for (o, &pij) in dr.iter_mut().zip(pr) {
                                 *o = scale * pij * (*o - dot);
                             }
@@ -548,39 +551,13 @@ impl CustomOp2 for CausalAttentionGrad {
                     let (q, k) = (dims.part(qkv, 0, head), dims.part(qkv, 1, head));
                     let rs3 = 3 * c;
                     // dQ = dS K, dK = dSᵀ Q, dV = Pᵀ dY.
-                    mm(
-                        bf16,
-                        &mut dqkv[head * d..],
-                        rs3,
-                        dsm,
-                        k,
-                        (t, t, d),
-                        false,
-                        1.0,
-                        false,
-                    );
-                    mm(
-                        bf16,
-                        &mut dqkv[c + head * d..],
-                        rs3,
-                        dst,
-                        q,
-                        (t, t, d),
-                        false,
-                        1.0,
-                        false,
-                    );
-                    mm(
-                        bf16,
-                        &mut dqkv[2 * c + head * d..],
-                        rs3,
-                        pt,
-                        dy_h,
-                        (t, t, d),
-                        false,
-                        1.0,
-                        false,
-                    );
+                    // dS and P are lower triangular, so dSᵀ and Pᵀ upper.
+                    let dq = &mut dqkv[head * d..];
+                    mm_causal(bf16, dq, rs3, dsm, k, (t, t, d), 1.0, Tri::LowerA);
+                    let dk = &mut dqkv[c + head * d..];
+                    mm_causal(bf16, dk, rs3, dst, q, (t, t, d), 1.0, Tri::UpperA);
+                    let dv = &mut dqkv[2 * c + head * d..];
+                    mm_causal(bf16, dv, rs3, pt, dy_h, (t, t, d), 1.0, Tri::UpperA);
                 }
             });
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
@@ -770,6 +747,28 @@ pub(crate) fn gemm_crate(
 /// bf16 arithmetic saves.
 fn uses_bf16(bf16: bool, (m, k, n): (usize, usize, usize)) -> bool {
     bf16 && m * k * n >= 1 << 20
+}
+
+/// `dst = scale · a · b` on the calling thread ([`mm`] without accumulation), skipping the
+/// work `tri` marks as zero or unwanted where the AVX-512 kernel runs (elsewhere the full
+/// product, which is the same where it is wanted).
+#[allow(clippy::too_many_arguments)]
+fn mm_causal(
+    bf16: bool,
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
+    dims: (usize, usize, usize),
+    scale: f32,
+    tri: Tri,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if !uses_bf16(bf16, dims) && crate::gemm::has_avx512f() {
+        return crate::gemm::avx512_f32::gemm_tri(dst, dst_rs, a, b, dims, scale, tri);
+    }
+    let _ = tri;
+    mm(bf16, dst, dst_rs, a, b, dims, false, scale, false)
 }
 
 /// A buffer for a kernel's output that the kernel overwrites in full before anything reads it.

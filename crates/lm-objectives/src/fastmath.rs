@@ -59,7 +59,7 @@ pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
             *a += f(v);
         }
     }
-    acc.iter().sum::<f32>() + tail.iter().map(|&v| f(v)).sum::<f32>()
+    fold_lanes(acc, |a, b| a + b) + tail.iter().map(|&v| f(v)).sum::<f32>()
 }
 
 /// `Σ x_i` with 16 (`LANES`) partial sums.
@@ -83,7 +83,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     let tail: f32 = a[full..n].iter().zip(&b[full..n]).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
+    fold_lanes(acc, |a, b| a + b) + tail
 }
 
 /// `max_i x_i` (−∞ for an empty slice) with 16 (`LANES`) partial maxima.
@@ -97,9 +97,23 @@ pub fn max(x: &[f32]) -> f32 {
             *a = if v > *a { v } else { *a };
         }
     }
-    acc.iter()
-        .chain(tail)
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    let lanes = fold_lanes(acc, |a, b| if b > a { b } else { a });
+    tail.iter()
+        .fold(lanes, |m, &v| if v > m { v } else { m })
+}
+
+/// The lanes combined pairwise (8 + 8, 4 + 4, …): a few vector operations, where a sequential
+/// fold is 16 dependent scalar ones — which dominated short rows (an attention row is ≤ 64).
+#[inline(always)]
+fn fold_lanes(mut acc: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            acc[j] = f(acc[j], acc[j + width]);
+        }
+        width /= 2;
+    }
+    acc[0]
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -561,7 +561,10 @@ impl Trainer {
 
     /// Mean loss over the fixed evaluation batches of `split`, dropout off.
     pub fn evaluate_split(&mut self, split: Split) -> Result<f32> {
-        with_matmul_precision(self.matmul_precision(), || self.evaluate_split_inner(split))
+        let p = self.matmul_precision();
+        lm_models::ops::on_compute_threads(|| {
+            with_matmul_precision(p, || self.evaluate_split_inner(split))
+        })
     }
 
     fn evaluate_split_inner(&mut self, split: Split) -> Result<f32> {

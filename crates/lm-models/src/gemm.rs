@@ -443,14 +443,22 @@ pub(crate) mod avx512_f32 {
         len: usize,
         f: impl FnOnce(&mut [f32]) -> R,
     ) -> R {
+        // 16 floats of slack to start on a 64-byte boundary: a 16-lane load from a panel row
+        // then never straddles two cache lines.
+        let aligned = |v: &[f32]| -> usize { v.as_ptr().align_offset(64).min(15) };
         key.with(|cell| match cell.try_borrow_mut() {
             Ok(mut v) => {
-                if v.len() < len {
-                    v.resize(len, 0.0);
+                if v.len() < len + 16 {
+                    v.resize(len + 16, 0.0);
                 }
-                f(&mut v[..len])
+                let off = aligned(&v);
+                f(&mut v[off..off + len])
             }
-            Err(_) => f(&mut vec![0f32; len]),
+            Err(_) => {
+                let mut v = vec![0f32; len + 16];
+                let off = aligned(&v);
+                f(&mut v[off..off + len])
+            }
         })
     }
 
@@ -1191,7 +1199,7 @@ pub(crate) mod amx {
     /// `(p·kp + q)·16 + c` holds `bf16(b[2q, col])` in the low and `bf16(b[2q+1, col])` in the
     /// high half (zero past k or n; `panels` even, `kp` a multiple of 16). A row-major `b` is
     /// converted two rows at a time with contiguous writes.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, panels: usize) -> Vec<u32> {
         let mut out = vec![0u32; panels * kp * 16];
         let at =
@@ -1217,6 +1225,41 @@ pub(crate) mod amx {
                                 *o = to_bf16_bits(x) as u32;
                             }
                         }
+                    }
+                }
+            }
+        } else if b.rs == 1 && b.cs > 0 {
+            // A transposed operand (columns contiguous along k): 32 steps of k of one column
+            // become 16 k-pairs in one conversion, scattered down the column's slot.
+            use std::arch::x86_64::*;
+            let cs = b.cs as usize;
+            assert!(n == 0 || k == 0 || b.data.len() > (n - 1) * cs + k - 1);
+            let stride = _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(16),
+            );
+            for col in 0..n {
+                let (p, c) = (col / 16, col % 16);
+                let column = &b.data[col * cs..][..k];
+                for q0 in (0..k.div_ceil(2)).step_by(16) {
+                    let k0 = 2 * q0;
+                    let lanes = |from: usize| -> __mmask16 {
+                        ((1u32 << k.saturating_sub(from).min(16)) - 1) as __mmask16
+                    };
+                    let pairs = (k - k0).div_ceil(2).min(16);
+                    let dst = out[(p * kp + q0) * 16 + c..][..(pairs - 1) * 16 + 1].as_mut_ptr();
+                    // SAFETY: the loads read `lanes` floats of `column` from k0 and k0 + 16
+                    // (zero past k); the scatter writes `pairs` slots 16 apart, all inside
+                    // the bounds-checked slice `dst` points into.
+                    unsafe {
+                        let lo = _mm512_maskz_loadu_ps(lanes(k0), column.as_ptr().add(k0));
+                        let hi = _mm512_maskz_loadu_ps(
+                            lanes(k0 + 16),
+                            column.as_ptr().wrapping_add(k0 + 16),
+                        );
+                        let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                        let mask = ((1u32 << pairs) - 1) as __mmask16;
+                        _mm512_mask_i32scatter_epi32::<4>(dst.cast(), mask, stride, both);
                     }
                 }
             }

@@ -309,7 +309,9 @@ impl CustomOp3 for LayerNormGrad {
             .map(|(dx, (x, g))| {
                 let mut part = vec![0f32; 2 * c];
                 let (pg, pb) = part.split_at_mut(c);
-                let mut xhat = vec![0f32; c];
+                let (mut xhat, mut dh) = (vec![0f32; c], vec![0f32; c]);
+                // Element-wise loops and lane-parallel sums only, so that every loop vectorizes
+                // (a running scalar sum is one long dependency chain).
                 simd(|| {
                     for ((xr, gr), dr) in x
                         .chunks_exact(c)
@@ -317,19 +319,22 @@ impl CustomOp3 for LayerNormGrad {
                         .zip(dx.chunks_exact_mut(c))
                     {
                         let (mean, rstd) = row_stats(xr, self.eps);
-                        let (mut sum_d, mut sum_dx) = (0f32, 0f32);
-                        for (((h, &xv), &gv), &gm) in xhat.iter_mut().zip(xr).zip(gr).zip(gamma) {
+                        for (h, &xv) in xhat.iter_mut().zip(xr) {
                             *h = (xv - mean) * rstd;
-                            let d = gv * gm;
-                            sum_d += d;
-                            sum_dx += d * *h;
                         }
-                        let (mean_d, mean_dx) = (sum_d / c as f32, sum_dx / c as f32);
-                        for (i, out) in dr.iter_mut().enumerate() {
-                            let d = gr[i] * gamma[i];
-                            *out = rstd * (d - mean_d - xhat[i] * mean_dx);
-                            pg[i] += gr[i] * xhat[i];
-                            pb[i] += gr[i];
+                        for ((d, &gv), &gm) in dh.iter_mut().zip(gr).zip(gamma) {
+                            *d = gv * gm;
+                        }
+                        let mean_d = fastmath::sum(&dh) / c as f32;
+                        let mean_dx = fastmath::dot(&dh, &xhat) / c as f32;
+                        for ((out, &d), &h) in dr.iter_mut().zip(&dh).zip(&xhat) {
+                            *out = rstd * (d - mean_d - h * mean_dx);
+                        }
+                        for (((pg, pb), &gv), &h) in
+                            pg.iter_mut().zip(pb.iter_mut()).zip(gr).zip(&xhat)
+                        {
+                            *pg += gv * h;
+                            *pb += gv;
                         }
                     }
                 });

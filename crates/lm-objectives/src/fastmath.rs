@@ -98,8 +98,7 @@ pub fn max(x: &[f32]) -> f32 {
         }
     }
     let lanes = fold_lanes(acc, |a, b| if b > a { b } else { a });
-    tail.iter()
-        .fold(lanes, |m, &v| if v > m { v } else { m })
+    tail.iter().fold(lanes, |m, &v| if v > m { v } else { m })
 }
 
 /// The lanes combined pairwise (8 + 8, 4 + 4, …): a few vector operations, where a sequential

@@ -8,6 +8,7 @@ use crate::gemm::Tri;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use lm_objectives::fastmath::{self, simd};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
@@ -363,6 +364,20 @@ pub(crate) struct CausalAttention {
     pub scale: f32,
     /// Products in bf16 with f32 accumulation ([`crate::ops::MatmulPrecision::Bf16`]).
     pub bf16: bool,
+    /// The forward's probabilities `[b, h, t, t]`, kept for the backward (which lives as long
+    /// as this op does: only while a graph needs it).
+    pub probs: std::sync::Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl CausalAttention {
+    pub fn new(n_head: usize, scale: f32, bf16: bool) -> Self {
+        Self {
+            n_head,
+            scale,
+            bf16,
+            probs: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 /// Sizes of one attention call: time, heads, head width.
@@ -456,21 +471,25 @@ impl CustomOp1 for CausalAttention {
         let (b, dims) = AttnDims::of(l, self.n_head)?;
         let AttnDims { t, h, d } = dims;
         let c = dims.c();
-        // Each head writes its columns of every row.
+        // Each head writes its columns of every row, and its probabilities in full.
         let mut y = output_buffer(b * t * c);
+        let mut probs = output_buffer(b * h * t * t);
         y.par_chunks_mut(t * c)
             .zip(qkv.par_chunks(t * 3 * c))
-            .for_each(|(y, qkv)| {
-                let mut p = vec![0f32; t * t];
-                for head in 0..h {
-                    attn_probs(qkv, dims, head, self.scale, bf16, &mut p);
+            .zip(probs.par_chunks_mut(h * t * t))
+            .for_each(|((y, qkv), probs)| {
+                for (head, p) in probs.chunks_exact_mut(t * t).enumerate() {
+                    attn_probs(qkv, dims, head, self.scale, bf16, p);
                     // Y_h = P V, written straight into the merged-heads layout.
                     let v = dims.part(qkv, 2, head);
-                    let p = Mat::rows(&p, t);
+                    let p = Mat::rows(p, t);
                     let y = &mut y[head * d..];
                     mm_causal(bf16, y, c, p, v, (t, t, d), 1.0, Tri::LowerA);
                 }
             });
+        if let Ok(mut kept) = self.probs.lock() {
+            *kept = Some(Arc::new(probs));
+        }
         Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
     }
 
@@ -481,18 +500,20 @@ impl CustomOp1 for CausalAttention {
                 n_head: self.n_head,
                 scale: self.scale,
                 bf16: self.bf16,
+                probs: self.probs.lock().ok().and_then(|p| p.clone()),
             },
         )?))
     }
 }
 
-/// With `P` recomputed and `dY` the incoming gradient, per head:
+/// With `P` from the forward (recomputed if absent) and `dY` the incoming gradient, per head:
 /// `dV = Pᵀ dY`, `dP = dY Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))`,
 /// `dQ = scale·dS K`, `dK = scale·dSᵀ Q`, written into `dqkv` laid out like `qkv`.
 struct CausalAttentionGrad {
     n_head: usize,
     scale: f32,
     bf16: bool,
+    probs: Option<Arc<Vec<f32>>>,
 }
 
 impl CustomOp2 for CausalAttentionGrad {
@@ -522,13 +543,21 @@ impl CustomOp2 for CausalAttentionGrad {
         let (scale, bf16) = (self.scale, self.bf16);
         // Each head writes its q, k and v columns of every row.
         let mut dqkv = output_buffer(qkv.len());
+        let kept = self.probs.as_deref().filter(|p| p.len() == b * h * t * t);
         dqkv.par_chunks_mut(t * 3 * c)
             .zip(qkv.par_chunks(t * 3 * c))
             .zip(dy.par_chunks(t * c))
-            .for_each(|((dqkv, qkv), dy)| {
-                let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
+            .enumerate()
+            .for_each(|(bi, ((dqkv, qkv), dy))| {
+                let (mut recomputed, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
                 for head in 0..h {
-                    attn_probs(qkv, dims, head, scale, bf16, &mut p);
+                    let p: &[f32] = match kept {
+                        Some(all) => &all[(bi * h + head) * t * t..][..t * t],
+                        None => {
+                            attn_probs(qkv, dims, head, scale, bf16, &mut recomputed);
+                            &recomputed
+                        }
+                    };
                     let dy_h = Mat {
                         data: &dy[head * d..],
                         cs: 1,
@@ -552,7 +581,7 @@ impl CustomOp2 for CausalAttentionGrad {
                             }
                         }
                     });
-                    let (dsm, dst, pt) = (Mat::rows(&ds, t), Mat::cols(&ds, t), Mat::cols(&p, t));
+                    let (dsm, dst, pt) = (Mat::rows(&ds, t), Mat::cols(&ds, t), Mat::cols(p, t));
                     let (q, k) = (dims.part(qkv, 0, head), dims.part(qkv, 1, head));
                     let rs3 = 3 * c;
                     // dQ = dS K, dK = dSᵀ Q, dV = Pᵀ dY.

@@ -145,15 +145,15 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
 
 /// Causal multi-head self-attention from the packed projection `qkv: [b, t, 3·d]` (`[q | k | v]`)
 /// to the merged heads `[b, t, d]`: `softmax(scale·QKᵀ + M) V` per head. One fused kernel on CPU
-/// for f32 (no head split/merge copies, probabilities recomputed in the backward), the composite
+/// for f32 (no head split/merge copies, probabilities kept for the backward), the composite
 /// form elsewhere.
 pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tensor> {
     if fused(qkv) {
-        qkv.contiguous()?.apply_op1(kernels::CausalAttention {
+        qkv.contiguous()?.apply_op1(kernels::CausalAttention::new(
             n_head,
-            scale: scale as f32,
-            bf16: matmul_precision() == MatmulPrecision::Bf16,
-        })
+            scale as f32,
+            matmul_precision() == MatmulPrecision::Bf16,
+        ))
     } else {
         composite::causal_attention(qkv, n_head, scale)
     }

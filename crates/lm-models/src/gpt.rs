@@ -396,10 +396,8 @@ impl Gpt {
             c.advance(t);
         }
         let x = self.ln_f.forward(&x)?;
-        // Tied head: logits = x · Eᵀ.
-        let logits = x
-            .reshape((b * t, self.cfg.n_embd))?
-            .matmul(&self.wte.t()?)?;
+        // Tied head: logits = x · Eᵀ (E stored [vocab, n_embd], as nn.Linear's weight).
+        let logits = linear(&x.reshape((b * t, self.cfg.n_embd))?, &self.wte, None, true)?;
         Ok(logits.reshape((b, t, self.cfg.vocab_size))?)
     }
 

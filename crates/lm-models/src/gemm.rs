@@ -1200,33 +1200,19 @@ pub(crate) mod amx {
     /// high half (zero past k or n; `panels` even, `kp` a multiple of 16). A row-major `b` is
     /// converted two rows at a time with contiguous writes.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, panels: usize) -> Vec<u32> {
+    fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, panels: usize, parallel: bool) -> Vec<u32> {
         let mut out = vec![0u32; panels * kp * 16];
         let at =
             |kk: usize, col: usize| b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
         if b.cs == 1 {
-            for q in 0..k.div_ceil(2) {
-                let r0 = &b.data[(2 * q) * b.rs as usize..][..n];
-                let r1 = (2 * q + 1 < k).then(|| &b.data[(2 * q + 1) * b.rs as usize..][..n]);
-                for p in 0..n.div_ceil(16) {
-                    let cols = 16.min(n - p * 16);
-                    let o = &mut out[(p * kp + q) * 16..][..cols];
-                    let lo = &r0[p * 16..p * 16 + cols];
-                    match r1 {
-                        Some(r1) => {
-                            for ((o, &x), &y) in
-                                o.iter_mut().zip(lo).zip(&r1[p * 16..p * 16 + cols])
-                            {
-                                *o = to_bf16_bits(x) as u32 | (to_bf16_bits(y) as u32) << 16;
-                            }
-                        }
-                        None => {
-                            for (o, &x) in o.iter_mut().zip(lo) {
-                                *o = to_bf16_bits(x) as u32;
-                            }
-                        }
-                    }
-                }
+            // Per panel (on all threads with `parallel`): rows 2q and 2q + 1, 16 columns each,
+            // become 16 k-pairs with one conversion and one interleaving permute.
+            use rayon::prelude::*;
+            let panel = |(p, o): (usize, &mut [u32])| pack_b_panel(b, k, n, p, o);
+            if parallel && n > 16 {
+                out.par_chunks_mut(kp * 16).enumerate().for_each(panel);
+            } else {
+                out.chunks_mut(kp * 16).enumerate().for_each(panel);
             }
         } else if b.rs == 1 && b.cs > 0 {
             // A transposed operand (columns contiguous along k): 32 steps of k of one column
@@ -1277,6 +1263,44 @@ pub(crate) mod amx {
 
     /// Rows `r0..r0 + rows` of `a` as bf16, row-major with `2·kp` columns (zero past k or rows;
     /// `out` holds a multiple of 16 rows).
+    /// Panel `p` (columns p·16..) of a row-major `b` into `o` (kp·16 u32): rows 2q and 2q + 1
+    /// become 16 k-pairs with one conversion and one interleaving permute. Writes all of `o`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pack_b_panel(b: &Mat, k: usize, n: usize, p: usize, o: &mut [u32]) {
+        use std::arch::x86_64::*;
+        if p * 16 >= n {
+            o.fill(0);
+            return;
+        }
+        let rs = b.rs as usize;
+        assert!(b.cs == 1 && (k == 0 || b.data.len() >= (k - 1) * rs + n));
+        assert!(o.len() >= k.div_ceil(2) * 16);
+        let cols = 16.min(n - p * 16);
+        let mask = ((1u32 << cols) - 1) as __mmask16;
+        let idx: [u16; 32] = std::array::from_fn(|l| ((l % 2) * 16 + l / 2) as u16);
+        let row = |kk: usize| {
+            if kk < k {
+                // SAFETY: `cols` floats of row kk < k from column p·16: inside `b.data`
+                // (asserted above); the other lanes are masked off.
+                unsafe { _mm512_maskz_loadu_ps(mask, b.data.as_ptr().add(kk * rs + p * 16)) }
+            } else {
+                _mm512_setzero_ps()
+            }
+        };
+        // SAFETY: an aligned-agnostic load of the 32-entry index table.
+        let perm = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+        let pairs = k.div_ceil(2);
+        for q in 0..pairs {
+            let (lo, hi) = (row(2 * q), row(2 * q + 1));
+            // SAFETY: a plain bit reinterpretation of 32 bf16 as 16 u32.
+            let both: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
+            let interleaved = _mm512_permutexvar_epi16(perm, both);
+            // SAFETY: 16 u32 at q·16 < o.len() (asserted above).
+            unsafe { _mm512_storeu_si512(o.as_mut_ptr().add(q * 16).cast(), interleaved) };
+        }
+        o[pairs * 16..].fill(0);
+    }
+
     #[target_feature(enable = "avx512f,avx512bw")]
     fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u16]) {
         out.fill(0);
@@ -1385,7 +1409,7 @@ pub(crate) mod amx {
         let kp = k.div_ceil(32) * 16;
         let panels = n.div_ceil(32) * 2;
         // SAFETY: `available()` implies AVX-512 (every AMX CPU has it).
-        let bp = unsafe { pack_b(&b, k, n, kp, panels) };
+        let bp = unsafe { pack_b(&b, k, n, kp, panels, parallel) };
         let work = |(r0, d): (usize, &mut [f32])| {
             let rows = TASK_ROWS.min(m - r0);
             let tiles = rows.div_ceil(16);

@@ -1446,6 +1446,22 @@ pub(crate) mod amx {
                                 options(nostack),
                             );
                         }
+                        let (i0, c0) = (t * 16, p * 16);
+                        if !accumulate && scale == 1.0 && i0 + 16 <= rows && c0 + 32 <= n {
+                            // A whole 16 × 32 block with nothing to add or scale: the tiles go
+                            // straight to `d` (rows i0..i0 + 16, columns c0..c0 + 32, inside the
+                            // block's slice: bounds-checked here).
+                            let _ = &d[(i0 + 15) * dst_rs + c0..][..32];
+                            let at = d.as_mut_ptr().add(i0 * dst_rs + c0);
+                            asm!(
+                                "tilestored [{c0} + {s}*1], tmm0",
+                                "tilestored [{c1} + {s}*1], tmm1",
+                                c0 = in(reg) at, c1 = in(reg) at.add(16),
+                                s = in(reg) 4 * dst_rs,
+                                options(nostack),
+                            );
+                            continue;
+                        }
                         asm!(
                             "tilestored [{c0} + {s}*1], tmm0",
                             "tilestored [{c1} + {s}*1], tmm1",
@@ -1454,7 +1470,6 @@ pub(crate) mod amx {
                             options(nostack),
                         );
                         // c is 16 rows × 32 columns (row stride 32 floats): write the valid part.
-                        let (i0, c0) = (t * 16, p * 16);
                         for r in 0..16.min(rows - i0.min(rows)) {
                             let cols = 32.min(n - c0);
                             let out = &mut d[(i0 + r) * dst_rs + c0..][..cols];
@@ -1648,20 +1663,25 @@ mod tests {
             (1, 1, 1),
             (8, 64, 64),
             (20, 600, 40),
+            (48, 70, 96),
         ] {
             let (a, at) = (data(m * k, 1), data(k * m, 11));
             let (bt, b) = (data(n * k, 2), data(k * n, 12)); // b stored transposed / row-major
             let init = data(m * (n + 3), 3);
-            for (av, bv) in [
+            // Accumulating and scaled, and plain (whole AMX blocks are then stored directly).
+            for ((av, bv), (acc, scale)) in [
                 (Mat::rows(&a, k), Mat::cols(&bt, k)),
                 (Mat::rows(&a, k), Mat::rows(&b, n)),
                 (Mat::cols(&at, m), Mat::rows(&b, n)),
-            ] {
+            ]
+            .into_iter()
+            .flat_map(|ops| [(ops, (true, 0.5)), (ops, (false, 1.0))])
+            {
                 let mut want = init.clone();
-                fallback(&mut want, n + 3, av, bv, (m, k, n), true, 0.5, true);
+                fallback(&mut want, n + 3, av, bv, (m, k, n), acc, scale, true);
                 for (name, kernel) in bf16_kernels() {
                     let mut got = init.clone();
-                    kernel(&mut got, n + 3, av, bv, (m, k, n), true, 0.5, true);
+                    kernel(&mut got, n + 3, av, bv, (m, k, n), acc, scale, true);
                     for (i, (x, y)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (x - y).abs() <= 1e-5 * (1.0 + y.abs()),

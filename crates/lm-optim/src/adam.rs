@@ -296,9 +296,10 @@ impl InplaceOp2 for FusedAdam<'_> {
         }
         let s = self.s;
         let v_max = self.v_max.as_ref().map(|vm| vm.borrow_mut());
-        // Chunks of 64 Ki parameters across the thread pool: the step is memory-bound and one
-        // core cannot saturate the memory bus.
-        const CHUNK: usize = 1 << 16;
+        // Chunks of 8 Ki parameters across the thread pool: the step is memory-bound and one
+        // core cannot saturate the memory bus; chunks this small also split the 16–64 Ki
+        // matrices of a small model (64 Ki ran each of them on one core).
+        const CHUNK: usize = 1 << 13;
         match v_max {
             None => theta
                 .par_chunks_mut(CHUNK)

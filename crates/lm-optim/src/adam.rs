@@ -175,6 +175,8 @@ struct StepScalars {
     l2: f32,
     /// 1 − ηλ (decoupled), else 1.
     decay: f32,
+    /// Factor on the gradient (clipping), applied before anything else.
+    grad_scale: f32,
 }
 
 impl Adam {
@@ -229,13 +231,55 @@ impl Adam {
             inv_sqrt_bc2: (1.0 / (1.0 - self.cfg.beta2.powi(t)).sqrt()) as f32,
             l2: l2 as f32,
             decay: decay as f32,
+            grad_scale: 1.0,
         }
+    }
+
+    fn step_with(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        check(lr >= 0.0 && lr.is_finite(), "lr", lr, "a finite value ≥ 0")?;
+        check(
+            grad_scale >= 0.0 && grad_scale.is_finite(),
+            "grad_scale",
+            grad_scale,
+            "a finite value ≥ 0",
+        )?;
+        self.t += 1;
+        for gi in 0..self.groups.len() {
+            let s = StepScalars {
+                grad_scale: grad_scale as f32,
+                ..self.scalars(&self.groups[gi].0, lr)
+            };
+            for slot in &mut self.groups[gi].1 {
+                let Some(g) = grads.get(slot.var.as_tensor()) else {
+                    continue;
+                };
+                if g.dims() != slot.var.dims() {
+                    return Err(OptimError::BadState {
+                        key: slot.name.clone(),
+                        problem: format!(
+                            "gradient shape {:?} differs from parameter shape {:?}",
+                            g.dims(),
+                            slot.var.dims()
+                        ),
+                    });
+                }
+                if self.cfg.fused && fused_path(&slot.var) {
+                    fused_step(slot, g, s)?;
+                } else {
+                    composite_step(slot, g, s)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 fn composite_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
     let theta = slot.var.as_tensor().to_dtype(DType::F32)?;
     let mut g = g.to_dtype(DType::F32)?;
+    if s.grad_scale != 1.0 {
+        g = (g * s.grad_scale as f64)?;
+    }
     if s.l2 != 0.0 {
         g = (g + (&theta * s.l2 as f64)?)?;
     }
@@ -338,7 +382,7 @@ fn adam_kernel(
                 .zip(m.iter_mut())
                 .zip(v.iter_mut())
             {
-                let g = g + s.l2 * *p;
+                let g = g * s.grad_scale + s.l2 * *p;
                 *m = s.beta1 * *m + one_m_b1 * g;
                 *v = s.beta2 * *v + one_m_b2 * g * g;
                 let denom = v.sqrt() * s.inv_sqrt_bc2 + s.eps;
@@ -353,7 +397,7 @@ fn adam_kernel(
                 .zip(v.iter_mut())
                 .zip(v_max.iter_mut())
             {
-                let g = g + s.l2 * *p;
+                let g = g * s.grad_scale + s.l2 * *p;
                 *m = s.beta1 * *m + one_m_b1 * g;
                 *v = s.beta2 * *v + one_m_b2 * g * g;
                 *vm = vm.max(*v);
@@ -394,32 +438,11 @@ fn fused_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
 
 impl Optimizer for Adam {
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
-        check(lr >= 0.0 && lr.is_finite(), "lr", lr, "a finite value ≥ 0")?;
-        self.t += 1;
-        for gi in 0..self.groups.len() {
-            let s = self.scalars(&self.groups[gi].0, lr);
-            for slot in &mut self.groups[gi].1 {
-                let Some(g) = grads.get(slot.var.as_tensor()) else {
-                    continue;
-                };
-                if g.dims() != slot.var.dims() {
-                    return Err(OptimError::BadState {
-                        key: slot.name.clone(),
-                        problem: format!(
-                            "gradient shape {:?} differs from parameter shape {:?}",
-                            g.dims(),
-                            slot.var.dims()
-                        ),
-                    });
-                }
-                if self.cfg.fused && fused_path(&slot.var) {
-                    fused_step(slot, g, s)?;
-                } else {
-                    composite_step(slot, g, s)?;
-                }
-            }
-        }
-        Ok(())
+        self.step_with(grads, lr, 1.0)
+    }
+
+    fn step_scaled(&mut self, grads: &mut GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        self.step_with(grads, lr, grad_scale)
     }
 
     fn steps(&self) -> u64 {

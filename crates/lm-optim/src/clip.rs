@@ -57,13 +57,24 @@ fn sum_squares_cpu(g: &Tensor) -> Option<f64> {
 /// Scales all gradients by `min(1, max_norm / (‖g‖ + 1e-6))` and returns the pre-clip norm `‖g‖`
 /// for logging. Gradients whose norm is at most `max_norm` are left untouched.
 pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
-    check(max_norm > 0.0, "max_norm", max_norm, "> 0")?;
     let norm = grad_norm(grads, vars)?;
-    if norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
+    let scale = clip_factor(norm, max_norm)?;
+    if scale != 1.0 {
         scale_grads(grads, vars, scale)?;
     }
     Ok(norm)
+}
+
+/// The factor [`clip_grad_norm`] scales gradients of global norm `norm` by:
+/// `min(1, max_norm / (norm + 1e-6))` (exactly 1 when `norm ≤ max_norm`). For optimizers that
+/// take it as [`crate::Optimizer::step_scaled`]'s `grad_scale` instead of a pass over the gradients.
+pub fn clip_factor(norm: f64, max_norm: f64) -> Result<f64> {
+    check(max_norm > 0.0, "max_norm", max_norm, "> 0")?;
+    Ok(if norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    })
 }
 
 /// Clamps every gradient coordinate into `[−clip_value, clip_value]` (PyTorch's

@@ -54,6 +54,16 @@ pub trait Optimizer: Send {
     /// Parameters without a gradient are left as they are.
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()>;
 
+    /// [`Optimizer::step`] on the gradients times `grad_scale` (the factor of gradient clipping
+    /// or of loss-scale unscaling). The default scales the gradients in `grads` first; Adam folds
+    /// the factor into its update instead (no pass over the gradients).
+    fn step_scaled(&mut self, grads: &mut GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+        if grad_scale != 1.0 {
+            crate::clip::scale_grads(grads, &self.vars(), grad_scale)?;
+        }
+        self.step(grads, lr)
+    }
+
     /// Number of updates applied so far (`t` in the chapter's bias correction).
     fn steps(&self) -> u64;
 

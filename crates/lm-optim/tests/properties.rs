@@ -27,6 +27,8 @@ fn values(v: &Var) -> Vec<f32> {
     v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()
 }
 
+type DynOpt = Box<dyn Optimizer>;
+
 fn all_optimizers(v: &Var, wd: f64) -> Vec<(&'static str, Box<dyn Optimizer>)> {
     let g = || vec![ParamGroup::new("all", vec![("p".into(), v.clone())], wd)];
     vec![
@@ -131,6 +133,40 @@ proptest! {
         };
         for (a, b) in run(1.0).iter().zip(run(c)) {
             prop_assert!((a - b).abs() <= 2e-6 * (1.0 + a.abs()), "{a} vs {b} at scale {c}");
+        }
+    }
+
+    /// `step_scaled(g, c)` is `step(c·g)`, for every optimizer (Adam's fused and composite
+    /// updates fold `c` in; the others scale the gradients first), over three steps.
+    #[test]
+    fn scaled_step_equals_step_on_scaled_gradients((m, n, g) in matrix(), c in 0.01f64..1.0, wd in 0.0f64..0.1) {
+        let p0: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (va, vb) = (var(&p0, (m, n)), var(&p0, (m, n)));
+        // Adam is nearly invariant to the gradient's scale; with ε = 1 its update is not, so a
+        // dropped factor shows (fused and composite paths).
+        let adam = |v: &Var, fused: bool| -> Box<dyn Optimizer> {
+            let cfg = AdamConfig { fused, eps: 1.0, ..AdamConfig::adamw() };
+            Box::new(Adam::new(vec![ParamGroup::new("all", vec![("p".into(), v.clone())], wd)], cfg).unwrap())
+        };
+        let pairs: Vec<(&str, DynOpt, DynOpt)> = all_optimizers(&va, wd)
+            .into_iter()
+            .zip(all_optimizers(&vb, wd))
+            .map(|((name, a), (_, b))| (name, a, b))
+            .chain([
+                ("adamw-eps1-fused", adam(&va, true), adam(&vb, true)),
+                ("adamw-eps1-composite", adam(&va, false), adam(&vb, false)),
+            ])
+            .collect();
+        for (name, mut a, mut b) in pairs {
+            let scaled: Vec<f32> = g.iter().map(|x| (*x as f64 * c) as f32).collect();
+            for _ in 0..3 {
+                a.step_scaled(&mut grads_for(&va, &g), 1e-2, c).unwrap();
+                b.step(&grads_for(&vb, &scaled), 1e-2).unwrap();
+            }
+            for (x, y) in values(&va).iter().zip(values(&vb)) {
+                prop_assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{name}: {x} vs {y}");
+            }
+            va.set(vb.as_tensor()).unwrap();
         }
     }
 

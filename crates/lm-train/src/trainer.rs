@@ -23,8 +23,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lm_models::{ParamStore, Sampling};
 use lm_objectives::Rng;
 use lm_optim::{
-    clip::clip_grad_norm, AdaFactor, AdaFactorConfig, AdaFactorLr, Adam, AdamConfig, BatchSizeRamp,
-    Optimizer, ParamGroup, Schedule, Sgd, SgdConfig,
+    AdaFactor, AdaFactorConfig, AdaFactorLr, Adam, AdamConfig, BatchSizeRamp, Optimizer,
+    ParamGroup, Schedule, Sgd, SgdConfig,
 };
 
 use crate::batches::{BatchSource, Specials};
@@ -526,12 +526,14 @@ impl Trainer {
             });
         }
         let clip = self.cfg.optim.grad_clip;
-        let norm = if clip > 0.0 {
-            clip_grad_norm(&mut grads, &self.vars, clip)?
+        let norm = lm_optim::clip::grad_norm(&grads, &self.vars)?;
+        // Clipping as a factor the optimizer applies (Adam: inside its fused update).
+        let scale = if clip > 0.0 {
+            lm_optim::clip::clip_factor(norm, clip)?
         } else {
-            lm_optim::clip::grad_norm(&grads, &self.vars)?
+            1.0
         };
-        self.opt.step(&grads, lr)?;
+        self.opt.step_scaled(&mut grads, lr, scale)?;
         self.state.step += 1;
         Ok(Some((loss, norm, lr)))
     }

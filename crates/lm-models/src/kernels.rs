@@ -357,8 +357,8 @@ impl CustomOp3 for LayerNormGrad {
 /// `y_i = Σ_{j≤i} softmax_j(scale·q_i·k_j) v_j` per head. It replaces splitting the heads (three
 /// transposed copies), two batched matmuls, the softmax and merging the heads, and the backward of
 /// each. Per (sequence, head) the products are gemm calls on strided views of `qkv` — no copies;
-/// sequences run in parallel; the backward recomputes the `t × t` probabilities instead of
-/// storing them.
+/// sequences run in parallel; the `b·h` probability matrices (`t × t`, zero above the diagonal) are
+/// kept for the backward, and the products skip their zero triangles.
 pub(crate) struct CausalAttention {
     pub n_head: usize,
     pub scale: f32,

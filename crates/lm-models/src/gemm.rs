@@ -661,9 +661,12 @@ pub(crate) mod avx512_f32 {
         };
         // A small row-major `b` is read in place (panel p = columns p·32.., rows `b.rs` apart);
         // a large one (rows far apart: cache and TLB misses), one whose rows are a multiple of
-        // 1 KiB apart (a panel's rows then share a few L1 sets and evict each other) or another
-        // layout is packed into contiguous panels first, on all threads.
-        if b.cs == 1 && k * n <= IN_PLACE_B && b.rs % 256 != 0 {
+        // 1 KiB apart (a panel's rows then share a few L1 sets and evict each other), one
+        // multiplied by a packed column-major `a` (the weight gradients: long k, each panel
+        // swept by a whole block of `a`; 10–20% faster packed) or another layout is packed into
+        // contiguous panels first, on all threads.
+        let a_packed = a.rs == 1 && a.cs != 1 && n > NR;
+        if b.cs == 1 && k * n <= IN_PLACE_B && b.rs % 256 != 0 && !a_packed {
             run(Panels {
                 data: b.data,
                 rs: b.rs as usize,

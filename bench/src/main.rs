@@ -467,39 +467,42 @@ fn main() -> Result<()> {
         md.push_str(
             "\n## Against the targets\n\n\
              - gpt-shakespeare-char, fp32: the step above against PyTorch's ~30 ms (eager, 2 threads, same machine \
-             class). Not reached: 32–35 ms in `cargo xtask bench` runs of this session, 30–31 ms in its fastest \
-             periods (this VM's speed drifts by ~10% within minutes; compare the ratios). The composite candle model \
-             took ~300 ms per step here, the first fused kernels (layer norm, causal softmax, GELU, \
-             softmax-cross-entropy, each with its backward) ~121 ms, the fused linear layer and attention with our \
-             AVX-512 gemm ~60–70 ms. Then, each measured before/after on the step (medians of interleaved runs): \
-             `fastmath::exp` reading 2^n from the float's bits (its saturating float-to-int cast kept the GELU and \
-             softmax loops scalar), the 12 × 32 f32 tile in assembly with base + index·scale addressing, the bias \
-             added in the gemm's store epilogue, no zero-filling of outputs that are written in full, reused and \
-             64-byte-aligned packing buffers, column-major A packed per k chunk (the weight gradients), the step run \
-             on a rayon worker with the other workers polling for work until it ends (a sleeping worker took tens \
-             of µs to wake for each of the step's few hundred parallel kernels: −2.4 ms), the linear backward \
-             running dx and dW as one product per thread, causal attention skipping the zero triangles of its \
-             products and keeping its probabilities for the backward, vectorized layer-norm backward, the gradient \
-             norm read straight from the gradients, clipping folded into the fused AdamW update, and AdamW in 8 Ki \
-             chunks so that both cores share each matrix. Quality is unchanged: val loss 1.8706 at 2000 \
-             iterations in 72 s of wall time, evaluations and checkpoints included (PyTorch: 1.886 in 69 s).\n\
+             class). Reached: median 27.8 ms over six `lm-bench step` runs (26.8–28.4 ms) at the end of this session, \
+             and 27.9 ms per step (median over the log windows) in a full 2000-iteration run, 59.9 s of wall time \
+             with evaluations and checkpoints (PyTorch: 69 s). This VM's speed drifts by 10–15% (the FMA peak row \
+             read 366–429 GFLOP/s across the session's runs), so compare ratios. The composite candle model took \
+             ~300 ms per step here, the first fused kernels (layer norm, causal softmax, GELU, softmax-cross-entropy, \
+             each with its backward) ~121 ms, the fused linear layer and attention with our AVX-512 gemm ~60–70 ms. \
+             Then, each measured before/after on the step (medians of interleaved runs): `fastmath::exp` reading 2^n \
+             from the float's bits (its saturating float-to-int cast kept the GELU and softmax loops scalar), the \
+             12 × 32 f32 tile in assembly with base + index·scale addressing, the bias added in the gemm's store \
+             epilogue, no zero-filling of outputs that are written in full, reused and 64-byte-aligned packing \
+             buffers, column-major A packed per k chunk and B packed with it (the weight gradients: −1.3 ms), the \
+             step run on a rayon worker with the other workers polling for work until it ends (a sleeping worker \
+             took tens of µs to wake for each of the step's few hundred parallel kernels: −2.4 ms), the linear \
+             backward running dx and dW as one product per thread, causal attention skipping the zero triangles of \
+             its products and keeping its probabilities for the backward, vectorized layer-norm backward, the \
+             gradient norm read straight from the gradients, clipping folded into the fused AdamW update, and AdamW \
+             in 8 Ki chunks so that both cores share each matrix. Quality is unchanged: val loss 1.8706 at 2000 \
+             iterations (PyTorch: 1.886).\n\
              - Mixed precision (`train.matmul_precision = \"bf16\"`: bf16 inputs to every linear-layer product, \
              f32 accumulation, f32 master weights, activations and gradients; products under 2^20 multiply-adds, such \
              as one attention head, stay f32): on Intel AMX the products run as `tdpbf16ps` tile instructions (inline \
              assembly; the tile state is requested from Linux once), elsewhere as AVX512-BF16 `vdpbf16ps` or as \
-             rounded inputs through the f32 gemm. Not reached (≤ 20 ms; 23–26 ms in this session's runs, PyTorch bf16 autocast \
-             ~23.5 ms): converting and packing the operands to bf16 costs more than the tile arithmetic (row-major \
-             operands are now converted 32 values per instruction, transposed ones gathered, and whole output blocks \
-             stored straight from the tiles), and the non-matmul work (element-wise kernels, attention, graph \
-             bookkeeping) is unchanged by the precision. `vdpbf16ps` alone is no help on this CPU: it sustains about \
-             half the FLOP rate of 512-bit f32 FMA (≈ 98 vs ≈ 200 GFLOP/s on one core in a register-only loop), \
-             while AMX reaches ≈ 2.9 TFLOP/s in the same kind of loop. Quality: val loss 1.8717 at 2000 iterations \
-             in 56 s (PyTorch bf16 autocast: 1.888).\n\
+             rounded inputs through the f32 gemm. Not reached: median 20.95 ms over the same six runs (20.4–22.2 ms; \
+             target ≤ 20 ms, PyTorch bf16 autocast ~23.5 ms), 22.4 ms per step and 48.7 s of wall time in a full \
+             2000-iteration run. Converting and packing the operands to bf16 costs more than the tile arithmetic \
+             (row-major operands are converted 32 values per instruction, transposed ones gathered, whole output \
+             blocks stored straight from the tiles), and the non-matmul work (element-wise kernels, attention, graph \
+             bookkeeping) is the same as in fp32. `vdpbf16ps` alone is no help on this CPU: it sustains about half \
+             the FLOP rate of 512-bit f32 FMA (≈ 98 vs ≈ 200 GFLOP/s on one core in a register-only loop), while \
+             AMX reaches ≈ 2.9 TFLOP/s in the same kind of loop. Quality: val loss 1.8717 at 2000 iterations \
+             (PyTorch bf16 autocast: 1.888).\n\
              - Optimizer: the fused AdamW step is within 2× of the memory-bandwidth limit measured in the same run.\n\
              - Objectives: MLM masking and span corruption are 100×+ faster than the Python collators.\n\
              \n## Where the time goes\n\n\
              `perf record` (cpu-clock; this VM exposes no hardware counters) of the fp32 gpt-shakespeare-char step: \
-             the f32 gemm ≈ 56% of busy time, the element-wise kernels (GELU and its gradient, attention softmax, \
+             the f32 gemm ≈ 55–60% of busy time, the element-wise kernels (GELU and its gradient, attention softmax, \
              cross-entropy) ≈ 11%, layer norm ≈ 4%, candle's own ops (residual adds, gradient accumulation, \
              embedding) and graph bookkeeping most of the rest. The gemm's 12 × 32 tile runs at ≈ 170 GFLOP/s per \
              core with its operands in L1 (≈ 80% of the FMA peak), ≈ 160 on a warm 768 × 128 × 512 product and \

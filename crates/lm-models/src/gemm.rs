@@ -1181,8 +1181,9 @@ pub(crate) mod amx {
         })
     }
 
-    /// The tile configuration: palette 1; tmm0, tmm1 (C) 16 rows × 16 f32, tmm2 (A) 16 rows ×
-    /// 32 bf16, tmm3, tmm4 (B) 16 k-pair rows × 16 columns × 2 — all 16 × 64 bytes.
+    /// The tile configuration: palette 1, all eight tiles 16 rows × 64 bytes: C in tmm0, tmm1
+    /// (row tile t) and tmm5, tmm6 (row tile t + 1), 16 × 16 f32 each; A in tmm2, tmm7, 16 rows
+    /// × 32 bf16; B in tmm3, tmm4, 16 k-pair rows × 16 columns × 2.
     #[repr(C, align(64))]
     struct TileConfig([u8; 64]);
 
@@ -1190,7 +1191,7 @@ pub(crate) mod amx {
         fn new() -> Self {
             let mut c = [0u8; 64];
             c[0] = 1;
-            for t in 0..5 {
+            for t in 0..8 {
                 c[16 + 2 * t] = 64;
                 c[48 + t] = 16;
             }
@@ -1426,18 +1427,91 @@ pub(crate) mod amx {
             unsafe { pack_a(&a, r0, rows, k, kp, ap) };
             let mut c = [0f32; 16 * 32];
             let cfg = TileConfig::new();
+            // Writes C tiles $x, $y (row tile $t, columns $p·16..+32) to `d`: straight from the
+            // tiles for a whole block with nothing to add or scale, else through `c`.
+            macro_rules! store_block {
+                ($x:literal, $y:literal, $t:expr, $p:expr) => {{
+                    let (i0, c0) = ($t * 16, $p * 16);
+                    if !accumulate && scale == 1.0 && i0 + 16 <= rows && c0 + 32 <= n {
+                        // Rows i0..i0 + 16, columns c0..c0 + 32: inside the block's slice
+                        // (bounds-checked here).
+                        let _ = &d[(i0 + 15) * dst_rs + c0..][..32];
+                        let at = d.as_mut_ptr().add(i0 * dst_rs + c0);
+                        asm!(
+                            concat!("tilestored [{c0} + {s}*1], ", $x),
+                            concat!("tilestored [{c1} + {s}*1], ", $y),
+                            c0 = in(reg) at, c1 = in(reg) at.add(16),
+                            s = in(reg) 4 * dst_rs,
+                            options(nostack),
+                        );
+                    } else {
+                        asm!(
+                            concat!("tilestored [{c0} + {s}*1], ", $x),
+                            concat!("tilestored [{c1} + {s}*1], ", $y),
+                            c0 = in(reg) c.as_mut_ptr(), c1 = in(reg) c.as_mut_ptr().add(16),
+                            s = in(reg) 128usize,
+                            options(nostack),
+                        );
+                        // c is 16 rows × 32 columns (row stride 32 floats): the valid part.
+                        for r in 0..16.min(rows - i0.min(rows)) {
+                            let cols = 32.min(n - c0);
+                            let out = &mut d[(i0 + r) * dst_rs + c0..][..cols];
+                            write_row(out, &c[r * 32..r * 32 + cols], accumulate, scale);
+                        }
+                    }
+                }};
+            }
             // SAFETY: `available()` granted the tile state; every tile load reads 16 rows of
-            // 64 bytes inside `ap` (tiles·16 rows of 4·kp bytes) or `bp` (panels·kp rows of
-            // 64 bytes), and each store writes the 16 × 64 bytes of `c`'s halves.
+            // 64 bytes inside `ap` (tiles·16 rows of 4·kp bytes; row tiles t, t + 1 < tiles) or
+            // `bp` (panels·kp rows of 64 bytes), and each store writes 16 × 64 bytes inside `c`
+            // or inside the checked block of `d`.
             unsafe {
                 asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack));
                 for p in (0..panels).step_by(2) {
-                    for t in 0..tiles {
+                    let b_at = |s: usize| {
+                        (
+                            bp.as_ptr().add((p * kp + s * 16) * 16),
+                            bp.as_ptr().add(((p + 1) * kp + s * 16) * 16),
+                        )
+                    };
+                    // Two row tiles × two panels: 4 tile loads per 4 products (2 × 1 took 3
+                    // per 2, and the loads were the bound).
+                    let mut t = 0;
+                    while t + 1 < tiles {
+                        asm!(
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm5",
+                            "tilezero tmm6",
+                            options(nostack)
+                        );
+                        for s in 0..kp / 16 {
+                            let a0 = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
+                            let a1 = ap.as_ptr().add((t + 1) * 16 * 2 * kp + s * 32);
+                            let (b0, b1) = b_at(s);
+                            asm!(
+                                "tileloadd tmm2, [{a0} + {sa}*1]",
+                                "tileloadd tmm3, [{b0} + {sb}*1]",
+                                "tileloadd tmm4, [{b1} + {sb}*1]",
+                                "tdpbf16ps tmm0, tmm2, tmm3",
+                                "tileloadd tmm7, [{a1} + {sa}*1]",
+                                "tdpbf16ps tmm1, tmm2, tmm4",
+                                "tdpbf16ps tmm5, tmm7, tmm3",
+                                "tdpbf16ps tmm6, tmm7, tmm4",
+                                a0 = in(reg) a0, a1 = in(reg) a1, sa = in(reg) 4 * kp,
+                                b0 = in(reg) b0, b1 = in(reg) b1, sb = in(reg) 64usize,
+                                options(nostack),
+                            );
+                        }
+                        store_block!("tmm0", "tmm1", t, p);
+                        store_block!("tmm5", "tmm6", t + 1, p);
+                        t += 2;
+                    }
+                    if t < tiles {
                         asm!("tilezero tmm0", "tilezero tmm1", options(nostack));
                         for s in 0..kp / 16 {
                             let at = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
-                            let b0 = bp.as_ptr().add((p * kp + s * 16) * 16);
-                            let b1 = bp.as_ptr().add(((p + 1) * kp + s * 16) * 16);
+                            let (b0, b1) = b_at(s);
                             asm!(
                                 "tileloadd tmm2, [{a} + {sa}*1]",
                                 "tileloadd tmm3, [{b0} + {sb}*1]",
@@ -1449,35 +1523,7 @@ pub(crate) mod amx {
                                 options(nostack),
                             );
                         }
-                        let (i0, c0) = (t * 16, p * 16);
-                        if !accumulate && scale == 1.0 && i0 + 16 <= rows && c0 + 32 <= n {
-                            // A whole 16 × 32 block with nothing to add or scale: the tiles go
-                            // straight to `d` (rows i0..i0 + 16, columns c0..c0 + 32, inside the
-                            // block's slice: bounds-checked here).
-                            let _ = &d[(i0 + 15) * dst_rs + c0..][..32];
-                            let at = d.as_mut_ptr().add(i0 * dst_rs + c0);
-                            asm!(
-                                "tilestored [{c0} + {s}*1], tmm0",
-                                "tilestored [{c1} + {s}*1], tmm1",
-                                c0 = in(reg) at, c1 = in(reg) at.add(16),
-                                s = in(reg) 4 * dst_rs,
-                                options(nostack),
-                            );
-                            continue;
-                        }
-                        asm!(
-                            "tilestored [{c0} + {s}*1], tmm0",
-                            "tilestored [{c1} + {s}*1], tmm1",
-                            c0 = in(reg) c.as_mut_ptr(), c1 = in(reg) c.as_mut_ptr().add(16),
-                            s = in(reg) 128usize,
-                            options(nostack),
-                        );
-                        // c is 16 rows × 32 columns (row stride 32 floats): write the valid part.
-                        for r in 0..16.min(rows - i0.min(rows)) {
-                            let cols = 32.min(n - c0);
-                            let out = &mut d[(i0 + r) * dst_rs + c0..][..cols];
-                            write_row(out, &c[r * 32..r * 32 + cols], accumulate, scale);
-                        }
+                        store_block!("tmm0", "tmm1", t, p);
                     }
                 }
                 asm!("tilerelease", options(nostack));

@@ -467,8 +467,8 @@ fn main() -> Result<()> {
         md.push_str(
             "\n## Against the targets\n\n\
              - gpt-shakespeare-char, fp32: the step above against PyTorch's ~30 ms (eager, 2 threads, same machine \
-             class). Reached: median 27.8 ms over six `lm-bench step` runs (26.8–28.4 ms) at the end of this session, \
-             and 27.9 ms per step (median over the log windows) in a full 2000-iteration run, 59.9 s of wall time \
+             class). Reached: median 27.5 ms over seven `lm-bench step` runs at the end of this session (26.9–27.9 \
+             ms), and 27.9 ms per step (median over the log windows) in a full 2000-iteration run, 59.9 s of wall time \
              with evaluations and checkpoints (PyTorch: 69 s). This VM's speed drifts by 10–15% (the FMA peak row \
              read 366–429 GFLOP/s across the session's runs), so compare ratios. The composite candle model took \
              ~300 ms per step here, the first fused kernels (layer norm, causal softmax, GELU, softmax-cross-entropy, \
@@ -489,15 +489,15 @@ fn main() -> Result<()> {
              f32 accumulation, f32 master weights, activations and gradients; products under 2^20 multiply-adds, such \
              as one attention head, stay f32): on Intel AMX the products run as `tdpbf16ps` tile instructions (inline \
              assembly; the tile state is requested from Linux once), elsewhere as AVX512-BF16 `vdpbf16ps` or as \
-             rounded inputs through the f32 gemm. Not reached: median 20.95 ms over the same six runs (20.4–22.2 ms; \
-             target ≤ 20 ms, PyTorch bf16 autocast ~23.5 ms), 22.4 ms per step and 48.7 s of wall time in a full \
-             2000-iteration run. Converting and packing the operands to bf16 costs more than the tile arithmetic \
-             (row-major operands are converted 32 values per instruction, transposed ones gathered, whole output \
-             blocks stored straight from the tiles), and the non-matmul work (element-wise kernels, attention, graph \
-             bookkeeping) is the same as in fp32. `vdpbf16ps` alone is no help on this CPU: it sustains about half \
-             the FLOP rate of 512-bit f32 FMA (≈ 98 vs ≈ 200 GFLOP/s on one core in a register-only loop), while \
-             AMX reaches ≈ 2.9 TFLOP/s in the same kind of loop. Quality: val loss 1.8717 at 2000 iterations \
-             (PyTorch bf16 autocast: 1.888).\n\
+             rounded inputs through the f32 gemm. Not reached: median 20.6 ms over seven `lm-bench step` runs at \
+             the end of the session (19.1–21.0 ms; target ≤ 20 ms, PyTorch bf16 autocast ~23.5 ms), 21.3 ms per \
+             step and 46.3 s of wall time in a full 2000-iteration run. Converting and packing the operands to bf16 \
+             costs more than the tile arithmetic (row-major operands are converted 32 values per instruction, \
+             transposed ones gathered, tiles computed in 2 × 2 blocks and whole output blocks stored straight from \
+             the tiles), and the non-matmul work (element-wise kernels, attention, graph bookkeeping) is the same as \
+             in fp32. `vdpbf16ps` alone is no help on this CPU: it sustains about half the FLOP rate of 512-bit f32 \
+             FMA (≈ 98 vs ≈ 200 GFLOP/s on one core in a register-only loop), while AMX reaches ≈ 2.9 TFLOP/s in \
+             the same kind of loop. Quality: val loss 1.8717 at 2000 iterations (PyTorch bf16 autocast: 1.888).\n\
              - Optimizer: the fused AdamW step is within 2× of the memory-bandwidth limit measured in the same run.\n\
              - Objectives: MLM masking and span corruption are 100×+ faster than the Python collators.\n\
              \n## Where the time goes\n\n\
@@ -511,7 +511,7 @@ fn main() -> Result<()> {
              panel, software prefetch of the output tile, embedded-broadcast FMAs, larger or smaller k chunks and \
              row blocks, 16-lane GELU, FMA in `fastmath::exp` (it becomes a libm call wherever the loop is not \
              compiled for FMA). Next: fewer passes over the activations (GELU in the c_fc epilogue), bf16 weights \
-             packed once per step, AMX tiles in 2 × 2 blocks.\n\
+             packed once per step, in-place gradient accumulation in candle's backward.\n\
              \nThe regression guard in CI (`crates/lm-models/tests/perf_guard.rs`) times each fused kernel against its \
              composite form in one process and requires a ≥ 1.5× speed-up (1.2× for the gemm-bound linear layer; measured \
              2–7×: layer norm, causal softmax, GELU, causal attention, linear).\n",

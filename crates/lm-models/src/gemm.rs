@@ -636,10 +636,21 @@ pub(crate) mod avx512_f32 {
             dst.len() >= (m - 1) * dst_rs + n,
             "gemm: destination out of bounds"
         );
+        // A column-major `a` with more than one panel to reuse it is packed per k chunk: read
+        // in place, each k step of a tile is a line `a.cs` floats from the last, and these
+        // lines fall into a few L1 sets (power-of-two strides) and miss on every panel.
+        let a_packed = a.rs == 1 && a.cs != 1 && n > NR;
         let mut run = |bv: Panels| {
             let work = |(r0, rows, d): (usize, usize, &mut [f32])| {
-                // SAFETY: the caller checked AVX512F; bounds are asserted in the tiles.
-                unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri) }
+                let a_len = rows.div_ceil(MR_F32) * MR_F32 * KC.min(k);
+                // SAFETY (both): the caller checked AVX512F; bounds are asserted in the tiles.
+                if a_packed {
+                    with_scratch(&PACK_A, a_len, |buf| unsafe {
+                        block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri, Some(buf))
+                    })
+                } else {
+                    unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri, None) }
+                }
             };
             let threads = rayon::current_num_threads();
             if parallel && threads > 1 && m * n * k >= 1 << 15 {
@@ -665,7 +676,6 @@ pub(crate) mod avx512_f32 {
         // multiplied by a packed column-major `a` (the weight gradients: long k, each panel
         // swept by a whole block of `a`; 10–20% faster packed) or another layout is packed into
         // contiguous panels first, on all threads.
-        let a_packed = a.rs == 1 && a.cs != 1 && n > NR;
         if b.cs == 1 && k * n <= IN_PLACE_B && b.rs % 256 != 0 && !a_packed {
             run(Panels {
                 data: b.data,
@@ -695,36 +705,11 @@ pub(crate) mod avx512_f32 {
         k_stride: usize,
     }
 
+    /// Rows `r0..r0 + rows` of the product into `d`, k in chunks, with `pack` (a buffer for a
+    /// packed column-major `a`) or reading `a` in place.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn block(
-        d: &mut [f32],
-        dst_rs: usize,
-        a: Mat,
-        r0: usize,
-        bp: Panels,
-        rows: usize,
-        k: usize,
-        n: usize,
-        epi: Epilogue,
-        tri: Tri,
-    ) {
-        // A column-major `a` with more than one panel to reuse it is packed per k chunk: read
-        // in place, each k step of a tile is a line `a.cs` floats from the last, and these
-        // lines fall into a few L1 sets (power-of-two strides) and miss on every panel.
-        let pack = a.rs == 1 && a.cs != 1 && n > NR;
-        if pack {
-            with_scratch(&PACK_A, rows.div_ceil(MR_F32) * MR_F32 * KC.min(k), |buf| {
-                block_k(d, dst_rs, a, r0, bp, rows, k, n, epi, tri, Some(buf))
-            })
-        } else {
-            block_k(d, dst_rs, a, r0, bp, rows, k, n, epi, tri, None)
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block_k(
         d: &mut [f32],
         dst_rs: usize,
         a: Mat,

@@ -1278,12 +1278,42 @@ pub(crate) mod amx {
             unsafe { pack_a(&a, r0, rows, k, kp, ap) };
             let mut c = [0f32; 16 * 32];
             let cfg = TileConfig::new();
+            // A whole 16 × 32 block (row tile t, columns p·16..+32) with nothing to scale lives
+            // in `d` itself: its tiles start from `d` (or zero) and are stored straight back.
+            let direct =
+                |t: usize, p: usize| scale == 1.0 && t * 16 + 16 <= rows && p * 16 + 32 <= n;
+            // Sets C tiles $x, $y for row tile $t, columns $p·16..+32: loaded from `d` for a
+            // direct block that accumulates, else zero.
+            macro_rules! start_block {
+                ($x:literal, $y:literal, $t:expr, $p:expr) => {{
+                    let (i0, c0) = ($t * 16, $p * 16);
+                    if accumulate && direct($t, $p) {
+                        // Rows i0..i0 + 16, columns c0..c0 + 32: inside the block's slice
+                        // (bounds-checked here).
+                        let _ = &d[(i0 + 15) * dst_rs + c0..][..32];
+                        let at = d.as_ptr().add(i0 * dst_rs + c0);
+                        asm!(
+                            concat!("tileloadd ", $x, ", [{c0} + {s}*1]"),
+                            concat!("tileloadd ", $y, ", [{c1} + {s}*1]"),
+                            c0 = in(reg) at, c1 = in(reg) at.add(16),
+                            s = in(reg) 4 * dst_rs,
+                            options(nostack),
+                        );
+                    } else {
+                        asm!(
+                            concat!("tilezero ", $x),
+                            concat!("tilezero ", $y),
+                            options(nostack)
+                        );
+                    }
+                }};
+            }
             // Writes C tiles $x, $y (row tile $t, columns $p·16..+32) to `d`: straight from the
-            // tiles for a whole block with nothing to add or scale, else through `c`.
+            // tiles for a direct block, else through `c`.
             macro_rules! store_block {
                 ($x:literal, $y:literal, $t:expr, $p:expr) => {{
                     let (i0, c0) = ($t * 16, $p * 16);
-                    if !accumulate && scale == 1.0 && i0 + 16 <= rows && c0 + 32 <= n {
+                    if direct($t, $p) {
                         // Rows i0..i0 + 16, columns c0..c0 + 32: inside the block's slice
                         // (bounds-checked here).
                         let _ = &d[(i0 + 15) * dst_rs + c0..][..32];
@@ -1329,13 +1359,8 @@ pub(crate) mod amx {
                     // per 2, and the loads were the bound).
                     let mut t = 0;
                     while t + 1 < tiles {
-                        asm!(
-                            "tilezero tmm0",
-                            "tilezero tmm1",
-                            "tilezero tmm5",
-                            "tilezero tmm6",
-                            options(nostack)
-                        );
+                        start_block!("tmm0", "tmm1", t, p);
+                        start_block!("tmm5", "tmm6", t + 1, p);
                         for s in 0..kp / 16 {
                             let a0 = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
                             let a1 = ap.as_ptr().add((t + 1) * 16 * 2 * kp + s * 32);
@@ -1359,7 +1384,7 @@ pub(crate) mod amx {
                         t += 2;
                     }
                     if t < tiles {
-                        asm!("tilezero tmm0", "tilezero tmm1", options(nostack));
+                        start_block!("tmm0", "tmm1", t, p);
                         for s in 0..kp / 16 {
                             let at = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
                             let (b0, b1) = b_at(s);
@@ -1568,14 +1593,15 @@ mod tests {
             let (a, at) = (data(m * k, 1), data(k * m, 11));
             let (bt, b) = (data(n * k, 2), data(k * n, 12)); // b stored transposed / row-major
             let init = data(m * (n + 3), 3);
-            // Accumulating and scaled, and plain (whole AMX blocks are then stored directly).
+            // Accumulating and scaled, plain, and accumulating unscaled (whole AMX blocks then
+            // start from and are stored straight to the output).
             for ((av, bv), (acc, scale)) in [
                 (Mat::rows(&a, k), Mat::cols(&bt, k)),
                 (Mat::rows(&a, k), Mat::rows(&b, n)),
                 (Mat::cols(&at, m), Mat::rows(&b, n)),
             ]
             .into_iter()
-            .flat_map(|ops| [(ops, (true, 0.5)), (ops, (false, 1.0))])
+            .flat_map(|ops| [(ops, (true, 0.5)), (ops, (false, 1.0)), (ops, (true, 1.0))])
             {
                 let mut want = init.clone();
                 fallback(&mut want, n + 3, av, bv, (m, k, n), acc, scale, true);

@@ -636,6 +636,20 @@ pub(crate) mod avx512_f32 {
             dst.len() >= (m - 1) * dst_rs + n,
             "gemm: destination out of bounds"
         );
+        if k == 0 {
+            // No k chunks run, so no tile stores: write the empty product (0, or the bias)
+            // here; `dst` may be an uninitialized output buffer.
+            if !epi.accumulate {
+                for r in 0..m {
+                    let row = &mut dst[r * dst_rs..][..n];
+                    match epi.bias {
+                        Some(b) => row.copy_from_slice(&b[..n]),
+                        None => row.fill(0.0),
+                    }
+                }
+            }
+            return;
+        }
         // A column-major `a` with more than one panel to reuse it is packed per k chunk: read
         // in place, each k step of a tile is a line `a.cs` floats from the last, and these
         // lines fall into a few L1 sets (power-of-two strides) and miss on every panel.
@@ -1484,7 +1498,7 @@ mod tests {
         if !has_avx512f() {
             return;
         }
-        for (m, k, n) in [(13, 7, 37), (70, 300, 65), (24, 64, 64)] {
+        for (m, k, n) in [(13, 7, 37), (70, 300, 65), (24, 64, 64), (5, 0, 40)] {
             let (a, b, bias) = (data(m * k, 1), data(k * n, 2), data(n, 3));
             let (av, bv) = (Mat::rows(&a, k), Mat::rows(&b, n));
             let mut got = vec![f32::NAN; m * n];

@@ -1062,14 +1062,11 @@ impl CustomOp3 for LinearGrad {
                 db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
             }
         };
-        // The two products have the same number of multiply-adds: on two threads, one each
-        // (each on its own operands) beats splitting both over the threads.
-        if rayon::current_num_threads() == 2 {
-            rayon::join(|| grad_x(dx, false), || grad_w(dw, db, false));
-        } else {
-            grad_x(dx, true);
-            grad_w(dw, db, true);
-        }
+        // The two products have the same number of multiply-adds and run side by side, each on
+        // its own operands (on two threads, one each beats splitting both over the threads);
+        // with more threads each product also splits its rows.
+        let par = rayon::current_num_threads() > 2;
+        rayon::join(|| grad_x(dx, par), || grad_w(dw, db, par));
         Ok((
             CpuStorage::F32(out),
             Shape::from(x.len() + w.len() + d.n_out),

@@ -88,13 +88,39 @@ pub(crate) fn gemm_bf16_into(
     {
         let dims = (m, k, n);
         if amx::available() {
-            return amx::gemm(dst, dst_rs, a, b, dims, accumulate, scale, parallel);
+            let epi = (accumulate, scale, None);
+            return amx::gemm(dst, dst_rs, a, b, dims, epi, parallel);
         }
         if has_avx512_bf16() {
             return avx512::gemm(dst, dst_rs, a, b, dims, accumulate, scale, parallel);
         }
     }
     fallback(dst, dst_rs, a, b, (m, k, n), accumulate, scale, parallel)
+}
+
+/// `dst[m, n] = bf16(a) · bf16(b) + bias` (bias broadcast over rows, length ≥ n; `dst` row-major,
+/// contiguous, its contents ignored).
+pub(crate) fn gemm_bf16_bias(
+    dst: &mut [f32],
+    a: Mat,
+    b: Mat,
+    (m, k, n): (usize, usize, usize),
+    bias: &[f32],
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() {
+        // The bias is where the tiles start (or is added as they are stored).
+        let epi = (false, 1.0, Some(bias));
+        return amx::gemm(dst, n, a, b, (m, k, n), epi, parallel);
+    }
+    for row in dst.chunks_exact_mut(n) {
+        row.copy_from_slice(&bias[..n]);
+    }
+    gemm_bf16_into(dst, n, a, b, (m, k, n), true, 1.0, parallel)
 }
 
 /// Rounds both operands to bf16 (into contiguous copies) and runs the f32 gemm.
@@ -363,6 +389,35 @@ unsafe fn store_tile<const R: usize>(
     }
 }
 
+/// Runs `f` on a scratch slice of `len` elements (contents unspecified) that starts on a
+/// 64-byte boundary, reusing the thread's buffer in `key`; a nested call on the same thread
+/// (e.g. a rayon task run while this thread waits) gets a fresh one.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn with_scratch<T: Copy + Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    // 64 bytes of slack to start on a cache line: a 64-byte load from a packed row then never
+    // straddles two lines (and AMX tile rows start on one).
+    let slack = 64 / std::mem::size_of::<T>().max(1);
+    let aligned = |v: &[T]| -> usize { v.as_ptr().align_offset(64).min(slack - 1) };
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len + slack {
+                v.resize(len + slack, T::default());
+            }
+            let off = aligned(&v);
+            f(&mut v[off..off + len])
+        }
+        Err(_) => {
+            let mut v = vec![T::default(); len + slack];
+            let off = aligned(&v);
+            f(&mut v[off..off + len])
+        }
+    })
+}
+
 /// Whether this CPU runs the AVX-512 f32 kernel.
 pub(crate) fn has_avx512f() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -431,35 +486,9 @@ pub(crate) mod avx512_f32 {
     use std::arch::x86_64::*;
 
     thread_local! {
-        /// Reused packing buffers (one per thread; a nested call on the same thread, e.g. a
-        /// rayon task run while this thread waits, gets a fresh one).
+        /// Reused packing buffers (see [`with_scratch`]).
         static PACK_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
         static PACK_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// Runs `f` on a scratch slice of `len` floats (contents unspecified).
-    fn with_scratch<R>(
-        key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
-        len: usize,
-        f: impl FnOnce(&mut [f32]) -> R,
-    ) -> R {
-        // 16 floats of slack to start on a 64-byte boundary: a 16-lane load from a panel row
-        // then never straddles two cache lines.
-        let aligned = |v: &[f32]| -> usize { v.as_ptr().align_offset(64).min(15) };
-        key.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut v) => {
-                if v.len() < len + 16 {
-                    v.resize(len + 16, 0.0);
-                }
-                let off = aligned(&v);
-                f(&mut v[off..off + len])
-            }
-            Err(_) => {
-                let mut v = vec![0f32; len + 16];
-                let off = aligned(&v);
-                f(&mut v[off..off + len])
-            }
-        })
     }
 
     /// Panel `p`, row `kk`, column `c` at `(p·k + kk)·NR + c` (zero beyond n); writes all of
@@ -1064,13 +1093,16 @@ pub(crate) mod amx {
         }
     }
 
-    /// `b` as panels of 16 columns of k-pairs: panel `p`, pair `q`, column `c` at
+    /// `b` into `out` as panels of 16 columns of k-pairs: panel `p`, pair `q`, column `c` at
     /// `(p·kp + q)·16 + c` holds `bf16(b[2q, col])` in the low and `bf16(b[2q+1, col])` in the
-    /// high half (zero past k or n; `panels` even, `kp` a multiple of 16). A row-major `b` is
-    /// converted two rows at a time with contiguous writes.
+    /// high half (zero past k or n; `out` an even number of panels, `kp` a multiple of 16). A
+    /// row-major `b` is converted two rows at a time with contiguous writes.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, panels: usize, parallel: bool) -> Vec<u32> {
-        let mut out = vec![0u32; panels * kp * 16];
+    fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, parallel: bool, out: &mut [u32]) {
+        if b.cs != 1 {
+            // The paths below write only the pairs inside k × n.
+            out.fill(0);
+        }
         let at =
             |kk: usize, col: usize| b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
         if b.cs == 1 {
@@ -1127,11 +1159,8 @@ pub(crate) mod amx {
                 }
             }
         }
-        out
     }
 
-    /// Rows `r0..r0 + rows` of `a` as bf16, row-major with `2·kp` columns (zero past k or rows;
-    /// `out` holds a multiple of 16 rows).
     /// Panel `p` (columns p·16..) of a row-major `b` into `o` (kp·16 u32): rows 2q and 2q + 1
     /// become 16 k-pairs with one conversion and one interleaving permute. Writes all of `o`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -1170,40 +1199,67 @@ pub(crate) mod amx {
         o[pairs * 16..].fill(0);
     }
 
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// Rows `r0..r0 + rows` of `a` as bf16 into `out`, row-major with `2·kp` columns (zero past
+    /// k, and past `rows` up to the end of `out`, a whole number of 16-row tiles). Writes all of
+    /// `out`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u16]) {
-        out.fill(0);
+        use std::arch::x86_64::*;
+        let width = 2 * kp;
+        assert!(out.len() >= rows * width && k <= width);
         if a.cs == 1 {
+            // 32 floats of a row per conversion; lanes past k load as zero.
+            let lanes = |from: usize| ((1u32 << k.saturating_sub(from).min(16)) - 1) as __mmask16;
             for i in 0..rows {
                 let start = ((r0 + i) as isize * a.rs) as usize;
-                let o = &mut out[i * 2 * kp..][..k];
-                for (o, &v) in o.iter_mut().zip(&a.data[start..][..k]) {
-                    *o = to_bf16_bits(v);
+                let src = &a.data[start..][..k];
+                let dst = &mut out[i * width..][..width];
+                for c0 in (0..width).step_by(32) {
+                    // SAFETY: the masked loads read only floats c0.. < k of `src`; the store
+                    // writes 32 u16 at c0 < width, inside `dst` (width a multiple of 32).
+                    unsafe {
+                        let lo = _mm512_maskz_loadu_ps(lanes(c0), src.as_ptr().wrapping_add(c0));
+                        let hi = _mm512_maskz_loadu_ps(
+                            lanes(c0 + 16),
+                            src.as_ptr().wrapping_add(c0 + 16),
+                        );
+                        let both = _mm512_cvtne2ps_pbh(hi, lo);
+                        _mm512_storeu_si512(
+                            dst.as_mut_ptr().add(c0).cast(),
+                            std::mem::transmute::<__m512bh, __m512i>(both),
+                        );
+                    }
                 }
             }
+            out[rows * width..].fill(0);
         } else if a.rs == 1 {
-            // SAFETY: `available()` checked AVX512-BF16; `pack_a_transposed` bounds its reads.
-            unsafe { pack_a_transposed(a, r0, rows, k, kp, out) }
+            // Same target features; `pack_a_transposed` bounds its reads.
+            pack_a_transposed(a, r0, rows, k, kp, out)
         } else {
+            out.fill(0);
             for i in 0..rows {
                 for kk in 0..k {
                     let v = a.data[((r0 + i) as isize * a.rs + kk as isize * a.cs) as usize];
-                    out[i * 2 * kp + kk] = to_bf16_bits(v);
+                    out[i * width + kk] = to_bf16_bits(v);
                 }
             }
         }
     }
 
     /// [`pack_a`] for an `a` whose columns are contiguous (`a.rs == 1`, e.g. `xᵀ` in a weight
-    /// gradient). Per 16 rows: each k-pair of 16-float column pieces becomes 16 bf16 pairs
-    /// (`vcvtne2ps2bf16` + an interleave) in a scratch `[pair][row]` block, and each output row
-    /// gathers its pairs from it.
+    /// gradient). Per 16 rows and 16 k-pairs: each pair of 16-float column pieces becomes 16
+    /// bf16 pairs (`vcvtne2ps2bf16` + an interleave), one vector per pair with a lane per row,
+    /// and a 16 × 16 transpose in registers turns them into 16 output row pieces.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pack_a_transposed(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u16]) {
         use std::arch::x86_64::*;
+        let tiles = rows.div_ceil(16);
+        let out32: &mut [u32] = bytemuck_u32(out);
+        assert!(out32.len() >= tiles * 16 * kp && kp.is_multiple_of(16));
         // Interleave the two halves: lane 2i ← i, lane 2i+1 ← 16 + i.
         let idx: [u16; 32] = std::array::from_fn(|l| ((l % 2) * 16 + l / 2) as u16);
-        let mut pairs = vec![0u32; kp * 16];
+        // SAFETY: an unaligned load of the 32-entry table.
+        let perm = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
         for i0 in (0..rows).step_by(16) {
             let n = 16.min(rows - i0);
             let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
@@ -1216,24 +1272,66 @@ pub(crate) mod amx {
                 // SAFETY: the masked load reads only the `n` floats of `piece`.
                 unsafe { _mm512_maskz_loadu_ps(mask, piece.as_ptr()) }
             };
-            // SAFETY: `idx` has 32 lanes, `pairs` 16 u32 per k-pair.
-            unsafe {
-                let perm = _mm512_loadu_si512(idx.as_ptr().cast());
-                for q in 0..kp {
-                    let (lo, hi) = (column(2 * q), column(2 * q + 1));
-                    let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                    let inter = _mm512_permutexvar_epi16(perm, both);
-                    _mm512_storeu_si512(pairs.as_mut_ptr().add(q * 16).cast(), inter);
-                }
-            }
-            let out32: &mut [u32] = bytemuck_u32(out);
-            for r in 0..n {
-                let row = &mut out32[(i0 + r) * kp..(i0 + r + 1) * kp];
-                for (q, o) in row.iter_mut().enumerate() {
-                    *o = pairs[q * 16 + r];
+            for q0 in (0..kp).step_by(16) {
+                let pairs: [__m512i; 16] = std::array::from_fn(|j| {
+                    let q = q0 + j;
+                    let both = _mm512_cvtne2ps_pbh(column(2 * q + 1), column(2 * q));
+                    // SAFETY: a plain bit reinterpretation of 32 bf16.
+                    _mm512_permutexvar_epi16(perm, unsafe {
+                        std::mem::transmute::<__m512bh, __m512i>(both)
+                    })
+                });
+                // Lanes past `n` are zero, so the tile's unused rows are written as zeros.
+                for (r, v) in transpose_16x16(pairs).into_iter().enumerate() {
+                    let o = &mut out32[(i0 + r) * kp + q0..][..16];
+                    // SAFETY: 16 u32 inside the bounds-checked `o`.
+                    unsafe { _mm512_storeu_si512(o.as_mut_ptr().cast(), v) };
                 }
             }
         }
+        out32[tiles * 16 * kp..].fill(0);
+    }
+
+    /// The 16 × 16 transpose of 32-bit lanes: lane `j` of output `r` is lane `r` of input `j`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn transpose_16x16(
+        v: [std::arch::x86_64::__m512i; 16],
+    ) -> [std::arch::x86_64::__m512i; 16] {
+        use std::arch::x86_64::*;
+        // Within each 128-bit lane: pairs of rows interleaved by 32, then by 64 bits, leave
+        // u[4g + j] holding, per 128-bit lane L, column 4L + j of rows 4g..4g + 4.
+        let t: [__m512i; 16] = std::array::from_fn(|i| {
+            let (x, y) = (v[i & !1], v[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_epi32(x, y)
+            } else {
+                _mm512_unpackhi_epi32(x, y)
+            }
+        });
+        let u: [__m512i; 16] = std::array::from_fn(|i| {
+            // i = 4g + j: rows 4g..4g+4; j = 0, 1 from t[4g], t[4g+2]; j = 2, 3 from t[4g+1], t[4g+3].
+            let (g, j) = (i / 4, i % 4);
+            let (x, y) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+            if j % 2 == 0 {
+                _mm512_unpacklo_epi64(x, y)
+            } else {
+                _mm512_unpackhi_epi64(x, y)
+            }
+        });
+        // Then the 128-bit lanes: output column 4L + j = lane L of u[j], u[4 + j], u[8 + j],
+        // u[12 + j].
+        let mut out = [_mm512_setzero_si512(); 16];
+        for j in 0..4 {
+            let even01 = _mm512_shuffle_i32x4::<0x88>(u[j], u[4 + j]);
+            let odd01 = _mm512_shuffle_i32x4::<0xDD>(u[j], u[4 + j]);
+            let even23 = _mm512_shuffle_i32x4::<0x88>(u[8 + j], u[12 + j]);
+            let odd23 = _mm512_shuffle_i32x4::<0xDD>(u[8 + j], u[12 + j]);
+            out[j] = _mm512_shuffle_i32x4::<0x88>(even01, even23);
+            out[8 + j] = _mm512_shuffle_i32x4::<0xDD>(even01, even23);
+            out[4 + j] = _mm512_shuffle_i32x4::<0x88>(odd01, odd23);
+            out[12 + j] = _mm512_shuffle_i32x4::<0xDD>(odd01, odd23);
+        }
+        out
     }
 
     /// `u16` pairs viewed as `u32` (little-endian: the first of each pair in the low half).
@@ -1244,21 +1342,28 @@ pub(crate) mod amx {
         unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len() / 2) }
     }
 
-    /// `out = scale·c (+ out)` for one row of a tile result.
+    /// `out = scale·c (+ out) (+ bias)` for one row of a tile result.
     #[target_feature(enable = "avx512f")]
-    fn write_row(out: &mut [f32], c: &[f32], accumulate: bool, scale: f32) {
-        if accumulate {
-            for (o, &v) in out.iter_mut().zip(c) {
-                *o += scale * v;
-            }
-        } else {
-            for (o, &v) in out.iter_mut().zip(c) {
-                *o = scale * v;
+    fn write_row(out: &mut [f32], c: &[f32], accumulate: bool, scale: f32, bias: Option<&[f32]>) {
+        match (accumulate, bias) {
+            (true, None) => out.iter_mut().zip(c).for_each(|(o, &v)| *o += scale * v),
+            (false, None) => out.iter_mut().zip(c).for_each(|(o, &v)| *o = scale * v),
+            (acc, Some(bias)) => {
+                for ((o, &v), &b) in out.iter_mut().zip(c).zip(bias) {
+                    *o = scale * v + b + if acc { *o } else { 0.0 };
+                }
             }
         }
     }
 
-    /// The caller has checked [`available`].
+    thread_local! {
+        /// Reused packing buffers (see [`with_scratch`]): `b` per product, `a` per task.
+        static PACK_A: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+        static PACK_B: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// `dst (+)= scale · a · b (+ bias)`, `bias` broadcast over rows (length ≥ n). The caller has
+    /// checked [`available`].
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn gemm(
         dst: &mut [f32],
@@ -1266,41 +1371,60 @@ pub(crate) mod amx {
         a: Mat,
         b: Mat,
         (m, k, n): (usize, usize, usize),
-        accumulate: bool,
-        scale: f32,
+        (accumulate, scale, bias): (bool, f32, Option<&[f32]>),
         parallel: bool,
     ) {
-        use rayon::prelude::*;
         assert!(
-            dst.len() > (m - 1) * dst_rs + n - 1,
-            "amx gemm: destination out of bounds"
+            dst.len() > (m - 1) * dst_rs + n - 1 && bias.is_none_or(|b| b.len() >= n),
+            "amx gemm: destination out of bounds or bias too short"
         );
         let kp = k.div_ceil(32) * 16;
         let panels = n.div_ceil(32) * 2;
-        // SAFETY: `available()` implies AVX-512 (every AMX CPU has it).
-        let bp = unsafe { pack_b(&b, k, n, kp, panels, parallel) };
+        with_scratch(&PACK_B, panels * kp * 16, |bp| {
+            // SAFETY: `available()` implies AVX-512 (every AMX CPU has it).
+            unsafe { pack_b(&b, k, n, kp, parallel, bp) };
+            let epi = (accumulate, scale, bias);
+            gemm_packed(dst, dst_rs, &a, bp, (m, k, n), epi, parallel)
+        })
+    }
+
+    /// [`gemm`] with `b` packed (`bp`, by [`pack_b`]).
+    fn gemm_packed(
+        dst: &mut [f32],
+        dst_rs: usize,
+        a: &Mat,
+        bp: &[u32],
+        (m, k, n): (usize, usize, usize),
+        (accumulate, scale, bias): (bool, f32, Option<&[f32]>),
+        parallel: bool,
+    ) {
+        use rayon::prelude::*;
+        let kp = k.div_ceil(32) * 16;
+        let panels = n.div_ceil(32) * 2;
+        assert!(bp.len() >= panels * kp * 16);
         let work = |(r0, d): (usize, &mut [f32])| {
             let rows = TASK_ROWS.min(m - r0);
             let tiles = rows.div_ceil(16);
             // u32 storage, so the u16 view is always 4-byte aligned for `pack_a_transposed`.
-            let mut ap_store = vec![0u32; tiles * 16 * kp];
-            // SAFETY: u16 has no invalid bit patterns and a smaller alignment than u32.
-            let ap: &mut [u16] = unsafe {
-                std::slice::from_raw_parts_mut(ap_store.as_mut_ptr().cast(), ap_store.len() * 2)
-            };
-            // SAFETY: as above.
-            unsafe { pack_a(&a, r0, rows, k, kp, ap) };
-            let mut c = [0f32; 16 * 32];
-            let cfg = TileConfig::new();
-            // A whole 16 × 32 block (row tile t, columns p·16..+32) with nothing to scale lives
-            // in `d` itself: its tiles start from `d` (or zero) and are stored straight back.
-            let direct =
-                |t: usize, p: usize| scale == 1.0 && t * 16 + 16 <= rows && p * 16 + 32 <= n;
-            // Sets C tiles $x, $y for row tile $t, columns $p·16..+32: loaded from `d` for a
-            // direct block that accumulates, else zero.
-            macro_rules! start_block {
+            with_scratch(&PACK_A, tiles * 16 * kp, |ap_store| {
+                // SAFETY: u16 has no invalid bit patterns and a smaller alignment than u32.
+                let ap: &mut [u16] = unsafe {
+                    std::slice::from_raw_parts_mut(ap_store.as_mut_ptr().cast(), ap_store.len() * 2)
+                };
+                // SAFETY: as above.
+                unsafe { pack_a(a, r0, rows, k, kp, ap) };
+                let mut c = [0f32; 16 * 32];
+                let cfg = TileConfig::new();
+                // A whole 16 × 32 block (row tile t, columns p·16..+32) with nothing to scale lives
+                // in `d` itself: its tiles start from `d` (or zero) and are stored straight back.
+                let plain = scale == 1.0 && !(accumulate && bias.is_some());
+                let direct = |t: usize, p: usize| plain && t * 16 + 16 <= rows && p * 16 + 32 <= n;
+                // Sets C tiles $x, $y for row tile $t, columns $p·16..+32: loaded from `d` for a
+                // direct block that accumulates, else zero.
+                macro_rules! start_block {
                 ($x:literal, $y:literal, $t:expr, $p:expr) => {{
                     let (i0, c0) = ($t * 16, $p * 16);
+                    let bias_block = bias.filter(|_| !accumulate && direct($t, $p));
                     if accumulate && direct($t, $p) {
                         // Rows i0..i0 + 16, columns c0..c0 + 32: inside the block's slice
                         // (bounds-checked here).
@@ -1313,6 +1437,16 @@ pub(crate) mod amx {
                             s = in(reg) 4 * dst_rs,
                             options(nostack),
                         );
+                    } else if let Some(bias) = bias_block {
+                        // Every row of the tiles starts as bias[c0..c0 + 32] (row stride 0).
+                        let at = bias[c0..][..32].as_ptr();
+                        asm!(
+                            concat!("tileloadd ", $x, ", [{c0} + {s}*1]"),
+                            concat!("tileloadd ", $y, ", [{c1} + {s}*1]"),
+                            c0 = in(reg) at, c1 = in(reg) at.add(16),
+                            s = in(reg) 0usize,
+                            options(nostack),
+                        );
                     } else {
                         asm!(
                             concat!("tilezero ", $x),
@@ -1322,9 +1456,9 @@ pub(crate) mod amx {
                     }
                 }};
             }
-            // Writes C tiles $x, $y (row tile $t, columns $p·16..+32) to `d`: straight from the
-            // tiles for a direct block, else through `c`.
-            macro_rules! store_block {
+                // Writes C tiles $x, $y (row tile $t, columns $p·16..+32) to `d`: straight from the
+                // tiles for a direct block, else through `c`.
+                macro_rules! store_block {
                 ($x:literal, $y:literal, $t:expr, $p:expr) => {{
                     let (i0, c0) = ($t * 16, $p * 16);
                     if direct($t, $p) {
@@ -1351,73 +1485,75 @@ pub(crate) mod amx {
                         for r in 0..16.min(rows - i0.min(rows)) {
                             let cols = 32.min(n - c0);
                             let out = &mut d[(i0 + r) * dst_rs + c0..][..cols];
-                            write_row(out, &c[r * 32..r * 32 + cols], accumulate, scale);
+                            let bias = bias.map(|b| &b[c0..c0 + cols]);
+                            write_row(out, &c[r * 32..r * 32 + cols], accumulate, scale, bias);
                         }
                     }
                 }};
             }
-            // SAFETY: `available()` granted the tile state; every tile load reads 16 rows of
-            // 64 bytes inside `ap` (tiles·16 rows of 4·kp bytes; row tiles t, t + 1 < tiles) or
-            // `bp` (panels·kp rows of 64 bytes), and each store writes 16 × 64 bytes inside `c`
-            // or inside the checked block of `d`.
-            unsafe {
-                asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack));
-                for p in (0..panels).step_by(2) {
-                    let b_at = |s: usize| {
-                        (
-                            bp.as_ptr().add((p * kp + s * 16) * 16),
-                            bp.as_ptr().add(((p + 1) * kp + s * 16) * 16),
-                        )
-                    };
-                    // Two row tiles × two panels: 4 tile loads per 4 products (2 × 1 took 3
-                    // per 2, and the loads were the bound).
-                    let mut t = 0;
-                    while t + 1 < tiles {
-                        start_block!("tmm0", "tmm1", t, p);
-                        start_block!("tmm5", "tmm6", t + 1, p);
-                        for s in 0..kp / 16 {
-                            let a0 = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
-                            let a1 = ap.as_ptr().add((t + 1) * 16 * 2 * kp + s * 32);
-                            let (b0, b1) = b_at(s);
-                            asm!(
-                                "tileloadd tmm2, [{a0} + {sa}*1]",
-                                "tileloadd tmm3, [{b0} + {sb}*1]",
-                                "tileloadd tmm4, [{b1} + {sb}*1]",
-                                "tdpbf16ps tmm0, tmm2, tmm3",
-                                "tileloadd tmm7, [{a1} + {sa}*1]",
-                                "tdpbf16ps tmm1, tmm2, tmm4",
-                                "tdpbf16ps tmm5, tmm7, tmm3",
-                                "tdpbf16ps tmm6, tmm7, tmm4",
-                                a0 = in(reg) a0, a1 = in(reg) a1, sa = in(reg) 4 * kp,
-                                b0 = in(reg) b0, b1 = in(reg) b1, sb = in(reg) 64usize,
-                                options(nostack),
-                            );
+                // SAFETY: `available()` granted the tile state; every tile load reads 16 rows of
+                // 64 bytes inside `ap` (tiles·16 rows of 4·kp bytes; row tiles t, t + 1 < tiles) or
+                // `bp` (panels·kp rows of 64 bytes), and each store writes 16 × 64 bytes inside `c`
+                // or inside the checked block of `d`.
+                unsafe {
+                    asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack));
+                    for p in (0..panels).step_by(2) {
+                        let b_at = |s: usize| {
+                            (
+                                bp.as_ptr().add((p * kp + s * 16) * 16),
+                                bp.as_ptr().add(((p + 1) * kp + s * 16) * 16),
+                            )
+                        };
+                        // Two row tiles × two panels: 4 tile loads per 4 products (2 × 1 took 3
+                        // per 2, and the loads were the bound).
+                        let mut t = 0;
+                        while t + 1 < tiles {
+                            start_block!("tmm0", "tmm1", t, p);
+                            start_block!("tmm5", "tmm6", t + 1, p);
+                            for s in 0..kp / 16 {
+                                let a0 = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
+                                let a1 = ap.as_ptr().add((t + 1) * 16 * 2 * kp + s * 32);
+                                let (b0, b1) = b_at(s);
+                                asm!(
+                                    "tileloadd tmm2, [{a0} + {sa}*1]",
+                                    "tileloadd tmm3, [{b0} + {sb}*1]",
+                                    "tileloadd tmm4, [{b1} + {sb}*1]",
+                                    "tdpbf16ps tmm0, tmm2, tmm3",
+                                    "tileloadd tmm7, [{a1} + {sa}*1]",
+                                    "tdpbf16ps tmm1, tmm2, tmm4",
+                                    "tdpbf16ps tmm5, tmm7, tmm3",
+                                    "tdpbf16ps tmm6, tmm7, tmm4",
+                                    a0 = in(reg) a0, a1 = in(reg) a1, sa = in(reg) 4 * kp,
+                                    b0 = in(reg) b0, b1 = in(reg) b1, sb = in(reg) 64usize,
+                                    options(nostack),
+                                );
+                            }
+                            store_block!("tmm0", "tmm1", t, p);
+                            store_block!("tmm5", "tmm6", t + 1, p);
+                            t += 2;
                         }
-                        store_block!("tmm0", "tmm1", t, p);
-                        store_block!("tmm5", "tmm6", t + 1, p);
-                        t += 2;
-                    }
-                    if t < tiles {
-                        start_block!("tmm0", "tmm1", t, p);
-                        for s in 0..kp / 16 {
-                            let at = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
-                            let (b0, b1) = b_at(s);
-                            asm!(
-                                "tileloadd tmm2, [{a} + {sa}*1]",
-                                "tileloadd tmm3, [{b0} + {sb}*1]",
-                                "tileloadd tmm4, [{b1} + {sb}*1]",
-                                "tdpbf16ps tmm0, tmm2, tmm3",
-                                "tdpbf16ps tmm1, tmm2, tmm4",
-                                a = in(reg) at, sa = in(reg) 4 * kp,
-                                b0 = in(reg) b0, b1 = in(reg) b1, sb = in(reg) 64usize,
-                                options(nostack),
-                            );
+                        if t < tiles {
+                            start_block!("tmm0", "tmm1", t, p);
+                            for s in 0..kp / 16 {
+                                let at = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
+                                let (b0, b1) = b_at(s);
+                                asm!(
+                                    "tileloadd tmm2, [{a} + {sa}*1]",
+                                    "tileloadd tmm3, [{b0} + {sb}*1]",
+                                    "tileloadd tmm4, [{b1} + {sb}*1]",
+                                    "tdpbf16ps tmm0, tmm2, tmm3",
+                                    "tdpbf16ps tmm1, tmm2, tmm4",
+                                    a = in(reg) at, sa = in(reg) 4 * kp,
+                                    b0 = in(reg) b0, b1 = in(reg) b1, sb = in(reg) 64usize,
+                                    options(nostack),
+                                );
+                            }
+                            store_block!("tmm0", "tmm1", t, p);
                         }
-                        store_block!("tmm0", "tmm1", t, p);
                     }
+                    asm!("tilerelease", options(nostack));
                 }
-                asm!("tilerelease", options(nostack));
-            }
+            })
         };
         let blocks = row_blocks(dst, dst_rs, m, TASK_ROWS);
         if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {
@@ -1578,12 +1714,28 @@ mod tests {
     type Gemm = fn(&mut [f32], usize, Mat, Mat, (usize, usize, usize), bool, f32, bool);
 
     /// The bf16 kernels this CPU can run, each called directly, and the dispatching entry point.
+    /// [`amx::gemm`] without a bias, as a [`Gemm`].
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn amx_plain(
+        dst: &mut [f32],
+        dst_rs: usize,
+        a: Mat,
+        b: Mat,
+        dims: (usize, usize, usize),
+        accumulate: bool,
+        scale: f32,
+        parallel: bool,
+    ) {
+        amx::gemm(dst, dst_rs, a, b, dims, (accumulate, scale, None), parallel)
+    }
+
     fn bf16_kernels() -> Vec<(&'static str, Gemm)> {
         let mut v: Vec<(&'static str, Gemm)> = vec![("dispatch", gemm_bf16_into)];
         #[cfg(target_arch = "x86_64")]
         {
             if amx::available() {
-                v.push(("amx", amx::gemm));
+                v.push(("amx", amx_plain));
             }
             if has_avx512_bf16() {
                 v.push(("avx512-bf16", avx512::gemm));
@@ -1663,6 +1815,54 @@ mod tests {
                     .sum();
                 // Each input carries a relative error ≤ 2^-9, so each product ≤ 2^-8.
                 assert!((d[i * n + j] as f64 - exact).abs() <= mag / 256.0 + 1e-5);
+            }
+        }
+    }
+
+    /// `gemm_bf16_bias` (on AMX: tiles that start from the bias, or the bias added as partial
+    /// blocks are stored) equals the rounded-f32 product accumulated onto a prefilled bias, on
+    /// whole and partial 16 × 32 blocks and after a larger product left the scratch dirty.
+    #[test]
+    fn bf16_bias_epilogue_equals_prefilled_bias() {
+        for (m, k, n) in [(96, 200, 160), (70, 129, 33), (48, 70, 96), (5, 3, 64)] {
+            let (a, b, bias) = (data(m * k, 21), data(k * n, 22), data(n, 23));
+            for (av, bv) in [
+                (Mat::rows(&a, k), Mat::rows(&b, n)),
+                (Mat::cols(&a, m), Mat::cols(&b, k)),
+            ] {
+                let mut want: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+                fallback(&mut want, n, av, bv, (m, k, n), true, 1.0, false);
+                let mut got = vec![f32::NAN; m * n];
+                gemm_bf16_bias(&mut got, av, bv, (m, k, n), &bias, true);
+                for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                        "{m}x{k}x{n} at {i}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The register transpose used to pack a column-major `a` for AMX.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transpose_16x16_transposes() {
+        use std::arch::x86_64::*;
+        if !amx::available() {
+            return;
+        }
+        let rows: [[u32; 16]; 16] =
+            std::array::from_fn(|r| std::array::from_fn(|c| (r * 16 + c) as u32));
+        // SAFETY: AVX-512F is present (checked through `available`); loads and stores of 16 u32.
+        unsafe {
+            let v = rows.map(|r| _mm512_loadu_si512(r.as_ptr().cast()));
+            let t = amx::transpose_16x16(v);
+            for (r, tv) in t.iter().enumerate() {
+                let mut got = [0u32; 16];
+                _mm512_storeu_si512(got.as_mut_ptr().cast(), *tv);
+                let want: [u32; 16] = std::array::from_fn(|c| (c * 16 + r) as u32);
+                assert_eq!(got, want, "row {r}");
             }
         }
     }

@@ -938,7 +938,11 @@ impl CustomOp3 for Linear {
         let d = self.dims(l1, l2, b.len())?;
         let dims = (d.rows, d.n_in, d.n_out);
         let (xm, wm) = (Mat::rows(x, d.n_in), self.w_in_out(w, &d));
-        let y = if !uses_bf16(self.bf16, dims) && crate::gemm::has_avx512f() {
+        let y = if uses_bf16(self.bf16, dims) {
+            let mut y = output_buffer(d.rows * d.n_out);
+            crate::gemm::gemm_bf16_bias(&mut y, xm, wm, dims, b, true);
+            y
+        } else if crate::gemm::has_avx512f() {
             // The bias is added as each tile is stored.
             let mut y = output_buffer(d.rows * d.n_out);
             #[cfg(target_arch = "x86_64")]

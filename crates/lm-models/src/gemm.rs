@@ -1106,14 +1106,23 @@ pub(crate) mod amx {
         let at =
             |kk: usize, col: usize| b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
         if b.cs == 1 {
-            // Per panel (on all threads with `parallel`): rows 2q and 2q + 1, 16 columns each,
-            // become 16 k-pairs with one conversion and one interleaving permute.
+            // Rows 2q and 2q + 1, 16 columns each, become 16 k-pairs with one conversion and
+            // one interleaving permute; with `parallel`, each thread takes a run of panels.
             use rayon::prelude::*;
-            let panel = |(p, o): (usize, &mut [u32])| pack_b_panel(b, k, n, p, o);
-            if parallel && n > 16 {
-                out.par_chunks_mut(kp * 16).enumerate().for_each(panel);
+            let panels = out.len() / (kp * 16);
+            let threads = if parallel {
+                rayon::current_num_threads()
             } else {
-                out.chunks_mut(kp * 16).enumerate().for_each(panel);
+                1
+            };
+            let per_task = panels.div_ceil(threads).max(1);
+            let run = |(i, o): (usize, &mut [u32])| pack_b_panels(b, k, n, kp, i * per_task, o);
+            if threads > 1 && n > 16 {
+                out.par_chunks_mut(per_task * kp * 16)
+                    .enumerate()
+                    .for_each(run);
+            } else {
+                run((0, out));
             }
         } else if b.rs == 1 && b.cs > 0 {
             // A transposed operand (columns contiguous along k): 32 steps of k of one column
@@ -1161,42 +1170,59 @@ pub(crate) mod amx {
         }
     }
 
-    /// Panel `p` (columns p·16..) of a row-major `b` into `o` (kp·16 u32): rows 2q and 2q + 1
-    /// become 16 k-pairs with one conversion and one interleaving permute. Writes all of `o`.
+    /// Panels `p0..` (columns p0·16..) of a row-major `b` into `o` (kp·16 u32 each, as many as
+    /// `o` holds): rows 2q and 2q + 1 become 16 k-pairs with one conversion and one interleaving
+    /// permute. Rows are read in order (a few pairs at a time across all the panels, so each row
+    /// is one sequential read: walking a panel down all rows was latency-bound, 2 lines per 4 KiB
+    /// page for the prefetcher). Writes all of `o`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn pack_b_panel(b: &Mat, k: usize, n: usize, p: usize, o: &mut [u32]) {
+    fn pack_b_panels(b: &Mat, k: usize, n: usize, kp: usize, p0: usize, o: &mut [u32]) {
         use std::arch::x86_64::*;
-        if p * 16 >= n {
-            o.fill(0);
-            return;
-        }
+        /// Pairs of rows per sweep across the panels.
+        const SWEEP: usize = 8;
         let rs = b.rs as usize;
+        let panels = o.len() / (kp * 16);
         assert!(b.cs == 1 && (k == 0 || b.data.len() >= (k - 1) * rs + n));
-        assert!(o.len() >= k.div_ceil(2) * 16);
-        let cols = 16.min(n - p * 16);
-        let mask = ((1u32 << cols) - 1) as __mmask16;
-        let idx: [u16; 32] = std::array::from_fn(|l| ((l % 2) * 16 + l / 2) as u16);
-        let row = |kk: usize| {
-            if kk < k {
-                // SAFETY: `cols` floats of row kk < k from column p·16: inside `b.data`
-                // (asserted above); the other lanes are masked off.
-                unsafe { _mm512_maskz_loadu_ps(mask, b.data.as_ptr().add(kk * rs + p * 16)) }
-            } else {
-                _mm512_setzero_ps()
-            }
-        };
-        // SAFETY: an aligned-agnostic load of the 32-entry index table.
-        let perm = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
         let pairs = k.div_ceil(2);
-        for q in 0..pairs {
-            let (lo, hi) = (row(2 * q), row(2 * q + 1));
-            // SAFETY: a plain bit reinterpretation of 32 bf16 as 16 u32.
-            let both: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
-            let interleaved = _mm512_permutexvar_epi16(perm, both);
-            // SAFETY: 16 u32 at q·16 < o.len() (asserted above).
-            unsafe { _mm512_storeu_si512(o.as_mut_ptr().add(q * 16).cast(), interleaved) };
+        assert!(pairs <= kp);
+        let idx: [u16; 32] = std::array::from_fn(|l| ((l % 2) * 16 + l / 2) as u16);
+        // SAFETY: an unaligned load of the 32-entry index table.
+        let perm = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+        for q0 in (0..pairs).step_by(SWEEP) {
+            for (pi, panel) in o.chunks_exact_mut(kp * 16).enumerate() {
+                let c0 = (p0 + pi) * 16;
+                if c0 >= n {
+                    break;
+                }
+                let mask = ((1u32 << (n - c0).min(16)) - 1) as __mmask16;
+                let row = |kk: usize| {
+                    if kk < k {
+                        // SAFETY: `cols` floats of row kk < k from column c0: inside `b.data`
+                        // (asserted above); the other lanes are masked off.
+                        unsafe { _mm512_maskz_loadu_ps(mask, b.data.as_ptr().add(kk * rs + c0)) }
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                };
+                for q in q0..(q0 + SWEEP).min(pairs) {
+                    let both = _mm512_cvtne2ps_pbh(row(2 * q + 1), row(2 * q));
+                    // SAFETY: a plain bit reinterpretation of 32 bf16 as 16 u32.
+                    let both = unsafe { std::mem::transmute::<__m512bh, __m512i>(both) };
+                    let interleaved = _mm512_permutexvar_epi16(perm, both);
+                    // SAFETY: 16 u32 at q·16 < kp·16 = panel.len().
+                    unsafe {
+                        _mm512_storeu_si512(panel.as_mut_ptr().add(q * 16).cast(), interleaved)
+                    };
+                }
+            }
         }
-        o[pairs * 16..].fill(0);
+        for (pi, panel) in o.chunks_exact_mut(kp * 16).enumerate().take(panels) {
+            if (p0 + pi) * 16 >= n {
+                panel.fill(0);
+            } else {
+                panel[pairs * 16..].fill(0);
+            }
+        }
     }
 
     /// Rows `r0..r0 + rows` of `a` as bf16 into `out`, row-major with `2·kp` columns (zero past
@@ -1249,7 +1275,8 @@ pub(crate) mod amx {
     /// [`pack_a`] for an `a` whose columns are contiguous (`a.rs == 1`, e.g. `xᵀ` in a weight
     /// gradient). Per 16 rows and 16 k-pairs: each pair of 16-float column pieces becomes 16
     /// bf16 pairs (`vcvtne2ps2bf16` + an interleave), one vector per pair with a lane per row,
-    /// and a 16 × 16 transpose in registers turns them into 16 output row pieces.
+    /// and a 16 × 16 transpose in registers turns them into 16 output row pieces. Writes
+    /// `rows.div_ceil(16)·16` rows of `out`, zero past `rows`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pack_a_transposed(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u16]) {
         use std::arch::x86_64::*;
@@ -1260,19 +1287,21 @@ pub(crate) mod amx {
         let idx: [u16; 32] = std::array::from_fn(|l| ((l % 2) * 16 + l / 2) as u16);
         // SAFETY: an unaligned load of the 32-entry table.
         let perm = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
-        for i0 in (0..rows).step_by(16) {
-            let n = 16.min(rows - i0);
-            let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
-            let column = |kk: usize| -> __m512 {
-                if kk >= k {
-                    return _mm512_setzero_ps();
-                }
-                let start = (kk as isize * a.cs) as usize + r0 + i0;
-                let piece = &a.data[start..start + n];
-                // SAFETY: the masked load reads only the `n` floats of `piece`.
-                unsafe { _mm512_maskz_loadu_ps(mask, piece.as_ptr()) }
-            };
-            for q0 in (0..kp).step_by(16) {
+        // Per sweep of 16 k-pairs (32 columns of a = 32 rows of the stored matrix), all row
+        // tiles: the stored rows are read in order.
+        for q0 in (0..kp).step_by(16) {
+            for i0 in (0..rows).step_by(16) {
+                let n = 16.min(rows - i0);
+                let mask: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+                let column = |kk: usize| -> __m512 {
+                    if kk >= k {
+                        return _mm512_setzero_ps();
+                    }
+                    let start = (kk as isize * a.cs) as usize + r0 + i0;
+                    let piece = &a.data[start..start + n];
+                    // SAFETY: the masked load reads only the `n` floats of `piece`.
+                    unsafe { _mm512_maskz_loadu_ps(mask, piece.as_ptr()) }
+                };
                 let pairs: [__m512i; 16] = std::array::from_fn(|j| {
                     let q = q0 + j;
                     let both = _mm512_cvtne2ps_pbh(column(2 * q + 1), column(2 * q));
@@ -1360,6 +1389,13 @@ pub(crate) mod amx {
         /// Reused packing buffers (see [`with_scratch`]): `b` per product, `a` per task.
         static PACK_A: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
         static PACK_B: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+        static PACK_A_ALL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A `u32` buffer as its `u16` halves (a 4-byte-aligned view, as `pack_a_transposed` needs).
+    fn as_u16(v: &mut [u32]) -> &mut [u16] {
+        // SAFETY: u16 has no invalid bit patterns and a smaller alignment than u32.
+        unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len() * 2) }
     }
 
     /// `dst (+)= scale · a · b (+ bias)`, `bias` broadcast over rows (length ≥ n). The caller has
@@ -1384,15 +1420,47 @@ pub(crate) mod amx {
             // SAFETY: `available()` implies AVX-512 (every AMX CPU has it).
             unsafe { pack_b(&b, k, n, kp, parallel, bp) };
             let epi = (accumulate, scale, bias);
-            gemm_packed(dst, dst_rs, &a, bp, (m, k, n), epi, parallel)
+            if a.rs == 1 && a.cs != 1 {
+                // A column-major `a` is packed whole first, reading its columns (rows of the
+                // stored matrix) in order; per task it would walk strips down them.
+                let tiles = m.div_ceil(16);
+                with_scratch(&PACK_A_ALL, tiles * 16 * kp, |store| {
+                    let ap = as_u16(store);
+                    let threads = if parallel {
+                        rayon::current_num_threads()
+                    } else {
+                        1
+                    };
+                    let per_task = tiles.div_ceil(threads) * 16;
+                    let run = |(i, out): (usize, &mut [u16])| {
+                        let r0 = i * per_task;
+                        // SAFETY: `available()` implies the target features.
+                        unsafe { pack_a_transposed(&a, r0, per_task.min(m - r0), k, kp, out) }
+                    };
+                    if parallel && per_task < tiles * 16 {
+                        use rayon::prelude::*;
+                        ap.par_chunks_mut(per_task * 2 * kp)
+                            .enumerate()
+                            .for_each(run);
+                    } else {
+                        run((0, ap));
+                    }
+                    gemm_packed(dst, dst_rs, &a, Some(ap), bp, (m, k, n), epi, parallel);
+                })
+            } else {
+                gemm_packed(dst, dst_rs, &a, None, bp, (m, k, n), epi, parallel);
+            }
         })
     }
 
-    /// [`gemm`] with `b` packed (`bp`, by [`pack_b`]).
+    /// [`gemm`] with `b` packed (`bp`, by [`pack_b`]) and `a` packed (`a_packed`, by
+    /// [`pack_a`] for all rows) or packed here per task.
+    #[allow(clippy::too_many_arguments)]
     fn gemm_packed(
         dst: &mut [f32],
         dst_rs: usize,
         a: &Mat,
+        a_packed: Option<&[u16]>,
         bp: &[u32],
         (m, k, n): (usize, usize, usize),
         (accumulate, scale, bias): (bool, f32, Option<&[f32]>),
@@ -1406,13 +1474,8 @@ pub(crate) mod amx {
             let rows = TASK_ROWS.min(m - r0);
             let tiles = rows.div_ceil(16);
             // u32 storage, so the u16 view is always 4-byte aligned for `pack_a_transposed`.
-            with_scratch(&PACK_A, tiles * 16 * kp, |ap_store| {
-                // SAFETY: u16 has no invalid bit patterns and a smaller alignment than u32.
-                let ap: &mut [u16] = unsafe {
-                    std::slice::from_raw_parts_mut(ap_store.as_mut_ptr().cast(), ap_store.len() * 2)
-                };
-                // SAFETY: as above.
-                unsafe { pack_a(a, r0, rows, k, kp, ap) };
+            let mut compute = |ap: &[u16]| {
+                assert!(ap.len() >= tiles * 16 * 2 * kp);
                 let mut c = [0f32; 16 * 32];
                 let cfg = TileConfig::new();
                 // A whole 16 × 32 block (row tile t, columns p·16..+32) with nothing to scale lives
@@ -1497,23 +1560,22 @@ pub(crate) mod amx {
                 // or inside the checked block of `d`.
                 unsafe {
                     asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack));
-                    for p in (0..panels).step_by(2) {
-                        let b_at = |s: usize| {
-                            (
-                                bp.as_ptr().add((p * kp + s * 16) * 16),
-                                bp.as_ptr().add(((p + 1) * kp + s * 16) * 16),
-                            )
-                        };
-                        // Two row tiles × two panels: 4 tile loads per 4 products (2 × 1 took 3
-                        // per 2, and the loads were the bound).
-                        let mut t = 0;
-                        while t + 1 < tiles {
+                    let b_at = |p: usize, s: usize| {
+                        (
+                            bp.as_ptr().add((p * kp + s * 16) * 16),
+                            bp.as_ptr().add(((p + 1) * kp + s * 16) * 16),
+                        )
+                    };
+                    // Row tiles t (and t + 1 with `two`) × panels p, p + 1: with two row tiles,
+                    // 4 tile loads per 4 products (2 × 1 takes 3 per 2, and the loads bound it).
+                    let mut block = |t: usize, p: usize, two: bool| {
+                        if two {
                             start_block!("tmm0", "tmm1", t, p);
                             start_block!("tmm5", "tmm6", t + 1, p);
                             for s in 0..kp / 16 {
                                 let a0 = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
                                 let a1 = ap.as_ptr().add((t + 1) * 16 * 2 * kp + s * 32);
-                                let (b0, b1) = b_at(s);
+                                let (b0, b1) = b_at(p, s);
                                 asm!(
                                     "tileloadd tmm2, [{a0} + {sa}*1]",
                                     "tileloadd tmm3, [{b0} + {sb}*1]",
@@ -1530,13 +1592,11 @@ pub(crate) mod amx {
                             }
                             store_block!("tmm0", "tmm1", t, p);
                             store_block!("tmm5", "tmm6", t + 1, p);
-                            t += 2;
-                        }
-                        if t < tiles {
+                        } else {
                             start_block!("tmm0", "tmm1", t, p);
                             for s in 0..kp / 16 {
                                 let at = ap.as_ptr().add(t * 16 * 2 * kp + s * 32);
-                                let (b0, b1) = b_at(s);
+                                let (b0, b1) = b_at(p, s);
                                 asm!(
                                     "tileloadd tmm2, [{a} + {sa}*1]",
                                     "tileloadd tmm3, [{b0} + {sb}*1]",
@@ -1550,10 +1610,24 @@ pub(crate) mod amx {
                             }
                             store_block!("tmm0", "tmm1", t, p);
                         }
+                    };
+                    for p in (0..panels).step_by(2) {
+                        for t in (0..tiles).step_by(2) {
+                            block(t, p, t + 1 < tiles);
+                        }
                     }
                     asm!("tilerelease", options(nostack));
                 }
-            })
+            };
+            match a_packed {
+                Some(all) => compute(&all[r0 * 2 * kp..]),
+                None => with_scratch(&PACK_A, tiles * 16 * kp, |store| {
+                    let ap = as_u16(store);
+                    // SAFETY: `available()` implies the target features.
+                    unsafe { pack_a(a, r0, rows, k, kp, ap) };
+                    compute(ap)
+                }),
+            }
         };
         let blocks = row_blocks(dst, dst_rs, m, TASK_ROWS);
         if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {

@@ -16,6 +16,10 @@ use lm_objectives::Rng;
 use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
 use serde_json::{json, Value};
 
+/// The same allocator as the `lm-train` command (see there), so the step is timed as it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Median seconds of `runs` calls of `f` (after one warm-up call).
 fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
     f();

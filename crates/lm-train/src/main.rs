@@ -8,6 +8,12 @@ use lm_train::config::TrainConfig;
 use lm_train::tokenizer::{TextTokenizer, TokenizerKind};
 use lm_train::trainer::{default_device, score_text, Trainer};
 
+/// mimalloc instead of glibc's allocator: each training step frees and reallocates ~30 MB of
+/// activations and gradients in blocks of up to a few MB, and with mimalloc the step ran 1–3 ms
+/// faster (fp32 and bf16, interleaved A/B of `lm-bench step`'s loop).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "lm-train", version, about = "Train language models on candle")]
 struct Cli {

@@ -113,6 +113,26 @@ fn fused_gelu_equals_composite() {
     assert_same(|t| ops::gelu(&t[0]), |t| composite::gelu(&t[0]), &[x], 1e-6);
 }
 
+/// Far out in the tails GELU is x or 0 and its slope 1 or 0 — no NaN from the saturated
+/// exponential (the AVX-512 kernel clamps it and takes a reciprocal) — and at 0 both are exact.
+#[test]
+fn fused_gelu_saturates_cleanly() {
+    let xs = [-1e4f32, -200.0, -40.0, 0.0, 40.0, 200.0, 1e4];
+    let x = Var::from_tensor(&Tensor::new(&xs, &Device::Cpu).unwrap()).unwrap();
+    let y = ops::gelu(x.as_tensor()).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let (y, g) = (
+        y.to_vec1::<f32>().unwrap(),
+        g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+    );
+    for ((&x, &y), &g) in xs.iter().zip(&y).zip(&g) {
+        let (want_y, want_g) = if x > 0.0 { (x, 1.0) } else { (0.0, 0.0) };
+        let want_g = if x == 0.0 { 0.5 } else { want_g };
+        assert!((y - want_y).abs() <= 1e-30, "GELU({x}) = {y}");
+        assert!((g - want_g).abs() <= 1e-6, "GELU'({x}) = {g}");
+    }
+}
+
 #[test]
 fn fused_causal_attention_equals_composite() {
     // Odd sizes (t = 13, head width 6, 3 heads) so no loop relies on a multiple of the vector width.

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{attention, merge_heads, split_heads, KvCache};
-use crate::ops::{add_bias, causal_attention, causal_softmax, gelu, layer_norm, linear, Dropout};
+use crate::ops::{
+    add_bias, causal_attention, causal_softmax, gelu, layer_norm, linear, residual_add, Dropout,
+};
 use crate::params::ParamStore;
 
 /// Parameters with their names.
@@ -276,8 +278,8 @@ impl Block {
         train: bool,
         cache: Option<(&mut KvCache, usize)>,
     ) -> candle_core::Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, train, cache)?)?;
-        &x + self.mlp.forward(&self.ln_2.forward(&x)?, train)?
+        let x = residual_add(x, &self.attn.forward(&self.ln_1.forward(x)?, train, cache)?)?;
+        residual_add(&x, &self.mlp.forward(&self.ln_2.forward(&x)?, train)?)
     }
 }
 

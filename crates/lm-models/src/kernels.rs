@@ -43,7 +43,6 @@ fn par_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32
 }
 
 /// `f(out, a, b)` on matching chunks of the three slices (equal lengths), on rayon's threads.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn par_zip(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync) {
     const CHUNK: usize = 1 << 14;
     assert!(a.len() == out.len() && b.len() == out.len());
@@ -778,6 +777,47 @@ impl CustomOp2 for AddBias {
             .contiguous()?
             .apply_op1_no_bwd(&RowSum { n: b.elem_count() })?;
         Ok((Some(grad.clone()), Some(db.reshape(b.shape())?)))
+    }
+}
+
+/// `a + b` for two tensors of one shape (a residual connection), on rayon's threads; the
+/// gradient reaches both unchanged. candle's own add runs on one thread, and the other waits.
+pub(crate) struct Add;
+
+impl CustomOp2 for Add {
+    fn name(&self) -> &'static str {
+        "add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = slice(s1, l1, "add a")?;
+        let b = slice(s2, l2, "add b")?;
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("add: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
+        }
+        let mut y = output_buffer(a.len());
+        par_zip(&mut y, a, b, |y, a, b| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = a + b;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(grad.clone())))
     }
 }
 

@@ -251,6 +251,16 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `a + b` for tensors of one shape (a residual connection): on CPU for f32 on all threads,
+/// elsewhere candle's add.
+pub fn residual_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused(a) && b.dtype() == DType::F32 && a.dims() == b.dims() {
+        a.contiguous()?.apply_op2(&b.contiguous()?, kernels::Add)
+    } else {
+        a + b
+    }
+}
+
 /// GPT-2's GELU, `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if fused(x) {

@@ -113,6 +113,17 @@ fn fused_gelu_equals_composite() {
     assert_same(|t| ops::gelu(&t[0]), |t| composite::gelu(&t[0]), &[x], 1e-6);
 }
 
+#[test]
+fn fused_residual_add_equals_add() {
+    let (a, b) = (randn(&[3, 7, 33], 11, 1.0), randn(&[3, 7, 33], 12, 1.0));
+    assert_same(
+        |t| ops::residual_add(&t[0], &t[1]),
+        |t| &t[0] + &t[1],
+        &[a, b],
+        1e-6,
+    );
+}
+
 /// Far out in the tails GELU is x or 0 and its slope 1 or 0 — no NaN from the saturated
 /// exponential (the AVX-512 kernel clamps it and takes a reciprocal) — and at 0 both are exact.
 #[test]

@@ -489,6 +489,7 @@ pub(crate) mod avx512_f32 {
         /// Reused packing buffers (see [`with_scratch`]).
         static PACK_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
         static PACK_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     }
 
     /// Panel `p`, row `kk`, column `c` at `(p·k + kk)·NR + c` (zero beyond n); writes all of
@@ -683,16 +684,51 @@ pub(crate) mod avx512_f32 {
         // in place, each k step of a tile is a line `a.cs` floats from the last, and these
         // lines fall into a few L1 sets (power-of-two strides) and miss on every panel.
         let a_packed = a.rs == 1 && a.cs != 1 && n > NR;
+        let split = parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15;
+        if a_packed && !split {
+            // One task with a packed `a` (the weight gradients, beside dx on the other thread):
+            // all rows in one block, `b` packed one panel's k chunk at a time as its tiles need
+            // it, into an L1-sized buffer — not all of `b` first, a round trip of the whole
+            // matrix through L2 and L3.
+            let a_len = m.div_ceil(MR_F32) * MR_F32 * KC.min(k);
+            let none = Panels {
+                data: &[],
+                rs: NR,
+                panel_stride: 0,
+                k_stride: 0,
+            };
+            return with_scratch(&PANEL, KC.min(k) * NR, |pbuf| {
+                with_scratch(&PACK_A, a_len, |abuf| {
+                    // SAFETY: the caller checked AVX512F; bounds are asserted in the tiles.
+                    unsafe {
+                        block(
+                            dst,
+                            dst_rs,
+                            a,
+                            0,
+                            none,
+                            m,
+                            k,
+                            n,
+                            epi,
+                            tri,
+                            Some(abuf),
+                            Some((b, pbuf)),
+                        )
+                    }
+                })
+            });
+        }
         let mut run = |bv: Panels| {
             let work = |(r0, rows, d): (usize, usize, &mut [f32])| {
                 let a_len = rows.div_ceil(MR_F32) * MR_F32 * KC.min(k);
                 // SAFETY (both): the caller checked AVX512F; bounds are asserted in the tiles.
                 if a_packed {
                     with_scratch(&PACK_A, a_len, |buf| unsafe {
-                        block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri, Some(buf))
+                        block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri, Some(buf), None)
                     })
                 } else {
-                    unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri, None) }
+                    unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri, None, None) }
                 }
             };
             let threads = rayon::current_num_threads();
@@ -764,7 +800,14 @@ pub(crate) mod avx512_f32 {
         epi: Epilogue,
         tri: Tri,
         mut pack: Option<&mut [f32]>,
+        lazy: Option<(Mat, &mut [f32])>,
     ) {
+        // With `lazy`, `bp` is unused: each panel's k chunk of `b` is packed into the buffer
+        // just before its tiles run.
+        let (lazy_b, mut lazy_buf) = match lazy {
+            Some((b, buf)) => (Some(b), Some(buf)),
+            None => (None, None),
+        };
         // k in chunks of KC so a panel's chunk (KC × 32 floats) stays in L1 across the tiles.
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
@@ -784,8 +827,20 @@ pub(crate) mod avx512_f32 {
             let packed = pack.as_deref();
             for p in 0..n.div_ceil(NR) {
                 let cols = NR.min(n - p * NR);
-                let start = p * bp.panel_stride + k0 * bp.k_stride;
-                let panel = (&bp.data[start..], bp.rs);
+                let panel = match (lazy_b, lazy_buf.as_deref_mut()) {
+                    (Some(b), Some(buf)) => {
+                        let rows_k0 = Mat {
+                            data: &b.data[(k0 as isize * b.rs) as usize..],
+                            ..b
+                        };
+                        pack_panel(&rows_k0, kc, n, p, buf);
+                        (&*buf, NR)
+                    }
+                    _ => {
+                        let start = p * bp.panel_stride + k0 * bp.k_stride;
+                        (&bp.data[start..], bp.rs)
+                    }
+                };
                 let mut i = 0;
                 while i < rows {
                     let mr = MR_F32.min(rows - i);
@@ -1665,14 +1720,19 @@ mod tests {
             let init = data(m * (n + 3), 8);
             let at = data(k * m, 10);
             // b transposed (packed into panels) and row-major (read in place); a row-major and
-            // transposed.
-            for (av, bv) in [
+            // transposed; on all threads and on one (where a transposed a takes b's panels
+            // packed chunk by chunk).
+            for ((av, bv), par) in [
                 (Mat::rows(&a, k), Mat::cols(&bt, k)),
                 (Mat::rows(&a, k), Mat::rows(&b, n)),
                 (Mat::cols(&at, m), Mat::rows(&b, n)),
-            ] {
+                (Mat::cols(&at, m), Mat::cols(&bt, k)),
+            ]
+            .into_iter()
+            .flat_map(|ops| [(ops, true), (ops, false)])
+            {
                 let (mut d1, mut d2) = (init.clone(), init.clone());
-                gemm_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, true);
+                gemm_into(&mut d1, n + 3, av, bv, (m, k, n), true, 0.5, par);
                 crate::kernels::gemm_crate(&mut d2, n + 3, av, bv, (m, k, n), true, 0.5, true);
                 // Each sum of k products is off its exact value by at most k·u·Σ|a b|
                 // (u = 2^-24), whatever the order: the two may differ by twice that.

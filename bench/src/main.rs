@@ -470,52 +470,60 @@ fn main() -> Result<()> {
         md.push_str("\nThe machine's limits are measured in the same run (first rows): MFU is achieved model FLOP/s\n(6·N + 12·L·d·T per token) over the f32 FMA peak of all cores (a register-only loop, no memory traffic); the optimizer step moves ≈ 28 bytes per\nparameter (read θ, g, m, v; write θ, m, v), so its limit is bandwidth / 28.\n");
         md.push_str(
             "\n## Against the targets\n\n\
+             This VM's speed drifts a lot: the same binary's step varied by up to 35% between sessions and by \
+             10–20% within one (the memory-bound parts most; the FMA peak row read 366–429 GFLOP/s). Compare ratios measured in one run, \
+             or runs interleaved with a reference build.\n\
+             \n\
              - gpt-shakespeare-char, fp32: the step above against PyTorch's ~30 ms (eager, 2 threads, same machine \
-             class). Reached: median 27.5 ms over seven `lm-bench step` runs at the end of this session (26.9–27.9 \
-             ms), and 27.9 ms per step (median over the log windows) in a full 2000-iteration run, 59.9 s of wall time \
-             with evaluations and checkpoints (PyTorch: 69 s). This VM's speed drifts by 10–15% (the FMA peak row \
-             read 366–429 GFLOP/s across the session's runs), so compare ratios. The composite candle model took \
-             ~300 ms per step here, the first fused kernels (layer norm, causal softmax, GELU, softmax-cross-entropy, \
-             each with its backward) ~121 ms, the fused linear layer and attention with our AVX-512 gemm ~60–70 ms. \
-             Then, each measured before/after on the step (medians of interleaved runs): `fastmath::exp` reading 2^n \
-             from the float's bits (its saturating float-to-int cast kept the GELU and softmax loops scalar), the \
-             12 × 32 f32 tile in assembly with base + index·scale addressing, the bias added in the gemm's store \
-             epilogue, no zero-filling of outputs that are written in full, reused and 64-byte-aligned packing \
-             buffers, column-major A packed per k chunk and B packed with it (the weight gradients: −1.3 ms), the \
-             step run on a rayon worker with the other workers polling for work until it ends (a sleeping worker \
-             took tens of µs to wake for each of the step's few hundred parallel kernels: −2.4 ms), the linear \
-             backward running dx and dW as one product per thread, causal attention skipping the zero triangles of \
-             its products and keeping its probabilities for the backward, vectorized layer-norm backward, the \
-             gradient norm read straight from the gradients, clipping folded into the fused AdamW update, and AdamW \
-             in 8 Ki chunks so that both cores share each matrix. Quality is unchanged: val loss 1.8706 at 2000 \
-             iterations (PyTorch: 1.886).\n\
+             class). Reached: median 27.3 ms over six `lm-bench step` runs at the end of the last session \
+             (26.4–30.7 ms); interleaved with the previous session's final build, 0.82× its time (26.9 vs 32.5, 30.7 \
+             vs 36.6, 29.0 vs 35.8 ms). A full 2000-iteration run: 28.6 ms per step (median over the log windows), \
+             61.5 s of wall time with evaluations and checkpoints (PyTorch: 69 s), val loss 1.8706 (PyTorch: \
+             1.886). The composite candle model took ~300 ms per step here; the fused kernels (layer norm, causal \
+             softmax, GELU, softmax-cross-entropy, each with its backward) ~121 ms; the fused linear layer and \
+             attention with our AVX-512 gemm ~60–70 ms; then, each kept only when interleaved A/B runs of the step \
+             improved: `fastmath::exp` reading 2^n from the float's bits, the 12 × 32 f32 tile in assembly, the bias \
+             in the gemm's store epilogue, no zero-filling of outputs written in full, reused 64-byte-aligned \
+             packing buffers, the step run on a rayon worker with the other workers polling for work (−2.4 ms), dx \
+             and dW as one product per thread, causal attention skipping its zero triangles and keeping its \
+             probabilities, clipping folded into the fused AdamW update; and last: mimalloc as the binaries' \
+             allocator with purging off (freed activations came back as fresh pages to fault in: 1911 → 421 page \
+             faults over 60 steps), GELU and its gradient in AVX-512 with a reciprocal instead of a division (the \
+             forward pass −47%), residual adds on all threads, and the weight gradients' B operand packed one panel \
+             chunk at a time into an L1-sized buffer (those products −11%).\n\
              - Mixed precision (`train.matmul_precision = \"bf16\"`: bf16 inputs to every linear-layer product, \
              f32 accumulation, f32 master weights, activations and gradients; products under 2^20 multiply-adds, such \
              as one attention head, stay f32): on Intel AMX the products run as `tdpbf16ps` tile instructions (inline \
              assembly; the tile state is requested from Linux once), elsewhere as AVX512-BF16 `vdpbf16ps` or as \
-             rounded inputs through the f32 gemm. Not reached: median 20.6 ms over seven `lm-bench step` runs at \
-             the end of the session (19.1–21.0 ms; target ≤ 20 ms, PyTorch bf16 autocast ~23.5 ms), 21.3 ms per \
-             step and 46.3 s of wall time in a full 2000-iteration run. Converting and packing the operands to bf16 \
-             costs more than the tile arithmetic (row-major operands are converted 32 values per instruction, \
-             transposed ones gathered, tiles computed in 2 × 2 blocks and whole output blocks stored straight from \
-             the tiles), and the non-matmul work (element-wise kernels, attention, graph bookkeeping) is the same as \
-             in fp32. `vdpbf16ps` alone is no help on this CPU: it sustains about half the FLOP rate of 512-bit f32 \
-             FMA (≈ 98 vs ≈ 200 GFLOP/s on one core in a register-only loop), while AMX reaches ≈ 2.9 TFLOP/s in \
-             the same kind of loop. Quality: val loss 1.8717 at 2000 iterations (PyTorch bf16 autocast: 1.888).\n\
+             rounded inputs through the f32 gemm. Reached: median 15.0 ms over six `lm-bench step` runs at the end \
+             of the last session (14.1–18.2 ms; target ≤ 20 ms, PyTorch bf16 autocast ~23.5 ms); interleaved with \
+             the previous session's final build, 0.65× its time (15.0 vs 23.0, 18.2 vs 28.9, 16.3 vs 24.4 ms). A \
+             full 2000-iteration run: 17.9 ms per step in the loop, 38.7 s of wall time, val loss 1.8718 (PyTorch \
+             bf16 autocast: 1.888). What the last session changed besides the shared work above: the A operand \
+             converted 32 values per instruction (it was converted one at a time), a column-major A converted \
+             through a 16 × 16 register transpose and packed whole before the row tasks, a row-major B packed a few \
+             row pairs at a time across all its panels (rows read in order), packing buffers reused per thread, and \
+             the bias loaded as the tiles' starting value (a row-stride-0 tile load) instead of prefilled. \
+             `vdpbf16ps` alone is no help on this CPU: it sustains about half the FLOP rate of 512-bit f32 FMA \
+             (≈ 98 vs ≈ 200 GFLOP/s on one core in a register-only loop), while AMX reaches ≈ 2.9 TFLOP/s in the \
+             same kind of loop.\n\
              - Optimizer: the fused AdamW step is within 2× of the memory-bandwidth limit measured in the same run.\n\
              - Objectives: MLM masking and span corruption are 100×+ faster than the Python collators.\n\
              \n## Where the time goes\n\n\
              `perf record` (cpu-clock; this VM exposes no hardware counters) of the fp32 gpt-shakespeare-char step: \
-             the f32 gemm ≈ 55–60% of busy time, the element-wise kernels (GELU and its gradient, attention softmax, \
-             cross-entropy) ≈ 11%, layer norm ≈ 4%, candle's own ops (residual adds, gradient accumulation, \
-             embedding) and graph bookkeeping most of the rest. The gemm's 12 × 32 tile runs at ≈ 170 GFLOP/s per \
-             core with its operands in L1 (≈ 80% of the FMA peak), ≈ 160 on a warm 768 × 128 × 512 product and \
-             ≈ 125 when the activations come from L3 — as they do in a training step, where each product reads \
-             activations written many kernels earlier. Tried and not kept (no gain on the step): packing every B \
-             panel, software prefetch of the output tile, embedded-broadcast FMAs, larger or smaller k chunks and \
-             row blocks, 16-lane GELU, FMA in `fastmath::exp` (it becomes a libm call wherever the loop is not \
-             compiled for FMA). Next: fewer passes over the activations (GELU in the c_fc epilogue), bf16 weights \
-             packed once per step, in-place gradient accumulation in candle's backward.\n\
+             the linear layers ≈ 48% of the samples (their backward ≈ 39%), causal attention ≈ 10%, GELU ≈ 7%, \
+             layer norm ≈ 4%, AdamW ≈ 2%, the rest candle's graph bookkeeping, small ops and a worker waiting for \
+             the other. Per product the f32 \
+             gemm reaches 125–155 GFLOP/s per core in isolation (the 12 × 32 tile: ≈ 170 with its operands in L1) \
+             and less in the step, where each product reads activations written many kernels earlier. In bf16 the \
+             AMX products are bound by storing their f32 outputs (a 768 × 128 × 512 product: 1044 GFLOP/s with the \
+             stores aimed at an L1 buffer, 483 into the real output) and by packing, not by the tile arithmetic. \
+             Tried and not kept (no gain on the step): packing every B panel, software prefetch of the output \
+             (f32 and AMX), embedded-broadcast FMAs, other k chunk sizes (128–768) and row blocks, row-tile-outer \
+             loops, splitting the weight gradient over both threads (by rows or by tokens, to balance dx ∥ dW), FMA \
+             in `fastmath::exp` (it becomes a libm call where the loop is not compiled for FMA). Next: the GELU \
+             output recomputed in the next product instead of stored, bf16 weights packed once per step, gradient \
+             accumulation in place.\n\
              \nThe regression guard in CI (`crates/lm-models/tests/perf_guard.rs`) times each fused kernel against its \
              composite form in one process and requires a ≥ 1.5× speed-up (1.2× for the gemm-bound linear layer; measured \
              2–7×: layer norm, causal softmax, GELU, causal attention, linear).\n",

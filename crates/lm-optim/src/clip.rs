@@ -35,23 +35,25 @@ fn sum_squares_cpu(g: &Tensor) -> Option<f64> {
     else {
         return None;
     };
+    use rayon::prelude::*;
     const LANES: usize = 16;
-    Some(
-        v[a..b]
-            .chunks(4096)
-            .map(|block| {
-                let mut acc = [0f32; LANES];
-                let chunks = block.chunks_exact(LANES);
-                let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
-                for c in chunks {
-                    for (s, &x) in acc.iter_mut().zip(c) {
-                        *s += x * x;
-                    }
+    // Blocks on all threads; their sums are added in order, so the norm does not depend on the
+    // thread count or on scheduling.
+    let blocks: Vec<f64> = v[a..b]
+        .par_chunks(4096)
+        .map(|block| {
+            let mut acc = [0f32; LANES];
+            let chunks = block.chunks_exact(LANES);
+            let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+            for c in chunks {
+                for (s, &x) in acc.iter_mut().zip(c) {
+                    *s += x * x;
                 }
-                (acc.iter().sum::<f32>() + tail) as f64
-            })
-            .sum(),
-    )
+            }
+            (acc.iter().sum::<f32>() + tail) as f64
+        })
+        .collect();
+    Some(blocks.iter().sum())
 }
 
 /// Scales all gradients by `min(1, max_norm / (‖g‖ + 1e-6))` and returns the pre-clip norm `‖g‖`

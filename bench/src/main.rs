@@ -475,11 +475,10 @@ fn main() -> Result<()> {
              or runs interleaved with a reference build.\n\
              \n\
              - gpt-shakespeare-char, fp32: the step above against PyTorch's ~30 ms (eager, 2 threads, same machine \
-             class). Reached: median 27.3 ms over six `lm-bench step` runs at the end of the last session \
-             (26.4–30.7 ms); interleaved with the previous session's final build, 0.82× its time (26.9 vs 32.5, 30.7 \
-             vs 36.6, 29.0 vs 35.8 ms). A full 2000-iteration run: 28.6 ms per step (median over the log windows), \
-             61.5 s of wall time with evaluations and checkpoints (PyTorch: 69 s), val loss 1.8706 (PyTorch: \
-             1.886). The composite candle model took ~300 ms per step here; the fused kernels (layer norm, causal \
+             class). Reached: median 25.9 ms over five `lm-bench step` runs at the end of the last session \
+             (24.5–26.1 ms), each interleaved with a run of the previous session's final build (29.1–31.2 ms, median \
+             29.9): 0.85× its time (median of the five ratios). A full 2000-iteration run: 25.4 ms per step (median over the log windows), 54.9 s of \
+             wall time with evaluations and checkpoints (PyTorch: 69 s), val loss 1.8706 (PyTorch: 1.886). The composite candle model took ~300 ms per step here; the fused kernels (layer norm, causal \
              softmax, GELU, softmax-cross-entropy, each with its backward) ~121 ms; the fused linear layer and \
              attention with our AVX-512 gemm ~60–70 ms; then, each kept only when interleaved A/B runs of the step \
              improved: `fastmath::exp` reading 2^n from the float's bits, the 12 × 32 f32 tile in assembly, the bias \
@@ -490,16 +489,16 @@ fn main() -> Result<()> {
              allocator with purging off (freed activations came back as fresh pages to fault in: 1911 → 421 page \
              faults over 60 steps), GELU and its gradient in AVX-512 with a reciprocal instead of a division (the \
              forward pass −47%), residual adds on all threads, and the weight gradients' B operand packed one panel \
-             chunk at a time into an L1-sized buffer (those products −11%).\n\
+             chunk at a time into an L1-sized buffer (those products −11%), and the gradient norm \
+             on all threads.\n\
              - Mixed precision (`train.matmul_precision = \"bf16\"`: bf16 inputs to every linear-layer product, \
              f32 accumulation, f32 master weights, activations and gradients; products under 2^20 multiply-adds, such \
              as one attention head, stay f32): on Intel AMX the products run as `tdpbf16ps` tile instructions (inline \
              assembly; the tile state is requested from Linux once), elsewhere as AVX512-BF16 `vdpbf16ps` or as \
-             rounded inputs through the f32 gemm. Reached: median 15.0 ms over six `lm-bench step` runs at the end \
-             of the last session (14.1–18.2 ms; target ≤ 20 ms, PyTorch bf16 autocast ~23.5 ms); interleaved with \
-             the previous session's final build, 0.65× its time (15.0 vs 23.0, 18.2 vs 28.9, 16.3 vs 24.4 ms). A \
-             full 2000-iteration run: 17.9 ms per step in the loop, 38.7 s of wall time, val loss 1.8718 (PyTorch \
-             bf16 autocast: 1.888). What the last session changed besides the shared work above: the A operand \
+             rounded inputs through the f32 gemm. Reached: median 15.0 ms over five `lm-bench step` runs at the end \
+             of the last session (13.5–15.6 ms; target ≤ 20 ms, PyTorch bf16 autocast ~23.5 ms), interleaved with \
+             the previous session's final build (21.8–23.2 ms, median 22.9): 0.65× its time. A full 2000-iteration \
+             run: 15.1 ms per step in the loop, 33.0 s of wall time, val loss 1.8718 (PyTorch bf16 autocast: 1.888). What the last session changed besides the shared work above: the A operand \
              converted 32 values per instruction (it was converted one at a time), a column-major A converted \
              through a 16 × 16 register transpose and packed whole before the row tasks, a row-major B packed a few \
              row pairs at a time across all its panels (rows read in order), packing buffers reused per thread, and \
@@ -511,9 +510,9 @@ fn main() -> Result<()> {
              - Objectives: MLM masking and span corruption are 100×+ faster than the Python collators.\n\
              \n## Where the time goes\n\n\
              `perf record` (cpu-clock; this VM exposes no hardware counters) of the fp32 gpt-shakespeare-char step: \
-             the linear layers ≈ 48% of the samples (their backward ≈ 39%), causal attention ≈ 10%, GELU ≈ 7%, \
-             layer norm ≈ 4%, AdamW ≈ 2%, the rest candle's graph bookkeeping, small ops and a worker waiting for \
-             the other. Per product the f32 \
+             the linear layers' products about half of the samples or more (their backward most of it; some samples \
+             of the helper thread lose their call stack in the assembly tile), causal attention ≈ 10%, GELU ≈ 7%, \
+             layer norm ≈ 4%, AdamW ≈ 2%, the rest candle's graph bookkeeping, small ops and waiting. Per product the f32 \
              gemm reaches 125–155 GFLOP/s per core in isolation (the 12 × 32 tile: ≈ 170 with its operands in L1) \
              and less in the step, where each product reads activations written many kernels earlier. In bf16 the \
              AMX products are bound by storing their f32 outputs (a 768 × 128 × 512 product: 1044 GFLOP/s with the \

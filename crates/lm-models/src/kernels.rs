@@ -27,18 +27,14 @@ fn last_dim(l: &Layout) -> usize {
 /// `out[i] = f(a[i], b[i])`, in chunks on rayon's threads, each chunk's loop compiled for AVX2
 /// (a plain loop into a preallocated buffer: `collect` would run outside the AVX2 code).
 fn par_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 14;
     let mut out = output_buffer(a.len());
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(o, (a, b))| {
-            simd(|| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = f(a, b);
-                }
-            })
-        });
+    par_zip(&mut out, a, b, |o, a, b| {
+        simd(|| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        })
+    });
     out
 }
 

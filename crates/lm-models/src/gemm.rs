@@ -1508,8 +1508,8 @@ pub(crate) mod amx {
         })
     }
 
-    /// [`gemm`] with `b` packed (`bp`, by [`pack_b`]) and `a` packed (`a_packed`, by
-    /// [`pack_a`] for all rows) or packed here per task.
+    /// [`gemm`] with `b` packed (`bp`, by [`pack_b`]) and `a` either packed already (`a_packed`,
+    /// all rows, by [`pack_a_transposed`]) or packed here per task by [`pack_a`].
     #[allow(clippy::too_many_arguments)]
     fn gemm_packed(
         dst: &mut [f32],

@@ -1697,6 +1697,17 @@ pub(crate) mod amx {
 mod tests {
     use super::*;
 
+    /// `|got − want| ≤ rel·(1 + |want|)` element by element (equal lengths).
+    fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, (x, y)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (x - y).abs() <= rel * (1.0 + y.abs()),
+                "{what} at {i}: {x} vs {y}"
+            );
+        }
+    }
+
     fn data(len: usize, seed: u64) -> Vec<f32> {
         let mut rng = lm_objectives::Rng::seed_from_u64(seed);
         (0..len).map(|_| rng.normal() as f32).collect()
@@ -1775,12 +1786,7 @@ mod tests {
             avx512_f32::gemm_bias(&mut got, av, bv, (m, k, n), &bias, true);
             let mut want: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
             crate::kernels::gemm_crate(&mut want, n, av, bv, (m, k, n), true, 1.0, true);
-            for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
-                    "{m}x{k}x{n} at {i}: {x} vs {y}"
-                );
-            }
+            assert_close(&got, &want, 1e-4, &format!("{m}x{k}x{n}"));
         }
     }
 
@@ -1908,12 +1914,7 @@ mod tests {
                 for (name, kernel) in bf16_kernels() {
                     let mut got = init.clone();
                     kernel(&mut got, n + 3, av, bv, (m, k, n), acc, scale, true);
-                    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                            "{name} {m}x{k}x{n} at {i}: {x} vs {y}"
-                        );
-                    }
+                    assert_close(&got, &want, 1e-5, &format!("{name} {m}x{k}x{n}"));
                     // Columns n..n+3 of each row are outside the product and stay untouched.
                     for r in 0..m {
                         let pad = r * (n + 3) + n..r * (n + 3) + n + 3;
@@ -1968,12 +1969,7 @@ mod tests {
                 fallback(&mut want, n, av, bv, (m, k, n), true, 1.0, false);
                 let mut got = vec![f32::NAN; m * n];
                 gemm_bf16_bias(&mut got, av, bv, (m, k, n), &bias, true);
-                for (i, (x, y)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                        "{m}x{k}x{n} at {i}: {x} vs {y}"
-                    );
-                }
+                assert_close(&got, &want, 1e-5, &format!("{m}x{k}x{n}"));
             }
         }
     }

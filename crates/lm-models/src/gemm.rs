@@ -731,9 +731,9 @@ pub(crate) mod avx512_f32 {
                     unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri, None, None) }
                 }
             };
-            let threads = rayon::current_num_threads();
-            if parallel && threads > 1 && m * n * k >= 1 << 15 {
+            if split {
                 // Whole tiles, as evenly as possible over a multiple of the thread count.
+                let threads = rayon::current_num_threads();
                 let tiles = m.div_ceil(MR_F32);
                 let tasks = (threads * tiles.div_ceil(threads * (MB_F32 / MR_F32))).min(tiles);
                 let bounds: Vec<usize> = (0..=tasks)

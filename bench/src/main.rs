@@ -47,78 +47,6 @@ impl Report {
     }
 }
 
-/// f32 FMA throughput of one core in a register-only loop (12 independent accumulators, no
-/// memory operands): the arithmetic limit any matmul kernel works against. 512-bit FMA where the
-/// CPU has AVX-512, else 256-bit with AVX2 + FMA.
-#[cfg(target_arch = "x86_64")]
-fn fma_flops_one_core() -> Option<f64> {
-    use std::arch::asm;
-    let iters: usize = 50_000_000;
-    let zmm = std::arch::is_x86_feature_detected!("avx512f");
-    if !zmm && !std::arch::is_x86_feature_detected!("fma") {
-        return None;
-    }
-    let start = std::time::Instant::now();
-    // SAFETY: the loops touch only the clobbered vector registers and the counter; the
-    // instruction set was checked above.
-    unsafe {
-        if zmm {
-            // Zeros throughout: no denormal operands (which take microcode assists).
-            asm!(
-                "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2", "vpxord zmm3, zmm3, zmm3", "vpxord zmm4, zmm4, zmm4", "vpxord zmm5, zmm5, zmm5", "vpxord zmm6, zmm6, zmm6", "vpxord zmm7, zmm7, zmm7", "vpxord zmm8, zmm8, zmm8", "vpxord zmm9, zmm9, zmm9", "vpxord zmm10, zmm10, zmm10", "vpxord zmm11, zmm11, zmm11", "vpxord zmm14, zmm14, zmm14", "vpxord zmm15, zmm15, zmm15",
-                "2:",
-                "vfmadd231ps zmm0, zmm14, zmm15", "vfmadd231ps zmm1, zmm14, zmm15",
-                "vfmadd231ps zmm2, zmm14, zmm15", "vfmadd231ps zmm3, zmm14, zmm15",
-                "vfmadd231ps zmm4, zmm14, zmm15", "vfmadd231ps zmm5, zmm14, zmm15",
-                "vfmadd231ps zmm6, zmm14, zmm15", "vfmadd231ps zmm7, zmm14, zmm15",
-                "vfmadd231ps zmm8, zmm14, zmm15", "vfmadd231ps zmm9, zmm14, zmm15",
-                "vfmadd231ps zmm10, zmm14, zmm15", "vfmadd231ps zmm11, zmm14, zmm15",
-                "dec {n}", "jnz 2b",
-                n = inout(reg) iters => _,
-                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-                out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
-                out("zmm10") _, out("zmm11") _, out("zmm14") _, out("zmm15") _,
-                options(nostack),
-            );
-        } else {
-            // Zeros throughout: no denormal operands (which take microcode assists).
-            asm!(
-                "vxorps ymm0, ymm0, ymm0", "vxorps ymm1, ymm1, ymm1", "vxorps ymm2, ymm2, ymm2", "vxorps ymm3, ymm3, ymm3", "vxorps ymm4, ymm4, ymm4", "vxorps ymm5, ymm5, ymm5", "vxorps ymm6, ymm6, ymm6", "vxorps ymm7, ymm7, ymm7", "vxorps ymm8, ymm8, ymm8", "vxorps ymm9, ymm9, ymm9", "vxorps ymm10, ymm10, ymm10", "vxorps ymm11, ymm11, ymm11", "vxorps ymm14, ymm14, ymm14", "vxorps ymm15, ymm15, ymm15",
-                "2:",
-                "vfmadd231ps ymm0, ymm14, ymm15", "vfmadd231ps ymm1, ymm14, ymm15",
-                "vfmadd231ps ymm2, ymm14, ymm15", "vfmadd231ps ymm3, ymm14, ymm15",
-                "vfmadd231ps ymm4, ymm14, ymm15", "vfmadd231ps ymm5, ymm14, ymm15",
-                "vfmadd231ps ymm6, ymm14, ymm15", "vfmadd231ps ymm7, ymm14, ymm15",
-                "vfmadd231ps ymm8, ymm14, ymm15", "vfmadd231ps ymm9, ymm14, ymm15",
-                "vfmadd231ps ymm10, ymm14, ymm15", "vfmadd231ps ymm11, ymm14, ymm15",
-                "dec {n}", "jnz 2b",
-                n = inout(reg) iters => _,
-                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
-                out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
-                out("ymm10") _, out("ymm11") _, out("ymm14") _, out("ymm15") _,
-                options(nostack),
-            );
-        }
-    }
-    let lanes = if zmm { 16.0 } else { 8.0 };
-    Some(iters as f64 * 12.0 * 2.0 * lanes / start.elapsed().as_secs_f64())
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn fma_flops_one_core() -> Option<f64> {
-    None
-}
-
-/// The f32 FMA peak of all cores: the register-only loop on every core at once.
-fn fma_peak() -> Option<f64> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let runs: Vec<Option<f64>> = std::thread::scope(|s| {
-        let h: Vec<_> = (0..cores).map(|_| s.spawn(fma_flops_one_core)).collect();
-        h.into_iter().map(|h| h.join().ok().flatten()).collect()
-    });
-    runs.into_iter().sum()
-}
-
 /// Measures and reports the machine's limits: returns (f32 FMA peak, memory bandwidth).
 fn machine(r: &mut Report) -> Result<(f64, f64)> {
     // Matmul peak: f32 2048³ through candle (the gemm crate).
@@ -130,7 +58,7 @@ fn machine(r: &mut Report) -> Result<(f64, f64)> {
     });
     let matmul = 2.0 * (n * n * n) as f64 / secs;
     // Off x86-64 the matmul rate stands in for the FMA peak.
-    let peak = fma_peak().unwrap_or(matmul);
+    let peak = lm_kernels::peak::fma_peak().unwrap_or(matmul);
     r.row(
         "machine",
         "f32 FMA peak, register-only loop, all cores",
@@ -176,8 +104,9 @@ fn machine(r: &mut Report) -> Result<(f64, f64)> {
 
 /// The gemm behind the fused kernels at the recipe's MLP shape, against candle's matmul.
 fn gemm_kernels(r: &mut Report) -> Result<()> {
-    use lm_models::ops::MatmulPrecision::{Bf16, Highest};
-    use lm_models::ops::{bf16_matmul_kernel, matmul_slices, with_matmul_precision};
+    use lm_kernels::ops::matmul_slices;
+    use lm_kernels::precision::MatmulPrecision::{Bf16, Highest};
+    use lm_kernels::precision::{bf16_matmul_kernel, with_matmul_precision};
     let (m, k, n) = (768, 128, 512);
     let flops = 2.0 * (m * k * n) as f64;
     let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
@@ -431,7 +360,7 @@ fn cpu_description() -> String {
 }
 
 fn main() -> Result<()> {
-    lm_train::keep_freed_memory();
+    lm_kernels::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
     let mut r = Report {

@@ -12,12 +12,13 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::layers::Dropout;
 use crate::layers::{
     attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, LayerNorm,
     Linear,
 };
-use crate::ops::{add_bias, gelu_erf, Dropout};
 use crate::params::ParamStore;
+use lm_kernels::ops::{add_bias, gelu_erf};
 
 /// BART hyperparameters, with HuggingFace `BartConfig` key names (other keys are ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

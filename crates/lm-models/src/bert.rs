@@ -13,11 +13,12 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::layers::Dropout;
 use crate::layers::{
     attention, embedding, lookup, merge_heads, padding_bias, split_heads, LayerNorm, Linear,
 };
-use crate::ops::{add_bias, Dropout};
 use crate::params::ParamStore;
+use lm_kernels::ops::add_bias;
 
 /// BERT hyperparameters, with HuggingFace `BertConfig` key names (other keys are ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,7 +213,7 @@ impl Layer {
             };
             let probs = self
                 .attn_dropout
-                .forward(&crate::ops::softmax_last_dim(&scores)?, train)?;
+                .forward(&lm_kernels::ops::softmax_last_dim(&scores)?, train)?;
             probs.matmul(&v)?
         } else {
             attention(&q, &k, &v, bias, scale, false)?

@@ -14,11 +14,12 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::layers::Dropout;
 use crate::layers::{attention, merge_heads, split_heads, KvCache};
-use crate::ops::{
-    add_bias, causal_attention, causal_softmax, gelu, layer_norm, linear, residual_add, Dropout,
-};
 use crate::params::ParamStore;
+use lm_kernels::ops::{
+    add_bias, causal_attention, causal_softmax, gelu, layer_norm, linear, residual_add,
+};
 
 /// Parameters with their names.
 pub type NamedVars = Vec<(String, candle_core::Var)>;

@@ -5,7 +5,10 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::ops::{causal_softmax, layer_norm, linear, softmax_last_dim};
+use lm_kernels::ops::{causal_softmax, layer_norm, linear, softmax_last_dim};
+pub use lm_kernels::ops::{merge_heads, split_heads};
+use lm_objectives::Rng;
+use std::sync::Mutex;
 
 /// `y = x Wᵀ (+ b)` with `W: [out, in]` (PyTorch `nn.Linear`).
 #[derive(Debug, Clone)]
@@ -90,20 +93,6 @@ pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let mut dims = ids.dims().to_vec();
     dims.push(table.dim(1)?);
     table.embedding(&ids.flatten_all()?)?.reshape(dims)
-}
-
-/// `[b, t, h·d] → [b, h, t, d]`, contiguous.
-pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, t, hd) = x.dims3()?;
-    x.reshape((b, t, heads, hd / heads))?
-        .transpose(1, 2)?
-        .contiguous()
-}
-
-/// `[b, h, t, d] → [b, t, h·d]`.
-pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
-    let (b, h, t, d) = x.dims4()?;
-    x.transpose(1, 2)?.reshape((b, t, h * d))
 }
 
 /// `softmax(scale·QKᵀ + bias (+ causal mask)) V` for `q: [b, h, tq, d]`, `k, v: [b, h, tk, d]`.
@@ -204,5 +193,43 @@ impl KvCache {
 
     pub(crate) fn advance(&mut self, t: usize) {
         self.len += t;
+    }
+}
+
+/// Inverted dropout with a seeded generator: each element is zeroed with probability `p` and the
+/// survivors scaled by `1/(1−p)`, so the expectation is unchanged.
+#[derive(Debug)]
+pub struct Dropout {
+    p: f64,
+    rng: Mutex<Rng>,
+}
+
+impl Dropout {
+    /// Dropout with rate `p` whose masks come from `seed`.
+    pub fn new(p: f64, seed: u64) -> Self {
+        Self {
+            p,
+            rng: Mutex::new(Rng::seed_from_u64(seed)),
+        }
+    }
+
+    /// The dropout rate.
+    pub fn rate(&self) -> f64 {
+        self.p
+    }
+
+    /// Applies dropout when `train` is true and `p > 0`; the identity otherwise.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let scale = (1.0 / keep) as f32;
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if rng.bernoulli(keep) { scale } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x.mul(&mask)
     }
 }

@@ -4,7 +4,7 @@
 //! parameter names so checkpoints move between this project and the tools people already use.
 //!
 //! - [`gpt`]: decoder-only GPT (GPT-2 layout).
-//! - [`ops`]: differentiable layer norm, RMS norm, softmax and seeded dropout.
+//! - [`layers`]: the shared HF layers (linear, layer norm, embeddings, attention, seeded dropout).
 //! - [`params`]: the parameter store (a `VarBuilder` backend with keyed initialization).
 //!
 //! ```
@@ -20,12 +20,9 @@
 pub mod bart;
 pub mod bert;
 mod error;
-mod gemm;
 pub mod gpt;
 pub mod hf;
-mod kernels;
 pub mod layers;
-pub mod ops;
 pub mod params;
 mod sampling;
 pub mod t5;

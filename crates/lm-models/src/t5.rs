@@ -14,11 +14,12 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::layers::Dropout;
 use crate::layers::{
     attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, Linear,
 };
-use crate::ops::{gelu, rms_norm, Dropout};
 use crate::params::ParamStore;
+use lm_kernels::ops::{gelu, rms_norm};
 
 /// T5 hyperparameters, with HuggingFace `T5Config` key names (other keys are ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,6 @@ pub mod bart;
 pub mod causal;
 pub mod collate;
 mod error;
-pub mod fastmath;
 pub mod loss;
 pub mod mlm;
 pub mod nsp;

@@ -6,7 +6,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 
-use crate::{fastmath, ObjectiveError, Result, IGNORE_INDEX};
+use crate::{ObjectiveError, Result, IGNORE_INDEX};
+use lm_kernels::fastmath;
 
 /// How per-token losses are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

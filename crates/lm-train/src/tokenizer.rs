@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn trained_tokenizers_have_their_special_tokens_and_roundtrip() {
-        let text = crate::data::SHAKESPEARE;
+        let text = include_str!("../../../data/tinyshakespeare.txt");
         let lines: Vec<&str> = text[..200_000].lines().collect();
         let dir = tempfile::tempdir().unwrap();
         for (kind, family, probe) in [

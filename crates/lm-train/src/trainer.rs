@@ -12,7 +12,7 @@
 //! optimizer step is where a data-parallel backend would all-reduce gradients; batches are keyed
 //! by step, so such a backend shards data by giving each rank its own keys.
 
-use lm_models::ops::{with_matmul_precision, MatmulPrecision};
+use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -506,7 +506,7 @@ impl Trainer {
     /// One optimizer step on prepared batches. Returns the loss, pre-clip norm and lr, or `None`
     /// for a skipped non-finite step.
     fn train_step(&mut self, batches: &[Batch]) -> Result<Option<(f32, f64, f64)>> {
-        lm_models::ops::on_compute_threads(|| self.train_step_on_pool(batches))
+        lm_kernels::threads::on_compute_threads(|| self.train_step_on_pool(batches))
     }
 
     fn train_step_on_pool(&mut self, batches: &[Batch]) -> Result<Option<(f32, f64, f64)>> {
@@ -564,7 +564,7 @@ impl Trainer {
     /// Mean loss over the fixed evaluation batches of `split`, dropout off.
     pub fn evaluate_split(&mut self, split: Split) -> Result<f32> {
         let p = self.matmul_precision();
-        lm_models::ops::on_compute_threads(|| {
+        lm_kernels::threads::on_compute_threads(|| {
             with_matmul_precision(p, || self.evaluate_split_inner(split))
         })
     }

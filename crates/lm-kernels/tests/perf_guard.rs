@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use lm_models::ops::{self, composite};
+use lm_kernels::ops::{self, composite};
 
 fn median_secs(mut f: impl FnMut()) -> f64 {
     f();

@@ -1,7 +1,7 @@
 //! Each fused CPU kernel equals its composite form in value and in gradient (fp32 tolerance).
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use lm_models::ops::{self, composite};
+use lm_kernels::ops::{self, composite};
 
 fn randn(shape: &[usize], seed: u64, std: f64) -> Tensor {
     lm_optim::init::normal(shape, std, seed, "x", DType::F32, &Device::Cpu).unwrap()

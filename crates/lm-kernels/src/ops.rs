@@ -1,121 +1,19 @@
 //! Differentiable building blocks that candle-nn provides only as fused forward-only kernels.
 //!
 //! candle-nn's `layer_norm`, `rms_norm` and `softmax_last_dim` have no backward; the versions here
-//! are written in candle ops that all have one.
-
-use std::sync::Mutex;
+//! are fused CPU kernels with their own backward (f32 on CPU) and, elsewhere, chains of candle ops
+//! that all have one.
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use lm_objectives::Rng;
 
-use crate::kernels;
-
-/// Precision of the matrix products inside the fused CPU kernels (linear layers, causal
-/// attention) for f32 tensors — PyTorch's `torch.set_float32_matmul_precision`, and like
-/// autocast, a per-thread setting read when an op is built (its backward uses the same).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MatmulPrecision {
-    /// f32 products (the default).
-    #[default]
-    Highest,
-    /// Inputs rounded to bf16, products and sums in f32: mixed precision with the weights,
-    /// activations and gradients kept in f32. Runs on AVX512-BF16 (`vdpbf16ps`) where the CPU
-    /// has it, and as rounded inputs through the f32 gemm elsewhere.
-    Bf16,
-}
-
-thread_local! {
-    static PRECISION: std::cell::Cell<MatmulPrecision> = const { std::cell::Cell::new(MatmulPrecision::Highest) };
-}
-
-/// Sets the matmul precision of the ops this thread builds from now on.
-pub fn set_matmul_precision(p: MatmulPrecision) {
-    PRECISION.with(|c| c.set(p));
-}
-
-/// This thread's matmul precision.
-pub fn matmul_precision() -> MatmulPrecision {
-    PRECISION.with(|c| c.get())
-}
-
-/// Runs `f` with this thread's matmul precision set to `p`, restoring the previous one after.
-pub fn with_matmul_precision<R>(p: MatmulPrecision, f: impl FnOnce() -> R) -> R {
-    struct Restore(MatmulPrecision);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            set_matmul_precision(self.0);
-        }
-    }
-    let _restore = Restore(matmul_precision());
-    set_matmul_precision(p);
-    f()
-}
-
-/// Runs `f` on one of rayon's worker threads (with the caller's matmul precision), so that each
-/// parallel kernel inside forks from a worker instead of waking the pool from outside and putting
-/// the calling thread to sleep until it is done (two futex round trips per kernel call). Meanwhile
-/// the other workers poll for work instead of going to sleep between kernels: a step is a few
-/// hundred short parallel kernels, and a sleeping worker takes tens of µs to wake.
-pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    struct Done(Arc<AtomicBool>);
-    impl Drop for Done {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Release);
-        }
-    }
-    thread_local! {
-        static POLLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    /// A poller that finds no work for this long goes back to rayon (and to sleep).
-    const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_millis(2);
-    let p = matmul_precision();
-    rayon::scope(|_| {
-        let done = Done(Arc::new(AtomicBool::new(false)));
-        let (flag, owner) = (done.0.clone(), rayon::current_thread_index());
-        rayon::spawn_broadcast(move |ctx| {
-            // Not on the thread running `f` (it would only return once `f` has), and never
-            // inside another poller: a thread can pick this job up while it waits inside a
-            // job it took while polling, and that job's caller must not wait on this loop.
-            if Some(ctx.index()) == owner || POLLING.with(|p| p.replace(true)) {
-                return;
-            }
-            let mut idle_since = std::time::Instant::now();
-            while !flag.load(Ordering::Acquire) && idle_since.elapsed() < IDLE_LIMIT {
-                if rayon::yield_now() == Some(rayon::Yield::Executed) {
-                    idle_since = std::time::Instant::now();
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-            POLLING.with(|p| p.set(false));
-        });
-        with_matmul_precision(p, f)
-    })
-}
-
-/// Which kernel runs the `Bf16` products on this machine: `"AMX-BF16"` (Intel tile
-/// instructions), `"AVX512-BF16"` (`vdpbf16ps`) or `"rounded f32"` (the fallback).
-pub fn bf16_matmul_kernel() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::gemm::amx::available() {
-            return "AMX-BF16";
-        }
-    }
-    if crate::gemm::has_avx512_bf16() {
-        "AVX512-BF16"
-    } else {
-        "rounded f32"
-    }
-}
+use crate::fused;
+use crate::precision::{matmul_precision, MatmulPrecision};
 
 /// `a[m, k] · b[k, n]` for row-major slices on all threads, at this thread's matmul precision: the
 /// gemm the fused kernels run, exposed for benchmarks.
 pub fn matmul_slices(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
-    kernels::matmul_rows(
+    crate::gemm::matmul_rows(
         matmul_precision() == MatmulPrecision::Bf16,
         &mut out,
         a,
@@ -137,7 +35,7 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f64) -
         Some(beta) if fused(x) && gamma.dtype() == DType::F32 => x.contiguous()?.apply_op3(
             &gamma.contiguous()?,
             &beta.contiguous()?,
-            kernels::LayerNorm { eps: eps as f32 },
+            fused::LayerNorm { eps: eps as f32 },
         ),
         _ => composite::layer_norm(x, gamma, beta, eps),
     }
@@ -152,7 +50,7 @@ pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64) -> Result<Tensor> {
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if fused(x) {
-        x.contiguous()?.apply_op1(kernels::Softmax {
+        x.contiguous()?.apply_op1(fused::Softmax {
             scale: 1.0,
             causal: false,
         })
@@ -170,7 +68,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 /// masks the future (`−∞` above the diagonal, aligned to the last `q` of `k` positions).
 pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     if fused(scores) {
-        scores.contiguous()?.apply_op1(kernels::Softmax {
+        scores.contiguous()?.apply_op1(fused::Softmax {
             scale: scale as f32,
             causal: true,
         })
@@ -185,7 +83,7 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
 /// form elsewhere.
 pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tensor> {
     if fused(qkv) {
-        qkv.contiguous()?.apply_op1(kernels::CausalAttention::new(
+        qkv.contiguous()?.apply_op1(fused::CausalAttention::new(
             n_head,
             scale as f32,
             matmul_precision() == MatmulPrecision::Bf16,
@@ -213,7 +111,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
         return x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b.contiguous()?,
-            kernels::Linear {
+            fused::Linear {
                 transposed,
                 bf16: matmul_precision() == MatmulPrecision::Bf16,
             },
@@ -244,8 +142,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
 pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (xd, bd) = (x.dims(), b.dims());
     if fused(x) && b.dtype() == DType::F32 && xd.len() >= bd.len() && xd.ends_with(bd) {
-        x.contiguous()?
-            .apply_op2(&b.contiguous()?, kernels::AddBias)
+        x.contiguous()?.apply_op2(&b.contiguous()?, fused::AddBias)
     } else {
         x.broadcast_add(b)
     }
@@ -255,7 +152,7 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// elsewhere candle's add.
 pub fn residual_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if fused(a) && b.dtype() == DType::F32 && a.dims() == b.dims() {
-        a.contiguous()?.apply_op2(&b.contiguous()?, kernels::Add)
+        a.contiguous()?.apply_op2(&b.contiguous()?, fused::Add)
     } else {
         a + b
     }
@@ -264,7 +161,7 @@ pub fn residual_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// GPT-2's GELU, `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if fused(x) {
-        x.contiguous()?.apply_op1(kernels::GeluTanh)
+        x.contiguous()?.apply_op1(fused::GeluTanh)
     } else {
         composite::gelu(x)
     }
@@ -319,11 +216,10 @@ pub mod composite {
     pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tensor> {
         let (b, t, c3) = qkv.dims3()?;
         let c = c3 / 3;
-        let heads =
-            |i: usize| crate::layers::split_heads(&qkv.narrow(D::Minus1, i * c, c)?, n_head);
+        let heads = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * c, c)?, n_head);
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
-        crate::layers::merge_heads(&probs.matmul(&v)?)?.reshape((b, t, c))
+        merge_heads(&probs.matmul(&v)?)?.reshape((b, t, c))
     }
 }
 
@@ -345,42 +241,18 @@ pub fn causal_mask(q: usize, k: usize, dtype: DType, device: &Device) -> Result<
     Tensor::from_vec(data, (q, k), device)?.to_dtype(dtype)
 }
 
-/// Inverted dropout with a seeded generator: each element is zeroed with probability `p` and the
-/// survivors scaled by `1/(1−p)`, so the expectation is unchanged.
-#[derive(Debug)]
-pub struct Dropout {
-    p: f64,
-    rng: Mutex<Rng>,
+/// `[b, t, h·d] → [b, h, t, d]`, contiguous.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, hd) = x.dims3()?;
+    x.reshape((b, t, heads, hd / heads))?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
-impl Dropout {
-    /// Dropout with rate `p` whose masks come from `seed`.
-    pub fn new(p: f64, seed: u64) -> Self {
-        Self {
-            p,
-            rng: Mutex::new(Rng::seed_from_u64(seed)),
-        }
-    }
-
-    /// The dropout rate.
-    pub fn rate(&self) -> f64 {
-        self.p
-    }
-
-    /// Applies dropout when `train` is true and `p > 0`; the identity otherwise.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.p <= 0.0 {
-            return Ok(x.clone());
-        }
-        let keep = 1.0 - self.p;
-        let scale = (1.0 / keep) as f32;
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.bernoulli(keep) { scale } else { 0.0 })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x.mul(&mask)
-    }
+/// `[b, h, t, d] → [b, t, h·d]`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, t, h * d))
 }
 
 #[cfg(test)]

@@ -4,9 +4,11 @@
 //! memory — by one pass forward and one backward. [`crate::ops`] picks them on CPU for f32 and
 //! falls back to the composite forms elsewhere; tests check both agree in value and gradient.
 
-use crate::gemm::Tri;
+use crate::fastmath::{self, simd};
+use crate::gemm::{
+    gemm_bf16_bias, has_avx512f, matmul_into, mm, mm_causal, output_buffer, uses_bf16, Mat, Tri,
+};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use lm_objectives::fastmath::{self, simd};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -165,7 +167,7 @@ impl CustomOp1 for GeluTanh {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "gelu")?;
         #[cfg(target_arch = "x86_64")]
-        if crate::gemm::has_avx512f() {
+        if has_avx512f() {
             let mut y = output_buffer(x.len());
             par_zip(&mut y, x, x, |y, x, _| {
                 // SAFETY: AVX-512F was just detected.
@@ -207,7 +209,7 @@ impl CustomOp2 for GeluTanhGrad {
             candle_core::bail!("gelu-grad: x has {} elements, g {}", x.len(), g.len())
         }
         #[cfg(target_arch = "x86_64")]
-        if crate::gemm::has_avx512f() {
+        if has_avx512f() {
             let mut dx = output_buffer(x.len());
             par_zip(&mut dx, x, g, |dx, x, g| {
                 // SAFETY: AVX-512F was just detected.
@@ -839,208 +841,6 @@ impl CustomOp1 for RowSum {
 
 // ---------------------------------------------------------------- linear layer
 
-/// A row-major matrix operand for [`matmul_into`]: pointer-free view as (slice, column stride,
-/// row stride), so transposes are strides, never copies.
-#[derive(Clone, Copy)]
-pub(crate) struct Mat<'a> {
-    pub data: &'a [f32],
-    pub cs: isize,
-    pub rs: isize,
-}
-
-impl<'a> Mat<'a> {
-    /// `[r, c]` stored row-major.
-    pub fn rows(data: &'a [f32], c: usize) -> Self {
-        Self {
-            data,
-            cs: 1,
-            rs: c as isize,
-        }
-    }
-
-    /// The transpose of a row-major `[c, r]`.
-    pub fn cols(data: &'a [f32], r: usize) -> Self {
-        Self {
-            data,
-            cs: r as isize,
-            rs: 1,
-        }
-    }
-}
-
-/// `dst[m, n] (+)= scale · a[m, k] · b[k, n]`, `dst` row-major with row stride `dst_rs`;
-/// `accumulate` keeps what `dst` holds (e.g. a broadcast bias). With `parallel`, on all of
-/// rayon's threads (big products); otherwise on the calling thread (small products inside an
-/// already parallel loop). Our AVX-512 kernel where the CPU has it, the gemm crate otherwise.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_into(
-    dst: &mut [f32],
-    dst_rs: usize,
-    a: Mat,
-    b: Mat,
-    (m, k, n): (usize, usize, usize),
-    accumulate: bool,
-    scale: f32,
-    parallel: bool,
-) {
-    let span = |rs: isize, cs: isize, r: usize, c: usize| {
-        (r.saturating_sub(1) as isize * rs + c.saturating_sub(1) as isize * cs) as usize + 1
-    };
-    assert!(
-        dst.len() >= span(dst_rs as isize, 1, m, n)
-            && a.data.len() >= span(a.rs, a.cs, m, k)
-            && b.data.len() >= span(b.rs, b.cs, k, n),
-        "gemm operands out of bounds"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if crate::gemm::has_avx512f() {
-        let dims = (m, k, n);
-        return crate::gemm::avx512_f32::gemm(dst, dst_rs, a, b, dims, accumulate, scale, parallel);
-    }
-    gemm_crate(dst, dst_rs, a, b, (m, k, n), accumulate, scale, parallel)
-}
-
-/// [`gemm_into`] with the gemm crate (checked operands).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_crate(
-    dst: &mut [f32],
-    dst_rs: usize,
-    a: Mat,
-    b: Mat,
-    (m, k, n): (usize, usize, usize),
-    accumulate: bool,
-    scale: f32,
-    parallel: bool,
-) {
-    let threads = rayon::current_num_threads();
-    let par = if parallel && threads > 1 && m * n * k >= 1 << 15 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: `gemm_into`'s assert keeps every element gemm touches inside the three slices
-    // (strides are non-negative), and `dst` is borrowed mutably, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs,
-            a.rs,
-            b.data.as_ptr(),
-            b.cs,
-            b.rs,
-            if accumulate { 1.0 } else { 0.0 },
-            scale,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
-/// Whether [`mm`] runs a product in bf16: products under 2^20 multiply-adds (one attention
-/// head) stay in f32, where packing to bf16 and setting up the tiles would cost more than the
-/// bf16 arithmetic saves.
-fn uses_bf16(bf16: bool, (m, k, n): (usize, usize, usize)) -> bool {
-    bf16 && m * k * n >= 1 << 20
-}
-
-/// `dst = scale · a · b` on the calling thread ([`mm`] without accumulation), skipping the
-/// work `tri` marks as zero or unwanted where the AVX-512 kernel runs (elsewhere the full
-/// product, which is the same where it is wanted).
-#[allow(clippy::too_many_arguments)]
-fn mm_causal(
-    bf16: bool,
-    dst: &mut [f32],
-    dst_rs: usize,
-    a: Mat,
-    b: Mat,
-    dims: (usize, usize, usize),
-    scale: f32,
-    tri: Tri,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if !uses_bf16(bf16, dims) && crate::gemm::has_avx512f() {
-        return crate::gemm::avx512_f32::gemm_tri(dst, dst_rs, a, b, dims, scale, tri);
-    }
-    let _ = tri;
-    mm(bf16, dst, dst_rs, a, b, dims, false, scale, false)
-}
-
-/// A buffer for a kernel's output that the kernel overwrites in full before anything reads it.
-fn output_buffer(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `len` elements before
-    // the buffer is read. Zero-filling first was ~5% of a training step.
-    #[allow(clippy::uninit_vec)]
-    unsafe {
-        v.set_len(len)
-    };
-    v
-}
-
-/// [`gemm_into`], or with `bf16` (for products of at least 2^20 multiply-adds)
-/// [`crate::gemm::gemm_bf16_into`].
-#[allow(clippy::too_many_arguments)]
-fn mm(
-    bf16: bool,
-    dst: &mut [f32],
-    dst_rs: usize,
-    a: Mat,
-    b: Mat,
-    dims: (usize, usize, usize),
-    accumulate: bool,
-    scale: f32,
-    parallel: bool,
-) {
-    if uses_bf16(bf16, dims) {
-        crate::gemm::gemm_bf16_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
-    } else {
-        gemm_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
-    }
-}
-
-/// `dst = a · b` for row-major slices (checked sizes), on all threads.
-pub(crate) fn matmul_rows(
-    bf16: bool,
-    dst: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    (m, k, n): (usize, usize, usize),
-) {
-    assert!(
-        a.len() == m * k && b.len() == k * n && dst.len() == m * n,
-        "matmul: sizes"
-    );
-    matmul_into(
-        bf16,
-        dst,
-        Mat::rows(a, k),
-        Mat::rows(b, n),
-        (m, k, n),
-        false,
-    )
-}
-
-/// [`mm`] for a contiguous `dst`, on all threads.
-fn matmul_into(
-    bf16: bool,
-    dst: &mut [f32],
-    a: Mat,
-    b: Mat,
-    dims: (usize, usize, usize),
-    accumulate: bool,
-) {
-    mm(bf16, dst, dims.2, a, b, dims, accumulate, 1.0, true)
-}
-
 /// `y = x·W + b` over the last axis of `x: [.., in]`, with `W` stored `[in, out]` (GPT-2's
 /// `Conv1D`) or, with `transposed`, `[out, in]` (PyTorch's `nn.Linear`). Forward: the bias is
 /// broadcast into the output and one gemm accumulates onto it. Backward, one kernel:
@@ -1109,9 +909,9 @@ impl CustomOp3 for Linear {
         let (xm, wm) = (Mat::rows(x, d.n_in), self.w_in_out(w, &d));
         let y = if uses_bf16(self.bf16, dims) {
             let mut y = output_buffer(d.rows * d.n_out);
-            crate::gemm::gemm_bf16_bias(&mut y, xm, wm, dims, b, true);
+            gemm_bf16_bias(&mut y, xm, wm, dims, b, true);
             y
-        } else if crate::gemm::has_avx512f() {
+        } else if has_avx512f() {
             // The bias is added as each tile is stored.
             let mut y = output_buffer(d.rows * d.n_out);
             #[cfg(target_arch = "x86_64")]

@@ -1,0 +1,36 @@
+//! # lm-kernels
+//!
+//! The CPU compute layer under lm-models: what a training step spends its time in, kept apart
+//! from the models so that a reader of "the BERT model" never meets assembly.
+//!
+//! - [`ops`]: differentiable layer norm, RMS norm, softmax, GELU, linear, causal attention and
+//!   adds — fused CPU kernels with their backward for f32, candle's composite ops elsewhere
+//!   ([`ops::composite`], the reference they are tested against).
+//! - `gemm` (internal): matrix products split by instruction set — f32 AVX-512, AVX512-BF16
+//!   (`vdpbf16ps`), AMX tiles (`tdpbf16ps`), and the gemm crate as the portable fallback, chosen
+//!   at run time.
+//! - [`precision`]: the per-thread matmul precision (f32 or bf16 products with f32 accumulation).
+//! - [`threads`]: running a step on rayon's workers.
+//! - [`fastmath`]: vectorizable `exp`, `tanh`, sums and dot products.
+//! - [`memory`]: the allocator knob a training binary may turn.
+//! - [`peak`]: the measured f32 FMA peak of this CPU.
+//!
+//! All of the workspace's `unsafe` SIMD and `asm!` lives here, each block with its SAFETY note.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! let x = Tensor::new(&[[1f32, 2.0, 4.0]], &Device::Cpu).unwrap();
+//! let g = Tensor::ones(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+//! let y = lm_kernels::ops::layer_norm(&x, &g, None, 1e-5).unwrap();
+//! let mean: f32 = y.sum_all().unwrap().to_scalar().unwrap();
+//! assert!(mean.abs() < 1e-5);
+//! ```
+
+pub mod fastmath;
+mod fused;
+mod gemm;
+pub mod memory;
+pub mod ops;
+pub mod peak;
+pub mod precision;
+pub mod threads;

@@ -1,0 +1,73 @@
+//! The machine's arithmetic limit, measured: what MFU and kernel efficiency are stated against.
+
+/// f32 FMA throughput of one core in a register-only loop (12 independent accumulators, no
+/// memory operands): the arithmetic limit any matmul kernel works against. 512-bit FMA where the
+/// CPU has AVX-512, else 256-bit with AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+pub fn fma_flops_one_core() -> Option<f64> {
+    use std::arch::asm;
+    let iters: usize = 50_000_000;
+    let zmm = std::arch::is_x86_feature_detected!("avx512f");
+    if !zmm && !std::arch::is_x86_feature_detected!("fma") {
+        return None;
+    }
+    let start = std::time::Instant::now();
+    // SAFETY: the loops touch only the clobbered vector registers and the counter; the
+    // instruction set was checked above.
+    unsafe {
+        if zmm {
+            // Zeros throughout: no denormal operands (which take microcode assists).
+            asm!(
+                "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2", "vpxord zmm3, zmm3, zmm3", "vpxord zmm4, zmm4, zmm4", "vpxord zmm5, zmm5, zmm5", "vpxord zmm6, zmm6, zmm6", "vpxord zmm7, zmm7, zmm7", "vpxord zmm8, zmm8, zmm8", "vpxord zmm9, zmm9, zmm9", "vpxord zmm10, zmm10, zmm10", "vpxord zmm11, zmm11, zmm11", "vpxord zmm14, zmm14, zmm14", "vpxord zmm15, zmm15, zmm15",
+                "2:",
+                "vfmadd231ps zmm0, zmm14, zmm15", "vfmadd231ps zmm1, zmm14, zmm15",
+                "vfmadd231ps zmm2, zmm14, zmm15", "vfmadd231ps zmm3, zmm14, zmm15",
+                "vfmadd231ps zmm4, zmm14, zmm15", "vfmadd231ps zmm5, zmm14, zmm15",
+                "vfmadd231ps zmm6, zmm14, zmm15", "vfmadd231ps zmm7, zmm14, zmm15",
+                "vfmadd231ps zmm8, zmm14, zmm15", "vfmadd231ps zmm9, zmm14, zmm15",
+                "vfmadd231ps zmm10, zmm14, zmm15", "vfmadd231ps zmm11, zmm14, zmm15",
+                "dec {n}", "jnz 2b",
+                n = inout(reg) iters => _,
+                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+                out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+                out("zmm10") _, out("zmm11") _, out("zmm14") _, out("zmm15") _,
+                options(nostack),
+            );
+        } else {
+            // Zeros throughout: no denormal operands (which take microcode assists).
+            asm!(
+                "vxorps ymm0, ymm0, ymm0", "vxorps ymm1, ymm1, ymm1", "vxorps ymm2, ymm2, ymm2", "vxorps ymm3, ymm3, ymm3", "vxorps ymm4, ymm4, ymm4", "vxorps ymm5, ymm5, ymm5", "vxorps ymm6, ymm6, ymm6", "vxorps ymm7, ymm7, ymm7", "vxorps ymm8, ymm8, ymm8", "vxorps ymm9, ymm9, ymm9", "vxorps ymm10, ymm10, ymm10", "vxorps ymm11, ymm11, ymm11", "vxorps ymm14, ymm14, ymm14", "vxorps ymm15, ymm15, ymm15",
+                "2:",
+                "vfmadd231ps ymm0, ymm14, ymm15", "vfmadd231ps ymm1, ymm14, ymm15",
+                "vfmadd231ps ymm2, ymm14, ymm15", "vfmadd231ps ymm3, ymm14, ymm15",
+                "vfmadd231ps ymm4, ymm14, ymm15", "vfmadd231ps ymm5, ymm14, ymm15",
+                "vfmadd231ps ymm6, ymm14, ymm15", "vfmadd231ps ymm7, ymm14, ymm15",
+                "vfmadd231ps ymm8, ymm14, ymm15", "vfmadd231ps ymm9, ymm14, ymm15",
+                "vfmadd231ps ymm10, ymm14, ymm15", "vfmadd231ps ymm11, ymm14, ymm15",
+                "dec {n}", "jnz 2b",
+                n = inout(reg) iters => _,
+                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
+                out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
+                out("ymm10") _, out("ymm11") _, out("ymm14") _, out("ymm15") _,
+                options(nostack),
+            );
+        }
+    }
+    let lanes = if zmm { 16.0 } else { 8.0 };
+    Some(iters as f64 * 12.0 * 2.0 * lanes / start.elapsed().as_secs_f64())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn fma_flops_one_core() -> Option<f64> {
+    None
+}
+
+/// The f32 FMA peak of all cores: the register-only loop on every core at once.
+pub fn fma_peak() -> Option<f64> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runs: Vec<Option<f64>> = std::thread::scope(|s| {
+        let h: Vec<_> = (0..cores).map(|_| s.spawn(fma_flops_one_core)).collect();
+        h.into_iter().map(|h| h.join().ok().flatten()).collect()
+    });
+    runs.into_iter().sum()
+}

@@ -1,0 +1,47 @@
+//! Thread policy of the compute kernels: a training step runs on rayon's workers.
+
+use crate::precision::{matmul_precision, with_matmul_precision};
+
+/// Runs `f` on one of rayon's worker threads (with the caller's matmul precision), so that each
+/// parallel kernel inside forks from a worker instead of waking the pool from outside and putting
+/// the calling thread to sleep until it is done (two futex round trips per kernel call). Meanwhile
+/// the other workers poll for work instead of going to sleep between kernels: a step is a few
+/// hundred short parallel kernels, and a sleeping worker takes tens of µs to wake.
+pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    struct Done(Arc<AtomicBool>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    thread_local! {
+        static POLLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    /// A poller that finds no work for this long goes back to rayon (and to sleep).
+    const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_millis(2);
+    let p = matmul_precision();
+    rayon::scope(|_| {
+        let done = Done(Arc::new(AtomicBool::new(false)));
+        let (flag, owner) = (done.0.clone(), rayon::current_thread_index());
+        rayon::spawn_broadcast(move |ctx| {
+            // Not on the thread running `f` (it would only return once `f` has), and never
+            // inside another poller: a thread can pick this job up while it waits inside a
+            // job it took while polling, and that job's caller must not wait on this loop.
+            if Some(ctx.index()) == owner || POLLING.with(|p| p.replace(true)) {
+                return;
+            }
+            let mut idle_since = std::time::Instant::now();
+            while !flag.load(Ordering::Acquire) && idle_since.elapsed() < IDLE_LIMIT {
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle_since = std::time::Instant::now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            POLLING.with(|p| p.set(false));
+        });
+        with_matmul_precision(p, f)
+    })
+}

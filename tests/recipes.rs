@@ -3,7 +3,7 @@
 //! (or is skipped) naming the step, a tokenizer that disagrees with the config is refused.
 
 use candle_core::Device;
-use lm_train::config::{TrainConfig, RECIPES};
+use lm_train::config::{NonFinitePolicy, OptimizerKind, TokenizerKind, TrainConfig, RECIPES};
 use lm_train::metrics::MetricsLog;
 use lm_train::{TrainError, Trainer};
 
@@ -17,7 +17,7 @@ fn small_corpus(dir: &std::path::Path) -> String {
 /// A recipe shrunk to seconds: one small layer, short blocks, a small vocabulary.
 fn shrink(mut cfg: TrainConfig, corpus: &str, steps: u64) -> TrainConfig {
     cfg.data.corpus = corpus.into();
-    if cfg.data.tokenizer != "char" {
+    if cfg.data.tokenizer != TokenizerKind::Char {
         cfg.data.vocab_size = Some(300);
     }
     cfg.model.n_layer = 1;
@@ -120,7 +120,7 @@ fn a_non_finite_loss_stops_or_is_skipped_per_config() {
         &corpus,
         12,
     );
-    cfg.optim.name = "sgd".into();
+    cfg.optim.name = OptimizerKind::Sgd;
     cfg.optim.lr = 1e12;
     cfg.optim.min_lr = 1e12;
     cfg.optim.warmup_iters = 0;
@@ -140,7 +140,7 @@ fn a_non_finite_loss_stops_or_is_skipped_per_config() {
             _ => 0,
         }
     )));
-    cfg.train.on_nonfinite_loss = "skip".into();
+    cfg.train.on_nonfinite_loss = NonFinitePolicy::Skip;
     let summary = Trainer::new(cfg, &tmp.path().join("skip"), Device::Cpu)
         .unwrap()
         .train()
@@ -160,7 +160,7 @@ fn a_tokenizer_that_disagrees_with_the_config_is_refused() {
     let lines: Vec<&str> = lm_train::data::SHAKESPEARE[..40_000].lines().collect();
     let tok = lm_train::tokenizer::TextTokenizer::train(
         lm_train::tokenizer::TokenizerKind::Bpe,
-        "gpt",
+        lm_train::config::Family::Gpt,
         300,
         &lines,
     )
@@ -222,7 +222,8 @@ fn each_family_fine_tunes_from_its_pretraining_checkpoint() {
         let out = tmp.path().join(ft);
         let r = finetune(&cfg, &out, &Device::Cpu, false).unwrap_or_else(|e| panic!("{ft}: {e}"));
         assert_eq!(r.steps, 3);
-        assert_eq!(r.curve.len(), 1);
+        // Evaluated before the first step (as pretraining is) and at the end.
+        assert_eq!(r.curve.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 3]);
         let keys: Vec<&String> = r.test.keys().collect();
         assert_eq!(keys, r.baseline.keys().collect::<Vec<_>>());
         assert!(r.test.values().all(|v| (0.0..=1.0).contains(v)));
@@ -240,14 +241,13 @@ fn each_family_fine_tunes_from_its_pretraining_checkpoint() {
                 "balanced pairs: majority is 50%"
             );
         }
-        for f in [
-            "results.json",
-            "metrics.jsonl",
-            "data/train.jsonl",
-            "best/model.safetensors",
-            "best/tokenizer.json",
-        ] {
+        for f in ["results.json", "metrics.jsonl", "data/train.jsonl"] {
             assert!(out.join(f).exists(), "{ft}: {f}");
+        }
+        // The test metrics come from the best checkpoint, a complete HuggingFace directory.
+        let best = std::path::Path::new(&r.best_checkpoint);
+        for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+            assert!(best.join(f).exists(), "{ft}: {}", best.join(f).display());
         }
         // Scratch: same architecture, random weights — every tensor is fresh.
         cfg.finetune.scratch = true;
@@ -290,7 +290,7 @@ fn bf16_matmuls_train_like_f32_and_bad_precisions_are_refused() {
             &corpus,
             30,
         );
-        cfg.train.matmul_precision = precision.into();
+        cfg.train.matmul_precision = precision.parse().unwrap();
         // Wide enough that the linear layers' products (1024 rows × 64 × 256) take the bf16
         // path; products under 2^20 multiply-adds stay in f32.
         cfg.model.n_embd = 64;

@@ -288,7 +288,7 @@ fn train_step_at(
 ) -> Result<()> {
     use lm_train::{config::TrainConfig, data::BUILTIN_SHAKESPEARE, Trainer};
     let mut cfg = TrainConfig::recipe(recipe)?;
-    cfg.train.matmul_precision = precision.into();
+    cfg.train.matmul_precision = precision.parse().map_err(anyhow::Error::msg)?;
     cfg.data.corpus = BUILTIN_SHAKESPEARE.into();
     cfg.model.n_embd = n_embd;
     cfg.optim.lr_decay_iters = Some(cfg.lr_decay_iters());

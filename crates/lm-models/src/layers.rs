@@ -196,21 +196,49 @@ impl KvCache {
     }
 }
 
+thread_local! {
+    /// The key that dropout masks drawn on this thread derive from (see [`with_dropout_key`]).
+    static DROPOUT_KEY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with this thread's dropout key set to `key` (restoring the previous key after): every
+/// [`Dropout`] then draws its masks from a generator seeded by (its own seed, `key`), restarted
+/// when the key changes. A trainer that keys each micro-batch (e.g. by seed and batch index)
+/// makes dropout a pure function of the batch, so a resumed run draws the same masks as an
+/// uninterrupted one.
+pub fn with_dropout_key<R>(key: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(u64);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DROPOUT_KEY.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(DROPOUT_KEY.with(|k| k.replace(key)));
+    f()
+}
+
 /// Inverted dropout with a seeded generator: each element is zeroed with probability `p` and the
 /// survivors scaled by `1/(1−p)`, so the expectation is unchanged.
 #[derive(Debug)]
 pub struct Dropout {
     p: f64,
-    rng: Mutex<Rng>,
+    seed: u64,
+    /// The key the generator was last seeded for, and the generator.
+    rng: Mutex<(u64, Rng)>,
 }
 
 impl Dropout {
-    /// Dropout with rate `p` whose masks come from `seed`.
+    /// Dropout with rate `p` whose masks come from `seed` and the thread's dropout key.
     pub fn new(p: f64, seed: u64) -> Self {
         Self {
             p,
-            rng: Mutex::new(Rng::seed_from_u64(seed)),
+            seed,
+            rng: Mutex::new((0, Self::generator(seed, 0))),
         }
+    }
+
+    fn generator(seed: u64, key: u64) -> Rng {
+        Rng::seed_from_u64(seed ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17))
     }
 
     /// The dropout rate.
@@ -225,7 +253,12 @@ impl Dropout {
         }
         let keep = 1.0 - self.p;
         let scale = (1.0 / keep) as f32;
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let key = DROPOUT_KEY.with(|k| k.get());
+        let mut state = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0 != key {
+            *state = (key, Self::generator(self.seed, key));
+        }
+        let rng = &mut state.1;
         let mask: Vec<f32> = (0..x.elem_count())
             .map(|_| if rng.bernoulli(keep) { scale } else { 0.0 })
             .collect();

@@ -49,10 +49,15 @@ pub struct Preset {
 impl Preset {
     /// The optimizer over a decaying and a non-decaying group.
     pub fn build(&self, decay: NamedVars, no_decay: NamedVars) -> Result<Box<dyn Optimizer>> {
-        let groups = vec![
+        self.build_groups(vec![
             ParamGroup::new("decay", decay, self.weight_decay),
             ParamGroup::new("no_decay", no_decay, 0.0),
-        ];
+        ])
+    }
+
+    /// The optimizer over groups the caller made (e.g. a fine-tuning head with its own lr
+    /// scale); each group keeps its own weight decay.
+    pub fn build_groups(&self, groups: Vec<ParamGroup>) -> Result<Box<dyn Optimizer>> {
         Ok(match &self.rule {
             UpdateRule::Sgd(c) => Box::new(Sgd::new(groups, *c)?),
             UpdateRule::Adam(c) => Box::new(Adam::new(groups, *c)?),

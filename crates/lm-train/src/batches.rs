@@ -10,11 +10,12 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use lm_objectives::bart::{BartNoise, InfillingConfig};
 use lm_objectives::collate::{pad_batch, pad_labels, shift_right};
-use lm_objectives::mlm::{MlmConfig, MlmMasker, Selection};
+use lm_objectives::mlm::{MlmConfig, MlmMasker};
 use lm_objectives::nsp::{full_sentences, next_sentence_pairs, Document, NspConfig, NspExample};
 use lm_objectives::span_corruption::{Sentinels, SpanCorruptionConfig, SpanCorruptor};
 use lm_objectives::Rng;
 
+use crate::config::Family;
 use crate::config::TrainConfig;
 use crate::data::{Split, TokenizedCorpus};
 use crate::error::{Result, TrainError};
@@ -42,14 +43,14 @@ pub struct Specials {
 
 impl Specials {
     /// Looks up the family's special tokens in the tokenizer.
-    pub fn of(family: &str, tok: &TextTokenizer, kind: TokenizerKind) -> Result<Self> {
+    pub fn of(family: Family, tok: &TextTokenizer, kind: TokenizerKind) -> Result<Self> {
         let all: Vec<u32> = special_tokens(family, kind)
             .iter()
             .map(|t| tok.require(t))
             .collect::<Result<_>>()?;
         Ok(match (family, kind) {
             (_, TokenizerKind::Char) => Self::default(),
-            ("gpt", _) => {
+            (Family::Gpt, _) => {
                 let e = tok.require("<|endoftext|>")?;
                 Self {
                     pad: e,
@@ -61,7 +62,7 @@ impl Specials {
                     all,
                 }
             }
-            ("bert", _) => Self {
+            (Family::Bert, _) => Self {
                 pad: tok.require("[PAD]")?,
                 eos: tok.require("[SEP]")?,
                 bos: tok.require("[CLS]")?,
@@ -70,7 +71,7 @@ impl Specials {
                 sentinel: 0,
                 all,
             },
-            ("t5", _) => Self {
+            (Family::T5, _) => Self {
                 pad: tok.require("<pad>")?,
                 eos: tok.require("</s>")?,
                 bos: tok.require("<pad>")?,
@@ -79,7 +80,7 @@ impl Specials {
                 sentinel: tok.require("<extra_id_0>")?,
                 all,
             },
-            _ => Self {
+            (Family::Roberta | Family::Bart, _) => Self {
                 pad: tok.require("<pad>")?,
                 eos: tok.require("</s>")?,
                 bos: tok.require("<s>")?,
@@ -118,7 +119,7 @@ impl Pool {
 /// Builds the batches of a run.
 #[derive(Debug)]
 pub struct BatchSource {
-    family: String,
+    family: Family,
     corpus: Arc<TokenizedCorpus>,
     pools: [Pool; 2],
     block: usize,
@@ -170,10 +171,10 @@ impl BatchSource {
         specials: Specials,
         vocab: usize,
     ) -> Result<Self> {
-        let family = cfg.model.family.clone();
+        let family = cfg.model.family;
         let block = cfg.model.block_size;
         let vf = cfg.data.val_fraction;
-        let raw_len = if family == "t5" {
+        let raw_len = if family == Family::T5 {
             SpanCorruptionConfig {
                 noise_density: cfg.objective.noise_density,
                 mean_span_length: cfg.objective.mean_span_length,
@@ -186,9 +187,9 @@ impl BatchSource {
         let mut rng = Rng::seed_from_u64(cfg.train.seed ^ 0x9A17);
         let mut pool = |split: Split| -> Result<Pool> {
             let docs = corpus.split_documents(split, vf);
-            Ok(match family.as_str() {
-                "gpt" | "t5" => Pool::Stream(corpus.split_range(split, vf)),
-                "bert" => {
+            Ok(match family {
+                Family::Gpt | Family::T5 => Pool::Stream(corpus.split_range(split, vf)),
+                Family::Bert => {
                     let docs: Vec<Document> = docs.map(|d| corpus.document(d)).collect();
                     let nsp = NspConfig {
                         max_len: block,
@@ -204,7 +205,7 @@ impl BatchSource {
                     })?;
                     Pool::Pairs(pairs)
                 }
-                "roberta" => {
+                Family::Roberta => {
                     let docs: Vec<Document> = docs.map(|d| corpus.document(d)).collect();
                     Pool::Blocks(
                         full_sentences(&docs, block, specials.bos, specials.eos, specials.sep)
@@ -214,7 +215,7 @@ impl BatchSource {
                             })?,
                     )
                 }
-                _ => Pool::Docs(sentence_chunks(&corpus, docs, block - 1)),
+                Family::Bart => Pool::Docs(sentence_chunks(&corpus, docs, block - 1)),
             })
         };
         let pools = [pool(Split::Train)?, pool(Split::Val)?];
@@ -256,11 +257,7 @@ impl BatchSource {
         let ob = &self.cfg.objective;
         let mlm = MlmConfig {
             rate: ob.mlm_rate,
-            selection: if ob.mlm_selection == "bernoulli" {
-                Selection::Bernoulli
-            } else {
-                Selection::ExactCount
-            },
+            selection: ob.mlm_selection.into(),
             ..Default::default()
         };
         Ok(MlmMasker::new(
@@ -278,8 +275,8 @@ impl BatchSource {
         let pool = &self.pools[split_index(split)];
         let tensor_u32 = |v: Vec<u32>, r: usize, c: usize| Tensor::from_vec(v, (r, c), device);
         let tensor_i64 = |v: Vec<i64>, r: usize, c: usize| Tensor::from_vec(v, (r, c), device);
-        Ok(match (self.family.as_str(), pool) {
-            ("gpt", Pool::Stream(range)) => {
+        Ok(match (self.family, pool) {
+            (Family::Gpt, Pool::Stream(range)) => {
                 let (mut x, mut y) = (
                     Vec::with_capacity(batch * self.block),
                     Vec::with_capacity(batch * self.block),
@@ -303,7 +300,7 @@ impl BatchSource {
                     tokens: batch * self.block,
                 }
             }
-            ("t5", Pool::Stream(range)) => {
+            (Family::T5, Pool::Stream(range)) => {
                 let sc = SpanCorruptionConfig {
                     noise_density: self.cfg.objective.noise_density,
                     mean_span_length: self.cfg.objective.mean_span_length,
@@ -329,7 +326,7 @@ impl BatchSource {
                 }
                 self.seq2seq(inputs, targets, self.specials.pad, device)?
             }
-            ("bert", Pool::Pairs(pairs)) => {
+            (Family::Bert, Pool::Pairs(pairs)) => {
                 let mut masker = self.masker(&mut rng)?;
                 let picked: Vec<&NspExample> = (0..batch)
                     .map(|_| &pairs[rng.below(pairs.len() as u64) as usize])
@@ -374,7 +371,7 @@ impl BatchSource {
                     tokens: b * t,
                 }
             }
-            ("roberta", Pool::Blocks(blocks)) => {
+            (Family::Roberta, Pool::Blocks(blocks)) => {
                 let mut masker = self.masker(&mut rng)?;
                 let masked: Vec<_> = (0..batch)
                     .map(|_| masker.mask(&blocks[rng.below(blocks.len() as u64) as usize]))

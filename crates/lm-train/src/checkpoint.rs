@@ -24,8 +24,10 @@ pub struct TrainerState {
     pub tokens_seen: u64,
     /// Wall-clock training seconds so far.
     pub elapsed_s: f64,
-    /// Best validation loss so far and its step.
-    pub best: Option<(u64, f32)>,
+    /// The step and value of the best evaluation so far by the run's selection metric: the
+    /// validation loss (lower is better) in pretraining, the task's validation metric (higher is
+    /// better) in fine-tuning.
+    pub best: Option<(u64, f64)>,
     /// Evaluations since the best one (for early stopping).
     #[serde(default)]
     pub evals_since_best: usize,

@@ -1,5 +1,6 @@
-//! Pre-train, then fine-tune: a pretrained checkpoint (a run of this project or a local
-//! HuggingFace directory) adapted to a labelled task.
+//! Pre-train, then fine-tune: the task definitions that plug a labelled task into the trainer's
+//! one loop ([`crate::Trainer`]). A pretrained checkpoint (a run of this project or a local
+//! HuggingFace directory) is adapted to the task:
 //!
 //! - BERT classifies from the pooled `[CLS]` with a new `classifier` head (single texts or pairs
 //!   with segment ids); metrics accuracy and macro-F1.
@@ -7,232 +8,82 @@
 //!   metrics exact match and token F1.
 //! - GPT learns `p(target | prompt)` with the loss on the target only (prompt positions get the
 //!   ignore index), and classifies by generating the label word.
+//!
+//! What a task defines: how examples are encoded, the batch of each key (a pure function of
+//! (seed, split, key), so a resumed run sees the same batches), how the model predicts, and the
+//! metric that selects the best checkpoint. Everything else — the step, accumulation, clipping,
+//! schedule, checkpoints, exact resume, early stopping, metrics — is the trainer's.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use lm_models::bart::Bart;
-use lm_models::bert::BertForSequenceClassification;
+use lm_models::bert::{BertConfig, BertForSequenceClassification};
 use lm_models::gpt::Gpt;
 use lm_models::t5::T5;
-use lm_models::Sampling;
+use lm_models::{ParamStore, Sampling};
 use lm_objectives::collate::{pad_batch, pad_labels, shift_right};
-use lm_objectives::loss::{cross_entropy, CrossEntropy};
 use lm_objectives::{Rng, IGNORE_INDEX};
-use lm_optim::{
-    clip::clip_grad_norm, AdaFactor, AdaFactorConfig, AdaFactorLr, Adam, AdamConfig, Optimizer,
-    ParamGroup, Sgd, SgdConfig,
-};
+use lm_optim::ParamGroup;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, write_atomic};
-use crate::config::OptimSection;
+use crate::config::{Freeze, TaskKind};
+use crate::data::Split;
 use crate::error::{io_err, Result, TrainError};
+use crate::model::{AnyModel, Batch};
 use crate::tasks::{self, Example, TaskData};
 use crate::tokenizer::TextTokenizer;
 
-/// A fine-tuning run's configuration (TOML).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FinetuneConfig {
-    /// Task, starting point and options.
-    pub finetune: FinetuneSection,
-    /// Optimizer and schedule (AdamW with warmup and linear decay is the usual choice).
-    pub optim: OptimSection,
-    /// Loop.
-    pub train: FinetuneTrainSection,
-}
+pub use crate::config::{FinetuneConfig, FinetuneSection, FINETUNE_RECIPES};
 
-/// `[finetune]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FinetuneSection {
-    /// `"pairs"`, `"table-to-text"` (both generated) or `"jsonl"` (the files below).
-    pub task: String,
-    /// The pretrained model: a run directory (its newest checkpoint), a checkpoint directory, or a
-    /// HuggingFace directory with `tokenizer.json`.
-    pub init: String,
-    /// Keep the architecture and tokenizer of `init` but start from random weights (the baseline).
-    #[serde(default)]
-    pub scratch: bool,
-    /// JSONL files for task = "jsonl".
-    #[serde(default)]
-    pub train_file: Option<String>,
-    /// Validation JSONL.
-    #[serde(default)]
-    pub val_file: Option<String>,
-    /// Test JSONL.
-    #[serde(default)]
-    pub test_file: Option<String>,
-    /// Generated training examples.
-    #[serde(default = "d_train")]
-    pub train_examples: usize,
-    /// Generated validation examples.
-    #[serde(default = "d_val")]
-    pub val_examples: usize,
-    /// Generated test examples.
-    #[serde(default = "d_test")]
-    pub test_examples: usize,
-    /// `"none"`, `"embeddings"` or `"encoder"` (all but the head / decoder).
-    #[serde(default = "d_freeze")]
-    pub freeze: String,
-    /// Learning-rate multiplier of the new head relative to the body.
-    #[serde(default = "d_one")]
-    pub head_lr_scale: f64,
-    /// Longest input in tokens.
-    #[serde(default = "d_len")]
-    pub max_len: usize,
-    /// Longest target in tokens.
-    #[serde(default = "d_tlen")]
-    pub max_target_len: usize,
-}
-
-/// `[train]` of a fine-tuning run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FinetuneTrainSection {
-    /// Examples per step.
-    pub batch_size: usize,
-    /// Optimizer steps.
-    pub max_iters: u64,
-    /// Evaluate on the validation set every this many steps.
-    pub eval_interval: u64,
-    /// Seed of head initialization and batch order.
-    #[serde(default)]
-    pub seed: u64,
-    /// Stop when the validation metric has not improved for this many evaluations (0: never).
-    #[serde(default)]
-    pub early_stopping_patience: usize,
-}
-
-fn d_train() -> usize {
-    2000
-}
-fn d_val() -> usize {
-    100
-}
-fn d_test() -> usize {
-    200
-}
-fn d_freeze() -> String {
-    "none".into()
-}
-fn d_one() -> f64 {
-    1.0
-}
-fn d_len() -> usize {
-    64
-}
-fn d_tlen() -> usize {
-    40
-}
-
-/// The fine-tuning recipes shipped with the project.
-pub const FINETUNE_RECIPES: &[(&str, &str)] = &[
-    (
-        "bert-finetune-pairs",
-        include_str!("../../../recipes/bert-finetune-pairs.toml"),
-    ),
-    (
-        "t5-table-to-text",
-        include_str!("../../../recipes/t5-table-to-text.toml"),
-    ),
-    (
-        "bart-table-to-text",
-        include_str!("../../../recipes/bart-table-to-text.toml"),
-    ),
-    (
-        "gpt-table-to-text",
-        include_str!("../../../recipes/gpt-table-to-text.toml"),
-    ),
-];
-
-impl FinetuneConfig {
-    /// Parses a TOML config; `source` names it in errors.
-    pub fn from_toml(text: &str, source: &str) -> Result<Self> {
-        let cfg: Self = crate::config::parse_toml(text, source)?;
-        let err = |key: &str, problem: String| {
-            Err(TrainError::Config {
-                source_name: source.into(),
-                key: key.into(),
-                problem,
-            })
-        };
-        if !matches!(
-            cfg.finetune.task.as_str(),
-            "pairs" | "table-to-text" | "jsonl"
-        ) {
-            return err(
-                "finetune.task",
-                format!(
-                    "{:?} is not \"pairs\", \"table-to-text\" or \"jsonl\"",
-                    cfg.finetune.task
-                ),
-            );
-        }
-        if cfg.finetune.task == "jsonl"
-            && (cfg.finetune.train_file.is_none()
-                || cfg.finetune.val_file.is_none()
-                || cfg.finetune.test_file.is_none())
-        {
-            return err(
-                "finetune.train_file",
-                "task \"jsonl\" needs train_file, val_file and test_file".into(),
-            );
-        }
-        if !matches!(
-            cfg.finetune.freeze.as_str(),
-            "none" | "embeddings" | "encoder"
-        ) {
-            return err(
-                "finetune.freeze",
-                format!(
-                    "{:?} is not \"none\", \"embeddings\" or \"encoder\"",
-                    cfg.finetune.freeze
-                ),
-            );
-        }
-        if cfg.train.batch_size == 0 || cfg.train.eval_interval == 0 {
-            return err(
-                "train",
-                "batch_size and eval_interval must be positive".into(),
-            );
-        }
-        Ok(cfg)
-    }
-
-    /// A bundled fine-tuning recipe.
-    pub fn recipe(name: &str) -> Result<Self> {
-        Self::from_toml(
-            crate::config::recipe_text(FINETUNE_RECIPES, name)?,
-            &format!("recipe {name}"),
-        )
-    }
-
-    /// Reads a TOML file.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        Self::from_toml(
-            &std::fs::read_to_string(path).map_err(io_err(path))?,
-            &path.display().to_string(),
-        )
-    }
-}
-
-/// The model being fine-tuned.
-enum FtModel {
-    Bert(BertForSequenceClassification),
-    Gpt(Gpt),
-    Bart(Bart),
-    T5(T5),
+/// How the model family turns an example into a loss and a prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// BERT: a class from the pooled `[CLS]`.
+    Classify,
+    /// GPT: the target continues the prompt.
+    Causal,
+    /// BART / T5: the target is decoded from the encoded input.
+    Seq2Seq,
 }
 
 /// One encoded example.
+#[derive(Debug, Clone)]
 struct Encoded {
     input: Vec<u32>,
     segments: Vec<u32>,
-    /// Class index (classification) or target ids (generation).
+    /// Class index (classification).
     label: usize,
+    /// Target ids ending in the end token (generation).
     target: Vec<u32>,
+}
+
+/// Special ids the encodings use.
+#[derive(Debug, Clone, Copy)]
+struct Ids {
+    cls: u32,
+    sep: u32,
+    eos: u32,
+    pad: u32,
+    decoder_start: u32,
+}
+
+/// A fine-tuning task bound to a model family and tokenizer: encoded splits, batches, predictions
+/// and metrics.
+#[derive(Debug)]
+pub struct FinetuneTask {
+    cfg: FinetuneConfig,
+    head: Head,
+    ids: Ids,
+    tokenizer: TextTokenizer,
+    labels: Vec<String>,
+    data: TaskData,
+    encoded: [Vec<Encoded>; 3],
+    /// GPT's context length (`usize::MAX` for the others).
+    context: usize,
+    fresh: Vec<String>,
 }
 
 /// Outcome of a fine-tuning run (`results.json`).
@@ -250,14 +101,25 @@ pub struct FinetuneResults {
     pub metric: String,
     /// Best validation value of it.
     pub best_val: f64,
+    /// The checkpoint with that value (its weights gave the test metrics).
+    pub best_checkpoint: String,
     /// Test metrics of the best model.
-    pub test: std::collections::BTreeMap<String, f64>,
+    pub test: BTreeMap<String, f64>,
     /// The same metrics for the trivial baseline (majority class, or copying the input).
-    pub baseline: std::collections::BTreeMap<String, f64>,
+    pub baseline: BTreeMap<String, f64>,
     /// Names of tensors that were freshly initialized.
     pub fresh_tensors: Vec<String>,
     /// (step, validation metric) after each evaluation.
     pub curve: Vec<(u64, f64)>,
+}
+
+/// The model, its parameters and optimizer groups, as a task builds them for the trainer.
+pub(crate) struct Prepared {
+    pub tokenizer: TextTokenizer,
+    pub task: FinetuneTask,
+    pub model: AnyModel,
+    pub store: ParamStore,
+    pub groups: Vec<ParamGroup>,
 }
 
 fn resolve_init(init: &Path) -> Result<PathBuf> {
@@ -270,178 +132,380 @@ fn resolve_init(init: &Path) -> Result<PathBuf> {
     })
 }
 
-fn is_frozen(name: &str, freeze: &str) -> bool {
+/// Whether parameter `name` stays fixed under `freeze`.
+fn is_frozen(name: &str, freeze: Freeze) -> bool {
+    let embedding = name.contains("embeddings")
+        || name.contains(".wte.")
+        || name.contains(".wpe.")
+        || name.contains("shared")
+        || name.contains("embed_positions");
     match freeze {
-        "embeddings" => {
-            name.contains("embeddings")
-                || name.contains(".wte.")
-                || name.contains(".wpe.")
-                || name.contains("shared")
-                || name.contains("embed_positions")
-        }
+        Freeze::None => false,
+        Freeze::Embeddings => embedding,
         // The whole body below the task's output: BERT's encoder, T5's and BART's encoder with
-        // the shared embedding. (GPT has no encoder: nothing extra is frozen.)
-        "encoder" => {
+        // the shared embedding. (GPT has no encoder: only its embeddings are frozen.)
+        Freeze::Encoder => {
             name.starts_with("bert.")
                 || name.starts_with("encoder.")
                 || name.starts_with("model.encoder.")
-                || is_frozen(name, "embeddings")
+                || embedding
         }
-        _ => false,
     }
 }
 
-/// Runs a fine-tuning configuration into `out`; returns the results (also in `out/results.json`).
-pub fn finetune(
-    cfg: &FinetuneConfig,
-    out: &Path,
-    device: &Device,
-    verbose: bool,
-) -> Result<FinetuneResults> {
-    let f = &cfg.finetune;
-    let ckpt = resolve_init(Path::new(&f.init))?;
-    let tok_path = [
-        ckpt.join("tokenizer.json"),
-        Path::new(&f.init).join("tokenizer.json"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .ok_or_else(|| TrainError::Checkpoint {
-        path: ckpt.clone(),
-        problem: "no tokenizer.json next to the model".into(),
-    })?;
-    let tok = TextTokenizer::load(&tok_path)?;
-    let model_type = lm_models::hf::model_type(&ckpt)?;
-    std::fs::create_dir_all(out.join("data")).map_err(io_err(out))?;
+const SPLIT_FILES: [&str; 3] = ["train", "val", "test"];
 
-    // Data: generated or read, and kept in the run directory as JSONL.
-    let data = match f.task.as_str() {
-        "pairs" => tasks::next_line_pairs(
+/// The task's examples: generated, or read from the configured JSONL files.
+fn task_data(cfg: &FinetuneConfig) -> Result<TaskData> {
+    let f = &cfg.finetune;
+    let seed = cfg.train.seed;
+    Ok(match f.task {
+        TaskKind::Pairs => tasks::next_line_pairs(
             crate::data::SHAKESPEARE,
-            cfg.train.seed,
+            seed,
             f.train_examples,
             f.val_examples,
             f.test_examples,
         )?,
-        "table-to-text" => tasks::table_to_text(
-            cfg.train.seed,
-            f.train_examples,
-            f.val_examples,
-            f.test_examples,
-        ),
-        _ => TaskData {
-            train: tasks::read_jsonl(Path::new(f.train_file.as_deref().unwrap_or_default()))?,
-            val: tasks::read_jsonl(Path::new(f.val_file.as_deref().unwrap_or_default()))?,
-            test: tasks::read_jsonl(Path::new(f.test_file.as_deref().unwrap_or_default()))?,
-        },
+        TaskKind::TableToText => {
+            tasks::table_to_text(seed, f.train_examples, f.val_examples, f.test_examples)
+        }
+        TaskKind::Jsonl => {
+            let read =
+                |p: &Option<String>| tasks::read_jsonl(Path::new(p.as_deref().unwrap_or("")));
+            TaskData {
+                train: read(&f.train_file)?,
+                val: read(&f.val_file)?,
+                test: read(&f.test_file)?,
+            }
+        }
+    })
+}
+
+/// Class labels of the training examples, sorted; `None` for a text-to-text task.
+fn class_labels(data: &TaskData) -> Result<Option<Vec<String>>> {
+    let label = |e: &Example| match e {
+        Example::Pair { label, .. } | Example::Single { label, .. } => Some(label.clone()),
+        Example::TextToText { .. } => None,
     };
-    for (name, ex) in [
-        ("train", &data.train),
-        ("val", &data.val),
-        ("test", &data.test),
-    ] {
-        tasks::write_jsonl(&out.join("data").join(format!("{name}.jsonl")), ex)?;
+    let all: Vec<Option<String>> = data.train.iter().map(label).collect();
+    if all.iter().all(Option::is_none) {
+        return Ok(None);
     }
-    let classification = data
-        .train
-        .iter()
-        .all(|e| !matches!(e, Example::TextToText { .. }));
-    let mut labels: Vec<String> = data
-        .train
-        .iter()
-        .filter_map(|e| match e {
-            Example::Pair { label, .. } | Example::Single { label, .. } => Some(label.clone()),
-            _ => None,
-        })
-        .collect();
+    if all.iter().any(Option::is_none) {
+        return Err(TrainError::Corpus {
+            corpus: "training examples".into(),
+            problem: "mix labelled examples and input/target pairs; a task is one or the other"
+                .into(),
+        });
+    }
+    let mut labels: Vec<String> = all.into_iter().flatten().collect();
     labels.sort();
     labels.dedup();
-
-    // Model.
-    let seed = cfg.train.seed;
-    let (model, store, fresh) = match model_type.as_str() {
-        "bert" => {
-            if !classification {
-                return Err(TrainError::Config { source_name: f.init.clone(), key: "finetune.task".into(), problem: "a BERT checkpoint fine-tunes on classification tasks (pairs or labelled JSONL)".into() });
+    for (split, ex) in [("val", &data.val), ("test", &data.test)] {
+        for e in ex {
+            match label(e) {
+                Some(l) if labels.contains(&l) => {}
+                Some(l) => {
+                    return Err(TrainError::Corpus {
+                        corpus: format!("{split} examples"),
+                        problem: format!(
+                            "label {l:?} never occurs in training (labels: {labels:?})"
+                        ),
+                    })
+                }
+                None => {
+                    return Err(TrainError::Corpus {
+                        corpus: format!("{split} examples"),
+                        problem: "an input/target pair in a classification task".into(),
+                    })
+                }
             }
-            let (m, s, fresh) = if f.scratch {
-                let c: lm_models::bert::BertConfig = lm_models::hf::read_config(&ckpt, &["bert"])?;
-                let (m, s) = BertForSequenceClassification::init(&c, labels.len(), seed, device)?;
-                let names = s.vars().into_iter().map(|(n, _)| n).collect();
-                (m, s, names)
-            } else {
-                BertForSequenceClassification::from_hf_dir(&ckpt, labels.len(), seed, device)?
+        }
+    }
+    Ok(Some(labels))
+}
+
+/// The model `dir` holds (from its `config.json`), random with `scratch`; for BERT a classifier
+/// over `labels`. Returns the names of freshly initialized tensors.
+fn load_model(
+    dir: &Path,
+    labels: Option<&[String]>,
+    scratch: bool,
+    seed: u64,
+    device: &Device,
+) -> Result<(AnyModel, ParamStore, Vec<String>)> {
+    let all_fresh = |s: &ParamStore| s.vars().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    Ok(match lm_models::hf::model_type(dir)?.as_str() {
+        "bert" => {
+            let Some(labels) = labels else {
+                return Err(TrainError::Checkpoint {
+                    path: dir.into(),
+                    problem: "a BERT checkpoint fine-tunes on classification tasks (pairs or labelled JSONL), not input/target pairs".into(),
+                });
             };
-            (FtModel::Bert(m), s, fresh)
+            let (m, s, fresh) = if scratch {
+                let c: BertConfig = lm_models::hf::read_config(dir, &["bert"])?;
+                let (m, s) = BertForSequenceClassification::init(&c, labels.len(), seed, device)?;
+                let fresh = all_fresh(&s);
+                (m, s, fresh)
+            } else {
+                BertForSequenceClassification::from_hf_dir(dir, labels.len(), seed, device)?
+            };
+            (AnyModel::BertClassifier(m, labels.to_vec()), s, fresh)
         }
         "gpt2" => {
-            let (m, s) = if f.scratch {
-                Gpt::init(&lm_models::hf::read_config(&ckpt, &["gpt2"])?, seed, device)?
+            let (m, s) = if scratch {
+                Gpt::init(&lm_models::hf::read_config(dir, &["gpt2"])?, seed, device)?
             } else {
-                Gpt::from_hf_dir(&ckpt, device)?
+                Gpt::from_hf_dir(dir, device)?
             };
-            (FtModel::Gpt(m), s, vec![])
+            let fresh = if scratch { all_fresh(&s) } else { vec![] };
+            (AnyModel::Gpt(m), s, fresh)
         }
         "bart" => {
-            let (m, s) = if f.scratch {
-                Bart::init(&lm_models::hf::read_config(&ckpt, &["bart"])?, seed, device)?
+            let (m, s) = if scratch {
+                Bart::init(&lm_models::hf::read_config(dir, &["bart"])?, seed, device)?
             } else {
-                Bart::from_hf_dir(&ckpt, device)?
+                Bart::from_hf_dir(dir, device)?
             };
-            (FtModel::Bart(m), s, vec![])
+            let fresh = if scratch { all_fresh(&s) } else { vec![] };
+            (AnyModel::Bart(m), s, fresh)
         }
         "t5" => {
-            let (m, s) = if f.scratch {
-                T5::init(&lm_models::hf::read_config(&ckpt, &["t5"])?, seed, device)?
+            let (m, s) = if scratch {
+                T5::init(&lm_models::hf::read_config(dir, &["t5"])?, seed, device)?
             } else {
-                T5::from_hf_dir(&ckpt, device)?
+                T5::from_hf_dir(dir, device)?
             };
-            (FtModel::T5(m), s, vec![])
+            let fresh = if scratch { all_fresh(&s) } else { vec![] };
+            (AnyModel::T5(m), s, fresh)
         }
         other => {
             return Err(TrainError::Checkpoint {
-                path: ckpt.clone(),
+                path: dir.into(),
                 problem: format!("cannot fine-tune model_type {other:?}"),
             })
         }
-    };
-    if verbose && !fresh.is_empty() && !f.scratch {
-        println!("freshly initialized: {}", fresh.join(", "));
+    })
+}
+
+/// Optimizer groups: the new head (its own lr scale, no decay), matrices (decay) and vectors
+/// (no decay); frozen tensors and buffers are left out.
+fn param_groups(store: &ParamStore, cfg: &FinetuneConfig) -> Vec<ParamGroup> {
+    let (mut head, mut decay, mut no_decay) = (vec![], vec![], vec![]);
+    for (n, v) in store.vars() {
+        if is_frozen(&n, cfg.finetune.freeze) || Bart::is_buffer(&n) {
+            continue;
+        }
+        if n.starts_with("classifier.") {
+            head.push((n, v));
+        } else if v.rank() >= 2 {
+            decay.push((n, v));
+        } else {
+            no_decay.push((n, v));
+        }
+    }
+    let mut head = ParamGroup::new("head", head, 0.0);
+    head.lr_scale = cfg.finetune.head_lr_scale;
+    vec![
+        ParamGroup::new("decay", decay, cfg.optim.weight_decay),
+        ParamGroup::new("no_decay", no_decay, 0.0),
+        head,
+    ]
+}
+
+impl FinetuneTask {
+    /// A new run: the task's data written to `run_dir/data`, the tokenizer copied beside it, the
+    /// model from `finetune.init`.
+    pub(crate) fn prepare(
+        cfg: &FinetuneConfig,
+        run_dir: &Path,
+        device: &Device,
+    ) -> Result<Prepared> {
+        let f = &cfg.finetune;
+        let ckpt = resolve_init(Path::new(&f.init))?;
+        let tok_path = [
+            ckpt.join("tokenizer.json"),
+            Path::new(&f.init).join("tokenizer.json"),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: ckpt.clone(),
+            problem: "no tokenizer.json next to the model".into(),
+        })?;
+        let tokenizer = TextTokenizer::load(&tok_path)?;
+        let data = task_data(cfg)?;
+        let labels = class_labels(&data)?;
+        let (model, store, fresh) =
+            load_model(&ckpt, labels.as_deref(), f.scratch, cfg.train.seed, device)?;
+        let data_dir = run_dir.join("data");
+        std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
+        for (name, ex) in SPLIT_FILES.iter().zip([&data.train, &data.val, &data.test]) {
+            tasks::write_jsonl(&data_dir.join(format!("{name}.jsonl")), ex)?;
+        }
+        let fresh_json = serde_json::to_string(&fresh).expect("names serialize");
+        write_atomic(&data_dir.join("fresh_tensors.json"), fresh_json.as_bytes())?;
+        Self::assemble(cfg, tokenizer, data, labels, model, store, fresh)
     }
 
-    // Special ids.
-    let id = |names: &[&str]| names.iter().find_map(|n| tok.token_id(n));
-    let (cls, sep) = (
-        id(&["[CLS]", "<s>"]).unwrap_or(0),
-        id(&["[SEP]", "</s>"]).unwrap_or(0),
-    );
-    let eos = id(&["</s>", "<|endoftext|>", "[SEP]"]).unwrap_or(0);
-    let pad = id(&["<pad>", "[PAD]", "<|endoftext|>"]).unwrap_or(0);
-    let gpt_ctx = if let FtModel::Gpt(m) = &model {
-        m.config().n_positions
-    } else {
-        usize::MAX
-    };
-    let max_len = f.max_len.min(gpt_ctx);
+    /// An existing run: data and tokenizer from `run_dir`, the model from checkpoint `ckpt`.
+    pub(crate) fn reopen(
+        cfg: &FinetuneConfig,
+        run_dir: &Path,
+        ckpt: &Path,
+        device: &Device,
+    ) -> Result<Prepared> {
+        let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
+        let data_dir = run_dir.join("data");
+        let read = |name: &str| tasks::read_jsonl(&data_dir.join(format!("{name}.jsonl")));
+        let data = TaskData {
+            train: read("train")?,
+            val: read("val")?,
+            test: read("test")?,
+        };
+        let fresh_path = data_dir.join("fresh_tensors.json");
+        let fresh: Vec<String> = std::fs::read_to_string(&fresh_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let labels = class_labels(&data)?;
+        let (model, store, _) = load_model(ckpt, labels.as_deref(), false, cfg.train.seed, device)?;
+        Self::assemble(cfg, tokenizer, data, labels, model, store, fresh)
+    }
 
-    let encode = |e: &Example| -> Result<Encoded> {
-        Ok(match e {
-            Example::Pair {
-                text_a,
-                text_b,
-                label,
-            } => {
-                let (mut a, mut b) = (tok.encode(text_a)?, tok.encode(text_b)?);
-                if let FtModel::Gpt(_) = model {
-                    let mut input = tok.encode(&format!("{text_a} | {text_b} ?"))?;
-                    input.truncate(max_len.saturating_sub(3));
-                    return Ok(Encoded {
-                        input,
-                        segments: vec![],
-                        label: labels.iter().position(|l| l == label).unwrap_or(0),
-                        target: [tok.encode(&format!(" {label}"))?, vec![eos]].concat(),
-                    });
+    fn assemble(
+        cfg: &FinetuneConfig,
+        tokenizer: TextTokenizer,
+        data: TaskData,
+        labels: Option<Vec<String>>,
+        model: AnyModel,
+        store: ParamStore,
+        fresh: Vec<String>,
+    ) -> Result<Prepared> {
+        if data.train.is_empty() || data.val.is_empty() || data.test.is_empty() {
+            return Err(TrainError::Corpus {
+                corpus: format!("task {}", cfg.finetune.task),
+                problem: format!(
+                    "{} training, {} validation and {} test examples; each split needs at least one",
+                    data.train.len(),
+                    data.val.len(),
+                    data.test.len()
+                ),
+            });
+        }
+        let id = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_id(n));
+        let (head, context, decoder_start) = match &model {
+            AnyModel::BertClassifier(..) | AnyModel::Bert(_) => (Head::Classify, usize::MAX, 0),
+            AnyModel::Gpt(m) => (Head::Causal, m.config().n_positions, 0),
+            AnyModel::Bart(m) => (Head::Seq2Seq, usize::MAX, m.config().decoder_start_token_id),
+            AnyModel::T5(m) => (Head::Seq2Seq, usize::MAX, m.config().decoder_start_token_id),
+        };
+        let ids = Ids {
+            cls: id(&["[CLS]", "<s>"]).unwrap_or(0),
+            sep: id(&["[SEP]", "</s>"]).unwrap_or(0),
+            eos: id(&["</s>", "<|endoftext|>", "[SEP]"]).unwrap_or(0),
+            pad: id(&["<pad>", "[PAD]", "<|endoftext|>"]).unwrap_or(0),
+            decoder_start,
+        };
+        let mut task = Self {
+            cfg: cfg.clone(),
+            head,
+            ids,
+            tokenizer: tokenizer.clone(),
+            labels: labels.unwrap_or_default(),
+            data,
+            encoded: [vec![], vec![], vec![]],
+            context,
+            fresh,
+        };
+        let encode_all = |ex: &[Example]| -> Result<Vec<Encoded>> {
+            ex.iter().map(|e| task.encode(e)).collect()
+        };
+        let encoded = [
+            encode_all(&task.data.train)?,
+            encode_all(&task.data.val)?,
+            encode_all(&task.data.test)?,
+        ];
+        task.encoded = encoded;
+        let groups = param_groups(&store, cfg);
+        Ok(Prepared {
+            tokenizer,
+            task,
+            model,
+            store,
+            groups,
+        })
+    }
+
+    /// The longest input, within GPT's context.
+    fn max_len(&self) -> usize {
+        self.cfg.finetune.max_len.min(self.context)
+    }
+
+    fn class_index(&self, label: &str) -> usize {
+        // Every label was checked against the training labels when the data was read.
+        self.labels.iter().position(|l| l == label).unwrap_or(0)
+    }
+
+    fn encode(&self, e: &Example) -> Result<Encoded> {
+        let enc = self.encode_unchecked(e)?;
+        if enc.input.is_empty() || (self.head != Head::Classify && enc.target.is_empty()) {
+            return Err(TrainError::Corpus {
+                corpus: format!("task {}", self.cfg.finetune.task),
+                problem: format!(
+                    "example {} encodes to no input tokens",
+                    serde_json::to_string(e).unwrap_or_default()
+                ),
+            });
+        }
+        Ok(enc)
+    }
+
+    fn encode_unchecked(&self, e: &Example) -> Result<Encoded> {
+        let tok = &self.tokenizer;
+        let (max_len, ids) = (self.max_len(), self.ids);
+        let max_target = self.cfg.finetune.max_target_len;
+        Ok(match (e, self.head) {
+            // GPT classifies by generating the label word after the texts.
+            (
+                Example::Pair {
+                    text_a,
+                    text_b,
+                    label,
+                },
+                Head::Causal,
+            ) => {
+                let mut input = tok.encode(&format!("{text_a} | {text_b} ?"))?;
+                input.truncate(max_len.saturating_sub(3).max(1));
+                Encoded {
+                    input,
+                    segments: vec![],
+                    label: self.class_index(label),
+                    target: [tok.encode(&format!(" {label}"))?, vec![ids.eos]].concat(),
                 }
+            }
+            (Example::Single { text, label }, Head::Causal) => {
+                let mut input = tok.encode(&format!("{text} ?"))?;
+                input.truncate(max_len.saturating_sub(3).max(1));
+                Encoded {
+                    input,
+                    segments: vec![],
+                    label: self.class_index(label),
+                    target: [tok.encode(&format!(" {label}"))?, vec![ids.eos]].concat(),
+                }
+            }
+            // [CLS] a [SEP] b [SEP], the longer text trimmed first.
+            (
+                Example::Pair {
+                    text_a,
+                    text_b,
+                    label,
+                },
+                _,
+            ) => {
+                let (mut a, mut b) = (tok.encode(text_a)?, tok.encode(text_b)?);
                 while a.len() + b.len() + 3 > max_len {
                     if a.len() > b.len() {
                         a.pop();
@@ -449,41 +513,40 @@ pub fn finetune(
                         b.pop();
                     }
                 }
-                let input: Vec<u32> =
-                    [vec![cls], a.clone(), vec![sep], b.clone(), vec![sep]].concat();
                 let segments = [vec![0u32; a.len() + 2], vec![1u32; b.len() + 1]].concat();
                 Encoded {
-                    input,
+                    input: [vec![ids.cls], a, vec![ids.sep], b, vec![ids.sep]].concat(),
                     segments,
-                    label: labels.iter().position(|l| l == label).unwrap_or(0),
+                    label: self.class_index(label),
                     target: vec![],
                 }
             }
-            Example::Single { text, label } => {
+            (Example::Single { text, label }, _) => {
                 let mut a = tok.encode(text)?;
                 a.truncate(max_len - 2);
-                let input: Vec<u32> = [vec![cls], a.clone(), vec![sep]].concat();
+                let input: Vec<u32> = [vec![ids.cls], a, vec![ids.sep]].concat();
                 Encoded {
                     segments: vec![0; input.len()],
                     input,
-                    label: labels.iter().position(|l| l == label).unwrap_or(0),
+                    label: self.class_index(label),
                     target: vec![],
                 }
             }
-            Example::TextToText { input, target } => {
-                let mut x = tok.encode(&if matches!(model, FtModel::Gpt(_)) {
+            (Example::TextToText { input, target }, head) => {
+                let causal = head == Head::Causal;
+                let mut x = tok.encode(&if causal {
                     format!("{input} =")
                 } else {
                     input.clone()
                 })?;
-                let mut y = tok.encode(&if matches!(model, FtModel::Gpt(_)) {
+                let mut y = tok.encode(&if causal {
                     format!(" {target}")
                 } else {
                     target.clone()
                 })?;
-                y.truncate(f.max_target_len - 1);
-                y.push(eos);
-                if let FtModel::Gpt(_) = model {
+                y.truncate(max_target - 1);
+                y.push(ids.eos);
+                if causal {
                     // Prompt and target share the context; keep the end of the prompt.
                     let room = max_len.saturating_sub(y.len()).max(1);
                     if x.len() > room {
@@ -491,7 +554,7 @@ pub fn finetune(
                     }
                 } else {
                     x.truncate(max_len - 1);
-                    x.push(eos);
+                    x.push(ids.eos);
                 }
                 Encoded {
                     input: x,
@@ -501,213 +564,195 @@ pub fn finetune(
                 }
             }
         })
-    };
-    let train: Vec<Encoded> = data.train.iter().map(encode).collect::<Result<_>>()?;
-    let val: Vec<Encoded> = data.val.iter().map(encode).collect::<Result<_>>()?;
-    let test: Vec<Encoded> = data.test.iter().map(encode).collect::<Result<_>>()?;
+    }
 
-    // Optimizer: head and body groups, frozen tensors left out.
-    let is_head = |n: &str| n.starts_with("classifier.");
-    let mut head: Vec<(String, Var)> = vec![];
-    let mut decay: Vec<(String, Var)> = vec![];
-    let mut no_decay: Vec<(String, Var)> = vec![];
-    for (n, v) in store.vars() {
-        if is_frozen(&n, &f.freeze) || Bart::is_buffer(&n) {
-            continue;
-        }
-        if is_head(&n) {
-            head.push((n, v));
-        } else if v.rank() >= 2 {
-            decay.push((n, v));
+    /// Whether this is a classification task.
+    pub fn is_classification(&self) -> bool {
+        !self.labels.is_empty()
+    }
+
+    /// The validation metric that selects the best checkpoint (higher is better).
+    pub fn metric(&self) -> &'static str {
+        if self.is_classification() {
+            "accuracy"
         } else {
-            no_decay.push((n, v));
+            "token_f1"
         }
     }
-    let vars: Vec<Var> = head
-        .iter()
-        .chain(&decay)
-        .chain(&no_decay)
-        .map(|(_, v)| v.clone())
-        .collect();
-    let o = &cfg.optim;
-    let mut head_group = ParamGroup::new("head", head, 0.0);
-    head_group.lr_scale = f.head_lr_scale;
-    let groups = vec![
-        ParamGroup::new("decay", decay, o.weight_decay),
-        ParamGroup::new("no_decay", no_decay, 0.0),
-        head_group,
-    ];
-    let mut opt: Box<dyn Optimizer> = match o.name.as_str() {
-        // T5's own fine-tuning recipe: AdaFactor with an explicit learning rate, no parameter scaling.
-        "adafactor" => Box::new(AdaFactor::new(
-            groups,
-            AdaFactorConfig {
-                lr: AdaFactorLr::External,
-                scale_parameter: false,
-                ..Default::default()
-            },
-        )?),
-        "sgd" => Box::new(Sgd::new(
-            groups,
-            SgdConfig {
-                momentum: o.momentum,
-                ..Default::default()
-            },
-        )?),
-        _ => Box::new(Adam::new(
-            groups,
-            AdamConfig::adamw()
-                .with_betas(o.beta1, o.beta2)
-                .with_eps(o.eps),
-        )?),
-    };
-    let total = o.lr_decay_iters.unwrap_or(cfg.train.max_iters) as f64;
-    let schedule =
-        lm_optim::Schedule::warmup_linear(o.lr, (o.warmup_iters as f64).min(total), total)?;
 
-    // Batches.
-    let ce = CrossEntropy::default();
-    let batch_loss = |items: &[&Encoded]| -> Result<Tensor> {
-        let inputs: Vec<Vec<u32>> = items.iter().map(|e| e.input.clone()).collect();
-        Ok(match &model {
-            FtModel::Bert(m) => {
-                let logits = bert_logits(m, items.iter().copied(), pad, device)?;
-                let labels: Vec<i64> = items.iter().map(|e| e.label as i64).collect();
-                cross_entropy(
-                    &logits,
-                    &Tensor::from_vec(labels, items.len(), device)?,
-                    &ce,
-                )?
-            }
-            FtModel::Gpt(m) => {
-                // Sequence = prompt + target; targets shifted by one, the prompt's masked.
-                let seqs: Vec<Vec<u32>> = items
+    /// The batch of `key` in `split`: `batch` examples drawn uniformly with replacement, a pure
+    /// function of (seed, split, key).
+    pub fn batch(&self, split: Split, key: u64, batch: usize, device: &Device) -> Result<Batch> {
+        let pool = match split {
+            Split::Train => &self.encoded[0],
+            Split::Val => &self.encoded[1],
+        };
+        let stream = if split == Split::Train { 0 } else { 0x5A17 };
+        let mut rng = Rng::seed_from_u64(
+            (self.cfg.train.seed ^ stream) ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let items: Vec<&Encoded> = (0..batch)
+            .map(|_| &pool[rng.below(pool.len() as u64) as usize])
+            .collect();
+        match self.head {
+            Head::Classify => self.classify_batch(&items, device),
+            Head::Causal => self.causal_batch(&items, device),
+            Head::Seq2Seq => self.seq2seq_batch(&items, device),
+        }
+    }
+
+    fn classify_batch(&self, items: &[&Encoded], device: &Device) -> Result<Batch> {
+        let mut b = self.encoder_inputs(items, device)?;
+        let labels: Vec<i64> = items.iter().map(|e| e.label as i64).collect();
+        b.labels = Tensor::from_vec(labels, items.len(), device)?;
+        Ok(b)
+    }
+
+    /// Inputs (and segment ids) padded, attention mask from the padding; labels left empty.
+    fn encoder_inputs(&self, items: &[&Encoded], device: &Device) -> Result<Batch> {
+        let ids = pad_batch(
+            &items.iter().map(|e| e.input.as_slice()).collect::<Vec<_>>(),
+            self.ids.pad,
+            None,
+        )?;
+        let (b, t) = (ids.batch, ids.len);
+        let token_type_ids = if self.head == Head::Classify {
+            let segs = pad_batch(
+                &items
                     .iter()
-                    .map(|e| [e.input.clone(), e.target.clone()].concat())
-                    .collect();
-                let labels: Vec<Vec<i64>> = items
-                    .iter()
-                    .map(|e| {
-                        let mut l = vec![IGNORE_INDEX; e.input.len() - 1];
-                        l.extend(e.target.iter().map(|&t| t as i64));
-                        l
-                    })
-                    .collect();
-                let ids = pad_batch(
-                    &seqs
-                        .iter()
-                        .map(|s| s[..s.len() - 1].to_vec())
-                        .collect::<Vec<_>>(),
-                    pad,
-                    None,
-                )?;
-                let lab = pad_labels(&labels, ids.len)?;
-                let logits = m.forward(&Tensor::from_vec(
-                    ids.input_ids,
-                    (ids.batch, ids.len),
-                    device,
-                )?)?;
-                cross_entropy(
-                    &logits,
-                    &Tensor::from_vec(lab, (ids.batch, ids.len), device)?,
-                    &ce,
-                )?
-            }
-            FtModel::Bart(_) | FtModel::T5(_) => {
-                let ids = pad_batch(&inputs, pad, None)?;
-                let targets: Vec<Vec<i64>> = items
-                    .iter()
-                    .map(|e| e.target.iter().map(|&t| t as i64).collect())
-                    .collect();
-                let tlen = targets.iter().map(Vec::len).max().unwrap_or(1);
-                let lab = pad_labels(&targets, tlen)?;
-                let start = if let FtModel::Bart(m) = &model {
-                    m.config().decoder_start_token_id
-                } else {
-                    pad
-                };
-                let dec = shift_right(&lab, tlen, start, pad)?;
-                let (b, t) = (ids.batch, ids.len);
-                let x = Tensor::from_vec(ids.input_ids, (b, t), device)?;
-                let mask = Tensor::from_vec(ids.attention_mask, (b, t), device)?;
-                let d = Tensor::from_vec(dec, (b, tlen), device)?;
-                let logits = match &model {
-                    FtModel::Bart(m) => m.forward(&x, Some(&mask), &d)?,
-                    FtModel::T5(m) => m.forward(&x, Some(&mask), &d)?,
-                    _ => unreachable!(),
-                };
-                cross_entropy(&logits, &Tensor::from_vec(lab, (b, tlen), device)?, &ce)?
-            }
+                    .map(|e| e.segments.as_slice())
+                    .collect::<Vec<_>>(),
+                0,
+                Some(t),
+            )?;
+            Some(Tensor::from_vec(segs.input_ids, (b, t), device)?)
+        } else {
+            None
+        };
+        Ok(Batch {
+            input_ids: Tensor::from_vec(ids.input_ids, (b, t), device)?,
+            attention_mask: Some(Tensor::from_vec(ids.attention_mask, (b, t), device)?),
+            token_type_ids,
+            labels: Tensor::zeros(b, candle_core::DType::I64, device)?,
+            nsp_labels: None,
+            decoder_input_ids: None,
+            tokens: items.iter().map(|e| e.input.len()).sum(),
         })
-    };
-    let set_training = |on: bool| match &model {
-        FtModel::Bert(m) => m.set_training(on),
-        FtModel::Gpt(m) => m.set_training(on),
-        FtModel::Bart(m) => m.set_training(on),
-        FtModel::T5(m) => m.set_training(on),
-    };
-    // Predictions as strings (labels or generated text).
-    let predict = |items: &[Encoded]| -> Result<Vec<String>> {
-        set_training(false);
-        let mut out = vec![];
+    }
+
+    /// Sequence = prompt + target, inputs all but its last token; the targets shifted by one,
+    /// with the prompt's positions ignored.
+    fn causal_batch(&self, items: &[&Encoded], device: &Device) -> Result<Batch> {
+        let inputs: Vec<Vec<u32>> = items
+            .iter()
+            .map(|e| {
+                let mut s = [e.input.as_slice(), e.target.as_slice()].concat();
+                s.pop();
+                s
+            })
+            .collect();
+        let labels: Vec<Vec<i64>> = items
+            .iter()
+            .map(|e| {
+                let mut l = vec![IGNORE_INDEX; e.input.len().saturating_sub(1)];
+                l.extend(e.target.iter().map(|&t| t as i64));
+                l
+            })
+            .collect();
+        let ids = pad_batch(&inputs, self.ids.pad, None)?;
+        let (b, t) = (ids.batch, ids.len);
+        Ok(Batch {
+            input_ids: Tensor::from_vec(ids.input_ids, (b, t), device)?,
+            attention_mask: None,
+            token_type_ids: None,
+            labels: Tensor::from_vec(pad_labels(&labels, t)?, (b, t), device)?,
+            nsp_labels: None,
+            decoder_input_ids: None,
+            tokens: inputs.iter().map(Vec::len).sum(),
+        })
+    }
+
+    /// Encoder inputs padded with their mask; decoder inputs the targets shifted right after the
+    /// decoder start token.
+    fn seq2seq_batch(&self, items: &[&Encoded], device: &Device) -> Result<Batch> {
+        let mut batch = self.encoder_inputs(items, device)?;
+        let targets: Vec<Vec<i64>> = items
+            .iter()
+            .map(|e| e.target.iter().map(|&t| t as i64).collect())
+            .collect();
+        let tlen = targets.iter().map(Vec::len).max().unwrap_or(1);
+        let labels = pad_labels(&targets, tlen)?;
+        let dec = shift_right(&labels, tlen, self.ids.decoder_start, self.ids.pad)?;
+        let b = items.len();
+        batch.labels = Tensor::from_vec(labels, (b, tlen), device)?;
+        batch.decoder_input_ids = Some(Tensor::from_vec(dec, (b, tlen), device)?);
+        batch.tokens += b * tlen;
+        Ok(batch)
+    }
+
+    /// Predictions as strings: class labels, or greedily generated text.
+    fn predict(&self, model: &AnyModel, split: usize, device: &Device) -> Result<Vec<String>> {
+        let items = &self.encoded[split];
+        let mut out = Vec::with_capacity(items.len());
         let mut rng = Rng::seed_from_u64(0);
+        let n = self.cfg.finetune.max_target_len;
+        let row = |e: &Encoded| -> Result<Tensor> {
+            Ok(Tensor::new(e.input.as_slice(), device)?.unsqueeze(0)?)
+        };
         for chunk in items.chunks(32) {
-            match &model {
-                FtModel::Bert(m) => {
-                    let logits = bert_logits(m, chunk.iter(), pad, device)?;
-                    let am: Vec<u32> = logits.argmax(1)?.to_vec1()?;
-                    out.extend(am.into_iter().map(|i| labels[i as usize].clone()));
-                }
-                _ => {
-                    for e in chunk {
-                        let n = f.max_target_len;
-                        let ids = match &model {
-                            FtModel::Gpt(m) => {
-                                let all = m.generate(
-                                    &e.input,
-                                    n.min(gpt_ctx.saturating_sub(e.input.len())),
-                                    &Sampling::greedy(),
-                                    &mut rng,
-                                )?;
-                                let gen = &all[e.input.len()..];
-                                gen[..gen.iter().position(|&t| t == eos).unwrap_or(gen.len())]
-                                    .to_vec()
-                            }
-                            FtModel::Bart(m) => m.generate(
-                                &Tensor::new(e.input.as_slice(), device)?.unsqueeze(0)?,
-                                n,
-                                &Sampling::greedy(),
-                                &mut rng,
-                                true,
-                            )?,
-                            FtModel::T5(m) => m.generate(
-                                &Tensor::new(e.input.as_slice(), device)?.unsqueeze(0)?,
-                                n,
-                                &Sampling::greedy(),
-                                &mut rng,
-                                true,
-                            )?,
-                            FtModel::Bert(_) => unreachable!(),
-                        };
-                        out.push(tok.decode(&ids).trim().to_string());
+            if let AnyModel::BertClassifier(m, _) = model {
+                let refs: Vec<&Encoded> = chunk.iter().collect();
+                let b = self.encoder_inputs(&refs, device)?;
+                let logits = m.forward(
+                    &b.input_ids,
+                    b.token_type_ids.as_ref(),
+                    b.attention_mask.as_ref(),
+                )?;
+                let am: Vec<u32> = logits.argmax(1)?.to_vec1()?;
+                out.extend(am.into_iter().map(|i| self.labels[i as usize].clone()));
+                continue;
+            }
+            for e in chunk {
+                let ids = match model {
+                    AnyModel::Gpt(m) => {
+                        let room = self.context.saturating_sub(e.input.len());
+                        let all =
+                            m.generate(&e.input, n.min(room), &Sampling::greedy(), &mut rng)?;
+                        let gen = &all[e.input.len()..];
+                        let end = gen.iter().position(|&t| t == self.ids.eos);
+                        gen[..end.unwrap_or(gen.len())].to_vec()
                     }
-                }
+                    AnyModel::Bart(m) => {
+                        m.generate(&row(e)?, n, &Sampling::greedy(), &mut rng, true)?
+                    }
+                    AnyModel::T5(m) => {
+                        m.generate(&row(e)?, n, &Sampling::greedy(), &mut rng, true)?
+                    }
+                    AnyModel::Bert(_) | AnyModel::BertClassifier(..) => {
+                        return Err(TrainError::Checkpoint {
+                            path: PathBuf::from(&self.cfg.finetune.init),
+                            problem: "a BERT model without a classifier cannot predict".into(),
+                        })
+                    }
+                };
+                out.push(self.tokenizer.decode(&ids).trim().to_string());
             }
         }
-        set_training(true);
         Ok(out)
-    };
-    let gold = |ex: &[Example]| -> Vec<String> {
+    }
+
+    fn gold(ex: &[Example]) -> Vec<String> {
         ex.iter()
             .map(|e| match e {
                 Example::Pair { label, .. } | Example::Single { label, .. } => label.clone(),
                 Example::TextToText { target, .. } => target.clone(),
             })
             .collect()
-    };
-    let score = |pred: &[String], gold: &[String]| -> std::collections::BTreeMap<String, f64> {
-        let mut m = std::collections::BTreeMap::new();
-        if classification {
+    }
+
+    fn score(&self, pred: &[String], gold: &[String]) -> BTreeMap<String, f64> {
+        let mut m = BTreeMap::new();
+        if self.is_classification() {
             m.insert("accuracy".into(), tasks::accuracy(pred, gold));
             m.insert("macro_f1".into(), tasks::macro_f1(pred, gold));
         } else {
@@ -715,149 +760,108 @@ pub fn finetune(
             m.insert("token_f1".into(), tasks::token_f1(pred, gold));
         }
         m
-    };
-    let metric = if classification {
-        "accuracy"
-    } else {
-        "token_f1"
-    };
-    let (val_gold, test_gold) = (gold(&data.val), gold(&data.test));
-
-    // The loop.
-    let best_dir = out.join("best");
-    let mut best = f64::NEG_INFINITY;
-    let mut since_best = 0;
-    let mut curve = vec![];
-    let mut log = String::new();
-    let mut step = 0;
-    while step < cfg.train.max_iters {
-        let mut rng = Rng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let items: Vec<&Encoded> = (0..cfg.train.batch_size)
-            .map(|_| &train[rng.below(train.len() as u64) as usize])
-            .collect();
-        let lr = schedule.value(step as f64);
-        let loss = batch_loss(&items)?;
-        let mut grads = loss.backward()?;
-        if o.grad_clip > 0.0 {
-            clip_grad_norm(&mut grads, &vars, o.grad_clip)?;
-        }
-        opt.step(&grads, lr)?;
-        step += 1;
-        let loss = loss.to_scalar::<f32>()?;
-        log += &format!("{{\"step\":{step},\"lr\":{lr},\"train_loss\":{loss}}}\n");
-        if step % cfg.train.eval_interval == 0 || step == cfg.train.max_iters {
-            let v = score(&predict(&val)?, &val_gold)[metric];
-            curve.push((step, v));
-            log += &format!("{{\"step\":{step},\"val_{metric}\":{v}}}\n");
-            if verbose {
-                println!("step {step:>5}: train loss {loss:.4}, val {metric} {v:.4}");
-            }
-            if v > best {
-                best = v;
-                since_best = 0;
-                lm_models::hf::save_dir(&store, &hf_config(&model), &best_dir)?;
-                std::fs::copy(&tok_path, best_dir.join("tokenizer.json"))
-                    .map_err(io_err(&best_dir))?;
-            } else {
-                since_best += 1;
-                if cfg.train.early_stopping_patience > 0
-                    && since_best >= cfg.train.early_stopping_patience
-                {
-                    if verbose {
-                        println!("early stopping at step {step}");
-                    }
-                    break;
-                }
-            }
-        }
     }
-    write_atomic(&out.join("metrics.jsonl"), log.as_bytes())?;
-    // Test with the best weights.
-    store.load_safetensors(&best_dir.join("model.safetensors"), |n| Some(n.to_string()))?;
-    let test_pred = predict(&test)?;
-    let baseline_pred: Vec<String> = if classification {
-        let majority = labels
+
+    /// The task's metrics on the validation examples (dropout off).
+    pub fn validate(&self, model: &AnyModel, device: &Device) -> Result<BTreeMap<String, f64>> {
+        let pred = self.predict(model, 1, device)?;
+        Ok(self.score(&pred, &Self::gold(&self.data.val)))
+    }
+
+    /// Test metrics of `model` (the best checkpoint's weights) against the trivial baseline;
+    /// writes `results.json` and `test_predictions.txt` into `run_dir`.
+    pub(crate) fn report(
+        &self,
+        model: &AnyModel,
+        device: &Device,
+        run_dir: &Path,
+        steps: u64,
+        best: (u64, f64, PathBuf),
+    ) -> Result<FinetuneResults> {
+        let test_pred = self.predict(model, 2, device)?;
+        let test_gold = Self::gold(&self.data.test);
+        let baseline_pred: Vec<String> = if self.is_classification() {
+            let train_gold = Self::gold(&self.data.train);
+            let majority = self
+                .labels
+                .iter()
+                .max_by_key(|l| train_gold.iter().filter(|g| g == l).count())
+                .cloned()
+                .unwrap_or_default();
+            vec![majority; test_gold.len()]
+        } else {
+            self.data
+                .test
+                .iter()
+                .map(|e| match e {
+                    Example::TextToText { input, .. } => input.clone(),
+                    _ => String::new(),
+                })
+                .collect()
+        };
+        let samples: String = self
+            .data
+            .test
             .iter()
-            .max_by_key(|l| gold(&data.train).iter().filter(|g| g == l).count())
-            .cloned()
-            .unwrap_or_default();
-        vec![majority; test_gold.len()]
-    } else {
-        data.test
-            .iter()
-            .map(|e| match e {
-                Example::TextToText { input, .. } => input.clone(),
-                _ => String::new(),
+            .zip(&test_pred)
+            .take(5)
+            .map(|(e, p)| {
+                format!(
+                    "{}\n  => {p}\n",
+                    serde_json::to_string(e).unwrap_or_default()
+                )
             })
-            .collect()
-    };
-    let samples: String = data
-        .test
-        .iter()
-        .zip(&test_pred)
-        .take(5)
-        .map(|(e, p)| {
-            format!(
-                "{}\n  => {p}\n",
-                serde_json::to_string(e).unwrap_or_default()
-            )
-        })
-        .collect();
-    write_atomic(&out.join("test_predictions.txt"), samples.as_bytes())?;
-    let results = FinetuneResults {
-        task: f.task.clone(),
-        init: f.init.clone(),
-        scratch: f.scratch,
-        steps: step,
-        metric: metric.into(),
-        best_val: best,
-        test: score(&test_pred, &test_gold),
-        baseline: score(&baseline_pred, &test_gold),
-        fresh_tensors: fresh,
-        curve,
-    };
-    write_atomic(
-        &out.join("results.json"),
-        serde_json::to_string_pretty(&results)
-            .expect("serializes")
-            .as_bytes(),
-    )?;
-    Ok(results)
-}
-
-/// Class logits for encoded examples: inputs and segment ids padded, attention mask from the padding.
-fn bert_logits<'a>(
-    m: &BertForSequenceClassification,
-    items: impl Iterator<Item = &'a Encoded>,
-    pad: u32,
-    device: &Device,
-) -> Result<Tensor> {
-    let items: Vec<&Encoded> = items.collect();
-    let ids = pad_batch(
-        &items.iter().map(|e| e.input.clone()).collect::<Vec<_>>(),
-        pad,
-        None,
-    )?;
-    let segs = pad_batch(
-        &items.iter().map(|e| e.segments.clone()).collect::<Vec<_>>(),
-        0,
-        Some(ids.len),
-    )?;
-    let (b, t) = (ids.batch, ids.len);
-    Ok(m.forward(
-        &Tensor::from_vec(ids.input_ids, (b, t), device)?,
-        Some(&Tensor::from_vec(segs.input_ids, (b, t), device)?),
-        Some(&Tensor::from_vec(ids.attention_mask, (b, t), device)?),
-    )?)
-}
-
-fn hf_config(model: &FtModel) -> serde_json::Value {
-    match model {
-        FtModel::Bert(m) => m.hf_config(),
-        FtModel::Gpt(m) => m.config().to_hf_json(),
-        FtModel::Bart(m) => m.config().to_hf_json(),
-        FtModel::T5(m) => m.config().to_hf_json(),
+            .collect();
+        write_atomic(&run_dir.join("test_predictions.txt"), samples.as_bytes())?;
+        let key = format!("val_{}", self.metric());
+        let curve = crate::metrics::MetricsLog::read(&run_dir.join("metrics.jsonl"))?
+            .into_iter()
+            .filter_map(|r| r.metrics.get(&key).map(|&v| (r.step, v)))
+            .collect();
+        let results = FinetuneResults {
+            task: self.cfg.finetune.task.to_string(),
+            init: self.cfg.finetune.init.clone(),
+            scratch: self.cfg.finetune.scratch,
+            steps,
+            metric: self.metric().into(),
+            best_val: best.1,
+            best_checkpoint: best.2.display().to_string(),
+            test: self.score(&test_pred, &test_gold),
+            baseline: self.score(&baseline_pred, &test_gold),
+            fresh_tensors: self.fresh.clone(),
+            curve,
+        };
+        let json = serde_json::to_string_pretty(&results).expect("results serialize");
+        write_atomic(&run_dir.join("results.json"), json.as_bytes())?;
+        Ok(results)
     }
+
+    /// Names of the tensors that started from fresh initialization.
+    pub fn fresh_tensors(&self) -> &[String] {
+        &self.fresh
+    }
+
+    /// The task's configuration.
+    pub fn config(&self) -> &FinetuneConfig {
+        &self.cfg
+    }
+}
+
+/// Runs a fine-tuning configuration into `out` through the trainer and returns the results (also
+/// in `out/results.json`). With `verbose`, progress and evaluations are printed.
+pub fn finetune(
+    cfg: &FinetuneConfig,
+    out: &Path,
+    device: &Device,
+    verbose: bool,
+) -> Result<FinetuneResults> {
+    let mut trainer = crate::Trainer::new(cfg.clone(), out, device.clone())?;
+    trainer.verbose = verbose;
+    let summary = trainer.train()?;
+    summary.results.ok_or_else(|| TrainError::Checkpoint {
+        path: out.to_path_buf(),
+        problem: "the run ended without an evaluation".into(),
+    })
 }
 
 #[cfg(test)]
@@ -874,7 +878,7 @@ mod tests {
             "model.encoder.layers.0.fc1.weight",
             "model.shared.weight",
         ] {
-            assert!(is_frozen(frozen, "encoder"), "{frozen}");
+            assert!(is_frozen(frozen, Freeze::Encoder), "{frozen}");
         }
         for trained in [
             "classifier.weight",
@@ -882,12 +886,15 @@ mod tests {
             "model.decoder.layers.0.fc1.weight",
             "transformer.h.0.mlp.c_fc.weight",
         ] {
-            assert!(!is_frozen(trained, "encoder"), "{trained}");
+            assert!(!is_frozen(trained, Freeze::Encoder), "{trained}");
         }
         assert!(
-            is_frozen("transformer.wte.weight", "embeddings")
-                && !is_frozen("transformer.h.0.attn.c_attn.weight", "embeddings")
+            is_frozen("transformer.wte.weight", Freeze::Embeddings)
+                && !is_frozen("transformer.h.0.attn.c_attn.weight", Freeze::Embeddings)
         );
-        assert!(!is_frozen("bert.embeddings.word_embeddings.weight", "none"));
+        assert!(!is_frozen(
+            "bert.embeddings.word_embeddings.weight",
+            Freeze::None
+        ));
     }
 }

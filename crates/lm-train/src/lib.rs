@@ -15,6 +15,7 @@
 
 pub mod batches;
 pub mod checkpoint;
+pub mod choices;
 pub mod config;
 pub mod data;
 mod error;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use lm_train::config::TrainConfig;
+use lm_train::config::{Family, RunConfig};
 use lm_train::tokenizer::{TextTokenizer, TokenizerKind};
 use lm_train::trainer::{default_device, score_text, Trainer};
 
@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model from a recipe or config file, or resume a run.
+    /// Train a model from a recipe or config file (pretraining or fine-tuning), or resume a run.
     Train(TrainArgs),
     /// Fine-tune a pretrained checkpoint on a labelled task.
     Finetune(FinetuneArgs),
@@ -101,18 +101,14 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
     use lm_train::finetune::FinetuneConfig;
     let (mut cfg, name) = match (&args.recipe, &args.config) {
         (Some(r), _) => (FinetuneConfig::recipe(r)?, r.clone()),
-        (_, Some(p)) => (
-            FinetuneConfig::from_file(p)?,
-            p.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "finetune".into()),
-        ),
+        (_, Some(p)) => (FinetuneConfig::from_file(p)?, file_stem(p, "finetune")),
         _ => anyhow::bail!("give --recipe NAME or --config FILE"),
     };
     if let Some(i) = args.init {
         cfg.finetune.init = i;
     }
     if let Some(n) = args.max_iters {
+        // The schedule stays the configured one; only the stopping point moves.
         cfg.optim.lr_decay_iters.get_or_insert(cfg.train.max_iters);
         cfg.train.max_iters = n;
     }
@@ -135,12 +131,8 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    let r = lm_train::finetune::finetune(&cfg, &out, &default_device(), !args.quiet)?;
-    println!("best val {}: {:.4}", r.metric, r.best_val);
-    for (k, v) in &r.test {
-        println!("test {k}: {v:.4} (baseline {:.4})", r.baseline[k]);
-    }
-    Ok(())
+    let trainer = Trainer::new(cfg, &out, default_device())?;
+    run_trainer(trainer, args.quiet)
 }
 
 #[derive(Subcommand)]
@@ -149,10 +141,10 @@ enum TokenizerAction {
     Train {
         /// bpe, wordpiece or unigram.
         #[arg(long)]
-        kind: String,
+        kind: TokenizerKind,
         /// Whose special tokens: gpt, bert, roberta, bart or t5.
         #[arg(long, default_value = "gpt")]
-        family: String,
+        family: Family,
         /// Vocabulary size.
         #[arg(long, default_value_t = 2000)]
         vocab_size: usize,
@@ -208,38 +200,47 @@ fn free_run_dir(name: &str) -> PathBuf {
         .expect("some name is free")
 }
 
+fn file_stem(path: &Path, default: &str) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| default.into())
+}
+
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let device = default_device();
-    let mut trainer = if let Some(dir) = &args.source.resume {
+    let trainer = if let Some(dir) = &args.source.resume {
         let t = Trainer::resume(dir, args.max_iters, device)?;
         println!("resuming {} at step {}", dir.display(), t.step());
         t
     } else {
         let (mut cfg, name) = match (&args.source.recipe, &args.source.config) {
-            (Some(r), _) => (TrainConfig::recipe(r)?, r.clone()),
-            (_, Some(path)) => {
-                let name = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "run".into());
-                (TrainConfig::from_file(path)?, name)
-            }
+            (Some(r), _) => (RunConfig::recipe(r)?, r.clone()),
+            (_, Some(path)) => (RunConfig::from_file(path)?, file_stem(path, "run")),
             _ => unreachable!("clap requires one source"),
         };
         if let Some(n) = args.max_iters {
             // The schedule stays the configured one; only the stopping point moves.
-            cfg.optim.lr_decay_iters = Some(cfg.lr_decay_iters());
-            cfg.train.max_iters = n;
+            let decay = cfg.optim().lr_decay_iters(cfg.train().max_iters);
+            cfg.optim_mut().lr_decay_iters = Some(decay);
+            cfg.train_mut().max_iters = n;
         }
         let out = args.out.clone().unwrap_or_else(|| free_run_dir(&name));
-        println!(
-            "training {name} ({}) into {}",
-            cfg.model.family,
-            out.display()
-        );
+        let what = match &cfg {
+            RunConfig::Pretrain(c) => c.model.family.to_string(),
+            RunConfig::Finetune(c) => {
+                format!("fine-tuning {} on {}", c.finetune.init, c.finetune.task)
+            }
+        };
+        println!("training {name} ({what}) into {}", out.display());
         Trainer::new(cfg, &out, device)?
     };
-    trainer.verbose = !args.quiet;
+    run_trainer(trainer, args.quiet)
+}
+
+/// Trains to the end and prints the summary, the plots, a fine-tuning run's test results and
+/// the configured sample.
+fn run_trainer(mut trainer: Trainer, quiet: bool) -> anyhow::Result<()> {
+    trainer.verbose = !quiet;
     println!(
         "{:.2} M parameters",
         trainer.params().num_params() as f64 / 1e6
@@ -254,6 +255,15 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(dir) = &summary.checkpoint {
         println!("checkpoint: {}", dir.display());
     }
+    if let Some(r) = &summary.results {
+        println!(
+            "best val {}: {:.4} ({})",
+            r.metric, r.best_val, r.best_checkpoint
+        );
+        for (k, v) in &r.test {
+            println!("test {k}: {v:.4} (baseline {:.4})", r.baseline[k]);
+        }
+    }
     match lm_train::plot::plot_run(trainer.run_dir()) {
         Ok(files) => println!(
             "plots: {}",
@@ -265,9 +275,9 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         ),
         Err(e) => eprintln!("warning: no plots: {e}"),
     }
-    let n = trainer.config().train.sample_tokens;
+    let n = trainer.config().train().sample_tokens;
     if n > 0 {
-        if let Some(s) = trainer.sample(n, trainer.config().train.seed)? {
+        if let Some(s) = trainer.sample(n, trainer.config().train().seed)? {
             println!("--- sample ---\n{s}\n--------------");
         }
     }
@@ -293,11 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let trainer = Trainer::resume(&run, None, default_device())?;
             match trainer.sample_from(prompt.as_deref(), tokens, seed)? {
                 Some(s) => println!("{s}"),
-                None => anyhow::bail!(
-                    "{}: a {} model does not generate text",
-                    run.display(),
-                    trainer.config().model.family
-                ),
+                None => anyhow::bail!("{}: a BERT model does not generate text", run.display()),
             }
             Ok(())
         }
@@ -311,16 +317,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out,
                 },
         } => {
-            let kind = match kind.as_str() {
-                "bpe" => TokenizerKind::Bpe,
-                "wordpiece" => TokenizerKind::Wordpiece,
-                "unigram" => TokenizerKind::Unigram,
-                other => anyhow::bail!("--kind {other:?} is not bpe, wordpiece or unigram"),
-            };
+            if kind == TokenizerKind::Char {
+                anyhow::bail!("--kind char needs no training; use bpe, wordpiece or unigram");
+            }
             let text = lm_train::data::load_corpus(&corpus)?;
             let lines: Vec<&str> = text.lines().collect();
             let started = std::time::Instant::now();
-            let t = TextTokenizer::train(kind, &family, vocab_size, &lines)?;
+            let t = TextTokenizer::train(kind, family, vocab_size, &lines)?;
             t.save(&out)?;
             println!(
                 "trained {kind:?} tokenizer, {} tokens, in {:.2} s: {}",

@@ -30,6 +30,10 @@ pub struct MetricRecord {
     /// Model FLOPs utilization against the configured peak, on training lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
+    /// A fine-tuning task's validation metrics on evaluation lines (`val_accuracy`,
+    /// `val_token_f1`, …).
+    #[serde(flatten)]
+    pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
 /// Appends records to a run's `metrics.jsonl`.

@@ -2,14 +2,14 @@
 
 use candle_core::{Device, Tensor};
 use lm_models::bart::{Bart, BartConfig};
-use lm_models::bert::{Bert, BertConfig};
+use lm_models::bert::{Bert, BertConfig, BertForSequenceClassification};
 use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::t5::{T5Config, T5};
 use lm_models::ParamStore;
 use lm_objectives::loss::{bert_pretraining_loss, cross_entropy, CrossEntropy};
 use lm_optim::presets::NamedVars;
 
-use crate::config::TrainConfig;
+use crate::config::{Family, T5FeedForward, TrainConfig};
 use crate::error::{Result, TrainError};
 
 /// One (micro-)batch, ready for any family. Unused fields are `None`.
@@ -36,8 +36,11 @@ pub struct Batch {
 pub enum AnyModel {
     /// Decoder-only.
     Gpt(Gpt),
-    /// Encoder-only (BERT and RoBERTa).
+    /// Encoder-only (BERT and RoBERTa) with its pretraining heads.
     Bert(Bert),
+    /// BERT with a classification head over the pooled `[CLS]` (fine-tuning), and the names of
+    /// its classes in index order.
+    BertClassifier(BertForSequenceClassification, Vec<String>),
     /// Encoder-decoder denoiser.
     Bart(Bart),
     /// Encoder-decoder text-to-text.
@@ -58,14 +61,14 @@ impl AnyModel {
         let m = &cfg.model;
         let d_ff = m.d_ff.unwrap_or(4 * m.n_embd);
         let seed = cfg.train.seed;
-        Ok(match m.family.as_str() {
-            "gpt" => {
+        Ok(match m.family {
+            Family::Gpt => {
                 let mut c = GptConfig::new(vocab, m.block_size, m.n_embd, m.n_layer, m.n_head);
                 c.dropout = m.dropout;
                 let (g, s) = Gpt::init(&c, seed, device)?;
                 (Self::Gpt(g), s)
             }
-            "bert" | "roberta" => {
+            Family::Bert | Family::Roberta => {
                 let mut c =
                     BertConfig::sized(vocab, m.n_embd, m.n_layer, m.n_head, d_ff, m.block_size);
                 c.hidden_dropout_prob = m.dropout;
@@ -74,7 +77,7 @@ impl AnyModel {
                 let (b, s) = Bert::init(&c, seed, device)?;
                 (Self::Bert(b), s)
             }
-            "bart" => {
+            Family::Bart => {
                 let mut c =
                     BartConfig::sized(vocab, m.n_embd, m.n_layer, m.n_head, d_ff, m.block_size + 2);
                 c.dropout = m.dropout;
@@ -85,7 +88,8 @@ impl AnyModel {
                 let (b, s) = Bart::init(&c, seed, device)?;
                 (Self::Bart(b), s)
             }
-            _ => {
+            Family::T5 => {
+                let ff = m.t5_feed_forward.unwrap_or(T5FeedForward::Relu);
                 let c = T5Config {
                     vocab_size: vocab,
                     d_model: m.n_embd,
@@ -94,8 +98,8 @@ impl AnyModel {
                     num_layers: m.n_layer,
                     num_heads: m.n_head,
                     dropout_rate: m.dropout,
-                    feed_forward_proj: m.t5_feed_forward.clone().unwrap_or_else(|| "relu".into()),
-                    tie_word_embeddings: m.t5_feed_forward.as_deref() != Some("gated-gelu"),
+                    feed_forward_proj: ff.as_str().into(),
+                    tie_word_embeddings: ff != T5FeedForward::GatedGelu,
                     pad_token_id: pad,
                     eos_token_id: eos,
                     decoder_start_token_id: pad,
@@ -134,6 +138,15 @@ impl AnyModel {
                     None => cross_entropy(&mlm, &b.labels, &ce)?,
                 }
             }
+            Self::BertClassifier(m, _) => cross_entropy(
+                &m.forward(
+                    &b.input_ids,
+                    b.token_type_ids.as_ref(),
+                    b.attention_mask.as_ref(),
+                )?,
+                &b.labels,
+                &ce,
+            )?,
             Self::Bart(m) => cross_entropy(
                 &m.forward(&b.input_ids, b.attention_mask.as_ref(), decoder_inputs()?)?,
                 &b.labels,
@@ -152,6 +165,7 @@ impl AnyModel {
         match self {
             Self::Gpt(m) => m.set_training(on),
             Self::Bert(m) => m.set_training(on),
+            Self::BertClassifier(m, _) => m.set_training(on),
             Self::Bart(m) => m.set_training(on),
             Self::T5(m) => m.set_training(on),
         }
@@ -162,6 +176,7 @@ impl AnyModel {
         match self {
             Self::Gpt(m) => m.config().flops_per_token(t),
             Self::Bert(m) => m.config().flops_per_token(t),
+            Self::BertClassifier(m, _) => m.config().flops_per_token(t),
             Self::Bart(m) => m.config().flops_per_token(t),
             Self::T5(m) => m.config().flops_per_token(t),
         }
@@ -172,6 +187,22 @@ impl AnyModel {
         match self {
             Self::Gpt(m) => m.config().to_hf_json(),
             Self::Bert(m) => m.config().to_hf_json(),
+            Self::BertClassifier(m, labels) => {
+                let mut v = m.hf_config();
+                let id2label: serde_json::Map<String, serde_json::Value> = labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (i.to_string(), l.clone().into()))
+                    .collect();
+                let label2id: serde_json::Map<String, serde_json::Value> = labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (l.clone(), i.into()))
+                    .collect();
+                v["id2label"] = id2label.into();
+                v["label2id"] = label2id.into();
+                v
+            }
             Self::Bart(m) => m.config().to_hf_json(),
             Self::T5(m) => m.config().to_hf_json(),
         }

@@ -57,35 +57,23 @@ impl CharTokenizer {
     }
 }
 
-/// Which tokenizer a run uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenizerKind {
-    /// One id per character.
-    Char,
-    /// Byte-level BPE (GPT-2, RoBERTa, BART).
-    Bpe,
-    /// WordPiece with BERT's normalizer (BERT).
-    Wordpiece,
-    /// Unigram with a metaspace pre-tokenizer (T5's SentencePiece).
-    Unigram,
-}
+use crate::choices::Family;
+pub use crate::choices::TokenizerKind;
 
 /// The special tokens of each family, in id order (they get the first ids).
-pub fn special_tokens(family: &str, kind: TokenizerKind) -> Vec<String> {
+pub fn special_tokens(family: Family, kind: TokenizerKind) -> Vec<String> {
     match (family, kind) {
         (_, TokenizerKind::Char) => vec![],
-        ("gpt", _) => vec!["<|endoftext|>".into()],
-        ("bert", _) => ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        (Family::Gpt, _) => vec!["<|endoftext|>".into()],
+        (Family::Bert, _) => ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
             .map(String::from)
             .to_vec(),
-        ("t5", _) => {
+        (Family::T5, _) => {
             let mut v: Vec<String> = ["<pad>", "</s>", "<unk>"].map(String::from).to_vec();
             v.extend((0..100).map(|k| format!("<extra_id_{k}>")));
             v
         }
-        // RoBERTa and BART.
-        _ => ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        (Family::Roberta | Family::Bart, _) => ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
             .map(String::from)
             .to_vec(),
     }
@@ -111,7 +99,7 @@ impl TextTokenizer {
     /// Trains a tokenizer of `kind` on `lines` with `family`'s special tokens.
     pub fn train(
         kind: TokenizerKind,
-        family: &str,
+        family: Family,
         vocab_size: usize,
         lines: &[&str],
     ) -> Result<Self> {
@@ -283,10 +271,10 @@ mod tests {
         let lines: Vec<&str> = text[..200_000].lines().collect();
         let dir = tempfile::tempdir().unwrap();
         for (kind, family, probe) in [
-            (TokenizerKind::Bpe, "gpt", "<|endoftext|>"),
-            (TokenizerKind::Wordpiece, "bert", "[MASK]"),
-            (TokenizerKind::Unigram, "t5", "<extra_id_99>"),
-            (TokenizerKind::Bpe, "bart", "<mask>"),
+            (TokenizerKind::Bpe, Family::Gpt, "<|endoftext|>"),
+            (TokenizerKind::Wordpiece, Family::Bert, "[MASK]"),
+            (TokenizerKind::Unigram, Family::T5, "<extra_id_99>"),
+            (TokenizerKind::Bpe, Family::Bart, "<mask>"),
         ] {
             let t = TextTokenizer::train(kind, family, 800, &lines).unwrap();
             assert!(

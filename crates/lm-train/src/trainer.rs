@@ -1,4 +1,5 @@
-//! The training loop. One step reads like the chapter's pseudo-code:
+//! The training loop, one for pretraining and fine-tuning. One step reads like the chapter's
+//! pseudo-code:
 //!
 //! ```text
 //! η_t  ← schedule(t)                                 (t in steps or tokens seen)
@@ -8,11 +9,14 @@
 //! θ    ← update(θ, g, η_t)                            (SGD, Adam, AdamW or AdaFactor)
 //! ```
 //!
-//! Batches are prepared on a background thread. The gradient store between backward and the
-//! optimizer step is where a data-parallel backend would all-reduce gradients; batches are keyed
-//! by step, so such a backend shards data by giving each rank its own keys.
+//! What is trained on is a [`Work`]: a corpus with the family's pretraining objective
+//! ([`BatchSource`]) or a fine-tuning task ([`FinetuneTask`]). Both give the batch of a key as a
+//! pure function of (seed, split, key), and dropout masks are keyed the same way, so a run killed
+//! at any point resumes bit for bit. Batches are prepared on a background thread. The gradient
+//! store between backward and the optimizer step is where a data-parallel backend would
+//! all-reduce gradients; such a backend shards data by giving each rank its own keys.
 
-use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -20,21 +24,22 @@ use std::time::Instant;
 
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
+use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
+use lm_kernels::threads::on_compute_threads;
+use lm_models::layers::with_dropout_key;
 use lm_models::{ParamStore, Sampling};
 use lm_objectives::Rng;
-use lm_optim::{
-    AdaFactor, AdaFactorConfig, AdaFactorLr, Adam, AdamConfig, BatchSizeRamp, Optimizer,
-    ParamGroup, Schedule, Sgd, SgdConfig,
-};
+use lm_optim::{BatchSizeRamp, Optimizer, ParamGroup, Schedule};
 
 use crate::batches::{BatchSource, Specials};
 use crate::checkpoint::{self, CheckpointWriter, TrainerState};
-use crate::config::TrainConfig;
+use crate::config::{NonFinitePolicy, RunConfig, ScheduleUnit, TokenizerKind, TrainConfig};
 use crate::data::{load_corpus, Split, TokenizedCorpus};
 use crate::error::{io_err, Result, TrainError};
+use crate::finetune::{FinetuneResults, FinetuneTask};
 use crate::metrics::{MetricRecord, MetricsLog};
 use crate::model::{AnyModel, Batch};
-use crate::tokenizer::{TextTokenizer, TokenizerKind};
+use crate::tokenizer::TextTokenizer;
 
 /// What a finished (or stopped) training call reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,16 +52,60 @@ pub struct TrainSummary {
     pub checkpoint: Option<PathBuf>,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
+    /// A fine-tuning run's test results (of its best checkpoint).
+    pub results: Option<FinetuneResults>,
+}
+
+/// One evaluation: loss estimates on both splits, and a fine-tuning task's validation metrics
+/// (`val_accuracy`, `val_token_f1`, …; empty in pretraining).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Mean loss over the evaluation batches of the training split.
+    pub train_loss: f32,
+    /// Mean loss over the evaluation batches of the validation split.
+    pub val_loss: f32,
+    /// Task metrics on the validation examples.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// What a run trains on.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// A tokenized corpus through the family's pretraining objective.
+    Pretrain(Arc<BatchSource>),
+    /// A labelled task.
+    Finetune(Arc<FinetuneTask>),
+}
+
+impl Work {
+    /// The batch of `key` in `split`: `batch` examples, a pure function of (seed, split, key).
+    pub fn batch(&self, split: Split, key: u64, batch: usize, device: &Device) -> Result<Batch> {
+        match self {
+            Self::Pretrain(s) => s.batch(split, key, batch, device),
+            Self::Finetune(t) => t.batch(split, key, batch, device),
+        }
+    }
+}
+
+/// The pieces a run is built from, made by pretraining or fine-tuning set-up.
+struct Parts {
+    tokenizer: TextTokenizer,
+    work: Work,
+    model: AnyModel,
+    store: ParamStore,
+    groups: Vec<ParamGroup>,
+    /// The end-of-text id (GPT's sampling prompt when none is given).
+    eos: u32,
 }
 
 /// A training run: model, optimizer, data and run directory.
 pub struct Trainer {
-    cfg: TrainConfig,
+    cfg: RunConfig,
     run_dir: PathBuf,
     device: Device,
     tokenizer: TextTokenizer,
-    specials: Specials,
-    source: Arc<BatchSource>,
+    eos: u32,
+    work: Work,
     model: AnyModel,
     store: ParamStore,
     vars: Vec<Var>,
@@ -90,92 +139,71 @@ pub fn default_device() -> Device {
     }
 }
 
-fn tokenizer_kind(name: &str) -> TokenizerKind {
-    match name {
-        "bpe" => TokenizerKind::Bpe,
-        "wordpiece" => TokenizerKind::Wordpiece,
-        "unigram" => TokenizerKind::Unigram,
-        _ => TokenizerKind::Char,
-    }
-}
-
-fn family_for_tokens(family: &str) -> &str {
-    if family == "roberta" {
-        "roberta"
-    } else {
-        family
-    }
-}
-
-/// The learning-rate schedule a config describes (positions in steps or tokens).
-pub fn schedule_of(cfg: &TrainConfig) -> Result<Schedule> {
-    let o = &cfg.optim;
-    let (warmup, total) = if o.schedule_unit == "tokens" {
-        (
-            o.warmup_tokens.unwrap_or(0.0),
-            o.decay_tokens.unwrap_or(0.0),
-        )
-    } else {
-        (o.warmup_iters as f64, cfg.lr_decay_iters() as f64)
-    };
-    let warm = Schedule::Linear {
-        from: 0.0,
-        to: o.lr,
-        length: warmup,
-    };
-    Ok(match o.schedule.as_str() {
-        "cosine" => Schedule::warmup_cosine(o.lr, o.min_lr, warmup, total)?,
-        "linear" => Schedule::warmup_linear(o.lr, warmup, total)?,
-        "inverse_sqrt" => Schedule::InverseSqrt {
-            peak: o.lr,
-            warmup: warmup.max(1.0),
-        },
-        _ => Schedule::Sequence(vec![warm, Schedule::Constant(o.lr)]),
-    })
-}
-
-fn build_optimizer(
-    cfg: &TrainConfig,
-    decay: Vec<(String, Var)>,
-    no_decay: Vec<(String, Var)>,
-) -> Result<Box<dyn Optimizer>> {
-    let o = &cfg.optim;
-    let groups = vec![
-        ParamGroup::new("decay", decay, o.weight_decay),
-        ParamGroup::new("no_decay", no_decay, 0.0),
-    ];
-    Ok(match o.name.as_str() {
-        "sgd" => Box::new(Sgd::new(
-            groups,
-            SgdConfig {
-                momentum: o.momentum,
-                ..Default::default()
-            },
-        )?),
-        // The schedule gives the relative step; each update is scaled by the parameter's RMS, as
-        // in Mesh TensorFlow's T5 (`multiply_by_parameter_scale`). Without that scaling, a step of
-        // 1e−2 grows T5's small-initialized query weights ~9× in a few hundred steps, saturating
-        // its unscaled attention (the checkpoint then fine-tunes badly).
-        "adafactor" => Box::new(AdaFactor::new(
-            groups,
-            AdaFactorConfig {
-                lr: AdaFactorLr::External,
-                scale_parameter: true,
-                ..Default::default()
-            },
-        )?),
-        name => {
-            let base = if name == "adam" {
-                AdamConfig::adam()
-            } else {
-                AdamConfig::adamw()
-            };
-            Box::new(Adam::new(
-                groups,
-                base.with_betas(o.beta1, o.beta2).with_eps(o.eps),
-            )?)
+/// The run's tokenizer: `tokenizer_file` when given, else trained on the corpus (character-level
+/// on all of it; the others on the training part only).
+fn pretraining_tokenizer(cfg: &TrainConfig, corpus: &str) -> Result<TextTokenizer> {
+    let kind = cfg.data.tokenizer;
+    if let Some(f) = &cfg.data.tokenizer_file {
+        let t = TextTokenizer::load(Path::new(f))?;
+        if let Some(v) = cfg.data.vocab_size.filter(|&v| v != t.vocab_size()) {
+            return Err(TrainError::Config {
+                source_name: f.clone(),
+                key: "data.vocab_size".into(),
+                problem: format!("the tokenizer has {} tokens but the config asks for {v}; remove data.vocab_size or use a matching tokenizer", t.vocab_size()),
+            });
         }
+        return Ok(t);
+    }
+    if kind == TokenizerKind::Char {
+        return TextTokenizer::train(kind, cfg.model.family, 0, &[corpus]);
+    }
+    let cut =
+        corpus.floor_char_boundary((corpus.len() as f64 * (1.0 - cfg.data.val_fraction)) as usize);
+    let lines: Vec<&str> = corpus[..cut].lines().collect();
+    let vocab = cfg.data.vocab_size.unwrap_or(2000);
+    TextTokenizer::train(kind, cfg.model.family, vocab, &lines)
+}
+
+/// Pretraining's pieces from a tokenizer and its token cache: the objective's batch source, the
+/// model from random weights, and the decay / no-decay groups.
+fn pretraining_parts(
+    cfg: &TrainConfig,
+    tokenizer: TextTokenizer,
+    tokens: TokenizedCorpus,
+    device: &Device,
+) -> Result<Parts> {
+    let specials = Specials::of(cfg.model.family, &tokenizer, cfg.data.tokenizer)?;
+    let vocab = tokenizer.vocab_size();
+    let source = BatchSource::new(cfg, Arc::new(tokens), specials.clone(), vocab)?;
+    let (model, store) =
+        AnyModel::build(cfg, vocab, specials.pad, specials.eos, specials.bos, device)?;
+    let (decay, no_decay) = model.param_groups(&store);
+    Ok(Parts {
+        tokenizer,
+        work: Work::Pretrain(Arc::new(source)),
+        model,
+        store,
+        groups: vec![
+            ParamGroup::new("decay", decay, cfg.optim.weight_decay),
+            ParamGroup::new("no_decay", no_decay, 0.0),
+        ],
+        eos: specials.eos,
     })
+}
+
+fn finetuning_parts(p: crate::finetune::Prepared) -> Parts {
+    let eos = ["<|endoftext|>", "</s>", "[SEP]"]
+        .iter()
+        .find_map(|n| p.tokenizer.token_id(n))
+        .unwrap_or(0);
+    Parts {
+        tokenizer: p.tokenizer,
+        work: Work::Finetune(Arc::new(p.task)),
+        model: p.model,
+        store: p.store,
+        groups: p.groups,
+        eos,
+    }
 }
 
 /// Batches of one optimizer step, made ahead on a background thread.
@@ -183,40 +211,47 @@ struct Prefetch {
     rx: Receiver<Result<Vec<Batch>>>,
 }
 
-/// The micro-batches of optimizer step `step`: keys `step·accum + m`, the batch size from the ramp
-/// at `tokens_seen` (or `batch`).
-fn step_batches(
-    source: &BatchSource,
-    ramp: Option<&BatchSizeRamp>,
+/// Shape of a step's batches: micro-batch size (or the ramp that sets it) and micro-batches.
+#[derive(Clone)]
+struct StepShape {
     batch: usize,
     accum: usize,
-    step: u64,
-    tokens_seen: u64,
-    device: &Device,
-) -> Result<Vec<Batch>> {
-    let b = ramp.map_or(batch, |r| r.batch_size(tokens_seen as f64));
-    (0..accum)
-        .map(|m| source.batch(Split::Train, step * accum as u64 + m as u64, b, device))
-        .collect()
+    ramp: Option<BatchSizeRamp>,
+}
+
+impl StepShape {
+    /// The micro-batches of optimizer step `step`: keys `step·accum + m`, the batch size from the
+    /// ramp at `tokens_seen` (or `batch`).
+    fn batches(
+        &self,
+        work: &Work,
+        step: u64,
+        tokens_seen: u64,
+        device: &Device,
+    ) -> Result<Vec<Batch>> {
+        let b = self
+            .ramp
+            .as_ref()
+            .map_or(self.batch, |r| r.batch_size(tokens_seen as f64));
+        (0..self.accum)
+            .map(|m| work.batch(Split::Train, step * self.accum as u64 + m as u64, b, device))
+            .collect()
+    }
 }
 
 impl Prefetch {
     fn spawn(
-        source: Arc<BatchSource>,
-        cfg: &TrainConfig,
-        ramp: Option<BatchSizeRamp>,
-        from: u64,
-        until: u64,
+        work: Work,
+        shape: StepShape,
+        steps: std::ops::Range<u64>,
         tokens_seen: u64,
         device: Device,
     ) -> Self {
         let (tx, rx) = sync_channel(2);
-        let (accum, batch) = (cfg.train.grad_accum, cfg.train.batch_size);
         std::thread::spawn(move || {
             let mut tokens = tokens_seen;
-            for step in from..until {
-                let batches =
-                    step_batches(&source, ramp.as_ref(), batch, accum, step, tokens, &device);
+            for step in steps {
+                let batches = shape.batches(&work, step, tokens, &device);
                 // Count what the trainer will count, so the ramp sees the same tokens on resume.
                 if let Ok(bs) = &batches {
                     tokens += bs.iter().map(|b| b.tokens as u64).sum::<u64>();
@@ -240,8 +275,10 @@ impl Prefetch {
 }
 
 impl Trainer {
-    /// Starts a new run in `run_dir`, which must not already hold one.
-    pub fn new(mut cfg: TrainConfig, run_dir: &Path, device: Device) -> Result<Self> {
+    /// Starts a new run (pretraining or fine-tuning) in `run_dir`, which must not already hold
+    /// one.
+    pub fn new(cfg: impl Into<RunConfig>, run_dir: &Path, device: Device) -> Result<Self> {
+        let mut cfg = cfg.into();
         // A directory whose earlier start failed before its first checkpoint holds nothing to keep.
         if !checkpoint::list_checkpoints(run_dir)?.is_empty() {
             return Err(TrainError::Checkpoint {
@@ -252,68 +289,58 @@ impl Trainer {
             });
         }
         // Fix the schedule's length now, so that changing max_iters on resume cannot change it.
-        cfg.optim.lr_decay_iters = Some(cfg.lr_decay_iters());
-        let corpus = load_corpus(&cfg.data.corpus)?;
-        let kind = tokenizer_kind(&cfg.data.tokenizer);
-        let family = family_for_tokens(&cfg.model.family).to_string();
-        let tokenizer = match &cfg.data.tokenizer_file {
-            Some(f) => {
-                let t = TextTokenizer::load(Path::new(f))?;
-                if let Some(v) = cfg.data.vocab_size.filter(|&v| v != t.vocab_size()) {
-                    return Err(TrainError::Config {
-                        source_name: f.clone(),
-                        key: "data.vocab_size".into(),
-                        problem: format!("the tokenizer has {} tokens but the config asks for {v}; remove data.vocab_size or use a matching tokenizer", t.vocab_size()),
-                    });
-                }
-                t
-            }
-            None if kind == TokenizerKind::Char => {
-                TextTokenizer::train(kind, &family, 0, &[&corpus])?
-            }
-            None => {
-                // Trained on the training part of the corpus only.
-                let cut = corpus.floor_char_boundary(
-                    (corpus.len() as f64 * (1.0 - cfg.data.val_fraction)) as usize,
-                );
-                let lines: Vec<&str> = corpus[..cut].lines().collect();
-                TextTokenizer::train(kind, &family, cfg.data.vocab_size.unwrap_or(2000), &lines)?
-            }
-        };
+        let decay_iters = cfg.optim().lr_decay_iters(cfg.train().max_iters);
+        cfg.optim_mut().lr_decay_iters = Some(decay_iters);
         std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
-        tokenizer.save(&run_dir.join("tokenizer.json"))?;
-        let tokens = TokenizedCorpus::build(&corpus, &tokenizer, &run_dir.join("tokens.bin"))?;
+        let parts = match &cfg {
+            RunConfig::Pretrain(c) => {
+                let corpus = load_corpus(&c.data.corpus)?;
+                let tokenizer = pretraining_tokenizer(c, &corpus)?;
+                let tokens =
+                    TokenizedCorpus::build(&corpus, &tokenizer, &run_dir.join("tokens.bin"))?;
+                pretraining_parts(c, tokenizer, tokens, &device)?
+            }
+            RunConfig::Finetune(c) => finetuning_parts(FinetuneTask::prepare(c, run_dir, &device)?),
+        };
+        parts.tokenizer.save(&run_dir.join("tokenizer.json"))?;
         checkpoint::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         let state = TrainerState {
             step: 0,
-            rng: Rng::seed_from_u64(cfg.train.seed).state(),
+            rng: Rng::seed_from_u64(cfg.train().seed).state(),
             tokens_seen: 0,
             elapsed_s: 0.0,
             best: None,
             evals_since_best: 0,
         };
-        Self::build(cfg, run_dir, device, tokenizer, tokens, state)
+        Self::build(cfg, run_dir, device, parts, state)
     }
 
     /// Reopens the run in `run_dir` at its newest checkpoint; `max_iters` replaces the saved
     /// stopping point when given.
     pub fn resume(run_dir: &Path, max_iters: Option<u64>, device: Device) -> Result<Self> {
-        let mut cfg = TrainConfig::from_file(&run_dir.join("config.toml"))?;
+        let mut cfg = RunConfig::from_file(&run_dir.join("config.toml"))?;
         if let Some(n) = max_iters {
-            cfg.train.max_iters = n;
+            cfg.train_mut().max_iters = n;
         }
         let ckpt = checkpoint::latest_checkpoint(run_dir)?;
         let state = checkpoint::read_state(&ckpt)?;
-        let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
-        let tokens = match TokenizedCorpus::open(&run_dir.join("tokens.bin")) {
-            Ok(t) => t,
-            Err(_) => TokenizedCorpus::build(
-                &load_corpus(&cfg.data.corpus)?,
-                &tokenizer,
-                &run_dir.join("tokens.bin"),
-            )?,
+        let parts = match &cfg {
+            RunConfig::Pretrain(c) => {
+                let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
+                let cache = run_dir.join("tokens.bin");
+                let tokens = match TokenizedCorpus::open(&cache) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        TokenizedCorpus::build(&load_corpus(&c.data.corpus)?, &tokenizer, &cache)?
+                    }
+                };
+                pretraining_parts(c, tokenizer, tokens, &device)?
+            }
+            RunConfig::Finetune(c) => {
+                finetuning_parts(FinetuneTask::reopen(c, run_dir, &ckpt, &device)?)
+            }
         };
-        let mut t = Self::build(cfg, run_dir, device, tokenizer, tokens, state)?;
+        let mut t = Self::build(cfg, run_dir, device, parts, state)?;
         t.load_weights_and_optimizer(&ckpt)?;
         t.metrics.truncate_after(t.state.step)?;
         checkpoint::write_atomic(&run_dir.join("config.toml"), t.cfg.to_toml().as_bytes())?;
@@ -321,65 +348,42 @@ impl Trainer {
     }
 
     fn build(
-        cfg: TrainConfig,
+        cfg: RunConfig,
         run_dir: &Path,
         device: Device,
-        tokenizer: TextTokenizer,
-        tokens: TokenizedCorpus,
+        parts: Parts,
         state: TrainerState,
     ) -> Result<Self> {
-        let kind = tokenizer_kind(&cfg.data.tokenizer);
-        let family = family_for_tokens(&cfg.model.family);
-        let specials = Specials::of(
-            if family == "roberta" { "bart" } else { family },
-            &tokenizer,
-            kind,
-        )?;
-        let vocab = tokenizer.vocab_size();
-        let source = Arc::new(BatchSource::new(
-            &cfg,
-            Arc::new(tokens),
-            specials.clone(),
-            vocab,
-        )?);
-        let (model, store) = AnyModel::build(
-            &cfg,
-            vocab,
-            specials.pad,
-            specials.eos,
-            specials.bos,
-            &device,
-        )?;
-        let (decay, no_decay) = model.param_groups(&store);
-        let vars = decay
+        let vars = parts
+            .groups
             .iter()
-            .chain(&no_decay)
-            .map(|(_, v)| v.clone())
+            .flat_map(|g| g.params.iter().map(|(_, v)| v.clone()))
             .collect();
-        let opt = build_optimizer(&cfg, decay, no_decay)?;
-        let schedule = schedule_of(&cfg)?;
-        let ramp = cfg.train.batch_ramp_start.map(|start| BatchSizeRamp {
+        let preset = cfg.optim().preset(cfg.train().max_iters)?;
+        let opt = preset.build_groups(parts.groups)?;
+        let t = cfg.train();
+        let ramp = t.batch_ramp_start.map(|start| BatchSizeRamp {
             start,
-            end: cfg.train.batch_size,
-            ramp_tokens: cfg.train.batch_ramp_tokens,
+            end: t.batch_size,
+            ramp_tokens: t.batch_ramp_tokens,
             multiple: start,
         });
         Ok(Self {
             metrics: MetricsLog::new(&run_dir.join("metrics.jsonl")),
             run_dir: run_dir.to_path_buf(),
-            cfg,
             device,
-            tokenizer,
-            specials,
-            source,
-            model,
-            store,
+            tokenizer: parts.tokenizer,
+            eos: parts.eos,
+            work: parts.work,
+            model: parts.model,
+            store: parts.store,
             vars,
             opt,
-            schedule,
+            schedule: preset.schedule,
             ramp,
             state,
             verbose: false,
+            cfg,
         })
     }
 
@@ -419,7 +423,7 @@ impl Trainer {
     }
 
     /// The run's configuration.
-    pub fn config(&self) -> &TrainConfig {
+    pub fn config(&self) -> &RunConfig {
         &self.cfg
     }
 
@@ -448,37 +452,46 @@ impl Trainer {
         &self.tokenizer
     }
 
-    fn schedule_position(&self) -> f64 {
-        if self.cfg.optim.schedule_unit == "tokens" {
-            self.state.tokens_seen as f64
-        } else {
-            self.state.step as f64
+    /// What the run trains on.
+    pub fn work(&self) -> &Work {
+        &self.work
+    }
+
+    /// Tokens per example: the block size in pretraining, the longest input in fine-tuning.
+    fn context_len(&self) -> usize {
+        match &self.cfg {
+            RunConfig::Pretrain(c) => c.model.block_size,
+            RunConfig::Finetune(c) => c.finetune.max_len,
         }
+    }
+
+    fn schedule_position(&self) -> f64 {
+        match self.cfg.optim().schedule_unit {
+            ScheduleUnit::Tokens => self.state.tokens_seen as f64,
+            ScheduleUnit::Steps => self.state.step as f64,
+        }
+    }
+
+    /// The configured precision of the matrix products.
+    fn matmul_precision(&self) -> MatmulPrecision {
+        self.cfg.train().matmul_precision.into()
+    }
+
+    /// The dropout key of micro-batch `key`: dropout masks are a function of (seed, key).
+    fn dropout_key(&self, key: u64) -> u64 {
+        self.cfg.train().seed.wrapping_mul(0xA24B_AED4_963E_E407) ^ key
     }
 
     /// Forward and backward over the micro-batches of one step; the loss is their mean and the
     /// gradients are those of the mean.
     fn forward_backward(&mut self, batches: &[Batch]) -> Result<(f32, GradStore)> {
-        with_matmul_precision(self.matmul_precision(), || {
-            self.forward_backward_inner(batches)
-        })
-    }
-
-    /// The configured precision of the matrix products.
-    fn matmul_precision(&self) -> MatmulPrecision {
-        if self.cfg.train.matmul_precision == "bf16" {
-            MatmulPrecision::Bf16
-        } else {
-            MatmulPrecision::Highest
-        }
-    }
-
-    fn forward_backward_inner(&mut self, batches: &[Batch]) -> Result<(f32, GradStore)> {
         let accum = batches.len();
+        let first_key = self.state.step * accum as u64;
         let mut total: Option<GradStore> = None;
         let mut loss_sum = 0f32;
-        for b in batches {
-            let loss = self.model.loss(b)?;
+        for (m, b) in batches.iter().enumerate() {
+            let key = self.dropout_key(first_key + m as u64);
+            let loss = with_dropout_key(key, || self.model.loss(b))?;
             let loss = if accum > 1 {
                 (loss / accum as f64)?
             } else {
@@ -500,13 +513,18 @@ impl Trainer {
                 }
             });
         }
-        Ok((loss_sum, total.expect("grad_accum ≥ 1")))
+        let total = total.ok_or_else(|| TrainError::Corpus {
+            corpus: "batch".into(),
+            problem: "a step needs at least one micro-batch".into(),
+        })?;
+        Ok((loss_sum, total))
     }
 
     /// One optimizer step on prepared batches. Returns the loss, pre-clip norm and lr, or `None`
     /// for a skipped non-finite step.
     fn train_step(&mut self, batches: &[Batch]) -> Result<Option<(f32, f64, f64)>> {
-        lm_kernels::threads::on_compute_threads(|| self.train_step_on_pool(batches))
+        let p = self.matmul_precision();
+        on_compute_threads(|| with_matmul_precision(p, || self.train_step_on_pool(batches)))
     }
 
     fn train_step_on_pool(&mut self, batches: &[Batch]) -> Result<Option<(f32, f64, f64)>> {
@@ -516,7 +534,7 @@ impl Trainer {
         self.state.tokens_seen += batches.iter().map(|b| b.tokens as u64).sum::<u64>();
         if !loss.is_finite() {
             self.state.step += 1;
-            if self.cfg.train.on_nonfinite_loss == "skip" {
+            if self.cfg.train().on_nonfinite_loss == NonFinitePolicy::Skip {
                 eprintln!("step {}: loss is {loss}, step skipped", self.state.step);
                 return Ok(None);
             }
@@ -525,7 +543,7 @@ impl Trainer {
                 loss,
             });
         }
-        let clip = self.cfg.optim.grad_clip;
+        let clip = self.cfg.optim().grad_clip;
         let norm = lm_optim::clip::grad_norm(&grads, &self.vars)?;
         // Clipping as a factor the optimizer applies (Adam: inside its fused update).
         let scale = if clip > 0.0 {
@@ -538,15 +556,19 @@ impl Trainer {
         Ok(Some((loss, norm, lr)))
     }
 
+    fn step_shape(&self) -> StepShape {
+        StepShape {
+            batch: self.cfg.train().batch_size,
+            accum: self.cfg.train().grad_accum,
+            ramp: self.ramp.clone(),
+        }
+    }
+
     /// One optimizer step outside the loop (no logging, evaluation or checkpoint); returns the
     /// training loss, or `None` for a skipped non-finite step. For benchmarks and custom loops.
     pub fn train_one_step(&mut self) -> Result<Option<f32>> {
-        let t = &self.cfg.train;
-        let batches = step_batches(
-            &self.source,
-            self.ramp.as_ref(),
-            t.batch_size,
-            t.grad_accum,
+        let batches = self.step_shape().batches(
+            &self.work,
             self.state.step,
             self.state.tokens_seen,
             &self.device,
@@ -556,33 +578,29 @@ impl Trainer {
 
     /// Model FLOPs of one optimizer step at the configured batch size.
     pub fn flops_per_step(&self) -> f64 {
-        let t = self.cfg.model.block_size;
+        let t = self.context_len();
         self.model.flops_per_token(t)
-            * (self.cfg.train.batch_size * t * self.cfg.train.grad_accum) as f64
+            * (self.cfg.train().batch_size * t * self.cfg.train().grad_accum) as f64
     }
 
     /// Mean loss over the fixed evaluation batches of `split`, dropout off.
     pub fn evaluate_split(&mut self, split: Split) -> Result<f32> {
         let p = self.matmul_precision();
-        lm_kernels::threads::on_compute_threads(|| {
-            with_matmul_precision(p, || self.evaluate_split_inner(split))
-        })
+        on_compute_threads(|| with_matmul_precision(p, || self.evaluate_split_inner(split)))
     }
 
     fn evaluate_split_inner(&mut self, split: Split) -> Result<f32> {
         self.model.set_training(false);
+        let t = self.cfg.train();
         let mut sum = 0f32;
-        for i in 0..self.cfg.train.eval_iters {
-            let b = self.source.batch(
-                split,
-                (1 << 40) + i as u64,
-                self.cfg.train.batch_size,
-                &self.device,
-            )?;
+        for i in 0..t.eval_iters {
+            let b = self
+                .work
+                .batch(split, (1 << 40) + i as u64, t.batch_size, &self.device)?;
             sum += self.model.loss(&b)?.to_scalar::<f32>()?;
         }
         self.model.set_training(true);
-        Ok(sum / self.cfg.train.eval_iters as f32)
+        Ok(sum / t.eval_iters as f32)
     }
 
     /// (train, val) evaluation losses.
@@ -591,6 +609,43 @@ impl Trainer {
             self.evaluate_split(Split::Train)?,
             self.evaluate_split(Split::Val)?,
         ))
+    }
+
+    /// Loss estimates on both splits and, when fine-tuning, the task's validation metrics.
+    pub fn evaluate_all(&mut self) -> Result<Evaluation> {
+        let (train_loss, val_loss) = self.evaluate()?;
+        let metrics = match &self.work {
+            Work::Pretrain(_) => BTreeMap::new(),
+            Work::Finetune(task) => {
+                let p = self.matmul_precision();
+                let (model, device) = (&self.model, &self.device);
+                model.set_training(false);
+                let m = on_compute_threads(|| {
+                    with_matmul_precision(p, || task.validate(model, device))
+                });
+                model.set_training(true);
+                m?.into_iter()
+                    .map(|(k, v)| (format!("val_{k}"), v))
+                    .collect()
+            }
+        };
+        Ok(Evaluation {
+            train_loss,
+            val_loss,
+            metrics,
+        })
+    }
+
+    /// The value that selects the best checkpoint, and whether higher is better: the validation
+    /// loss in pretraining, the task's validation metric in fine-tuning.
+    fn selection(&self, e: &Evaluation) -> (f64, bool) {
+        match &self.work {
+            Work::Pretrain(_) => (e.val_loss as f64, false),
+            Work::Finetune(task) => {
+                let key = format!("val_{}", task.metric());
+                (e.metrics.get(&key).copied().unwrap_or(f64::NAN), true)
+            }
+        }
     }
 
     /// Writes a checkpoint of the current step and prunes old ones.
@@ -609,7 +664,7 @@ impl Trainer {
                 let dir = w.commit()?;
                 checkpoint::prune(
                     &self.run_dir,
-                    self.cfg.train.keep_checkpoints,
+                    self.cfg.train().keep_checkpoints,
                     self.state.best.map(|b| b.0),
                 )?;
                 Ok(dir)
@@ -626,10 +681,18 @@ impl Trainer {
         lr: f64,
         elapsed: f64,
         pb: &ProgressBar,
-    ) -> Result<(f32, f32, PathBuf)> {
-        let (train, val) = self.evaluate()?;
-        if self.state.best.is_none_or(|(_, b)| val < b) {
-            self.state.best = Some((self.state.step, val));
+    ) -> Result<(Evaluation, PathBuf)> {
+        let e = self.evaluate_all()?;
+        let (value, higher_is_better) = self.selection(&e);
+        let improved = self.state.best.is_none_or(|(_, b)| {
+            if higher_is_better {
+                value > b
+            } else {
+                value < b
+            }
+        });
+        if improved {
+            self.state.best = Some((self.state.step, value));
             self.state.evals_since_best = 0;
         } else {
             self.state.evals_since_best += 1;
@@ -637,22 +700,28 @@ impl Trainer {
         self.metrics.append(&MetricRecord {
             step: self.state.step,
             lr,
-            train_loss: train,
+            train_loss: e.train_loss,
             tokens_per_sec: 0.0,
             elapsed_s: elapsed,
-            val_loss: Some(val),
+            val_loss: Some(e.val_loss),
             grad_norm: None,
             mfu: None,
+            metrics: e.metrics.clone(),
         })?;
+        let extra: String = e
+            .metrics
+            .iter()
+            .map(|(k, v)| format!(", {} {v:.4}", k.replace('_', " ")))
+            .collect();
         self.say(
             pb,
             format!(
-                "step {:>5}: train loss {train:.4}, val loss {val:.4}",
-                self.state.step
+                "step {:>5}: train loss {:.4}, val loss {:.4}{extra}",
+                self.state.step, e.train_loss, e.val_loss
             ),
         );
         let dir = self.save_checkpoint()?;
-        Ok((train, val, dir))
+        Ok((e, dir))
     }
 
     fn say(&self, pb: &ProgressBar, line: String) {
@@ -661,11 +730,7 @@ impl Trainer {
         }
     }
 
-    /// Trains until `max_iters` steps are done, evaluating and checkpointing every
-    /// `eval_interval` steps and at the end; stops early when the validation loss has not
-    /// improved for `early_stopping_patience` evaluations.
-    pub fn train(&mut self) -> Result<TrainSummary> {
-        let until = self.cfg.train.max_iters;
+    fn progress_bar(&self, until: u64) -> ProgressBar {
         let pb = if self.verbose {
             ProgressBar::new(until)
         } else {
@@ -678,71 +743,90 @@ impl Trainer {
             .expect("a valid template"),
         );
         pb.set_position(self.state.step);
+        pb
+    }
+
+    /// Appends a training line for the steps since `window`, and starts a new window.
+    fn log_training(
+        &mut self,
+        (loss, norm, lr): (f32, f64, f64),
+        window: &mut (Instant, u64),
+        elapsed_s: f64,
+        pb: &ProgressBar,
+    ) -> Result<()> {
+        let secs = window.0.elapsed().as_secs_f64();
+        let tokens_per_sec = window.1 as f64 / secs;
+        self.state.elapsed_s = elapsed_s;
+        let flops = self.model.flops_per_token(self.context_len()) * window.1 as f64;
+        self.metrics.append(&MetricRecord {
+            step: self.state.step,
+            lr,
+            train_loss: loss,
+            tokens_per_sec,
+            elapsed_s,
+            val_loss: None,
+            grad_norm: Some(norm),
+            mfu: Some(flops / secs / self.cfg.train().peak_flops),
+            metrics: BTreeMap::new(),
+        })?;
+        pb.set_message(format!(
+            "loss {loss:.4} lr {lr:.2e} {tokens_per_sec:.0} tok/s"
+        ));
+        *window = (Instant::now(), 0);
+        Ok(())
+    }
+
+    /// Trains until `max_iters` steps are done, evaluating and checkpointing every
+    /// `eval_interval` steps and at the end; stops early when the selection metric has not
+    /// improved for `early_stopping_patience` evaluations. A fine-tuning run then reports the
+    /// test metrics of its best checkpoint.
+    pub fn train(&mut self) -> Result<TrainSummary> {
+        let until = self.cfg.train().max_iters;
+        let pb = self.progress_bar(until);
         let mut summary = TrainSummary {
             step: self.state.step,
             last_eval: None,
             checkpoint: None,
             stopped_early: false,
+            results: None,
         };
         let started = Instant::now();
         let base_elapsed = self.state.elapsed_s;
         let elapsed = || base_elapsed + started.elapsed().as_secs_f64();
         if self.state.step == 0 && until > 0 {
-            let (tr, va, dir) = self.eval_and_checkpoint(self.schedule.value(0.0), 0.0, &pb)?;
-            summary.last_eval = Some((tr, va));
+            let (e, dir) = self.eval_and_checkpoint(self.schedule.value(0.0), 0.0, &pb)?;
+            summary.last_eval = Some((e.train_loss, e.val_loss));
             summary.checkpoint = Some(dir);
         }
         let prefetch = Prefetch::spawn(
-            self.source.clone(),
-            &self.cfg,
-            self.ramp.clone(),
-            self.state.step,
-            until,
+            self.work.clone(),
+            self.step_shape(),
+            self.state.step..until,
             self.state.tokens_seen,
             self.device.clone(),
         );
-        let mut window_start = Instant::now();
-        let mut window_tokens = 0u64;
+        let mut window = (Instant::now(), 0u64);
+        let (log_every, eval_every) = (
+            self.cfg.train().log_interval,
+            self.cfg.train().eval_interval,
+        );
         while self.state.step < until {
             let batches = prefetch.next()?;
-            let tokens: u64 = batches.iter().map(|b| b.tokens as u64).sum();
+            window.1 += batches.iter().map(|b| b.tokens as u64).sum::<u64>();
             let outcome = self.train_step(&batches)?;
-            window_tokens += tokens;
             let step = self.state.step;
-            if let Some((loss, norm, lr)) = outcome {
-                if step.is_multiple_of(self.cfg.train.log_interval) || step == until {
-                    let secs = window_start.elapsed().as_secs_f64();
-                    let tokens_per_sec = window_tokens as f64 / secs;
-                    self.state.elapsed_s = elapsed();
-                    let flops = self.model.flops_per_token(self.cfg.model.block_size)
-                        * window_tokens as f64;
-                    self.metrics.append(&MetricRecord {
-                        step,
-                        lr,
-                        train_loss: loss,
-                        tokens_per_sec,
-                        elapsed_s: self.state.elapsed_s,
-                        val_loss: None,
-                        grad_norm: Some(norm),
-                        mfu: Some(flops / secs / self.cfg.train.peak_flops),
-                    })?;
-                    pb.set_message(format!(
-                        "loss {loss:.4} lr {lr:.2e} {tokens_per_sec:.0} tok/s"
-                    ));
-                    window_start = Instant::now();
-                    window_tokens = 0;
-                }
+            if let Some(o) = outcome.filter(|_| step.is_multiple_of(log_every) || step == until) {
+                self.log_training(o, &mut window, elapsed(), &pb)?;
             }
             pb.set_position(step);
-            if step.is_multiple_of(self.cfg.train.eval_interval) || step == until {
+            if step.is_multiple_of(eval_every) || step == until {
                 self.state.elapsed_s = elapsed();
                 let lr = self.schedule.value(self.schedule_position());
-                let (tr, va, dir) = self.eval_and_checkpoint(lr, self.state.elapsed_s, &pb)?;
-                summary.last_eval = Some((tr, va));
+                let (e, dir) = self.eval_and_checkpoint(lr, self.state.elapsed_s, &pb)?;
+                summary.last_eval = Some((e.train_loss, e.val_loss));
                 summary.checkpoint = Some(dir);
-                window_start = Instant::now();
-                window_tokens = 0;
-                let patience = self.cfg.train.early_stopping_patience;
+                window = (Instant::now(), 0);
+                let patience = self.cfg.train().early_stopping_patience;
                 if patience > 0 && self.state.evals_since_best >= patience {
                     self.say(&pb, format!("early stopping at step {step}: no improvement in {patience} evaluations"));
                     summary.stopped_early = true;
@@ -752,11 +836,50 @@ impl Trainer {
         }
         pb.finish_and_clear();
         summary.step = self.state.step;
+        summary.results = self.finish()?;
         Ok(summary)
     }
 
+    /// After the loop: a fine-tuning run loads its best checkpoint's weights and reports its test
+    /// metrics (`results.json`); pretraining has nothing to add.
+    fn finish(&mut self) -> Result<Option<FinetuneResults>> {
+        let Work::Finetune(task) = &self.work else {
+            return Ok(None);
+        };
+        let Some((best_step, best_value)) = self.state.best else {
+            return Ok(None);
+        };
+        let best_dir = checkpoint::list_checkpoints(&self.run_dir)?
+            .into_iter()
+            .find(|(s, _)| *s == best_step)
+            .map(|(_, d)| d)
+            .ok_or_else(|| TrainError::Checkpoint {
+                path: self.run_dir.clone(),
+                problem: format!("the best checkpoint (step {best_step}) is missing"),
+            })?;
+        self.store
+            .load_safetensors(&best_dir.join("model.safetensors"), |n| Some(n.to_string()))?;
+        let p = self.matmul_precision();
+        let (model, device, run_dir, step) =
+            (&self.model, &self.device, &self.run_dir, self.state.step);
+        model.set_training(false);
+        let results = on_compute_threads(|| {
+            with_matmul_precision(p, || {
+                task.report(
+                    model,
+                    device,
+                    run_dir,
+                    step,
+                    (best_step, best_value, best_dir),
+                )
+            })
+        });
+        model.set_training(true);
+        results.map(Some)
+    }
+
     /// A sample from the model: GPT continues a newline (nanoGPT's `sample.py`: temperature 0.8,
-    /// top-k 200); BART and T5 reconstruct the first validation example, shown with its input.
+    /// top-k 200); BART and T5 decode the first validation example, shown with its input.
     /// BERT has no generation and gives `None`.
     pub fn sample(&self, n_tokens: usize, seed: u64) -> Result<Option<String>> {
         self.sample_from(None, n_tokens, seed)
@@ -782,12 +905,12 @@ impl Trainer {
                     .encode(prompt.unwrap_or("\n"))
                     .ok()
                     .filter(|p| !p.is_empty())
-                    .unwrap_or(vec![self.specials.eos]);
+                    .unwrap_or(vec![self.eos]);
                 let ids = m.generate(&prompt, n_tokens, &sampling, &mut rng)?;
                 Some(self.tokenizer.decode(&ids[prompt.len()..]))
             }
             AnyModel::Bart(_) | AnyModel::T5(_) => {
-                let b = self.source.batch(Split::Val, 1 << 40, 1, &self.device)?;
+                let b = self.work.batch(Split::Val, 1 << 40, 1, &self.device)?;
                 let input: Vec<u32> = b.input_ids.flatten_all()?.to_vec1()?;
                 let input_t = Tensor::new(input.as_slice(), &self.device)?.unsqueeze(0)?;
                 let out = match &self.model {
@@ -805,7 +928,7 @@ impl Trainer {
                 };
                 Some(format!("input:  {}\noutput: {}", show(&input), show(&out)))
             }
-            AnyModel::Bert(_) => None,
+            AnyModel::Bert(_) | AnyModel::BertClassifier(..) => None,
         })
     }
 }

@@ -1,0 +1,206 @@
+//! The closed sets a configuration chooses from (family, tokenizer, optimizer, schedule, …), as
+//! enums parsed once: an unknown value is refused when the TOML is read, with the allowed values.
+
+use serde::{Deserialize, Serialize};
+
+/// Declares a closed set of configuration values: a serde enum whose TOML spelling is given per
+/// variant, with `as_str`, `ALL` (the allowed spellings, for messages and docs) and `Display`.
+macro_rules! config_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// Every allowed value, as spelled in TOML.
+            pub const ALL: &'static [&'static str] = &[$($text),+];
+
+            /// The value as spelled in TOML.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(format!(
+                        "{other:?} is not one of {}",
+                        Self::ALL.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+config_enum! {
+    /// `model.family`: the architecture and its pretraining objective.
+    Family {
+        /// Decoder-only, causal LM.
+        Gpt = "gpt",
+        /// Encoder-only, masked LM (+ next sentence prediction).
+        Bert = "bert",
+        /// Encoder-only, dynamic masked LM on FULL-SENTENCES, no NSP.
+        Roberta = "roberta",
+        /// Encoder-decoder, text infilling and sentence permutation.
+        Bart = "bart",
+        /// Encoder-decoder, span corruption.
+        T5 = "t5",
+    }
+}
+
+config_enum! {
+    /// `model.t5_feed_forward`: T5's feed-forward block.
+    T5FeedForward {
+        /// `W_o · relu(W_i x)` (T5 v1.0), embeddings tied to the output.
+        Relu = "relu",
+        /// `W_o · (gelu(W_0 x) ⊙ W_1 x)` (T5 v1.1), untied output.
+        GatedGelu = "gated-gelu",
+    }
+}
+
+config_enum! {
+    /// `objective.mlm_selection`: how MLM picks the positions to corrupt.
+    MlmSelection {
+        /// Exactly `max(1, round(rate · L))` positions.
+        Exact = "exact",
+        /// Each position independently with probability `rate`.
+        Bernoulli = "bernoulli",
+    }
+}
+
+config_enum! {
+    /// `optim.name`: the update rule.
+    OptimizerKind {
+        /// Minibatch SGD (with `momentum`).
+        Sgd = "sgd",
+        /// Adam with L2 weight decay added to the gradient.
+        Adam = "adam",
+        /// Adam with decoupled weight decay.
+        Adamw = "adamw",
+        /// AdaFactor (factored second moments).
+        Adafactor = "adafactor",
+    }
+}
+
+config_enum! {
+    /// `optim.schedule`: the learning rate after the linear warmup.
+    ScheduleKind {
+        /// Cosine decay to `min_lr` at `lr_decay_iters` (or `decay_tokens`).
+        Cosine = "cosine",
+        /// Linear decay to 0 at `lr_decay_iters` (or `decay_tokens`).
+        Linear = "linear",
+        /// `lr · √(warmup / max(t, warmup))`.
+        InverseSqrt = "inverse_sqrt",
+        /// `lr` after warmup.
+        Constant = "constant",
+    }
+}
+
+config_enum! {
+    /// `optim.schedule_unit`: what the schedule counts.
+    ScheduleUnit {
+        /// Optimizer steps.
+        Steps = "steps",
+        /// Training tokens seen (GPT-3).
+        Tokens = "tokens",
+    }
+}
+
+config_enum! {
+    /// `train.on_nonfinite_loss`: what a NaN or infinite loss does.
+    NonFinitePolicy {
+        /// Stop the run with an error.
+        Stop = "stop",
+        /// Skip the step (no update) and go on.
+        Skip = "skip",
+    }
+}
+
+config_enum! {
+    /// `train.matmul_precision`: precision of the matrix products.
+    Precision {
+        /// f32 products.
+        Highest = "highest",
+        /// bf16 inputs, f32 accumulation; f32 master weights, activations and gradients.
+        Bf16 = "bf16",
+    }
+}
+
+config_enum! {
+    /// `finetune.task`: the downstream task.
+    TaskKind {
+        /// Generated next-line pairs from the corpus (classification of text pairs).
+        Pairs = "pairs",
+        /// Generated table-to-text examples (generation).
+        TableToText = "table-to-text",
+        /// `train_file`, `val_file` and `test_file` in JSONL.
+        Jsonl = "jsonl",
+    }
+}
+
+config_enum! {
+    /// `finetune.freeze`: which pretrained weights stay fixed.
+    Freeze {
+        /// Train everything.
+        None = "none",
+        /// Freeze the embeddings.
+        Embeddings = "embeddings",
+        /// Freeze the encoder (and embeddings): only the decoder or head trains.
+        Encoder = "encoder",
+    }
+}
+
+config_enum! {
+    /// `data.tokenizer`: which tokenizer a run trains.
+    TokenizerKind {
+        /// One id per character.
+        Char = "char",
+        /// Byte-level BPE (GPT-2, RoBERTa, BART).
+        Bpe = "bpe",
+        /// WordPiece with BERT's normalizer (BERT).
+        Wordpiece = "wordpiece",
+        /// Unigram with a metaspace pre-tokenizer (T5's SentencePiece).
+        Unigram = "unigram",
+    }
+}
+
+impl From<Precision> for lm_kernels::precision::MatmulPrecision {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::Highest => Self::Highest,
+            Precision::Bf16 => Self::Bf16,
+        }
+    }
+}
+
+impl From<ScheduleUnit> for lm_optim::presets::ScheduleUnit {
+    fn from(u: ScheduleUnit) -> Self {
+        match u {
+            ScheduleUnit::Steps => Self::Steps,
+            ScheduleUnit::Tokens => Self::Tokens,
+        }
+    }
+}
+
+impl From<MlmSelection> for lm_objectives::mlm::Selection {
+    fn from(s: MlmSelection) -> Self {
+        match s {
+            MlmSelection::Exact => Self::ExactCount,
+            MlmSelection::Bernoulli => Self::Bernoulli,
+        }
+    }
+}

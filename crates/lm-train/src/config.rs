@@ -919,4 +919,85 @@ mod tests {
         let e = TrainConfig::recipe("nope").unwrap_err();
         assert!(e.to_string().contains("gpt-shakespeare-char"), "{e}");
     }
+
+    /// `recipe` with `[section] key = "bogus"`, parsed as `bad.toml` by either config type: the
+    /// error must name the file, the key's path, its line, the bad value and every allowed one.
+    fn assert_refused(recipe: &str, section: &str, key: &str, allowed: &[&str]) {
+        let text = recipe_text(RECIPES, recipe)
+            .or_else(|_| recipe_text(FINETUNE_RECIPES, recipe))
+            .unwrap();
+        let mut doc: toml::Table = toml::from_str(text).unwrap();
+        doc.entry(section)
+            .or_insert_with(|| toml::Table::new().into())
+            .as_table_mut()
+            .unwrap()
+            .insert(key.into(), "bogus".into());
+        let bad = toml::to_string(&doc).unwrap();
+        let e = RunConfig::from_toml(&bad, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        let path = format!("{section}.{key}");
+        assert!(
+            e.starts_with(&format!("config bad.toml: {path}: unknown variant `bogus`")),
+            "{e}"
+        );
+        assert!(e.contains("(line "), "{e}");
+        for v in allowed {
+            assert!(
+                e.contains(&format!("`{v}`")),
+                "{path}: {v} missing from {e}"
+            );
+        }
+    }
+
+    macro_rules! refusal_tests {
+        ($($test:ident: $recipe:literal, $section:literal, $key:literal, $ty:ty;)+) => {$(
+            #[test]
+            fn $test() {
+                assert_refused($recipe, $section, $key, <$ty>::ALL);
+            }
+        )+};
+    }
+
+    refusal_tests! {
+        unknown_family_is_refused: "gpt-shakespeare-char", "model", "family", Family;
+        unknown_t5_feed_forward_is_refused: "t5-span-corruption", "model", "t5_feed_forward", T5FeedForward;
+        unknown_tokenizer_is_refused: "gpt-shakespeare-char", "data", "tokenizer", TokenizerKind;
+        unknown_mlm_selection_is_refused: "bert-mlm-nsp", "objective", "mlm_selection", MlmSelection;
+        unknown_optimizer_is_refused: "gpt-shakespeare-char", "optim", "name", OptimizerKind;
+        unknown_schedule_is_refused: "gpt-shakespeare-char", "optim", "schedule", ScheduleKind;
+        unknown_schedule_unit_is_refused: "gpt-shakespeare-char", "optim", "schedule_unit", ScheduleUnit;
+        unknown_nonfinite_policy_is_refused: "gpt-shakespeare-char", "train", "on_nonfinite_loss", NonFinitePolicy;
+        unknown_matmul_precision_is_refused: "gpt-shakespeare-char", "train", "matmul_precision", Precision;
+        unknown_task_is_refused: "bert-finetune-pairs", "finetune", "task", TaskKind;
+        unknown_freeze_is_refused: "bert-finetune-pairs", "finetune", "freeze", Freeze;
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_its_line() {
+        let text = recipe_text(RECIPES, "gpt-shakespeare-char")
+            .unwrap()
+            .replace("n_layer = 4", "n_layer = \"four\"");
+        let line = text.lines().position(|l| l.contains("\"four\"")).unwrap() + 1;
+        let e = TrainConfig::from_toml(&text, "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config x.toml: model.n_layer: invalid type: string \"four\"")
+                && e.contains(&format!("(line {line}, column ")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn both_kinds_of_recipe_round_trip_through_run_config() {
+        for (name, _) in RECIPES.iter().chain(FINETUNE_RECIPES) {
+            let c = RunConfig::recipe(name).unwrap();
+            assert_eq!(RunConfig::from_toml(&c.to_toml(), name).unwrap(), c);
+            assert_eq!(
+                matches!(c, RunConfig::Finetune(_)),
+                FINETUNE_RECIPES.iter().any(|(n, _)| n == name)
+            );
+        }
+    }
 }

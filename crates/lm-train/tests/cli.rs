@@ -300,3 +300,141 @@ fn eval_sample_score_plot_and_tokenizer_verbs_work_on_a_run() {
     );
     assert!(d.join("wp.json").exists());
 }
+
+/// A tiny BERT pretrained for a few steps into `dir/pre` (dropout 0.1, as the recipe has), and
+/// the bert-finetune-pairs recipe pointed at it, shrunk so 200 steps take a second or two.
+fn finetune_config(dir: &Path) -> lm_train::config::FinetuneConfig {
+    use lm_train::config::{FinetuneConfig, TrainConfig};
+    std::fs::write(
+        dir.join("corpus.txt"),
+        &lm_train::data::SHAKESPEARE[..60_000],
+    )
+    .unwrap();
+    let mut pre = TrainConfig::recipe("bert-mlm-nsp").unwrap();
+    pre.data.corpus = dir.join("corpus.txt").display().to_string();
+    pre.data.vocab_size = Some(400);
+    (pre.model.n_layer, pre.model.n_embd, pre.model.d_ff) = (2, 32, Some(64));
+    pre.model.block_size = 32;
+    (
+        pre.train.max_iters,
+        pre.train.eval_interval,
+        pre.train.eval_iters,
+    ) = (4, 4, 1);
+    (pre.optim.warmup_iters, pre.optim.lr_decay_iters) = (1, Some(4));
+    lm_train::Trainer::new(pre, &dir.join("pre"), candle_core::Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    let mut ft = FinetuneConfig::recipe("bert-finetune-pairs").unwrap();
+    ft.finetune.init = dir.join("pre").display().to_string();
+    (ft.finetune.train_examples, ft.finetune.val_examples) = (200, 16);
+    (ft.finetune.test_examples, ft.finetune.max_len) = (16, 32);
+    (ft.train.max_iters, ft.train.eval_interval) = (200, 10);
+    (ft.train.eval_iters, ft.train.log_interval) = (2, 1);
+    ft.optim.warmup_iters = 5;
+    ft
+}
+
+/// Everything a metrics line says about training, without its timings.
+fn metric_lines(run: &Path) -> Vec<String> {
+    lm_train::metrics::MetricsLog::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            format!(
+                "{} {} {:?} {:?} {:?} {:?}",
+                r.step, r.lr, r.train_loss, r.val_loss, r.grad_norm, r.metrics
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_fine_tuning_run_killed_with_sigkill_resumes_to_the_same_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = d.join("ft.toml");
+    std::fs::write(&cfg, finetune_config(d).to_toml()).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = lm_train(&["train", "--config", cfg, "--out", "whole", "--quiet"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lm-train"))
+        .args(["train", "--config", cfg, "--out", "killed", "--quiet"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !d.join("killed/checkpoints/step-00000010").exists() {
+        assert!(started.elapsed().as_secs() < 60, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success() && !d.join("killed/results.json").exists(),
+        "the run finished before the kill"
+    );
+
+    let out = lm_train(&["train", "--resume", "killed", "--quiet"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (whole, killed) = (
+        metric_lines(&d.join("whole")),
+        metric_lines(&d.join("killed")),
+    );
+    assert_eq!(whole.len(), 200 + 21, "a line per step and per evaluation");
+    assert!(whole.iter().any(|l| l.contains("val_accuracy")));
+    assert_eq!(killed, whole);
+    let results = |run: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(d.join(run).join("results.json")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["best_checkpoint"] = serde_json::Value::Null; // the paths differ by run directory
+        v
+    };
+    assert_eq!(results("killed"), results("whole"));
+}
+
+#[test]
+fn a_fine_tuning_recipe_follows_its_configured_schedule() {
+    use lm_train::config::ScheduleKind;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = finetune_config(tmp.path());
+    cfg.optim.schedule = ScheduleKind::Cosine;
+    (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_iters) = (1e-3, 1e-4, 4);
+    (cfg.train.max_iters, cfg.train.eval_interval) = (20, 20);
+    let run = tmp.path().join("cosine");
+    lm_train::Trainer::new(cfg, &run, candle_core::Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    let lines: Vec<(u64, f64)> = lm_train::metrics::MetricsLog::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.val_loss.is_none())
+        .map(|r| (r.step, r.lr))
+        .collect();
+    assert_eq!(lines.len(), 20);
+    for (step, lr) in lines {
+        // The line of step s reports the rate its update used, at position t = s − 1:
+        // warmup 1e-3·t/4, then 1e-4 + ½(1e-3 − 1e-4)(1 + cos(π(t − 4)/16)).
+        let t = (step - 1) as f64;
+        let want = if t < 4.0 {
+            1e-3 * t / 4.0
+        } else {
+            1e-4 + 0.5 * (1e-3 - 1e-4) * (1.0 + (std::f64::consts::PI * (t - 4.0) / 16.0).cos())
+        };
+        assert!(
+            (lr - want).abs() < 1e-12,
+            "step {step}: lr {lr}, cosine gives {want}"
+        );
+    }
+}

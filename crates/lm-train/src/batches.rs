@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use lm_objectives::bart::{BartNoise, InfillingConfig};
 use lm_objectives::collate::{pad_batch, pad_labels, shift_right};
-use lm_objectives::mlm::{MlmConfig, MlmMasker};
+use lm_objectives::mlm::{MlmConfig, MlmExample, MlmMasker};
 use lm_objectives::nsp::{full_sentences, next_sentence_pairs, Document, NspConfig, NspExample};
 use lm_objectives::span_corruption::{Sentinels, SpanCorruptionConfig, SpanCorruptor};
 use lm_objectives::Rng;
@@ -272,162 +272,174 @@ impl BatchSource {
     /// The batch of `key` in `split`: `batch` examples.
     pub fn batch(&self, split: Split, key: u64, batch: usize, device: &Device) -> Result<Batch> {
         let mut rng = self.rng(split, key);
-        let pool = &self.pools[split_index(split)];
-        let tensor_u32 = |v: Vec<u32>, r: usize, c: usize| Tensor::from_vec(v, (r, c), device);
-        let tensor_i64 = |v: Vec<i64>, r: usize, c: usize| Tensor::from_vec(v, (r, c), device);
-        Ok(match (self.family, pool) {
-            (Family::Gpt, Pool::Stream(range)) => {
-                let (mut x, mut y) = (
-                    Vec::with_capacity(batch * self.block),
-                    Vec::with_capacity(batch * self.block),
-                );
-                let mut w = Vec::with_capacity(self.block + 1);
-                for _ in 0..batch {
-                    let start = range.start + rng.below((range.len() - self.block) as u64) as usize;
-                    w.clear();
-                    self.corpus
-                        .extend_into(start..start + self.block + 1, &mut w);
-                    x.extend_from_slice(&w[..self.block]);
-                    y.extend(w[1..].iter().map(|&t| t as i64));
-                }
-                Batch {
-                    input_ids: tensor_u32(x, batch, self.block)?,
-                    attention_mask: None,
-                    token_type_ids: None,
-                    labels: tensor_i64(y, batch, self.block)?,
-                    nsp_labels: None,
-                    decoder_input_ids: None,
-                    tokens: batch * self.block,
-                }
-            }
-            (Family::T5, Pool::Stream(range)) => {
-                let sc = SpanCorruptionConfig {
-                    noise_density: self.cfg.objective.noise_density,
-                    mean_span_length: self.cfg.objective.mean_span_length,
-                };
-                let mut c = SpanCorruptor::new(
-                    sc,
-                    Sentinels {
-                        first: self.specials.sentinel,
-                        count: 100,
-                        descending: false,
-                    },
-                    self.specials.eos,
-                )?;
-                let mut inputs = vec![];
-                let mut targets: Vec<Vec<i64>> = vec![];
-                for _ in 0..batch {
-                    let start =
-                        range.start + rng.below((range.len() - self.raw_len) as u64) as usize;
-                    let ex =
-                        c.corrupt(&self.corpus.tokens(start..start + self.raw_len), &mut rng)?;
-                    inputs.push(ex.input_ids);
-                    targets.push(ex.target_ids.iter().map(|&t| t as i64).collect());
-                }
-                self.seq2seq(inputs, targets, self.specials.pad, device)?
-            }
+        match (self.family, &self.pools[split_index(split)]) {
+            (Family::Gpt, Pool::Stream(range)) => self.causal_batch(range, batch, &mut rng, device),
+            (Family::T5, Pool::Stream(range)) => self.span_batch(range, batch, &mut rng, device),
             (Family::Bert, Pool::Pairs(pairs)) => {
                 let mut masker = self.masker(&mut rng)?;
                 let picked: Vec<&NspExample> = (0..batch)
                     .map(|_| &pairs[rng.below(pairs.len() as u64) as usize])
                     .collect();
-                let masked: Vec<_> = picked
-                    .iter()
-                    .map(|p| masker.mask(&p.input_ids))
-                    .collect::<std::result::Result<_, _>>()?;
-                let ids = pad_batch(
-                    &masked
-                        .iter()
-                        .map(|m| m.input_ids.clone())
-                        .collect::<Vec<_>>(),
-                    self.specials.pad,
-                    None,
-                )?;
-                let labels = pad_labels(
-                    &masked.iter().map(|m| m.labels.clone()).collect::<Vec<_>>(),
-                    ids.len,
-                )?;
+                let seqs: Vec<&[u32]> = picked.iter().map(|p| p.input_ids.as_slice()).collect();
+                let mut b = self.mlm_batch(&mut masker, &seqs, device)?;
+                let (rows, t) = b.input_ids.dims2()?;
                 let segs = pad_batch(
                     &picked
                         .iter()
-                        .map(|p| p.segment_ids.clone())
+                        .map(|p| p.segment_ids.as_slice())
                         .collect::<Vec<_>>(),
                     0,
-                    None,
+                    Some(t),
                 )?;
-                let nsp: Vec<i64> = picked.iter().map(|p| p.label() as i64).collect();
-                let (b, t) = (ids.batch, ids.len);
-                Batch {
-                    input_ids: tensor_u32(ids.input_ids, b, t)?,
-                    attention_mask: Some(tensor_u32(ids.attention_mask, b, t)?),
-                    token_type_ids: Some(tensor_u32(segs.input_ids, b, t)?),
-                    labels: tensor_i64(labels, b, t)?,
-                    nsp_labels: if self.cfg.objective.nsp {
-                        Some(Tensor::from_vec(nsp, b, device)?)
-                    } else {
-                        None
-                    },
-                    decoder_input_ids: None,
-                    tokens: b * t,
+                b.token_type_ids = Some(Tensor::from_vec(segs.input_ids, (rows, t), device)?);
+                if self.cfg.objective.nsp {
+                    let nsp: Vec<i64> = picked.iter().map(|p| p.label() as i64).collect();
+                    b.nsp_labels = Some(Tensor::from_vec(nsp, rows, device)?);
                 }
+                Ok(b)
             }
             (Family::Roberta, Pool::Blocks(blocks)) => {
                 let mut masker = self.masker(&mut rng)?;
-                let masked: Vec<_> = (0..batch)
-                    .map(|_| masker.mask(&blocks[rng.below(blocks.len() as u64) as usize]))
-                    .collect::<std::result::Result<_, _>>()?;
-                let ids = pad_batch(
-                    &masked
-                        .iter()
-                        .map(|m| m.input_ids.clone())
-                        .collect::<Vec<_>>(),
-                    self.specials.pad,
-                    None,
-                )?;
-                let labels = pad_labels(
-                    &masked.iter().map(|m| m.labels.clone()).collect::<Vec<_>>(),
-                    ids.len,
-                )?;
-                let (b, t) = (ids.batch, ids.len);
-                Batch {
-                    input_ids: tensor_u32(ids.input_ids, b, t)?,
-                    attention_mask: Some(tensor_u32(ids.attention_mask, b, t)?),
-                    token_type_ids: None,
-                    labels: tensor_i64(labels, b, t)?,
-                    nsp_labels: None,
-                    decoder_input_ids: None,
-                    tokens: b * t,
-                }
+                let seqs: Vec<&[u32]> = (0..batch)
+                    .map(|_| blocks[rng.below(blocks.len() as u64) as usize].as_slice())
+                    .collect();
+                self.mlm_batch(&mut masker, &seqs, device)
             }
-            (_, Pool::Docs(docs)) => {
-                let ob = &self.cfg.objective;
-                let noise = BartNoise {
-                    permute_sentences: ob.permute_sentences,
-                    infilling: Some(InfillingConfig {
-                        mask_ratio: ob.mask_ratio,
-                        lambda: ob.poisson_lambda,
-                        mask: self.specials.mask,
-                    }),
-                    ..Default::default()
-                };
-                let mut inputs = vec![];
-                let mut targets = vec![];
-                for _ in 0..batch {
-                    let doc = &docs[rng.below(docs.len() as u64) as usize];
-                    let ex = noise.apply(doc, &mut rng)?;
-                    let mut x = ex.input_ids;
-                    x.truncate(self.block - 1);
-                    x.push(self.specials.eos);
-                    let mut y: Vec<i64> = ex.target_ids.iter().map(|&t| t as i64).collect();
-                    y.truncate(self.block - 1);
-                    y.push(self.specials.eos as i64);
-                    inputs.push(x);
-                    targets.push(y);
-                }
-                self.seq2seq(inputs, targets, self.specials.eos, device)?
-            }
-            _ => unreachable!("each family has its pool"),
+            (Family::Bart, Pool::Docs(docs)) => self.denoising_batch(docs, batch, &mut rng, device),
+            (family, _) => Err(TrainError::Corpus {
+                corpus: self.cfg.data.corpus.clone(),
+                problem: format!("no example pool for the {family} family"),
+            }),
+        }
+    }
+
+    /// GPT: windows of `block + 1` tokens at random offsets; inputs and next-token targets.
+    fn causal_batch(
+        &self,
+        range: &std::ops::Range<usize>,
+        batch: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Batch> {
+        let (mut x, mut y) = (
+            Vec::with_capacity(batch * self.block),
+            Vec::with_capacity(batch * self.block),
+        );
+        let mut w = Vec::with_capacity(self.block + 1);
+        for _ in 0..batch {
+            let start = range.start + rng.below((range.len() - self.block) as u64) as usize;
+            w.clear();
+            self.corpus
+                .extend_into(start..start + self.block + 1, &mut w);
+            x.extend_from_slice(&w[..self.block]);
+            y.extend(w[1..].iter().map(|&t| t as i64));
+        }
+        Ok(Batch {
+            input_ids: Tensor::from_vec(x, (batch, self.block), device)?,
+            attention_mask: None,
+            token_type_ids: None,
+            labels: Tensor::from_vec(y, (batch, self.block), device)?,
+            nsp_labels: None,
+            decoder_input_ids: None,
+            tokens: batch * self.block,
         })
+    }
+
+    /// T5: span corruption of raw windows sized so the corrupted input fills the block.
+    fn span_batch(
+        &self,
+        range: &std::ops::Range<usize>,
+        batch: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Batch> {
+        let sc = SpanCorruptionConfig {
+            noise_density: self.cfg.objective.noise_density,
+            mean_span_length: self.cfg.objective.mean_span_length,
+        };
+        let sentinels = Sentinels {
+            first: self.specials.sentinel,
+            count: 100,
+            descending: false,
+        };
+        let mut c = SpanCorruptor::new(sc, sentinels, self.specials.eos)?;
+        let mut inputs = vec![];
+        let mut targets: Vec<Vec<i64>> = vec![];
+        for _ in 0..batch {
+            let start = range.start + rng.below((range.len() - self.raw_len) as u64) as usize;
+            let ex = c.corrupt(&self.corpus.tokens(start..start + self.raw_len), rng)?;
+            inputs.push(ex.input_ids);
+            targets.push(ex.target_ids.iter().map(|&t| t as i64).collect());
+        }
+        self.seq2seq(inputs, targets, self.specials.pad, device)
+    }
+
+    /// `seqs` masked in order, padded, with their attention mask and MLM labels (BERT, RoBERTa).
+    fn mlm_batch(&self, masker: &mut MlmMasker, seqs: &[&[u32]], device: &Device) -> Result<Batch> {
+        let masked: Vec<MlmExample> = seqs
+            .iter()
+            .map(|s| masker.mask(s))
+            .collect::<std::result::Result<_, _>>()?;
+        let ids = pad_batch(
+            &masked
+                .iter()
+                .map(|m| m.input_ids.as_slice())
+                .collect::<Vec<_>>(),
+            self.specials.pad,
+            None,
+        )?;
+        let labels = pad_labels(
+            &masked
+                .iter()
+                .map(|m| m.labels.as_slice())
+                .collect::<Vec<_>>(),
+            ids.len,
+        )?;
+        let (b, t) = (ids.batch, ids.len);
+        Ok(Batch {
+            input_ids: Tensor::from_vec(ids.input_ids, (b, t), device)?,
+            attention_mask: Some(Tensor::from_vec(ids.attention_mask, (b, t), device)?),
+            token_type_ids: None,
+            labels: Tensor::from_vec(labels, (b, t), device)?,
+            nsp_labels: None,
+            decoder_input_ids: None,
+            tokens: b * t,
+        })
+    }
+
+    /// BART: text infilling and sentence permutation of whole documents, reconstructed.
+    fn denoising_batch(
+        &self,
+        docs: &[Document],
+        batch: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Batch> {
+        let ob = &self.cfg.objective;
+        let noise = BartNoise {
+            permute_sentences: ob.permute_sentences,
+            infilling: Some(InfillingConfig {
+                mask_ratio: ob.mask_ratio,
+                lambda: ob.poisson_lambda,
+                mask: self.specials.mask,
+            }),
+            ..Default::default()
+        };
+        let mut inputs = vec![];
+        let mut targets = vec![];
+        for _ in 0..batch {
+            let doc = &docs[rng.below(docs.len() as u64) as usize];
+            let ex = noise.apply(doc, rng)?;
+            let mut x = ex.input_ids;
+            x.truncate(self.block - 1);
+            x.push(self.specials.eos);
+            let mut y: Vec<i64> = ex.target_ids.iter().map(|&t| t as i64).collect();
+            y.truncate(self.block - 1);
+            y.push(self.specials.eos as i64);
+            inputs.push(x);
+            targets.push(y);
+        }
+        self.seq2seq(inputs, targets, self.specials.eos, device)
     }
 
     /// Pads encoder inputs and targets; decoder inputs are the targets shifted right after

@@ -469,25 +469,13 @@ impl FinetuneTask {
         let max_target = self.cfg.finetune.max_target_len;
         Ok(match (e, self.head) {
             // GPT classifies by generating the label word after the texts.
-            (
-                Example::Pair {
-                    text_a,
-                    text_b,
-                    label,
-                },
-                Head::Causal,
-            ) => {
-                let mut input = tok.encode(&format!("{text_a} | {text_b} ?"))?;
-                input.truncate(max_len.saturating_sub(3).max(1));
-                Encoded {
-                    input,
-                    segments: vec![],
-                    label: self.class_index(label),
-                    target: [tok.encode(&format!(" {label}"))?, vec![ids.eos]].concat(),
-                }
-            }
-            (Example::Single { text, label }, Head::Causal) => {
-                let mut input = tok.encode(&format!("{text} ?"))?;
+            (Example::Pair { label, .. } | Example::Single { label, .. }, Head::Causal) => {
+                let prompt = match e {
+                    Example::Pair { text_a, text_b, .. } => format!("{text_a} | {text_b} ?"),
+                    Example::Single { text, .. } => format!("{text} ?"),
+                    Example::TextToText { .. } => unreachable!("matched a labelled example"),
+                };
+                let mut input = tok.encode(&prompt)?;
                 input.truncate(max_len.saturating_sub(3).max(1));
                 Encoded {
                     input,

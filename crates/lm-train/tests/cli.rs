@@ -166,6 +166,24 @@ fn kill_config(dir: &Path) -> std::path::PathBuf {
     )
 }
 
+/// Starts `lm-train train --config cfg --out out` in `d` and kills it (SIGKILL) as soon as
+/// checkpoint `ckpt` exists, i.e. mid-run; returns whether it had still been running.
+fn kill_after_checkpoint(d: &Path, cfg: &str, out: &str, ckpt: &str) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lm-train"))
+        .args(["train", "--config", cfg, "--out", out, "--quiet"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !d.join(out).join("checkpoints").join(ckpt).exists() {
+        assert!(started.elapsed().as_secs() < 60, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    !child.wait().unwrap().success()
+}
+
 fn losses(run: &Path) -> Vec<(u64, f32, Option<f32>)> {
     lm_train::metrics::MetricsLog::read(&run.join("metrics.jsonl"))
         .unwrap()
@@ -187,23 +205,10 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_losses() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lm-train"))
-        .args(["train", "--config", cfg, "--out", "killed", "--quiet"])
-        .current_dir(d)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    // Kill it as soon as a checkpoint after step 0 exists, i.e. mid-run.
-    while !d.join("killed/checkpoints/step-00000010").exists() {
-        assert!(started.elapsed().as_secs() < 60, "no checkpoint appeared");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-    let status = child.wait().unwrap();
+    let killed = kill_after_checkpoint(d, cfg, "killed", "step-00000010");
     let killed_at = losses(&d.join("killed")).last().map(|r| r.0).unwrap_or(0);
     assert!(
-        !status.success() && killed_at < 60,
+        killed && killed_at < 60,
         "the run finished before the kill (step {killed_at})"
     );
 
@@ -363,21 +368,9 @@ fn a_fine_tuning_run_killed_with_sigkill_resumes_to_the_same_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lm-train"))
-        .args(["train", "--config", cfg, "--out", "killed", "--quiet"])
-        .current_dir(d)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while !d.join("killed/checkpoints/step-00000010").exists() {
-        assert!(started.elapsed().as_secs() < 60, "no checkpoint appeared");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    child.kill().unwrap(); // SIGKILL on Unix
-    let status = child.wait().unwrap();
+    let killed = kill_after_checkpoint(d, cfg, "killed", "step-00000010");
     assert!(
-        !status.success() && !d.join("killed/results.json").exists(),
+        killed && !d.join("killed/results.json").exists(),
         "the run finished before the kill"
     );
 

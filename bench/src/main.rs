@@ -1,5 +1,5 @@
 //! `cargo xtask bench [SUITE..]`: throughput of every layer, each beside the machine's measured
-//! limit, written to `docs/performance.md` and `docs/performance.json`.
+//! limit, written to `docs/performance-table.md` and `docs/performance.json`.
 //!
 //! Every figure is the median of several timed runs in this process; ratios (fused vs composite,
 //! achieved vs peak) are what to compare across machines.
@@ -359,6 +359,23 @@ fn cpu_description() -> String {
     )
 }
 
+/// Today's date in UTC as `YYYY-MM-DD` (the civil-from-days algorithm on the Unix clock).
+fn utc_date() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 fn main() -> Result<()> {
     lm_kernels::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -392,76 +409,27 @@ fn main() -> Result<()> {
         train_step(&mut r, peak, "t5-span-corruption", 128, 10)?;
     }
     if args.is_empty() {
-        let mut md = format!("# Performance\n\nMade by `cargo xtask bench` (all suites) on {}, CPU only.\nEach figure is the median of 3–7 timed runs in one process, after a warm-up run; compare the\nratios, which hold across machines better than absolute times.\n\n| suite | what | measured | against |\n| --- | --- | --- | --- |\n", cpu_description());
+        // Only the measured table and how it was measured: the narrative in
+        // docs/performance.md is written by hand, with the machine and date of each figure.
+        let mut md = format!(
+            "# Benchmark table\n\nWritten by `cargo xtask bench` (all suites) on {} ({}), CPU only, \
+             {} UTC. Each figure is the median of 3–7 timed runs in one process, after a warm-up \
+             run; compare the ratios, which hold across machines better than absolute times.\n\n\
+             | suite | what | measured | against |\n| --- | --- | --- | --- |\n",
+            cpu_description(),
+            std::env::consts::ARCH,
+            utc_date(),
+        );
         for (s, w, v, vs) in &r.rows {
             md.push_str(&format!("| {s} | {w} | {v} | {vs} |\n"));
         }
         md.push_str("\nThe machine's limits are measured in the same run (first rows): MFU is achieved model FLOP/s\n(6·N + 12·L·d·T per token) over the f32 FMA peak of all cores (a register-only loop, no memory traffic); the optimizer step moves ≈ 28 bytes per\nparameter (read θ, g, m, v; write θ, m, v), so its limit is bandwidth / 28.\n");
-        md.push_str(
-            "\n## Against the targets\n\n\
-             This VM's speed drifts a lot: the same binary's step varied by up to 35% between sessions and by \
-             10–20% within one (the memory-bound parts most; the FMA peak row read 366–429 GFLOP/s). Compare ratios measured in one run, \
-             or runs interleaved with a reference build.\n\
-             \n\
-             - gpt-shakespeare-char, fp32: the step above against PyTorch's ~30 ms (eager, 2 threads, same machine \
-             class). Reached: median 25.9 ms over five `lm-bench step` runs at the end of the last session \
-             (24.5–26.1 ms), each interleaved with a run of the previous session's final build (29.1–31.2 ms, median \
-             29.9): 0.85× its time (median of the five ratios). A full 2000-iteration run: 25.4 ms per step (median over the log windows), 54.9 s of \
-             wall time with evaluations and checkpoints (PyTorch: 69 s), val loss 1.8706 (PyTorch: 1.886). The composite candle model took ~300 ms per step here; the fused kernels (layer norm, causal \
-             softmax, GELU, softmax-cross-entropy, each with its backward) ~121 ms; the fused linear layer and \
-             attention with our AVX-512 gemm ~60–70 ms; then, each kept only when interleaved A/B runs of the step \
-             improved: `fastmath::exp` reading 2^n from the float's bits, the 12 × 32 f32 tile in assembly, the bias \
-             in the gemm's store epilogue, no zero-filling of outputs written in full, reused 64-byte-aligned \
-             packing buffers, the step run on a rayon worker with the other workers polling for work (−2.4 ms), dx \
-             and dW as one product per thread, causal attention skipping its zero triangles and keeping its \
-             probabilities, clipping folded into the fused AdamW update; and last: mimalloc as the binaries' \
-             allocator with purging off (freed activations came back as fresh pages to fault in: 1911 → 421 page \
-             faults over 60 steps), GELU and its gradient in AVX-512 with a reciprocal instead of a division (the \
-             forward pass −47%), residual adds on all threads, and the weight gradients' B operand packed one panel \
-             chunk at a time into an L1-sized buffer (those products −11%), and the gradient norm \
-             on all threads.\n\
-             - Mixed precision (`train.matmul_precision = \"bf16\"`: bf16 inputs to every linear-layer product, \
-             f32 accumulation, f32 master weights, activations and gradients; products under 2^20 multiply-adds, such \
-             as one attention head, stay f32): on Intel AMX the products run as `tdpbf16ps` tile instructions (inline \
-             assembly; the tile state is requested from Linux once), elsewhere as AVX512-BF16 `vdpbf16ps` or as \
-             rounded inputs through the f32 gemm. Reached: median 15.0 ms over five `lm-bench step` runs at the end \
-             of the last session (13.5–15.6 ms; target ≤ 20 ms, PyTorch bf16 autocast ~23.5 ms), interleaved with \
-             the previous session's final build (21.8–23.2 ms, median 22.9): 0.65× its time. A full 2000-iteration \
-             run: 15.1 ms per step in the loop, 33.0 s of wall time, val loss 1.8718 (PyTorch bf16 autocast: 1.888). What the last session changed besides the shared work above: the A operand \
-             converted 32 values per instruction (it was converted one at a time), a column-major A converted \
-             through a 16 × 16 register transpose and packed whole before the row tasks, a row-major B packed a few \
-             row pairs at a time across all its panels (rows read in order), packing buffers reused per thread, and \
-             the bias loaded as the tiles' starting value (a row-stride-0 tile load) instead of prefilled. \
-             `vdpbf16ps` alone is no help on this CPU: it sustains about half the FLOP rate of 512-bit f32 FMA \
-             (≈ 98 vs ≈ 200 GFLOP/s on one core in a register-only loop), while AMX reaches ≈ 2.9 TFLOP/s in the \
-             same kind of loop.\n\
-             - Optimizer: the fused AdamW step is within 2× of the memory-bandwidth limit measured in the same run.\n\
-             - Objectives: MLM masking and span corruption are 100×+ faster than the Python collators.\n\
-             \n## Where the time goes\n\n\
-             `perf record` (cpu-clock; this VM exposes no hardware counters) of the fp32 gpt-shakespeare-char step: \
-             the linear layers' products about half of the samples or more (their backward most of it; some samples \
-             of the helper thread lose their call stack in the assembly tile), causal attention ≈ 10%, GELU ≈ 7%, \
-             layer norm ≈ 4%, AdamW ≈ 2%, the rest candle's graph bookkeeping, small ops and waiting. Per product the f32 \
-             gemm reaches 125–155 GFLOP/s per core in isolation (the 12 × 32 tile: ≈ 170 with its operands in L1) \
-             and less in the step, where each product reads activations written many kernels earlier. In bf16 the \
-             AMX products are bound by storing their f32 outputs (a 768 × 128 × 512 product: 1044 GFLOP/s with the \
-             stores aimed at an L1 buffer, 483 into the real output) and by packing, not by the tile arithmetic. \
-             Tried and not kept (no gain on the step): packing every B panel, software prefetch of the output \
-             (f32 and AMX), embedded-broadcast FMAs, other k chunk sizes (128–768) and row blocks, row-tile-outer \
-             loops, splitting the weight gradient over both threads (by rows or by tokens, to balance dx ∥ dW), FMA \
-             in `fastmath::exp` (it becomes a libm call where the loop is not compiled for FMA). Next: the GELU \
-             output recomputed in the next product instead of stored, bf16 weights packed once per step, gradient \
-             accumulation in place.\n\
-             \nThe regression guard in CI (`crates/lm-models/tests/perf_guard.rs`) times each fused kernel against its \
-             composite form in one process and requires a ≥ 1.5× speed-up (1.2× for the gemm-bound linear layer; measured \
-             2–7×: layer norm, causal softmax, GELU, causal attention, linear).\n",
-        );
-        std::fs::write("docs/performance.md", md)?;
+        std::fs::write("docs/performance-table.md", md)?;
         std::fs::write(
             "docs/performance.json",
             serde_json::to_string_pretty(&Value::Object(r.json))?,
         )?;
-        println!("wrote docs/performance.md and docs/performance.json");
+        println!("wrote docs/performance-table.md and docs/performance.json");
     }
     Ok(())
 }

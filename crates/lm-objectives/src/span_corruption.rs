@@ -2,7 +2,8 @@
 //!
 //! For a sequence of length `L`:
 //! - `n_noise = clamp(round(L · density), 1, L − 1)` noise tokens;
-//! - `n_spans = max(1, round(n_noise / mean_span_length))` noise spans;
+//! - `n_spans = max(1, round(n_noise / mean_span_length))` noise spans
+//!   (both rounded half to even, as T5's `np.round`);
 //! - noise and non-noise tokens are each split into `n_spans` non-empty runs by a uniformly random
 //!   segmentation, and the runs are interleaved starting with non-noise;
 //! - the input keeps the non-noise tokens and replaces each noise span with one sentinel
@@ -53,9 +54,9 @@ impl SpanCorruptionConfig {
 
     /// `(n_noise, n_spans)` for a sequence of `len` tokens.
     pub fn counts(&self, len: usize) -> (usize, usize) {
-        let n_noise = ((len as f64 * self.noise_density).round() as usize)
+        let n_noise = ((len as f64 * self.noise_density).round_ties_even() as usize)
             .clamp(1, len.saturating_sub(1).max(1));
-        let n_spans = ((n_noise as f64 / self.mean_span_length).round() as usize).max(1);
+        let n_spans = ((n_noise as f64 / self.mean_span_length).round_ties_even() as usize).max(1);
         (n_noise, n_spans)
     }
 
@@ -65,8 +66,8 @@ impl SpanCorruptionConfig {
     pub fn raw_length_for_inputs(&self, inputs_length: usize) -> Result<(usize, usize)> {
         self.validate()?;
         let lengths = |raw: usize| {
-            let n_noise = (raw as f64 * self.noise_density).round() as usize;
-            let n_spans = (n_noise as f64 / self.mean_span_length).round() as usize;
+            let n_noise = (raw as f64 * self.noise_density).round_ties_even() as usize;
+            let n_spans = (n_noise as f64 / self.mean_span_length).round_ties_even() as usize;
             (raw - n_noise + n_spans + 1, n_noise + n_spans + 1)
         };
         let mut raw = inputs_length;

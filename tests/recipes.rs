@@ -104,7 +104,9 @@ fn a_failed_save_leaves_the_previous_checkpoint_intact() {
         before
     );
     assert!(!dir.join("checkpoints/step-00000008").exists());
-    // With the disk "fixed" the run resumes from 4 and finishes.
+    // With the disk "fixed" the run resumes from 4 and finishes (the failed trainer, which
+    // holds the run's lock, is gone first).
+    drop(t);
     std::fs::remove_file(&blocker).unwrap();
     let mut t = Trainer::resume(&dir, Some(8), Device::Cpu).unwrap();
     assert_eq!(t.step(), 4);
@@ -141,11 +143,20 @@ fn a_non_finite_loss_stops_or_is_skipped_per_config() {
         }
     )));
     cfg.train.on_nonfinite_loss = NonFinitePolicy::Skip;
-    let summary = Trainer::new(cfg, &tmp.path().join("skip"), Device::Cpu)
+    // lr = 1e12 makes the weights infinite in a step whose loss was still finite: the later
+    // steps are skipped, and the checkpoint at the end is refused rather than written with
+    // NaN weights — the step-0 checkpoint stays the newest.
+    let err = Trainer::new(cfg, &tmp.path().join("skip"), Device::Cpu)
         .unwrap()
         .train()
-        .unwrap();
-    assert_eq!(summary.step, 12);
+        .unwrap_err();
+    assert!(
+        matches!(err, TrainError::NonFiniteWeights { step: 12, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("step-00000000"), "{err}");
+    let kept = lm_train::checkpoint::list_checkpoints(&tmp.path().join("skip")).unwrap();
+    assert_eq!(kept.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0]);
     let logged = MetricsLog::read(&tmp.path().join("skip/metrics.jsonl")).unwrap();
     assert!(
         logged.iter().filter(|r| r.val_loss.is_none()).count() < 12,

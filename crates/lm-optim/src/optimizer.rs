@@ -103,7 +103,14 @@ pub(crate) fn read_step(state: &HashMap<String, Tensor>) -> Result<u64> {
         key: "step".into(),
         problem: "missing".into(),
     })?;
-    Ok(t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?[0].max(0) as u64)
+    let values = t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+    match values.as_slice() {
+        [step] if *step >= 0 => Ok(*step as u64),
+        _ => Err(OptimError::BadState {
+            key: "step".into(),
+            problem: format!("expected one step count ≥ 0, got {values:?}"),
+        }),
+    }
 }
 
 /// Reads one state tensor and checks its shape.
@@ -122,7 +129,19 @@ pub(crate) fn take_state(
             problem: format!("shape {:?}, expected {:?}", t.dims(), like.dims()),
         });
     }
-    Ok(t.to_dtype(DType::F32)?)
+    let t = t.to_dtype(DType::F32)?;
+    // A moment with a NaN or infinity would poison every later step: refuse it here.
+    if !(t.clone() * 0.0)?
+        .sum_all()?
+        .to_scalar::<f32>()?
+        .is_finite()
+    {
+        return Err(OptimError::BadState {
+            key: key.into(),
+            problem: "holds NaN or infinite values".into(),
+        });
+    }
+    Ok(t)
 }
 
 /// Checks that parameter names are unique across groups (they key the saved state).

@@ -6,6 +6,7 @@
 //! directory and renamed into place only when complete, so a crash or a full disk never leaves a
 //! half-written checkpoint under a real name and never touches the previous ones.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -31,16 +32,94 @@ pub struct TrainerState {
     /// Evaluations since the best one (for early stopping).
     #[serde(default)]
     pub evals_since_best: usize,
+    /// CRC-32 and length of each file of the checkpoint (`model.safetensors`, …), verified when
+    /// the checkpoint is loaded.
+    #[serde(default)]
+    pub checksums: BTreeMap<String, FileSum>,
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+/// A file's CRC-32 (IEEE) and length in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    /// CRC-32 of the contents.
+    pub crc32: u32,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl FileSum {
+    /// The sum of the file at `path`.
+    pub fn of(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        Ok(Self {
+            crc32: crc32fast::hash(&bytes),
+            len: bytes.len() as u64,
+        })
+    }
+}
+
+/// The files of a checkpoint that carry a checksum in its `state.json`.
+pub const CHECKSUMMED: [&str; 4] = [
+    "model.safetensors",
+    "optimizer.safetensors",
+    "tokenizer.json",
+    "config.json",
+];
+
+/// Checks every file that `state` has a checksum for against it; a mismatch names the file.
+pub fn verify_checksums(ckpt: &Path, state: &TrainerState) -> Result<()> {
+    for (file, want) in &state.checksums {
+        let path = ckpt.join(file);
+        let got = FileSum::of(&path)?;
+        if got != *want {
+            return Err(TrainError::Checkpoint {
+                path,
+                problem: format!(
+                    "damaged: CRC-32 {:08x} over {} bytes, state.json recorded {:08x} over {} bytes; use an earlier checkpoint",
+                    got.crc32, got.len, want.crc32, want.len
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Flushes a file's contents to the disk.
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))
+}
+
+/// Flushes a directory's entries (a rename into it) to the disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    match std::fs::File::open(dir).and_then(|f| f.sync_all()) {
+        Ok(()) => Ok(()),
+        // Some file systems cannot sync a directory handle; the rename itself stands.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, flushed to the disk,
+/// and a rename (then the directory is flushed too).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| {
+    let written = (|| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        io_err(&tmp)(e)
-    })?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+        return Err(io_err(&tmp)(e));
+    }
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => Ok(()),
+    }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -99,10 +178,11 @@ pub struct CheckpointWriter {
 }
 
 impl CheckpointWriter {
-    /// Starts the checkpoint of `step` in `run_dir`.
+    /// Starts the checkpoint of `step` in `run_dir` (removing what killed writers left behind).
     pub fn begin(run_dir: &Path, step: u64) -> Result<Self> {
         let parent = checkpoints_dir(run_dir);
         std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+        remove_abandoned(&parent)?;
         let dest = parent.join(step_dir_name(step));
         let tmp = tmp_path(&dest);
         if tmp.exists() {
@@ -122,8 +202,16 @@ impl CheckpointWriter {
         self.tmp.join(file)
     }
 
-    /// Moves the complete checkpoint into place and returns its directory.
+    /// Flushes the files to the disk, moves the complete checkpoint into place and returns its
+    /// directory.
     pub fn commit(self) -> Result<PathBuf> {
+        for entry in std::fs::read_dir(&self.tmp).map_err(io_err(&self.tmp))? {
+            let path = entry.map_err(io_err(&self.tmp))?.path();
+            if path.is_file() {
+                sync_file(&path)?;
+            }
+        }
+        sync_dir(&self.tmp)?;
         if self.dest.exists() {
             // Same step written again (e.g. after a resume): swap, then drop the old one.
             let old = self.dest.with_extension("old");
@@ -132,6 +220,9 @@ impl CheckpointWriter {
             std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
         } else {
             std::fs::rename(&self.tmp, &self.dest).map_err(io_err(&self.dest))?;
+        }
+        if let Some(parent) = self.dest.parent() {
+            sync_dir(parent)?;
         }
         Ok(self.dest.clone())
     }
@@ -142,6 +233,27 @@ impl CheckpointWriter {
     }
 }
 
+/// Whether process `pid` runs on this machine.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists() || !Path::new("/proc/self").exists()
+}
+
+/// Removes `step-*.tmp-PID` directories under `dir` whose writer process is gone (a write that
+/// was killed); those of a live process are left alone.
+fn remove_abandoned(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .rsplit_once(".tmp-")
+            .and_then(|(_, p)| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| p != std::process::id() && !process_alive(p)) {
+            std::fs::remove_dir_all(entry.path()).map_err(io_err(&entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Deletes all but the newest `keep` checkpoints, never the one at step `best`.
 pub fn prune(run_dir: &Path, keep: usize, best: Option<u64>) -> Result<()> {
     let all = list_checkpoints(run_dir)?;
@@ -149,6 +261,62 @@ pub fn prune(run_dir: &Path, keep: usize, best: Option<u64>) -> Result<()> {
     for (i, (step, path)) in all.into_iter().enumerate() {
         if i + keep.max(1) < n && Some(step) != best {
             std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that checkpoint `ckpt` belongs to the run as `run_dir` describes it now: the same
+/// tokenizer file, and the same model, data and objective sections (or fine-tuning task) as the
+/// configuration saved with the checkpoint. A difference is refused naming the key.
+pub fn check_same_run(run_dir: &Path, ckpt: &Path, cfg: &crate::config::RunConfig) -> Result<()> {
+    let (run_tok, ckpt_tok) = (run_dir.join("tokenizer.json"), ckpt.join("tokenizer.json"));
+    if let (Ok(a), Ok(b)) = (std::fs::read(&run_tok), std::fs::read(&ckpt_tok)) {
+        if a != b {
+            return Err(TrainError::Checkpoint {
+                path: run_tok,
+                problem: format!(
+                    "differs from the tokenizer the checkpoint was trained with ({}); restore the run's own tokenizer.json",
+                    ckpt_tok.display()
+                ),
+            });
+        }
+    }
+    let saved_path = ckpt.join("run_config.toml");
+    let Ok(saved_text) = std::fs::read_to_string(&saved_path) else {
+        return Ok(()); // a checkpoint from before run_config.toml was kept
+    };
+    let saved: toml::Table =
+        crate::config::parse_toml(&saved_text, &saved_path.display().to_string())?;
+    let now: toml::Table = toml::from_str(&cfg.to_toml()).map_err(|e| TrainError::Config {
+        source_name: run_dir.join("config.toml").display().to_string(),
+        key: "(document)".into(),
+        problem: e.to_string(),
+    })?;
+    for section in ["model", "data", "objective", "finetune"] {
+        let empty = toml::Table::new();
+        let table = |t: &toml::Table| {
+            t.get(section)
+                .and_then(|v| v.as_table())
+                .cloned()
+                .unwrap_or_else(|| empty.clone())
+        };
+        let (was, is) = (table(&saved), table(&now));
+        let keys: std::collections::BTreeSet<&String> = was.keys().chain(is.keys()).collect();
+        for key in keys {
+            if was.get(key) != is.get(key) {
+                let show = |v: Option<&toml::Value>| v.map_or("(unset)".into(), |v| v.to_string());
+                return Err(TrainError::Config {
+                    source_name: run_dir.join("config.toml").display().to_string(),
+                    key: format!("{section}.{key}"),
+                    problem: format!(
+                        "is {} but the checkpoint {} was trained with {}; a run's model, data and objective cannot change on resume (start a new run)",
+                        show(is.get(key)),
+                        ckpt.display(),
+                        show(was.get(key))
+                    ),
+                });
+            }
         }
     }
     Ok(())

@@ -55,6 +55,14 @@ pub enum TrainError {
         /// The loss value.
         loss: f32,
     },
+    /// The weights became NaN or infinite; no checkpoint was written.
+    #[error("step {step}: the weights are NaN or infinite, so no checkpoint was written (the last finite one: {last}); lower the learning rate or resume from it")]
+    NonFiniteWeights {
+        /// The step whose checkpoint was refused.
+        step: u64,
+        /// The newest checkpoint on disk, or "none".
+        last: String,
+    },
     /// From the model crate.
     #[error(transparent)]
     Model(#[from] lm_models::ModelError),

@@ -20,6 +20,7 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod finetune;
+pub mod lock;
 pub mod metrics;
 pub mod model;
 pub mod plot;

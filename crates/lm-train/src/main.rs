@@ -14,6 +14,15 @@ use lm_train::trainer::{default_device, score_text, Trainer};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `println!` that treats a closed standard output (`lm-train … | head`) as "stop printing":
+/// training goes on, and its checkpoints are still written.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "lm-train", version, about = "Train language models on candle")]
 struct Cli {
@@ -120,7 +129,7 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
             name.clone()
         })
     });
-    println!(
+    out!(
         "fine-tuning {} on {} into {}{}",
         cfg.finetune.init,
         cfg.finetune.task,
@@ -200,6 +209,9 @@ fn free_run_dir(name: &str) -> PathBuf {
         .expect("some name is free")
 }
 
+/// The most tokens `sample` generates in one call.
+const MAX_SAMPLE_TOKENS: usize = 100_000;
+
 fn file_stem(path: &Path, default: &str) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -210,20 +222,14 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let device = default_device();
     let trainer = if let Some(dir) = &args.source.resume {
         let t = Trainer::resume(dir, args.max_iters, device)?;
-        println!("resuming {} at step {}", dir.display(), t.step());
+        out!("resuming {} at step {}", dir.display(), t.step());
         t
     } else {
-        let (mut cfg, name) = match (&args.source.recipe, &args.source.config) {
+        let (cfg, name) = match (&args.source.recipe, &args.source.config) {
             (Some(r), _) => (RunConfig::recipe(r)?, r.clone()),
             (_, Some(path)) => (RunConfig::from_file(path)?, file_stem(path, "run")),
             _ => unreachable!("clap requires one source"),
         };
-        if let Some(n) = args.max_iters {
-            // The schedule stays the configured one; only the stopping point moves.
-            let decay = cfg.optim().lr_decay_iters(cfg.train().max_iters);
-            cfg.optim_mut().lr_decay_iters = Some(decay);
-            cfg.train_mut().max_iters = n;
-        }
         let out = args.out.clone().unwrap_or_else(|| free_run_dir(&name));
         let what = match &cfg {
             RunConfig::Pretrain(c) => c.model.family.to_string(),
@@ -231,8 +237,13 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
                 format!("fine-tuning {} on {}", c.finetune.init, c.finetune.task)
             }
         };
-        println!("training {name} ({what}) into {}", out.display());
-        Trainer::new(cfg, &out, device)?
+        out!("training {name} ({what}) into {}", out.display());
+        let mut t = Trainer::new(cfg, &out, device)?;
+        if let Some(n) = args.max_iters {
+            // A run-time stopping point: the saved config and the schedule stay as configured.
+            t.stop_at(n);
+        }
+        t
     };
     run_trainer(trainer, args.quiet)
 }
@@ -241,31 +252,50 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 /// the configured sample.
 fn run_trainer(mut trainer: Trainer, quiet: bool) -> anyhow::Result<()> {
     trainer.verbose = !quiet;
-    println!(
+    // Ctrl-C or SIGTERM: finish the current step, write a checkpoint, say how to resume.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    trainer.stop_when(stop);
+    out!(
         "{:.2} M parameters",
         trainer.params().num_params() as f64 / 1e6
     );
     let summary = trainer.train()?;
+    if summary.interrupted {
+        anyhow::bail!(
+            "interrupted at step {}; checkpoint {} written; continue with `lm-train train --resume {}`",
+            summary.step,
+            summary
+                .checkpoint
+                .as_ref()
+                .map_or("(none)".into(), |p| p.display().to_string()),
+            trainer.run_dir().display()
+        );
+    }
     if let Some((tr, va)) = summary.last_eval {
-        println!(
+        out!(
             "final: step {}, train loss {tr:.4}, val loss {va:.4}",
             summary.step
         );
     }
     if let Some(dir) = &summary.checkpoint {
-        println!("checkpoint: {}", dir.display());
+        out!("checkpoint: {}", dir.display());
     }
     if let Some(r) = &summary.results {
-        println!(
+        out!(
             "best val {}: {:.4} ({})",
-            r.metric, r.best_val, r.best_checkpoint
+            r.metric,
+            r.best_val,
+            r.best_checkpoint
         );
         for (k, v) in &r.test {
-            println!("test {k}: {v:.4} (baseline {:.4})", r.baseline[k]);
+            out!("test {k}: {v:.4} (baseline {:.4})", r.baseline[k]);
         }
     }
     match lm_train::plot::plot_run(trainer.run_dir()) {
-        Ok(files) => println!(
+        Ok(files) => out!(
             "plots: {}",
             files
                 .iter()
@@ -278,7 +308,7 @@ fn run_trainer(mut trainer: Trainer, quiet: bool) -> anyhow::Result<()> {
     let n = trainer.config().train().sample_tokens;
     if n > 0 {
         if let Some(s) = trainer.sample(n, trainer.config().train().seed)? {
-            println!("--- sample ---\n{s}\n--------------");
+            out!("--- sample ---\n{s}\n--------------");
         }
     }
     Ok(())
@@ -289,9 +319,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train(args),
         Command::Finetune(args) => finetune(args),
         Command::Eval { run } => {
-            let mut t = Trainer::resume(&run, None, default_device())?;
-            let (tr, va) = t.evaluate()?;
-            println!("step {}: train loss {tr:.4}, val loss {va:.4}", t.step());
+            let mut t = Trainer::open(&run, default_device())?;
+            let e = t.evaluate_all()?;
+            let extra: String = e
+                .metrics
+                .iter()
+                .map(|(k, v)| format!(", {k} {v:.4}"))
+                .collect();
+            out!(
+                "step {}: train loss {:.4}, val loss {:.4}{extra}",
+                t.step(),
+                e.train_loss,
+                e.val_loss
+            );
+            if !(e.train_loss.is_finite() && e.val_loss.is_finite()) {
+                anyhow::bail!("{}: the evaluation is not finite", run.display());
+            }
             Ok(())
         }
         Command::Sample {
@@ -300,9 +343,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             prompt,
         } => {
-            let trainer = Trainer::resume(&run, None, default_device())?;
+            if tokens > MAX_SAMPLE_TOKENS {
+                anyhow::bail!(
+                    "--tokens {tokens} is more than {MAX_SAMPLE_TOKENS}; sample less at a time"
+                );
+            }
+            let trainer = Trainer::open(&run, default_device())?;
             match trainer.sample_from(prompt.as_deref(), tokens, seed)? {
-                Some(s) => println!("{s}"),
+                Some(s) => out!("{s}"),
                 None => anyhow::bail!("{}: a BERT model does not generate text", run.display()),
             }
             Ok(())
@@ -325,7 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let t = TextTokenizer::train(kind, family, vocab_size, &lines)?;
             t.save(&out)?;
-            println!(
+            out!(
                 "trained {kind:?} tokenizer, {} tokens, in {:.2} s: {}",
                 t.vocab_size(),
                 started.elapsed().as_secs_f64(),
@@ -340,17 +388,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 lm_train::plot::plot_finetune_curves(&compare, &run)?
             };
             for f in files {
-                println!("{}", f.display());
+                out!("{}", f.display());
             }
             Ok(())
         }
         Command::Score { model, text } => {
             let scores = score_text(&model, &text, &default_device())?;
             for (tok, nll) in &scores {
-                println!("{nll:8.4}  {tok:?}");
+                out!("{nll:8.4}  {tok:?}");
             }
             let mean = scores.iter().map(|s| s.1 as f64).sum::<f64>() / scores.len() as f64;
-            println!(
+            out!(
                 "mean NLL {mean:.4} nats/token over {} tokens (perplexity {:.2})",
                 scores.len(),
                 mean.exp()
@@ -359,10 +407,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Recipes => {
             for (name, _) in lm_train::config::RECIPES {
-                println!("{name}");
+                out!("{name}");
             }
             for (name, _) in lm_train::finetune::FINETUNE_RECIPES {
-                println!("{name} (finetune)");
+                out!("{name} (finetune)");
             }
             Ok(())
         }

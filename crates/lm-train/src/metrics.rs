@@ -77,11 +77,29 @@ impl MetricsLog {
     /// Drops the records after `step` (on resume from a checkpoint at `step`, those steps run
     /// again and would otherwise appear twice).
     pub fn truncate_after(&self, step: u64) -> Result<()> {
-        let kept: Vec<String> = Self::read(&self.path)?
-            .into_iter()
-            .filter(|r| r.step <= step)
-            .map(|r| serde_json::to_string(&r).expect("a record serializes") + "\n")
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&self.path)(e)),
+        };
+        // The kept lines stay byte for byte as written.
+        let kept: String = text
+            .lines()
+            .filter(|l| serde_json::from_str::<MetricRecord>(l).is_ok_and(|r| r.step <= step))
+            .map(|l| format!("{l}\n"))
             .collect();
-        crate::checkpoint::write_atomic(&self.path, kept.concat().as_bytes())
+        if kept.len() == text.len() {
+            return Ok(());
+        }
+        crate::checkpoint::write_atomic(&self.path, kept.as_bytes())
+    }
+
+    /// Flushes the log to the disk (at each checkpoint).
+    pub fn sync(&self) -> Result<()> {
+        match std::fs::File::open(&self.path).and_then(|f| f.sync_all()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&self.path)(e)),
+        }
     }
 }

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +38,7 @@ use crate::config::{NonFinitePolicy, RunConfig, ScheduleUnit, TokenizerKind, Tra
 use crate::data::{load_corpus, Split, TokenizedCorpus};
 use crate::error::{io_err, Result, TrainError};
 use crate::finetune::{FinetuneResults, FinetuneTask};
+use crate::lock::RunLock;
 use crate::metrics::{MetricRecord, MetricsLog};
 use crate::model::{AnyModel, Batch};
 use crate::tokenizer::TextTokenizer;
@@ -52,6 +54,8 @@ pub struct TrainSummary {
     pub checkpoint: Option<PathBuf>,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
+    /// Whether the stop flag ended the run (after a checkpoint of the current step).
+    pub interrupted: bool,
     /// A fine-tuning run's test results (of its best checkpoint).
     pub results: Option<FinetuneResults>,
 }
@@ -114,6 +118,12 @@ pub struct Trainer {
     ramp: Option<BatchSizeRamp>,
     state: TrainerState,
     metrics: MetricsLog,
+    /// The run directory's lock, held by a trainer that writes the run.
+    lock: Option<RunLock>,
+    /// Stop after this step instead of `train.max_iters` (a run-time override, not saved).
+    stop_at: Option<u64>,
+    /// Set (e.g. by a SIGINT handler) to stop after the current step with a checkpoint.
+    stop_flag: Option<Arc<AtomicBool>>,
     /// Show a progress bar and print evaluation lines.
     pub verbose: bool,
 }
@@ -206,6 +216,28 @@ fn finetuning_parts(p: crate::finetune::Prepared) -> Parts {
     }
 }
 
+/// The run's token cache: `tokens.bin` when present, else rebuilt from the corpus — into the run
+/// directory when `writable`, else into a temporary file (a reader never writes to a run).
+fn open_token_cache(
+    cfg: &TrainConfig,
+    tokenizer: &TextTokenizer,
+    run_dir: &Path,
+    writable: bool,
+) -> Result<TokenizedCorpus> {
+    let cache = run_dir.join("tokens.bin");
+    if let Ok(t) = TokenizedCorpus::open(&cache) {
+        return Ok(t);
+    }
+    let corpus = load_corpus(&cfg.data.corpus)?;
+    if writable {
+        return TokenizedCorpus::build(&corpus, tokenizer, &cache);
+    }
+    let tmp = std::env::temp_dir().join(format!("lm-train-tokens-{}.bin", std::process::id()));
+    let tokens = TokenizedCorpus::build(&corpus, tokenizer, &tmp);
+    let _ = std::fs::remove_file(&tmp); // the mapping stays valid
+    tokens
+}
+
 /// Batches of one optimizer step, made ahead on a background thread.
 struct Prefetch {
     rx: Receiver<Result<Vec<Batch>>>,
@@ -292,6 +324,13 @@ impl Trainer {
         let decay_iters = cfg.optim().lr_decay_iters(cfg.train().max_iters);
         cfg.optim_mut().lr_decay_iters = Some(decay_iters);
         std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+        let lock = RunLock::acquire(run_dir)?;
+        if !checkpoint::list_checkpoints(run_dir)?.is_empty() {
+            return Err(TrainError::Checkpoint {
+                path: run_dir.to_path_buf(),
+                problem: "already holds a run; resume it with `train --resume`".into(),
+            });
+        }
         let parts = match &cfg {
             RunConfig::Pretrain(c) => {
                 let corpus = load_corpus(&c.data.corpus)?;
@@ -311,29 +350,41 @@ impl Trainer {
             elapsed_s: 0.0,
             best: None,
             evals_since_best: 0,
+            checksums: Default::default(),
         };
-        Self::build(cfg, run_dir, device, parts, state)
+        let mut t = Self::build(cfg, run_dir, device, parts, state)?;
+        t.lock = Some(lock);
+        Ok(t)
     }
 
-    /// Reopens the run in `run_dir` at its newest checkpoint; `max_iters` replaces the saved
-    /// stopping point when given.
+    /// Reopens the run in `run_dir` at its newest checkpoint to train on, holding its lock;
+    /// `max_iters` replaces the saved stopping point for this call (the saved config is not
+    /// changed). Metrics lines after the checkpoint's step (from a killed run) are dropped.
     pub fn resume(run_dir: &Path, max_iters: Option<u64>, device: Device) -> Result<Self> {
-        let mut cfg = RunConfig::from_file(&run_dir.join("config.toml"))?;
-        if let Some(n) = max_iters {
-            cfg.train_mut().max_iters = n;
-        }
+        let lock = RunLock::acquire(run_dir)?;
+        let mut t = Self::reopen(run_dir, device, true)?;
+        t.lock = Some(lock);
+        t.stop_at = max_iters;
+        t.metrics.truncate_after(t.state.step)?;
+        Ok(t)
+    }
+
+    /// Opens the run in `run_dir` at its newest checkpoint for reading (evaluation, sampling):
+    /// nothing in the run directory is written, and no lock is taken.
+    pub fn open(run_dir: &Path, device: Device) -> Result<Self> {
+        Self::reopen(run_dir, device, false)
+    }
+
+    fn reopen(run_dir: &Path, device: Device, writable: bool) -> Result<Self> {
+        let cfg = RunConfig::from_file(&run_dir.join("config.toml"))?;
         let ckpt = checkpoint::latest_checkpoint(run_dir)?;
         let state = checkpoint::read_state(&ckpt)?;
+        checkpoint::verify_checksums(&ckpt, &state)?;
+        checkpoint::check_same_run(run_dir, &ckpt, &cfg)?;
         let parts = match &cfg {
             RunConfig::Pretrain(c) => {
                 let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
-                let cache = run_dir.join("tokens.bin");
-                let tokens = match TokenizedCorpus::open(&cache) {
-                    Ok(t) => t,
-                    Err(_) => {
-                        TokenizedCorpus::build(&load_corpus(&c.data.corpus)?, &tokenizer, &cache)?
-                    }
-                };
+                let tokens = open_token_cache(c, &tokenizer, run_dir, writable)?;
                 pretraining_parts(c, tokenizer, tokens, &device)?
             }
             RunConfig::Finetune(c) => {
@@ -342,9 +393,19 @@ impl Trainer {
         };
         let mut t = Self::build(cfg, run_dir, device, parts, state)?;
         t.load_weights_and_optimizer(&ckpt)?;
-        t.metrics.truncate_after(t.state.step)?;
-        checkpoint::write_atomic(&run_dir.join("config.toml"), t.cfg.to_toml().as_bytes())?;
         Ok(t)
+    }
+
+    /// Stops this call of [`Trainer::train`] after `step` instead of `train.max_iters` (the saved
+    /// config and the learning-rate schedule are unchanged).
+    pub fn stop_at(&mut self, step: u64) {
+        self.stop_at = Some(step);
+    }
+
+    /// When `flag` becomes true (e.g. from a SIGINT handler), training stops after the current
+    /// step and writes a checkpoint of it.
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.stop_flag = Some(flag);
     }
 
     fn build(
@@ -382,6 +443,9 @@ impl Trainer {
             schedule: preset.schedule,
             ramp,
             state,
+            lock: None,
+            stop_at: None,
+            stop_flag: None,
             verbose: false,
             cfg,
         })
@@ -535,7 +599,12 @@ impl Trainer {
         if !loss.is_finite() {
             self.state.step += 1;
             if self.cfg.train().on_nonfinite_loss == NonFinitePolicy::Skip {
-                eprintln!("step {}: loss is {loss}, step skipped", self.state.step);
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "step {}: loss is {loss}, step skipped",
+                    self.state.step
+                );
                 return Ok(None);
             }
             return Err(TrainError::NonFiniteLoss {
@@ -648,20 +717,48 @@ impl Trainer {
         }
     }
 
-    /// Writes a checkpoint of the current step and prunes old ones.
+    /// Whether every parameter is finite (`0·x` sums to NaN if any `x` is NaN or infinite).
+    fn weights_finite(&self) -> Result<bool> {
+        for v in &self.vars {
+            let probe = (v.as_tensor() * 0.0)?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F32)?;
+            if !probe.to_scalar::<f32>()?.is_finite() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes a checkpoint of the current step and prunes old ones. Weights that are NaN or
+    /// infinite are never written: the previous checkpoints stay, and this is an error.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        if !self.weights_finite()? {
+            let last = checkpoint::latest_checkpoint(&self.run_dir)
+                .map_or("none".into(), |p| p.display().to_string());
+            return Err(TrainError::NonFiniteWeights {
+                step: self.state.step,
+                last,
+            });
+        }
         let w = CheckpointWriter::begin(&self.run_dir, self.state.step)?;
         let written = (|| -> Result<()> {
             lm_models::hf::save_dir(&self.store, &self.model.hf_config(), w.dir())?;
             lm_optim::save_state(self.opt.as_ref(), &w.path("optimizer.safetensors"))?;
+            self.tokenizer.save(&w.path("tokenizer.json"))?;
+            checkpoint::write_atomic(&w.path("run_config.toml"), self.cfg.to_toml().as_bytes())?;
+            self.state.checksums = checkpoint::CHECKSUMMED
+                .iter()
+                .map(|f| Ok((f.to_string(), checkpoint::FileSum::of(&w.path(f))?)))
+                .collect::<Result<_>>()?;
             let state = serde_json::to_string_pretty(&self.state).expect("state serializes");
             checkpoint::write_atomic(&w.path("state.json"), state.as_bytes())?;
-            self.tokenizer.save(&w.path("tokenizer.json"))?;
             Ok(())
         })();
         match written {
             Ok(()) => {
                 let dir = w.commit()?;
+                self.metrics.sync()?;
                 checkpoint::prune(
                     &self.run_dir,
                     self.cfg.train().keep_checkpoints,
@@ -726,7 +823,11 @@ impl Trainer {
 
     fn say(&self, pb: &ProgressBar, line: String) {
         if self.verbose {
-            pb.suspend(|| println!("{line}"));
+            // A closed pipe (`| head`) only stops the printing, never the training.
+            pb.suspend(|| {
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{line}");
+            });
         }
     }
 
@@ -781,13 +882,14 @@ impl Trainer {
     /// improved for `early_stopping_patience` evaluations. A fine-tuning run then reports the
     /// test metrics of its best checkpoint.
     pub fn train(&mut self) -> Result<TrainSummary> {
-        let until = self.cfg.train().max_iters;
+        let until = self.stop_at.unwrap_or(self.cfg.train().max_iters);
         let pb = self.progress_bar(until);
         let mut summary = TrainSummary {
             step: self.state.step,
             last_eval: None,
             checkpoint: None,
             stopped_early: false,
+            interrupted: false,
             results: None,
         };
         let started = Instant::now();
@@ -819,6 +921,7 @@ impl Trainer {
                 self.log_training(o, &mut window, elapsed(), &pb)?;
             }
             pb.set_position(step);
+            let stop = self.stop_requested();
             if step.is_multiple_of(eval_every) || step == until {
                 self.state.elapsed_s = elapsed();
                 let lr = self.schedule.value(self.schedule_position());
@@ -832,12 +935,27 @@ impl Trainer {
                     summary.stopped_early = true;
                     break;
                 }
+            } else if stop {
+                self.state.elapsed_s = elapsed();
+                summary.checkpoint = Some(self.save_checkpoint()?);
+            }
+            if stop {
+                summary.interrupted = true;
+                break;
             }
         }
         pb.finish_and_clear();
         summary.step = self.state.step;
-        summary.results = self.finish()?;
+        if !summary.interrupted {
+            summary.results = self.finish()?;
+        }
         Ok(summary)
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop_flag
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// After the loop: a fine-tuning run loads its best checkpoint's weights and reports its test
@@ -900,12 +1018,13 @@ impl Trainer {
         let mut rng = Rng::seed_from_u64(seed);
         Ok(match &self.model {
             AnyModel::Gpt(m) => {
-                let prompt = self
-                    .tokenizer
-                    .encode(prompt.unwrap_or("\n"))
-                    .ok()
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or(vec![self.eos]);
+                // A given prompt must encode (a character outside a char vocabulary is an
+                // error); the default newline falls back to the end-of-text token.
+                let ids = match prompt {
+                    Some(p) => self.tokenizer.encode(p)?,
+                    None => self.tokenizer.encode("\n").unwrap_or_default(),
+                };
+                let prompt = if ids.is_empty() { vec![self.eos] } else { ids };
                 let ids = m.generate(&prompt, n_tokens, &sampling, &mut rng)?;
                 Some(self.tokenizer.decode(&ids[prompt.len()..]))
             }
@@ -950,6 +1069,16 @@ pub fn score_text(dir: &Path, text: &str, device: &Device) -> Result<Vec<(String
     };
     let tokenizer = TextTokenizer::load(&tok_path)?;
     let (model, _) = lm_models::gpt::Gpt::from_hf_dir(&ckpt, device)?;
+    let vocab = model.config().vocab_size;
+    if tokenizer.vocab_size() != vocab {
+        return Err(TrainError::Checkpoint {
+            path: tok_path,
+            problem: format!(
+                "has {} tokens but the model's vocabulary has {vocab}: it is not this model's tokenizer",
+                tokenizer.vocab_size()
+            ),
+        });
+    }
     model.set_training(false);
     let ids = tokenizer.encode(text)?;
     if ids.len() < 2 {

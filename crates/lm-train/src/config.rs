@@ -441,7 +441,57 @@ impl TrainConfig {
             );
         }
         self.optim.validate(self.train.max_iters, source_name)?;
-        self.train.validate(source_name)
+        self.train.validate(source_name)?;
+        self.check_memory(source_name)
+    }
+
+    /// Training memory in bytes, estimated before anything is allocated: parameters ×
+    /// 16 bytes (f32 weights, gradients and two Adam moments) and activations kept for the
+    /// backward pass, ≈ batch · block · layers · (34·d + 5·heads·block) · 4 bytes (Korthikanti et
+    /// al. 2022's count, in f32). Returns (parameters, parameter bytes, activation bytes), in f64
+    /// so that absurd sizes cannot overflow.
+    pub fn memory_estimate(&self) -> (f64, f64, f64) {
+        let m = &self.model;
+        let (d, layers, block) = (m.n_embd as f64, m.n_layer as f64, m.block_size as f64);
+        let d_ff = m.d_ff.map_or(4.0 * d, |f| f as f64);
+        let vocab = self.data.vocab_size.unwrap_or(2000) as f64;
+        let per_layer = 4.0 * d * d + 2.0 * d * d_ff;
+        // Encoder-decoders: a decoder stack with cross-attention beside the encoder.
+        let stacks = match m.family {
+            Family::Bart | Family::T5 => 2.0 * per_layer + 4.0 * d * d,
+            _ => per_layer,
+        };
+        let params = vocab * d + block * d + layers * stacks;
+        let batch = (self.train.batch_size * self.train.grad_accum.max(1)) as f64;
+        let acts = batch * block * layers * (34.0 * d + 5.0 * m.n_head as f64 * block) * 4.0;
+        (params, params * 16.0, acts)
+    }
+
+    /// Refuses a model whose estimated training memory exceeds what the machine has available.
+    fn check_memory(&self, source_name: &str) -> Result<()> {
+        let (params, param_bytes, act_bytes) = self.memory_estimate();
+        let available = available_memory_bytes();
+        let need = param_bytes + act_bytes;
+        if need.is_finite() && need <= available {
+            return Ok(());
+        }
+        let gib = |b: f64| b / f64::from(1u32 << 30);
+        let key = if act_bytes > param_bytes {
+            "train.batch_size"
+        } else {
+            "model.n_embd"
+        };
+        Err(config_err(
+            source_name,
+            key,
+            format!(
+                "training this model needs about {:.3e} GiB ({params:.3e} parameters: {:.3e} GiB of weights, gradients and Adam moments; {:.3e} GiB of activations) but {:.1} GiB are available; make n_layer, n_embd, block_size or batch_size smaller",
+                gib(need),
+                gib(param_bytes),
+                gib(act_bytes),
+                gib(available)
+            ),
+        ))
     }
 
     /// The config as TOML, as saved in a run directory.
@@ -715,6 +765,19 @@ impl From<FinetuneConfig> for RunConfig {
     fn from(c: FinetuneConfig) -> Self {
         Self::Finetune(c)
     }
+}
+
+/// Bytes of memory available to a new process: `MemAvailable` of /proc/meminfo, or 1 TiB where
+/// the system does not say.
+pub fn available_memory_bytes() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::from(1u32 << 30) * 1024.0, |kib| kib * 1024.0)
 }
 
 /// A configuration error at `key` of `source_name`.

@@ -41,8 +41,13 @@ pub fn load_corpus(spec: &str) -> Result<String> {
     Ok(text)
 }
 
-/// Sentences (lines, newline included) grouped into documents (ended by blank lines).
+/// Sentences (lines, newline included) grouped into documents (ended by blank lines). A text
+/// without any blank line has no document boundaries: each line is then a document, so that the
+/// train/validation split (by documents) and the objectives that pair documents still work.
 pub fn documents(text: &str) -> Vec<Vec<&str>> {
+    if !text.split_inclusive('\n').any(|l| l.trim().is_empty()) {
+        return text.split_inclusive('\n').map(|l| vec![l]).collect();
+    }
     let mut docs = vec![];
     let mut cur = vec![];
     for line in text.split_inclusive('\n') {

@@ -32,6 +32,10 @@ pub struct TrainerState {
     /// Evaluations since the best one (for early stopping).
     #[serde(default)]
     pub evals_since_best: usize,
+    /// Steps skipped for a non-finite loss (`on_nonfinite_loss = "skip"`): counted in `step`,
+    /// not in the optimizer's own step count.
+    #[serde(default)]
+    pub skipped_steps: u64,
     /// CRC-32 and length of each file of the checkpoint (`model.safetensors`, …), verified when
     /// the checkpoint is loaded.
     #[serde(default)]

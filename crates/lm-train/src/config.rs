@@ -476,11 +476,18 @@ impl TrainConfig {
             return Ok(());
         }
         let gib = |b: f64| b / f64::from(1u32 << 30);
-        let key = if act_bytes > param_bytes {
-            "train.batch_size"
-        } else {
-            "model.n_embd"
-        };
+        // Blame the size furthest above the bundled GPT recipe's (4 layers, width 128, context
+        // 64, batch 12).
+        let m = &self.model;
+        let key = [
+            ("model.n_layer", m.n_layer as f64 / 4.0),
+            ("model.n_embd", m.n_embd as f64 / 128.0),
+            ("model.block_size", m.block_size as f64 / 64.0),
+            ("train.batch_size", self.train.batch_size as f64 / 12.0),
+        ]
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or("model", |k| k.0);
         Err(config_err(
             source_name,
             key,

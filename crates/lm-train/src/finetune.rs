@@ -182,6 +182,22 @@ fn task_data(cfg: &FinetuneConfig) -> Result<TaskData> {
     })
 }
 
+/// Refuses a task with an empty split.
+fn check_splits(data: &TaskData, cfg: &FinetuneConfig) -> Result<()> {
+    if data.train.is_empty() || data.val.is_empty() || data.test.is_empty() {
+        return Err(TrainError::Corpus {
+            corpus: format!("task {}", cfg.finetune.task),
+            problem: format!(
+                "{} training, {} validation and {} test examples; each split needs at least one",
+                data.train.len(),
+                data.val.len(),
+                data.test.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Class labels of the training examples, sorted; `None` for a text-to-text task.
 fn class_labels(data: &TaskData) -> Result<Option<Vec<String>>> {
     let label = |e: &Example| match e {
@@ -337,6 +353,7 @@ impl FinetuneTask {
         })?;
         let tokenizer = TextTokenizer::load(&tok_path)?;
         let data = task_data(cfg)?;
+        check_splits(&data, cfg)?;
         let labels = class_labels(&data)?;
         let (model, store, fresh) =
             load_model(&ckpt, labels.as_deref(), f.scratch, cfg.train.seed, device)?;
@@ -370,6 +387,7 @@ impl FinetuneTask {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
+        check_splits(&data, cfg)?;
         let labels = class_labels(&data)?;
         let (model, store, _) = load_model(ckpt, labels.as_deref(), false, cfg.train.seed, device)?;
         Self::assemble(cfg, tokenizer, data, labels, model, store, fresh)
@@ -384,17 +402,6 @@ impl FinetuneTask {
         store: ParamStore,
         fresh: Vec<String>,
     ) -> Result<Prepared> {
-        if data.train.is_empty() || data.val.is_empty() || data.test.is_empty() {
-            return Err(TrainError::Corpus {
-                corpus: format!("task {}", cfg.finetune.task),
-                problem: format!(
-                    "{} training, {} validation and {} test examples; each split needs at least one",
-                    data.train.len(),
-                    data.val.len(),
-                    data.test.len()
-                ),
-            });
-        }
         let id = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_id(n));
         let (head, context, decoder_start) = match &model {
             AnyModel::BertClassifier(..) | AnyModel::Bert(_) => (Head::Classify, usize::MAX, 0),

@@ -350,6 +350,7 @@ impl Trainer {
             elapsed_s: 0.0,
             best: None,
             evals_since_best: 0,
+            skipped_steps: 0,
             checksums: Default::default(),
         };
         let mut t = Self::build(cfg, run_dir, device, parts, state)?;
@@ -473,13 +474,14 @@ impl Trainer {
                 problem: format!("cannot restore the optimizer: {e}"),
             }
         })?;
-        if self.opt.steps() != self.state.step {
+        if self.opt.steps() + self.state.skipped_steps != self.state.step {
             return Err(TrainError::Checkpoint {
                 path: opt_path,
                 problem: format!(
-                    "optimizer is at step {} but state.json says {}",
+                    "optimizer is at step {} but state.json says {} ({} skipped)",
                     self.opt.steps(),
-                    self.state.step
+                    self.state.step,
+                    self.state.skipped_steps
                 ),
             });
         }
@@ -599,6 +601,7 @@ impl Trainer {
         if !loss.is_finite() {
             self.state.step += 1;
             if self.cfg.train().on_nonfinite_loss == NonFinitePolicy::Skip {
+                self.state.skipped_steps += 1;
                 use std::io::Write;
                 let _ = writeln!(
                     std::io::stderr(),

@@ -1,0 +1,105 @@
+//! Helpers shared by the `lm-train` binary's test files.
+#![allow(dead_code)] // each test file uses some of them
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn lm_train(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lm-train"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+/// The gpt-shakespeare-char recipe with `edits` (each `from` must occur) written to `dir/file`.
+pub fn recipe_with(dir: &Path, file: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = lm_train::config::TrainConfig::recipe("gpt-shakespeare-char")
+        .unwrap()
+        .to_toml();
+    for (from, to) in edits {
+        assert!(text.contains(from), "the recipe has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn tiny_config(dir: &Path, corpus: &str) -> std::path::PathBuf {
+    recipe_with(
+        dir,
+        "tiny.toml",
+        &[
+            ("builtin:tinyshakespeare", corpus),
+            ("n_embd = 128", "n_embd = 16"),
+            ("block_size = 64", "block_size = 8"),
+            ("batch_size = 12", "batch_size = 2"),
+            ("eval_iters = 20", "eval_iters = 1"),
+            ("sample_tokens = 400", "sample_tokens = 20"),
+        ],
+    )
+}
+
+pub fn assert_one_line_error(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected failure");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{err}"
+    );
+}
+
+/// A GPT big enough that 60 steps take about a second, so a kill lands mid-run.
+pub fn kill_config(dir: &Path) -> std::path::PathBuf {
+    std::fs::write(
+        dir.join("corpus.txt"),
+        &lm_train::data::SHAKESPEARE[..60_000],
+    )
+    .unwrap();
+    recipe_with(
+        dir,
+        "kill.toml",
+        &[
+            ("builtin:tinyshakespeare", "corpus.txt"),
+            ("n_layer = 4", "n_layer = 2"),
+            ("n_embd = 128", "n_embd = 64"),
+            ("block_size = 64", "block_size = 32"),
+            ("max_iters = 2000", "max_iters = 60"),
+            ("warmup_iters = 100", "warmup_iters = 5"),
+            ("lr_decay_iters = 2000", "lr_decay_iters = 60"),
+            ("eval_interval = 250", "eval_interval = 10"),
+            ("eval_iters = 20", "eval_iters = 2"),
+            ("log_interval = 10", "log_interval = 1"),
+            ("sample_tokens = 400", "sample_tokens = 0"),
+        ],
+    )
+}
+
+/// Starts `lm-train train --config cfg --out out` in `d` and kills it (SIGKILL) as soon as
+/// checkpoint `ckpt` exists, i.e. mid-run; returns whether it had still been running.
+pub fn kill_after_checkpoint(d: &Path, cfg: &str, out: &str, ckpt: &str) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lm-train"))
+        .args(["train", "--config", cfg, "--out", out, "--quiet"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !d.join(out).join("checkpoints").join(ckpt).exists() {
+        assert!(started.elapsed().as_secs() < 60, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    !child.wait().unwrap().success()
+}
+
+pub fn losses(run: &Path) -> Vec<(u64, f32, Option<f32>)> {
+    lm_train::metrics::MetricsLog::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.step, r.train_loss, r.val_loss))
+        .collect()
+}

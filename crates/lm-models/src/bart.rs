@@ -18,6 +18,7 @@ use crate::layers::{
     Linear,
 };
 use crate::params::ParamStore;
+use crate::seq2seq::EncoderDecoder;
 use lm_kernels::ops::{add_bias, gelu_erf};
 
 /// BART hyperparameters, with HuggingFace `BartConfig` key names (other keys are ignored).
@@ -411,9 +412,11 @@ impl Bart {
         }
         Ok(())
     }
+}
 
+impl EncoderDecoder for Bart {
     /// Encoder states `[b, t, d]` for `input_ids` and an optional attention mask.
-    pub fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
         self.check_len(input_ids.dim(1)?)?;
         let train = self.training.load(Ordering::Relaxed);
         let mut h = self.embed(input_ids, &self.enc_pos, 0, &self.enc_ln, train)?;
@@ -433,7 +436,7 @@ impl Bart {
 
     /// Decoder logits `[b, t, V]` for `decoder_input_ids` given encoder states. With a cache,
     /// only the new positions are passed and their keys and values are appended to it.
-    pub fn decode(
+    fn decode(
         &self,
         decoder_input_ids: &Tensor,
         encoder: &Tensor,
@@ -477,42 +480,11 @@ impl Bart {
         Ok(logits.broadcast_add(&self.final_logits_bias)?)
     }
 
-    /// Logits for a full (teacher-forced) pass.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        decoder_input_ids: &Tensor,
-    ) -> Result<Tensor> {
-        let enc = self.encode(input_ids, attention_mask)?;
-        self.decode(decoder_input_ids, &enc, attention_mask, None)
+    fn decoder_start_and_eos(&self) -> (u32, u32) {
+        (self.cfg.decoder_start_token_id, self.cfg.eos_token_id)
     }
 
-    /// Generates up to `max_new_tokens` for one input (`[1, t]`), starting from the decoder start
-    /// token and stopping at EOS; with `use_cache` false every step reruns the whole prefix.
-    pub fn generate(
-        &self,
-        input_ids: &Tensor,
-        max_new_tokens: usize,
-        sampling: &crate::Sampling,
-        rng: &mut lm_objectives::Rng,
-        use_cache: bool,
-    ) -> Result<Vec<u32>> {
-        let was = self.training.swap(false, Ordering::Relaxed);
-        let enc = self.encode(input_ids, None)?;
-        let out = crate::sampling::decode_loop(
-            crate::sampling::Decode {
-                start: self.cfg.decoder_start_token_id,
-                eos: self.cfg.eos_token_id,
-                max_new_tokens,
-                sampling,
-                use_cache,
-            },
-            rng,
-            input_ids.device(),
-            |ids, cache| self.decode(ids, &enc, None, cache),
-        );
-        self.training.store(was, Ordering::Relaxed);
-        out
+    fn training_flag(&self) -> &AtomicBool {
+        &self.training
     }
 }

@@ -25,8 +25,10 @@ pub mod hf;
 pub mod layers;
 pub mod params;
 mod sampling;
+pub mod seq2seq;
 pub mod t5;
 
 pub use error::{ModelError, Result};
 pub use params::ParamStore;
 pub use sampling::Sampling;
+pub use seq2seq::EncoderDecoder;

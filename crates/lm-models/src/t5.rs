@@ -19,6 +19,7 @@ use crate::layers::{
     attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, Linear,
 };
 use crate::params::ParamStore;
+use crate::seq2seq::EncoderDecoder;
 use lm_kernels::ops::{gelu, rms_norm};
 
 /// T5 hyperparameters, with HuggingFace `T5Config` key names (other keys are ignored).
@@ -483,9 +484,11 @@ impl T5 {
     fn norm(&self, x: &Tensor, gamma: &Tensor) -> candle_core::Result<Tensor> {
         rms_norm(x, gamma, self.cfg.layer_norm_epsilon)
     }
+}
 
+impl EncoderDecoder for T5 {
     /// Encoder states `[b, t, d]`.
-    pub fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
         let train = self.training.load(Ordering::Relaxed);
         let t = input_ids.dim(1)?;
         let mut h = self
@@ -516,7 +519,7 @@ impl T5 {
     }
 
     /// Decoder logits `[b, t, V]`; with a cache, only new positions are passed.
-    pub fn decode(
+    fn decode(
         &self,
         decoder_input_ids: &Tensor,
         encoder: &Tensor,
@@ -582,41 +585,11 @@ impl T5 {
         })
     }
 
-    /// Logits of a teacher-forced pass.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        decoder_input_ids: &Tensor,
-    ) -> Result<Tensor> {
-        let enc = self.encode(input_ids, attention_mask)?;
-        self.decode(decoder_input_ids, &enc, attention_mask, None)
+    fn decoder_start_and_eos(&self) -> (u32, u32) {
+        (self.cfg.decoder_start_token_id, self.cfg.eos_token_id)
     }
 
-    /// Generates up to `max_new_tokens` for one input `[1, t]`, stopping at EOS.
-    pub fn generate(
-        &self,
-        input_ids: &Tensor,
-        max_new_tokens: usize,
-        sampling: &crate::Sampling,
-        rng: &mut lm_objectives::Rng,
-        use_cache: bool,
-    ) -> Result<Vec<u32>> {
-        let was = self.training.swap(false, Ordering::Relaxed);
-        let enc = self.encode(input_ids, None)?;
-        let out = crate::sampling::decode_loop(
-            crate::sampling::Decode {
-                start: self.cfg.decoder_start_token_id,
-                eos: self.cfg.eos_token_id,
-                max_new_tokens,
-                sampling,
-                use_cache,
-            },
-            rng,
-            input_ids.device(),
-            |ids, cache| self.decode(ids, &enc, None, cache),
-        );
-        self.training.store(was, Ordering::Relaxed);
-        out
+    fn training_flag(&self) -> &AtomicBool {
+        &self.training
     }
 }

@@ -6,6 +6,7 @@ use lm_models::bart::{Bart, BartConfig};
 use lm_models::bert::{Bert, BertConfig};
 use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::t5::{T5Config, T5};
+use lm_models::EncoderDecoder;
 use lm_models::{ParamStore, Sampling};
 use lm_objectives::loss::{bert_pretraining_loss, cross_entropy, CrossEntropy};
 use lm_objectives::Rng;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use lm_models::EncoderDecoder;
 use lm_objectives::loss::{bert_pretraining_loss, cross_entropy, CrossEntropy};
 
 fn fixture(name: &str) -> PathBuf {

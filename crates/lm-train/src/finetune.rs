@@ -22,6 +22,7 @@ use lm_models::bart::Bart;
 use lm_models::bert::{BertConfig, BertForSequenceClassification};
 use lm_models::gpt::Gpt;
 use lm_models::t5::T5;
+use lm_models::EncoderDecoder;
 use lm_models::{ParamStore, Sampling};
 use lm_objectives::collate::{pad_batch, pad_labels, shift_right};
 use lm_objectives::{Rng, IGNORE_INDEX};

@@ -5,6 +5,7 @@ use lm_models::bart::{Bart, BartConfig};
 use lm_models::bert::{Bert, BertConfig, BertForSequenceClassification};
 use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::t5::{T5Config, T5};
+use lm_models::EncoderDecoder;
 use lm_models::ParamStore;
 use lm_objectives::loss::{bert_pretraining_loss, cross_entropy, CrossEntropy};
 use lm_optim::presets::NamedVars;

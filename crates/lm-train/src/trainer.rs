@@ -28,6 +28,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
 use lm_kernels::threads::on_compute_threads;
 use lm_models::layers::with_dropout_key;
+use lm_models::EncoderDecoder;
 use lm_models::{ParamStore, Sampling};
 use lm_objectives::Rng;
 use lm_optim::{BatchSizeRamp, Optimizer, ParamGroup, Schedule};

@@ -197,34 +197,37 @@ impl KvCache {
 }
 
 thread_local! {
-    /// The key that dropout masks drawn on this thread derive from (see [`with_dropout_key`]).
-    static DROPOUT_KEY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The key and first global row that dropout masks drawn on this thread derive from (see
+    /// [`with_dropout_key`]).
+    static DROPOUT_KEY: std::cell::Cell<(u64, usize)> = const { std::cell::Cell::new((0, 0)) };
 }
 
-/// Runs `f` with this thread's dropout key set to `key` (restoring the previous key after): every
-/// [`Dropout`] then draws its masks from a generator seeded by (its own seed, `key`), restarted
-/// when the key changes. A trainer that keys each micro-batch (e.g. by seed and batch index)
-/// makes dropout a pure function of the batch, so a resumed run draws the same masks as an
-/// uninterrupted one.
-pub fn with_dropout_key<R>(key: u64, f: impl FnOnce() -> R) -> R {
-    struct Restore(u64);
+/// Runs `f` with this thread's dropout key set to `key` and the batch's first row numbered
+/// `first_row` (restoring the previous ones after). Every [`Dropout`] then draws the mask of row
+/// `i` of its input (the first axis, the batch) from a generator seeded by (its own seed, `key`,
+/// `first_row + i`), and each call of the same dropout on the same key continues those
+/// generators. A trainer that keys each micro-batch makes dropout a pure function of the batch, so
+/// a resumed run draws the same masks as an uninterrupted one — and a data-parallel rank holding
+/// rows `first_row..` of a batch draws the masks one process holding all of it would.
+pub fn with_dropout_key<R>(key: u64, first_row: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore((u64, usize));
     impl Drop for Restore {
         fn drop(&mut self) {
             DROPOUT_KEY.with(|k| k.set(self.0));
         }
     }
-    let _restore = Restore(DROPOUT_KEY.with(|k| k.replace(key)));
+    let _restore = Restore(DROPOUT_KEY.with(|k| k.replace((key, first_row))));
     f()
 }
 
-/// Inverted dropout with a seeded generator: each element is zeroed with probability `p` and the
+/// Inverted dropout with seeded generators: each element is zeroed with probability `p` and the
 /// survivors scaled by `1/(1−p)`, so the expectation is unchanged.
 #[derive(Debug)]
 pub struct Dropout {
     p: f64,
     seed: u64,
-    /// The key the generator was last seeded for, and the generator.
-    rng: Mutex<(u64, Rng)>,
+    /// The (key, first row) the generators were started for, and one generator per row drawn.
+    rows: Mutex<((u64, usize), Vec<Rng>)>,
 }
 
 impl Dropout {
@@ -233,12 +236,16 @@ impl Dropout {
         Self {
             p,
             seed,
-            rng: Mutex::new((0, Self::generator(seed, 0))),
+            rows: Mutex::new(((0, 0), vec![])),
         }
     }
 
-    fn generator(seed: u64, key: u64) -> Rng {
-        Rng::seed_from_u64(seed ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17))
+    fn generator(seed: u64, key: u64, row: usize) -> Rng {
+        let k = key.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+        let r = (row as u64)
+            .wrapping_mul(0xD1B5_4A32_D192_ED03)
+            .rotate_left(29);
+        Rng::seed_from_u64(seed ^ k ^ r)
     }
 
     /// The dropout rate.
@@ -253,15 +260,21 @@ impl Dropout {
         }
         let keep = 1.0 - self.p;
         let scale = (1.0 / keep) as f32;
-        let key = DROPOUT_KEY.with(|k| k.get());
-        let mut state = self.rng.lock().unwrap_or_else(|e| e.into_inner());
-        if state.0 != key {
-            *state = (key, Self::generator(self.seed, key));
+        let (key, first_row) = DROPOUT_KEY.with(|k| k.get());
+        let rows = if x.rank() == 0 { 1 } else { x.dim(0)? };
+        let per_row = x.elem_count() / rows.max(1);
+        let mut state = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0 != (key, first_row) {
+            *state = ((key, first_row), vec![]);
         }
-        let rng = &mut state.1;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.bernoulli(keep) { scale } else { 0.0 })
-            .collect();
+        let gens = &mut state.1;
+        while gens.len() < rows {
+            gens.push(Self::generator(self.seed, key, first_row + gens.len()));
+        }
+        let mut mask = Vec::with_capacity(x.elem_count());
+        for rng in gens.iter_mut().take(rows) {
+            mask.extend((0..per_row).map(|_| if rng.bernoulli(keep) { scale } else { 0.0 }));
+        }
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x.mul(&mask)
     }

@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::{Args, Parser, Subcommand};
+use lm_dist::Collective;
 use lm_train::config::{Family, RunConfig};
 use lm_train::tokenizer::{TextTokenizer, TokenizerKind};
 use lm_train::trainer::{default_device, score_text, Trainer};
@@ -141,7 +144,7 @@ fn finetune(args: FinetuneArgs) -> anyhow::Result<()> {
         }
     );
     let trainer = Trainer::new(cfg, &out, default_device())?;
-    run_trainer(trainer, args.quiet)
+    run_trainer(trainer, args.quiet, true, true)
 }
 
 #[derive(Subcommand)]
@@ -218,11 +221,14 @@ fn file_stem(path: &Path, default: &str) -> String {
         .unwrap_or_else(|| default.into())
 }
 
-fn train(args: TrainArgs) -> anyhow::Result<()> {
+fn train(args: TrainArgs, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
     let device = default_device();
+    let lead = comm.rank() == 0;
     let trainer = if let Some(dir) = &args.source.resume {
-        let t = Trainer::resume(dir, args.max_iters, device)?;
-        out!("resuming {} at step {}", dir.display(), t.step());
+        let t = Trainer::resume_distributed(dir, args.max_iters, device, comm)?;
+        if lead {
+            out!("resuming {} at step {}", dir.display(), t.step());
+        }
         t
     } else {
         let (cfg, name) = match (&args.source.recipe, &args.source.config) {
@@ -237,32 +243,52 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
                 format!("fine-tuning {} on {}", c.finetune.init, c.finetune.task)
             }
         };
-        out!("training {name} ({what}) into {}", out.display());
-        let mut t = Trainer::new(cfg, &out, device)?;
+        if lead {
+            let ranks = comm.world_size();
+            let on = if ranks > 1 {
+                format!(" on {ranks} ranks")
+            } else {
+                String::new()
+            };
+            out!("training {name} ({what}) into {}{on}", out.display());
+        }
+        let mut t = Trainer::new_distributed(cfg, &out, device, comm)?;
         if let Some(n) = args.max_iters {
             // A run-time stopping point: the saved config and the schedule stay as configured.
             t.stop_at(n);
         }
         t
     };
-    run_trainer(trainer, args.quiet)
+    let single = comm_is_single(&trainer);
+    run_trainer(trainer, args.quiet || !lead, lead, single)
 }
 
 /// Trains to the end and prints the summary, the plots, a fine-tuning run's test results and
 /// the configured sample.
-fn run_trainer(mut trainer: Trainer, quiet: bool) -> anyhow::Result<()> {
+fn run_trainer(
+    mut trainer: Trainer,
+    quiet: bool,
+    lead: bool,
+    catch_signals: bool,
+) -> anyhow::Result<()> {
     trainer.verbose = !quiet;
-    // Ctrl-C or SIGTERM: finish the current step, write a checkpoint, say how to resume.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone())?;
+    if catch_signals {
+        // Ctrl-C or SIGTERM: finish the current step, write a checkpoint, say how to resume.
+        // (Under mpirun the launcher owns the signals: it ends every rank of the job.)
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(signal, stop.clone())?;
+        }
+        trainer.stop_when(stop);
     }
-    trainer.stop_when(stop);
     out!(
         "{:.2} M parameters",
         trainer.params().num_params() as f64 / 1e6
     );
     let summary = trainer.train()?;
+    if !lead {
+        return Ok(()); // rank 0 reports
+    }
     if summary.interrupted {
         anyhow::bail!(
             "interrupted at step {}; checkpoint {} written; continue with `lm-train train --resume {}`",
@@ -314,9 +340,14 @@ fn run_trainer(mut trainer: Trainer, quiet: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
+    if comm.world_size() > 1 && !matches!(cli.command, Command::Train(_)) {
+        anyhow::bail!(
+            "only `train` runs on several ranks; start the other commands without mpirun"
+        );
+    }
     match cli.command {
-        Command::Train(args) => train(args),
+        Command::Train(args) => train(args, comm),
         Command::Finetune(args) => finetune(args),
         Command::Eval { run } => {
             let mut t = Trainer::open(&run, default_device())?;
@@ -417,11 +448,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn comm_is_single(t: &Trainer) -> bool {
+    t.world_size() == 1
+}
+
+/// Divides this machine's cores between the ranks that run on it (rayon's pool per process).
+fn share_cores(comm: &dyn Collective) {
+    let local = comm.local_size();
+    if local > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads((cores / local).max(1))
+            .build_global();
+    }
+}
+
 fn main() -> ExitCode {
     lm_kernels::memory::keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let comm: Arc<dyn Collective> = match lm_dist::from_environment() {
+        Ok(c) => Arc::from(c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    share_cores(comm.as_ref());
+    match run(cli, comm.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if comm.world_size() > 1 {
+                eprintln!("error: rank {}: {e}", comm.rank());
+                // The other ranks would wait forever in the next collective.
+                comm.abort(1);
+            }
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

@@ -7,7 +7,7 @@ use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::t5::{T5Config, T5};
 use lm_models::EncoderDecoder;
 use lm_models::ParamStore;
-use lm_objectives::loss::{bert_pretraining_loss, cross_entropy, CrossEntropy};
+use lm_objectives::loss::{cross_entropy, nsp_loss, CrossEntropy};
 use lm_optim::presets::NamedVars;
 
 use crate::config::{Family, T5FeedForward, TrainConfig};
@@ -30,6 +30,66 @@ pub struct Batch {
     pub decoder_input_ids: Option<Tensor>,
     /// Tokens the batch carries (inputs plus decoder inputs), for throughput.
     pub tokens: usize,
+}
+
+/// Scales of a loss's two kinds of term (see [`AnyModel::weighted_loss`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossWeights {
+    /// Of the token-level cross-entropy.
+    pub tokens: f64,
+    /// Of the sequence-level term (NSP).
+    pub sequences: f64,
+}
+
+impl LossWeights {
+    /// The plain loss.
+    pub const ONE: Self = Self {
+        tokens: 1.0,
+        sequences: 1.0,
+    };
+}
+
+impl Batch {
+    /// Rows `rows` of the batch (every tensor narrowed on its first axis); `tokens` scaled to
+    /// the share.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Self> {
+        let total = self.input_ids.dim(0)?;
+        let (start, len) = (rows.start, rows.len());
+        let cut = |t: &Tensor| t.narrow(0, start, len);
+        let cut_opt = |t: &Option<Tensor>| t.as_ref().map(cut).transpose();
+        Ok(Self {
+            input_ids: cut(&self.input_ids)?,
+            attention_mask: cut_opt(&self.attention_mask)?,
+            token_type_ids: cut_opt(&self.token_type_ids)?,
+            labels: cut(&self.labels)?,
+            nsp_labels: cut_opt(&self.nsp_labels)?,
+            decoder_input_ids: cut_opt(&self.decoder_input_ids)?,
+            tokens: self.tokens * len / total.max(1),
+        })
+    }
+
+    /// Labels that are scored (not the ignore index).
+    pub fn scored_labels(&self) -> Result<usize> {
+        let ids = self.labels.flatten_all()?.to_vec1::<i64>()?;
+        Ok(ids
+            .iter()
+            .filter(|&&l| l != lm_objectives::IGNORE_INDEX)
+            .count())
+    }
+
+    /// The weights that make rows `rows` of this batch contribute their share of its loss:
+    /// scored labels in the rows over those of the batch, and rows over rows.
+    pub fn share_weights(&self, part: &Batch) -> Result<LossWeights> {
+        let (all, mine) = (self.scored_labels()?, part.scored_labels()?);
+        Ok(LossWeights {
+            tokens: if all == 0 {
+                0.0
+            } else {
+                mine as f64 / all as f64
+            },
+            sequences: part.input_ids.dim(0)? as f64 / self.input_ids.dim(0)?.max(1) as f64,
+        })
+    }
 }
 
 /// A model of any family.
@@ -114,6 +174,32 @@ impl AnyModel {
 
     /// The training loss of a batch: causal-LM, MLM (+ NSP), or seq2seq cross-entropy.
     pub fn loss(&self, b: &Batch) -> Result<Tensor> {
+        self.weighted_loss(b, LossWeights::ONE)
+    }
+
+    /// The loss with its token-level term (the mean cross-entropy over the scored labels) scaled
+    /// by `w.tokens` and its sequence-level term (BERT's NSP, mean over rows) by `w.sequences`.
+    /// A data-parallel rank holding part of a batch weights its terms by its share of the scored
+    /// labels and rows, so that the ranks' losses sum to the whole batch's loss.
+    pub fn weighted_loss(&self, b: &Batch, w: LossWeights) -> Result<Tensor> {
+        let (tokens, sequences) = self.loss_terms(b)?;
+        let tokens = if w.tokens == 1.0 {
+            tokens
+        } else if w.tokens == 0.0 {
+            // No scored label in these rows: their mean is 0/0, and contributes nothing.
+            tokens.zeros_like()?
+        } else {
+            (tokens * w.tokens)?
+        };
+        Ok(match sequences {
+            None => tokens,
+            Some(s) if w.sequences == 1.0 => (tokens + s)?,
+            Some(s) => (tokens + (s * w.sequences)?)?,
+        })
+    }
+
+    /// (mean token cross-entropy, mean sequence-level loss if the objective has one).
+    fn loss_terms(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
         let ce = CrossEntropy::default();
         let decoder_inputs = || {
             b.decoder_input_ids
@@ -123,41 +209,38 @@ impl AnyModel {
                     problem: "an encoder-decoder batch needs decoder_input_ids".into(),
                 })
         };
+        let token_ce = |logits: Tensor| cross_entropy(&logits, &b.labels, &ce);
         Ok(match self {
-            Self::Gpt(m) => cross_entropy(&m.forward(&b.input_ids)?, &b.labels, &ce)?,
+            Self::Gpt(m) => (token_ce(m.forward(&b.input_ids)?)?, None),
             Self::Bert(m) => {
                 let out = m.encode(
                     &b.input_ids,
                     b.token_type_ids.as_ref(),
                     b.attention_mask.as_ref(),
                 )?;
-                let mlm = m.mlm_logits(&out.sequence)?;
-                match &b.nsp_labels {
-                    Some(nsp) => {
-                        bert_pretraining_loss(&mlm, &b.labels, &m.nsp_logits(&out.pooled)?, nsp)?
-                    }
-                    None => cross_entropy(&mlm, &b.labels, &ce)?,
-                }
+                let mlm = token_ce(m.mlm_logits(&out.sequence)?)?;
+                let nsp = match &b.nsp_labels {
+                    Some(labels) => Some(nsp_loss(&m.nsp_logits(&out.pooled)?, labels)?),
+                    None => None,
+                };
+                (mlm, nsp)
             }
-            Self::BertClassifier(m, _) => cross_entropy(
-                &m.forward(
+            Self::BertClassifier(m, _) => (
+                token_ce(m.forward(
                     &b.input_ids,
                     b.token_type_ids.as_ref(),
                     b.attention_mask.as_ref(),
-                )?,
-                &b.labels,
-                &ce,
-            )?,
-            Self::Bart(m) => cross_entropy(
-                &m.forward(&b.input_ids, b.attention_mask.as_ref(), decoder_inputs()?)?,
-                &b.labels,
-                &ce,
-            )?,
-            Self::T5(m) => cross_entropy(
-                &m.forward(&b.input_ids, b.attention_mask.as_ref(), decoder_inputs()?)?,
-                &b.labels,
-                &ce,
-            )?,
+                )?)?,
+                None,
+            ),
+            Self::Bart(m) => (
+                token_ce(m.forward(&b.input_ids, b.attention_mask.as_ref(), decoder_inputs()?)?)?,
+                None,
+            ),
+            Self::T5(m) => (
+                token_ce(m.forward(&b.input_ids, b.attention_mask.as_ref(), decoder_inputs()?)?)?,
+                None,
+            ),
         })
     }
 

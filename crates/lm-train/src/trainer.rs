@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
+use lm_dist::{Collective, SingleProcess};
 use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
 use lm_kernels::threads::on_compute_threads;
 use lm_models::layers::with_dropout_key;
@@ -41,7 +42,7 @@ use crate::error::{io_err, Result, TrainError};
 use crate::finetune::{FinetuneResults, FinetuneTask};
 use crate::lock::RunLock;
 use crate::metrics::{MetricRecord, MetricsLog};
-use crate::model::{AnyModel, Batch};
+use crate::model::{AnyModel, Batch, LossWeights};
 use crate::tokenizer::TextTokenizer;
 
 /// What a finished (or stopped) training call reports.
@@ -125,6 +126,8 @@ pub struct Trainer {
     stop_at: Option<u64>,
     /// Set (e.g. by a SIGINT handler) to stop after the current step with a checkpoint.
     stop_flag: Option<Arc<AtomicBool>>,
+    /// The data-parallel ranks (a single process by default); rank 0 alone writes the run.
+    comm: Arc<dyn Collective>,
     /// Show a progress bar and print evaluation lines.
     pub verbose: bool,
 }
@@ -217,6 +220,28 @@ fn finetuning_parts(p: crate::finetune::Prepared) -> Parts {
     }
 }
 
+fn dist_err(e: lm_dist::DistError) -> TrainError {
+    TrainError::Corpus {
+        corpus: "data-parallel ranks".into(),
+        problem: e.to_string(),
+    }
+}
+
+/// What data parallelism does not cover yet, refused before any rank trains.
+fn refuse_unsupported(cfg: &RunConfig, comm: &dyn Collective) -> Result<()> {
+    if comm.world_size() > 1 && matches!(cfg, RunConfig::Finetune(_)) {
+        return Err(TrainError::Config {
+            source_name: "the run's config".into(),
+            key: "finetune".into(),
+            problem: format!(
+                "fine-tuning runs on one process for now, not {} ranks",
+                comm.world_size()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The run's token cache: `tokens.bin` when present, else rebuilt from the corpus — into the run
 /// directory when `writable`, else into a temporary file (a reader never writes to a run).
 fn open_token_cache(
@@ -250,6 +275,8 @@ struct StepShape {
     batch: usize,
     accum: usize,
     ramp: Option<BatchSizeRamp>,
+    /// The ramp's sizes are per rank.
+    ranks: usize,
 }
 
 impl StepShape {
@@ -262,10 +289,9 @@ impl StepShape {
         tokens_seen: u64,
         device: &Device,
     ) -> Result<Vec<Batch>> {
-        let b = self
-            .ramp
-            .as_ref()
-            .map_or(self.batch, |r| r.batch_size(tokens_seen as f64));
+        let b = self.ramp.as_ref().map_or(self.batch, |r| {
+            r.batch_size(tokens_seen as f64) * self.ranks
+        });
         (0..self.accum)
             .map(|m| work.batch(Split::Train, step * self.accum as u64 + m as u64, b, device))
             .collect()
@@ -410,6 +436,191 @@ impl Trainer {
         self.stop_flag = Some(flag);
     }
 
+    /// Starts a new run as one rank of a data-parallel job: rank 0 sets the run up (tokenizer,
+    /// token cache, config) as [`Trainer::new`] does, the other ranks open what it wrote; then the
+    /// parameters are broadcast from rank 0. Each rank trains on its share of every global batch
+    /// (`train.batch_size` per rank).
+    pub fn new_distributed(
+        cfg: impl Into<RunConfig>,
+        run_dir: &Path,
+        device: Device,
+        comm: Arc<dyn Collective>,
+    ) -> Result<Self> {
+        let cfg = cfg.into();
+        refuse_unsupported(&cfg, comm.as_ref())?;
+        let mut t = if comm.rank() == 0 {
+            let t = Self::new(cfg, run_dir, device)?;
+            comm.barrier().map_err(dist_err)?;
+            t
+        } else {
+            comm.barrier().map_err(dist_err)?;
+            Self::join(run_dir, device)?
+        };
+        t.comm = comm;
+        t.broadcast_parameters()?;
+        Ok(t)
+    }
+
+    /// Reopens a run as one rank of a data-parallel job: rank 0 as [`Trainer::resume`] (holding
+    /// the lock), the others read-only; every rank's parameters are then checked equal to rank 0's.
+    pub fn resume_distributed(
+        run_dir: &Path,
+        max_iters: Option<u64>,
+        device: Device,
+        comm: Arc<dyn Collective>,
+    ) -> Result<Self> {
+        let mut t = if comm.rank() == 0 {
+            Self::resume(run_dir, max_iters, device)?
+        } else {
+            let mut t = Self::open(run_dir, device)?;
+            t.stop_at = max_iters;
+            t
+        };
+        refuse_unsupported(&t.cfg, comm.as_ref())?;
+        t.comm = comm;
+        t.check_parameters_equal()?;
+        Ok(t)
+    }
+
+    /// A run that rank 0 has just set up, opened by another rank: config, tokenizer and token
+    /// cache read from the run directory, nothing written, the state at step 0.
+    fn join(run_dir: &Path, device: Device) -> Result<Self> {
+        let cfg = RunConfig::from_file(&run_dir.join("config.toml"))?;
+        let RunConfig::Pretrain(c) = &cfg else {
+            return Err(TrainError::Config {
+                source_name: run_dir.join("config.toml").display().to_string(),
+                key: "finetune".into(),
+                problem: "fine-tuning runs on one process for now".into(),
+            });
+        };
+        let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
+        let tokens = open_token_cache(c, &tokenizer, run_dir, false)?;
+        let parts = pretraining_parts(c, tokenizer, tokens, &device)?;
+        let state = TrainerState {
+            step: 0,
+            rng: Rng::seed_from_u64(cfg.train().seed).state(),
+            tokens_seen: 0,
+            elapsed_s: 0.0,
+            best: None,
+            evals_since_best: 0,
+            skipped_steps: 0,
+            checksums: Default::default(),
+        };
+        Self::build(cfg, run_dir, device, parts, state)
+    }
+
+    /// Ranks training this run together.
+    pub fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    /// Whether this process writes the run (metrics, checkpoints): rank 0.
+    fn is_writer(&self) -> bool {
+        self.comm.rank() == 0
+    }
+
+    /// Every parameter, flattened in order.
+    fn flat_parameters(&self) -> Result<Vec<f32>> {
+        let mut flat = vec![];
+        for v in &self.vars {
+            flat.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(flat)
+    }
+
+    /// Rank 0's parameters on every rank.
+    fn broadcast_parameters(&mut self) -> Result<()> {
+        if self.comm.world_size() == 1 {
+            return Ok(());
+        }
+        let mut flat = self.flat_parameters()?;
+        self.comm.broadcast(&mut flat, 0).map_err(dist_err)?;
+        let mut at = 0;
+        for v in &self.vars {
+            let n = v.elem_count();
+            v.set(&Tensor::from_slice(
+                &flat[at..at + n],
+                v.shape(),
+                v.device(),
+            )?)?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Refuses a resume whose ranks loaded different parameters (a checkpoint that differs
+    /// between machines).
+    fn check_parameters_equal(&self) -> Result<()> {
+        if self.comm.world_size() == 1 {
+            return Ok(());
+        }
+        let mine = self.flat_parameters()?;
+        let mut theirs = mine.clone();
+        self.comm.broadcast(&mut theirs, 0).map_err(dist_err)?;
+        let differ = mine
+            .iter()
+            .zip(&theirs)
+            .any(|(a, b)| a.to_bits() != b.to_bits()) as u8 as f64;
+        let mut any = [differ];
+        self.comm.all_reduce_sum_f64(&mut any).map_err(dist_err)?;
+        if any[0] > 0.0 {
+            return Err(TrainError::Checkpoint {
+                path: self.run_dir.clone(),
+                problem: format!(
+                    "{} rank(s) loaded parameters different from rank 0's; every rank must read the same checkpoint",
+                    any[0]
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// `grads ← Σ_ranks grads`, as one flat buffer reduced in buckets of 4 Mi values.
+    fn all_reduce_gradients(&self, grads: &mut GradStore) -> Result<()> {
+        const BUCKET: usize = 1 << 22;
+        let mut flat = Vec::with_capacity(self.vars.iter().map(|v| v.elem_count()).sum());
+        for v in &self.vars {
+            match grads.get(v.as_tensor()) {
+                Some(g) => flat.extend(
+                    g.flatten_all()?
+                        .to_dtype(candle_core::DType::F32)?
+                        .to_vec1::<f32>()?,
+                ),
+                None => flat.extend(std::iter::repeat_n(0f32, v.elem_count())),
+            }
+        }
+        for bucket in flat.chunks_mut(BUCKET) {
+            self.comm.all_reduce_sum(bucket).map_err(dist_err)?;
+        }
+        let mut at = 0;
+        for v in &self.vars {
+            let n = v.elem_count();
+            let g = Tensor::from_slice(&flat[at..at + n], v.shape(), v.device())?;
+            grads.insert(v.as_tensor(), g.to_dtype(v.dtype())?);
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// `Σ_ranks x`.
+    fn sum_over_ranks(&self, x: f64) -> Result<f64> {
+        let mut v = [x];
+        self.comm.all_reduce_sum_f64(&mut v).map_err(dist_err)?;
+        Ok(v[0])
+    }
+
+    /// This rank's rows of a global batch, the weights of their loss terms and their first row.
+    fn my_rows(&self, global: &Batch) -> Result<(Option<Batch>, LossWeights, usize)> {
+        let world = self.comm.world_size();
+        if world == 1 {
+            return Ok((None, LossWeights::ONE, 0));
+        }
+        let rows = lm_dist::share(global.input_ids.dim(0)?, world, self.comm.rank());
+        let part = global.rows(rows.clone())?;
+        let w = global.share_weights(&part)?;
+        Ok((Some(part), w, rows.start))
+    }
+
     fn build(
         cfg: RunConfig,
         run_dir: &Path,
@@ -448,6 +659,7 @@ impl Trainer {
             lock: None,
             stop_at: None,
             stop_flag: None,
+            comm: Arc::new(SingleProcess),
             verbose: false,
             cfg,
         })
@@ -549,16 +761,19 @@ impl Trainer {
         self.cfg.train().seed.wrapping_mul(0xA24B_AED4_963E_E407) ^ key
     }
 
-    /// Forward and backward over the micro-batches of one step; the loss is their mean and the
-    /// gradients are those of the mean.
+    /// Forward and backward over the micro-batches of one step (global batches: this rank takes
+    /// its rows); the loss is their mean and the gradients are those of the mean, summed over the
+    /// ranks.
     fn forward_backward(&mut self, batches: &[Batch]) -> Result<(f32, GradStore)> {
         let accum = batches.len();
         let first_key = self.state.step * accum as u64;
         let mut total: Option<GradStore> = None;
         let mut loss_sum = 0f32;
-        for (m, b) in batches.iter().enumerate() {
+        for (m, global) in batches.iter().enumerate() {
             let key = self.dropout_key(first_key + m as u64);
-            let loss = with_dropout_key(key, || self.model.loss(b))?;
+            let (part, w, first_row) = self.my_rows(global)?;
+            let b = part.as_ref().unwrap_or(global);
+            let loss = with_dropout_key(key, first_row, || self.model.weighted_loss(b, w))?;
             let loss = if accum > 1 {
                 (loss / accum as f64)?
             } else {
@@ -580,10 +795,14 @@ impl Trainer {
                 }
             });
         }
-        let total = total.ok_or_else(|| TrainError::Corpus {
+        let mut total = total.ok_or_else(|| TrainError::Corpus {
             corpus: "batch".into(),
             problem: "a step needs at least one micro-batch".into(),
         })?;
+        if self.comm.world_size() > 1 {
+            self.all_reduce_gradients(&mut total)?;
+            loss_sum = self.sum_over_ranks(loss_sum as f64)? as f32;
+        }
         Ok((loss_sum, total))
     }
 
@@ -629,11 +848,13 @@ impl Trainer {
         Ok(Some((loss, norm, lr)))
     }
 
+    /// Global batches: `train.batch_size` per rank × ranks, `grad_accum` of them per step.
     fn step_shape(&self) -> StepShape {
         StepShape {
-            batch: self.cfg.train().batch_size,
+            batch: self.cfg.train().batch_size * self.comm.world_size(),
             accum: self.cfg.train().grad_accum,
             ramp: self.ramp.clone(),
+            ranks: self.comm.world_size(),
         }
     }
 
@@ -665,12 +886,18 @@ impl Trainer {
     fn evaluate_split_inner(&mut self, split: Split) -> Result<f32> {
         self.model.set_training(false);
         let t = self.cfg.train();
+        let batch = t.batch_size * self.comm.world_size();
         let mut sum = 0f32;
         for i in 0..t.eval_iters {
-            let b = self
+            let global = self
                 .work
-                .batch(split, (1 << 40) + i as u64, t.batch_size, &self.device)?;
-            sum += self.model.loss(&b)?.to_scalar::<f32>()?;
+                .batch(split, (1 << 40) + i as u64, batch, &self.device)?;
+            let (part, w, _) = self.my_rows(&global)?;
+            let b = part.as_ref().unwrap_or(&global);
+            sum += self.model.weighted_loss(b, w)?.to_scalar::<f32>()?;
+        }
+        if self.comm.world_size() > 1 {
+            sum = self.sum_over_ranks(sum as f64)? as f32;
         }
         self.model.set_training(true);
         Ok(sum / t.eval_iters as f32)
@@ -737,6 +964,10 @@ impl Trainer {
     /// Writes a checkpoint of the current step and prunes old ones. Weights that are NaN or
     /// infinite are never written: the previous checkpoints stay, and this is an error.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        if !self.is_writer() {
+            let dir = checkpoint::checkpoints_dir(&self.run_dir);
+            return Ok(dir.join(format!("step-{:08}", self.state.step)));
+        }
         if !self.weights_finite()? {
             let last = checkpoint::latest_checkpoint(&self.run_dir)
                 .map_or("none".into(), |p| p.display().to_string());
@@ -798,7 +1029,7 @@ impl Trainer {
         } else {
             self.state.evals_since_best += 1;
         }
-        self.metrics.append(&MetricRecord {
+        self.append_metrics(&MetricRecord {
             step: self.state.step,
             lr,
             train_loss: e.train_loss,
@@ -823,6 +1054,14 @@ impl Trainer {
         );
         let dir = self.save_checkpoint()?;
         Ok((e, dir))
+    }
+
+    /// Appends a metrics line (rank 0 only).
+    fn append_metrics(&self, rec: &MetricRecord) -> Result<()> {
+        if self.is_writer() {
+            self.metrics.append(rec)?;
+        }
+        Ok(())
     }
 
     fn say(&self, pb: &ProgressBar, line: String) {
@@ -863,7 +1102,7 @@ impl Trainer {
         let tokens_per_sec = window.1 as f64 / secs;
         self.state.elapsed_s = elapsed_s;
         let flops = self.model.flops_per_token(self.context_len()) * window.1 as f64;
-        self.metrics.append(&MetricRecord {
+        self.append_metrics(&MetricRecord {
             step: self.state.step,
             lr,
             train_loss: loss,

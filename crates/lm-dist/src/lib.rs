@@ -1,0 +1,185 @@
+//! # lm-dist
+//!
+//! The collectives a data-parallel trainer needs, behind one small trait: every rank holds the
+//! whole model, computes the gradients of its share of the global batch, and the gradients are
+//! summed across ranks ([`Collective::all_reduce_sum`]) before every rank takes the same optimizer
+//! step. Two implementations:
+//!
+//! - [`SingleProcess`] (always built): world size 1, every collective the identity.
+//! - `Mpi` (cargo feature `mpi`): ranks of an MPI job (`mpirun -np N …`), through rsmpi over the
+//!   system's MPI — one machine or many.
+//!
+//! [`from_environment`] picks one: MPI when built with it, else a single process — and refuses to
+//! run as one of several ranks of an MPI launch without the feature, instead of training N
+//! copies of the same run.
+//!
+//! ```
+//! use lm_dist::{Collective, SingleProcess};
+//! let c = SingleProcess;
+//! let mut g = [1.0f32, 2.0];
+//! c.all_reduce_sum(&mut g).unwrap();
+//! assert_eq!((c.rank(), c.world_size(), g), (0, 1, [1.0, 2.0]));
+//! ```
+
+#[cfg(feature = "mpi")]
+mod mpi_ranks;
+
+#[cfg(feature = "mpi")]
+pub use mpi_ranks::Mpi;
+
+/// What can go wrong when setting up or running collectives.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// Launched as several ranks by an MPI launcher, but built without the `mpi` feature.
+    #[error("launched as rank {rank} of {size} ({var}) but this build has no MPI: build with `--features mpi` (Debian: apt-get install libopenmpi-dev openmpi-bin libclang-dev)")]
+    NoMpi {
+        /// The environment variable that gave the world size.
+        var: &'static str,
+        /// This process's rank.
+        rank: usize,
+        /// The launch's world size.
+        size: usize,
+    },
+    /// MPI could not be initialized.
+    #[error("MPI: {0}")]
+    Init(String),
+    /// Buffers of different lengths on different ranks, or a root outside the world.
+    #[error("collective {op}: {problem}")]
+    Misuse {
+        /// The collective.
+        op: &'static str,
+        /// What was wrong.
+        problem: String,
+    },
+}
+
+/// Result of a collective.
+pub type Result<T> = std::result::Result<T, DistError>;
+
+/// Rank, world size and the collectives of data-parallel training. Every rank must call the
+/// collectives in the same order with buffers of the same length.
+pub trait Collective: Send + Sync {
+    /// This process's rank, `0..world_size()`.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn world_size(&self) -> usize;
+    /// `buf ← Σ_ranks buf`, in place, on every rank.
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
+    /// `buf ← Σ_ranks buf` for f64 values (losses, counts), in place, on every rank.
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
+    /// `buf ← buf of rank root`, on every rank.
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
+    /// Returns once every rank has called it.
+    fn barrier(&self) -> Result<()>;
+    /// Ranks of this job on this machine (for dividing its cores between them).
+    fn local_size(&self) -> usize {
+        1
+    }
+    /// Ends the whole job (every rank) with exit code `code`: what a rank that failed calls, so
+    /// that the others do not wait for it forever.
+    fn abort(&self, code: i32) {
+        std::process::exit(code)
+    }
+}
+
+/// One process: rank 0 of 1.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SingleProcess;
+
+impl Collective for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, _buf: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast(&self, _buf: &mut [f32], root: usize) -> Result<()> {
+        if root != 0 {
+            return Err(DistError::Misuse {
+                op: "broadcast",
+                problem: format!("root {root} in a world of 1"),
+            });
+        }
+        Ok(())
+    }
+    fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The world size an MPI (or PMI) launcher gave this process, if any: `(variable, rank, size)`.
+pub fn launcher_world() -> Option<(&'static str, usize, usize)> {
+    [
+        ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+        ("PMI_SIZE", "PMI_RANK"),
+        ("PMIX_SIZE", "PMIX_RANK"),
+    ]
+    .into_iter()
+    .find_map(|(size, rank)| {
+        let s = std::env::var(size).ok()?.parse::<usize>().ok()?;
+        let r = std::env::var(rank)
+            .ok()
+            .and_then(|r| r.parse::<usize>().ok())
+            .unwrap_or(0);
+        Some((size, r, s))
+    })
+}
+
+/// The collective for this process: MPI when built with the `mpi` feature (a plain start is then
+/// a world of 1), else a single process — or [`DistError::NoMpi`] when an MPI launcher started
+/// several ranks of a build without MPI.
+pub fn from_environment() -> Result<Box<dyn Collective>> {
+    #[cfg(feature = "mpi")]
+    {
+        Ok(Box::new(Mpi::initialize()?))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        match launcher_world() {
+            Some((var, rank, size)) if size > 1 => Err(DistError::NoMpi { var, rank, size }),
+            _ => Ok(Box::new(SingleProcess)),
+        }
+    }
+}
+
+/// Splits `n` items into `world` contiguous shares; rank `r`'s share as a range. The first
+/// `n % world` ranks get one more.
+pub fn share(n: usize, world: usize, r: usize) -> std::ops::Range<usize> {
+    let (q, extra) = (n / world.max(1), n % world.max(1));
+    let start = r * q + r.min(extra);
+    start..start + q + usize::from(r < extra)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_everything_once_in_order() {
+        for (n, w) in [(12, 2), (13, 4), (3, 5), (0, 3)] {
+            let parts: Vec<_> = (0..w).map(|r| share(n, w, r)).collect();
+            assert_eq!(parts.first().unwrap().start, 0);
+            assert_eq!(parts.last().unwrap().end, n);
+            for p in parts.windows(2) {
+                assert_eq!(p[0].end, p[1].start);
+                assert!(p[0].len() >= p[1].len() && p[0].len() - p[1].len() <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_single_process_is_the_identity() {
+        let c = SingleProcess;
+        let mut x = [3.0f32, -1.0];
+        c.all_reduce_sum(&mut x).unwrap();
+        c.broadcast(&mut x, 0).unwrap();
+        assert_eq!(x, [3.0, -1.0]);
+        assert!(c.broadcast(&mut x, 1).is_err());
+    }
+}

@@ -1,0 +1,201 @@
+//! Data parallelism over MPI: `mpirun -np 2 lm-train train` with `batch_size = 6` per rank gives,
+//! step by step, the losses and final parameters of one process with `batch_size = 12` — for a
+//! GPT, a BERT (MLM + NSP, dropout 0.1) and a T5 recipe. A rank killed with SIGKILL stops the job
+//! naming the rank, and the run resumes under mpirun to the uninterrupted run's losses.
+//!
+//! Built only with `--features mpi`; `cargo xtask test` runs it when `mpirun` is installed.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+/// `mpirun -np 2 lm-train ARGS` in `d`.
+fn mpirun(args: &[&str], d: &Path) -> Output {
+    Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .arg(env!("CARGO_BIN_EXE_lm-train"))
+        .args(args)
+        .current_dir(d)
+        .output()
+        .expect("mpirun runs (apt-get install libopenmpi-dev openmpi-bin)")
+}
+
+fn succeeded(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bundled recipe shrunk to seconds on a 40 kB corpus, with `batch` sequences per rank, as TOML.
+/// Trained tokenizers come from `tokenizer_file` (the `tokenizers` crate's trainers are not
+/// deterministic from run to run, so two runs that each trained one would not compare).
+fn shrunk(recipe: &str, batch: usize, tokenizer_file: Option<&str>) -> String {
+    let mut c = lm_train::config::TrainConfig::recipe(recipe).unwrap();
+    c.data.corpus = "corpus.txt".into();
+    c.data.tokenizer_file = tokenizer_file.map(String::from);
+    c.data.vocab_size = None;
+    (c.model.n_layer, c.model.n_head, c.model.n_embd) = (2, 2, 32);
+    (c.model.d_ff, c.model.block_size) = (Some(64), 32);
+    (c.train.batch_size, c.train.max_iters) = (batch, 12);
+    (
+        c.train.eval_interval,
+        c.train.eval_iters,
+        c.train.log_interval,
+    ) = (6, 2, 1);
+    c.train.sample_tokens = 0;
+    (c.optim.warmup_iters, c.optim.lr_decay_iters) = (3, Some(12));
+    c.to_toml()
+}
+
+/// Two losses (or parameters) agree within 1e-5 relative (1e-6 absolute near zero).
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-6
+}
+
+fn assert_same_run(one: &Path, two: &Path, what: &str) {
+    let (a, b) = (losses(one), losses(two));
+    assert_eq!(a.len(), b.len(), "{what}: metrics lines");
+    for ((sa, la, va), (sb, lb, vb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert!(
+            close(*la as f64, *lb as f64),
+            "{what} step {sa}: loss {la} vs {lb}"
+        );
+        if let (Some(va), Some(vb)) = (va, vb) {
+            assert!(
+                close(*va as f64, *vb as f64),
+                "{what} step {sa}: val {va} vs {vb}"
+            );
+        }
+    }
+    let last = |d: &Path| {
+        let ckpt = lm_train::checkpoint::latest_checkpoint(d).unwrap();
+        candle_core::safetensors::load(ckpt.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (pa, pb) = (last(one), last(two));
+    assert_eq!(pa.len(), pb.len());
+    for (name, ta) in &pa {
+        let va = ta.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let vb = pb[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (x, y) in va.iter().zip(&vb) {
+            assert!(close(*x as f64, *y as f64), "{what}: {name}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn two_ranks_of_six_equal_one_process_of_twelve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..40_000]).unwrap();
+    for (recipe, tokenizer) in [
+        ("gpt-shakespeare-char", None),
+        ("bert-mlm-nsp", Some(("wordpiece", "bert"))),
+        ("t5-span-corruption", Some(("unigram", "t5"))),
+    ] {
+        let file = tokenizer.map(|(kind, family)| {
+            let out = format!("{family}.json");
+            let args = [
+                "tokenizer",
+                "train",
+                "--kind",
+                kind,
+                "--family",
+                family,
+                "--vocab-size",
+                "300",
+                "--corpus",
+                "corpus.txt",
+                "--out",
+                &out,
+            ];
+            succeeded(&lm_train(&args, d), "tokenizer");
+            out
+        });
+        std::fs::write(d.join("one.toml"), shrunk(recipe, 12, file.as_deref())).unwrap();
+        std::fs::write(d.join("two.toml"), shrunk(recipe, 6, file.as_deref())).unwrap();
+        let (one, two) = (format!("{recipe}-1x12"), format!("{recipe}-2x6"));
+        succeeded(
+            &lm_train(
+                &["train", "--config", "one.toml", "--out", &one, "--quiet"],
+                d,
+            ),
+            &one,
+        );
+        let out = mpirun(
+            &["train", "--config", "two.toml", "--out", &two, "--quiet"],
+            d,
+        );
+        succeeded(&out, &two);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("on 2 ranks"));
+        assert_same_run(&d.join(&one), &d.join(&two), recipe);
+    }
+}
+
+#[test]
+fn a_killed_rank_stops_the_job_and_the_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = kill_config(d);
+    let cfg = cfg.to_str().unwrap();
+    succeeded(
+        &mpirun(&["train", "--config", cfg, "--out", "whole", "--quiet"], d),
+        "whole",
+    );
+    let job = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+        .arg(env!("CARGO_BIN_EXE_lm-train"))
+        .args(["train", "--config", cfg, "--out", "killed", "--quiet"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !d.join("killed/checkpoints/step-00000010").exists() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // SIGKILL one of mpirun's ranks (a child process running lm-train).
+    let children = Command::new("pgrep")
+        .args(["-P", &job.id().to_string(), "lm-train"])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&children.stdout).into_owned();
+    let victim = pids.lines().last().expect("mpirun's ranks");
+    assert!(Command::new("kill")
+        .args(["-9", victim])
+        .status()
+        .unwrap()
+        .success());
+    let out = job.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the job must stop");
+    assert!(err.contains("rank"), "mpirun names the rank: {err}");
+    // mpirun has ended its other rank too (its lock, left behind, belongs to a dead process).
+    let lock = std::fs::read_to_string(d.join("killed/lock")).unwrap_or_default();
+    if let Some(pid) = lock.split_whitespace().nth(1) {
+        let started = std::time::Instant::now();
+        while Path::new("/proc").join(pid).exists() {
+            assert!(
+                started.elapsed().as_secs() < 30,
+                "rank {pid} outlived the job"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    // The last complete checkpoint loads, and the resumed job ends where the whole one did.
+    succeeded(
+        &mpirun(&["train", "--resume", "killed", "--quiet"], d),
+        "resume",
+    );
+    assert_eq!(losses(&d.join("killed")), losses(&d.join("whole")));
+}

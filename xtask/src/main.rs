@@ -22,8 +22,33 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Whether a program is on the PATH.
+fn found(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// The test suite, then the data-parallel tests over MPI where `mpirun` is installed.
 fn test() -> Result<()> {
-    cargo(&["test", "--workspace", "--exclude", "xtask"])
+    cargo(&["test", "--workspace", "--exclude", "xtask"])?;
+    if found("mpirun") {
+        cargo(&[
+            "test",
+            "-p",
+            "lm-train",
+            "--features",
+            "mpi",
+            "--test",
+            "data_parallel",
+        ])
+    } else {
+        println!(
+            "skipped: lm-train's data_parallel tests (two_ranks_of_six_equal_one_process_of_twelve, \
+             a_killed_rank_stops_the_job_and_the_run_resumes_exactly): mpirun not found; \
+             install with `apt-get install libopenmpi-dev openmpi-bin libclang-dev`"
+        );
+        Ok(())
+    }
 }
 
 fn recipe(name: &str, extra: &[String]) -> Result<()> {

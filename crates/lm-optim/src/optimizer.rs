@@ -80,6 +80,17 @@ pub trait Optimizer: Send {
     fn vars(&self) -> Vec<Var>;
 }
 
+/// Bytes of an optimizer's state (moments and the like; the step counter is not counted): what
+/// sharding the state over N data-parallel ranks divides by N.
+pub fn state_bytes(opt: &dyn Optimizer) -> Result<usize> {
+    Ok(opt
+        .state_tensors()?
+        .iter()
+        .filter(|(name, _)| name != "step")
+        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+        .sum())
+}
+
 /// Writes an optimizer's state to a safetensors file.
 pub fn save_state(opt: &dyn Optimizer, path: &Path) -> Result<()> {
     let tensors: HashMap<String, Tensor> = opt.state_tensors()?.into_iter().collect();

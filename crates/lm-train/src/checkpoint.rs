@@ -36,10 +36,23 @@ pub struct TrainerState {
     /// not in the optimizer's own step count.
     #[serde(default)]
     pub skipped_steps: u64,
+    /// Data-parallel ranks that wrote the checkpoint (1: one process).
+    #[serde(default = "one_rank")]
+    pub world: usize,
+    /// Sequences per optimizer step over all ranks (0: not recorded).
+    #[serde(default)]
+    pub global_batch: usize,
+    /// Whether the optimizer state is sharded over the ranks (`optimizer-rank{r}.safetensors`).
+    #[serde(default)]
+    pub sharded_optimizer: bool,
     /// CRC-32 and length of each file of the checkpoint (`model.safetensors`, …), verified when
     /// the checkpoint is loaded.
     #[serde(default)]
     pub checksums: BTreeMap<String, FileSum>,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// A file's CRC-32 (IEEE) and length in bytes.

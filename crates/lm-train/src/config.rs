@@ -213,6 +213,10 @@ pub struct TrainSection {
     /// Matrix products of linear layers and attention.
     #[serde(default = "default_matmul_precision")]
     pub matmul_precision: Precision,
+    /// Data parallelism: shard the optimizer state over the ranks (ZeRO stage 1): each rank
+    /// keeps and updates the state of its share of the parameters, then sends them to the others.
+    #[serde(default)]
+    pub shard_optimizer_state: bool,
 }
 
 fn default_matmul_precision() -> Precision {

@@ -128,6 +128,10 @@ pub struct Trainer {
     stop_flag: Option<Arc<AtomicBool>>,
     /// The data-parallel ranks (a single process by default); rank 0 alone writes the run.
     comm: Arc<dyn Collective>,
+    /// The optimizer's parameter groups (to rebuild it over a rank's shard).
+    groups: Vec<ParamGroup>,
+    /// With a sharded optimizer state: the rank that owns each of `vars`.
+    owners: Option<Vec<usize>>,
     /// Show a progress bar and print evaluation lines.
     pub verbose: bool,
 }
@@ -240,6 +244,21 @@ fn refuse_unsupported(cfg: &RunConfig, comm: &dyn Collective) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The rank that owns each parameter (sizes in order) when the optimizer state is sharded over
+/// `world` ranks: each goes to the rank holding the fewest values so far, so the shares are
+/// balanced within one parameter.
+fn shard_owners(sizes: &[usize], world: usize) -> Vec<usize> {
+    let mut load = vec![0usize; world];
+    sizes
+        .iter()
+        .map(|&n| {
+            let r = (0..world).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+            load[r] += n;
+            r
+        })
+        .collect()
 }
 
 /// The run's token cache: `tokens.bin` when present, else rebuilt from the corpus — into the run
@@ -378,6 +397,9 @@ impl Trainer {
             best: None,
             evals_since_best: 0,
             skipped_steps: 0,
+            world: 1,
+            global_batch: 0,
+            sharded_optimizer: false,
             checksums: Default::default(),
         };
         let mut t = Self::build(cfg, run_dir, device, parts, state)?;
@@ -389,12 +411,7 @@ impl Trainer {
     /// `max_iters` replaces the saved stopping point for this call (the saved config is not
     /// changed). Metrics lines after the checkpoint's step (from a killed run) are dropped.
     pub fn resume(run_dir: &Path, max_iters: Option<u64>, device: Device) -> Result<Self> {
-        let lock = RunLock::acquire(run_dir)?;
-        let mut t = Self::reopen(run_dir, device, true)?;
-        t.lock = Some(lock);
-        t.stop_at = max_iters;
-        t.metrics.truncate_after(t.state.step)?;
-        Ok(t)
+        Self::resume_distributed(run_dir, max_iters, device, Arc::new(SingleProcess))
     }
 
     /// Opens the run in `run_dir` at its newest checkpoint for reading (evaluation, sampling):
@@ -457,6 +474,7 @@ impl Trainer {
             Self::join(run_dir, device)?
         };
         t.comm = comm;
+        t.setup_ranks()?;
         t.broadcast_parameters()?;
         Ok(t)
     }
@@ -470,16 +488,127 @@ impl Trainer {
         comm: Arc<dyn Collective>,
     ) -> Result<Self> {
         let mut t = if comm.rank() == 0 {
-            Self::resume(run_dir, max_iters, device)?
-        } else {
-            let mut t = Self::open(run_dir, device)?;
-            t.stop_at = max_iters;
+            let lock = RunLock::acquire(run_dir)?;
+            let mut t = Self::reopen(run_dir, device, true)?;
+            t.lock = Some(lock);
+            t.metrics.truncate_after(t.state.step)?;
             t
+        } else {
+            Self::open(run_dir, device)?
         };
+        t.stop_at = max_iters;
         refuse_unsupported(&t.cfg, comm.as_ref())?;
+        let saved = (t.state.world, t.state.sharded_optimizer);
+        if saved.1 && saved.0 != comm.world_size() {
+            return Err(TrainError::Checkpoint {
+                path: run_dir.to_path_buf(),
+                problem: format!(
+                    "its optimizer state is sharded over {} ranks; resume it with `mpirun -np {}`",
+                    saved.0, saved.0
+                ),
+            });
+        }
         t.comm = comm;
+        t.setup_ranks()?;
+        if saved.1 {
+            let ckpt = checkpoint::latest_checkpoint(run_dir)?;
+            t.load_optimizer(&ckpt)?;
+        }
         t.check_parameters_equal()?;
         Ok(t)
+    }
+
+    /// Records the world and global batch in the state (refusing a resume whose global batch
+    /// differs), and with `train.shard_optimizer_state` rebuilds the optimizer over this rank's
+    /// share of the parameters (ZeRO stage 1).
+    fn setup_ranks(&mut self) -> Result<()> {
+        let world = self.comm.world_size();
+        let global = self.cfg.train().batch_size * world;
+        if self.state.global_batch != 0 && self.state.global_batch != global {
+            return Err(TrainError::Config {
+                source_name: self.run_dir.join("config.toml").display().to_string(),
+                key: "train.batch_size".into(),
+                problem: format!(
+                    "{} per rank × {world} ranks = {global} sequences per step, but the run was trained with {}; resume with batch_size = {} (when it divides), or with its own number of ranks",
+                    self.cfg.train().batch_size,
+                    self.state.global_batch,
+                    self.state.global_batch as f64 / world as f64
+                ),
+            });
+        }
+        self.state.world = world;
+        self.state.global_batch = global;
+        if !(self.cfg.train().shard_optimizer_state && world > 1) {
+            return Ok(());
+        }
+        let owners = shard_owners(
+            &self.vars.iter().map(|v| v.elem_count()).collect::<Vec<_>>(),
+            world,
+        );
+        let rank = self.comm.rank();
+        let mine: std::collections::HashSet<candle_core::TensorId> = self
+            .vars
+            .iter()
+            .zip(&owners)
+            .filter(|(_, &o)| o == rank)
+            .map(|(v, _)| v.as_tensor().id())
+            .collect();
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| {
+                let mut g = g.clone();
+                g.params.retain(|(_, v)| mine.contains(&v.as_tensor().id()));
+                g
+            })
+            .collect();
+        let steps = self.opt.steps();
+        self.opt = self
+            .cfg
+            .optim()
+            .preset(self.cfg.train().max_iters)?
+            .build_groups(groups)?;
+        if steps != 0 && !self.state.sharded_optimizer {
+            return Err(TrainError::Checkpoint {
+                path: self.run_dir.clone(),
+                problem: "its optimizer state is not sharded; resume it with shard_optimizer_state = false".into(),
+            });
+        }
+        self.owners = Some(owners);
+        self.state.sharded_optimizer = true;
+        Ok(())
+    }
+
+    /// With a sharded optimizer: each owner sends the parameters it updated to every rank.
+    fn gather_owned_parameters(&self) -> Result<()> {
+        let Some(owners) = &self.owners else {
+            return Ok(());
+        };
+        for owner in 0..self.comm.world_size() {
+            let vars: Vec<&Var> = self
+                .vars
+                .iter()
+                .zip(owners)
+                .filter(|(_, &o)| o == owner)
+                .map(|(v, _)| v)
+                .collect();
+            let mut flat = vec![];
+            for v in &vars {
+                flat.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+            }
+            self.comm.broadcast(&mut flat, owner).map_err(dist_err)?;
+            let mut at = 0;
+            for v in vars {
+                let n = v.elem_count();
+                v.set(&Tensor::from_slice(
+                    &flat[at..at + n],
+                    v.shape(),
+                    v.device(),
+                )?)?;
+                at += n;
+            }
+        }
+        Ok(())
     }
 
     /// A run that rank 0 has just set up, opened by another rank: config, tokenizer and token
@@ -504,6 +633,9 @@ impl Trainer {
             best: None,
             evals_since_best: 0,
             skipped_steps: 0,
+            world: 1,
+            global_batch: 0,
+            sharded_optimizer: false,
             checksums: Default::default(),
         };
         Self::build(cfg, run_dir, device, parts, state)
@@ -634,6 +766,7 @@ impl Trainer {
             .flat_map(|g| g.params.iter().map(|(_, v)| v.clone()))
             .collect();
         let preset = cfg.optim().preset(cfg.train().max_iters)?;
+        let groups = parts.groups.clone();
         let opt = preset.build_groups(parts.groups)?;
         let t = cfg.train();
         let ramp = t.batch_ramp_start.map(|start| BatchSizeRamp {
@@ -660,6 +793,8 @@ impl Trainer {
             stop_at: None,
             stop_flag: None,
             comm: Arc::new(SingleProcess),
+            groups,
+            owners: None,
             verbose: false,
             cfg,
         })
@@ -680,7 +815,15 @@ impl Trainer {
         }
         self.store
             .load_safetensors(&ckpt.join("model.safetensors"), |n| Some(n.to_string()))?;
-        let opt_path = ckpt.join("optimizer.safetensors");
+        if self.state.sharded_optimizer {
+            return Ok(()); // each rank loads its shard once it knows its rank
+        }
+        self.load_optimizer(ckpt)
+    }
+
+    /// The optimizer state of checkpoint `ckpt` (this rank's shard when it is sharded).
+    fn load_optimizer(&mut self, ckpt: &Path) -> Result<()> {
+        let opt_path = ckpt.join(self.optimizer_file());
         lm_optim::load_state(self.opt.as_mut(), &opt_path, &self.device).map_err(|e| {
             TrainError::Checkpoint {
                 path: opt_path.clone(),
@@ -699,6 +842,20 @@ impl Trainer {
             });
         }
         Ok(())
+    }
+
+    /// The optimizer state's file in a checkpoint: one per rank when sharded.
+    fn optimizer_file(&self) -> String {
+        if self.state.sharded_optimizer {
+            format!("optimizer-rank{}.safetensors", self.comm.rank())
+        } else {
+            "optimizer.safetensors".into()
+        }
+    }
+
+    /// Bytes of optimizer state this rank holds (lm-optim's accounting).
+    pub fn optimizer_state_bytes(&self) -> Result<usize> {
+        Ok(lm_optim::state_bytes(self.opt.as_ref())?)
     }
 
     /// The run's configuration.
@@ -844,6 +1001,7 @@ impl Trainer {
             1.0
         };
         self.opt.step_scaled(&mut grads, lr, scale)?;
+        self.gather_owned_parameters()?;
         self.state.step += 1;
         Ok(Some((loss, norm, lr)))
     }
@@ -964,9 +1122,11 @@ impl Trainer {
     /// Writes a checkpoint of the current step and prunes old ones. Weights that are NaN or
     /// infinite are never written: the previous checkpoints stay, and this is an error.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
-        if !self.is_writer() {
-            let dir = checkpoint::checkpoints_dir(&self.run_dir);
-            return Ok(dir.join(format!("step-{:08}", self.state.step)));
+        let dest =
+            checkpoint::checkpoints_dir(&self.run_dir).join(format!("step-{:08}", self.state.step));
+        let sharded = self.owners.is_some();
+        if !sharded && !self.is_writer() {
+            return Ok(dest); // rank 0 writes it
         }
         if !self.weights_finite()? {
             let last = checkpoint::latest_checkpoint(&self.run_dir)
@@ -976,15 +1136,33 @@ impl Trainer {
                 last,
             });
         }
-        let w = CheckpointWriter::begin(&self.run_dir, self.state.step)?;
+        let w = if self.is_writer() {
+            Some(CheckpointWriter::begin(&self.run_dir, self.state.step)?)
+        } else {
+            None
+        };
+        if sharded {
+            self.write_optimizer_shard(w.as_ref())?;
+        }
+        let Some(w) = w else {
+            return Ok(dest);
+        };
         let written = (|| -> Result<()> {
             lm_models::hf::save_dir(&self.store, &self.model.hf_config(), w.dir())?;
-            lm_optim::save_state(self.opt.as_ref(), &w.path("optimizer.safetensors"))?;
+            if !sharded {
+                lm_optim::save_state(self.opt.as_ref(), &w.path("optimizer.safetensors"))?;
+            }
             self.tokenizer.save(&w.path("tokenizer.json"))?;
             checkpoint::write_atomic(&w.path("run_config.toml"), self.cfg.to_toml().as_bytes())?;
+            let shards = (0..self.comm.world_size())
+                .map(|r| format!("optimizer-rank{r}.safetensors"))
+                .filter(|_| sharded);
             self.state.checksums = checkpoint::CHECKSUMMED
                 .iter()
-                .map(|f| Ok((f.to_string(), checkpoint::FileSum::of(&w.path(f))?)))
+                .map(|f| f.to_string())
+                .filter(|f| w.path(f).exists())
+                .chain(shards)
+                .map(|f| Ok((f.clone(), checkpoint::FileSum::of(&w.path(&f))?)))
                 .collect::<Result<_>>()?;
             let state = serde_json::to_string_pretty(&self.state).expect("state serializes");
             checkpoint::write_atomic(&w.path("state.json"), state.as_bytes())?;
@@ -1006,6 +1184,18 @@ impl Trainer {
                 Err(e)
             }
         }
+    }
+
+    /// Every rank writes its optimizer shard into the checkpoint that rank 0 (holding `w`) has
+    /// begun, then waits for the others.
+    fn write_optimizer_shard(&self, w: Option<&CheckpointWriter>) -> Result<()> {
+        // Rank 0's temporary directory, named by its process id.
+        let pid = self.sum_over_ranks(w.map_or(0.0, |_| std::process::id() as f64))? as u32;
+        let tmp = checkpoint::checkpoints_dir(&self.run_dir)
+            .join(format!("step-{:08}.tmp-{pid}", self.state.step));
+        let file = tmp.join(self.optimizer_file());
+        lm_optim::save_state(self.opt.as_ref(), &file)?;
+        self.comm.barrier().map_err(dist_err)
     }
 
     fn eval_and_checkpoint(

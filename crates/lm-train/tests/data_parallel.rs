@@ -13,13 +13,22 @@ use std::process::{Command, Output, Stdio};
 
 use common::*;
 
-/// `mpirun -np 2 lm-train ARGS` in `d`.
-fn mpirun(args: &[&str], d: &Path) -> Output {
-    Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
+/// `mpirun -np 2 lm-train ARGS` in `d`, not yet run.
+fn mpirun_command(args: &[&str], d: &Path) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
         .arg(env!("CARGO_BIN_EXE_lm-train"))
         .args(args)
         .current_dir(d)
+        // Containers often forbid the cross-process memory copies of Open MPI's shared-memory
+        // transport; copying through its buffers works everywhere.
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    c
+}
+
+/// `mpirun -np 2 lm-train ARGS` in `d`.
+fn mpirun(args: &[&str], d: &Path) -> Output {
+    mpirun_command(args, d)
         .output()
         .expect("mpirun runs (apt-get install libopenmpi-dev openmpi-bin)")
 }
@@ -150,11 +159,7 @@ fn a_killed_rank_stops_the_job_and_the_run_resumes_exactly() {
         &mpirun(&["train", "--config", cfg, "--out", "whole", "--quiet"], d),
         "whole",
     );
-    let job = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2"])
-        .arg(env!("CARGO_BIN_EXE_lm-train"))
-        .args(["train", "--config", cfg, "--out", "killed", "--quiet"])
-        .current_dir(d)
+    let job = mpirun_command(&["train", "--config", cfg, "--out", "killed", "--quiet"], d)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -198,4 +203,68 @@ fn a_killed_rank_stops_the_job_and_the_run_resumes_exactly() {
         "resume",
     );
     assert_eq!(losses(&d.join("killed")), losses(&d.join("whole")));
+}
+
+/// Bytes of optimizer state in a safetensors file (the step counter not counted).
+fn state_bytes(path: &Path) -> usize {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| *name != "step")
+        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+        .sum()
+}
+
+#[test]
+fn zero_1_shards_the_optimizer_state_and_still_equals_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..40_000]).unwrap();
+    let recipe = "gpt-shakespeare-char";
+    std::fs::write(d.join("one.toml"), shrunk(recipe, 12, None)).unwrap();
+    let sharded = shrunk(recipe, 6, None).replace(
+        "shard_optimizer_state = false",
+        "shard_optimizer_state = true",
+    );
+    assert!(sharded.contains("shard_optimizer_state = true"));
+    std::fs::write(d.join("zero.toml"), sharded).unwrap();
+    succeeded(
+        &lm_train(
+            &["train", "--config", "one.toml", "--out", "one", "--quiet"],
+            d,
+        ),
+        "one",
+    );
+    // Stopped half way and resumed under mpirun, as the shards must reload.
+    let args = [
+        "train",
+        "--config",
+        "zero.toml",
+        "--out",
+        "zero",
+        "--quiet",
+        "--max-iters",
+        "6",
+    ];
+    succeeded(&mpirun(&args, d), "zero to 6");
+    succeeded(
+        &mpirun(&["train", "--resume", "zero", "--quiet"], d),
+        "zero resumed",
+    );
+    assert_same_run(&d.join("one"), &d.join("zero"), "ZeRO-1");
+    // Each rank holds about half of the optimizer state one process holds.
+    let whole = state_bytes(&d.join("one/checkpoints/step-00000012/optimizer.safetensors"));
+    for r in 0..2 {
+        let part = state_bytes(&d.join(format!(
+            "zero/checkpoints/step-00000012/optimizer-rank{r}.safetensors"
+        )));
+        let share = part as f64 / whole as f64;
+        assert!(
+            (0.4..=0.6).contains(&share),
+            "rank {r}: {part} of {whole} bytes"
+        );
+    }
+    // A sharded run resumes only with its own number of ranks.
+    let out = lm_train(&["train", "--resume", "zero"], d);
+    assert_one_line_error(&out, "sharded over 2 ranks; resume it with `mpirun -np 2`");
 }

@@ -268,3 +268,46 @@ fn zero_1_shards_the_optimizer_state_and_still_equals_one_process() {
     let out = lm_train(&["train", "--resume", "zero"], d);
     assert_one_line_error(&out, "sharded over 2 ranks; resume it with `mpirun -np 2`");
 }
+
+#[test]
+fn a_run_resumes_on_another_number_of_ranks_when_the_global_batch_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..40_000]).unwrap();
+    let recipe = "gpt-shakespeare-char";
+    std::fs::write(d.join("one.toml"), shrunk(recipe, 12, None)).unwrap();
+    std::fs::write(d.join("two.toml"), shrunk(recipe, 6, None)).unwrap();
+    succeeded(
+        &lm_train(
+            &["train", "--config", "one.toml", "--out", "one", "--quiet"],
+            d,
+        ),
+        "one",
+    );
+    let args = [
+        "train",
+        "--config",
+        "two.toml",
+        "--out",
+        "moved",
+        "--quiet",
+        "--max-iters",
+        "6",
+    ];
+    succeeded(&mpirun(&args, d), "2 ranks to step 6");
+    let config = d.join("moved/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    // 1 process × 5 is another global batch: refused, naming the batch size that matches.
+    std::fs::write(&config, text.replace("batch_size = 6", "batch_size = 5")).unwrap();
+    assert_one_line_error(
+        &lm_train(&["train", "--resume", "moved"], d),
+        "resume with batch_size = 12",
+    );
+    // 1 process × 12 continues the 2 × 6 run as if it had been one process all along.
+    std::fs::write(&config, text.replace("batch_size = 6", "batch_size = 12")).unwrap();
+    succeeded(
+        &lm_train(&["train", "--resume", "moved", "--quiet"], d),
+        "1 × 12",
+    );
+    assert_same_run(&d.join("one"), &d.join("moved"), "2 ranks, then 1");
+}

@@ -686,9 +686,33 @@ impl FinetuneTask {
         Ok(batch)
     }
 
-    /// Predictions as strings: class labels, or greedily generated text.
+    /// Predictions for examples given by the user (`lm-train predict`): class labels or greedily
+    /// generated text. A label unseen in training does not matter here (it is not predicted).
+    pub fn predict_examples(
+        &self,
+        model: &AnyModel,
+        examples: &[Example],
+        device: &Device,
+    ) -> Result<Vec<String>> {
+        let encoded: Vec<Encoded> = examples
+            .iter()
+            .map(|e| self.encode(e))
+            .collect::<Result<_>>()?;
+        self.predict_encoded(model, &encoded, device)
+    }
+
+    /// Predictions as strings for split `split` (0 train, 1 validation, 2 test).
     fn predict(&self, model: &AnyModel, split: usize, device: &Device) -> Result<Vec<String>> {
-        let items = &self.encoded[split];
+        self.predict_encoded(model, &self.encoded[split], device)
+    }
+
+    /// Predictions as strings: class labels, or greedily generated text.
+    fn predict_encoded(
+        &self,
+        model: &AnyModel,
+        items: &[Encoded],
+        device: &Device,
+    ) -> Result<Vec<String>> {
         let mut out = Vec::with_capacity(items.len());
         let mut rng = Rng::seed_from_u64(0);
         let n = self.cfg.finetune.max_target_len;

@@ -46,6 +46,21 @@ pub enum Example {
     },
 }
 
+impl Example {
+    /// The gold answer: the label, or the target text.
+    pub fn gold(&self) -> &str {
+        match self {
+            Self::Pair { label, .. } | Self::Single { label, .. } => label,
+            Self::TextToText { target, .. } => target,
+        }
+    }
+
+    /// Whether this is a labelled (classification) example.
+    pub fn is_labelled(&self) -> bool {
+        !matches!(self, Self::TextToText { .. })
+    }
+}
+
 /// Train, validation and test examples.
 #[derive(Debug, Clone)]
 pub struct TaskData {

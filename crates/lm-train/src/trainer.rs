@@ -1429,26 +1429,33 @@ impl Trainer {
         results.map(Some)
     }
 
-    /// A sample from the model: GPT continues a newline (nanoGPT's `sample.py`: temperature 0.8,
-    /// top-k 200); BART and T5 decode the first validation example, shown with its input.
-    /// BERT has no generation and gives `None`.
+    /// A sample from the model at the end of training: GPT continues a newline (nanoGPT's
+    /// `sample.py`: temperature 0.8, top-k 200); BART and T5 decode the first validation example,
+    /// shown with its input. BERT has no generation and gives `None`.
     pub fn sample(&self, n_tokens: usize, seed: u64) -> Result<Option<String>> {
-        self.sample_from(None, n_tokens, seed)
-    }
-
-    /// Like [`Trainer::sample`], GPT continuing `prompt` when given.
-    pub fn sample_from(
-        &self,
-        prompt: Option<&str>,
-        n_tokens: usize,
-        seed: u64,
-    ) -> Result<Option<String>> {
         let sampling = Sampling {
             temperature: 0.8,
             top_k: Some(200),
             top_p: None,
         };
+        self.sample_with(None, n_tokens, &sampling, seed)
+    }
+
+    /// Generated text: GPT continues `prompt` (default a newline) and the result starts with the
+    /// prompt; BART and T5 take `prompt` as the encoder's input (default the first validation
+    /// example) and show input and output. BERT gives `None`.
+    pub fn sample_with(
+        &self,
+        prompt: Option<&str>,
+        n_tokens: usize,
+        sampling: &Sampling,
+        seed: u64,
+    ) -> Result<Option<String>> {
         let mut rng = Rng::seed_from_u64(seed);
+        let show = |ids: &[u32]| match &self.tokenizer {
+            TextTokenizer::Hf(t) => t.decode(ids, false).unwrap_or_default(),
+            other => other.decode(ids),
+        };
         Ok(match &self.model {
             AnyModel::Gpt(m) => {
                 // A given prompt must encode (a character outside a char vocabulary is an
@@ -1457,31 +1464,63 @@ impl Trainer {
                     Some(p) => self.tokenizer.encode(p)?,
                     None => self.tokenizer.encode("\n").unwrap_or_default(),
                 };
-                let prompt = if ids.is_empty() { vec![self.eos] } else { ids };
-                let ids = m.generate(&prompt, n_tokens, &sampling, &mut rng)?;
-                Some(self.tokenizer.decode(&ids[prompt.len()..]))
+                let prompt_ids = if ids.is_empty() { vec![self.eos] } else { ids };
+                let ids = m.generate(&prompt_ids, n_tokens, sampling, &mut rng)?;
+                let continuation = self.tokenizer.decode(&ids[prompt_ids.len()..]);
+                Some(format!("{}{continuation}", prompt.unwrap_or("")))
             }
             AnyModel::Bart(_) | AnyModel::T5(_) => {
-                let b = self.work.batch(Split::Val, 1 << 40, 1, &self.device)?;
-                let input: Vec<u32> = b.input_ids.flatten_all()?.to_vec1()?;
+                let input: Vec<u32> = match prompt {
+                    Some(p) => {
+                        let mut ids = self.tokenizer.encode(p)?;
+                        ids.push(self.eos);
+                        ids
+                    }
+                    None => self
+                        .work
+                        .batch(Split::Val, 1 << 40, 1, &self.device)?
+                        .input_ids
+                        .flatten_all()?
+                        .to_vec1()?,
+                };
                 let input_t = Tensor::new(input.as_slice(), &self.device)?.unsqueeze(0)?;
                 let out = match &self.model {
                     AnyModel::Bart(m) => {
-                        m.generate(&input_t, n_tokens, &Sampling::greedy(), &mut rng, true)?
+                        m.generate(&input_t, n_tokens, sampling, &mut rng, true)?
                     }
-                    AnyModel::T5(m) => {
-                        m.generate(&input_t, n_tokens, &Sampling::greedy(), &mut rng, true)?
-                    }
-                    _ => unreachable!(),
-                };
-                let show = |ids: &[u32]| match &self.tokenizer {
-                    TextTokenizer::Hf(t) => t.decode(ids, false).unwrap_or_default(),
-                    other => other.decode(ids),
+                    AnyModel::T5(m) => m.generate(&input_t, n_tokens, sampling, &mut rng, true)?,
+                    _ => unreachable!("matched an encoder-decoder"),
                 };
                 Some(format!("input:  {}\noutput: {}", show(&input), show(&out)))
             }
             AnyModel::Bert(_) | AnyModel::BertClassifier(..) => None,
         })
+    }
+
+    /// A fine-tuned run's predictions for `examples` (class labels or generated text), with its
+    /// task's encoding; `None` for a pretraining run.
+    pub fn predict(&self, examples: &[crate::tasks::Example]) -> Result<Option<Vec<String>>> {
+        let Work::Finetune(task) = &self.work else {
+            return Ok(None);
+        };
+        let p = self.matmul_precision();
+        let (model, device) = (&self.model, &self.device);
+        model.set_training(false);
+        let out = on_compute_threads(|| {
+            with_matmul_precision(p, || task.predict_examples(model, examples, device))
+        });
+        model.set_training(true);
+        out.map(Some)
+    }
+
+    /// What the run's last [`Trainer::train`] call measured: wall-clock seconds of training so
+    /// far, tokens seen, and the best evaluation (step, value).
+    pub fn progress(&self) -> (f64, u64, Option<(u64, f64)>) {
+        (
+            self.state.elapsed_s,
+            self.state.tokens_seen,
+            self.state.best,
+        )
     }
 }
 

@@ -335,3 +335,178 @@ fn a_fine_tuning_recipe_follows_its_configured_schedule() {
         );
     }
 }
+
+/// Tiny pretraining checkpoints of every family (library calls), for the fine-tuning verbs.
+fn pretrained(d: &Path, recipe: &str) -> std::path::PathBuf {
+    let mut c = lm_train::config::TrainConfig::recipe(recipe).unwrap();
+    c.data.corpus = d.join("corpus.txt").display().to_string();
+    if c.data.tokenizer != lm_train::config::TokenizerKind::Char {
+        c.data.vocab_size = Some(300);
+    }
+    (c.model.n_layer, c.model.n_head, c.model.n_embd) = (1, 2, 16);
+    (c.model.d_ff, c.model.block_size) = (Some(32), 24);
+    (c.train.max_iters, c.train.eval_interval, c.train.eval_iters) = (2, 2, 1);
+    (c.optim.warmup_iters, c.optim.lr_decay_iters) = (1, Some(2));
+    let dir = d.join(recipe);
+    lm_train::Trainer::new(c, &dir, candle_core::Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    dir
+}
+
+#[test]
+fn fine_tuned_runs_of_every_family_eval_sample_predict_plot_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..30_000]).unwrap();
+    let text = |o: Output, what: &str| {
+        assert!(
+            o.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for (ft, pre) in [
+        ("bert-finetune-pairs", "bert-mlm-nsp"),
+        ("t5-table-to-text", "t5-span-corruption"),
+        ("bart-table-to-text", "bart-denoising"),
+        ("gpt-table-to-text", "gpt-shakespeare-bpe"),
+    ] {
+        let init = pretrained(d, pre);
+        let mut c = lm_train::config::FinetuneConfig::recipe(ft).unwrap();
+        c.finetune.init = init.display().to_string();
+        (c.finetune.train_examples, c.finetune.val_examples) = (32, 4);
+        (c.finetune.test_examples, c.finetune.max_len) = (4, 24);
+        c.finetune.max_target_len = 4;
+        (c.train.max_iters, c.train.eval_interval, c.train.eval_iters) = (4, 2, 1);
+        (c.train.batch_size, c.optim.warmup_iters) = (4, 1);
+        let cfg = d.join(format!("{ft}.toml"));
+        std::fs::write(&cfg, c.to_toml()).unwrap();
+        let run = format!("ft-{ft}");
+        let args = [
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            &run,
+            "--quiet",
+        ];
+        let out = text(lm_train(&args, d), ft);
+        assert!(
+            out.contains("best val") && out.contains("test "),
+            "{ft}: {out}"
+        );
+        assert!(
+            text(lm_train(&["eval", &run], d), ft).contains("val_"),
+            "{ft}"
+        );
+        let sample = lm_train(&["sample", &run, "--tokens", "3", "--temperature", "0"], d);
+        if ft.starts_with("bert") {
+            assert_one_line_error(&sample, "lm-train predict");
+        } else {
+            assert!(
+                text(sample, ft).contains("output:") || ft.starts_with("gpt"),
+                "{ft}"
+            );
+        }
+        let test_file = d.join(&run).join("data/test.jsonl");
+        let predicted = text(
+            lm_train(
+                &["predict", &run, "--input", test_file.to_str().unwrap()],
+                d,
+            ),
+            ft,
+        );
+        assert_eq!(predicted.lines().count(), 4, "{ft}: {predicted}");
+        assert!(predicted.lines().all(|l| l.starts_with("{\"prediction\":")));
+        assert_eq!(
+            text(lm_train(&["plot", &run], d), ft).lines().count(),
+            4,
+            "{ft}"
+        );
+        let resumed = text(
+            lm_train(
+                &["train", "--resume", &run, "--max-iters", "6", "--quiet"],
+                d,
+            ),
+            ft,
+        );
+        assert!(resumed.contains("final: step 6"), "{ft}: {resumed}");
+    }
+}
+
+#[test]
+fn recipes_show_round_trips_through_train_config_and_overrides_apply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let shown = lm_train(&["recipes", "show", "gpt-shakespeare-char"], d);
+    assert!(shown.status.success());
+    std::fs::write(d.join("shown.toml"), &shown.stdout).unwrap();
+    let parsed = lm_train::config::RunConfig::from_file(&d.join("shown.toml")).unwrap();
+    assert_eq!(
+        parsed,
+        lm_train::config::RunConfig::recipe("gpt-shakespeare-char").unwrap()
+    );
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..20_000]).unwrap();
+    let out = lm_train(
+        &[
+            "train",
+            "--config",
+            "shown.toml",
+            "--out",
+            "run",
+            "--quiet",
+            "--seed",
+            "7",
+            "--set",
+            "data.corpus=corpus.txt",
+            "--set",
+            "model.n_embd=16",
+            "--set",
+            "model.block_size=8",
+            "--set",
+            "train.max_iters=2",
+            "--set",
+            "optim.warmup_iters=1",
+            "--set",
+            "optim.lr_decay_iters=2",
+            "--set",
+            "train.sample_tokens=0",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        d,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done: step 2 in "));
+    let saved = std::fs::read_to_string(d.join("run/config.toml")).unwrap();
+    assert!(
+        saved.contains("seed = 7") && saved.contains("n_embd = 16"),
+        "{saved}"
+    );
+    assert_one_line_error(
+        &lm_train(
+            &[
+                "train",
+                "--config",
+                "shown.toml",
+                "--set",
+                "model.family=gtp",
+            ],
+            d,
+        ),
+        "--set: model.family: unknown variant `gtp`",
+    );
+    assert_one_line_error(
+        &lm_train(&["eval", "run", "--device", "tpu"], d),
+        "--device",
+    );
+}

@@ -93,11 +93,12 @@ enum Command {
         action: TokenizerAction,
     },
     /// Draw a run's loss curves and learning rate (loss.svg/png, lr.svg/png); with --compare,
-    /// the validation curves of fine-tuning runs on one chart.
+    /// the evaluation curves of several runs (pretraining or fine-tuning), one chart per metric,
+    /// each line named by its run.
     Plot {
-        /// The run directory (or, with --compare, the output file stem).
+        /// The run directory (or, with --compare, the output path stem: STEM-val_loss.png, …).
         run: PathBuf,
-        /// Fine-tuning run directories to draw together.
+        /// Run directories to draw together.
         #[arg(long, num_args = 1..)]
         compare: Vec<PathBuf>,
     },
@@ -582,7 +583,7 @@ fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
             let files = if compare.is_empty() {
                 lm_train::plot::plot_run(&run)?
             } else {
-                lm_train::plot::plot_finetune_curves(&compare, &run)?
+                lm_train::plot::plot_compare(&compare, &run)?
             };
             for f in files {
                 out!("{}", f.display());

@@ -1,5 +1,8 @@
-//! Loss curves and the learning-rate schedule of a run, drawn from `metrics.jsonl` to SVG and PNG
-//! with no plotting dependency: lines, axes, ticks and a legend on a small pixel font.
+//! Loss curves and the learning-rate schedule of a run, and several runs' evaluation curves side by
+//! side, drawn from `metrics.jsonl` to SVG and PNG: lines, axes, ticks, a title and a legend, the
+//! PNG's text in the public-domain 8 × 8 font of `font8x8` (every printable ASCII character).
+//! A plotting library (plotters) would add a TrueType font and its rasterizer for the same
+//! 800 × 500 line charts; this stays a few hundred lines with no system font needed.
 
 use std::path::{Path, PathBuf};
 
@@ -160,37 +163,11 @@ pub fn svg(c: &Chart) -> String {
     s + "</svg>\n"
 }
 
-/// 3×5 glyphs (rows of 3 bits) for the characters the PNG labels use.
-fn glyph(c: char) -> Option<[u8; 5]> {
-    Some(match c {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        '+' => [0, 2, 7, 2, 0],
-        'e' => [0, 7, 7, 4, 7],
-        'a' => [0, 7, 1, 7, 7],
-        'i' => [2, 0, 2, 2, 2],
-        'l' => [4, 4, 4, 4, 6],
-        'n' => [0, 6, 5, 5, 5],
-        'o' => [0, 7, 5, 5, 7],
-        'p' => [0, 7, 5, 7, 4],
-        'r' => [0, 6, 4, 4, 4],
-        's' => [0, 7, 6, 1, 7],
-        't' => [4, 7, 4, 4, 3],
-        'v' => [0, 5, 5, 5, 2],
-        'k' => [4, 5, 6, 5, 5],
-        ' ' => [0, 0, 0, 0, 0],
-        _ => return None,
-    })
+/// The 8 × 8 bitmap of a printable ASCII character (font8x8's public-domain Basic Latin; row
+/// bytes, bit 0 the leftmost pixel); `None` for characters outside it.
+pub fn glyph(c: char) -> Option<[u8; 8]> {
+    let code = c as usize;
+    (c == ' ' || (c.is_ascii_graphic() && code < 128)).then(|| font8x8::legacy::BASIC_LEGACY[code])
 }
 
 struct Canvas {
@@ -227,21 +204,24 @@ impl Canvas {
         }
     }
 
+    /// Draws `s` with its top-left corner at (x, y) (or its top-right with `anchor_right`), in
+    /// 8 × 8 glyphs enlarged `scale / 2` times (`scale` 2: 8 pixels per character). A character
+    /// without a glyph is drawn as `?`.
     fn text(&mut self, s: &str, x: f64, y: f64, scale: i64, anchor_right: bool) {
-        let w = s.chars().count() as i64 * 4 * scale;
+        let px = (scale / 2).max(1);
+        let advance = 8 * px;
+        let w = s.chars().count() as i64 * advance;
         let x0 = if anchor_right { x as i64 - w } else { x as i64 };
         for (i, ch) in s.chars().enumerate() {
-            let Some(g) = glyph(ch.to_ascii_lowercase()) else {
-                continue;
-            };
+            let g = glyph(ch).or_else(|| glyph('?')).unwrap_or([0; 8]);
             for (r, row) in g.iter().enumerate() {
-                for col in 0..3 {
-                    if row >> (2 - col) & 1 == 1 {
-                        for a in 0..scale {
-                            for b in 0..scale {
+                for col in 0..8 {
+                    if row >> col & 1 == 1 {
+                        for a in 0..px {
+                            for b in 0..px {
                                 self.dot(
-                                    x0 + (i as i64 * 4 + col) * scale + a,
-                                    y as i64 + r as i64 * scale + b,
+                                    x0 + i as i64 * advance + col * px + a,
+                                    y as i64 + r as i64 * px + b,
                                     [0, 0, 0],
                                 );
                             }
@@ -287,7 +267,9 @@ pub fn png(c: &Chart) -> Result<Vec<u8>> {
         2,
         false,
     );
-    cv.text(&c.y_label, 10.0, 10.0, 2, false);
+    let title_x = W as f64 / 2.0 - c.title.chars().count() as f64 * 4.0;
+    cv.text(&c.title, title_x, 6.0, 2, false);
+    cv.text(&c.y_label, 10.0, 22.0, 2, false);
     for (i, s) in c.series.iter().enumerate() {
         let pts: Vec<(f64, f64)> = s
             .points
@@ -301,9 +283,17 @@ pub fn png(c: &Chart) -> Result<Vec<u8>> {
         if pts.len() == 1 {
             cv.line(pts[0], pts[0], s.color, 5);
         }
+        // The legend, in the top-right corner, wide enough for the longest name.
+        let longest = c
+            .series
+            .iter()
+            .map(|s| s.name.chars().count())
+            .max()
+            .unwrap_or(0);
+        let lx = tx - 16.0 - 8.0 * longest as f64;
         let ly = ty + 12.0 + 16.0 * i as f64;
-        cv.line((tx - 130.0, ly + 4.0), (tx - 105.0, ly + 4.0), s.color, 3);
-        cv.text(&s.name, tx - 98.0, ly, 2, false);
+        cv.line((lx - 32.0, ly + 4.0), (lx - 7.0, ly + 4.0), s.color, 3);
+        cv.text(&s.name, lx, ly, 2, false);
     }
     let mut out = Vec::new();
     {
@@ -398,52 +388,143 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Draws the validation-metric curves of fine-tuning runs (their `results.json`) on one chart,
-/// to `<out>.svg` and `<out>.png`: pretrained against from-scratch.
-pub fn plot_finetune_curves(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
-    const COLORS: [[u8; 3]; 4] = [
+/// Draws the runs in `dirs` on shared charts, one per evaluation metric that any of them logged
+/// (`val_loss`, and a fine-tuning task's `val_accuracy`, `val_token_f1`, …), each line named by
+/// its run directory: `<out>-<metric>.svg` and `.png` (the folder of `out` is created).
+pub fn plot_compare(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
+    const COLORS: [[u8; 3]; 6] = [
         [214, 39, 40],
         [31, 119, 180],
         [44, 160, 44],
         [148, 103, 189],
+        [255, 127, 14],
+        [140, 86, 75],
     ];
-    let mut series = vec![];
-    let mut metric = String::new();
-    for (i, d) in dirs.iter().enumerate() {
-        let path = d.join("results.json");
-        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let r: crate::finetune::FinetuneResults =
-            serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-                path: path.clone(),
-                problem: format!("not fine-tuning results: {e}"),
-            })?;
-        metric = r.metric.clone();
-        let name = if r.scratch {
-            "from scratch".to_string()
-        } else {
-            "pretrained".to_string()
-        };
-        series.push(Series {
-            name,
-            points: r.curve.iter().map(|&(s, v)| (s as f64, v)).collect(),
-            color: COLORS[i % COLORS.len()],
-        });
+    let mut runs = vec![];
+    for d in dirs {
+        let records = MetricsLog::read(&d.join("metrics.jsonl"))?;
+        if records.is_empty() {
+            return Err(TrainError::Checkpoint {
+                path: d.join("metrics.jsonl"),
+                problem: "no metrics to plot".into(),
+            });
+        }
+        let name = d.file_name().map_or_else(
+            || d.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        runs.push((name, records));
     }
-    let chart = Chart {
-        title: format!("Validation {metric}"),
-        x_label: "step".into(),
-        y_label: metric.replace('_', " "),
-        series,
-    };
-    let (svg_path, png_path) = (out.with_extension("svg"), out.with_extension("png"));
-    std::fs::write(&svg_path, svg(&chart)).map_err(io_err(&svg_path))?;
-    std::fs::write(&png_path, png(&chart)?).map_err(io_err(&png_path))?;
-    Ok(vec![svg_path, png_path])
+    let mut metrics: Vec<String> = vec!["val_loss".into()];
+    for (_, records) in &runs {
+        for r in records {
+            for k in r.metrics.keys() {
+                if !metrics.contains(k) {
+                    metrics.push(k.clone());
+                }
+            }
+        }
+    }
+    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let mut written = vec![];
+    for metric in metrics {
+        let series: Vec<Series> = runs
+            .iter()
+            .enumerate()
+            .map(|(i, (name, records))| Series {
+                name: name.clone(),
+                points: records
+                    .iter()
+                    .filter_map(|r| {
+                        let v = if metric == "val_loss" {
+                            r.val_loss.map(f64::from)
+                        } else {
+                            r.metrics.get(&metric).copied()
+                        };
+                        v.map(|v| (r.step as f64, v))
+                    })
+                    .collect(),
+                color: COLORS[i % COLORS.len()],
+            })
+            .collect();
+        let chart = Chart {
+            title: format!(
+                "Validation {}",
+                metric.trim_start_matches("val_").replace('_', " ")
+            ),
+            x_label: "step".into(),
+            y_label: metric.clone(),
+            series,
+        };
+        let stem = out
+            .file_name()
+            .map_or("compare".into(), |s| s.to_string_lossy().into_owned());
+        let base = out.with_file_name(format!("{stem}-{metric}"));
+        let (svg_path, png_path) = (base.with_extension("svg"), base.with_extension("png"));
+        std::fs::write(&svg_path, svg(&chart)).map_err(io_err(&svg_path))?;
+        std::fs::write(&png_path, png(&chart)?).map_err(io_err(&png_path))?;
+        written.extend([svg_path, png_path]);
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every character of every label the plots draw has a non-empty glyph (the old font lacked
+    /// `f`, `c`, `u`, `y`, `_`, capitals…).
+    #[test]
+    fn every_label_character_has_a_glyph() {
+        let labels = [
+            "Loss",
+            "Learning rate",
+            "step",
+            "loss",
+            "lr",
+            "train",
+            "eval train",
+            "val",
+            "Validation token f1",
+            "val_token_f1",
+            "val_accuracy",
+            "Validation accuracy",
+            "val_exact_match",
+            "val_macro_f1",
+            "pretrained",
+            "from scratch",
+            "1.0e-4",
+            "0.25",
+            "bert-finetune-pairs",
+            "runs/T5-X_2",
+        ];
+        for l in labels {
+            for ch in l.chars() {
+                let g = glyph(ch).unwrap_or_else(|| panic!("{ch:?} of {l:?} has no glyph"));
+                assert!(
+                    ch == ' ' || g.iter().any(|&row| row != 0),
+                    "{ch:?} is blank"
+                );
+            }
+        }
+        // And they are drawn: the title's pixels appear in the PNG's first rows.
+        let chart = Chart {
+            title: "Validation token f1".into(),
+            x_label: "step".into(),
+            y_label: "val_token_f1".into(),
+            series: vec![],
+        };
+        let bytes = png(&chart).unwrap();
+        let mut reader = ::png::Decoder::new(std::io::Cursor::new(&bytes))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        reader.next_frame(&mut buf).unwrap();
+        let dark_in_title_rows = buf[..W * 3 * 16].chunks(3).filter(|p| p[0] < 128).count();
+        assert!(dark_in_title_rows > 50, "{dark_in_title_rows}");
+    }
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {

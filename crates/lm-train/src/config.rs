@@ -139,8 +139,10 @@ pub struct OptimSection {
     /// Peak learning rate.
     pub lr: f64,
     /// Floor of the cosine decay.
+    #[serde(default)]
     pub min_lr: f64,
     /// Steps of linear warmup from 0.
+    #[serde(default)]
     pub warmup_iters: u64,
     /// Step at which the cosine reaches `min_lr` (defaults to `train.max_iters`).
     #[serde(default)]
@@ -363,9 +365,44 @@ pub(crate) fn recipe_text(recipes: &[(&str, &'static str)], name: &str) -> Resul
         })
 }
 
+/// The keys without a default, by section: a config missing any of them is refused with all of
+/// them named at once.
+const REQUIRED: &[(&str, &[&str])] = &[
+    (
+        "model",
+        &["family", "n_layer", "n_head", "n_embd", "block_size"],
+    ),
+    ("optim", &["lr"]),
+    ("train", &["batch_size", "max_iters", "eval_interval"]),
+];
+
+/// Every required key `text` lacks (after a successful TOML parse), as `section.key`.
+fn missing_required(text: &str, required: &[(&str, &[&str])]) -> Vec<String> {
+    let Ok(doc) = toml::from_str::<toml::Table>(text) else {
+        return vec![];
+    };
+    required
+        .iter()
+        .flat_map(|(section, keys)| {
+            let table = doc.get(*section).and_then(|v| v.as_table());
+            keys.iter()
+                .filter(move |k| table.is_none_or(|t| !t.contains_key(**k)))
+                .map(move |k| format!("{section}.{k}"))
+        })
+        .collect()
+}
+
 impl TrainConfig {
     /// Parses and validates a TOML text; `source_name` (a path or recipe) appears in errors.
     pub fn from_toml(text: &str, source_name: &str) -> Result<Self> {
+        let missing = missing_required(text, REQUIRED);
+        if !missing.is_empty() {
+            return Err(config_err(
+                source_name,
+                &missing.join(", "),
+                "missing: these keys have no default (docs/config.md lists every key)".into(),
+            ));
+        }
         let cfg: Self = parse_toml(text, source_name)?;
         cfg.validate(source_name)?;
         Ok(cfg)
@@ -613,6 +650,19 @@ pub const FINETUNE_RECIPES: &[(&str, &str)] = &[
 impl FinetuneConfig {
     /// Parses and validates a TOML config; `source` names it in errors.
     pub fn from_toml(text: &str, source: &str) -> Result<Self> {
+        const FINETUNE_REQUIRED: &[(&str, &[&str])] = &[
+            ("finetune", &["task", "init"]),
+            ("optim", &["lr"]),
+            ("train", &["batch_size", "max_iters", "eval_interval"]),
+        ];
+        let missing = missing_required(text, FINETUNE_REQUIRED);
+        if !missing.is_empty() {
+            return Err(config_err(
+                source,
+                &missing.join(", "),
+                "missing: these keys have no default (docs/config.md lists every key)".into(),
+            ));
+        }
         let cfg: Self = parse_toml(text, source)?;
         cfg.validate(source)?;
         Ok(cfg)

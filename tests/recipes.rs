@@ -337,3 +337,97 @@ fn bf16_matmuls_train_like_f32_and_bad_precisions_are_refused() {
         .to_string();
     assert!(err.contains("train.matmul_precision"), "{err}");
 }
+
+#[test]
+fn a_tokenizer_file_alone_sets_the_kind_and_a_wrong_declared_kind_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    let lines: Vec<&str> = lm_train::data::SHAKESPEARE[..40_000].lines().collect();
+    let tok = lm_train::tokenizer::TextTokenizer::train(
+        TokenizerKind::Wordpiece,
+        lm_train::config::Family::Bert,
+        300,
+        &lines,
+    )
+    .unwrap();
+    let file = tmp.path().join("wp.json");
+    tok.save(&file).unwrap();
+    // BERT with only `tokenizer_file` (the kind left at its default): the file's kind is used and
+    // recorded in the run's config.
+    let mut cfg = shrink(TrainConfig::recipe("bert-mlm-nsp").unwrap(), &corpus, 2);
+    cfg.data.tokenizer = TokenizerKind::Char;
+    cfg.data.tokenizer_file = Some(file.display().to_string());
+    cfg.data.vocab_size = None;
+    let text = cfg.to_toml();
+    let cfg = TrainConfig::from_toml(&text, "bert.toml").unwrap();
+    let run = tmp.path().join("run");
+    Trainer::new(cfg.clone(), &run, Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("tokenizer = \"wordpiece\""), "{saved}");
+    // A declared kind that the file contradicts is refused naming both.
+    let mut wrong = cfg;
+    wrong.data.tokenizer = TokenizerKind::Unigram;
+    let e = Trainer::new(wrong, &tmp.path().join("wrong"), Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("data.tokenizer") && e.contains("wordpiece"),
+        "{e}"
+    );
+    // A path given as the kind gets a hint.
+    let e = TrainConfig::from_toml(
+        &text.replace("tokenizer = \"char\"", "tokenizer = \"tok/bpe.json\""),
+        "x.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("data.tokenizer_file"), "{e}");
+}
+
+#[test]
+fn task_files_take_numeric_labels_and_impossible_combinations_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let jsonl = d.join("t.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": true}\n",
+    )
+    .unwrap();
+    let ex = lm_train::tasks::read_jsonl(&jsonl).unwrap();
+    assert_eq!(
+        ex.iter().map(|e| e.gold()).collect::<Vec<_>>(),
+        ["1", "true"]
+    );
+    // A BART checkpoint on a classification file: refused with the reason, before training.
+    let corpus = small_corpus(d);
+    let pre = d.join("bart");
+    Trainer::new(
+        shrink(TrainConfig::recipe("bart-denoising").unwrap(), &corpus, 1),
+        &pre,
+        Device::Cpu,
+    )
+    .unwrap()
+    .train()
+    .unwrap();
+    let mut cfg = lm_train::config::FinetuneConfig::recipe("bart-table-to-text").unwrap();
+    cfg.finetune.task = lm_train::config::TaskKind::Jsonl;
+    cfg.finetune.init = pre.display().to_string();
+    for f in [
+        &mut cfg.finetune.train_file,
+        &mut cfg.finetune.val_file,
+        &mut cfg.finetune.test_file,
+    ] {
+        *f = Some(jsonl.display().to_string());
+    }
+    let e = Trainer::new(cfg, &d.join("ft"), Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("fine-tunes on input/target pairs") && e.contains("labelled"),
+        "{e}"
+    );
+}

@@ -337,6 +337,11 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, source: &st
                 format!(" (line {line}, column {col})")
             })
             .unwrap_or_default();
+        let hint = if path == "data.tokenizer" {
+            " (a tokenizer.json file goes in data.tokenizer_file)"
+        } else {
+            ""
+        };
         TrainError::Config {
             source_name: source.into(),
             key: if path == "." {
@@ -344,7 +349,7 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, source: &st
             } else {
                 path
             },
-            problem: format!("{}{at}", inner.message().trim()),
+            problem: format!("{}{at}{hint}", inner.message().trim()),
         }
     })
 }
@@ -452,7 +457,11 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&m.dropout) {
             return err("model.dropout", format!("{} is not in [0, 1)", m.dropout));
         }
-        if self.data.tokenizer == TokenizerKind::Char && m.family != Family::Gpt {
+        // With a tokenizer file, its own kind counts (checked when the file is read).
+        if self.data.tokenizer == TokenizerKind::Char
+            && self.data.tokenizer_file.is_none()
+            && m.family != Family::Gpt
+        {
             return err("data.tokenizer", format!("the {} family needs special tokens; use a trained tokenizer (\"bpe\", \"wordpiece\" or \"unigram\")", m.family));
         }
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {

@@ -253,7 +253,16 @@ fn load_model(
     device: &Device,
 ) -> Result<(AnyModel, ParamStore, Vec<String>)> {
     let all_fresh = |s: &ParamStore| s.vars().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
-    Ok(match lm_models::hf::model_type(dir)?.as_str() {
+    let model_type = lm_models::hf::model_type(dir)?;
+    if labels.is_some() && matches!(model_type.as_str(), "bart" | "t5") {
+        return Err(TrainError::Checkpoint {
+            path: dir.into(),
+            problem: format!(
+                "a {model_type} model fine-tunes on input/target pairs, and this task's examples are labelled (classification); use a BERT checkpoint, a GPT (it generates the label), or give the examples as {{\"input\", \"target\"}}"
+            ),
+        });
+    }
+    Ok(match model_type.as_str() {
         "bert" => {
             let Some(labels) = labels else {
                 return Err(TrainError::Checkpoint {

@@ -27,14 +27,16 @@ pub enum Example {
         text_a: String,
         /// Second text.
         text_b: String,
-        /// Class label.
+        /// Class label (a string, number or boolean in the file).
+        #[serde(deserialize_with = "label_text")]
         label: String,
     },
     /// `{"text": …, "label": …}`
     Single {
         /// The text.
         text: String,
-        /// Class label.
+        /// Class label (a string, number or boolean in the file).
+        #[serde(deserialize_with = "label_text")]
         label: String,
     },
     /// `{"input": …, "target": …}`
@@ -58,6 +60,18 @@ impl Example {
     /// Whether this is a labelled (classification) example.
     pub fn is_labelled(&self) -> bool {
         !matches!(self, Self::TextToText { .. })
+    }
+}
+
+/// A class label as text: `"pos"`, `1` and `true` are all labels.
+fn label_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::Bool(b) => Ok(b.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "a label is a string, number or boolean, not {other}"
+        ))),
     }
 }
 

@@ -96,6 +96,18 @@ fn tok_err(what: &str) -> impl FnOnce(tokenizers::Error) -> TrainError + '_ {
 }
 
 impl TextTokenizer {
+    /// The tokenizer's kind, from its model (BPE, WordPiece or Unigram) or character level.
+    pub fn kind(&self) -> TokenizerKind {
+        match self {
+            Self::Char(_) => TokenizerKind::Char,
+            Self::Hf(t) => match t.get_model() {
+                ModelWrapper::WordPiece(_) => TokenizerKind::Wordpiece,
+                ModelWrapper::Unigram(_) => TokenizerKind::Unigram,
+                _ => TokenizerKind::Bpe,
+            },
+        }
+    }
+
     /// Trains a tokenizer of `kind` on `lines` with `family`'s special tokens.
     pub fn train(
         kind: TokenizerKind,

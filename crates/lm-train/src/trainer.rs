@@ -163,6 +163,18 @@ fn pretraining_tokenizer(cfg: &TrainConfig, corpus: &str) -> Result<TextTokenize
     let kind = cfg.data.tokenizer;
     if let Some(f) = &cfg.data.tokenizer_file {
         let t = TextTokenizer::load(Path::new(f))?;
+        // The file says what it is; a kind declared besides it must agree ("char", the default,
+        // counts as not declared).
+        if kind != TokenizerKind::Char && kind != t.kind() {
+            return Err(TrainError::Config {
+                source_name: f.clone(),
+                key: "data.tokenizer".into(),
+                problem: format!(
+                    "is {kind} but the file is a {} tokenizer; remove data.tokenizer (the file's kind is used) or fix it",
+                    t.kind()
+                ),
+            });
+        }
         if let Some(v) = cfg.data.vocab_size.filter(|&v| v != t.vocab_size()) {
             return Err(TrainError::Config {
                 source_name: f.clone(),
@@ -190,7 +202,7 @@ fn pretraining_parts(
     tokens: TokenizedCorpus,
     device: &Device,
 ) -> Result<Parts> {
-    let specials = Specials::of(cfg.model.family, &tokenizer, cfg.data.tokenizer)?;
+    let specials = Specials::of(cfg.model.family, &tokenizer, tokenizer.kind())?;
     let vocab = tokenizer.vocab_size();
     let source = BatchSource::new(cfg, Arc::new(tokens), specials.clone(), vocab)?;
     let (model, store) =
@@ -377,10 +389,12 @@ impl Trainer {
                 problem: "already holds a run; resume it with `train --resume`".into(),
             });
         }
-        let parts = match &cfg {
+        let parts = match &mut cfg {
             RunConfig::Pretrain(c) => {
                 let corpus = load_corpus(&c.data.corpus)?;
                 let tokenizer = pretraining_tokenizer(c, &corpus)?;
+                // The run's config records the kind of the tokenizer it uses.
+                c.data.tokenizer = tokenizer.kind();
                 let tokens =
                     TokenizedCorpus::build(&corpus, &tokenizer, &run_dir.join("tokens.bin"))?;
                 pretraining_parts(c, tokenizer, tokens, &device)?

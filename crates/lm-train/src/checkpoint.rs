@@ -55,6 +55,25 @@ fn one_rank() -> usize {
     1
 }
 
+impl TrainerState {
+    /// The state of a run that has not trained yet.
+    pub fn fresh(seed: u64) -> Self {
+        Self {
+            step: 0,
+            rng: lm_objectives::Rng::seed_from_u64(seed).state(),
+            tokens_seen: 0,
+            elapsed_s: 0.0,
+            best: None,
+            evals_since_best: 0,
+            skipped_steps: 0,
+            world: 1,
+            global_batch: 0,
+            sharded_optimizer: false,
+            checksums: BTreeMap::new(),
+        }
+    }
+}
+
 /// A file's CRC-32 (IEEE) and length in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileSum {
@@ -278,62 +297,6 @@ pub fn prune(run_dir: &Path, keep: usize, best: Option<u64>) -> Result<()> {
     for (i, (step, path)) in all.into_iter().enumerate() {
         if i + keep.max(1) < n && Some(step) != best {
             std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
-        }
-    }
-    Ok(())
-}
-
-/// Checks that checkpoint `ckpt` belongs to the run as `run_dir` describes it now: the same
-/// tokenizer file, and the same model, data and objective sections (or fine-tuning task) as the
-/// configuration saved with the checkpoint. A difference is refused naming the key.
-pub fn check_same_run(run_dir: &Path, ckpt: &Path, cfg: &crate::config::RunConfig) -> Result<()> {
-    let (run_tok, ckpt_tok) = (run_dir.join("tokenizer.json"), ckpt.join("tokenizer.json"));
-    if let (Ok(a), Ok(b)) = (std::fs::read(&run_tok), std::fs::read(&ckpt_tok)) {
-        if a != b {
-            return Err(TrainError::Checkpoint {
-                path: run_tok,
-                problem: format!(
-                    "differs from the tokenizer the checkpoint was trained with ({}); restore the run's own tokenizer.json",
-                    ckpt_tok.display()
-                ),
-            });
-        }
-    }
-    let saved_path = ckpt.join("run_config.toml");
-    let Ok(saved_text) = std::fs::read_to_string(&saved_path) else {
-        return Ok(()); // a checkpoint from before run_config.toml was kept
-    };
-    let saved: toml::Table =
-        crate::config::parse_toml(&saved_text, &saved_path.display().to_string())?;
-    let now: toml::Table = toml::from_str(&cfg.to_toml()).map_err(|e| TrainError::Config {
-        source_name: run_dir.join("config.toml").display().to_string(),
-        key: "(document)".into(),
-        problem: e.to_string(),
-    })?;
-    for section in ["model", "data", "objective", "finetune"] {
-        let empty = toml::Table::new();
-        let table = |t: &toml::Table| {
-            t.get(section)
-                .and_then(|v| v.as_table())
-                .cloned()
-                .unwrap_or_else(|| empty.clone())
-        };
-        let (was, is) = (table(&saved), table(&now));
-        let keys: std::collections::BTreeSet<&String> = was.keys().chain(is.keys()).collect();
-        for key in keys {
-            if was.get(key) != is.get(key) {
-                let show = |v: Option<&toml::Value>| v.map_or("(unset)".into(), |v| v.to_string());
-                return Err(TrainError::Config {
-                    source_name: run_dir.join("config.toml").display().to_string(),
-                    key: format!("{section}.{key}"),
-                    problem: format!(
-                        "is {} but the checkpoint {} was trained with {}; a run's model, data and objective cannot change on resume (start a new run)",
-                        show(is.get(key)),
-                        ckpt.display(),
-                        show(was.get(key))
-                    ),
-                });
-            }
         }
     }
     Ok(())

@@ -435,6 +435,109 @@ fn run_trainer(
     Ok(())
 }
 
+/// `lm-train sample`.
+#[allow(clippy::too_many_arguments)]
+fn sample(
+    run: &Path,
+    device: Device,
+    tokens: usize,
+    seed: u64,
+    prompt: Option<String>,
+    temperature: f64,
+    top_k: usize,
+    top_p: Option<f64>,
+) -> anyhow::Result<()> {
+    if tokens > MAX_SAMPLE_TOKENS {
+        anyhow::bail!("--tokens {tokens} is more than {MAX_SAMPLE_TOKENS}; sample less at a time");
+    }
+    if !(temperature >= 0.0 && temperature.is_finite()) {
+        anyhow::bail!("--temperature {temperature} must be finite and ≥ 0");
+    }
+    if top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        anyhow::bail!("--top-p must be in (0, 1]");
+    }
+    let sampling = lm_models::Sampling {
+        temperature,
+        top_k: (top_k > 0).then_some(top_k),
+        top_p,
+    };
+    let trainer = Trainer::open(run, device)?;
+    match trainer.sample_with(prompt.as_deref(), tokens, &sampling, seed)? {
+        Some(s) => out!("{s}"),
+        None => anyhow::bail!(
+            "{}: a BERT model does not generate text (a fine-tuned classifier predicts: `lm-train predict`)",
+            run.display()
+        ),
+    }
+    Ok(())
+}
+
+/// `lm-train predict`: one JSON line per example, the metrics on standard error.
+fn predict(run: &Path, input: &Path, device: Device) -> anyhow::Result<()> {
+    let trainer = Trainer::open(run, device)?;
+    let examples = lm_train::tasks::read_jsonl(input)?;
+    let Some(predictions) = trainer.predict(&examples)? else {
+        anyhow::bail!(
+            "{}: predict needs a fine-tuned run (this is a pretraining run; use `sample`)",
+            run.display()
+        );
+    };
+    for p in &predictions {
+        out!("{}", serde_json::json!({ "prediction": p }));
+    }
+    let gold: Vec<String> = examples.iter().map(|e| e.gold().to_string()).collect();
+    let classification = examples.iter().any(|e| e.is_labelled());
+    let metrics = if classification {
+        [
+            ("accuracy", lm_train::tasks::accuracy(&predictions, &gold)),
+            ("macro_f1", lm_train::tasks::macro_f1(&predictions, &gold)),
+        ]
+    } else {
+        [
+            (
+                "exact_match",
+                lm_train::tasks::exact_match(&predictions, &gold),
+            ),
+            ("token_f1", lm_train::tasks::token_f1(&predictions, &gold)),
+        ]
+    };
+    let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    eprintln!("{} examples: {}", examples.len(), line.join(", "));
+    Ok(())
+}
+
+/// `lm-train recipes [list | show NAME]`.
+fn recipes(action: Option<RecipesAction>) -> anyhow::Result<()> {
+    match action {
+        None | Some(RecipesAction::List) => {
+            for (name, _) in lm_train::config::RECIPES {
+                out!("{name}");
+            }
+            for (name, _) in lm_train::finetune::FINETUNE_RECIPES {
+                out!("{name} (finetune)");
+            }
+            Ok(())
+        }
+        Some(RecipesAction::Show { name }) => {
+            let all: Vec<(&str, &str)> = lm_train::config::RECIPES
+                .iter()
+                .chain(lm_train::finetune::FINETUNE_RECIPES)
+                .copied()
+                .collect();
+            match all.iter().find(|(n, _)| *n == name) {
+                Some((_, text)) => {
+                    out!("{}", text.trim_end());
+                    Ok(())
+                }
+                None => anyhow::bail!(
+                    "unknown recipe {name:?}; available recipes: {}",
+                    all.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+    }
+}
+
 /// `--device`: `auto` (the first GPU of the build's feature if present, else the CPU), `cpu`,
 /// `cuda[:N]` or `metal[:N]`.
 fn parse_device(spec: &str) -> anyhow::Result<Device> {
@@ -494,65 +597,17 @@ fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
             temperature,
             top_k,
             top_p,
-        } => {
-            if tokens > MAX_SAMPLE_TOKENS {
-                anyhow::bail!(
-                    "--tokens {tokens} is more than {MAX_SAMPLE_TOKENS}; sample less at a time"
-                );
-            }
-            if !(temperature >= 0.0 && temperature.is_finite()) {
-                anyhow::bail!("--temperature {temperature} must be finite and ≥ 0");
-            }
-            if top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
-                anyhow::bail!("--top-p must be in (0, 1]");
-            }
-            let sampling = lm_models::Sampling {
-                temperature,
-                top_k: (top_k > 0).then_some(top_k),
-                top_p,
-            };
-            let trainer = Trainer::open(&run, device)?;
-            match trainer.sample_with(prompt.as_deref(), tokens, &sampling, seed)? {
-                Some(s) => out!("{s}"),
-                None => anyhow::bail!(
-                    "{}: a BERT model does not generate text (a fine-tuned classifier predicts: `lm-train predict`)",
-                    run.display()
-                ),
-            }
-            Ok(())
-        }
-        Command::Predict { run, input } => {
-            let trainer = Trainer::open(&run, device)?;
-            let examples = lm_train::tasks::read_jsonl(&input)?;
-            let Some(predictions) = trainer.predict(&examples)? else {
-                anyhow::bail!(
-                    "{}: predict needs a fine-tuned run (this is a pretraining run; use `sample`)",
-                    run.display()
-                );
-            };
-            for p in &predictions {
-                out!("{}", serde_json::json!({ "prediction": p }));
-            }
-            let gold: Vec<String> = examples.iter().map(|e| e.gold().to_string()).collect();
-            let classification = examples.iter().any(|e| e.is_labelled());
-            let metrics = if classification {
-                [
-                    ("accuracy", lm_train::tasks::accuracy(&predictions, &gold)),
-                    ("macro_f1", lm_train::tasks::macro_f1(&predictions, &gold)),
-                ]
-            } else {
-                [
-                    (
-                        "exact_match",
-                        lm_train::tasks::exact_match(&predictions, &gold),
-                    ),
-                    ("token_f1", lm_train::tasks::token_f1(&predictions, &gold)),
-                ]
-            };
-            let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-            eprintln!("{} examples: {}", examples.len(), line.join(", "));
-            Ok(())
-        }
+        } => sample(
+            &run,
+            device,
+            tokens,
+            seed,
+            prompt,
+            temperature,
+            top_k,
+            top_p,
+        ),
+        Command::Predict { run, input } => predict(&run, &input, device),
         Command::Tokenizer {
             action:
                 TokenizerAction::Train {
@@ -603,34 +658,7 @@ fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Recipes { action } => match action {
-            None | Some(RecipesAction::List) => {
-                for (name, _) in lm_train::config::RECIPES {
-                    out!("{name}");
-                }
-                for (name, _) in lm_train::finetune::FINETUNE_RECIPES {
-                    out!("{name} (finetune)");
-                }
-                Ok(())
-            }
-            Some(RecipesAction::Show { name }) => {
-                let all: Vec<(&str, &str)> = lm_train::config::RECIPES
-                    .iter()
-                    .chain(lm_train::finetune::FINETUNE_RECIPES)
-                    .copied()
-                    .collect();
-                match all.iter().find(|(n, _)| *n == name) {
-                    Some((_, text)) => {
-                        out!("{}", text.trim_end());
-                        Ok(())
-                    }
-                    None => anyhow::bail!(
-                        "unknown recipe {name:?}; available recipes: {}",
-                        all.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
-                    ),
-                }
-            }
-        },
+        Command::Recipes { action } => recipes(action),
     }
 }
 

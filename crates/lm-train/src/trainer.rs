@@ -273,6 +273,62 @@ fn shard_owners(sizes: &[usize], world: usize) -> Vec<usize> {
         .collect()
 }
 
+/// Checks that checkpoint `ckpt` belongs to the run as `run_dir` describes it now: the same
+/// tokenizer file, and the same model, data and objective sections (or fine-tuning task) as the
+/// configuration saved with the checkpoint. A difference is refused naming the key.
+fn check_same_run(run_dir: &Path, ckpt: &Path, cfg: &RunConfig) -> Result<()> {
+    let (run_tok, ckpt_tok) = (run_dir.join("tokenizer.json"), ckpt.join("tokenizer.json"));
+    if let (Ok(a), Ok(b)) = (std::fs::read(&run_tok), std::fs::read(&ckpt_tok)) {
+        if a != b {
+            return Err(TrainError::Checkpoint {
+                path: run_tok,
+                problem: format!(
+                    "differs from the tokenizer the checkpoint was trained with ({}); restore the run's own tokenizer.json",
+                    ckpt_tok.display()
+                ),
+            });
+        }
+    }
+    let saved_path = ckpt.join("run_config.toml");
+    let Ok(saved_text) = std::fs::read_to_string(&saved_path) else {
+        return Ok(()); // a checkpoint from before run_config.toml was kept
+    };
+    let saved: toml::Table =
+        crate::config::parse_toml(&saved_text, &saved_path.display().to_string())?;
+    let now: toml::Table = toml::from_str(&cfg.to_toml()).map_err(|e| TrainError::Config {
+        source_name: run_dir.join("config.toml").display().to_string(),
+        key: "(document)".into(),
+        problem: e.to_string(),
+    })?;
+    for section in ["model", "data", "objective", "finetune"] {
+        let empty = toml::Table::new();
+        let table = |t: &toml::Table| {
+            t.get(section)
+                .and_then(|v| v.as_table())
+                .cloned()
+                .unwrap_or_else(|| empty.clone())
+        };
+        let (was, is) = (table(&saved), table(&now));
+        let keys: std::collections::BTreeSet<&String> = was.keys().chain(is.keys()).collect();
+        for key in keys {
+            if was.get(key) != is.get(key) {
+                let show = |v: Option<&toml::Value>| v.map_or("(unset)".into(), |v| v.to_string());
+                return Err(TrainError::Config {
+                    source_name: run_dir.join("config.toml").display().to_string(),
+                    key: format!("{section}.{key}"),
+                    problem: format!(
+                        "is {} but the checkpoint {} was trained with {}; a run's model, data and objective cannot change on resume (start a new run)",
+                        show(is.get(key)),
+                        ckpt.display(),
+                        show(was.get(key))
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The run's token cache: `tokens.bin` when present, else rebuilt from the corpus — into the run
 /// directory when `writable`, else into a temporary file (a reader never writes to a run).
 fn open_token_cache(
@@ -403,19 +459,7 @@ impl Trainer {
         };
         parts.tokenizer.save(&run_dir.join("tokenizer.json"))?;
         checkpoint::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-        let state = TrainerState {
-            step: 0,
-            rng: Rng::seed_from_u64(cfg.train().seed).state(),
-            tokens_seen: 0,
-            elapsed_s: 0.0,
-            best: None,
-            evals_since_best: 0,
-            skipped_steps: 0,
-            world: 1,
-            global_batch: 0,
-            sharded_optimizer: false,
-            checksums: Default::default(),
-        };
+        let state = TrainerState::fresh(cfg.train().seed);
         let mut t = Self::build(cfg, run_dir, device, parts, state)?;
         t.lock = Some(lock);
         Ok(t)
@@ -439,7 +483,7 @@ impl Trainer {
         let ckpt = checkpoint::latest_checkpoint(run_dir)?;
         let state = checkpoint::read_state(&ckpt)?;
         checkpoint::verify_checksums(&ckpt, &state)?;
-        checkpoint::check_same_run(run_dir, &ckpt, &cfg)?;
+        check_same_run(run_dir, &ckpt, &cfg)?;
         let parts = match &cfg {
             RunConfig::Pretrain(c) => {
                 let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
@@ -639,19 +683,7 @@ impl Trainer {
         let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
         let tokens = open_token_cache(c, &tokenizer, run_dir, false)?;
         let parts = pretraining_parts(c, tokenizer, tokens, &device)?;
-        let state = TrainerState {
-            step: 0,
-            rng: Rng::seed_from_u64(cfg.train().seed).state(),
-            tokens_seen: 0,
-            elapsed_s: 0.0,
-            best: None,
-            evals_since_best: 0,
-            skipped_steps: 0,
-            world: 1,
-            global_batch: 0,
-            sharded_optimizer: false,
-            checksums: Default::default(),
-        };
+        let state = TrainerState::fresh(cfg.train().seed);
         Self::build(cfg, run_dir, device, parts, state)
     }
 

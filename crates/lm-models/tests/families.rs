@@ -308,6 +308,7 @@ fn bart_denoising_training_lowers_the_loss() {
             mask_ratio: 0.3,
             lambda: 3.0,
             mask: 3,
+            placement: Default::default(),
         }),
         ..Default::default()
     };

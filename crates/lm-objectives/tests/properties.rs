@@ -2,7 +2,9 @@
 //! bounds: `|k − np| < 5·√(np(1−p))`, false-alarm probability below 1e−6 per check.
 #![allow(clippy::needless_range_loop)] // index loops mirror the definitions being checked
 
-use lm_objectives::bart::{restore_infilled, text_infilling, BartNoise, InfillingConfig};
+use lm_objectives::bart::{
+    restore_infilled, text_infilling, BartNoise, InfillingConfig, SpanPlacement,
+};
 use lm_objectives::mlm::{exact_count, MlmConfig, MlmMasker, Selection};
 use lm_objectives::nsp::{next_sentence_pairs, Document, NspConfig};
 use lm_objectives::span_corruption::{
@@ -173,11 +175,21 @@ proptest! {
 
     #[test]
     fn bart_infilling_roundtrips(tokens in prop::collection::vec(4u32..V, 1..400), ratio in 0.0f64..0.9, lambda in 0.5f64..6.0, seed: u64) {
-        let cfg = InfillingConfig { mask_ratio: ratio, lambda, mask: MASK };
+        let cfg = InfillingConfig { mask_ratio: ratio, lambda, mask: MASK, placement: SpanPlacement::Exact };
         let ex = text_infilling(&tokens, &cfg, &mut Rng::seed_from_u64(seed)).unwrap();
         prop_assert_eq!(restore_infilled(&ex, MASK), tokens.clone());
         let masked: usize = ex.spans.iter().map(Vec::len).sum();
         prop_assert_eq!(masked, (tokens.len() as f64 * ratio).round() as usize);
+        // fairseq's placement: also restorable, never more than its budget, the same for a seed.
+        let fs = InfillingConfig { placement: SpanPlacement::Fairseq, ..cfg };
+        let ex = text_infilling(&tokens, &fs, &mut Rng::seed_from_u64(seed)).unwrap();
+        prop_assert_eq!(restore_infilled(&ex, MASK), tokens.clone());
+        let masked: usize = ex.spans.iter().map(Vec::len).sum();
+        prop_assert!(masked <= (tokens.len() as f64 * ratio).ceil() as usize);
+        prop_assert_eq!(ex.input_ids.iter().filter(|&&t| t == MASK).count(), ex.spans.len());
+        prop_assert_eq!(&text_infilling(&tokens, &fs, &mut Rng::seed_from_u64(seed)).unwrap(), &ex);
+        let cfg = InfillingConfig { placement: SpanPlacement::Exact, ..cfg };
+        let ex = text_infilling(&tokens, &cfg, &mut Rng::seed_from_u64(seed)).unwrap();
         prop_assert_eq!(ex.input_ids.iter().filter(|&&t| t == MASK).count(), ex.spans.len());
         let again = text_infilling(&tokens, &cfg, &mut Rng::seed_from_u64(seed)).unwrap();
         prop_assert_eq!(again, ex);
@@ -185,7 +197,7 @@ proptest! {
 
     #[test]
     fn bart_noise_keeps_the_original_as_target(sents in prop::collection::vec(prop::collection::vec(4u32..V, 1..20), 1..10), seed: u64) {
-        let noise = BartNoise { permute_sentences: true, rotate: true, deletion: 0.1, infilling: Some(InfillingConfig { mask_ratio: 0.3, lambda: 3.0, mask: MASK }) };
+        let noise = BartNoise { permute_sentences: true, rotate: true, deletion: 0.1, infilling: Some(InfillingConfig { mask_ratio: 0.3, lambda: 3.0, mask: MASK, placement: SpanPlacement::Fairseq }) };
         let ex = noise.apply(&sents, &mut Rng::seed_from_u64(seed)).unwrap();
         prop_assert_eq!(ex.target_ids, sents.concat());
         let plain = BartNoise { permute_sentences: true, ..Default::default() }.apply(&sents, &mut Rng::seed_from_u64(seed)).unwrap();
@@ -240,7 +252,8 @@ fn bad_inputs_are_typed_errors() {
         &InfillingConfig {
             mask_ratio: 0.3,
             lambda: 3.0,
-            mask: 3
+            mask: 3,
+            placement: SpanPlacement::Exact,
         },
         &mut Rng::seed_from_u64(0)
     )
@@ -250,7 +263,8 @@ fn bad_inputs_are_typed_errors() {
         &InfillingConfig {
             mask_ratio: 0.3,
             lambda: -1.0,
-            mask: 3
+            mask: 3,
+            placement: SpanPlacement::Exact,
         },
         &mut Rng::seed_from_u64(0)
     )

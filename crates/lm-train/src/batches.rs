@@ -422,6 +422,7 @@ impl BatchSource {
                 mask_ratio: ob.mask_ratio,
                 lambda: ob.poisson_lambda,
                 mask: self.specials.mask,
+                placement: ob.infilling.into(),
             }),
             ..Default::default()
         };

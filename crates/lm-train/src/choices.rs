@@ -83,6 +83,16 @@ config_enum! {
 }
 
 config_enum! {
+    /// `objective.infilling`: how BART's text infilling places its spans.
+    Infilling {
+        /// fairseq's placement: random starts, overlapping spans merge (~26.8% masked of 30%).
+        Fairseq = "fairseq",
+        /// Non-overlapping spans covering exactly `mask_ratio` of the tokens.
+        Exact = "exact",
+    }
+}
+
+config_enum! {
     /// `optim.name`: the update rule.
     OptimizerKind {
         /// Minibatch SGD (with `momentum`).
@@ -201,6 +211,15 @@ impl From<MlmSelection> for lm_objectives::mlm::Selection {
         match s {
             MlmSelection::Exact => Self::ExactCount,
             MlmSelection::Bernoulli => Self::Bernoulli,
+        }
+    }
+}
+
+impl From<Infilling> for lm_objectives::bart::SpanPlacement {
+    fn from(i: Infilling) -> Self {
+        match i {
+            Infilling::Fairseq => Self::Fairseq,
+            Infilling::Exact => Self::Exact,
         }
     }
 }

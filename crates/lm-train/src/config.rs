@@ -8,8 +8,8 @@ use lm_optim::{AdaFactorConfig, AdaFactorLr, AdamConfig, Schedule, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 pub use crate::choices::{
-    Family, Freeze, MlmSelection, NonFinitePolicy, OptimizerKind, Precision, ScheduleKind,
-    ScheduleUnit, T5FeedForward, TaskKind, TokenizerKind,
+    Family, Freeze, Infilling, MlmSelection, NonFinitePolicy, OptimizerKind, Precision,
+    ScheduleKind, ScheduleUnit, T5FeedForward, TaskKind, TokenizerKind,
 };
 use crate::error::{io_err, Result, TrainError};
 
@@ -105,6 +105,9 @@ pub struct ObjectiveSection {
     /// BART: shuffle sentences.
     #[serde(default = "yes")]
     pub permute_sentences: bool,
+    /// BART: where infilling puts its spans.
+    #[serde(default = "default_infilling")]
+    pub infilling: Infilling,
 }
 
 impl Default for ObjectiveSection {
@@ -257,6 +260,9 @@ fn default_span() -> f64 {
 }
 fn default_mask_ratio() -> f64 {
     0.3
+}
+fn default_infilling() -> Infilling {
+    Infilling::Fairseq
 }
 fn default_lambda() -> f64 {
     3.0

@@ -21,7 +21,7 @@ use crate::params::ParamStore;
 use crate::seq2seq::EncoderDecoder;
 use lm_kernels::ops::{add_bias, gelu_erf};
 
-/// BART hyperparameters, with HuggingFace `BartConfig` key names (other keys are ignored).
+/// BART hyperparameters, with HuggingFace `BartConfig` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BartConfig {
     /// Vocabulary size.
@@ -69,6 +69,10 @@ pub struct BartConfig {
     /// First decoder input.
     #[serde(default = "two")]
     pub decoder_start_token_id: u32,
+    /// Keys of a loaded `config.json` that this type does not model (generation settings such
+    /// as `forced_eos_token_id`, `task_specific_params`, …), written back unchanged on save.
+    #[serde(flatten, default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn init_std() -> f64 {
@@ -112,6 +116,7 @@ impl BartConfig {
             bos_token_id: 0,
             eos_token_id: 2,
             decoder_start_token_id: 2,
+            extra: serde_json::Map::new(),
         }
     }
 
@@ -178,7 +183,10 @@ impl BartConfig {
         v["activation_function"] = "gelu".into();
         v["is_encoder_decoder"] = true.into();
         v["tie_word_embeddings"] = true.into();
-        v["forced_eos_token_id"] = serde_json::Value::Null;
+        // transformers' default: no forced end token, unless the loaded config set one.
+        if v.get("forced_eos_token_id").is_none() {
+            v["forced_eos_token_id"] = serde_json::Value::Null;
+        }
         v
     }
 }

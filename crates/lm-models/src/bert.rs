@@ -20,7 +20,7 @@ use crate::layers::{
 use crate::params::ParamStore;
 use lm_kernels::ops::add_bias;
 
-/// BERT hyperparameters, with HuggingFace `BertConfig` key names (other keys are ignored).
+/// BERT hyperparameters, with HuggingFace `BertConfig` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
     /// Vocabulary size.
@@ -53,6 +53,10 @@ pub struct BertConfig {
     /// Padding id.
     #[serde(default)]
     pub pad_token_id: u32,
+    /// Keys of a loaded `config.json` that this type does not model (generation settings such
+    /// as `forced_eos_token_id`, `task_specific_params`, …), written back unchanged on save.
+    #[serde(flatten, default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn two() -> usize {
@@ -88,6 +92,7 @@ impl BertConfig {
             initializer_range: 0.02,
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
+            extra: serde_json::Map::new(),
         }
     }
 

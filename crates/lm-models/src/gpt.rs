@@ -24,7 +24,7 @@ use lm_kernels::ops::{
 /// Parameters with their names.
 pub type NamedVars = Vec<(String, candle_core::Var)>;
 
-/// GPT hyperparameters, with HuggingFace `GPT2Config` key names (other keys are ignored).
+/// GPT hyperparameters, with HuggingFace `GPT2Config` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GptConfig {
     /// Vocabulary size V.
@@ -46,6 +46,10 @@ pub struct GptConfig {
     /// Standard deviation of the initialization (GPT-2: 0.02).
     #[serde(default = "default_init_range")]
     pub initializer_range: f64,
+    /// Keys of a loaded `config.json` that this type does not model (generation settings such
+    /// as `forced_eos_token_id`, `task_specific_params`, …), written back unchanged on save.
+    #[serde(flatten, default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_ln_eps() -> f64 {
@@ -73,6 +77,7 @@ impl GptConfig {
             layer_norm_epsilon: 1e-5,
             dropout: 0.0,
             initializer_range: 0.02,
+            extra: serde_json::Map::new(),
         }
     }
 
@@ -469,7 +474,9 @@ impl Gpt {
 impl GptConfig {
     /// The configuration as HuggingFace's `config.json` for `GPT2LMHeadModel`.
     pub fn to_hf_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        // The loaded config's other keys first; the modelled ones on top.
+        let mut v = serde_json::Value::Object(self.extra.clone());
+        let ours = serde_json::json!({
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
             "vocab_size": self.vocab_size,
@@ -486,6 +493,10 @@ impl GptConfig {
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,
             "tie_word_embeddings": true,
-        })
+        });
+        if let (Some(all), serde_json::Value::Object(ours)) = (v.as_object_mut(), ours) {
+            all.extend(ours);
+        }
+        v
     }
 }

@@ -22,7 +22,7 @@ use crate::params::ParamStore;
 use crate::seq2seq::EncoderDecoder;
 use lm_kernels::ops::{gelu, rms_norm};
 
-/// T5 hyperparameters, with HuggingFace `T5Config` key names (other keys are ignored).
+/// T5 hyperparameters, with HuggingFace `T5Config` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct T5Config {
     /// Vocabulary size (sentinels included).
@@ -71,6 +71,10 @@ pub struct T5Config {
     /// First decoder input.
     #[serde(default)]
     pub decoder_start_token_id: u32,
+    /// Keys of a loaded `config.json` that this type does not model (generation settings such
+    /// as `forced_eos_token_id`, `task_specific_params`, …), written back unchanged on save.
+    #[serde(flatten, default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn buckets() -> usize {
@@ -113,6 +117,7 @@ impl T5Config {
             pad_token_id: 0,
             eos_token_id: 1,
             decoder_start_token_id: 0,
+            extra: serde_json::Map::new(),
         }
     }
 

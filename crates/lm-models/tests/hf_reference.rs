@@ -201,3 +201,31 @@ fn write_roundtrip_dirs_for_transformers() {
         m.save_hf_dir(&s, &fixture(n).join("roundtrip")).unwrap();
     }
 }
+
+/// Keys our config types do not model survive a load → save: BART's `forced_eos_token_id` and
+/// any unknown key come back as they were, for every family.
+#[test]
+fn unknown_config_keys_survive_a_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |json: serde_json::Value| {
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+    };
+    let mut bart = lm_models::bart::BartConfig::tiny(50).to_hf_json();
+    bart["forced_eos_token_id"] = 2.into();
+    bart["task_specific_params"] = serde_json::json!({"summarization": {"num_beams": 4}});
+    write(bart);
+    let cfg: lm_models::bart::BartConfig =
+        lm_models::hf::read_config(dir.path(), &["bart"]).unwrap();
+    let back = cfg.to_hf_json();
+    assert_eq!(back["forced_eos_token_id"], 2);
+    assert_eq!(
+        back["task_specific_params"]["summarization"]["num_beams"],
+        4
+    );
+    let mut gpt = lm_models::gpt::GptConfig::tiny(50).to_hf_json();
+    gpt["n_inner"] = serde_json::Value::Null;
+    gpt["custom_key"] = "kept".into();
+    write(gpt);
+    let cfg: lm_models::gpt::GptConfig = lm_models::hf::read_config(dir.path(), &["gpt2"]).unwrap();
+    assert_eq!(cfg.to_hf_json()["custom_key"], "kept");
+}

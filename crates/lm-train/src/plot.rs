@@ -526,6 +526,46 @@ mod tests {
         assert!(dark_in_title_rows > 50, "{dark_in_title_rows}");
     }
 
+    /// `plot --compare`: one chart per evaluation metric, lines named by run directory, the
+    /// output folder created.
+    #[test]
+    fn compare_names_the_runs_and_draws_each_metric() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (run, acc) in [("pretrained-run", 0.6), ("scratch-run", 0.5)] {
+            let dir = tmp.path().join(run);
+            std::fs::create_dir_all(&dir).unwrap();
+            let log = MetricsLog::new(&dir.join("metrics.jsonl"));
+            for step in [0u64, 10] {
+                log.append(&MetricRecord {
+                    step,
+                    lr: 1e-3,
+                    train_loss: 2.0,
+                    tokens_per_sec: 0.0,
+                    elapsed_s: 0.0,
+                    val_loss: Some(2.0 - step as f32 / 100.0),
+                    grad_norm: None,
+                    mfu: None,
+                    metrics: [("val_accuracy".to_string(), acc)].into(),
+                })
+                .unwrap();
+            }
+        }
+        let out = tmp.path().join("new/folder/cmp");
+        let files = plot_compare(
+            &[
+                tmp.path().join("pretrained-run"),
+                tmp.path().join("scratch-run"),
+            ],
+            &out,
+        )
+        .unwrap();
+        assert_eq!(files.len(), 4, "{files:?}");
+        let svg =
+            std::fs::read_to_string(tmp.path().join("new/folder/cmp-val_accuracy.svg")).unwrap();
+        assert!(svg.contains("pretrained-run") && svg.contains("scratch-run"));
+        assert!(tmp.path().join("new/folder/cmp-val_loss.png").exists());
+    }
+
     #[test]
     fn ticks_are_round_and_cover_the_range() {
         assert_eq!(ticks(0.0, 2000.0), vec![0.0, 500.0, 1000.0, 1500.0, 2000.0]);

@@ -143,6 +143,8 @@ config_enum! {
 config_enum! {
     /// `train.matmul_precision`: precision of the matrix products.
     Precision {
+        /// The fastest this CPU trains at: bf16 with AMX, f32 otherwise.
+        Auto = "auto",
         /// f32 products.
         Highest = "highest",
         /// bf16 inputs, f32 accumulation; f32 master weights, activations and gradients.
@@ -188,11 +190,33 @@ config_enum! {
     }
 }
 
-impl From<Precision> for lm_kernels::precision::MatmulPrecision {
-    fn from(p: Precision) -> Self {
-        match p {
-            Precision::Highest => Self::Highest,
-            Precision::Bf16 => Self::Bf16,
+impl Precision {
+    /// The precision the products run at on this machine (`auto` resolved).
+    pub fn resolve(self) -> lm_kernels::precision::MatmulPrecision {
+        use lm_kernels::precision::{fastest_training_precision, MatmulPrecision};
+        match self {
+            Self::Auto => fastest_training_precision(),
+            Self::Highest => MatmulPrecision::Highest,
+            Self::Bf16 => MatmulPrecision::Bf16,
+        }
+    }
+
+    /// One line on what this precision means on this machine: what `auto` chose, or that an
+    /// explicit `bf16` is slower here and why.
+    pub fn describe(self) -> String {
+        use lm_kernels::precision::{bf16_matmul_kernel, MatmulPrecision};
+        let kernel = bf16_matmul_kernel();
+        match (self, self.resolve()) {
+            (Self::Auto, MatmulPrecision::Bf16) => {
+                format!("matmul precision: auto → bf16 products ({kernel}), f32 master weights")
+            }
+            (Self::Auto, _) => format!(
+                "matmul precision: auto → f32 (no AMX here; bf16 would run as {kernel}, slower than f32)"
+            ),
+            (Self::Bf16, _) if kernel != "AMX-BF16" => format!(
+                "matmul precision: bf16 runs as {kernel} on this CPU (no AMX), measured about 2× slower than f32 on such CPUs; \"auto\" or \"highest\" is faster here"
+            ),
+            (p, _) => format!("matmul precision: {p}"),
         }
     }
 }
@@ -221,5 +245,31 @@ impl From<Infilling> for lm_objectives::bart::SpanPlacement {
             Infilling::Fairseq => Self::Fairseq,
             Infilling::Exact => Self::Exact,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lm_kernels::precision::{bf16_matmul_kernel, MatmulPrecision};
+
+    #[test]
+    fn auto_takes_bf16_exactly_where_amx_runs_it() {
+        let amx = bf16_matmul_kernel() == "AMX-BF16";
+        let want = if amx {
+            MatmulPrecision::Bf16
+        } else {
+            MatmulPrecision::Highest
+        };
+        assert_eq!(Precision::Auto.resolve(), want);
+        assert_eq!(Precision::Highest.resolve(), MatmulPrecision::Highest);
+        assert_eq!(Precision::Bf16.resolve(), MatmulPrecision::Bf16);
+        let said = Precision::Auto.describe();
+        assert!(
+            said.contains(if amx { "auto → bf16" } else { "auto → f32" }),
+            "{said}"
+        );
+        // An explicit bf16 without AMX says it is slower here.
+        assert_eq!(Precision::Bf16.describe().contains("slower"), !amx);
     }
 }

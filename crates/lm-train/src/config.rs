@@ -225,7 +225,7 @@ pub struct TrainSection {
 }
 
 fn default_matmul_precision() -> Precision {
-    Precision::Highest
+    Precision::Auto
 }
 
 fn default_corpus() -> String {

@@ -371,6 +371,9 @@ fn run_trainer(
         "{:.2} M parameters",
         trainer.params().num_params() as f64 / 1e6
     );
+    if lead {
+        out!("{}", trainer.config().train().matmul_precision.describe());
+    }
     let summary = trainer.train()?;
     if !lead {
         return Ok(()); // rank 0 reports

@@ -956,7 +956,7 @@ impl Trainer {
 
     /// The configured precision of the matrix products.
     fn matmul_precision(&self) -> MatmulPrecision {
-        self.cfg.train().matmul_precision.into()
+        self.cfg.train().matmul_precision.resolve()
     }
 
     /// The dropout key of micro-batch `key`: dropout masks are a function of (seed, key).

@@ -59,6 +59,8 @@ fn shrunk(recipe: &str, batch: usize, tokenizer_file: Option<&str>) -> String {
         c.train.log_interval,
     ) = (6, 2, 1);
     c.train.sample_tokens = 0;
+    // f32 products: a rank's share of a product can fall under the size where bf16 starts.
+    c.train.matmul_precision = lm_train::config::Precision::Highest;
     (c.optim.warmup_iters, c.optim.lr_decay_iters) = (3, Some(12));
     c.to_toml()
 }

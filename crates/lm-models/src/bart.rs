@@ -369,7 +369,10 @@ impl Bart {
     pub fn from_hf_dir(dir: &std::path::Path, device: &Device) -> Result<(Self, ParamStore)> {
         let cfg: BartConfig = crate::hf::read_config(dir, &["bart"])?;
         let (model, store) = Self::init(&cfg, 0, device)?;
-        crate::hf::load_weights(&store, dir)?;
+        // `BartModel` checkpoints lack the `model.` prefix and the `final_logits_bias` buffer.
+        store.load_safetensors_layout(&dir.join("model.safetensors"), "model.", |n| {
+            Self::is_buffer(n)
+        })?;
         Ok((model, store))
     }
 

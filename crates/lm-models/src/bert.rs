@@ -387,8 +387,11 @@ impl Bert {
     ) -> Result<(Self, ParamStore, Vec<String>)> {
         let cfg: BertConfig = crate::hf::read_config(dir, &["bert"])?;
         let (model, store) = Self::init(&cfg, 0, device)?;
-        let fresh = store
-            .load_safetensors_partial(&dir.join("model.safetensors"), |n| n.starts_with("cls."))?;
+        // A base-model (`BertModel`) checkpoint: names without `bert.`, no pretraining heads.
+        let fresh =
+            store.load_safetensors_layout(&dir.join("model.safetensors"), "bert.", |n| {
+                n.starts_with("cls.") || n.starts_with("bert.pooler.")
+            })?;
         Ok((model, store, fresh))
     }
 
@@ -501,9 +504,12 @@ impl BertForSequenceClassification {
     ) -> Result<(Self, ParamStore, Vec<String>)> {
         let cfg: BertConfig = crate::hf::read_config(dir, &["bert"])?;
         let (model, store) = Self::init(&cfg, num_labels, seed, device)?;
-        let fresh = store.load_safetensors_partial(&dir.join("model.safetensors"), |n| {
-            n.starts_with("classifier.")
-        })?;
+        // Any BERT layout: with or without the `bert.` prefix (`BertModel`), pretraining heads
+        // ignored; a classifier (and a pooler) absent from the file start fresh.
+        let fresh =
+            store.load_safetensors_layout(&dir.join("model.safetensors"), "bert.", |n| {
+                n.starts_with("classifier.") || n.starts_with("bert.pooler.")
+            })?;
         Ok((model, store, fresh))
     }
 

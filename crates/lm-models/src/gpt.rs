@@ -351,7 +351,8 @@ impl Gpt {
     pub fn from_hf_dir(dir: &std::path::Path, device: &Device) -> Result<(Self, ParamStore)> {
         let cfg: GptConfig = crate::hf::read_config(dir, &["gpt2"])?;
         let (model, store) = Self::init(&cfg, 0, device)?;
-        crate::hf::load_weights(&store, dir)?;
+        // `GPT2Model` checkpoints name the body without the `transformer.` prefix.
+        store.load_safetensors_layout(&dir.join("model.safetensors"), "transformer.", |_| false)?;
         Ok((model, store))
     }
 

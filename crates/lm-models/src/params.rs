@@ -91,23 +91,55 @@ impl ParamStore {
         path: &Path,
         optional: impl Fn(&str) -> bool,
     ) -> Result<Vec<String>> {
-        let names: Vec<String> = self.lock().keys().cloned().collect();
-        let present: std::collections::HashSet<String> = {
+        self.load_safetensors_layout(path, "", optional)
+    }
+
+    /// Loads a checkpoint saved with or without the model's base prefix, as transformers'
+    /// `base_model_prefix` does: a file tensor `n` that is not a parameter while `prefix + n` is
+    /// (a base-model checkpoint, e.g. `BertModel`'s `embeddings.…` for our `bert.embeddings.…`)
+    /// loads into `prefix + n`, and `prefix + n` in the file loads into a parameter `n`; tensors
+    /// the model lacks (another head) are ignored. Parameters for which `optional` holds may be
+    /// absent: they keep their initial values and their names are returned.
+    pub fn load_safetensors_layout(
+        &self,
+        path: &Path,
+        prefix: &str,
+        optional: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
+        let names: std::collections::HashSet<String> = self.lock().keys().cloned().collect();
+        let file: Vec<String> = {
             let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
                 path: path.to_path_buf(),
                 source,
             })?;
-            let st = safetensors_names(&bytes).map_err(|problem| ModelError::BadFile {
+            safetensors_names(&bytes).map_err(|problem| ModelError::BadFile {
                 path: path.to_path_buf(),
                 problem,
-            })?;
-            st.into_iter().collect()
+            })?
         };
-        let missing: Vec<String> = names
+        let ours = |n: &str| -> Option<String> {
+            if names.contains(n) {
+                return Some(n.to_string());
+            }
+            if prefix.is_empty() {
+                return None;
+            }
+            let with = format!("{prefix}{n}");
+            if names.contains(&with) {
+                return Some(with);
+            }
+            n.strip_prefix(prefix)
+                .filter(|m| names.contains(*m))
+                .map(String::from)
+        };
+        let present: std::collections::HashSet<String> =
+            file.iter().filter_map(|n| ours(n)).collect();
+        let mut missing: Vec<String> = names
             .iter()
             .filter(|n| !present.contains(*n) && optional(n))
             .cloned()
             .collect();
+        missing.sort();
         // Load through a view without the optional-and-missing parameters (same Vars otherwise).
         let view: BTreeMap<String, Var> = self
             .lock()
@@ -119,7 +151,7 @@ impl ParamStore {
             vars: Arc::new(Mutex::new(view)),
             seed: self.seed,
         }
-        .load_safetensors(path, |n| Some(n.to_string()))?;
+        .load_safetensors(path, ours)?;
         Ok(missing)
     }
 

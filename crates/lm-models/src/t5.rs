@@ -466,7 +466,10 @@ impl T5 {
     pub fn from_hf_dir(dir: &std::path::Path, device: &Device) -> Result<(Self, ParamStore)> {
         let cfg: T5Config = crate::hf::read_config(dir, &["t5"])?;
         let (model, store) = Self::init(&cfg, 0, device)?;
-        crate::hf::load_weights(&store, dir)?;
+        // `T5Model` checkpoints of untied (v1.1) models carry no `lm_head`: it starts fresh.
+        store.load_safetensors_layout(&dir.join("model.safetensors"), "", |n| {
+            n.starts_with("lm_head.")
+        })?;
         Ok((model, store))
     }
 

@@ -110,6 +110,15 @@ enum Command {
         /// The text.
         text: String,
     },
+    /// A sentence embedding from a BERT model (a sentence-transformers or HuggingFace directory,
+    /// or a checkpoint): pooled as its 1_Pooling/config.json says (mean by default), normalized
+    /// when its modules.json has a Normalize module. Prints the vector as JSON.
+    Embed {
+        /// Model directory.
+        model: PathBuf,
+        /// The text.
+        text: String,
+    },
     /// List the bundled recipes, or print one's TOML (`recipes show NAME`, usable as `--config`).
     Recipes {
         #[command(subcommand)]
@@ -659,6 +668,11 @@ fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
                 scores.len(),
                 mean.exp()
             );
+            Ok(())
+        }
+        Command::Embed { model, text } => {
+            let v = lm_train::embedding::sentence_embedding(&model, &text, &device)?;
+            out!("{}", serde_json::json!(v));
             Ok(())
         }
         Command::Recipes { action } => recipes(action),

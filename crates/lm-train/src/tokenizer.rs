@@ -208,6 +208,20 @@ impl TextTokenizer {
         }
     }
 
+    /// `text` as the model sees one input: the file's normalizer, pre-tokenizer and
+    /// post-processor applied, so its special tokens are added (`[CLS] … [SEP]` for BERT), as
+    /// transformers' `tokenizer(text)` does. Character tokenizers have none to add.
+    pub fn encode_for_model(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Self::Char(_) => self.encode(text),
+            Self::Hf(t) => Ok(t
+                .encode(text, true)
+                .map_err(tok_err("text"))?
+                .get_ids()
+                .to_vec()),
+        }
+    }
+
     /// The text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> String {
         match self {
@@ -256,10 +270,14 @@ impl TextTokenizer {
                 serde_json::from_value(c.clone()).map_err(|e| bad(e.to_string()))?,
             ));
         }
-        Ok(Self::Hf(Box::new(
-            text.parse::<tokenizers::Tokenizer>()
-                .map_err(|e| bad(e.to_string()))?,
-        )))
+        let mut tok = text
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| bad(e.to_string()))?;
+        // Padding and truncation are the trainer's (from the task's lengths), never the file's:
+        // a sentence-transformers file pads every text to 128 ids.
+        tok.with_padding(None);
+        tok.with_truncation(None).map_err(|e| bad(e.to_string()))?;
+        Ok(Self::Hf(Box::new(tok)))
     }
 }
 

@@ -660,6 +660,10 @@ pub const FINETUNE_RECIPES: &[(&str, &str)] = &[
         "gpt-table-to-text",
         include_str!("../../../recipes/gpt-table-to-text.toml"),
     ),
+    (
+        "minilm-finetune-pairs",
+        include_str!("../../../recipes/minilm-finetune-pairs.toml"),
+    ),
 ];
 
 impl FinetuneConfig {

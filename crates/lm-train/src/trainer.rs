@@ -650,21 +650,7 @@ impl Trainer {
                 .filter(|(_, &o)| o == owner)
                 .map(|(v, _)| v)
                 .collect();
-            let mut flat = vec![];
-            for v in &vars {
-                flat.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
-            }
-            self.comm.broadcast(&mut flat, owner).map_err(dist_err)?;
-            let mut at = 0;
-            for v in vars {
-                let n = v.elem_count();
-                v.set(&Tensor::from_slice(
-                    &flat[at..at + n],
-                    v.shape(),
-                    v.device(),
-                )?)?;
-                at += n;
-            }
+            self.broadcast_vars(&vars, owner)?;
         }
         Ok(())
     }
@@ -711,10 +697,20 @@ impl Trainer {
         if self.comm.world_size() == 1 {
             return Ok(());
         }
-        let mut flat = self.flat_parameters()?;
-        self.comm.broadcast(&mut flat, 0).map_err(dist_err)?;
+        let all: Vec<&Var> = self.vars.iter().collect();
+        self.broadcast_vars(&all, 0)?;
+        Ok(())
+    }
+
+    /// `vars` ← rank `root`'s values, as one flat buffer.
+    fn broadcast_vars(&self, vars: &[&Var], root: usize) -> Result<()> {
+        let mut flat = vec![];
+        for v in vars {
+            flat.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+        }
+        self.comm.broadcast(&mut flat, root).map_err(dist_err)?;
         let mut at = 0;
-        for v in &self.vars {
+        for v in vars {
             let n = v.elem_count();
             v.set(&Tensor::from_slice(
                 &flat[at..at + n],

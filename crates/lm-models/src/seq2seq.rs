@@ -9,6 +9,23 @@ use crate::layers::KvCache;
 use crate::sampling::{decode_loop, Decode};
 use crate::{Result, Sampling};
 
+/// Generation settings, with transformers' names (`GenerationConfig`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    /// Tokens generated at most per row.
+    pub max_new_tokens: usize,
+    /// The end token is not chosen before this many tokens.
+    pub min_new_tokens: usize,
+    /// The decoder's first input.
+    pub decoder_start_token_id: u32,
+    /// Generation of a row stops after this token.
+    pub eos_token_id: u32,
+    /// Fed to the rows that have finished.
+    pub pad_token_id: u32,
+    /// The token forced as the last one when `max_new_tokens` is reached (BART's `</s>`).
+    pub forced_eos_token_id: Option<u32>,
+}
+
 /// An encoder-decoder: `encode` the input once, then `decode` target positions against it (with a
 /// KV cache when generating).
 pub trait EncoderDecoder {
@@ -30,6 +47,71 @@ pub trait EncoderDecoder {
 
     /// The model's dropout switch (generation turns it off for its duration).
     fn training_flag(&self) -> &AtomicBool;
+
+    /// The model's generation settings for `max_new_tokens` (its config's start, end, padding and
+    /// forced end tokens).
+    fn generation_config(&self, max_new_tokens: usize) -> GenerationConfig;
+
+    /// Generates for a batch `[b, t]` of inputs (right-padded, with their attention mask), all
+    /// rows decoded together with one KV cache: each row stops at the end token, is forced to end
+    /// on its last step when `forced_eos_token_id` is set, and cannot end before
+    /// `min_new_tokens`. Returns each row's new tokens (the end token included when produced).
+    fn generate_batch(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        gen: &GenerationConfig,
+        sampling: &Sampling,
+        rng: &mut lm_objectives::Rng,
+    ) -> Result<Vec<Vec<u32>>> {
+        let was = self.training_flag().swap(false, Ordering::Relaxed);
+        let out = self.encode(input_ids, attention_mask).and_then(|enc| {
+            let rows = input_ids.dim(0)?;
+            let mut out: Vec<Vec<u32>> = vec![vec![]; rows];
+            let mut last = vec![gen.decoder_start_token_id; rows];
+            let mut done = vec![false; rows];
+            let mut cache = KvCache::new();
+            for step in 0..gen.max_new_tokens {
+                let ids = Tensor::new(last.as_slice(), input_ids.device())?.unsqueeze(1)?;
+                let logits = self.decode(&ids, &enc, attention_mask, Some(&mut cache))?;
+                let logits = logits.squeeze(1)?.to_dtype(candle_core::DType::F32)?;
+                for r in 0..rows {
+                    if done[r] {
+                        continue;
+                    }
+                    let mut row: Vec<f32> = logits.get(r)?.to_vec1()?;
+                    if step < gen.min_new_tokens {
+                        row[gen.eos_token_id as usize] = f32::NEG_INFINITY;
+                    }
+                    if let Some(f) = gen
+                        .forced_eos_token_id
+                        .filter(|_| step + 1 == gen.max_new_tokens)
+                    {
+                        for (i, v) in row.iter_mut().enumerate() {
+                            if i != f as usize {
+                                *v = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                    let next = sampling.sample(&row, rng);
+                    out[r].push(next);
+                    last[r] = next;
+                    done[r] = next == gen.eos_token_id;
+                }
+                for (l, &d) in last.iter_mut().zip(&done) {
+                    if d {
+                        *l = gen.pad_token_id;
+                    }
+                }
+                if done.iter().all(|&d| d) {
+                    break;
+                }
+            }
+            Ok(out)
+        });
+        self.training_flag().store(was, Ordering::Relaxed);
+        out
+    }
 
     /// Logits of a teacher-forced pass: `decode(decoder_input_ids, encode(input_ids))`.
     fn forward(

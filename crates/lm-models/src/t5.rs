@@ -19,7 +19,7 @@ use crate::layers::{
     attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, Linear,
 };
 use crate::params::ParamStore;
-use crate::seq2seq::EncoderDecoder;
+use crate::seq2seq::{EncoderDecoder, GenerationConfig};
 use lm_kernels::ops::{gelu, rms_norm};
 
 /// T5 hyperparameters, with HuggingFace `T5Config` key names (other keys are kept in `extra`).
@@ -599,5 +599,22 @@ impl EncoderDecoder for T5 {
 
     fn training_flag(&self) -> &AtomicBool {
         &self.training
+    }
+
+    fn generation_config(&self, max_new_tokens: usize) -> GenerationConfig {
+        let forced = self
+            .cfg
+            .extra
+            .get("forced_eos_token_id")
+            .and_then(|v| v.as_u64())
+            .map(|v| v as u32);
+        GenerationConfig {
+            max_new_tokens,
+            min_new_tokens: 0,
+            decoder_start_token_id: self.cfg.decoder_start_token_id,
+            eos_token_id: self.cfg.eos_token_id,
+            pad_token_id: self.cfg.pad_token_id,
+            forced_eos_token_id: forced,
+        }
     }
 }

@@ -741,6 +741,30 @@ impl FinetuneTask {
                 out.extend(am.into_iter().map(|i| self.labels[i as usize].clone()));
                 continue;
             }
+            // BART and T5 decode the whole chunk at once (padded, with its mask): the same tokens
+            // as one row at a time (lm-models' generation test), several times faster.
+            let seq2seq: Option<&dyn EncoderDecoder> = match model {
+                AnyModel::Bart(m) => Some(m),
+                AnyModel::T5(m) => Some(m),
+                _ => None,
+            };
+            if let Some(m) = seq2seq {
+                let refs: Vec<&Encoded> = chunk.iter().collect();
+                let b = self.encoder_inputs(&refs, device)?;
+                let gen = m.generation_config(n);
+                let rows = m.generate_batch(
+                    &b.input_ids,
+                    b.attention_mask.as_ref(),
+                    &gen,
+                    &Sampling::greedy(),
+                    &mut rng,
+                )?;
+                out.extend(
+                    rows.iter()
+                        .map(|ids| self.tokenizer.decode(ids).trim().to_string()),
+                );
+                continue;
+            }
             for e in chunk {
                 let ids = match model {
                     AnyModel::Gpt(m) => {

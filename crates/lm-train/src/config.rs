@@ -1107,6 +1107,7 @@ mod tests {
         unknown_t5_feed_forward_is_refused: "t5-span-corruption", "model", "t5_feed_forward", T5FeedForward;
         unknown_tokenizer_is_refused: "gpt-shakespeare-char", "data", "tokenizer", TokenizerKind;
         unknown_mlm_selection_is_refused: "bert-mlm-nsp", "objective", "mlm_selection", MlmSelection;
+        unknown_infilling_is_refused: "bart-denoising", "objective", "infilling", Infilling;
         unknown_optimizer_is_refused: "gpt-shakespeare-char", "optim", "name", OptimizerKind;
         unknown_schedule_is_refused: "gpt-shakespeare-char", "optim", "schedule", ScheduleKind;
         unknown_schedule_unit_is_refused: "gpt-shakespeare-char", "optim", "schedule_unit", ScheduleUnit;

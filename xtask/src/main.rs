@@ -31,6 +31,15 @@ fn found(program: &str) -> bool {
 /// The test suite, then the data-parallel tests over MPI where `mpirun` is installed.
 fn test() -> Result<()> {
     cargo(&["test", "--workspace", "--exclude", "xtask"])?;
+    let minilm = std::env::var_os("LM_TRAIN_MINILM_DIR").is_some()
+        || std::path::Path::new("models/all-MiniLM-L6-v2/model.safetensors").exists();
+    if !minilm {
+        println!(
+            "skipped: lm-train's minilm test (ids and hidden states of all-MiniLM-L6-v2 against \
+             transformers): the model is not here; tests/fixtures/minilm/make_minilm_fixture.py \
+             says how to get it once into models/all-MiniLM-L6-v2"
+        );
+    }
     if found("mpirun") {
         cargo(&[
             "test",

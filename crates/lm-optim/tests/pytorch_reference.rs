@@ -136,6 +136,13 @@ fn adam_and_adamw_match_pytorch() {
         adam(AdamConfig::adamw().with_betas(0.9, 0.95)),
         1e-2,
     );
+    // β2 = 0.9999: 1 − β2 must be computed before rounding to f32 to stay within 1e-5.
+    run(
+        "adamw_beta2_9999",
+        0.1,
+        adam(AdamConfig::adamw().with_betas(0.9, 0.9999)),
+        1e-2,
+    );
 }
 
 #[test]

@@ -204,16 +204,19 @@ impl CausalSelfAttention {
         })
     }
 
+    /// `key_bias` `[b, 1, 1, keys]` (0 or a very negative number) hides padding keys of
+    /// left-padded batched generation.
     fn forward(
         &self,
         x: &Tensor,
         train: bool,
         cache: Option<(&mut KvCache, usize)>,
+        key_bias: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let qkv = self.c_attn.forward(x)?;
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
-        if cache.is_none() && !(train && self.attn_dropout.rate() > 0.0) {
+        if cache.is_none() && key_bias.is_none() && !(train && self.attn_dropout.rate() > 0.0) {
             let y = causal_attention(&qkv, self.n_head, scale)?;
             return self.resid_dropout.forward(&self.c_proj.forward(&y)?, train);
         }
@@ -227,7 +230,7 @@ impl CausalSelfAttention {
             let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
             self.attn_dropout.forward(&probs, train)?.matmul(&v)?
         } else {
-            attention(&q, &k, &v, None, scale, true)?
+            attention(&q, &k, &v, key_bias, scale, true)?
         };
         let y = merge_heads(&y)?.reshape((b, t, d))?;
         self.resid_dropout.forward(&self.c_proj.forward(&y)?, train)
@@ -283,8 +286,12 @@ impl Block {
         x: &Tensor,
         train: bool,
         cache: Option<(&mut KvCache, usize)>,
+        key_bias: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let x = residual_add(x, &self.attn.forward(&self.ln_1.forward(x)?, train, cache)?)?;
+        let attn = self
+            .attn
+            .forward(&self.ln_1.forward(x)?, train, cache, key_bias)?;
+        let x = residual_add(x, &attn)?;
         residual_add(&x, &self.mlp.forward(&self.ln_2.forward(&x)?, train)?)
     }
 }
@@ -379,7 +386,18 @@ impl Gpt {
 
     /// Logits for the new tokens `idx` following the positions already in `cache` (whose keys and
     /// values are extended); without a cache, a full pass.
-    pub fn forward_cached(&self, idx: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_cached(&self, idx: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.forward_padded(idx, None, cache)
+    }
+
+    /// [`Gpt::forward_cached`] for a left-padded batch: `padding` gives each token's position
+    /// `[b, t]` (u32) and the key bias `[b, 1, 1, past + t]` that hides the padding.
+    fn forward_padded(
+        &self,
+        idx: &Tensor,
+        padding: Option<(&Tensor, &Tensor)>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
         if past + t > self.cfg.n_positions {
@@ -396,10 +414,21 @@ impl Gpt {
             .wte
             .embedding(&idx.flatten_all()?)?
             .reshape((b, t, self.cfg.n_embd))?;
-        let pos = self.wpe.narrow(0, past, t)?;
-        let mut x = self.embd_dropout.forward(&add_bias(&tok, &pos)?, train)?;
+        let x = match padding {
+            None => add_bias(&tok, &self.wpe.narrow(0, past, t)?)?,
+            Some((positions, _)) => {
+                let pos = self.wpe.embedding(&positions.flatten_all()?)?.reshape((
+                    b,
+                    t,
+                    self.cfg.n_embd,
+                ))?;
+                (tok + pos)?
+            }
+        };
+        let mut x = self.embd_dropout.forward(&x, train)?;
+        let key_bias = padding.map(|p| p.1);
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, train, cache.as_deref_mut().map(|c| (c, i)))?;
+            x = block.forward(&x, train, cache.as_deref_mut().map(|c| (c, i)), key_bias)?;
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -408,6 +437,91 @@ impl Gpt {
         // Tied head: logits = x · Eᵀ (E stored [vocab, n_embd], as nn.Linear's weight).
         let logits = linear(&x.reshape((b * t, self.cfg.n_embd))?, &self.wte, None, true)?;
         Ok(logits.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// Greedy or sampled continuation of several prompts at once, left-padded with `pad` as
+    /// transformers does for decoder-only models: padding keys hidden, positions counted from
+    /// each prompt's first real token. Returns each row's `max_new_tokens` new tokens (cut after
+    /// `eos` when given).
+    pub fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+        sampling: &crate::Sampling,
+        rng: &mut lm_objectives::Rng,
+        pad: u32,
+        eos: Option<u32>,
+    ) -> Result<Vec<Vec<u32>>> {
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if longest == 0 || prompts.iter().any(Vec::is_empty) {
+            return Err(ModelError::BadConfig {
+                key: "prompt",
+                problem: "generation needs at least one prompt token per row".into(),
+            });
+        }
+        let was_training = self.training.swap(false, Ordering::Relaxed);
+        let device = self.wte.device().clone();
+        let rows = prompts.len();
+        // Attention mask and next position of every row.
+        let mut mask: Vec<Vec<f32>> = prompts
+            .iter()
+            .map(|p| {
+                (0..longest)
+                    .map(|i| f32::from(u8::from(i >= longest - p.len())))
+                    .collect()
+            })
+            .collect();
+        let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+        let mut feed: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                std::iter::repeat_n(pad, longest - p.len())
+                    .chain(p.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let mut positions: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                (0..longest)
+                    .map(|i| (i + p.len()).saturating_sub(longest) as u32)
+                    .collect()
+            })
+            .collect();
+        let mut out: Vec<Vec<u32>> = vec![vec![]; rows];
+        let mut cache = KvCache::new();
+        let result = (|| -> Result<()> {
+            for _ in 0..max_new_tokens {
+                let t = feed[0].len();
+                let ids = Tensor::new(feed.concat(), &device)?.reshape((rows, t))?;
+                let pos = Tensor::new(positions.concat(), &device)?.reshape((rows, t))?;
+                let keys = mask[0].len();
+                let m = Tensor::new(mask.concat(), &device)?.reshape((rows, keys))?;
+                let bias = crate::layers::padding_bias(&m)?;
+                let logits = self.forward_padded(&ids, Some((&pos, &bias)), Some(&mut cache))?;
+                for r in 0..rows {
+                    let last: Vec<f32> =
+                        logits.get(r)?.get(t - 1)?.to_dtype(DType::F32)?.to_vec1()?;
+                    let next = sampling.sample(&last, rng);
+                    out[r].push(next);
+                    feed[r] = vec![next];
+                    positions[r] = vec![next_pos[r]];
+                    next_pos[r] += 1;
+                    mask[r].push(1.0);
+                }
+            }
+            Ok(())
+        })();
+        self.training.store(was_training, Ordering::Relaxed);
+        result?;
+        if let Some(e) = eos {
+            for row in &mut out {
+                if let Some(i) = row.iter().position(|&x| x == e) {
+                    row.truncate(i + 1);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Splits `store`'s parameters into nanoGPT's optimizer groups: 2-D tensors (matrices and

@@ -142,4 +142,23 @@ fn batched_greedy_generation_equals_transformers() {
         .unwrap();
     let want: Vec<u32> = rows(&serde_json::json!([reference["generated"]])).remove(0);
     assert_eq!(all[prompt.len()..].to_vec(), want);
+    // A left-padded batch: transformers' tokens, and each row what it gives alone.
+    let prompts = rows(&reference["batch_prompts"]);
+    let batch = gpt
+        .generate_batch(
+            &prompts,
+            8,
+            &Sampling::greedy(),
+            &mut Rng::seed_from_u64(0),
+            0,
+            None,
+        )
+        .unwrap();
+    assert_eq!(batch, rows(&reference["batch_generated"]));
+    for (p, row) in prompts.iter().zip(&batch) {
+        let alone = gpt
+            .generate(p, 8, &Sampling::greedy(), &mut Rng::seed_from_u64(0))
+            .unwrap();
+        assert_eq!(&alone[p.len()..], row.as_slice());
+    }
 }

@@ -431,3 +431,57 @@ fn task_files_take_numeric_labels_and_impossible_combinations_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn fine_tuning_keeps_generation_settings_and_refuses_a_foreign_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let corpus = small_corpus(d);
+    let pre = d.join("bart");
+    Trainer::new(
+        shrink(TrainConfig::recipe("bart-denoising").unwrap(), &corpus, 1),
+        &pre,
+        Device::Cpu,
+    )
+    .unwrap()
+    .train()
+    .unwrap();
+    let ckpt = lm_train::checkpoint::latest_checkpoint(&pre).unwrap();
+    let settings = r#"{"forced_eos_token_id": 2, "num_beams": 4}"#;
+    std::fs::write(ckpt.join("generation_config.json"), settings).unwrap();
+    let mut cfg = lm_train::config::FinetuneConfig::recipe("bart-table-to-text").unwrap();
+    cfg.finetune.init = ckpt.display().to_string();
+    (cfg.finetune.train_examples, cfg.finetune.val_examples) = (16, 2);
+    (cfg.finetune.test_examples, cfg.finetune.max_len) = (2, 24);
+    cfg.finetune.max_target_len = 4;
+    (
+        cfg.train.max_iters,
+        cfg.train.eval_interval,
+        cfg.train.eval_iters,
+    ) = (1, 1, 1);
+    (cfg.train.batch_size, cfg.optim.warmup_iters) = (2, 0);
+    let run = d.join("ft");
+    Trainer::new(cfg.clone(), &run, Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    let saved = lm_train::checkpoint::latest_checkpoint(&run).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(saved.join("generation_config.json")).unwrap(),
+        settings
+    );
+    // A tokenizer with more tokens than the model's vocabulary is refused by name.
+    let lines: Vec<&str> = lm_train::data::SHAKESPEARE[..40_000].lines().collect();
+    let big = lm_train::tokenizer::TextTokenizer::train(
+        TokenizerKind::Bpe,
+        lm_train::config::Family::Bart,
+        900,
+        &lines,
+    )
+    .unwrap();
+    big.save(&ckpt.join("tokenizer.json")).unwrap();
+    let e = Trainer::new(cfg, &d.join("ft2"), Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not this model's tokenizer"), "{e}");
+}

@@ -367,6 +367,23 @@ impl FinetuneTask {
         let labels = class_labels(&data)?;
         let (model, store, fresh) =
             load_model(&ckpt, labels.as_deref(), f.scratch, cfg.train.seed, device)?;
+        // A tokenizer with ids the model has no embedding for would index out of its table.
+        let vocab = model.hf_config()["vocab_size"].as_u64().unwrap_or(u64::MAX) as usize;
+        if tokenizer.vocab_size() > vocab {
+            return Err(TrainError::Checkpoint {
+                path: tok_path,
+                problem: format!(
+                    "has {} tokens but the model's vocabulary has {vocab}: it is not this model's tokenizer",
+                    tokenizer.vocab_size()
+                ),
+            });
+        }
+        // The checkpoint's generation settings travel with the run (into each checkpoint).
+        let gen = ckpt.join("generation_config.json");
+        if gen.exists() {
+            std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+            std::fs::copy(&gen, run_dir.join("generation_config.json")).map_err(io_err(&gen))?;
+        }
         let data_dir = run_dir.join("data");
         std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
         for (name, ex) in SPLIT_FILES.iter().zip([&data.train, &data.val, &data.test]) {

@@ -382,6 +382,13 @@ fn run_trainer(
     );
     if lead {
         out!("{}", trainer.config().train().matmul_precision.describe());
+        if let (lm_train::trainer::Work::Finetune(task), RunConfig::Finetune(c)) =
+            (trainer.work(), trainer.config())
+        {
+            if !c.finetune.scratch && !task.fresh_tensors().is_empty() && trainer.step() == 0 {
+                out!("freshly initialized: {}", task.fresh_tensors().join(", "));
+            }
+        }
     }
     let summary = trainer.train()?;
     if !lead {

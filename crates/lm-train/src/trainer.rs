@@ -1196,6 +1196,11 @@ impl Trainer {
             }
             self.tokenizer.save(&w.path("tokenizer.json"))?;
             checkpoint::write_atomic(&w.path("run_config.toml"), self.cfg.to_toml().as_bytes())?;
+            // A fine-tuned model keeps its pretrained checkpoint's generation settings.
+            let gen = self.run_dir.join("generation_config.json");
+            if gen.exists() {
+                std::fs::copy(&gen, w.path("generation_config.json")).map_err(io_err(&gen))?;
+            }
             let shards = (0..self.comm.world_size())
                 .map(|r| format!("optimizer-rank{r}.safetensors"))
                 .filter(|_| sharded);

@@ -26,6 +26,30 @@ pub struct GenerationConfig {
     pub forced_eos_token_id: Option<u32>,
 }
 
+impl GenerationConfig {
+    /// The settings a model config implies: its start, end and padding tokens, and
+    /// `forced_eos_token_id` when its extra (pass-through) keys carry one.
+    pub fn from_model_config(
+        max_new_tokens: usize,
+        decoder_start_token_id: u32,
+        eos_token_id: u32,
+        pad_token_id: u32,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        GenerationConfig {
+            max_new_tokens,
+            min_new_tokens: 0,
+            decoder_start_token_id,
+            eos_token_id,
+            pad_token_id,
+            forced_eos_token_id: extra
+                .get("forced_eos_token_id")
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32),
+        }
+    }
+}
+
 /// An encoder-decoder: `encode` the input once, then `decode` target positions against it (with a
 /// KV cache when generating).
 pub trait EncoderDecoder {
@@ -41,9 +65,6 @@ pub trait EncoderDecoder {
         encoder_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor>;
-
-    /// The decoder's start token and the end-of-sequence token.
-    fn decoder_start_and_eos(&self) -> (u32, u32);
 
     /// The model's dropout switch (generation turns it off for its duration).
     fn training_flag(&self) -> &AtomicBool;
@@ -135,11 +156,11 @@ pub trait EncoderDecoder {
         use_cache: bool,
     ) -> Result<Vec<u32>> {
         let was = self.training_flag().swap(false, Ordering::Relaxed);
-        let (start, eos) = self.decoder_start_and_eos();
+        let gen = self.generation_config(max_new_tokens);
         let out = self.encode(input_ids, None).and_then(|enc| {
             let spec = Decode {
-                start,
-                eos,
+                start: gen.decoder_start_token_id,
+                eos: gen.eos_token_id,
                 max_new_tokens,
                 sampling,
                 use_cache,

@@ -593,28 +593,18 @@ impl EncoderDecoder for T5 {
         })
     }
 
-    fn decoder_start_and_eos(&self) -> (u32, u32) {
-        (self.cfg.decoder_start_token_id, self.cfg.eos_token_id)
-    }
-
     fn training_flag(&self) -> &AtomicBool {
         &self.training
     }
 
     fn generation_config(&self, max_new_tokens: usize) -> GenerationConfig {
-        let forced = self
-            .cfg
-            .extra
-            .get("forced_eos_token_id")
-            .and_then(|v| v.as_u64())
-            .map(|v| v as u32);
-        GenerationConfig {
+        let c = &self.cfg;
+        GenerationConfig::from_model_config(
             max_new_tokens,
-            min_new_tokens: 0,
-            decoder_start_token_id: self.cfg.decoder_start_token_id,
-            eos_token_id: self.cfg.eos_token_id,
-            pad_token_id: self.cfg.pad_token_id,
-            forced_eos_token_id: forced,
-        }
+            c.decoder_start_token_id,
+            c.eos_token_id,
+            c.pad_token_id,
+            &c.extra,
+        )
     }
 }

@@ -213,29 +213,10 @@ fn eval_sample_score_plot_and_tokenizer_verbs_work_on_a_run() {
 /// A tiny BERT pretrained for a few steps into `dir/pre` (dropout 0.1, as the recipe has), and
 /// the bert-finetune-pairs recipe pointed at it, shrunk so 200 steps take a second or two.
 fn finetune_config(dir: &Path) -> lm_train::config::FinetuneConfig {
-    use lm_train::config::{FinetuneConfig, TrainConfig};
-    std::fs::write(
-        dir.join("corpus.txt"),
-        &lm_train::data::SHAKESPEARE[..60_000],
-    )
-    .unwrap();
-    let mut pre = TrainConfig::recipe("bert-mlm-nsp").unwrap();
-    pre.data.corpus = dir.join("corpus.txt").display().to_string();
-    pre.data.vocab_size = Some(400);
-    (pre.model.n_layer, pre.model.n_embd, pre.model.d_ff) = (2, 32, Some(64));
-    pre.model.block_size = 32;
-    (
-        pre.train.max_iters,
-        pre.train.eval_interval,
-        pre.train.eval_iters,
-    ) = (4, 4, 1);
-    (pre.optim.warmup_iters, pre.optim.lr_decay_iters) = (1, Some(4));
-    lm_train::Trainer::new(pre, &dir.join("pre"), candle_core::Device::Cpu)
-        .unwrap()
-        .train()
-        .unwrap();
+    use lm_train::config::FinetuneConfig;
+    let pre = pretrain_tiny_bert(dir, 32, 4);
     let mut ft = FinetuneConfig::recipe("bert-finetune-pairs").unwrap();
-    ft.finetune.init = dir.join("pre").display().to_string();
+    ft.finetune.init = pre.display().to_string();
     (ft.finetune.train_examples, ft.finetune.val_examples) = (200, 16);
     (ft.finetune.test_examples, ft.finetune.max_len) = (16, 32);
     (ft.train.max_iters, ft.train.eval_interval) = (200, 10);

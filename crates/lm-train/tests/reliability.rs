@@ -100,23 +100,7 @@ fn jsonl_task(d: &Path, train: &str, val: &str, test: &str, edits: &[(&str, &str
 fn bad_fine_tuning_data_is_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    // A tiny pretrained BERT to start from.
-    let mut pre = lm_train::config::TrainConfig::recipe("bert-mlm-nsp").unwrap();
-    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..30_000]).unwrap();
-    pre.data.corpus = d.join("corpus.txt").display().to_string();
-    pre.data.vocab_size = Some(300);
-    (pre.model.n_layer, pre.model.n_embd, pre.model.d_ff) = (1, 16, Some(32));
-    pre.model.block_size = 24;
-    (
-        pre.train.max_iters,
-        pre.train.eval_interval,
-        pre.train.eval_iters,
-    ) = (1, 1, 1);
-    (pre.optim.warmup_iters, pre.optim.lr_decay_iters) = (0, Some(1));
-    lm_train::Trainer::new(pre, &d.join("pre"), candle_core::Device::Cpu)
-        .unwrap()
-        .train()
-        .unwrap();
+    pretrain_tiny_bert(d, 24, 1);
     let init = ("init = \"runs/bert-mlm-nsp\"", "init = \"pre\"");
     let line = |t: &str, l: &str| format!("{{\"text\": \"{t}\", \"label\": \"{l}\"}}\n");
     let good = line("a", "x") + &line("b", "y");

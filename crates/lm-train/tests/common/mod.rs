@@ -103,3 +103,27 @@ pub fn losses(run: &Path) -> Vec<(u64, f32, Option<f32>)> {
         .map(|r| (r.step, r.train_loss, r.val_loss))
         .collect()
 }
+
+/// A tiny BERT (bert-mlm-nsp recipe: 2 layers, width 32, a 300-token WordPiece vocabulary)
+/// pretrained for `iters` steps on 30,000 characters of the corpus into `dir/pre`, to fine-tune
+/// from. `block_size` must cover the fine-tuning run's `max_len`.
+pub fn pretrain_tiny_bert(dir: &Path, block_size: usize, iters: u64) -> std::path::PathBuf {
+    let mut pre = lm_train::config::TrainConfig::recipe("bert-mlm-nsp").unwrap();
+    std::fs::write(
+        dir.join("corpus.txt"),
+        &lm_train::data::SHAKESPEARE[..30_000],
+    )
+    .unwrap();
+    pre.data.corpus = dir.join("corpus.txt").display().to_string();
+    pre.data.vocab_size = Some(300);
+    (pre.model.n_layer, pre.model.n_embd, pre.model.d_ff) = (2, 32, Some(64));
+    pre.model.block_size = block_size;
+    (pre.train.max_iters, pre.train.eval_interval) = (iters, iters);
+    pre.train.eval_iters = 1;
+    (pre.optim.warmup_iters, pre.optim.lr_decay_iters) = (iters / 4, Some(iters));
+    lm_train::Trainer::new(pre, &dir.join("pre"), candle_core::Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    dir.join("pre")
+}

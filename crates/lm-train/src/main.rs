@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use lm_dist::Collective;
 use lm_train::config::{Family, RunConfig};
 use lm_train::tokenizer::{TextTokenizer, TokenizerKind};
-use lm_train::trainer::{default_device, score_text, Trainer};
+use lm_train::trainer::{score_text, Trainer};
 
 /// mimalloc instead of glibc's allocator: each training step frees and reallocates ~30 MB of
 /// activations and gradients in blocks of up to a few MB, and with mimalloc the step ran 1–3 ms
@@ -381,7 +381,14 @@ fn run_trainer(
         trainer.params().num_params() as f64 / 1e6
     );
     if lead {
-        out!("{}", trainer.config().train().matmul_precision.describe());
+        out!(
+            "{}",
+            trainer
+                .config()
+                .train()
+                .matmul_precision
+                .describe_on(trainer.device())
+        );
         if let (lm_train::trainer::Work::Finetune(task), RunConfig::Finetune(c)) =
             (trainer.work(), trainer.config())
         {
@@ -557,24 +564,29 @@ fn recipes(action: Option<RecipesAction>) -> anyhow::Result<()> {
     }
 }
 
-/// `--device`: `auto` (the first GPU of the build's feature if present, else the CPU), `cpu`,
-/// `cuda[:N]` or `metal[:N]`.
-fn parse_device(spec: &str) -> anyhow::Result<Device> {
+/// `--device`: `auto` (this rank's GPU of the build's feature if present, else the CPU), `cpu`,
+/// `cuda[:N]` or `metal[:N]`; without `:N`, the GPU is the rank's `local_rank` (0 in a single
+/// process), so that `mpirun -np N` puts one rank on each GPU of a machine.
+fn parse_device(spec: &str, local_rank: usize) -> anyhow::Result<Device> {
     let (kind, index) = match spec.split_once(':') {
         Some((k, i)) => (
             k,
             i.parse::<usize>()
                 .map_err(|_| anyhow::anyhow!("--device {spec}: {i:?} is not a device number"))?,
         ),
-        None => (spec, 0),
+        None => (spec, local_rank),
     };
     Ok(match kind {
-        "auto" => default_device(),
+        "auto" => lm_kernels::device::cuda(index)
+            .or_else(|_| lm_kernels::device::metal(index))
+            .unwrap_or(Device::Cpu),
         "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(index)
-            .map_err(|e| anyhow::anyhow!("--device {spec}: {e} (build with --features cuda)"))?,
-        "metal" => Device::new_metal(index)
-            .map_err(|e| anyhow::anyhow!("--device {spec}: {e} (build with --features metal)"))?,
+        "cuda" => {
+            lm_kernels::device::cuda(index).map_err(|e| anyhow::anyhow!("--device {spec}: {e}"))?
+        }
+        "metal" => {
+            lm_kernels::device::metal(index).map_err(|e| anyhow::anyhow!("--device {spec}: {e}"))?
+        }
         other => anyhow::bail!("--device {other:?} is not cpu, cuda[:N], metal[:N] or auto"),
     })
 }
@@ -585,7 +597,7 @@ fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
             "only `train` runs on several ranks; start the other commands without mpirun"
         );
     }
-    let device = parse_device(&cli.device)?;
+    let device = parse_device(&cli.device, comm.local_rank())?;
     match cli.command {
         Command::Train(args) => train(args, comm, device),
         Command::Finetune(args) => finetune(args, device),

@@ -146,15 +146,11 @@ impl std::fmt::Debug for Trainer {
 }
 
 /// The device training runs on: the first CUDA or Metal device when built with that feature
-/// and one is present, else the CPU.
+/// and one opens (driver and libraries present), else the CPU.
 pub fn default_device() -> Device {
-    if candle_core::utils::cuda_is_available() {
-        Device::new_cuda(0).unwrap_or(Device::Cpu)
-    } else if candle_core::utils::metal_is_available() {
-        Device::new_metal(0).unwrap_or(Device::Cpu)
-    } else {
-        Device::Cpu
-    }
+    lm_kernels::device::cuda(0)
+        .or_else(|_| lm_kernels::device::metal(0))
+        .unwrap_or(Device::Cpu)
 }
 
 /// The run's tokenizer: `tokenizer_file` when given, else trained on the corpus (character-level
@@ -910,6 +906,11 @@ impl Trainer {
         self.state.step
     }
 
+    /// The device the run computes on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The run directory.
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
@@ -950,9 +951,9 @@ impl Trainer {
         }
     }
 
-    /// The configured precision of the matrix products.
+    /// The configured precision of the matrix products on this run's device.
     fn matmul_precision(&self) -> MatmulPrecision {
-        self.cfg.train().matmul_precision.resolve()
+        self.cfg.train().matmul_precision.resolve_on(&self.device)
     }
 
     /// The dropout key of micro-batch `key`: dropout masks are a function of (seed, key).

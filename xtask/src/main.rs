@@ -5,15 +5,25 @@
 //! - `demo`: the main job, the gpt-shakespeare-char recipe on the bundled corpus.
 //! - `recipe NAME [ARGS..]`: any bundled recipe, extra arguments passed to `lm-train train`.
 //! - `bench [SUITE]`: the benchmarks.
+//! - `cuda-build`: the `--features cuda` (and `nccl`) build with a pinned CUDA toolkit, on any
+//!   machine (part of `test`); `gpu-check`: the prepared check for a machine with a GPU.
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod cuda;
+
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with(args, &[])
+}
+
+/// `cargo ARGS` with extra environment variables.
+fn cargo_with(args: &[&str], env: &[(String, String)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .status()
         .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
     if !status.success() {
@@ -28,8 +38,14 @@ fn found(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
-/// The test suite, then the data-parallel tests over MPI where `mpirun` is installed.
+/// The test suite, the data-parallel tests over MPI where `mpirun` is installed, then the CUDA
+/// build (with the CUDA-only tests, which skip without a GPU).
 fn test() -> Result<()> {
+    cpu_tests()?;
+    cuda::build()
+}
+
+fn cpu_tests() -> Result<()> {
     cargo(&["test", "--workspace", "--exclude", "xtask"])?;
     let minilm = std::env::var_os("LM_TRAIN_MINILM_DIR").is_some()
         || std::path::Path::new("models/all-MiniLM-L6-v2/model.safetensors").exists();
@@ -81,7 +97,7 @@ fn recipe(name: &str, extra: &[String]) -> Result<()> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
-        bail!("usage: cargo xtask <ci|test|demo|recipe NAME|bench [SUITE]>");
+        bail!("usage: cargo xtask <ci|test|demo|recipe NAME|bench [SUITE]|cuda-build|gpu-check>");
     };
     match cmd.as_str() {
         "ci" => {
@@ -97,6 +113,8 @@ fn main() -> Result<()> {
             test()
         }
         "test" => test(),
+        "cuda-build" => cuda::build(),
+        "gpu-check" => cuda::gpu_check(args.iter().any(|a| a == "--bundle")),
         "demo" => recipe("gpt-shakespeare-char", &args[1..]),
         "recipe" => {
             let Some(name) = args.get(1) else {
@@ -109,6 +127,6 @@ fn main() -> Result<()> {
             a.extend(args[1..].iter().map(String::as_str));
             cargo(&a)
         }
-        other => bail!("unknown xtask command {other:?}; expected ci, test, demo, recipe or bench"),
+        other => bail!("unknown xtask command {other:?}; expected ci, test, demo, recipe, bench, cuda-build or gpu-check"),
     }
 }

@@ -2,8 +2,6 @@
 //! warm-up): `mpirun -np 2 target/release/examples/allreduce`. Rank 0 prints, per size, the time
 //! and the bytes per second of gradient it reduced.
 
-use lm_dist::Collective;
-
 fn main() {
     let comm = lm_dist::from_environment().expect("MPI");
     for floats in [1usize << 16, 1 << 18, 1 << 20, 800_000, 1 << 22] {

@@ -8,10 +8,13 @@
 //! - [`SingleProcess`] (always built): world size 1, every collective the identity.
 //! - `Mpi` (cargo feature `mpi`): ranks of an MPI job (`mpirun -np N …`), through rsmpi over the
 //!   system's MPI — one machine or many.
+//! - `Nccl` (cargo feature `nccl`, which needs CUDA): the ranks of an MPI job, one GPU each
+//!   (`local_rank`), reducing with NCCL; the unique id travels over MPI.
 //!
-//! [`from_environment`] picks one: MPI when built with it, else a single process — and refuses to
-//! run as one of several ranks of an MPI launch without the feature, instead of training N
-//! copies of the same run.
+//! [`from_environment`] picks one: NCCL when built with it (a world of 1 without a GPU falls back to
+//! MPI's trivial collective), MPI when
+//! built with it, else a single process — and refuses to run as one of several ranks of an MPI
+//! launch without the feature, instead of training N copies of the same run.
 //!
 //! ```
 //! use lm_dist::{Collective, SingleProcess};
@@ -26,6 +29,12 @@ mod mpi_ranks;
 
 #[cfg(feature = "mpi")]
 pub use mpi_ranks::Mpi;
+
+#[cfg(feature = "nccl")]
+mod nccl_ranks;
+
+#[cfg(feature = "nccl")]
+pub use nccl_ranks::Nccl;
 
 /// What can go wrong when setting up or running collectives.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +52,10 @@ pub enum DistError {
     /// MPI could not be initialized.
     #[error("MPI: {0}")]
     Init(String),
+    /// NCCL (or the GPU under it) failed: no driver or libnccl, no GPU for this rank, a
+    /// collective that returned an error.
+    #[error("NCCL {0}")]
+    Nccl(String),
     /// Buffers of different lengths on different ranks, or a root outside the world.
     #[error("collective {op}: {problem}")]
     Misuse {
@@ -74,6 +87,10 @@ pub trait Collective: Send + Sync {
     /// Ranks of this job on this machine (for dividing its cores between them).
     fn local_size(&self) -> usize {
         1
+    }
+    /// This rank's index among the ranks on its machine: the GPU it takes.
+    fn local_rank(&self) -> usize {
+        0
     }
     /// Ends the whole job (every rank) with exit code `code`: what a rank that failed calls, so
     /// that the others do not wait for it forever.
@@ -135,7 +152,17 @@ pub fn launcher_world() -> Option<(&'static str, usize, usize)> {
 /// a world of 1), else a single process — or [`DistError::NoMpi`] when an MPI launcher started
 /// several ranks of a build without MPI.
 pub fn from_environment() -> Result<Box<dyn Collective>> {
-    #[cfg(feature = "mpi")]
+    #[cfg(feature = "nccl")]
+    {
+        // A world of 1 without a usable GPU (a plain start on a CPU machine) goes on with MPI's
+        // trivial collective; with several ranks every rank must have its GPU, or the job stops.
+        match Nccl::initialize(Mpi::initialize()?) {
+            Ok(nccl) => Ok(Box::new(nccl)),
+            Err((_, mpi)) if mpi.world_size() == 1 => Ok(Box::new(mpi)),
+            Err((e, _)) => Err(e),
+        }
+    }
+    #[cfg(all(feature = "mpi", not(feature = "nccl")))]
     {
         Ok(Box::new(Mpi::initialize()?))
     }

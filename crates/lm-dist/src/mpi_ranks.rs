@@ -18,6 +18,7 @@ pub struct Mpi {
     rank: usize,
     size: usize,
     local: usize,
+    local_rank: usize,
 }
 
 // SAFETY: MPI is initialized with `Threading::Serialized` or better, so any thread may call it
@@ -49,11 +50,17 @@ impl Mpi {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(size);
+        let local_rank = std::env::var("OMPI_COMM_WORLD_LOCAL_RANK")
+            .or_else(|_| std::env::var("MPI_LOCALRANKID"))
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(rank % local.max(1));
         Ok(Self {
             inner: Mutex::new((world, universe)),
             rank,
             size,
             local,
+            local_rank,
         })
     }
 
@@ -72,6 +79,9 @@ impl Collective for Mpi {
     }
     fn local_size(&self) -> usize {
         self.local
+    }
+    fn local_rank(&self) -> usize {
+        self.local_rank
     }
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
         let send = buf.to_vec();

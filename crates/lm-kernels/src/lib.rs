@@ -9,9 +9,13 @@
 //! - `gemm` (internal): matrix products split by instruction set — f32 AVX-512, AVX512-BF16
 //!   (`vdpbf16ps`), AMX tiles (`tdpbf16ps`), and the gemm crate as the portable fallback, chosen
 //!   at run time.
+//! - [`gpu`]: the GPU paths of the fused ops (candle-kernels' forward kernels, closed-form
+//!   backward).
 //! - [`precision`]: the per-thread matmul precision (f32 or bf16 products with f32 accumulation).
 //! - [`threads`]: running a step on rayon's workers.
 //! - [`fastmath`]: vectorizable `exp`, `tanh`, sums and dot products.
+//! - [`device`]: opening a GPU with an error, not a panic, where the driver or a CUDA library
+//!   is missing.
 //! - [`memory`]: the allocator knob a training binary may turn.
 //! - [`peak`]: the measured f32 FMA peak of this CPU.
 //!
@@ -26,9 +30,11 @@
 //! assert!(mean.abs() < 1e-5);
 //! ```
 
+pub mod device;
 pub mod fastmath;
 mod fused;
 mod gemm;
+pub mod gpu;
 pub mod memory;
 pub mod ops;
 pub mod peak;

@@ -27,6 +27,12 @@ fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
+/// Whether the GPU kernels of [`crate::gpu`] apply: an f32 tensor on a CUDA device of a build
+/// with the `cuda` feature.
+fn on_gpu(x: &Tensor) -> bool {
+    cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == DType::F32
+}
+
 /// Layer normalization over the last dimension:
 /// `y = (x − μ) / √(σ² + ε) · γ + β`, with `μ`, `σ²` the mean and (biased) variance.
 /// One fused pass on CPU for f32, the composite form elsewhere.
@@ -37,6 +43,14 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f64) -
             &beta.contiguous()?,
             fused::LayerNorm { eps: eps as f32 },
         ),
+        #[cfg(feature = "cuda")]
+        Some(beta) if on_gpu(x) && gamma.dtype() == DType::F32 && beta.dtype() == DType::F32 => {
+            x.contiguous()?.apply_op3(
+                &gamma.contiguous()?,
+                &beta.contiguous()?,
+                crate::gpu::LayerNorm { eps: eps as f32 },
+            )
+        }
         _ => composite::layer_norm(x, gamma, beta, eps),
     }
 }
@@ -54,6 +68,11 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
             scale: 1.0,
             causal: false,
         })
+    } else if on_gpu(x) {
+        #[cfg(feature = "cuda")]
+        return x.contiguous()?.apply_op1(crate::gpu::Softmax);
+        #[cfg(not(feature = "cuda"))]
+        composite::softmax_last_dim(x)
     } else {
         composite::softmax_last_dim(x)
     }
@@ -93,6 +112,25 @@ pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tenso
     }
 }
 
+/// `a·b` (candle's batched matmul) at the thread's [`matmul_precision`] on a GPU: with `Bf16`,
+/// f32 operands are rounded to bf16 and multiplied by cuBLAS's bf16 gemm, which accumulates in
+/// f32, and the product comes back as f32 — bf16 products with f32 accumulation, as the CPU
+/// kernels do; gradients flow through the casts to the f32 masters. On the CPU (where the fused
+/// kernels apply the precision themselves) and for other dtypes it is `a.matmul(b)`.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let bf16 = !a.device().is_cpu()
+        && a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && matmul_precision() == MatmulPrecision::Bf16;
+    if bf16 {
+        a.to_dtype(DType::BF16)?
+            .matmul(&b.to_dtype(DType::BF16)?)?
+            .to_dtype(DType::F32)
+    } else {
+        a.matmul(b)
+    }
+}
+
 /// `y = x·W (+ b)` over the last axis of `x: [.., in]`, with `W` stored `[in, out]` (GPT-2's
 /// `Conv1D`) or, when `transposed`, `[out, in]` (`nn.Linear`). On CPU for f32: one gemm onto the
 /// broadcast bias, and a backward that computes `dx`, `dW`, `db` in one kernel without transposed
@@ -121,9 +159,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
     let n_in = *dims.last().unwrap_or(&1);
     let x2 = x.reshape((x.elem_count() / n_in.max(1), n_in))?;
     let y = if transposed {
-        x2.matmul(&w.t()?)?
+        matmul(&x2, &w.t()?)?
     } else {
-        x2.matmul(w)?
+        matmul(&x2, w)?
     };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
@@ -218,8 +256,8 @@ pub mod composite {
         let c = c3 / 3;
         let heads = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * c, c)?, n_head);
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-        let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
-        merge_heads(&probs.matmul(&v)?)?.reshape((b, t, c))
+        let probs = causal_softmax(&matmul(&q, &k.t()?)?, scale)?;
+        merge_heads(&matmul(&probs, &v)?)?.reshape((b, t, c))
     }
 }
 

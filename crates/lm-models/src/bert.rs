@@ -211,7 +211,7 @@ impl Layer {
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let ctx = if train && self.attn_dropout_active() {
             // Dropout on the probabilities needs them explicitly.
-            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let scores = (lm_kernels::ops::matmul(&q, &k.t()?)? * scale)?;
             let scores = match bias {
                 Some(b) => scores.broadcast_add(b)?,
                 None => scores,
@@ -219,7 +219,7 @@ impl Layer {
             let probs = self
                 .attn_dropout
                 .forward(&lm_kernels::ops::softmax_last_dim(&scores)?, train)?;
-            probs.matmul(&v)?
+            lm_kernels::ops::matmul(&probs, &v)?
         } else {
             attention(&q, &k, &v, bias, scale, false)?
         };

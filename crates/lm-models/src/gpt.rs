@@ -227,8 +227,8 @@ impl CausalSelfAttention {
             None => (k, v),
         };
         let y = if train && self.attn_dropout.rate() > 0.0 {
-            let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
-            self.attn_dropout.forward(&probs, train)?.matmul(&v)?
+            let probs = causal_softmax(&lm_kernels::ops::matmul(&q, &k.t()?)?, scale)?;
+            lm_kernels::ops::matmul(&self.attn_dropout.forward(&probs, train)?, &v)?
         } else {
             attention(&q, &k, &v, key_bias, scale, true)?
         };

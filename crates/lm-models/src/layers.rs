@@ -106,7 +106,7 @@ pub fn attention(
     scale: f64,
     causal: bool,
 ) -> Result<Tensor> {
-    let scores = q.matmul(&k.transpose(D::Minus2, D::Minus1)?)?;
+    let scores = lm_kernels::ops::matmul(q, &k.transpose(D::Minus2, D::Minus1)?)?;
     let probs = match (bias, causal) {
         (None, true) => causal_softmax(&scores, scale)?,
         (None, false) => softmax_last_dim(&(scores * scale)?)?,
@@ -119,7 +119,7 @@ pub fn attention(
             }
         }
     };
-    probs.matmul(v)
+    lm_kernels::ops::matmul(&probs, v)
 }
 
 /// The additive padding mask `[b, 1, 1, t]` for an attention mask `[b, t]` of 1 (attend) and 0

@@ -74,7 +74,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> R
             got: format!("{} positions", targets.dim(0)?),
         });
     }
-    if cfg.label_smoothing == 0.0 && logits.device().is_cpu() && logits.dtype() == DType::F32 {
+    let fused_here =
+        logits.device().is_cpu() || (cfg!(feature = "cuda") && logits.device().is_cuda());
+    if cfg.label_smoothing == 0.0 && fused_here && logits.dtype() == DType::F32 {
         return fused_cross_entropy(&logits, &targets, cfg);
     }
     let counted = targets.ne(cfg.ignore_index)?;
@@ -143,17 +145,23 @@ fn fused_cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) ->
         });
     }
     let count = ids.iter().filter(|&&t| t != cfg.ignore_index).count();
-    let per_token = logits.contiguous()?.apply_op2(
-        &targets,
-        FusedNll {
-            ignore_index: cfg.ignore_index,
-        },
-    )?;
+    let per_token = nll_rows(logits, &targets, cfg.ignore_index)?;
     let total = per_token.sum_all()?;
     Ok(match cfg.reduction {
         Reduction::Sum => total,
         Reduction::Mean => (total / count.max(1) as f64)?,
     })
+}
+
+/// Per-row `−log softmax(z)[y]`: this crate's fused CPU kernel, or lm-kernels' CUDA kernels.
+fn nll_rows(logits: &Tensor, targets: &Tensor, ignore_index: i64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if logits.device().is_cuda() {
+        return Ok(lm_kernels::gpu::nll_rows(logits, targets, ignore_index)?);
+    }
+    Ok(logits
+        .contiguous()?
+        .apply_op2(targets, FusedNll { ignore_index })?)
 }
 
 /// Per-row `−log softmax(z)[y]` in one pass (0 on ignored rows); backward `(softmax(z) − onehot(y))·g`.

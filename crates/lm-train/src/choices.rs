@@ -201,6 +201,34 @@ impl Precision {
         }
     }
 
+    /// The precision on `device`: on a GPU `auto` is bf16 (cuBLAS's bf16 gemm on tensor cores,
+    /// f32 accumulation and f32 masters); on the CPU, [`Self::resolve`].
+    pub fn resolve_on(
+        self,
+        device: &candle_core::Device,
+    ) -> lm_kernels::precision::MatmulPrecision {
+        use lm_kernels::precision::MatmulPrecision;
+        match (self, device.is_cuda()) {
+            (Self::Auto, true) => MatmulPrecision::Bf16,
+            _ => self.resolve(),
+        }
+    }
+
+    /// One line on what this precision means on `device`: see [`Self::describe`] for the CPU.
+    pub fn describe_on(self, device: &candle_core::Device) -> String {
+        if device.is_cuda() {
+            match self.resolve_on(device) {
+                lm_kernels::precision::MatmulPrecision::Bf16 => {
+                    "matmul precision: bf16 products (cuBLAS, f32 accumulation), f32 master weights"
+                        .into()
+                }
+                _ => "matmul precision: f32 (cuBLAS)".into(),
+            }
+        } else {
+            self.describe()
+        }
+    }
+
     /// One line on what this precision means on this machine: what `auto` chose, or that an
     /// explicit `bf16` is slower here and why.
     pub fn describe(self) -> String {

@@ -331,6 +331,77 @@ fn train_step_at(
     Ok(())
 }
 
+/// `lm-bench gpu [BATCH] [STEPS]`: GPT-2 small (124 M, context 1024) training steps on CUDA
+/// device 0 with bf16 products and f32 masters (AdamW, grad clip 1.0, no dropout: nanoGPT's GPU
+/// recipe). Prints tokens/s and MFU against the GPU's dense bf16 peak (`LM_BENCH_PEAK_TFLOPS`,
+/// default 989, the H100/H200 SXM figure), and writes them as JSON to `$LM_BENCH_JSON` if set.
+fn gpu_step(batch: usize, steps: usize) -> Result<()> {
+    use lm_kernels::precision::{set_matmul_precision, MatmulPrecision};
+    use lm_models::gpt::{Gpt, GptConfig};
+    use lm_models::ParamStore;
+    use lm_objectives::loss::{cross_entropy, CrossEntropy};
+    let device = lm_kernels::device::cuda(0).map_err(|e| anyhow::anyhow!("gpu suite: {e}"))?;
+    set_matmul_precision(MatmulPrecision::Bf16);
+    // nanoGPT pads GPT-2's 50257 tokens to 50304, a multiple of 64, for the gemm tiles.
+    let cfg = GptConfig {
+        vocab_size: 50304,
+        ..GptConfig::gpt2_small()
+    };
+    let t = cfg.n_positions;
+    let store = ParamStore::new(1337);
+    let model = Gpt::new(&cfg, store.var_builder(candle_core::DType::F32, &device))?;
+    let mut opt = Adam::new(
+        vec![ParamGroup::new("all", store.vars(), 0.1)],
+        AdamConfig::adamw(),
+    )?;
+    let mut rng = Rng::seed_from_u64(7);
+    let tokens: Vec<u32> = (0..batch * (t + 1))
+        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+        .collect();
+    let seq = Tensor::from_vec(tokens, (batch, t + 1), &device)?;
+    let x = seq.narrow(1, 0, t)?.contiguous()?;
+    let y = seq
+        .narrow(1, 1, t)?
+        .to_dtype(candle_core::DType::I64)?
+        .contiguous()?;
+    let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
+    let mut step = || -> Result<f32> {
+        let loss = cross_entropy(&model.forward(&x)?, &y, &CrossEntropy::default())?;
+        let mut grads = loss.backward()?;
+        lm_optim::clip::clip_grad_norm(&mut grads, &vars, 1.0)?;
+        opt.step(&grads, 6e-4)?;
+        Ok(loss.to_scalar::<f32>()?)
+    };
+    let first = step()?;
+    device.synchronize()?;
+    let secs = median_secs(3, || {
+        for _ in 0..steps {
+            step().unwrap();
+        }
+        device.synchronize().unwrap();
+    }) / steps as f64;
+    let tok_s = (batch * t) as f64 / secs;
+    let peak = std::env::var("LM_BENCH_PEAK_TFLOPS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(989.0)
+        * 1e12;
+    let mfu = cfg.flops_per_token(t) * tok_s / peak;
+    println!(
+        "gpu         GPT-2 small, batch {batch}×{t}, bf16 products   {:.1} ms/step   {tok_s:.0} tok/s, MFU {:.1}% of {:.0} TFLOP/s (first loss {first:.3})",
+        secs * 1e3,
+        100.0 * mfu,
+        peak / 1e12
+    );
+    if let Ok(path) = std::env::var("LM_BENCH_JSON") {
+        let v = json!({"what": "lm-train GPT-2 small step, bf16 products, f32 masters",
+            "batch": batch, "context": t, "step_s": secs, "tokens_per_s": tok_s, "mfu": mfu,
+            "peak_flops": peak, "first_loss": first});
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
+    }
+    Ok(())
+}
+
 /// "2 × Intel(R) Xeon(R) Processor (AVX-512, AVX512-BF16, AMX-BF16)", from /proc/cpuinfo.
 fn cpu_description() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -379,6 +450,10 @@ fn utc_date() -> String {
 fn main() -> Result<()> {
     lm_kernels::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "gpu") {
+        let num = |i: usize, d: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
+        return gpu_step(num(1, 8), num(2, 10));
+    }
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
     let mut r = Report {
         rows: vec![],

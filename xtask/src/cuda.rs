@@ -292,6 +292,26 @@ pub fn build() -> Result<()> {
     }
 }
 
+/// `cargo clippy -D warnings` over the code behind the `cuda` and `nccl` features (part of
+/// `cargo xtask ci`; skipped with a line where no toolkit can be had).
+pub fn clippy() -> Result<()> {
+    let Some(tc) = Toolchain::find_or_install(false)? else {
+        println!("skipped: clippy of the CUDA code: no CUDA toolkit (nvcc) and no python3");
+        return Ok(());
+    };
+    let mut args = vec!["clippy", "--target-dir", CUDA_TARGET_DIR, "--all-targets"];
+    for p in CUDA_PACKAGES {
+        args.extend(["-p", p]);
+    }
+    let mut features: Vec<String> = CUDA_PACKAGES.iter().map(|p| format!("{p}/cuda")).collect();
+    if found("mpicc") || found("mpirun") {
+        features.push("lm-train/nccl".into());
+    }
+    let features = features.join(",");
+    args.extend(["--features", &features, "--", "-D", "warnings"]);
+    cargo_with(&args, &tc.env())
+}
+
 /// Folders of the CUDA libraries that pip wheels put under a python's site-packages
 /// (`nvidia/cu13/lib`, `nvidia/cublas/lib`, …): where PyTorch's GPU machines keep cuBLAS,
 /// cuRAND, NVRTC and NCCL.

@@ -1,6 +1,6 @@
 //! Project chores, run as `cargo xtask <command>`:
 //!
-//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings`, then the tests.
+//! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings` (also over the CUDA code), then the tests.
 //! - `test`: the whole test suite (what `.ci/run` runs).
 //! - `demo`: the main job, the gpt-shakespeare-char recipe on the bundled corpus.
 //! - `recipe NAME [ARGS..]`: any bundled recipe, extra arguments passed to `lm-train train`.
@@ -110,6 +110,7 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            cuda::clippy()?;
             test()
         }
         "test" => test(),

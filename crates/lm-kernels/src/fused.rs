@@ -480,6 +480,135 @@ impl CustomOp3 for LayerNormGrad {
     }
 }
 
+/// RMS normalization over the last dimension (T5): `y = x·r·γ`, `r = 1/√(mean(x²) + ε)`.
+pub(crate) struct RmsNorm {
+    pub eps: f32,
+}
+
+/// `r = 1/√(mean(x²) + ε)` of one row.
+fn row_rms_inv(x: &[f32], eps: f32) -> f32 {
+    let ms = fastmath::dot(x, x) / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "rms-norm x")?;
+        let gamma = slice(s2, l2, "rms-norm gamma")?;
+        let c = last_dim(l1);
+        if gamma.len() != c {
+            candle_core::bail!("rms-norm: gamma needs {c} elements")
+        }
+        let mut y = output_buffer(x.len());
+        let rows = ROWS_PER_TASK * c;
+        y.par_chunks_mut(rows)
+            .zip(x.par_chunks(rows))
+            .for_each(|(y, x)| {
+                simd(|| {
+                    for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
+                        let r = row_rms_inv(xr, self.eps);
+                        for ((yv, &xv), &g) in yr.iter_mut().zip(xr).zip(gamma) {
+                            *yv = xv * r * g;
+                        }
+                    }
+                })
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, c) = (x.elem_count(), gamma.elem_count());
+        // One kernel computes both gradients, packed as [dx (n) | dγ (c)].
+        let packed =
+            x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &RmsNormGrad { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dgamma = packed.narrow(0, n, c)?.reshape(gamma.shape())?;
+        Ok((Some(dx), Some(dgamma)))
+    }
+}
+
+/// With `x̂ = x·r` and `d = g ⊙ γ`: `dx = r·(d − x̂·mean(d ⊙ x̂))` (from `∂r/∂xⱼ = −r³xⱼ/c`),
+/// `dγ = Σ_rows g ⊙ x̂`.
+struct RmsNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "rms-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "rms-norm-grad x")?;
+        let gamma = slice(s2, l2, "rms-norm-grad gamma")?;
+        let g = slice(s3, l3, "rms-norm-grad g")?;
+        let (n, c) = (x.len(), gamma.len());
+        let mut out = output_buffer(n + c);
+        out[n..].fill(0.0);
+        let (dx, dgamma) = out.split_at_mut(n);
+        let rows = ROWS_PER_TASK * c;
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(rows)
+            .zip(x.par_chunks(rows).zip(g.par_chunks(rows)))
+            .map(|(dx, (x, g))| {
+                let mut part = vec![0f32; c];
+                let (mut xhat, mut dh) = (vec![0f32; c], vec![0f32; c]);
+                simd(|| {
+                    for ((xr, gr), dr) in x
+                        .chunks_exact(c)
+                        .zip(g.chunks_exact(c))
+                        .zip(dx.chunks_exact_mut(c))
+                    {
+                        let r = row_rms_inv(xr, self.eps);
+                        for (h, &xv) in xhat.iter_mut().zip(xr) {
+                            *h = xv * r;
+                        }
+                        for ((d, &gv), &gm) in dh.iter_mut().zip(gr).zip(gamma) {
+                            *d = gv * gm;
+                        }
+                        let mean_dx = fastmath::dot(&dh, &xhat) / c as f32;
+                        for ((out, &d), &h) in dr.iter_mut().zip(&dh).zip(&xhat) {
+                            *out = r * (d - h * mean_dx);
+                        }
+                        for ((p, &gv), &h) in part.iter_mut().zip(gr).zip(&xhat) {
+                            *p += gv * h;
+                        }
+                    }
+                });
+                part
+            })
+            .collect();
+        for part in partials {
+            dgamma.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n + c)))
+    }
+}
+
 // ---------------------------------------------------------------- causal self-attention
 
 /// Causal multi-head self-attention straight from the packed projection `qkv: [b, t, 3·h·d]`

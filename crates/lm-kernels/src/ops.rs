@@ -56,9 +56,14 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f64) -
 }
 
 /// RMS normalization over the last dimension (T5): `y = x / √(mean(x²) + ε) · γ`, no mean, no bias.
+/// One fused pass on CPU for f32 (and one for its backward), the composite form elsewhere.
 pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(gamma)
+    if fused(x) && gamma.dtype() == DType::F32 {
+        x.contiguous()?
+            .apply_op2(&gamma.contiguous()?, fused::RmsNorm { eps: eps as f32 })
+    } else {
+        composite::rms_norm(x, gamma, eps)
+    }
 }
 
 /// Softmax over the last dimension.
@@ -209,6 +214,12 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// device and dtype, and are the reference the fused kernels are tested against.
 pub mod composite {
     use super::*;
+
+    /// RMS norm from the mean square and broadcasts.
+    pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(gamma)
+    }
 
     /// Layer norm from mean, variance and broadcasts.
     pub fn layer_norm(

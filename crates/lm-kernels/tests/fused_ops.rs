@@ -84,6 +84,19 @@ fn fused_layer_norm_equals_composite() {
 }
 
 #[test]
+fn fused_rms_norm_equals_composite() {
+    // 150 rows: more than one parallel chunk of rows, so the partial dγ are summed.
+    let x = (randn(&[3, 50, 48], 7, 2.0) + 0.7).unwrap();
+    let gamma = (randn(&[48], 8, 0.3) + 1.0).unwrap();
+    assert_same(
+        |t| ops::rms_norm(&t[0], &t[1], 1e-6),
+        |t| composite::rms_norm(&t[0], &t[1], 1e-6),
+        &[x, gamma],
+        2e-5,
+    );
+}
+
+#[test]
 fn fused_softmax_equals_composite() {
     let x = randn(&[4, 7, 33], 4, 3.0);
     assert_same(

@@ -68,6 +68,12 @@ fn fused_kernels_stay_faster_than_their_composite_forms() {
         &x,
     );
     let ge = ratio("gelu", ops::gelu, composite::gelu, &x);
+    let rms = ratio(
+        "rms norm",
+        |t| ops::rms_norm(t, &g, 1e-6),
+        |t| composite::rms_norm(t, &g, 1e-6),
+        &x,
+    );
     // GPT's attention from the packed qkv [batch 12, time 64, 3·128], 4 heads, and a linear layer
     // 128 → 512 with bias, at the gpt-shakespeare-char recipe's shapes.
     let qkv = Var::from_tensor(
@@ -100,6 +106,7 @@ fn fused_kernels_stay_faster_than_their_composite_forms() {
     );
     for (name, r) in [
         ("layer norm", ln),
+        ("rms norm", rms),
         ("causal softmax", sm),
         ("gelu", ge),
         ("causal attention", at),

@@ -235,6 +235,62 @@ impl CustomOp2 for GeluTanhGrad {
     }
 }
 
+// ---------------------------------------------------------------- GELU (exact, erf)
+
+/// The exact GELU `x·Φ(x) = ½x(1 + erf(x/√2))` (BERT, BART), with `fastmath::erf`.
+pub(crate) struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "gelu-erf")?;
+        let y = par_map2(x, x, |x, _| {
+            0.5 * x * (1.0 + fastmath::erf(x * std::f32::consts::FRAC_1_SQRT_2))
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluErfGrad)?,
+        ))
+    }
+}
+
+/// `d/dx x·Φ(x) = Φ(x) + x·φ(x)`, `φ(x) = e^{−x²/2}/√(2π)`, times the incoming gradient.
+struct GeluErfGrad;
+
+impl CustomOp2 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "gelu-erf-grad x")?;
+        let g = slice(s2, l2, "gelu-erf-grad g")?;
+        if x.len() != g.len() {
+            candle_core::bail!("gelu-erf-grad: x has {} elements, g {}", x.len(), g.len())
+        }
+        // 1/√(2π)
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let dx = par_map2(x, g, |x, g| {
+            let cdf = 0.5 * (1.0 + fastmath::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = INV_SQRT_2PI * fastmath::exp(-0.5 * x * x);
+            (cdf + x * pdf) * g
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
 // ---------------------------------------------------------------- softmax, optionally causal
 
 /// Softmax over the last dimension of `scale · x`. With `causal`, row `i` of each `[q, k]` matrix
@@ -851,6 +907,234 @@ impl CustomOp2 for CausalAttentionGrad {
                     mm_causal(bf16, dk, rs3, dst, q, (t, t, d), 1.0, Tri::UpperA);
                     let dv = &mut dqkv[2 * c + head * d..];
                     mm_causal(bf16, dv, rs3, pt, dy_h, (t, t, d), 1.0, Tri::UpperA);
+                }
+            });
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------- bidirectional attention
+
+/// Bidirectional multi-head self-attention (BERT, RoBERTa) from the packed projection
+/// `qkv: [b, t, 3·h·d]` to the merged heads `[b, t, h·d]`:
+/// `Y = (softmax(scale·QKᵀ + key_bias) ⊙ keep) V` per head, where `key_bias [b, t]` is the
+/// additive padding mask of each sequence's keys and `keep [b, h, t, t]` the dropout mask on the
+/// probabilities (0 or `1/(1−p)`), both constants. Per (sequence, head), gemm calls on strided
+/// views of `qkv`, sequences in parallel, the probabilities kept for the backward — as in
+/// [`CausalAttention`], whose layout helpers it shares.
+pub(crate) struct BiAttention {
+    pub n_head: usize,
+    pub scale: f32,
+    pub bf16: bool,
+    pub key_bias: Option<Arc<Vec<f32>>>,
+    pub keep: Option<Arc<Vec<f32>>>,
+    /// The forward's probabilities `[b, h, t, t]` before dropout.
+    pub probs: std::sync::Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl BiAttention {
+    /// Checks the constants' sizes against `qkv`'s and returns the call's sizes.
+    fn dims(&self, l: &Layout) -> Result<(usize, AttnDims)> {
+        let (b, dims) = AttnDims::of(l, self.n_head)?;
+        let t = dims.t;
+        if self.key_bias.as_ref().is_some_and(|kb| kb.len() != b * t) {
+            candle_core::bail!("attention: key bias needs {b}·{t} values")
+        }
+        if self
+            .keep
+            .as_ref()
+            .is_some_and(|m| m.len() != b * dims.h * t * t)
+        {
+            candle_core::bail!("attention: dropout mask needs [{b}, {}, {t}, {t}]", dims.h)
+        }
+        Ok((b, dims))
+    }
+}
+
+/// `P = softmax(scale·QKᵀ + key_bias)` of head `head` of sequence `bi` into `p` (`t × t`).
+fn bi_attn_probs(
+    op: &BiAttention,
+    qkv: &[f32],
+    dims: AttnDims,
+    (bi, head): (usize, usize),
+    p: &mut [f32],
+) {
+    let AttnDims { t, d, .. } = dims;
+    let (q, kt) = (dims.part(qkv, 0, head), dims.part_t(qkv, 1, head));
+    mm_causal(op.bf16, p, t, q, kt, (t, d, t), op.scale, Tri::Full);
+    let bias = op.key_bias.as_ref().map(|kb| &kb[bi * t..(bi + 1) * t]);
+    simd(|| {
+        for row in p.chunks_exact_mut(t) {
+            if let Some(bias) = bias {
+                row.iter_mut().zip(bias).for_each(|(r, &b)| *r += b);
+            }
+            let max = fastmath::max(row);
+            for r in row.iter_mut() {
+                *r = fastmath::exp(*r - max);
+            }
+            let inv = 1.0 / fastmath::sum(row);
+            row.iter_mut().for_each(|r| *r *= inv);
+        }
+    })
+}
+
+/// `out = p ⊙ keep` for one head's `t × t` block (or `p` itself without dropout).
+fn dropped<'a>(p: &'a [f32], keep: Option<&[f32]>, out: &'a mut [f32]) -> &'a [f32] {
+    match keep {
+        Some(keep) => {
+            simd(|| {
+                for ((o, &pv), &kv) in out.iter_mut().zip(p).zip(keep) {
+                    *o = pv * kv;
+                }
+            });
+            out
+        }
+        None => p,
+    }
+}
+
+impl CustomOp1 for BiAttention {
+    fn name(&self) -> &'static str {
+        "bi-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = slice(s, l, "attention qkv")?;
+        let (b, dims) = self.dims(l)?;
+        let AttnDims { t, h, d } = dims;
+        let c = dims.c();
+        let mut y = output_buffer(b * t * c);
+        let mut probs = output_buffer(b * h * t * t);
+        y.par_chunks_mut(t * c)
+            .zip(qkv.par_chunks(t * 3 * c))
+            .zip(probs.par_chunks_mut(h * t * t))
+            .enumerate()
+            .for_each(|(bi, ((y, qkv), probs))| {
+                let mut scratch = vec![0f32; t * t];
+                for (head, p) in probs.chunks_exact_mut(t * t).enumerate() {
+                    bi_attn_probs(self, qkv, dims, (bi, head), p);
+                    let keep = self
+                        .keep
+                        .as_ref()
+                        .map(|m| &m[(bi * h + head) * t * t..][..t * t]);
+                    let pd = dropped(p, keep, &mut scratch);
+                    let v = dims.part(qkv, 2, head);
+                    let y = &mut y[head * d..];
+                    mm_causal(
+                        self.bf16,
+                        y,
+                        c,
+                        Mat::rows(pd, t),
+                        v,
+                        (t, t, d),
+                        1.0,
+                        Tri::Full,
+                    );
+                }
+            });
+        if let Ok(mut kept) = self.probs.lock() {
+            *kept = Some(Arc::new(probs));
+        }
+        Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = BiAttention {
+            n_head: self.n_head,
+            scale: self.scale,
+            bf16: self.bf16,
+            key_bias: self.key_bias.clone(),
+            keep: self.keep.clone(),
+            probs: std::sync::Mutex::new(self.probs.lock().ok().and_then(|p| p.clone())),
+        };
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &BiAttentionGrad(op),
+        )?))
+    }
+}
+
+/// With `P` from the forward (recomputed if absent), `P' = P ⊙ keep` and `dY`, per head:
+/// `dV = P'ᵀ dY`, `dP = (dY Vᵀ) ⊙ keep`, `dS = scale·P ⊙ (dP − rowsum(P ⊙ dP))`,
+/// `dQ = dS K`, `dK = dSᵀ Q`, written into `dqkv` laid out like `qkv`.
+struct BiAttentionGrad(BiAttention);
+
+impl CustomOp2 for BiAttentionGrad {
+    fn name(&self) -> &'static str {
+        "bi-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = &self.0;
+        let qkv = slice(s1, l1, "attention-grad qkv")?;
+        let dy = slice(s2, l2, "attention-grad dy")?;
+        let (b, dims) = op.dims(l1)?;
+        let AttnDims { t, h, d } = dims;
+        let c = dims.c();
+        if dy.len() != b * t * c {
+            candle_core::bail!(
+                "attention-grad: dy has {} elements, expected {}",
+                dy.len(),
+                b * t * c
+            )
+        }
+        let (scale, bf16) = (op.scale, op.bf16);
+        let kept = op.probs.lock().ok().and_then(|p| p.clone());
+        let kept = kept.as_deref().filter(|p| p.len() == b * h * t * t);
+        let mut dqkv = output_buffer(qkv.len());
+        dqkv.par_chunks_mut(t * 3 * c)
+            .zip(qkv.par_chunks(t * 3 * c))
+            .zip(dy.par_chunks(t * c))
+            .enumerate()
+            .for_each(|(bi, ((dqkv, qkv), dy))| {
+                let (mut recomputed, mut ds, mut pd) =
+                    (vec![0f32; t * t], vec![0f32; t * t], vec![0f32; t * t]);
+                for head in 0..h {
+                    let p: &[f32] = match kept {
+                        Some(all) => &all[(bi * h + head) * t * t..][..t * t],
+                        None => {
+                            bi_attn_probs(op, qkv, dims, (bi, head), &mut recomputed);
+                            &recomputed
+                        }
+                    };
+                    let keep = op
+                        .keep
+                        .as_ref()
+                        .map(|m| &m[(bi * h + head) * t * t..][..t * t]);
+                    let dy_h = Mat {
+                        data: &dy[head * d..],
+                        cs: 1,
+                        rs: c as isize,
+                    };
+                    let vt = dims.part_t(qkv, 2, head);
+                    mm_causal(bf16, &mut ds, t, dy_h, vt, (t, d, t), 1.0, Tri::Full);
+                    simd(|| {
+                        if let Some(keep) = keep {
+                            ds.iter_mut().zip(keep).for_each(|(o, &k)| *o *= k);
+                        }
+                        for (pr, dr) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)) {
+                            let dot = fastmath::dot(pr, dr);
+                            for (o, &pij) in dr.iter_mut().zip(pr) {
+                                *o = scale * pij * (*o - dot);
+                            }
+                        }
+                    });
+                    let pd = dropped(p, keep, &mut pd);
+                    let (dsm, dst, pt) = (Mat::rows(&ds, t), Mat::cols(&ds, t), Mat::cols(pd, t));
+                    let (q, k) = (dims.part(qkv, 0, head), dims.part(qkv, 1, head));
+                    let rs3 = 3 * c;
+                    let dq = &mut dqkv[head * d..];
+                    mm_causal(bf16, dq, rs3, dsm, k, (t, t, d), 1.0, Tri::Full);
+                    let dk = &mut dqkv[c + head * d..];
+                    mm_causal(bf16, dk, rs3, dst, q, (t, t, d), 1.0, Tri::Full);
+                    let dv = &mut dqkv[2 * c + head * d..];
+                    mm_causal(bf16, dv, rs3, pt, dy_h, (t, t, d), 1.0, Tri::Full);
                 }
             });
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))

@@ -4,6 +4,8 @@
 //! are fused CPU kernels with their own backward (f32 on CPU) and, elsewhere, chains of candle ops
 //! that all have one.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::fused;
@@ -83,9 +85,14 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The exact GELU, `x·Φ(x)` (BERT, BART), with candle's erf-based op and its backward.
+/// The exact GELU, `x·Φ(x)` (BERT, BART): one fused pass each way on CPU for f32 (erf to
+/// 1.5e−7), candle's erf-based op elsewhere.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    if fused(x) {
+        x.contiguous()?.apply_op1(fused::GeluErf)
+    } else {
+        composite::gelu_erf(x)
+    }
 }
 
 /// Causal attention probabilities from raw scores `[.., q, k]`: `softmax(scale·s + M)` where `M`
@@ -114,6 +121,39 @@ pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tenso
         ))
     } else {
         composite::causal_attention(qkv, n_head, scale)
+    }
+}
+
+/// Bidirectional multi-head self-attention (BERT) from the packed projection
+/// `qkv: [b, t, 3·d]` (`[q | k | v]`) to the merged heads `[b, t, d]`:
+/// `(softmax(scale·QKᵀ + key_bias) ⊙ keep) V` per head. `key_bias [b, t]` is added to every
+/// query's scores for each key (the padding mask: 0, or a large negative number on padding);
+/// `keep [b, h, t, t]` is the dropout mask on the probabilities (0 or `1/(1−p)`). Neither gets a
+/// gradient. One fused kernel on CPU for f32 (probabilities kept for the backward), the
+/// composite form elsewhere.
+pub fn self_attention(
+    qkv: &Tensor,
+    n_head: usize,
+    scale: f64,
+    key_bias: Option<&Tensor>,
+    keep: Option<&Tensor>,
+) -> Result<Tensor> {
+    if fused(qkv) {
+        let host = |t: &Tensor| -> Result<Arc<Vec<f32>>> {
+            Ok(Arc::new(
+                t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            ))
+        };
+        qkv.contiguous()?.apply_op1(fused::BiAttention {
+            n_head,
+            scale: scale as f32,
+            bf16: matmul_precision() == MatmulPrecision::Bf16,
+            key_bias: key_bias.map(host).transpose()?,
+            keep: keep.map(host).transpose()?,
+            probs: std::sync::Mutex::new(None),
+        })
+    } else {
+        composite::self_attention(qkv, n_head, scale, key_bias, keep)
     }
 }
 
@@ -215,6 +255,11 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 pub mod composite {
     use super::*;
 
+    /// The exact GELU through candle's `gelu_erf` op (its backward: candle's ops).
+    pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+        x.gelu_erf()
+    }
+
     /// RMS norm from the mean square and broadcasts.
     pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64) -> Result<Tensor> {
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -259,6 +304,29 @@ pub mod composite {
         let (q, k) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
         let mask = causal_mask(q, k, scores.dtype(), scores.device())?;
         softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)
+    }
+
+    /// Split the heads, add the key bias to the scaled scores, softmax, drop, merge the heads.
+    pub fn self_attention(
+        qkv: &Tensor,
+        n_head: usize,
+        scale: f64,
+        key_bias: Option<&Tensor>,
+        keep: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, t, c3) = qkv.dims3()?;
+        let c = c3 / 3;
+        let heads = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * c, c)?, n_head);
+        let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+        let mut scores = (matmul(&q, &k.t()?)? * scale)?;
+        if let Some(kb) = key_bias {
+            scores = scores.broadcast_add(&kb.reshape((b, 1, 1, t))?.to_dtype(qkv.dtype())?)?;
+        }
+        let mut probs = softmax_last_dim(&scores)?;
+        if let Some(keep) = keep {
+            probs = (probs * keep.to_dtype(qkv.dtype())?)?;
+        }
+        merge_heads(&matmul(&probs, &v)?)?.reshape((b, t, c))
     }
 
     /// Split the heads, attend causally, merge the heads.

@@ -84,6 +84,58 @@ fn fused_layer_norm_equals_composite() {
 }
 
 #[test]
+fn fused_bidirectional_attention_equals_composite_with_padding_and_dropout() {
+    // 3 sequences of 20, 4 heads of width 6; the second sequence's last 5 keys are padding,
+    // and a dropout mask (rate 0.25, kept entries scaled by 4/3) on the probabilities.
+    let (b, t, h, c) = (3usize, 20usize, 4usize, 24usize);
+    let qkv = randn(&[b, t, 3 * c], 11, 1.0);
+    let bias: Vec<f32> = (0..b * t)
+        .map(|i| {
+            if i / t == 1 && i % t >= 15 {
+                f32::MIN
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let bias = Tensor::from_vec(bias, (b, t), &Device::Cpu).unwrap();
+    let keep: Vec<f32> = (0..b * h * t * t)
+        .map(|i| {
+            if (i * 2654435761usize) % 4 == 0 {
+                0.0
+            } else {
+                4.0 / 3.0
+            }
+        })
+        .collect();
+    let keep = Tensor::from_vec(keep, (b, h, t, t), &Device::Cpu).unwrap();
+    for (kb, kp) in [
+        (None, None),
+        (Some(&bias), None),
+        (Some(&bias), Some(&keep)),
+    ] {
+        assert_same(
+            |x| ops::self_attention(&x[0], h, 0.4, kb, kp),
+            |x| composite::self_attention(&x[0], h, 0.4, kb, kp),
+            &[qkv.clone()],
+            2e-5,
+        );
+    }
+}
+
+#[test]
+fn fused_exact_gelu_equals_composite() {
+    // Wide enough for both tails (|x| up to ~12, where erf saturates and φ underflows).
+    let x = randn(&[4, 9, 50], 9, 4.0);
+    assert_same(
+        |t| ops::gelu_erf(&t[0]),
+        |t| composite::gelu_erf(&t[0]),
+        &[x],
+        1e-5,
+    );
+}
+
+#[test]
 fn fused_rms_norm_equals_composite() {
     // 150 rows: more than one parallel chunk of rows, so the partial dγ are summed.
     let x = (randn(&[3, 50, 48], 7, 2.0) + 0.7).unwrap();

@@ -19,7 +19,7 @@ use crate::layers::{
 };
 use crate::params::ParamStore;
 use crate::seq2seq::{EncoderDecoder, GenerationConfig};
-use lm_kernels::ops::{add_bias, gelu_erf};
+use lm_kernels::ops::{add_bias, gelu_erf, residual_add};
 
 /// BART hyperparameters, with HuggingFace `BartConfig` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,7 +259,8 @@ impl FeedForward {
         let f = self
             .fc2
             .forward(&act_drop.forward(&gelu_erf(&self.fc1.forward(h)?)?, train)?)?;
-        self.ln.forward(&(h + drop.forward(&f, train)?)?)
+        self.ln
+            .forward(&residual_add(h, &drop.forward(&f, train)?)?)
     }
 }
 
@@ -437,7 +438,7 @@ impl EncoderDecoder for Bart {
             let a = l.attn.attend(&h, &k, &v, bias.as_ref(), false)?;
             let h2 = l
                 .attn_ln
-                .forward(&(&h + self.dropout.forward(&a, train)?)?)?;
+                .forward(&residual_add(&h, &self.dropout.forward(&a, train)?)?)?;
             h = l
                 .ffn
                 .forward(&h2, &self.dropout, &self.act_dropout, train)?;
@@ -471,7 +472,7 @@ impl EncoderDecoder for Bart {
             let a = l.self_attn.attend(&h, &k, &v, None, true)?;
             let h1 = l
                 .self_ln
-                .forward(&(&h + self.dropout.forward(&a, train)?)?)?;
+                .forward(&residual_add(&h, &self.dropout.forward(&a, train)?)?)?;
             let (ck, cv) = match cache.as_deref_mut() {
                 Some(c) => c.cross(i, || l.cross_attn.kv(encoder))?,
                 None => l.cross_attn.kv(encoder)?,

@@ -14,11 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::layers::Dropout;
-use crate::layers::{
-    attention, embedding, lookup, merge_heads, padding_bias, split_heads, LayerNorm, Linear,
-};
+use crate::layers::{embedding, lookup, padding_bias, LayerNorm, Linear};
 use crate::params::ParamStore;
-use lm_kernels::ops::add_bias;
+use lm_kernels::ops::{add_bias, gelu_erf, residual_add, self_attention};
 
 /// BERT hyperparameters, with HuggingFace `BertConfig` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,35 +201,29 @@ impl Layer {
         bias: Option<&Tensor>,
         train: bool,
     ) -> candle_core::Result<Tensor> {
-        let (q, k, v) = (
-            split_heads(&self.query.forward(x)?, self.heads)?,
-            split_heads(&self.key.forward(x)?, self.heads)?,
-            split_heads(&self.value.forward(x)?, self.heads)?,
-        );
-        let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        let ctx = if train && self.attn_dropout_active() {
-            // Dropout on the probabilities needs them explicitly.
-            let scores = (lm_kernels::ops::matmul(&q, &k.t()?)? * scale)?;
-            let scores = match bias {
-                Some(b) => scores.broadcast_add(b)?,
-                None => scores,
-            };
-            let probs = self
-                .attn_dropout
-                .forward(&lm_kernels::ops::softmax_last_dim(&scores)?, train)?;
-            lm_kernels::ops::matmul(&probs, &v)?
+        // One product for query, key and value, then the fused attention straight from it.
+        let qkv = Linear::forward_packed(&[&self.query, &self.key, &self.value], x)?;
+        let (b, t, _) = qkv.dims3()?;
+        let scale = 1.0 / ((qkv.dim(2)? / 3 / self.heads) as f64).sqrt();
+        // The padding bias [b, 1, 1, t] as one value per key.
+        let key_bias = bias.map(|kb| kb.reshape((b, t))).transpose()?;
+        // Dropout on the probabilities: the layer's mask for a [b, h, t, t] tensor.
+        let keep = if train && self.attn_dropout_active() {
+            let ones = Tensor::ones((b, self.heads, t, t), qkv.dtype(), qkv.device())?;
+            Some(self.attn_dropout.forward(&ones, train)?)
         } else {
-            attention(&q, &k, &v, bias, scale, false)?
+            None
         };
+        let ctx = self_attention(&qkv, self.heads, scale, key_bias.as_ref(), keep.as_ref())?;
         let a = self
             .hidden_dropout
-            .forward(&self.attn_out.forward(&merge_heads(&ctx)?)?, train)?;
-        let h = self.attn_ln.forward(&(x + a)?)?;
+            .forward(&self.attn_out.forward(&ctx)?, train)?;
+        let h = self.attn_ln.forward(&residual_add(x, &a)?)?;
         let f = self
             .output
-            .forward(&self.intermediate.forward(&h)?.gelu_erf()?)?;
+            .forward(&gelu_erf(&self.intermediate.forward(&h)?)?)?;
         self.out_ln
-            .forward(&(&h + self.hidden_dropout.forward(&f, train)?)?)
+            .forward(&residual_add(&h, &self.hidden_dropout.forward(&f, train)?)?)
     }
 
     fn attn_dropout_active(&self) -> bool {
@@ -426,7 +418,7 @@ impl Bert {
     pub fn mlm_logits(&self, sequence: &Tensor) -> Result<Tensor> {
         let h = self
             .transform_ln
-            .forward(&self.transform.forward(sequence)?.gelu_erf()?)?;
+            .forward(&gelu_erf(&self.transform.forward(sequence)?)?)?;
         Ok(
             Linear::from_weight(self.encoder.word.clone(), Some(self.mlm_bias.clone()))
                 .forward(&h)?,

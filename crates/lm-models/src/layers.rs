@@ -50,6 +50,20 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         linear(x, &self.weight, self.bias.as_ref(), true)
     }
+
+    /// The outputs of `parts` (layers over the same input) side by side, `[.., Σ out]`, as one
+    /// product with their weights (and biases) concatenated — BERT's query, key and value as
+    /// the packed projection the fused attention reads.
+    pub fn forward_packed(parts: &[&Linear], x: &Tensor) -> Result<Tensor> {
+        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
+        let bias = match biases {
+            Some(b) => Some(Tensor::cat(&b, 0)?),
+            None if parts.iter().all(|l| l.bias.is_none()) => None,
+            None => candle_core::bail!("forward_packed: some layers have a bias and some not"),
+        };
+        linear(x, &Tensor::cat(&weights, 0)?, bias.as_ref(), true)
+    }
 }
 
 /// `nn.LayerNorm` with gain and bias.

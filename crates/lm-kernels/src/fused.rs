@@ -1141,6 +1141,327 @@ impl CustomOp2 for BiAttentionGrad {
     }
 }
 
+// ---------------------------------------------------------------- attention with a learned bias
+
+/// Multi-head attention with an additive bias on the scores that has a gradient (T5's relative
+/// position bias plus padding), from queries `q: [b, tq, h·d]` and the packed keys and values
+/// `kv: [b, tk, 2·h·d]` (`[k | v]`), to the merged heads `[b, tq, h·d]`:
+/// `Y = (softmax(scale·QKᵀ + B (+ causal mask)) ⊙ keep) V` per head, `B: [b, h, tq, tk]`.
+/// Inputs `(q, kv, B)`; the backward gives all three. Per (sequence, head) gemm calls on strided
+/// views; the probabilities and a copy of `q` are kept for the backward.
+pub(crate) struct BiasedAttention {
+    pub n_head: usize,
+    pub scale: f32,
+    pub bf16: bool,
+    pub causal: bool,
+    pub keep: Option<Arc<Vec<f32>>>,
+    /// `(probabilities [b, h, tq, tk], q)` from the forward.
+    pub saved: std::sync::Mutex<Option<(Arc<Vec<f32>>, Arc<Vec<f32>>)>>,
+}
+
+/// Sizes of one biased-attention call.
+#[derive(Clone, Copy)]
+struct BiasedDims {
+    b: usize,
+    tq: usize,
+    tk: usize,
+    h: usize,
+    d: usize,
+}
+
+impl BiasedAttention {
+    fn dims(&self, lq: &Layout, lkv: &Layout, lb: &Layout) -> Result<BiasedDims> {
+        let (&[b, tq, c], &[bk, tk, c2]) = (lq.dims(), lkv.dims()) else {
+            candle_core::bail!("attention: q must be [b, tq, c] and kv [b, tk, 2c]")
+        };
+        let h = self.n_head;
+        if b != bk || c2 != 2 * c || h == 0 || c % h != 0 {
+            candle_core::bail!(
+                "attention: q {:?} and kv {:?} do not fit {h} heads",
+                lq.dims(),
+                lkv.dims()
+            )
+        }
+        if lb.dims() != [b, h, tq, tk] {
+            candle_core::bail!(
+                "attention: bias {:?} is not [{b}, {h}, {tq}, {tk}]",
+                lb.dims()
+            )
+        }
+        if self
+            .keep
+            .as_ref()
+            .is_some_and(|m| m.len() != b * h * tq * tk)
+        {
+            candle_core::bail!("attention: dropout mask needs [{b}, {h}, {tq}, {tk}]")
+        }
+        Ok(BiasedDims {
+            b,
+            tq,
+            tk,
+            h,
+            d: c / h,
+        })
+    }
+}
+
+impl CustomOp3 for BiasedAttention {
+    fn name(&self) -> &'static str {
+        "biased-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, kv, bias) = (
+            slice(s1, l1, "attention q")?,
+            slice(s2, l2, "attention kv")?,
+            slice(s3, l3, "attention bias")?,
+        );
+        let BiasedDims { b, tq, tk, h, d } = self.dims(l1, l2, l3)?;
+        let c = h * d;
+        let (bf16, scale, off) = (self.bf16, self.scale, tk.saturating_sub(tq));
+        let mut y = output_buffer(b * tq * c);
+        let mut probs = output_buffer(b * h * tq * tk);
+        y.par_chunks_mut(tq * c)
+            .zip(q.par_chunks(tq * c).zip(kv.par_chunks(tk * 2 * c)))
+            .zip(
+                probs
+                    .par_chunks_mut(h * tq * tk)
+                    .zip(bias.par_chunks(h * tq * tk)),
+            )
+            .enumerate()
+            .for_each(|(bi, ((y, (q, kv)), (probs, bias)))| {
+                let mut scratch = vec![0f32; tq * tk];
+                for head in 0..h {
+                    let p = &mut probs[head * tq * tk..][..tq * tk];
+                    let qh = Mat {
+                        data: &q[head * d..],
+                        cs: 1,
+                        rs: c as isize,
+                    };
+                    let kt = Mat {
+                        data: &kv[head * d..],
+                        cs: 2 * c as isize,
+                        rs: 1,
+                    };
+                    mm_causal(bf16, p, tk, qh, kt, (tq, d, tk), scale, Tri::Full);
+                    let bh = &bias[head * tq * tk..][..tq * tk];
+                    simd(|| {
+                        for (i, (row, brow)) in
+                            p.chunks_exact_mut(tk).zip(bh.chunks_exact(tk)).enumerate()
+                        {
+                            row.iter_mut().zip(brow).for_each(|(r, &bv)| *r += bv);
+                            if self.causal {
+                                row[(i + off + 1).min(tk)..].fill(f32::NEG_INFINITY);
+                            }
+                            let max = fastmath::max(row);
+                            for r in row.iter_mut() {
+                                *r = fastmath::exp(*r - max);
+                            }
+                            let inv = 1.0 / fastmath::sum(row);
+                            row.iter_mut().for_each(|r| *r *= inv);
+                        }
+                    });
+                    let keep = self
+                        .keep
+                        .as_ref()
+                        .map(|m| &m[(bi * h + head) * tq * tk..][..tq * tk]);
+                    let pd = dropped(p, keep, &mut scratch);
+                    let v = Mat {
+                        data: &kv[c + head * d..],
+                        cs: 1,
+                        rs: 2 * c as isize,
+                    };
+                    let y = &mut y[head * d..];
+                    mm_causal(
+                        bf16,
+                        y,
+                        c,
+                        Mat::rows(pd, tk),
+                        v,
+                        (tq, tk, d),
+                        1.0,
+                        Tri::Full,
+                    );
+                }
+            });
+        if let Ok(mut saved) = self.saved.lock() {
+            *saved = Some((Arc::new(probs), Arc::new(q.to_vec())));
+        }
+        Ok((CpuStorage::F32(y), Shape::from((b, tq, c))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some((probs, qs)) = self.saved.lock().ok().and_then(|s| s.clone()) else {
+            candle_core::bail!("biased-attention: backward without a forward")
+        };
+        let grad_op = BiasedAttentionGrad {
+            scale: self.scale,
+            bf16: self.bf16,
+            keep: self.keep.clone(),
+            probs,
+            q: qs,
+            bias_dims: bias.dims().to_vec(),
+        };
+        let (nq, nkv, nb) = (q.elem_count(), kv.elem_count(), bias.elem_count());
+        let packed = kv.apply_op2_no_bwd(&grad.contiguous()?, &grad_op)?;
+        Ok((
+            Some(packed.narrow(0, 0, nq)?.reshape(q.shape())?),
+            Some(packed.narrow(0, nq, nkv)?.reshape(kv.shape())?),
+            Some(packed.narrow(0, nq + nkv, nb)?.reshape(bias.shape())?),
+        ))
+    }
+}
+
+/// With `P`, `P' = P ⊙ keep` and `dY`, per head: `dV = P'ᵀ dY`, `dP = (dY Vᵀ) ⊙ keep`,
+/// `dS = P ⊙ (dP − rowsum(P ⊙ dP))` (also `dB`), `dQ = scale·dS K`, `dK = scale·dSᵀ Q`; packed
+/// as `[dq | dkv | dB]`.
+struct BiasedAttentionGrad {
+    scale: f32,
+    bf16: bool,
+    keep: Option<Arc<Vec<f32>>>,
+    probs: Arc<Vec<f32>>,
+    q: Arc<Vec<f32>>,
+    bias_dims: Vec<usize>,
+}
+
+impl CustomOp2 for BiasedAttentionGrad {
+    fn name(&self) -> &'static str {
+        "biased-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (kv, dy) = (
+            slice(s1, l1, "attention-grad kv")?,
+            slice(s2, l2, "attention-grad dy")?,
+        );
+        let &[b, h, tq, tk] = self.bias_dims.as_slice() else {
+            candle_core::bail!("attention-grad: bias must be 4-d")
+        };
+        let (q, probs) = (self.q.as_slice(), self.probs.as_slice());
+        let c = q.len() / (b * tq).max(1);
+        let d = c / h;
+        if kv.len() != b * tk * 2 * c || dy.len() != q.len() || probs.len() != b * h * tq * tk {
+            candle_core::bail!("attention-grad: sizes do not match the forward")
+        }
+        let (nq, nkv) = (q.len(), kv.len());
+        let (bf16, scale) = (self.bf16, self.scale);
+        let mut out = output_buffer(nq + nkv + probs.len());
+        let (dq_all, rest) = out.split_at_mut(nq);
+        let (dkv_all, db_all) = rest.split_at_mut(nkv);
+        dq_all
+            .par_chunks_mut(tq * c)
+            .zip(
+                dkv_all
+                    .par_chunks_mut(tk * 2 * c)
+                    .zip(db_all.par_chunks_mut(h * tq * tk)),
+            )
+            .zip(q.par_chunks(tq * c).zip(kv.par_chunks(tk * 2 * c)))
+            .zip(dy.par_chunks(tq * c).zip(probs.par_chunks(h * tq * tk)))
+            .enumerate()
+            .for_each(|(bi, (((dq, (dkv, db)), (q, kv)), (dy, probs)))| {
+                let mut pd = vec![0f32; tq * tk];
+                for head in 0..h {
+                    let p = &probs[head * tq * tk..][..tq * tk];
+                    let ds = &mut db[head * tq * tk..][..tq * tk];
+                    let keep = self
+                        .keep
+                        .as_ref()
+                        .map(|m| &m[(bi * h + head) * tq * tk..][..tq * tk]);
+                    let dy_h = Mat {
+                        data: &dy[head * d..],
+                        cs: 1,
+                        rs: c as isize,
+                    };
+                    let vt = Mat {
+                        data: &kv[c + head * d..],
+                        cs: 2 * c as isize,
+                        rs: 1,
+                    };
+                    mm_causal(bf16, ds, tk, dy_h, vt, (tq, d, tk), 1.0, Tri::Full);
+                    simd(|| {
+                        if let Some(keep) = keep {
+                            ds.iter_mut().zip(keep).for_each(|(o, &k)| *o *= k);
+                        }
+                        for (pr, dr) in p.chunks_exact(tk).zip(ds.chunks_exact_mut(tk)) {
+                            let dot = fastmath::dot(pr, dr);
+                            for (o, &pij) in dr.iter_mut().zip(pr) {
+                                *o = pij * (*o - dot);
+                            }
+                        }
+                    });
+                    let pdv = dropped(p, keep, &mut pd);
+                    let ds: &[f32] = ds;
+                    let k = Mat {
+                        data: &kv[head * d..],
+                        cs: 1,
+                        rs: 2 * c as isize,
+                    };
+                    let qh = Mat {
+                        data: &q[head * d..],
+                        cs: 1,
+                        rs: c as isize,
+                    };
+                    let dq_h = &mut dq[head * d..];
+                    mm_causal(
+                        bf16,
+                        dq_h,
+                        c,
+                        Mat::rows(ds, tk),
+                        k,
+                        (tq, tk, d),
+                        scale,
+                        Tri::Full,
+                    );
+                    let dk_h = &mut dkv[head * d..];
+                    mm_causal(
+                        bf16,
+                        dk_h,
+                        2 * c,
+                        Mat::cols(ds, tk),
+                        qh,
+                        (tk, tq, d),
+                        scale,
+                        Tri::Full,
+                    );
+                    let dv_h = &mut dkv[c + head * d..];
+                    mm_causal(
+                        bf16,
+                        dv_h,
+                        2 * c,
+                        Mat::cols(pdv, tk),
+                        dy_h,
+                        (tk, tq, d),
+                        1.0,
+                        Tri::Full,
+                    );
+                }
+            });
+        let n = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+}
+
 // ---------------------------------------------------------------- bias add
 
 /// `y = x + b` where `b`'s shape is the trailing part of `x`'s (a bias `[n]` on `[.., n]`, or

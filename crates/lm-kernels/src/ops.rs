@@ -157,6 +157,46 @@ pub fn self_attention(
     }
 }
 
+/// Multi-head attention with a learned additive bias (T5) from queries `q: [b, tq, d]` and the
+/// packed keys and values `kv: [b, tk, 2·d]` (`[k | v]`) to the merged heads `[b, tq, d]`:
+/// `(softmax(scale·QKᵀ + bias (+ causal mask)) ⊙ keep) V` per head. `bias` broadcasts to
+/// `[b, h, tq, tk]` (relative position bias `[1, h, tq, tk]` plus padding `[b, 1, 1, tk]`) and
+/// gets its gradient; with `causal`, query `i` sees keys `≤ i + tk − tq`; `keep` is an optional
+/// dropout mask `[b, h, tq, tk]`. One fused kernel on CPU for f32, the composite form elsewhere.
+pub fn biased_attention(
+    q: &Tensor,
+    kv: &Tensor,
+    bias: &Tensor,
+    n_head: usize,
+    scale: f64,
+    causal: bool,
+    keep: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, tq, _) = q.dims3()?;
+    let tk = kv.dim(1)?;
+    if fused(q) && kv.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        let keep = match keep {
+            Some(k) => Some(Arc::new(k.flatten_all()?.to_vec1::<f32>()?)),
+            None => None,
+        };
+        let bias = bias.broadcast_as((b, n_head, tq, tk))?.contiguous()?;
+        q.contiguous()?.apply_op3(
+            &kv.contiguous()?,
+            &bias,
+            fused::BiasedAttention {
+                n_head,
+                scale: scale as f32,
+                bf16: matmul_precision() == MatmulPrecision::Bf16,
+                causal,
+                keep,
+                saved: std::sync::Mutex::new(None),
+            },
+        )
+    } else {
+        composite::biased_attention(q, kv, bias, n_head, scale, causal, keep)
+    }
+}
+
 /// `a·b` (candle's batched matmul) at the thread's [`matmul_precision`] on a GPU: with `Bf16`,
 /// f32 operands are rounded to bf16 and multiplied by cuBLAS's bf16 gemm, which accumulates in
 /// f32, and the product comes back as f32 — bf16 products with f32 accumulation, as the CPU
@@ -327,6 +367,34 @@ pub mod composite {
             probs = (probs * keep.to_dtype(qkv.dtype())?)?;
         }
         merge_heads(&matmul(&probs, &v)?)?.reshape((b, t, c))
+    }
+
+    /// Split the heads, scaled scores plus the bias (and the causal mask), softmax, drop,
+    /// merge the heads.
+    pub fn biased_attention(
+        q: &Tensor,
+        kv: &Tensor,
+        bias: &Tensor,
+        n_head: usize,
+        scale: f64,
+        causal: bool,
+        keep: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, tq, c) = q.dims3()?;
+        let tk = kv.dim(1)?;
+        let qh = split_heads(q, n_head)?;
+        let kh = split_heads(&kv.narrow(D::Minus1, 0, c)?, n_head)?;
+        let vh = split_heads(&kv.narrow(D::Minus1, c, c)?, n_head)?;
+        let mut scores =
+            (matmul(&qh, &kh.t()?)? * scale)?.broadcast_add(&bias.to_dtype(q.dtype())?)?;
+        if causal {
+            scores = scores.broadcast_add(&causal_mask(tq, tk, q.dtype(), q.device())?)?;
+        }
+        let mut probs = softmax_last_dim(&scores)?;
+        if let Some(keep) = keep {
+            probs = (probs * keep.to_dtype(q.dtype())?)?;
+        }
+        merge_heads(&matmul(&probs, &vh)?)?.reshape((b, tq, c))
     }
 
     /// Split the heads, attend causally, merge the heads.

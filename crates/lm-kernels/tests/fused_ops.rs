@@ -124,6 +124,49 @@ fn fused_bidirectional_attention_equals_composite_with_padding_and_dropout() {
 }
 
 #[test]
+fn fused_biased_attention_equals_composite() {
+    // T5's three attentions: encoder self-attention (bias [1, h, t, t] plus padding), the
+    // decoder's causal self-attention, and cross-attention (tq ≠ tk), with and without dropout.
+    let (b, h, c) = (2usize, 3usize, 12usize);
+    for (tq, tk, causal, drop) in [
+        (9, 9, false, false),
+        (9, 9, true, true),
+        (5, 9, false, true),
+    ] {
+        let q = randn(&[b, tq, c], 21, 1.0);
+        let kv = randn(&[b, tk, 2 * c], 22, 1.0);
+        let pos = randn(&[1, h, tq, tk], 23, 1.0);
+        let pad: Vec<f32> = (0..b * tk)
+            .map(|i| if i >= tk + 6 { f32::MIN } else { 0.0 })
+            .collect();
+        let pad = Tensor::from_vec(pad, (b, 1, 1, tk), &Device::Cpu).unwrap();
+        let keep: Vec<f32> = (0..b * h * tq * tk)
+            .map(|i| {
+                if (i * 2654435761usize) % 5 == 0 {
+                    0.0
+                } else {
+                    1.25
+                }
+            })
+            .collect();
+        let keep = Tensor::from_vec(keep, (b, h, tq, tk), &Device::Cpu).unwrap();
+        let keep = drop.then_some(&keep);
+        assert_same(
+            |x| {
+                let bias = x[2].broadcast_add(&pad.to_dtype(x[2].dtype())?)?;
+                ops::biased_attention(&x[0], &x[1], &bias, h, 0.7, causal, keep)
+            },
+            |x| {
+                let bias = x[2].broadcast_add(&pad.to_dtype(x[2].dtype())?)?;
+                composite::biased_attention(&x[0], &x[1], &bias, h, 0.7, causal, keep)
+            },
+            &[q, kv, pos],
+            2e-5,
+        );
+    }
+}
+
+#[test]
 fn fused_exact_gelu_equals_composite() {
     // Wide enough for both tails (|x| up to ~12, where erf saturates and φ underflows).
     let x = randn(&[4, 9, 50], 9, 4.0);

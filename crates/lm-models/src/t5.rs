@@ -20,7 +20,7 @@ use crate::layers::{
 };
 use crate::params::ParamStore;
 use crate::seq2seq::{EncoderDecoder, GenerationConfig};
-use lm_kernels::ops::{gelu, rms_norm};
+use lm_kernels::ops::{biased_attention, gelu, residual_add, rms_norm};
 
 /// T5 hyperparameters, with HuggingFace `T5Config` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -313,6 +313,31 @@ impl Attention {
         ))
     }
 
+    /// Attention of `x` over `src` (itself, or the encoder output) in one fused op: the
+    /// queries, the packed keys and values, and the bias (with its gradient) — the training
+    /// path, without a cache.
+    fn attend_fused(
+        &self,
+        x: &Tensor,
+        src: &Tensor,
+        bias: Option<&Tensor>,
+        causal: bool,
+    ) -> candle_core::Result<Tensor> {
+        let q = self.q.forward(x)?;
+        let kv = Linear::forward_packed(&[&self.k, &self.v], src)?;
+        let zeros;
+        let bias = match bias {
+            Some(b) => b,
+            None => {
+                zeros = Tensor::zeros((1, 1, q.dim(1)?, kv.dim(1)?), q.dtype(), q.device())?;
+                &zeros
+            }
+        };
+        self.o.forward(&biased_attention(
+            &q, &kv, bias, self.heads, 1.0, causal, None,
+        )?)
+    }
+
     fn attend(
         &self,
         x: &Tensor,
@@ -510,16 +535,11 @@ impl EncoderDecoder for T5 {
         }
         for b in &self.encoder {
             let x = self.norm(&h, &b.self_ln)?;
-            let (k, v) = b.self_attn.kv(&x)?;
-            h = (&h
-                + self
-                    .dropout
-                    .forward(&b.self_attn.attend(&x, &k, &v, Some(&bias), false)?, train)?)?;
+            let a = b.self_attn.attend_fused(&x, &x, Some(&bias), false)?;
+            h = residual_add(&h, &self.dropout.forward(&a, train)?)?;
             let x = self.norm(&h, &b.ffn_ln)?;
-            h = (&h
-                + self
-                    .dropout
-                    .forward(&b.ffn.forward(&x, &self.dropout, train)?, train)?)?;
+            let f = b.ffn.forward(&x, &self.dropout, train)?;
+            h = residual_add(&h, &self.dropout.forward(&f, train)?)?;
         }
         Ok(self
             .dropout
@@ -547,35 +567,31 @@ impl EncoderDecoder for T5 {
         let cross_bias = encoder_mask.map(padding_bias).transpose()?;
         for (i, b) in self.decoder.iter().enumerate() {
             let x = self.norm(&h, &b.self_ln)?;
-            let (k, v) = b.self_attn.kv(&x)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c.append(i, k, v)?,
-                None => (k, v),
+            let a = match cache.as_deref_mut() {
+                Some(c) => {
+                    let (k, v) = b.self_attn.kv(&x)?;
+                    let (k, v) = c.append(i, k, v)?;
+                    b.self_attn.attend(&x, &k, &v, Some(&self_bias), true)?
+                }
+                None => b.self_attn.attend_fused(&x, &x, Some(&self_bias), true)?,
             };
-            h = (&h
-                + self.dropout.forward(
-                    &b.self_attn.attend(&x, &k, &v, Some(&self_bias), true)?,
-                    train,
-                )?)?;
+            h = residual_add(&h, &self.dropout.forward(&a, train)?)?;
             let (cross, ln) = b
                 .cross
                 .as_ref()
                 .expect("decoder blocks have cross-attention");
             let x = self.norm(&h, ln)?;
-            let (ck, cv) = match cache.as_deref_mut() {
-                Some(c) => c.cross(i, || cross.kv(encoder))?,
-                None => cross.kv(encoder)?,
+            let a = match cache.as_deref_mut() {
+                Some(c) => {
+                    let (ck, cv) = c.cross(i, || cross.kv(encoder))?;
+                    cross.attend(&x, &ck, &cv, cross_bias.as_ref(), false)?
+                }
+                None => cross.attend_fused(&x, encoder, cross_bias.as_ref(), false)?,
             };
-            h = (&h
-                + self.dropout.forward(
-                    &cross.attend(&x, &ck, &cv, cross_bias.as_ref(), false)?,
-                    train,
-                )?)?;
+            h = residual_add(&h, &self.dropout.forward(&a, train)?)?;
             let x = self.norm(&h, &b.ffn_ln)?;
-            h = (&h
-                + self
-                    .dropout
-                    .forward(&b.ffn.forward(&x, &self.dropout, train)?, train)?)?;
+            let f = b.ffn.forward(&x, &self.dropout, train)?;
+            h = residual_add(&h, &self.dropout.forward(&f, train)?)?;
         }
         if let Some(c) = cache {
             c.advance(t);

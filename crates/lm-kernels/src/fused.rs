@@ -1156,8 +1156,11 @@ pub(crate) struct BiasedAttention {
     pub causal: bool,
     pub keep: Option<Arc<Vec<f32>>>,
     /// `(probabilities [b, h, tq, tk], q)` from the forward.
-    pub saved: std::sync::Mutex<Option<(Arc<Vec<f32>>, Arc<Vec<f32>>)>>,
+    pub saved: std::sync::Mutex<Option<Saved>>,
 }
+
+/// What a forward keeps for its backward: the probabilities and a copy of `q`.
+pub(crate) type Saved = (Arc<Vec<f32>>, Arc<Vec<f32>>);
 
 /// Sizes of one biased-attention call.
 #[derive(Clone, Copy)]

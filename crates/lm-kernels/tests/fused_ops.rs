@@ -101,7 +101,7 @@ fn fused_bidirectional_attention_equals_composite_with_padding_and_dropout() {
     let bias = Tensor::from_vec(bias, (b, t), &Device::Cpu).unwrap();
     let keep: Vec<f32> = (0..b * h * t * t)
         .map(|i| {
-            if (i * 2654435761usize) % 4 == 0 {
+            if (i * 2654435761usize).is_multiple_of(4) {
                 0.0
             } else {
                 4.0 / 3.0
@@ -117,7 +117,7 @@ fn fused_bidirectional_attention_equals_composite_with_padding_and_dropout() {
         assert_same(
             |x| ops::self_attention(&x[0], h, 0.4, kb, kp),
             |x| composite::self_attention(&x[0], h, 0.4, kb, kp),
-            &[qkv.clone()],
+            std::slice::from_ref(&qkv),
             2e-5,
         );
     }
@@ -142,7 +142,7 @@ fn fused_biased_attention_equals_composite() {
         let pad = Tensor::from_vec(pad, (b, 1, 1, tk), &Device::Cpu).unwrap();
         let keep: Vec<f32> = (0..b * h * tq * tk)
             .map(|i| {
-                if (i * 2654435761usize) % 5 == 0 {
+                if (i * 2654435761usize).is_multiple_of(5) {
                     0.0
                 } else {
                     1.25

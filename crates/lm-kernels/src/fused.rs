@@ -751,6 +751,29 @@ impl AttnDims {
     }
 }
 
+/// `row ← softmax(row)` (entries of −∞ become exactly 0).
+#[inline(always)]
+fn softmax_in_place(row: &mut [f32]) {
+    let max = fastmath::max(row);
+    for r in row.iter_mut() {
+        *r = fastmath::exp(*r - max);
+    }
+    let inv = 1.0 / fastmath::sum(row);
+    row.iter_mut().for_each(|r| *r *= inv);
+}
+
+/// The softmax backward over rows of `n`, in place: `ds ← scale·p ⊙ (ds − rowsum(p ⊙ ds))`,
+/// from the probabilities `p` and their gradient `ds`.
+#[inline(always)]
+fn softmax_backward_rows(p: &[f32], ds: &mut [f32], n: usize, scale: f32) {
+    for (pr, dr) in p.chunks_exact(n).zip(ds.chunks_exact_mut(n)) {
+        let dot = fastmath::dot(pr, dr);
+        for (o, &pij) in dr.iter_mut().zip(pr) {
+            *o = scale * pij * (*o - dot);
+        }
+    }
+}
+
 /// `P = softmax(scale·QKᵀ + M)` of head `head` of one sequence into `p` (`t × t`, zero above the
 /// diagonal).
 fn attn_probs(qkv: &[f32], dims: AttnDims, head: usize, scale: f32, bf16: bool, p: &mut [f32]) {
@@ -765,12 +788,7 @@ fn attn_probs(qkv: &[f32], dims: AttnDims, head: usize, scale: f32, bf16: bool, 
             let (seen, future) = row.split_at_mut((i + 1).next_multiple_of(16).min(t));
             future.fill(0.0);
             seen[i + 1..].fill(f32::NEG_INFINITY);
-            let max = fastmath::max(seen);
-            for r in seen.iter_mut() {
-                *r = fastmath::exp(*r - max);
-            }
-            let inv = 1.0 / fastmath::sum(seen);
-            seen.iter_mut().for_each(|r| *r *= inv);
+            softmax_in_place(seen);
         }
     })
 }
@@ -968,12 +986,7 @@ fn bi_attn_probs(
             if let Some(bias) = bias {
                 row.iter_mut().zip(bias).for_each(|(r, &b)| *r += b);
             }
-            let max = fastmath::max(row);
-            for r in row.iter_mut() {
-                *r = fastmath::exp(*r - max);
-            }
-            let inv = 1.0 / fastmath::sum(row);
-            row.iter_mut().for_each(|r| *r *= inv);
+            softmax_in_place(row);
         }
     })
 }
@@ -1118,12 +1131,7 @@ impl CustomOp2 for BiAttentionGrad {
                         if let Some(keep) = keep {
                             ds.iter_mut().zip(keep).for_each(|(o, &k)| *o *= k);
                         }
-                        for (pr, dr) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)) {
-                            let dot = fastmath::dot(pr, dr);
-                            for (o, &pij) in dr.iter_mut().zip(pr) {
-                                *o = scale * pij * (*o - dot);
-                            }
-                        }
+                        softmax_backward_rows(p, &mut ds, t, scale);
                     });
                     let pd = dropped(p, keep, &mut pd);
                     let (dsm, dst, pt) = (Mat::rows(&ds, t), Mat::cols(&ds, t), Mat::cols(pd, t));
@@ -1148,19 +1156,16 @@ impl CustomOp2 for BiAttentionGrad {
 /// `kv: [b, tk, 2·h·d]` (`[k | v]`), to the merged heads `[b, tq, h·d]`:
 /// `Y = (softmax(scale·QKᵀ + B (+ causal mask)) ⊙ keep) V` per head, `B: [b, h, tq, tk]`.
 /// Inputs `(q, kv, B)`; the backward gives all three. Per (sequence, head) gemm calls on strided
-/// views; the probabilities and a copy of `q` are kept for the backward.
+/// views; the probabilities are kept for the backward.
 pub(crate) struct BiasedAttention {
     pub n_head: usize,
     pub scale: f32,
     pub bf16: bool,
     pub causal: bool,
     pub keep: Option<Arc<Vec<f32>>>,
-    /// `(probabilities [b, h, tq, tk], q)` from the forward.
-    pub saved: std::sync::Mutex<Option<Saved>>,
+    /// The forward's probabilities `[b, h, tq, tk]`, kept for the backward.
+    pub probs: std::sync::Mutex<Option<Arc<Vec<f32>>>>,
 }
-
-/// What a forward keeps for its backward: the probabilities and a copy of `q`.
-pub(crate) type Saved = (Arc<Vec<f32>>, Arc<Vec<f32>>);
 
 /// Sizes of one biased-attention call.
 #[derive(Clone, Copy)]
@@ -1264,12 +1269,7 @@ impl CustomOp3 for BiasedAttention {
                             if self.causal {
                                 row[(i + off + 1).min(tk)..].fill(f32::NEG_INFINITY);
                             }
-                            let max = fastmath::max(row);
-                            for r in row.iter_mut() {
-                                *r = fastmath::exp(*r - max);
-                            }
-                            let inv = 1.0 / fastmath::sum(row);
-                            row.iter_mut().for_each(|r| *r *= inv);
+                            softmax_in_place(row);
                         }
                     });
                     let keep = self
@@ -1295,8 +1295,8 @@ impl CustomOp3 for BiasedAttention {
                     );
                 }
             });
-        if let Ok(mut saved) = self.saved.lock() {
-            *saved = Some((Arc::new(probs), Arc::new(q.to_vec())));
+        if let Ok(mut kept) = self.probs.lock() {
+            *kept = Some(Arc::new(probs));
         }
         Ok((CpuStorage::F32(y), Shape::from((b, tq, c))))
     }
@@ -1309,7 +1309,7 @@ impl CustomOp3 for BiasedAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some((probs, qs)) = self.saved.lock().ok().and_then(|s| s.clone()) else {
+        let Some(probs) = self.probs.lock().ok().and_then(|p| p.clone()) else {
             candle_core::bail!("biased-attention: backward without a forward")
         };
         let grad_op = BiasedAttentionGrad {
@@ -1317,11 +1317,10 @@ impl CustomOp3 for BiasedAttention {
             bf16: self.bf16,
             keep: self.keep.clone(),
             probs,
-            q: qs,
             bias_dims: bias.dims().to_vec(),
         };
         let (nq, nkv, nb) = (q.elem_count(), kv.elem_count(), bias.elem_count());
-        let packed = kv.apply_op2_no_bwd(&grad.contiguous()?, &grad_op)?;
+        let packed = q.apply_op3_no_bwd(kv, &grad.contiguous()?, &grad_op)?;
         Ok((
             Some(packed.narrow(0, 0, nq)?.reshape(q.shape())?),
             Some(packed.narrow(0, nq, nkv)?.reshape(kv.shape())?),
@@ -1332,17 +1331,16 @@ impl CustomOp3 for BiasedAttention {
 
 /// With `P`, `P' = P ⊙ keep` and `dY`, per head: `dV = P'ᵀ dY`, `dP = (dY Vᵀ) ⊙ keep`,
 /// `dS = P ⊙ (dP − rowsum(P ⊙ dP))` (also `dB`), `dQ = scale·dS K`, `dK = scale·dSᵀ Q`; packed
-/// as `[dq | dkv | dB]`.
+/// as `[dq | dkv | dB]`. Inputs `(q, kv, dY)`.
 struct BiasedAttentionGrad {
     scale: f32,
     bf16: bool,
     keep: Option<Arc<Vec<f32>>>,
     probs: Arc<Vec<f32>>,
-    q: Arc<Vec<f32>>,
     bias_dims: Vec<usize>,
 }
 
-impl CustomOp2 for BiasedAttentionGrad {
+impl CustomOp3 for BiasedAttentionGrad {
     fn name(&self) -> &'static str {
         "biased-attention-grad"
     }
@@ -1353,15 +1351,18 @@ impl CustomOp2 for BiasedAttentionGrad {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let q = slice(s1, l1, "attention-grad q")?;
         let (kv, dy) = (
-            slice(s1, l1, "attention-grad kv")?,
-            slice(s2, l2, "attention-grad dy")?,
+            slice(s2, l2, "attention-grad kv")?,
+            slice(s3, l3, "attention-grad dy")?,
         );
         let &[b, h, tq, tk] = self.bias_dims.as_slice() else {
             candle_core::bail!("attention-grad: bias must be 4-d")
         };
-        let (q, probs) = (self.q.as_slice(), self.probs.as_slice());
+        let probs = self.probs.as_slice();
         let c = q.len() / (b * tq).max(1);
         let d = c / h;
         if kv.len() != b * tk * 2 * c || dy.len() != q.len() || probs.len() != b * h * tq * tk {
@@ -1406,12 +1407,7 @@ impl CustomOp2 for BiasedAttentionGrad {
                         if let Some(keep) = keep {
                             ds.iter_mut().zip(keep).for_each(|(o, &k)| *o *= k);
                         }
-                        for (pr, dr) in p.chunks_exact(tk).zip(ds.chunks_exact_mut(tk)) {
-                            let dot = fastmath::dot(pr, dr);
-                            for (o, &pij) in dr.iter_mut().zip(pr) {
-                                *o = pij * (*o - dot);
-                            }
-                        }
+                        softmax_backward_rows(p, ds, tk, 1.0);
                     });
                     let pdv = dropped(p, keep, &mut pd);
                     let ds: &[f32] = ds;

@@ -189,7 +189,7 @@ pub fn biased_attention(
                 bf16: matmul_precision() == MatmulPrecision::Bf16,
                 causal,
                 keep,
-                saved: std::sync::Mutex::new(None),
+                probs: std::sync::Mutex::new(None),
             },
         )
     } else {

@@ -179,6 +179,7 @@ fn install_pinned(runtime: bool) -> Result<Toolchain> {
                 "pip",
                 "install",
                 "--quiet",
+                "--no-cache-dir",
                 "--disable-pip-version-check",
             ])
             .args(&wanted))?;
@@ -224,6 +225,23 @@ fn install_pinned(runtime: bool) -> Result<Toolchain> {
     })
 }
 
+/// Free space, in GB, on the file system holding `dir` (from `df -Pk`); `None` where `df` cannot
+/// tell.
+fn free_disk_gb(dir: &Path) -> Option<f64> {
+    let probe = if dir.exists() { dir } else { Path::new(".") };
+    let out = Command::new("df").arg("-Pk").arg(probe).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    // POSIX format: a header line, then `fs blocks used available capacity mount`.
+    let kib: f64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib / 1e6 * 1.024)
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
@@ -232,10 +250,28 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask cuda-build`: every CUDA crate, its tests and the `lm-train` binary built and
-/// linked with `--features cuda` (and `--features nccl` where MPI is installed), then the
-/// CUDA-only tests run — on a machine without a GPU they print what they skipped and why.
+/// Free disk the CUDA build needs in `target/` (measured: the toolkit from PyPI ≈ 0.3 GB, the
+/// CUDA build ≈ 3 GB with the settings below; the rest is margin).
+const CUDA_BUILD_DISK_GB: f64 = 6.0;
+
+/// `cargo xtask cuda-build`: every CUDA crate's library and unit tests, the `lm-train` and
+/// `lm-bench` binaries and the CUDA-only integration tests built and linked with `--features
+/// cuda` (and `lm-train` with `--features nccl` where MPI is installed), then the CUDA-only tests
+/// run — on a machine without a GPU they print what they skipped and why.
+///
+/// The CPU-only integration tests are not linked again here (`cargo xtask ci` checks them with
+/// clippy under `--features cuda`): thirty more test binaries of 100+ MB each would triple the
+/// build's disk, which filled a CI machine's disk once.
 pub fn build() -> Result<()> {
+    if let Some(free) = free_disk_gb(Path::new("target")) {
+        if free < CUDA_BUILD_DISK_GB {
+            println!(
+                "skipped: the CUDA build (cargo xtask cuda-build): {free:.1} GB free on the disk \
+                 of target/, it needs about {CUDA_BUILD_DISK_GB} GB"
+            );
+            return Ok(());
+        }
+    }
     let Some(tc) = Toolchain::find_or_install(false)? else {
         println!(
             "skipped: the CUDA build (cargo xtask cuda-build): no CUDA toolkit (nvcc) and no \
@@ -244,8 +280,19 @@ pub fn build() -> Result<()> {
         return Ok(());
     };
     println!("cuda: building with {}", tc.origin);
-    let env = tc.env();
-    let mut args = vec!["test", "--no-run", "--target-dir", CUDA_TARGET_DIR];
+    let mut env = tc.env();
+    // A link check, not a debugging build: no debug info and no incremental cache, which were
+    // most of its disk (9.8 GB with both, for every test binary).
+    env.push(("CARGO_INCREMENTAL".to_string(), "0".to_string()));
+    env.push(("CARGO_PROFILE_DEV_DEBUG".to_string(), "0".to_string()));
+    let mut args = vec![
+        "test",
+        "--no-run",
+        "--target-dir",
+        CUDA_TARGET_DIR,
+        "--lib",
+        "--bins",
+    ];
     for p in CUDA_PACKAGES {
         args.extend(["-p", p]);
     }

@@ -8,6 +8,7 @@ use crate::fastmath::{self, simd};
 use crate::gemm::{
     gemm_bf16_bias, has_avx512f, matmul_into, mm, mm_causal, output_buffer, uses_bf16, Mat, Tri,
 };
+use crate::precision::MatmulPrecision;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -677,19 +678,19 @@ impl CustomOp3 for RmsNormGrad {
 pub(crate) struct CausalAttention {
     pub n_head: usize,
     pub scale: f32,
-    /// Products in bf16 with f32 accumulation ([`crate::ops::MatmulPrecision::Bf16`]).
-    pub bf16: bool,
+    /// Precision of the products (f32, or bf16 / f16 inputs with f32 accumulation).
+    pub prec: MatmulPrecision,
     /// The forward's probabilities `[b, h, t, t]`, kept for the backward (which lives as long
     /// as this op does: only while a graph needs it).
     pub probs: std::sync::Mutex<Option<Arc<Vec<f32>>>>,
 }
 
 impl CausalAttention {
-    pub fn new(n_head: usize, scale: f32, bf16: bool) -> Self {
+    pub fn new(n_head: usize, scale: f32, prec: MatmulPrecision) -> Self {
         Self {
             n_head,
             scale,
-            bf16,
+            prec,
             probs: std::sync::Mutex::new(None),
         }
     }
@@ -776,11 +777,18 @@ fn softmax_backward_rows(p: &[f32], ds: &mut [f32], n: usize, scale: f32) {
 
 /// `P = softmax(scale·QKᵀ + M)` of head `head` of one sequence into `p` (`t × t`, zero above the
 /// diagonal).
-fn attn_probs(qkv: &[f32], dims: AttnDims, head: usize, scale: f32, bf16: bool, p: &mut [f32]) {
+fn attn_probs(
+    qkv: &[f32],
+    dims: AttnDims,
+    head: usize,
+    scale: f32,
+    prec: MatmulPrecision,
+    p: &mut [f32],
+) {
     let AttnDims { t, d, .. } = dims;
     let (q, kt) = (dims.part(qkv, 0, head), dims.part_t(qkv, 1, head));
     // Only j ≤ i is computed; the rest is set to 0 below.
-    mm_causal(bf16, p, t, q, kt, (t, d, t), scale, Tri::LowerC);
+    mm_causal(prec, p, t, q, kt, (t, d, t), scale, Tri::LowerC);
     simd(|| {
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
             // Row i sees columns ..=i. The loops run over whole 16-lane chunks: the columns
@@ -800,7 +808,7 @@ impl CustomOp1 for CausalAttention {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = slice(s, l, "causal-attention qkv")?;
-        let bf16 = self.bf16;
+        let prec = self.prec;
         let (b, dims) = AttnDims::of(l, self.n_head)?;
         let AttnDims { t, h, d } = dims;
         let c = dims.c();
@@ -812,12 +820,12 @@ impl CustomOp1 for CausalAttention {
             .zip(probs.par_chunks_mut(h * t * t))
             .for_each(|((y, qkv), probs)| {
                 for (head, p) in probs.chunks_exact_mut(t * t).enumerate() {
-                    attn_probs(qkv, dims, head, self.scale, bf16, p);
+                    attn_probs(qkv, dims, head, self.scale, prec, p);
                     // Y_h = P V, written straight into the merged-heads layout.
                     let v = dims.part(qkv, 2, head);
                     let p = Mat::rows(p, t);
                     let y = &mut y[head * d..];
-                    mm_causal(bf16, y, c, p, v, (t, t, d), 1.0, Tri::LowerA);
+                    mm_causal(prec, y, c, p, v, (t, t, d), 1.0, Tri::LowerA);
                 }
             });
         if let Ok(mut kept) = self.probs.lock() {
@@ -832,7 +840,7 @@ impl CustomOp1 for CausalAttention {
             &CausalAttentionGrad {
                 n_head: self.n_head,
                 scale: self.scale,
-                bf16: self.bf16,
+                prec: self.prec,
                 probs: self.probs.lock().ok().and_then(|p| p.clone()),
             },
         )?))
@@ -845,7 +853,7 @@ impl CustomOp1 for CausalAttention {
 struct CausalAttentionGrad {
     n_head: usize,
     scale: f32,
-    bf16: bool,
+    prec: MatmulPrecision,
     probs: Option<Arc<Vec<f32>>>,
 }
 
@@ -873,7 +881,7 @@ impl CustomOp2 for CausalAttentionGrad {
                 b * t * c
             )
         }
-        let (scale, bf16) = (self.scale, self.bf16);
+        let (scale, prec) = (self.scale, self.prec);
         // Each head writes its q, k and v columns of every row.
         let mut dqkv = output_buffer(qkv.len());
         let kept = self.probs.as_deref().filter(|p| p.len() == b * h * t * t);
@@ -887,7 +895,7 @@ impl CustomOp2 for CausalAttentionGrad {
                     let p: &[f32] = match kept {
                         Some(all) => &all[(bi * h + head) * t * t..][..t * t],
                         None => {
-                            attn_probs(qkv, dims, head, scale, bf16, &mut recomputed);
+                            attn_probs(qkv, dims, head, scale, prec, &mut recomputed);
                             &recomputed
                         }
                     };
@@ -899,7 +907,7 @@ impl CustomOp2 for CausalAttentionGrad {
                     // dP = dY Vᵀ, then dS in place.
                     let vt = dims.part_t(qkv, 2, head);
                     // Only j ≤ i of dP is computed (P is 0 above the diagonal, and so is dS).
-                    mm_causal(bf16, &mut ds, t, dy_h, vt, (t, d, t), 1.0, Tri::LowerC);
+                    mm_causal(prec, &mut ds, t, dy_h, vt, (t, d, t), 1.0, Tri::LowerC);
                     simd(|| {
                         for (i, (pr, dr)) in
                             p.chunks_exact(t).zip(ds.chunks_exact_mut(t)).enumerate()
@@ -920,11 +928,11 @@ impl CustomOp2 for CausalAttentionGrad {
                     // dQ = dS K, dK = dSᵀ Q, dV = Pᵀ dY.
                     // dS and P are lower triangular, so dSᵀ and Pᵀ upper.
                     let dq = &mut dqkv[head * d..];
-                    mm_causal(bf16, dq, rs3, dsm, k, (t, t, d), 1.0, Tri::LowerA);
+                    mm_causal(prec, dq, rs3, dsm, k, (t, t, d), 1.0, Tri::LowerA);
                     let dk = &mut dqkv[c + head * d..];
-                    mm_causal(bf16, dk, rs3, dst, q, (t, t, d), 1.0, Tri::UpperA);
+                    mm_causal(prec, dk, rs3, dst, q, (t, t, d), 1.0, Tri::UpperA);
                     let dv = &mut dqkv[2 * c + head * d..];
-                    mm_causal(bf16, dv, rs3, pt, dy_h, (t, t, d), 1.0, Tri::UpperA);
+                    mm_causal(prec, dv, rs3, pt, dy_h, (t, t, d), 1.0, Tri::UpperA);
                 }
             });
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
@@ -943,7 +951,7 @@ impl CustomOp2 for CausalAttentionGrad {
 pub(crate) struct BiAttention {
     pub n_head: usize,
     pub scale: f32,
-    pub bf16: bool,
+    pub prec: MatmulPrecision,
     pub key_bias: Option<Arc<Vec<f32>>>,
     pub keep: Option<Arc<Vec<f32>>>,
     /// The forward's probabilities `[b, h, t, t]` before dropout.
@@ -979,7 +987,7 @@ fn bi_attn_probs(
 ) {
     let AttnDims { t, d, .. } = dims;
     let (q, kt) = (dims.part(qkv, 0, head), dims.part_t(qkv, 1, head));
-    mm_causal(op.bf16, p, t, q, kt, (t, d, t), op.scale, Tri::Full);
+    mm_causal(op.prec, p, t, q, kt, (t, d, t), op.scale, Tri::Full);
     let bias = op.key_bias.as_ref().map(|kb| &kb[bi * t..(bi + 1) * t]);
     simd(|| {
         for row in p.chunks_exact_mut(t) {
@@ -1034,7 +1042,7 @@ impl CustomOp1 for BiAttention {
                     let v = dims.part(qkv, 2, head);
                     let y = &mut y[head * d..];
                     mm_causal(
-                        self.bf16,
+                        self.prec,
                         y,
                         c,
                         Mat::rows(pd, t),
@@ -1055,7 +1063,7 @@ impl CustomOp1 for BiAttention {
         let op = BiAttention {
             n_head: self.n_head,
             scale: self.scale,
-            bf16: self.bf16,
+            prec: self.prec,
             key_bias: self.key_bias.clone(),
             keep: self.keep.clone(),
             probs: std::sync::Mutex::new(self.probs.lock().ok().and_then(|p| p.clone())),
@@ -1097,7 +1105,7 @@ impl CustomOp2 for BiAttentionGrad {
                 b * t * c
             )
         }
-        let (scale, bf16) = (op.scale, op.bf16);
+        let (scale, prec) = (op.scale, op.prec);
         let kept = op.probs.lock().ok().and_then(|p| p.clone());
         let kept = kept.as_deref().filter(|p| p.len() == b * h * t * t);
         let mut dqkv = output_buffer(qkv.len());
@@ -1126,7 +1134,7 @@ impl CustomOp2 for BiAttentionGrad {
                         rs: c as isize,
                     };
                     let vt = dims.part_t(qkv, 2, head);
-                    mm_causal(bf16, &mut ds, t, dy_h, vt, (t, d, t), 1.0, Tri::Full);
+                    mm_causal(prec, &mut ds, t, dy_h, vt, (t, d, t), 1.0, Tri::Full);
                     simd(|| {
                         if let Some(keep) = keep {
                             ds.iter_mut().zip(keep).for_each(|(o, &k)| *o *= k);
@@ -1138,11 +1146,11 @@ impl CustomOp2 for BiAttentionGrad {
                     let (q, k) = (dims.part(qkv, 0, head), dims.part(qkv, 1, head));
                     let rs3 = 3 * c;
                     let dq = &mut dqkv[head * d..];
-                    mm_causal(bf16, dq, rs3, dsm, k, (t, t, d), 1.0, Tri::Full);
+                    mm_causal(prec, dq, rs3, dsm, k, (t, t, d), 1.0, Tri::Full);
                     let dk = &mut dqkv[c + head * d..];
-                    mm_causal(bf16, dk, rs3, dst, q, (t, t, d), 1.0, Tri::Full);
+                    mm_causal(prec, dk, rs3, dst, q, (t, t, d), 1.0, Tri::Full);
                     let dv = &mut dqkv[2 * c + head * d..];
-                    mm_causal(bf16, dv, rs3, pt, dy_h, (t, t, d), 1.0, Tri::Full);
+                    mm_causal(prec, dv, rs3, pt, dy_h, (t, t, d), 1.0, Tri::Full);
                 }
             });
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
@@ -1160,7 +1168,7 @@ impl CustomOp2 for BiAttentionGrad {
 pub(crate) struct BiasedAttention {
     pub n_head: usize,
     pub scale: f32,
-    pub bf16: bool,
+    pub prec: MatmulPrecision,
     pub causal: bool,
     pub keep: Option<Arc<Vec<f32>>>,
     /// The forward's probabilities `[b, h, tq, tk]`, kept for the backward.
@@ -1234,7 +1242,7 @@ impl CustomOp3 for BiasedAttention {
         );
         let BiasedDims { b, tq, tk, h, d } = self.dims(l1, l2, l3)?;
         let c = h * d;
-        let (bf16, scale, off) = (self.bf16, self.scale, tk.saturating_sub(tq));
+        let (prec, scale, off) = (self.prec, self.scale, tk.saturating_sub(tq));
         let mut y = output_buffer(b * tq * c);
         let mut probs = output_buffer(b * h * tq * tk);
         y.par_chunks_mut(tq * c)
@@ -1259,7 +1267,7 @@ impl CustomOp3 for BiasedAttention {
                         cs: 2 * c as isize,
                         rs: 1,
                     };
-                    mm_causal(bf16, p, tk, qh, kt, (tq, d, tk), scale, Tri::Full);
+                    mm_causal(prec, p, tk, qh, kt, (tq, d, tk), scale, Tri::Full);
                     let bh = &bias[head * tq * tk..][..tq * tk];
                     simd(|| {
                         for (i, (row, brow)) in
@@ -1284,7 +1292,7 @@ impl CustomOp3 for BiasedAttention {
                     };
                     let y = &mut y[head * d..];
                     mm_causal(
-                        bf16,
+                        prec,
                         y,
                         c,
                         Mat::rows(pd, tk),
@@ -1314,7 +1322,7 @@ impl CustomOp3 for BiasedAttention {
         };
         let grad_op = BiasedAttentionGrad {
             scale: self.scale,
-            bf16: self.bf16,
+            prec: self.prec,
             keep: self.keep.clone(),
             probs,
             bias_dims: bias.dims().to_vec(),
@@ -1334,7 +1342,7 @@ impl CustomOp3 for BiasedAttention {
 /// as `[dq | dkv | dB]`. Inputs `(q, kv, dY)`.
 struct BiasedAttentionGrad {
     scale: f32,
-    bf16: bool,
+    prec: MatmulPrecision,
     keep: Option<Arc<Vec<f32>>>,
     probs: Arc<Vec<f32>>,
     bias_dims: Vec<usize>,
@@ -1369,7 +1377,7 @@ impl CustomOp3 for BiasedAttentionGrad {
             candle_core::bail!("attention-grad: sizes do not match the forward")
         }
         let (nq, nkv) = (q.len(), kv.len());
-        let (bf16, scale) = (self.bf16, self.scale);
+        let (prec, scale) = (self.prec, self.scale);
         let mut out = output_buffer(nq + nkv + probs.len());
         let (dq_all, rest) = out.split_at_mut(nq);
         let (dkv_all, db_all) = rest.split_at_mut(nkv);
@@ -1402,7 +1410,7 @@ impl CustomOp3 for BiasedAttentionGrad {
                         cs: 2 * c as isize,
                         rs: 1,
                     };
-                    mm_causal(bf16, ds, tk, dy_h, vt, (tq, d, tk), 1.0, Tri::Full);
+                    mm_causal(prec, ds, tk, dy_h, vt, (tq, d, tk), 1.0, Tri::Full);
                     simd(|| {
                         if let Some(keep) = keep {
                             ds.iter_mut().zip(keep).for_each(|(o, &k)| *o *= k);
@@ -1423,7 +1431,7 @@ impl CustomOp3 for BiasedAttentionGrad {
                     };
                     let dq_h = &mut dq[head * d..];
                     mm_causal(
-                        bf16,
+                        prec,
                         dq_h,
                         c,
                         Mat::rows(ds, tk),
@@ -1434,7 +1442,7 @@ impl CustomOp3 for BiasedAttentionGrad {
                     );
                     let dk_h = &mut dkv[head * d..];
                     mm_causal(
-                        bf16,
+                        prec,
                         dk_h,
                         2 * c,
                         Mat::cols(ds, tk),
@@ -1445,7 +1453,7 @@ impl CustomOp3 for BiasedAttentionGrad {
                     );
                     let dv_h = &mut dkv[c + head * d..];
                     mm_causal(
-                        bf16,
+                        prec,
                         dv_h,
                         2 * c,
                         Mat::cols(pdv, tk),
@@ -1580,8 +1588,8 @@ impl CustomOp1 for RowSum {
 /// `dx = dy·Wᵀ`, `dW = xᵀ·dy` (or `dyᵀ·x`), `db = Σ_rows dy` — three passes, no transposed copies.
 pub(crate) struct Linear {
     pub transposed: bool,
-    /// Products in bf16 with f32 accumulation ([`crate::ops::MatmulPrecision::Bf16`]).
-    pub bf16: bool,
+    /// Precision of the products (f32, or bf16 / f16 inputs with f32 accumulation).
+    pub prec: MatmulPrecision,
 }
 
 struct LinearDims {
@@ -1640,11 +1648,11 @@ impl CustomOp3 for Linear {
         let d = self.dims(l1, l2, b.len())?;
         let dims = (d.rows, d.n_in, d.n_out);
         let (xm, wm) = (Mat::rows(x, d.n_in), self.w_in_out(w, &d));
-        let y = if uses_bf16(self.bf16, dims) {
+        let y = if uses_bf16(self.prec, dims) {
             let mut y = output_buffer(d.rows * d.n_out);
             gemm_bf16_bias(&mut y, xm, wm, dims, b, true);
             y
-        } else if has_avx512f() {
+        } else if self.prec != MatmulPrecision::F16 && has_avx512f() {
             // The bias is added as each tile is stored.
             let mut y = output_buffer(d.rows * d.n_out);
             #[cfg(target_arch = "x86_64")]
@@ -1655,7 +1663,7 @@ impl CustomOp3 for Linear {
             for _ in 0..d.rows {
                 y.extend_from_slice(b);
             }
-            matmul_into(self.bf16, &mut y, xm, wm, dims, true);
+            matmul_into(self.prec, &mut y, xm, wm, dims, true);
             y
         };
         let mut shape = l1.dims().to_vec();
@@ -1678,7 +1686,7 @@ impl CustomOp3 for Linear {
             &grad.contiguous()?,
             &LinearGrad {
                 transposed: self.transposed,
-                bf16: self.bf16,
+                prec: self.prec,
                 n_bias: b.elem_count(),
             },
         )?;
@@ -1693,7 +1701,7 @@ impl CustomOp3 for Linear {
 
 struct LinearGrad {
     transposed: bool,
-    bf16: bool,
+    prec: MatmulPrecision,
     n_bias: usize,
 }
 
@@ -1716,7 +1724,7 @@ impl CustomOp3 for LinearGrad {
         let dy = slice(s3, l3, "linear-grad dy")?;
         let lin = Linear {
             transposed: self.transposed,
-            bf16: self.bf16,
+            prec: self.prec,
         };
         let d = lin.dims(l1, l2, self.n_bias)?;
         if dy.len() != d.rows * d.n_out {
@@ -1737,11 +1745,11 @@ impl CustomOp3 for LinearGrad {
         } else {
             Mat::cols(w, d.n_out)
         };
-        let bf16 = self.bf16;
+        let prec = self.prec;
         let grad_x = |dx: &mut [f32], par: bool| {
             let dims = (d.rows, d.n_out, d.n_in);
             mm(
-                bf16,
+                prec,
                 dx,
                 d.n_in,
                 Mat::rows(dy, d.n_out),
@@ -1757,12 +1765,12 @@ impl CustomOp3 for LinearGrad {
                 // dW[out, in] = dyᵀ[out, rows] · x[rows, in].
                 let (a, b) = (Mat::cols(dy, d.n_out), Mat::rows(x, d.n_in));
                 let dims = (d.n_out, d.rows, d.n_in);
-                mm(bf16, dw, d.n_in, a, b, dims, false, 1.0, par);
+                mm(prec, dw, d.n_in, a, b, dims, false, 1.0, par);
             } else {
                 // dW[in, out] = xᵀ[in, rows] · dy[rows, out].
                 let (a, b) = (Mat::cols(x, d.n_in), Mat::rows(dy, d.n_out));
                 let dims = (d.n_in, d.rows, d.n_out);
-                mm(bf16, dw, d.n_out, a, b, dims, false, 1.0, par);
+                mm(prec, dw, d.n_out, a, b, dims, false, 1.0, par);
             }
             for row in dy.chunks_exact(d.n_out) {
                 db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);

@@ -12,6 +12,8 @@
 //! - [`gpu`]: the GPU paths of the fused ops (candle-kernels' forward kernels, closed-form
 //!   backward).
 //! - [`precision`]: the per-thread matmul precision (f32 or bf16 products with f32 accumulation).
+//! - [`isa`]: the instruction sets the kernels may use (`LM_KERNELS_MAX_ISA` caps them, to run a
+//!   smaller CPU's paths on a bigger one).
 //! - [`threads`]: running a step on rayon's workers.
 //! - [`fastmath`]: vectorizable `exp`, `tanh`, sums and dot products.
 //! - [`device`]: opening a GPU with an error, not a panic, where the driver or a CUDA library
@@ -35,6 +37,7 @@ pub mod fastmath;
 mod fused;
 mod gemm;
 pub mod gpu;
+pub mod isa;
 pub mod memory;
 pub mod ops;
 pub mod peak;

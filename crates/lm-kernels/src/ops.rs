@@ -15,13 +15,7 @@ use crate::precision::{matmul_precision, MatmulPrecision};
 /// gemm the fused kernels run, exposed for benchmarks.
 pub fn matmul_slices(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
-    crate::gemm::matmul_rows(
-        matmul_precision() == MatmulPrecision::Bf16,
-        &mut out,
-        a,
-        b,
-        (m, k, n),
-    );
+    crate::gemm::matmul_rows(matmul_precision(), &mut out, a, b, (m, k, n));
     out
 }
 
@@ -117,7 +111,7 @@ pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tenso
         qkv.contiguous()?.apply_op1(fused::CausalAttention::new(
             n_head,
             scale as f32,
-            matmul_precision() == MatmulPrecision::Bf16,
+            matmul_precision(),
         ))
     } else {
         composite::causal_attention(qkv, n_head, scale)
@@ -147,7 +141,7 @@ pub fn self_attention(
         qkv.contiguous()?.apply_op1(fused::BiAttention {
             n_head,
             scale: scale as f32,
-            bf16: matmul_precision() == MatmulPrecision::Bf16,
+            prec: matmul_precision(),
             key_bias: key_bias.map(host).transpose()?,
             keep: keep.map(host).transpose()?,
             probs: std::sync::Mutex::new(None),
@@ -186,7 +180,7 @@ pub fn biased_attention(
             fused::BiasedAttention {
                 n_head,
                 scale: scale as f32,
-                bf16: matmul_precision() == MatmulPrecision::Bf16,
+                prec: matmul_precision(),
                 causal,
                 keep,
                 probs: std::sync::Mutex::new(None),
@@ -197,22 +191,22 @@ pub fn biased_attention(
     }
 }
 
-/// `a·b` (candle's batched matmul) at the thread's [`matmul_precision`] on a GPU: with `Bf16`,
-/// f32 operands are rounded to bf16 and multiplied by cuBLAS's bf16 gemm, which accumulates in
-/// f32, and the product comes back as f32 — bf16 products with f32 accumulation, as the CPU
-/// kernels do; gradients flow through the casts to the f32 masters. On the CPU (where the fused
-/// kernels apply the precision themselves) and for other dtypes it is `a.matmul(b)`.
+/// `a·b` (candle's batched matmul) at the thread's [`matmul_precision`] on a GPU: with `Bf16`
+/// (`F16`), f32 operands are rounded to bf16 (f16) and multiplied by cuBLAS's half-precision
+/// gemm, which accumulates in f32, and the product comes back as f32 — as the CPU kernels do;
+/// gradients flow through the casts to the f32 masters. On the CPU (where the fused kernels
+/// apply the precision themselves) and for other dtypes it is `a.matmul(b)`.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let bf16 = !a.device().is_cpu()
-        && a.dtype() == DType::F32
-        && b.dtype() == DType::F32
-        && matmul_precision() == MatmulPrecision::Bf16;
-    if bf16 {
-        a.to_dtype(DType::BF16)?
-            .matmul(&b.to_dtype(DType::BF16)?)?
-            .to_dtype(DType::F32)
-    } else {
-        a.matmul(b)
+    let half = match matmul_precision() {
+        MatmulPrecision::Highest => None,
+        MatmulPrecision::Bf16 => Some(DType::BF16),
+        MatmulPrecision::F16 => Some(DType::F16),
+    };
+    match half {
+        Some(h) if !a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 => {
+            a.to_dtype(h)?.matmul(&b.to_dtype(h)?)?.to_dtype(DType::F32)
+        }
+        _ => a.matmul(b),
     }
 }
 
@@ -236,7 +230,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
             &b.contiguous()?,
             fused::Linear {
                 transposed,
-                bf16: matmul_precision() == MatmulPrecision::Bf16,
+                prec: matmul_precision(),
             },
         );
     }

@@ -12,6 +12,11 @@ pub enum MatmulPrecision {
     /// activations and gradients kept in f32. Runs on AVX512-BF16 (`vdpbf16ps`) where the CPU
     /// has it, and as rounded inputs through the f32 gemm elsewhere.
     Bf16,
+    /// Inputs rounded to IEEE half (f16), products and sums in f32: the chapter's FP16 mixed
+    /// precision, with f16's narrow range (±65504, nothing below 2^-24) — run it with a loss
+    /// scaler. Every product rounds (also the small ones that `Bf16` leaves in f32), so an
+    /// overflow shows.
+    F16,
 }
 
 thread_local! {
@@ -54,6 +59,16 @@ pub fn bf16_matmul_kernel() -> &'static str {
         "AVX512-BF16"
     } else {
         "rounded f32"
+    }
+}
+
+/// Which kernel runs the f32 products of the fused ops on this machine: `"AVX-512"` (ours) or
+/// `"gemm crate"` (the portable fallback, AVX2 + FMA where the CPU has them).
+pub fn f32_matmul_kernel() -> &'static str {
+    if crate::gemm::has_avx512f() {
+        "AVX-512"
+    } else {
+        "gemm crate"
     }
 }
 

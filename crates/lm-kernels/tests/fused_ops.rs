@@ -318,3 +318,139 @@ fn fused_linear_names_mismatched_shapes() {
     let err = ops::linear(&x, &w, None, false).unwrap_err().to_string();
     assert!(err.contains("do not fit"), "{err}");
 }
+
+/// `t` rounded to IEEE half and widened to f64.
+fn to_f16_f64(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::F16)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+}
+
+/// FP16 mixed precision in the linear layer: the forward multiplies f16-rounded `x` and `W`,
+/// the backward f16-rounded `dy` with them (that rounding is where small gradients underflow
+/// without a loss scale), all sums in f32 — against that computed in f64 by hand; the bias
+/// gradient is a plain sum of `dy`.
+#[test]
+fn fused_linear_in_f16_rounds_every_product_operand() {
+    use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
+    let x = randn(&[3, 5, 7], 31, 1.0);
+    let w = randn(&[7, 4], 32, 1.0);
+    let b = randn(&[4], 33, 1.0);
+    let dy = randn(&[3, 5, 4], 34, 1.0);
+    let run = |p: MatmulPrecision| {
+        with_matmul_precision(p, || {
+            let (xv, wv, bv) = (
+                Var::from_tensor(&x).unwrap(),
+                Var::from_tensor(&w).unwrap(),
+                Var::from_tensor(&b).unwrap(),
+            );
+            let y =
+                ops::linear(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), false).unwrap();
+            let g = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
+            (y.clone(), grad(&xv), grad(&wv), grad(&bv))
+        })
+    };
+    let (y, dx, dw, db) = run(MatmulPrecision::F16);
+    let (xr, wr, dyr) = (to_f16_f64(&x), to_f16_f64(&w), to_f16_f64(&dy));
+    let b64 = b.to_dtype(DType::F64).unwrap();
+    let y_ref = xr
+        .broadcast_matmul(&wr)
+        .unwrap()
+        .broadcast_add(&b64)
+        .unwrap();
+    let dx_ref = dyr.broadcast_matmul(&wr.t().unwrap()).unwrap();
+    let (x2, dy2) = (xr.reshape((15, 7)).unwrap(), dyr.reshape((15, 4)).unwrap());
+    let dw_ref = x2.t().unwrap().matmul(&dy2).unwrap();
+    let db_ref = dy.to_dtype(DType::F64).unwrap().sum((0, 1)).unwrap();
+    let f32_of = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+    for (what, got, want) in [
+        ("y", &y, f32_of(y_ref)),
+        ("dx", &dx, f32_of(dx_ref)),
+        ("dW", &dw, f32_of(dw_ref)),
+        ("db", &db, f32_of(db_ref)),
+    ] {
+        let d = max_abs_diff(got, &want);
+        assert!(d < 1e-5, "{what}: {d}");
+    }
+    // The rounding is real: the f32 layer differs by f16's rounding, not f32's.
+    let (y32, dx32, dw32, _) = run(MatmulPrecision::Highest);
+    for (what, a, b) in [("y", &y, &y32), ("dx", &dx, &dx32), ("dW", &dw, &dw32)] {
+        let d = max_abs_diff(a, b);
+        assert!(d > 1e-4 && d < 2e-2, "{what}: f16 against f32 {d}");
+    }
+}
+
+/// The attention kernels under FP16 (every product rounds, also the per-head ones) stay within
+/// f16's rounding of their f32 values, and differ from them (the rounding happens).
+#[test]
+fn fused_attention_in_f16_is_within_half_rounding_of_f32() {
+    use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
+    let qkv = randn(&[2, 13, 3 * 18], 41, 1.0);
+    let q = randn(&[2, 9, 18], 42, 1.0);
+    let kv = randn(&[2, 11, 36], 43, 1.0);
+    let bias = randn(&[1, 3, 9, 11], 44, 1.0);
+    type Op<'a> = Box<dyn Fn(&[Tensor]) -> Result<Tensor> + 'a>;
+    let cases: Vec<(&str, Op, Vec<Tensor>)> = vec![
+        (
+            "causal",
+            Box::new(|t: &[Tensor]| ops::causal_attention(&t[0], 3, 0.25)),
+            vec![qkv.clone()],
+        ),
+        (
+            "bidirectional",
+            Box::new(|t: &[Tensor]| ops::self_attention(&t[0], 3, 0.25, None, None)),
+            vec![qkv.clone()],
+        ),
+        (
+            "biased",
+            Box::new(|t: &[Tensor]| {
+                ops::biased_attention(&t[0], &t[1], &t[2], 3, 1.0, false, None)
+            }),
+            vec![q, kv, bias],
+        ),
+    ];
+    for (what, op, inputs) in cases {
+        let (y16, g16) =
+            with_matmul_precision(MatmulPrecision::F16, || value_and_grads(&op, &inputs));
+        let (y32, g32) = value_and_grads(&op, &inputs);
+        let d = max_abs_diff(&y16, &y32);
+        assert!(d > 1e-5 && d < 1e-2, "{what}: value, f16 against f32 {d}");
+        for (i, (a, b)) in g16.iter().zip(&g32).enumerate() {
+            let d = max_abs_diff(a, b);
+            assert!(
+                d > 1e-5 && d < 3e-2,
+                "{what}: gradient {i}, f16 against f32 {d}"
+            );
+        }
+    }
+}
+
+/// Why FP16 needs a loss scale: a gradient of 1e-8 is under f16's smallest subnormal (2^-24 ≈
+/// 6e-8), so in f16 products the weight gradient is exactly 0; the same gradient scaled by 2^16
+/// survives, and divided by 2^16 afterwards it is the f32 gradient within f16's rounding.
+#[test]
+fn a_loss_scale_keeps_small_gradients_from_vanishing_in_f16() {
+    use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
+    let x = randn(&[4, 8], 51, 1.0);
+    let w = randn(&[8, 3], 52, 1.0);
+    let dy = (randn(&[4, 3], 53, 1.0) * 1e-8).unwrap();
+    let weight_grad = |p: MatmulPrecision, scale: f64| -> Tensor {
+        with_matmul_precision(p, || {
+            let wv = Var::from_tensor(&w).unwrap();
+            let y = ops::linear(&x, wv.as_tensor(), None, false).unwrap();
+            let loss = ((&y * &dy).unwrap().sum_all().unwrap() * scale).unwrap();
+            let g = loss.backward().unwrap();
+            (g.get(wv.as_tensor()).unwrap() / scale).unwrap()
+        })
+    };
+    let exact = weight_grad(MatmulPrecision::Highest, 1.0);
+    let unscaled = weight_grad(MatmulPrecision::F16, 1.0);
+    let scaled = weight_grad(MatmulPrecision::F16, 65536.0);
+    let size = exact.abs().unwrap().max_keepdim(0).unwrap().max(1).unwrap();
+    let size: f32 = size.squeeze(0).unwrap().to_scalar().unwrap();
+    assert!(size > 1e-8, "the f32 gradient is {size}");
+    assert_eq!(max_abs_diff(&unscaled, &exact.zeros_like().unwrap()), 0.0);
+    assert!(max_abs_diff(&scaled, &exact) < 2e-3 * size);
+}

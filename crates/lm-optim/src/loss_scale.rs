@@ -77,6 +77,27 @@ impl LossScaler {
         self.skipped
     }
 
+    /// Finite steps in a row since the scale last changed.
+    pub fn good_steps(&self) -> u64 {
+        self.good_steps
+    }
+
+    /// This scaler's settings with the state of a checkpoint: the scale, the good steps in a
+    /// row and the skipped steps, as [`Self::scale`], [`Self::good_steps`] and
+    /// [`Self::skipped_steps`] gave them.
+    pub fn resumed(mut self, scale: f64, good_steps: u64, skipped: u64) -> Result<Self> {
+        check(
+            scale > 0.0 && scale.is_finite(),
+            "scale",
+            scale,
+            "> 0 and finite",
+        )?;
+        self.scale = scale;
+        self.good_steps = good_steps;
+        self.skipped = skipped;
+        Ok(self)
+    }
+
     /// `S · loss`, to call `backward` on.
     pub fn scale_loss(&self, loss: &Tensor) -> Result<Tensor> {
         Ok((loss * self.scale)?)
@@ -161,5 +182,26 @@ mod tests {
         assert_eq!(LossScaler::default().scale(), 65536.0);
         assert_eq!(mixed_precision_bytes_per_param(8), (16, 16));
         assert!(LossScaler::new(0.0, 2.0, 0.5, 1).is_err());
+    }
+
+    #[test]
+    fn a_resumed_scaler_goes_on_where_the_saved_one_stood() {
+        let mut a = LossScaler::new(8.0, 2.0, 0.5, 3).unwrap();
+        for finite in [false, true, true] {
+            a.update(finite);
+        }
+        let fresh = LossScaler::new(8.0, 2.0, 0.5, 3).unwrap();
+        let mut b = fresh
+            .clone()
+            .resumed(a.scale(), a.good_steps(), a.skipped_steps())
+            .unwrap();
+        assert_eq!((b.scale(), b.good_steps(), b.skipped_steps()), (4.0, 2, 1));
+        // One more good step doubles both (the third in a row).
+        a.update(true);
+        b.update(true);
+        assert_eq!(a, b);
+        assert_eq!(b.scale(), 8.0);
+        assert!(fresh.clone().resumed(0.0, 0, 0).is_err());
+        assert!(fresh.resumed(f64::INFINITY, 0, 0).is_err());
     }
 }

@@ -45,6 +45,9 @@ pub struct TrainerState {
     /// Whether the optimizer state is sharded over the ranks (`optimizer-rank{r}.safetensors`).
     #[serde(default)]
     pub sharded_optimizer: bool,
+    /// The dynamic loss scaler's state, in runs with `matmul_precision = "f16"`.
+    #[serde(default)]
+    pub loss_scale: Option<LossScaleState>,
     /// CRC-32 and length of each file of the checkpoint (`model.safetensors`, …), verified when
     /// the checkpoint is loaded.
     #[serde(default)]
@@ -69,9 +72,21 @@ impl TrainerState {
             world: 1,
             global_batch: 0,
             sharded_optimizer: false,
+            loss_scale: None,
             checksums: BTreeMap::new(),
         }
     }
+}
+
+/// Where dynamic loss scaling stands (see `lm_optim::LossScaler`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossScaleState {
+    /// The scale the next step multiplies its loss by.
+    pub scale: f64,
+    /// Finite steps in a row since the scale last changed.
+    pub good_steps: u64,
+    /// Steps skipped so far because a gradient overflowed (also counted in `skipped_steps`).
+    pub overflows: u64,
 }
 
 /// A file's CRC-32 (IEEE) and length in bytes.

@@ -149,6 +149,8 @@ config_enum! {
         Highest = "highest",
         /// bf16 inputs, f32 accumulation; f32 master weights, activations and gradients.
         Bf16 = "bf16",
+        /// f16 inputs, f32 accumulation, with dynamic loss scaling; f32 master weights.
+        F16 = "f16",
     }
 }
 
@@ -198,6 +200,7 @@ impl Precision {
             Self::Auto => fastest_training_precision(),
             Self::Highest => MatmulPrecision::Highest,
             Self::Bf16 => MatmulPrecision::Bf16,
+            Self::F16 => MatmulPrecision::F16,
         }
     }
 
@@ -222,10 +225,21 @@ impl Precision {
                     "matmul precision: bf16 products (cuBLAS, f32 accumulation), f32 master weights"
                         .into()
                 }
+                lm_kernels::precision::MatmulPrecision::F16 => {
+                    "matmul precision: f16 products (cuBLAS, f32 accumulation), dynamic loss \
+                     scaling, f32 master weights"
+                        .into()
+                }
                 _ => "matmul precision: f32 (cuBLAS)".into(),
             }
         } else {
-            self.describe()
+            let cap = lm_kernels::isa::max_isa();
+            if cap < lm_kernels::isa::Isa::Amx {
+                let env = lm_kernels::isa::MAX_ISA_ENV;
+                format!("{} (CPU kernels capped at {cap} by {env})", self.describe())
+            } else {
+                self.describe()
+            }
         }
     }
 
@@ -244,6 +258,10 @@ impl Precision {
             (Self::Bf16, _) if kernel != "AMX-BF16" => format!(
                 "matmul precision: bf16 runs as {kernel} on this CPU (no AMX), measured about 2× slower than f32 on such CPUs; \"auto\" or \"highest\" is faster here"
             ),
+            (Self::F16, _) => "matmul precision: f16 products (inputs rounded to f16, f32 \
+                 sums on the f32 kernel: no CPU measured here multiplies f16 into f32 sums faster), \
+                 dynamic loss scaling, f32 master weights; slower than f32 on this CPU"
+                .into(),
             (p, _) => format!("matmul precision: {p}"),
         }
     }
@@ -292,6 +310,8 @@ mod tests {
         assert_eq!(Precision::Auto.resolve(), want);
         assert_eq!(Precision::Highest.resolve(), MatmulPrecision::Highest);
         assert_eq!(Precision::Bf16.resolve(), MatmulPrecision::Bf16);
+        assert_eq!(Precision::F16.resolve(), MatmulPrecision::F16);
+        assert!(Precision::F16.describe().contains("dynamic loss scaling"));
         let said = Precision::Auto.describe();
         assert!(
             said.contains(if amx { "auto → bf16" } else { "auto → f32" }),

@@ -218,6 +218,13 @@ pub struct TrainSection {
     /// Matrix products of linear layers and attention.
     #[serde(default = "default_matmul_precision")]
     pub matmul_precision: Precision,
+    /// With `matmul_precision = "f16"`: the loss scale of the first step (dynamic loss scaling
+    /// halves it after an overflow and doubles it after `loss_scale_growth_interval` good steps).
+    #[serde(default = "default_loss_scale_init")]
+    pub loss_scale_init: f64,
+    /// With `matmul_precision = "f16"`: good steps in a row before the loss scale doubles.
+    #[serde(default = "default_loss_scale_growth_interval")]
+    pub loss_scale_growth_interval: u64,
     /// Data parallelism: shard the optimizer state over the ranks (ZeRO stage 1): each rank
     /// keeps and updates the state of its share of the parameters, then sends them to the others.
     #[serde(default)]
@@ -226,6 +233,13 @@ pub struct TrainSection {
 
 fn default_matmul_precision() -> Precision {
     Precision::Auto
+}
+/// PyTorch `GradScaler`'s defaults.
+fn default_loss_scale_init() -> f64 {
+    65536.0
+}
+fn default_loss_scale_growth_interval() -> u64 {
+    2000
 }
 
 fn default_corpus() -> String {
@@ -1001,10 +1015,21 @@ impl TrainSection {
             ("train.eval_interval", self.eval_interval),
             ("train.eval_iters", self.eval_iters as u64),
             ("train.log_interval", self.log_interval),
+            (
+                "train.loss_scale_growth_interval",
+                self.loss_scale_growth_interval,
+            ),
         ] {
             if v == 0 {
                 return err(key, "must be positive".into());
             }
+        }
+        let init = self.loss_scale_init;
+        if !(init.is_finite() && init > 0.0) {
+            return err(
+                "train.loss_scale_init",
+                format!("{init} must be a positive finite number"),
+            );
         }
         Ok(())
     }

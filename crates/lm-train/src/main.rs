@@ -716,6 +716,10 @@ fn share_cores(comm: &dyn Collective) {
 fn main() -> ExitCode {
     lm_kernels::memory::keep_freed_memory();
     let cli = Cli::parse();
+    if let Err(e) = lm_kernels::isa::max_isa_from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let comm: Arc<dyn Collective> = match lm_dist::from_environment() {
         Ok(c) => Arc::from(c),
         Err(e) => {

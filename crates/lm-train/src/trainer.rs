@@ -35,7 +35,7 @@ use lm_objectives::Rng;
 use lm_optim::{BatchSizeRamp, Optimizer, ParamGroup, Schedule};
 
 use crate::batches::{BatchSource, Specials};
-use crate::checkpoint::{self, CheckpointWriter, TrainerState};
+use crate::checkpoint::{self, CheckpointWriter, LossScaleState, TrainerState};
 use crate::config::{NonFinitePolicy, RunConfig, ScheduleUnit, TokenizerKind, TrainConfig};
 use crate::data::{load_corpus, Split, TokenizedCorpus};
 use crate::error::{io_err, Result, TrainError};
@@ -952,6 +952,29 @@ impl Trainer {
     }
 
     /// The configured precision of the matrix products on this run's device.
+    /// The dynamic loss scaler where the products run in f16 (its state from the checkpoint,
+    /// its settings from `train.loss_scale_*`); `None` at any other precision.
+    fn loss_scaler(&self) -> Result<Option<lm_optim::LossScaler>> {
+        if self.matmul_precision() != MatmulPrecision::F16 {
+            return Ok(None);
+        }
+        let t = self.cfg.train();
+        let bad = |e: lm_optim::OptimError| TrainError::Config {
+            source_name: "train".into(),
+            key: "train.loss_scale_init".into(),
+            problem: e.to_string(),
+        };
+        let scaler =
+            lm_optim::LossScaler::new(t.loss_scale_init, 2.0, 0.5, t.loss_scale_growth_interval)
+                .map_err(bad)?;
+        Ok(Some(match self.state.loss_scale {
+            Some(st) => scaler
+                .resumed(st.scale, st.good_steps, st.overflows)
+                .map_err(bad)?,
+            None => scaler,
+        }))
+    }
+
     fn matmul_precision(&self) -> MatmulPrecision {
         self.cfg.train().matmul_precision.resolve_on(&self.device)
     }
@@ -969,6 +992,7 @@ impl Trainer {
         let first_key = self.state.step * accum as u64;
         let mut total: Option<GradStore> = None;
         let mut loss_sum = 0f32;
+        let loss_scale = self.loss_scaler()?.map(|s| s.scale());
         for (m, global) in batches.iter().enumerate() {
             let key = self.dropout_key(first_key + m as u64);
             let (part, w, first_row) = self.my_rows(global)?;
@@ -980,7 +1004,11 @@ impl Trainer {
                 loss
             };
             loss_sum += loss.to_scalar::<f32>()?;
-            let grads = loss.backward()?;
+            // f16 products: the loss scaled up so that small gradients survive f16's range.
+            let grads = match loss_scale {
+                Some(scale) => (loss * scale)?.backward()?,
+                None => loss.backward()?,
+            };
             total = Some(match total {
                 None => grads,
                 Some(mut acc) => {
@@ -1036,14 +1064,42 @@ impl Trainer {
             });
         }
         let clip = self.cfg.optim().grad_clip;
-        let norm = lm_optim::clip::grad_norm(&grads, &self.vars)?;
+        let mut norm = lm_optim::clip::grad_norm(&grads, &self.vars)?;
+        // Dynamic loss scaling (f16 products): the gradients are S times the true ones. A
+        // non-finite norm means one overflowed: skip the step and halve S. Else the 1/S goes
+        // into the factor the optimizer applies, with the clipping.
+        let mut unscale = 1.0;
+        if let Some(mut scaler) = self.loss_scaler()? {
+            let (s, finite) = (scaler.scale(), norm.is_finite());
+            scaler.update(finite);
+            self.state.loss_scale = Some(LossScaleState {
+                scale: scaler.scale(),
+                good_steps: scaler.good_steps(),
+                overflows: scaler.skipped_steps(),
+            });
+            if !finite {
+                self.state.step += 1;
+                self.state.skipped_steps += 1;
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "step {}: a gradient overflowed f16 at loss scale {s}; step skipped, the \
+                     scale is now {}",
+                    self.state.step,
+                    scaler.scale()
+                );
+                return Ok(None);
+            }
+            norm /= s;
+            unscale = 1.0 / s;
+        }
         // Clipping as a factor the optimizer applies (Adam: inside its fused update).
         let scale = if clip > 0.0 {
             lm_optim::clip::clip_factor(norm, clip)?
         } else {
             1.0
         };
-        self.opt.step_scaled(&mut grads, lr, scale)?;
+        self.opt.step_scaled(&mut grads, lr, scale * unscale)?;
         self.gather_owned_parameters()?;
         self.state.step += 1;
         Ok(Some((loss, norm, lr)))

@@ -5,11 +5,14 @@ use std::sync::OnceLock;
 /// Rows of `a` per parallel task (four 16-row tiles).
 const TASK_ROWS: usize = 64;
 
-/// Whether the CPU has AMX-BF16 (and AVX-512, which every AMX CPU has) and the OS granted
-/// this process the tile state.
+/// Whether the CPU has AMX-BF16 (and AVX-512, which every AMX CPU has), the OS granted this
+/// process the tile state and `LM_KERNELS_MAX_ISA` does not cap the kernels below AMX.
 pub(crate) fn available() -> bool {
     static GRANTED: OnceLock<bool> = OnceLock::new();
     *GRANTED.get_or_init(|| {
+        if !crate::isa::allows(crate::isa::Isa::Amx) {
+            return false;
+        }
         let ext = std::arch::x86_64::__cpuid_count(7, 0);
         let (bf16, tile) = ((ext.edx >> 22) & 1 == 1, (ext.edx >> 24) & 1 == 1);
         if !(bf16 && tile && has_avx512f()) {

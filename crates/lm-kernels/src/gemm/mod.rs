@@ -18,6 +18,8 @@
 
 use std::cell::RefCell;
 
+use crate::precision::MatmulPrecision;
+
 /// Rows × columns of the register tile.
 const MR: usize = 8;
 const NR: usize = 32;
@@ -58,7 +60,8 @@ fn at(m: &Mat, i: usize, j: usize) -> f32 {
 pub(crate) fn has_avx512_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        crate::isa::allows(crate::isa::Isa::Avx512Bf16)
+            && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -129,18 +132,67 @@ pub(crate) fn fallback(
     dst_rs: usize,
     a: Mat,
     b: Mat,
+    dims: (usize, usize, usize),
+    accumulate: bool,
+    scale: f32,
+    parallel: bool,
+) {
+    rounded_gemm(
+        round_bf16, dst, dst_rs, a, b, dims, accumulate, scale, parallel,
+    )
+}
+
+/// `x` rounded to the nearest IEEE half (ties to even; beyond ±65504 it is ±inf, below 2^-24 in
+/// magnitude 0) and back.
+#[inline(always)]
+pub(crate) fn round_f16(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
+/// `dst[m, n] (+)= scale · f16(a)[m, k] · f16(b)[k, n]`: both operands rounded to f16, products
+/// and sums in f32 (what a GPU's f16 tensor-core gemm computes; a product of two halves is exact
+/// in f32). An operand beyond f16's range becomes ±inf and the result inf or NaN — the overflow
+/// that dynamic loss scaling detects. No CPU measured here multiplies f16 into f32 sums faster
+/// than f32 (AVX512-FP16 sums in f16; AMX-FP16 is not on them), so this runs on the f32 kernel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_f16_into(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
+    dims: (usize, usize, usize),
+    accumulate: bool,
+    scale: f32,
+    parallel: bool,
+) {
+    rounded_gemm(
+        round_f16, dst, dst_rs, a, b, dims, accumulate, scale, parallel,
+    )
+}
+
+/// Rounds both operands with `round` (into contiguous copies) and runs the f32 gemm.
+#[allow(clippy::too_many_arguments)]
+fn rounded_gemm(
+    round: fn(f32) -> f32,
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
     (m, k, n): (usize, usize, usize),
     accumulate: bool,
     scale: f32,
     parallel: bool,
 ) {
-    let round = |x: &Mat, r: usize, c: usize| -> Vec<f32> {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let rounded = |x: &Mat, r: usize, c: usize| -> Vec<f32> {
         (0..r)
             .flat_map(|i| (0..c).map(move |j| (i, j)))
-            .map(|(i, j)| round_bf16(at(x, i, j)))
+            .map(|(i, j)| round(at(x, i, j)))
             .collect()
     };
-    let (ra, rb) = (round(&a, m, k), round(&b, k, n));
+    let (ra, rb) = (rounded(&a, m, k), rounded(&b, k, n));
     gemm_into(
         dst,
         dst_rs,
@@ -281,7 +333,8 @@ fn with_scratch<T: Copy + Default, R>(
 pub(crate) fn has_avx512f() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        crate::isa::allows(crate::isa::Isa::Avx512)
+            && std::arch::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -447,8 +500,8 @@ pub(crate) fn gemm_crate(
 /// Whether [`mm`] runs a product in bf16: products under 2^20 multiply-adds (one attention
 /// head) stay in f32, where packing to bf16 and setting up the tiles would cost more than the
 /// bf16 arithmetic saves.
-pub(crate) fn uses_bf16(bf16: bool, (m, k, n): (usize, usize, usize)) -> bool {
-    bf16 && m * k * n >= 1 << 20
+pub(crate) fn uses_bf16(prec: MatmulPrecision, (m, k, n): (usize, usize, usize)) -> bool {
+    prec == MatmulPrecision::Bf16 && m * k * n >= 1 << 20
 }
 
 /// `dst = scale · a · b` on the calling thread ([`mm`] without accumulation), skipping the
@@ -456,7 +509,7 @@ pub(crate) fn uses_bf16(bf16: bool, (m, k, n): (usize, usize, usize)) -> bool {
 /// product, which is the same where it is wanted).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mm_causal(
-    bf16: bool,
+    prec: MatmulPrecision,
     dst: &mut [f32],
     dst_rs: usize,
     a: Mat,
@@ -466,11 +519,11 @@ pub(crate) fn mm_causal(
     tri: Tri,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if !uses_bf16(bf16, dims) && has_avx512f() {
+    if prec != MatmulPrecision::F16 && !uses_bf16(prec, dims) && has_avx512f() {
         return avx512_f32::gemm_tri(dst, dst_rs, a, b, dims, scale, tri);
     }
     let _ = tri;
-    mm(bf16, dst, dst_rs, a, b, dims, false, scale, false)
+    mm(prec, dst, dst_rs, a, b, dims, false, scale, false)
 }
 
 /// A buffer for a kernel's output that the kernel overwrites in full before anything reads it.
@@ -485,11 +538,12 @@ pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
     v
 }
 
-/// [`gemm_into`], or with `bf16` (for products of at least 2^20 multiply-adds)
-/// [`gemm_bf16_into`].
+/// [`gemm_into`]; with `Bf16`, [`gemm_bf16_into`] for products of at least 2^20 multiply-adds;
+/// with `F16`, [`gemm_f16_into`] for every product (its range, not only its speed, is the point:
+/// small products in f32 would hide an overflow).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mm(
-    bf16: bool,
+    prec: MatmulPrecision,
     dst: &mut [f32],
     dst_rs: usize,
     a: Mat,
@@ -499,8 +553,10 @@ pub(crate) fn mm(
     scale: f32,
     parallel: bool,
 ) {
-    if uses_bf16(bf16, dims) {
+    if uses_bf16(prec, dims) {
         gemm_bf16_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
+    } else if prec == MatmulPrecision::F16 {
+        gemm_f16_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
     } else {
         gemm_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
     }
@@ -508,7 +564,7 @@ pub(crate) fn mm(
 
 /// `dst = a · b` for row-major slices (checked sizes), on all threads.
 pub(crate) fn matmul_rows(
-    bf16: bool,
+    prec: MatmulPrecision,
     dst: &mut [f32],
     a: &[f32],
     b: &[f32],
@@ -519,7 +575,7 @@ pub(crate) fn matmul_rows(
         "matmul: sizes"
     );
     matmul_into(
-        bf16,
+        prec,
         dst,
         Mat::rows(a, k),
         Mat::rows(b, n),
@@ -530,14 +586,14 @@ pub(crate) fn matmul_rows(
 
 /// [`mm`] for a contiguous `dst`, on all threads.
 pub(crate) fn matmul_into(
-    bf16: bool,
+    prec: MatmulPrecision,
     dst: &mut [f32],
     a: Mat,
     b: Mat,
     dims: (usize, usize, usize),
     accumulate: bool,
 ) {
-    mm(bf16, dst, dims.2, a, b, dims, accumulate, 1.0, true)
+    mm(prec, dst, dims.2, a, b, dims, accumulate, 1.0, true)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -300,3 +300,108 @@ fn transpose_16x16_transposes() {
         }
     }
 }
+
+/// f16 rounding: nearest even, IEEE half's range (the values by hand from the binary16 format:
+/// 11 significant bits, largest finite 65504, smallest subnormal 2^-24).
+#[test]
+fn f16_rounding_is_ieee_half() {
+    assert_eq!(round_f16(1.0 + 2f32.powi(-11)), 1.0); // a tie: to even
+    assert_eq!(round_f16(1.0 + 3.0 * 2f32.powi(-11)), 1.0 + 2f32.powi(-9)); // a tie: to even (up)
+    assert_eq!(round_f16(1.0 + 2f32.powi(-10)), 1.0 + 2f32.powi(-10)); // exact
+    assert_eq!(round_f16(65504.0), 65504.0);
+    assert_eq!(round_f16(65520.0), f32::INFINITY); // halfway to 2^16 rounds up, past the range
+    assert_eq!(round_f16(-1e6), f32::NEG_INFINITY);
+    assert_eq!(round_f16(2f32.powi(-24)), 2f32.powi(-24));
+    assert_eq!(round_f16(2f32.powi(-26)), 0.0); // under half the smallest subnormal
+    assert!(round_f16(f32::NAN).is_nan());
+}
+
+/// The f16 product equals the f32 product of the rounded operands (as the bf16 kernels do), in
+/// every layout and accumulating; an operand past f16's range makes the result non-finite.
+#[test]
+fn f16_product_equals_f32_product_of_rounded_operands() {
+    for (m, k, n) in [(13, 7, 37), (70, 129, 33), (1, 1, 1)] {
+        let (a, b) = (data(m * k, 21), data(k * n, 22));
+        let init = data(m * n, 23);
+        let (ra, rb): (Vec<f32>, Vec<f32>) = (
+            a.iter().map(|&x| round_f16(x)).collect(),
+            b.iter().map(|&x| round_f16(x)).collect(),
+        );
+        let (mut got, mut want) = (init.clone(), init.clone());
+        let dims = (m, k, n);
+        gemm_f16_into(
+            &mut got,
+            n,
+            Mat::rows(&a, k),
+            Mat::rows(&b, n),
+            dims,
+            true,
+            0.5,
+            true,
+        );
+        gemm_into(
+            &mut want,
+            n,
+            Mat::rows(&ra, k),
+            Mat::rows(&rb, n),
+            dims,
+            true,
+            0.5,
+            true,
+        );
+        assert_eq!(got, want, "{m}x{k}x{n}");
+        // Transposed a (the backward's xᵀ·dy) through `mm`.
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let mut got_t = init.clone();
+        let p = MatmulPrecision::F16;
+        mm(
+            p,
+            &mut got_t,
+            n,
+            Mat::cols(&at, m),
+            Mat::rows(&b, n),
+            dims,
+            true,
+            0.5,
+            false,
+        );
+        assert_close(&got_t, &want, 1e-6, "f16, transposed a");
+        // And the rounding is real: against the unrounded f32 product the difference is of
+        // f16's size (2^-11 relative per operand), far above f32's.
+        let mut exact = init.clone();
+        gemm_into(
+            &mut exact,
+            n,
+            Mat::rows(&a, k),
+            Mat::rows(&b, n),
+            dims,
+            true,
+            0.5,
+            true,
+        );
+        let max_diff = exact
+            .iter()
+            .zip(&got)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max_diff > 1e-5, "{m}x{k}x{n}: f16 rounding did not happen");
+    }
+    let mut big = data(4 * 8, 24);
+    big[3] = 7e4;
+    let mut out = vec![0f32; 4 * 5];
+    let b = data(8 * 5, 25);
+    let p = MatmulPrecision::F16;
+    mm(
+        p,
+        &mut out,
+        5,
+        Mat::rows(&big, 8),
+        Mat::rows(&b, 5),
+        (4, 8, 5),
+        false,
+        1.0,
+        false,
+    );
+    assert!(out[..5].iter().all(|v| !v.is_finite()), "{:?}", &out[..5]);
+    assert!(out[5..].iter().all(|v| v.is_finite()));
+}

@@ -50,12 +50,6 @@ pub(crate) fn round_bf16(x: f32) -> f32 {
     f32::from_bits((to_bf16_bits(x) as u32) << 16)
 }
 
-/// Element `(i, j)` of a strided view.
-#[inline(always)]
-fn at(m: &Mat, i: usize, j: usize) -> f32 {
-    m.data[(i as isize * m.rs + j as isize * m.cs) as usize]
-}
-
 /// Whether this CPU runs the AVX512-BF16 kernel.
 pub(crate) fn has_avx512_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -125,7 +119,7 @@ pub(crate) fn gemm_bf16_bias(
     gemm_bf16_into(dst, n, a, b, (m, k, n), true, 1.0, parallel)
 }
 
-/// Rounds both operands to bf16 (into contiguous copies) and runs the f32 gemm.
+/// Rounds both operands to bf16 (into copies) and runs the f32 gemm.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fallback(
     dst: &mut [f32],
@@ -137,9 +131,12 @@ pub(crate) fn fallback(
     scale: f32,
     parallel: bool,
 ) {
-    rounded_gemm(
-        round_bf16, dst, dst_rs, a, b, dims, accumulate, scale, parallel,
-    )
+    let round = |src: &[f32], out: &mut [f32]| {
+        out.iter_mut()
+            .zip(src)
+            .for_each(|(o, &x)| *o = round_bf16(x))
+    };
+    rounded_gemm(round, dst, dst_rs, a, b, dims, accumulate, scale, parallel)
 }
 
 /// `x` rounded to the nearest IEEE half (ties to even; beyond ±65504 it is ±inf, below 2^-24 in
@@ -147,6 +144,38 @@ pub(crate) fn fallback(
 #[inline(always)]
 pub(crate) fn round_f16(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
+}
+
+/// `out[i] = round_f16(src[i])`: 16 at a time with AVX-512's `vcvtps2ph` / `vcvtph2ps` (nearest
+/// even, overflow to ±inf, subnormal halves kept — IEEE's conversion, as `round_f16`).
+pub(crate) fn round_f16_slice(src: &[f32], out: &mut [f32]) {
+    assert_eq!(src.len(), out.len(), "round_f16_slice: lengths");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512f() {
+        // SAFETY: AVX-512F is present (checked above); the loop reads and writes 16 elements at
+        // offsets below `src.len() / 16 * 16`, inside both slices (equal lengths, asserted).
+        unsafe { done = round_f16_avx512(src, out) };
+    }
+    for (o, &x) in out[done..].iter_mut().zip(&src[done..]) {
+        *o = round_f16(x);
+    }
+}
+
+/// The vector part of [`round_f16_slice`]; returns how many leading elements it rounded.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn round_f16_avx512(src: &[f32], out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = src.len() / 16 * 16;
+    let mut i = 0;
+    while i < n {
+        let v = _mm512_loadu_ps(src.as_ptr().add(i));
+        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+        i += 16;
+    }
+    n
 }
 
 /// `dst[m, n] (+)= scale · f16(a)[m, k] · f16(b)[k, n]`: both operands rounded to f16, products
@@ -166,43 +195,84 @@ pub(crate) fn gemm_f16_into(
     parallel: bool,
 ) {
     rounded_gemm(
-        round_f16, dst, dst_rs, a, b, dims, accumulate, scale, parallel,
+        round_f16_slice,
+        dst,
+        dst_rs,
+        a,
+        b,
+        dims,
+        accumulate,
+        scale,
+        parallel,
     )
 }
 
-/// Rounds both operands with `round` (into contiguous copies) and runs the f32 gemm.
+thread_local! {
+    /// The rounded copies of the two operands (see [`with_scratch`]).
+    static ROUNDED_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ROUNDED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Rounds both operands with `round` (see [`with_rounded`]) and runs the f32 gemm on the copies.
 #[allow(clippy::too_many_arguments)]
 fn rounded_gemm(
-    round: fn(f32) -> f32,
+    round: impl Fn(&[f32], &mut [f32]),
     dst: &mut [f32],
     dst_rs: usize,
     a: Mat,
     b: Mat,
-    (m, k, n): (usize, usize, usize),
+    dims: (usize, usize, usize),
     accumulate: bool,
     scale: f32,
     parallel: bool,
 ) {
-    if m == 0 || n == 0 {
+    if dims.0 == 0 || dims.2 == 0 {
         return;
     }
-    let rounded = |x: &Mat, r: usize, c: usize| -> Vec<f32> {
-        (0..r)
-            .flat_map(|i| (0..c).map(move |j| (i, j)))
-            .map(|(i, j)| round(at(x, i, j)))
-            .collect()
+    with_rounded(round, a, b, dims, |ra, rb| {
+        gemm_into(dst, dst_rs, ra, rb, dims, accumulate, scale, parallel)
+    })
+}
+
+/// Calls `f` with copies of `a` and `b` rounded by `round`: the part of each slice that its view
+/// reaches, rounded elementwise, so the copies keep the views' strides (a transposed or strided
+/// operand costs no gather).
+fn with_rounded<R>(
+    round: impl Fn(&[f32], &mut [f32]),
+    a: Mat,
+    b: Mat,
+    (m, k, n): (usize, usize, usize),
+    f: impl FnOnce(Mat, Mat) -> R,
+) -> R {
+    let reach = |x: &Mat, r: usize, c: usize| -> usize {
+        if r == 0 || c == 0 {
+            return 0;
+        }
+        let last = (r - 1) as isize * x.rs + (c - 1) as isize * x.cs;
+        (last as usize + 1).min(x.data.len())
     };
-    let (ra, rb) = (rounded(&a, m, k), rounded(&b, k, n));
-    gemm_into(
-        dst,
-        dst_rs,
-        Mat::rows(&ra, k),
-        Mat::rows(&rb, n),
-        (m, k, n),
-        accumulate,
-        scale,
-        parallel,
-    );
+    // Only the elements the view reads: row by row (or column by column) where it strides past
+    // others (a head's columns of a packed q|k|v); the others stay unwritten and unread.
+    let round_view = |x: &Mat, r: usize, c: usize, out: &mut [f32]| {
+        let (runs, len, step) = match (x.cs, x.rs) {
+            (1, rs) if rs as usize > c => (r, c, rs as usize),
+            (cs, 1) if cs as usize > r => (c, r, cs as usize),
+            _ => (1, out.len(), 0),
+        };
+        for i in 0..runs {
+            let at = i * step;
+            let end = (at + len).min(out.len());
+            round(&x.data[at..end], &mut out[at..end]);
+        }
+    };
+    let (la, lb) = (reach(&a, m, k), reach(&b, k, n));
+    with_scratch(&ROUNDED_A, la, |ra| {
+        round_view(&a, m, k, ra);
+        with_scratch(&ROUNDED_B, lb, |rb| {
+            round_view(&b, k, n, rb);
+            f(Mat { data: ra, ..a }, Mat { data: rb, ..b })
+        })
+    })
 }
 
 /// Calls `tile::<R>(args)` for the runtime row count `mr` of a register tile (any listed R, else
@@ -519,7 +589,12 @@ pub(crate) fn mm_causal(
     tri: Tri,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if prec != MatmulPrecision::F16 && !uses_bf16(prec, dims) && has_avx512f() {
+    if !uses_bf16(prec, dims) && has_avx512f() {
+        if prec == MatmulPrecision::F16 {
+            return with_rounded(round_f16_slice, a, b, dims, |ra, rb| {
+                avx512_f32::gemm_tri(dst, dst_rs, ra, rb, dims, scale, tri)
+            });
+        }
         return avx512_f32::gemm_tri(dst, dst_rs, a, b, dims, scale, tri);
     }
     let _ = tri;

@@ -405,3 +405,39 @@ fn f16_product_equals_f32_product_of_rounded_operands() {
     assert!(out[..5].iter().all(|v| !v.is_finite()), "{:?}", &out[..5]);
     assert!(out[5..].iter().all(|v| v.is_finite()));
 }
+
+/// The vector f16 rounding equals the scalar one (the `half` crate's) on ties, overflow,
+/// subnormals, zeros, infinities and NaN, and on a seeded sweep, at every length around a
+/// multiple of the vector width.
+#[test]
+fn vector_f16_rounding_equals_scalar() {
+    let mut v: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        65504.0,
+        65519.0,
+        65520.0,
+        -7e4,
+        2f32.powi(-24),
+        2f32.powi(-25),
+        1.5 * 2f32.powi(-25),
+        3e-6,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MIN_POSITIVE,
+    ];
+    v.extend(data(300, 31).iter().map(|x| x * 1e3));
+    v.extend(data(300, 32).iter().map(|x| x * 1e-6));
+    for len in [0, 1, 15, 16, 17, 33, v.len()] {
+        let mut out = vec![f32::NAN; len];
+        round_f16_slice(&v[..len], &mut out);
+        for (i, (&x, &y)) in v[..len].iter().zip(&out).enumerate() {
+            assert_eq!(y.to_bits(), round_f16(x).to_bits(), "{len}: at {i}, {x}");
+        }
+    }
+    let mut out = [0f32; 17];
+    round_f16_slice(&[f32::NAN; 17], &mut out);
+    assert!(out.iter().all(|x| x.is_nan()));
+}

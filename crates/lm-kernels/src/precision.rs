@@ -73,10 +73,10 @@ pub fn f32_matmul_kernel() -> &'static str {
 }
 
 /// The precision that trains fastest on this CPU: bf16 products where the CPU has AMX tiles
-/// (measured 2026-11-29 on an AMX Xeon: the GPT step 0.54× the f32 time, BERT, RoBERTa, T5 and
-/// BART steps 0.86–0.90×), f32 elsewhere — AVX512-BF16's `vdpbf16ps` alone runs at about half
-/// the rate of 512-bit f32 FMA on the Xeons measured, and the rounded-input fallback only adds
-/// work.
+/// (measured 2026-11-29 on an AMX Xeon, docs/performance.md: 0.63–0.85× the f32 step time over
+/// the six pretraining recipes), f32 elsewhere — with AVX512-BF16's `vdpbf16ps` alone the same
+/// recipes took 1.38–1.81× as long as f32, and the rounded-input fallback only adds work. Never
+/// f16: no CPU measured multiplies f16 into f32 sums faster than f32.
 pub fn fastest_training_precision() -> MatmulPrecision {
     if bf16_matmul_kernel() == "AMX-BF16" {
         MatmulPrecision::Bf16

@@ -9,30 +9,9 @@ use std::process::Command;
 
 use common::*;
 
-/// A 2-layer, 64-wide GPT on 60,000 characters, 20 steps, a loss logged every step.
+/// The GPT of `common::small_gpt`, 20 steps.
 fn small_run(dir: &Path) -> std::path::PathBuf {
-    std::fs::write(
-        dir.join("corpus.txt"),
-        &lm_train::data::SHAKESPEARE[..60_000],
-    )
-    .unwrap();
-    recipe_with(
-        dir,
-        "f16.toml",
-        &[
-            ("builtin:tinyshakespeare", "corpus.txt"),
-            ("n_layer = 4", "n_layer = 2"),
-            ("n_embd = 128", "n_embd = 64"),
-            ("block_size = 64", "block_size = 32"),
-            ("max_iters = 2000", "max_iters = 20"),
-            ("warmup_iters = 100", "warmup_iters = 2"),
-            ("lr_decay_iters = 2000", "lr_decay_iters = 20"),
-            ("eval_interval = 250", "eval_interval = 10"),
-            ("eval_iters = 20", "eval_iters = 1"),
-            ("log_interval = 10", "log_interval = 1"),
-            ("sample_tokens = 400", "sample_tokens = 0"),
-        ],
-    )
+    small_gpt(dir, "f16.toml", 20, 2, (10, 1))
 }
 
 /// `lm-train train` with `args` in `d`; returns its standard error (it must succeed).

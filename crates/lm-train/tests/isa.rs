@@ -10,30 +10,9 @@ use std::process::Command;
 use common::*;
 use lm_kernels::isa::Isa;
 
-/// A 2-layer, 64-wide GPT on 60,000 characters, 12 steps, a loss logged every step.
+/// The GPT of `common::small_gpt`, 12 steps.
 fn small_run(dir: &Path) -> std::path::PathBuf {
-    std::fs::write(
-        dir.join("corpus.txt"),
-        &lm_train::data::SHAKESPEARE[..60_000],
-    )
-    .unwrap();
-    recipe_with(
-        dir,
-        "isa.toml",
-        &[
-            ("builtin:tinyshakespeare", "corpus.txt"),
-            ("n_layer = 4", "n_layer = 2"),
-            ("n_embd = 128", "n_embd = 64"),
-            ("block_size = 64", "block_size = 32"),
-            ("max_iters = 2000", "max_iters = 12"),
-            ("warmup_iters = 100", "warmup_iters = 2"),
-            ("lr_decay_iters = 2000", "lr_decay_iters = 12"),
-            ("eval_interval = 250", "eval_interval = 1000"),
-            ("eval_iters = 20", "eval_iters = 1"),
-            ("log_interval = 10", "log_interval = 1"),
-            ("sample_tokens = 400", "sample_tokens = 0"),
-        ],
-    )
+    small_gpt(dir, "isa.toml", 12, 2, (1000, 1))
 }
 
 /// Trains `cfg` under `LM_KERNELS_MAX_ISA=isa` with `precision`; returns the run's standard

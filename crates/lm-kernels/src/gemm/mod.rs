@@ -178,35 +178,6 @@ unsafe fn round_f16_avx512(src: &[f32], out: &mut [f32]) -> usize {
     n
 }
 
-/// `dst[m, n] (+)= scale · f16(a)[m, k] · f16(b)[k, n]`: both operands rounded to f16, products
-/// and sums in f32 (what a GPU's f16 tensor-core gemm computes; a product of two halves is exact
-/// in f32). An operand beyond f16's range becomes ±inf and the result inf or NaN — the overflow
-/// that dynamic loss scaling detects. No CPU measured here multiplies f16 into f32 sums faster
-/// than f32 (AVX512-FP16 sums in f16; AMX-FP16 is not on them), so this runs on the f32 kernel.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_f16_into(
-    dst: &mut [f32],
-    dst_rs: usize,
-    a: Mat,
-    b: Mat,
-    dims: (usize, usize, usize),
-    accumulate: bool,
-    scale: f32,
-    parallel: bool,
-) {
-    rounded_gemm(
-        round_f16_slice,
-        dst,
-        dst_rs,
-        a,
-        b,
-        dims,
-        accumulate,
-        scale,
-        parallel,
-    )
-}
-
 thread_local! {
     /// The rounded copies of the two operands (see [`with_scratch`]).
     static ROUNDED_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -214,6 +185,11 @@ thread_local! {
 }
 
 /// Rounds both operands with `round` (see [`with_rounded`]) and runs the f32 gemm on the copies.
+/// With [`round_f16_slice`] this is the f16 product: `dst (+)= scale · f16(a) · f16(b)`, products
+/// and sums in f32 (what a GPU's f16 tensor-core gemm computes; a product of two halves is exact
+/// in f32), an operand beyond f16's range ±inf and the result inf or NaN — the overflow that
+/// dynamic loss scaling detects. No CPU measured here multiplies f16 into f32 sums faster than f32
+/// (AVX512-FP16 sums in f16; AMX-FP16 is not on them), so it runs on the f32 kernel.
 #[allow(clippy::too_many_arguments)]
 fn rounded_gemm(
     round: impl Fn(&[f32], &mut [f32]),
@@ -614,7 +590,7 @@ pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
 }
 
 /// [`gemm_into`]; with `Bf16`, [`gemm_bf16_into`] for products of at least 2^20 multiply-adds;
-/// with `F16`, [`gemm_f16_into`] for every product (its range, not only its speed, is the point:
+/// with `F16`, [`rounded_gemm`] to f16 for every product (its range, not only its speed, is the point:
 /// small products in f32 would hide an overflow).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mm(
@@ -631,7 +607,8 @@ pub(crate) fn mm(
     if uses_bf16(prec, dims) {
         gemm_bf16_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
     } else if prec == MatmulPrecision::F16 {
-        gemm_f16_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
+        let round = round_f16_slice;
+        rounded_gemm(round, dst, dst_rs, a, b, dims, accumulate, scale, parallel)
     } else {
         gemm_into(dst, dst_rs, a, b, dims, accumulate, scale, parallel)
     }

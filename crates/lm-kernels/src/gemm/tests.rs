@@ -323,62 +323,26 @@ fn f16_product_equals_f32_product_of_rounded_operands() {
     for (m, k, n) in [(13, 7, 37), (70, 129, 33), (1, 1, 1)] {
         let (a, b) = (data(m * k, 21), data(k * n, 22));
         let init = data(m * n, 23);
-        let (ra, rb): (Vec<f32>, Vec<f32>) = (
-            a.iter().map(|&x| round_f16(x)).collect(),
-            b.iter().map(|&x| round_f16(x)).collect(),
-        );
-        let (mut got, mut want) = (init.clone(), init.clone());
-        let dims = (m, k, n);
-        gemm_f16_into(
-            &mut got,
-            n,
-            Mat::rows(&a, k),
-            Mat::rows(&b, n),
-            dims,
-            true,
-            0.5,
-            true,
-        );
-        gemm_into(
-            &mut want,
-            n,
-            Mat::rows(&ra, k),
-            Mat::rows(&rb, n),
-            dims,
-            true,
-            0.5,
-            true,
-        );
+        // `init + 0.5·a·b` at precision `p`, on all threads or on this one.
+        let product = |p: MatmulPrecision, a: Mat, b: Mat, par: bool| -> Vec<f32> {
+            let mut dst = init.clone();
+            mm(p, &mut dst, n, a, b, (m, k, n), true, 0.5, par);
+            dst
+        };
+        let f16 = MatmulPrecision::F16;
+        let rounded = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| round_f16(v)).collect() };
+        let (ra, rb) = (rounded(&a), rounded(&b));
+        let got = product(f16, Mat::rows(&a, k), Mat::rows(&b, n), true);
+        let f32p = MatmulPrecision::Highest;
+        let want = product(f32p, Mat::rows(&ra, k), Mat::rows(&rb, n), true);
         assert_eq!(got, want, "{m}x{k}x{n}");
-        // Transposed a (the backward's xᵀ·dy) through `mm`.
+        // Transposed a (the backward's xᵀ·dy).
         let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
-        let mut got_t = init.clone();
-        let p = MatmulPrecision::F16;
-        mm(
-            p,
-            &mut got_t,
-            n,
-            Mat::cols(&at, m),
-            Mat::rows(&b, n),
-            dims,
-            true,
-            0.5,
-            false,
-        );
+        let got_t = product(f16, Mat::cols(&at, m), Mat::rows(&b, n), false);
         assert_close(&got_t, &want, 1e-6, "f16, transposed a");
         // And the rounding is real: against the unrounded f32 product the difference is of
         // f16's size (2^-11 relative per operand), far above f32's.
-        let mut exact = init.clone();
-        gemm_into(
-            &mut exact,
-            n,
-            Mat::rows(&a, k),
-            Mat::rows(&b, n),
-            dims,
-            true,
-            0.5,
-            true,
-        );
+        let exact = product(f32p, Mat::rows(&a, k), Mat::rows(&b, n), true);
         let max_diff = exact
             .iter()
             .zip(&got)

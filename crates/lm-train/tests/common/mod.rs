@@ -13,13 +13,17 @@ pub fn lm_train(args: &[&str], cwd: &Path) -> Output {
 }
 
 /// The gpt-shakespeare-char recipe with `edits` (each `from` must occur) written to `dir/file`.
-pub fn recipe_with(dir: &Path, file: &str, edits: &[(&str, &str)]) -> std::path::PathBuf {
+pub fn recipe_with<S: AsRef<str>>(
+    dir: &Path,
+    file: &str,
+    edits: &[(&str, S)],
+) -> std::path::PathBuf {
     let mut text = lm_train::config::TrainConfig::recipe("gpt-shakespeare-char")
         .unwrap()
         .to_toml();
     for (from, to) in edits {
         assert!(text.contains(from), "the recipe has no {from:?}");
-        text = text.replace(from, to);
+        text = text.replace(from, to.as_ref());
     }
     let path = dir.join(file);
     std::fs::write(&path, text).unwrap();
@@ -52,8 +56,16 @@ pub fn assert_one_line_error(out: &Output, needle: &str) {
     );
 }
 
-/// A GPT big enough that 60 steps take about a second, so a kill lands mid-run.
-pub fn kill_config(dir: &Path) -> std::path::PathBuf {
+/// A 2-layer, 64-wide GPT on the corpus's first 60,000 characters (written to `dir`), `steps`
+/// steps with warmup `warmup`, evaluated every `eval_interval` on `eval_iters` batches, a loss
+/// logged every step, as `dir/file`.
+pub fn small_gpt(
+    dir: &Path,
+    file: &str,
+    steps: u64,
+    warmup: u64,
+    (eval_interval, eval_iters): (u64, usize),
+) -> std::path::PathBuf {
     std::fs::write(
         dir.join("corpus.txt"),
         &lm_train::data::SHAKESPEARE[..60_000],
@@ -61,21 +73,29 @@ pub fn kill_config(dir: &Path) -> std::path::PathBuf {
     .unwrap();
     recipe_with(
         dir,
-        "kill.toml",
+        file,
         &[
-            ("builtin:tinyshakespeare", "corpus.txt"),
-            ("n_layer = 4", "n_layer = 2"),
-            ("n_embd = 128", "n_embd = 64"),
-            ("block_size = 64", "block_size = 32"),
-            ("max_iters = 2000", "max_iters = 60"),
-            ("warmup_iters = 100", "warmup_iters = 5"),
-            ("lr_decay_iters = 2000", "lr_decay_iters = 60"),
-            ("eval_interval = 250", "eval_interval = 10"),
-            ("eval_iters = 20", "eval_iters = 2"),
-            ("log_interval = 10", "log_interval = 1"),
-            ("sample_tokens = 400", "sample_tokens = 0"),
+            ("builtin:tinyshakespeare", "corpus.txt".to_string()),
+            ("n_layer = 4", "n_layer = 2".into()),
+            ("n_embd = 128", "n_embd = 64".into()),
+            ("block_size = 64", "block_size = 32".into()),
+            ("max_iters = 2000", format!("max_iters = {steps}")),
+            ("warmup_iters = 100", format!("warmup_iters = {warmup}")),
+            ("lr_decay_iters = 2000", format!("lr_decay_iters = {steps}")),
+            (
+                "eval_interval = 250",
+                format!("eval_interval = {eval_interval}"),
+            ),
+            ("eval_iters = 20", format!("eval_iters = {eval_iters}")),
+            ("log_interval = 10", "log_interval = 1".into()),
+            ("sample_tokens = 400", "sample_tokens = 0".into()),
         ],
     )
+}
+
+/// A GPT big enough that 60 steps take about a second, so a kill lands mid-run.
+pub fn kill_config(dir: &Path) -> std::path::PathBuf {
+    small_gpt(dir, "kill.toml", 60, 5, (10, 2))
 }
 
 /// Starts `lm-train train --config cfg --out out` in `d` and kills it (SIGKILL) as soon as

@@ -189,6 +189,22 @@ impl CustomOp1 for GeluTanh {
     }
 }
 
+/// The input `x` and incoming gradient `g` of an elementwise op's backward, checked to match.
+fn input_and_grad<'a>(
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+    op: &str,
+) -> Result<(&'a [f32], &'a [f32])> {
+    let x = slice(s1, l1, &format!("{op} x"))?;
+    let g = slice(s2, l2, &format!("{op} g"))?;
+    if x.len() != g.len() {
+        candle_core::bail!("{op}: x has {} elements, g {}", x.len(), g.len())
+    }
+    Ok((x, g))
+}
+
 /// `dGELU/dx = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²)`, times the incoming gradient.
 struct GeluTanhGrad;
 
@@ -204,11 +220,7 @@ impl CustomOp2 for GeluTanhGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, "gelu-grad x")?;
-        let g = slice(s2, l2, "gelu-grad g")?;
-        if x.len() != g.len() {
-            candle_core::bail!("gelu-grad: x has {} elements, g {}", x.len(), g.len())
-        }
+        let (x, g) = input_and_grad(s1, l1, s2, l2, "gelu-grad")?;
         #[cfg(target_arch = "x86_64")]
         if has_avx512f() {
             let mut dx = output_buffer(x.len());
@@ -276,11 +288,7 @@ impl CustomOp2 for GeluErfGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, "gelu-erf-grad x")?;
-        let g = slice(s2, l2, "gelu-erf-grad g")?;
-        if x.len() != g.len() {
-            candle_core::bail!("gelu-erf-grad: x has {} elements, g {}", x.len(), g.len())
-        }
+        let (x, g) = input_and_grad(s1, l1, s2, l2, "gelu-erf-grad")?;
         // 1/√(2π)
         const INV_SQRT_2PI: f32 = 0.398_942_3;
         let dx = par_map2(x, g, |x, g| {

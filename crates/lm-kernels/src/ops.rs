@@ -19,6 +19,13 @@ pub fn matmul_slices(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<
     out
 }
 
+/// A mask or bias the fused attention kernels read but do not differentiate, as f32 on the host.
+fn host(t: &Tensor) -> Result<Arc<Vec<f32>>> {
+    Ok(Arc::new(
+        t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+    ))
+}
+
 fn fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
@@ -133,11 +140,6 @@ pub fn self_attention(
     keep: Option<&Tensor>,
 ) -> Result<Tensor> {
     if fused(qkv) {
-        let host = |t: &Tensor| -> Result<Arc<Vec<f32>>> {
-            Ok(Arc::new(
-                t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            ))
-        };
         qkv.contiguous()?.apply_op1(fused::BiAttention {
             n_head,
             scale: scale as f32,
@@ -169,10 +171,7 @@ pub fn biased_attention(
     let (b, tq, _) = q.dims3()?;
     let tk = kv.dim(1)?;
     if fused(q) && kv.dtype() == DType::F32 && bias.dtype() == DType::F32 {
-        let keep = match keep {
-            Some(k) => Some(Arc::new(k.flatten_all()?.to_vec1::<f32>()?)),
-            None => None,
-        };
+        let keep = keep.map(host).transpose()?;
         let bias = bias.broadcast_as((b, n_head, tq, tk))?.contiguous()?;
         q.contiguous()?.apply_op3(
             &kv.contiguous()?,

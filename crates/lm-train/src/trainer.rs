@@ -986,13 +986,17 @@ impl Trainer {
 
     /// Forward and backward over the micro-batches of one step (global batches: this rank takes
     /// its rows); the loss is their mean and the gradients are those of the mean, summed over the
-    /// ranks.
-    fn forward_backward(&mut self, batches: &[Batch]) -> Result<(f32, GradStore)> {
+    /// ranks. With `loss_scale` (f16 products) each micro-batch's loss is multiplied by it
+    /// before backward, so the gradients are that many times the true ones.
+    fn forward_backward(
+        &mut self,
+        batches: &[Batch],
+        loss_scale: Option<f64>,
+    ) -> Result<(f32, GradStore)> {
         let accum = batches.len();
         let first_key = self.state.step * accum as u64;
         let mut total: Option<GradStore> = None;
         let mut loss_sum = 0f32;
-        let loss_scale = self.loss_scaler()?.map(|s| s.scale());
         for (m, global) in batches.iter().enumerate() {
             let key = self.dropout_key(first_key + m as u64);
             let (part, w, first_row) = self.my_rows(global)?;
@@ -1004,7 +1008,7 @@ impl Trainer {
                 loss
             };
             loss_sum += loss.to_scalar::<f32>()?;
-            // f16 products: the loss scaled up so that small gradients survive f16's range.
+            // Scaled up so that small gradients survive f16's range.
             let grads = match loss_scale {
                 Some(scale) => (loss * scale)?.backward()?,
                 None => loss.backward()?,
@@ -1044,7 +1048,9 @@ impl Trainer {
     fn train_step_on_pool(&mut self, batches: &[Batch]) -> Result<Option<(f32, f64, f64)>> {
         let lr = self.schedule.value(self.schedule_position());
         self.model.set_training(true);
-        let (loss, mut grads) = self.forward_backward(batches)?;
+        let scaler = self.loss_scaler()?;
+        let (loss, mut grads) =
+            self.forward_backward(batches, scaler.as_ref().map(|s| s.scale()))?;
         self.state.tokens_seen += batches.iter().map(|b| b.tokens as u64).sum::<u64>();
         if !loss.is_finite() {
             self.state.step += 1;
@@ -1069,7 +1075,7 @@ impl Trainer {
         // non-finite norm means one overflowed: skip the step and halve S. Else the 1/S goes
         // into the factor the optimizer applies, with the clipping.
         let mut unscale = 1.0;
-        if let Some(mut scaler) = self.loss_scaler()? {
+        if let Some(mut scaler) = scaler {
             let (s, finite) = (scaler.scale(), norm.is_finite());
             scaler.update(finite);
             self.state.loss_scale = Some(LossScaleState {

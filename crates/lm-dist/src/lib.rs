@@ -3,9 +3,11 @@
 //! The collectives a data-parallel trainer needs, behind one small trait: every rank holds the
 //! whole model, computes the gradients of its share of the global batch, and the gradients are
 //! summed across ranks ([`Collective::all_reduce_sum`]) before every rank takes the same optimizer
-//! step. Two implementations:
+//! step. The implementations:
 //!
 //! - [`SingleProcess`] (always built): world size 1, every collective the identity.
+//! - [`ThreadRank`] (always built): ranks as threads of one process, for testing multi-rank
+//!   logic without a launcher.
 //! - `Mpi` (cargo feature `mpi`): ranks of an MPI job (`mpirun -np N …`), through rsmpi over the
 //!   system's MPI — one machine or many.
 //! - `Nccl` (cargo feature `nccl`, which needs CUDA): the ranks of an MPI job, one GPU each
@@ -23,6 +25,10 @@
 //! c.all_reduce_sum(&mut g).unwrap();
 //! assert_eq!((c.rank(), c.world_size(), g), (0, 1, [1.0, 2.0]));
 //! ```
+
+mod threads;
+
+pub use threads::ThreadRank;
 
 #[cfg(feature = "mpi")]
 mod mpi_ranks;

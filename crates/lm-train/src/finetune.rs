@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use lm_dist::Collective;
 use lm_models::bart::Bart;
 use lm_models::bert::{BertConfig, BertForSequenceClassification};
 use lm_models::gpt::Gpt;
@@ -394,11 +395,12 @@ impl FinetuneTask {
         Self::assemble(cfg, tokenizer, data, labels, model, store, fresh)
     }
 
-    /// An existing run: data and tokenizer from `run_dir`, the model from checkpoint `ckpt`.
+    /// An existing run: data and tokenizer from `run_dir`, the model from checkpoint `ckpt`, or
+    /// with `None` as the run started (`finetune.init`; another rank joining a new run).
     pub(crate) fn reopen(
         cfg: &FinetuneConfig,
         run_dir: &Path,
-        ckpt: &Path,
+        ckpt: Option<&Path>,
         device: &Device,
     ) -> Result<Prepared> {
         let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
@@ -416,7 +418,15 @@ impl FinetuneTask {
             .unwrap_or_default();
         check_splits(&data, cfg)?;
         let labels = class_labels(&data)?;
-        let (model, store, _) = load_model(ckpt, labels.as_deref(), false, cfg.train.seed, device)?;
+        let seed = cfg.train.seed;
+        let (model, store, _) = match ckpt {
+            Some(ckpt) => load_model(ckpt, labels.as_deref(), false, seed, device)?,
+            None => {
+                let init = resolve_init(Path::new(&cfg.finetune.init))?;
+                let scratch = cfg.finetune.scratch;
+                load_model(&init, labels.as_deref(), scratch, seed, device)?
+            }
+        };
         Self::assemble(cfg, tokenizer, data, labels, model, store, fresh)
     }
 
@@ -724,21 +734,43 @@ impl FinetuneTask {
             .iter()
             .map(|e| self.encode(e))
             .collect::<Result<_>>()?;
-        self.predict_encoded(model, &encoded, device)
+        let ids = self.predict_ids(model, &encoded, device)?;
+        Ok(ids.iter().map(|p| self.render(p)).collect())
     }
 
-    /// Predictions as strings for split `split` (0 train, 1 validation, 2 test).
-    fn predict(&self, model: &AnyModel, split: usize, device: &Device) -> Result<Vec<String>> {
-        self.predict_encoded(model, &self.encoded[split], device)
+    /// Predictions as strings for split `split` (0 train, 1 validation, 2 test). With several
+    /// ranks each predicts its share of the examples (`lm_dist::share`) and the shares are
+    /// gathered, so every rank returns the whole list.
+    fn predict(
+        &self,
+        model: &AnyModel,
+        split: usize,
+        device: &Device,
+        comm: &dyn Collective,
+    ) -> Result<Vec<String>> {
+        let items = &self.encoded[split];
+        let mine = lm_dist::share(items.len(), comm.world_size(), comm.rank());
+        let local = self.predict_ids(model, &items[mine.clone()], device)?;
+        let all = gather_rows(comm, items.len(), mine, local)?;
+        Ok(all.iter().map(|p| self.render(p)).collect())
     }
 
-    /// Predictions as strings: class labels, or greedily generated text.
-    fn predict_encoded(
+    /// A prediction's text: the class label of a classifier's index, else the decoded ids.
+    fn render(&self, ids: &[u32]) -> String {
+        match (self.head, ids) {
+            (Head::Classify, [class]) => self.labels[*class as usize].clone(),
+            _ => self.tokenizer.decode(ids).trim().to_string(),
+        }
+    }
+
+    /// Raw predictions: `[class index]` from a classifier, else greedily generated ids (without
+    /// the end token).
+    fn predict_ids(
         &self,
         model: &AnyModel,
         items: &[Encoded],
         device: &Device,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<Vec<u32>>> {
         let mut out = Vec::with_capacity(items.len());
         let mut rng = Rng::seed_from_u64(0);
         let n = self.cfg.finetune.max_target_len;
@@ -755,7 +787,7 @@ impl FinetuneTask {
                     b.attention_mask.as_ref(),
                 )?;
                 let am: Vec<u32> = logits.argmax(1)?.to_vec1()?;
-                out.extend(am.into_iter().map(|i| self.labels[i as usize].clone()));
+                out.extend(am.into_iter().map(|i| vec![i]));
                 continue;
             }
             // BART and T5 decode the whole chunk at once (padded, with its mask): the same tokens
@@ -769,17 +801,13 @@ impl FinetuneTask {
                 let refs: Vec<&Encoded> = chunk.iter().collect();
                 let b = self.encoder_inputs(&refs, device)?;
                 let gen = m.generation_config(n);
-                let rows = m.generate_batch(
+                out.extend(m.generate_batch(
                     &b.input_ids,
                     b.attention_mask.as_ref(),
                     &gen,
                     &Sampling::greedy(),
                     &mut rng,
-                )?;
-                out.extend(
-                    rows.iter()
-                        .map(|ids| self.tokenizer.decode(ids).trim().to_string()),
-                );
+                )?);
                 continue;
             }
             for e in chunk {
@@ -805,7 +833,7 @@ impl FinetuneTask {
                         })
                     }
                 };
-                out.push(self.tokenizer.decode(&ids).trim().to_string());
+                out.push(ids);
             }
         }
         Ok(out)
@@ -833,13 +861,20 @@ impl FinetuneTask {
     }
 
     /// The task's metrics on the validation examples (dropout off).
-    pub fn validate(&self, model: &AnyModel, device: &Device) -> Result<BTreeMap<String, f64>> {
-        let pred = self.predict(model, 1, device)?;
+    /// Every rank of `comm` takes part and gets the same metrics.
+    pub fn validate(
+        &self,
+        model: &AnyModel,
+        device: &Device,
+        comm: &dyn Collective,
+    ) -> Result<BTreeMap<String, f64>> {
+        let pred = self.predict(model, 1, device, comm)?;
         Ok(self.score(&pred, &Self::gold(&self.data.val)))
     }
 
     /// Test metrics of `model` (the best checkpoint's weights) against the trivial baseline;
-    /// writes `results.json` and `test_predictions.txt` into `run_dir`.
+    /// rank 0 of `comm` writes `results.json` and `test_predictions.txt` into `run_dir` (every
+    /// rank takes part in the predictions).
     pub(crate) fn report(
         &self,
         model: &AnyModel,
@@ -847,8 +882,9 @@ impl FinetuneTask {
         run_dir: &Path,
         steps: u64,
         best: (u64, f64, PathBuf),
+        comm: &dyn Collective,
     ) -> Result<FinetuneResults> {
-        let test_pred = self.predict(model, 2, device)?;
+        let test_pred = self.predict(model, 2, device, comm)?;
         let test_gold = Self::gold(&self.data.test);
         let baseline_pred: Vec<String> = if self.is_classification() {
             let train_gold = Self::gold(&self.data.train);
@@ -882,7 +918,10 @@ impl FinetuneTask {
                 )
             })
             .collect();
-        write_atomic(&run_dir.join("test_predictions.txt"), samples.as_bytes())?;
+        let writer = comm.rank() == 0;
+        if writer {
+            write_atomic(&run_dir.join("test_predictions.txt"), samples.as_bytes())?;
+        }
         let key = format!("val_{}", self.metric());
         let curve = crate::metrics::MetricsLog::read(&run_dir.join("metrics.jsonl"))?
             .into_iter()
@@ -901,8 +940,10 @@ impl FinetuneTask {
             fresh_tensors: self.fresh.clone(),
             curve,
         };
-        let json = serde_json::to_string_pretty(&results).expect("results serialize");
-        write_atomic(&run_dir.join("results.json"), json.as_bytes())?;
+        if writer {
+            let json = serde_json::to_string_pretty(&results).expect("results serialize");
+            write_atomic(&run_dir.join("results.json"), json.as_bytes())?;
+        }
         Ok(results)
     }
 
@@ -915,6 +956,60 @@ impl FinetuneTask {
     pub fn config(&self) -> &FinetuneConfig {
         &self.cfg
     }
+}
+
+/// Every rank's rows in every rank: rank r holds rows `mine` of `n` (lengths may differ), and
+/// all get the `n` rows in order. Two sums over the ranks carry them: the lengths, then the ids
+/// in a `[n, longest]` table where each row is non-zero only in the rank that made it (ids are
+/// integers below 2^24, exact in f32).
+fn gather_rows(
+    comm: &dyn Collective,
+    n: usize,
+    mine: std::ops::Range<usize>,
+    local: Vec<Vec<u32>>,
+) -> Result<Vec<Vec<u32>>> {
+    if comm.world_size() == 1 {
+        return Ok(local);
+    }
+    let dist = |e: lm_dist::DistError| TrainError::Corpus {
+        corpus: "data-parallel predictions".into(),
+        problem: e.to_string(),
+    };
+    // The lengths, and last how many ids each rank holds that f32 cannot carry exactly (every
+    // rank learns of them, so all stop together instead of leaving the others waiting).
+    const EXACT: u32 = 1 << 24;
+    let mut lens = vec![0f32; n + 1];
+    for (l, row) in lens[mine.clone()].iter_mut().zip(&local) {
+        *l = row.len() as f32;
+    }
+    lens[n] = local.iter().flatten().filter(|&&id| id >= EXACT).count() as f32;
+    comm.all_reduce_sum(&mut lens).map_err(dist)?;
+    if lens[n] > 0.0 {
+        return Err(TrainError::Corpus {
+            corpus: "data-parallel predictions".into(),
+            problem: format!(
+                "{} predicted ids are past 2^24, which f32 cannot carry exactly",
+                lens[n]
+            ),
+        });
+    }
+    let lens = &lens[..n];
+    let width = lens.iter().fold(0f32, |a, &b| a.max(b)) as usize;
+    let mut table = vec![0f32; n * width];
+    for (i, row) in mine.zip(&local) {
+        for (t, &id) in table[i * width..].iter_mut().zip(row) {
+            *t = id as f32;
+        }
+    }
+    comm.all_reduce_sum(&mut table).map_err(dist)?;
+    Ok((0..n)
+        .map(|i| {
+            table[i * width..i * width + lens[i] as usize]
+                .iter()
+                .map(|&v| v as u32)
+                .collect()
+        })
+        .collect())
 }
 
 /// Runs a fine-tuning configuration into `out` through the trainer and returns the results (also
@@ -937,6 +1032,51 @@ pub fn finetune(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows of different lengths (one empty, ids up to 2^24 − 1) split 3 + 2 over two ranks come
+    /// back whole and in order on both; an id f32 cannot carry is refused.
+    #[test]
+    fn gathered_rows_are_every_ranks_rows_in_order() {
+        let rows: Vec<Vec<u32>> = vec![
+            vec![5, 6, 7],
+            vec![],
+            vec![(1 << 24) - 1],
+            vec![1, 0, 2, 9, 4],
+            vec![3],
+        ];
+        let out: Vec<Vec<Vec<u32>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = lm_dist::ThreadRank::group(2)
+                .into_iter()
+                .map(|c| {
+                    let rows = &rows;
+                    s.spawn(move || {
+                        let mine = lm_dist::share(rows.len(), 2, c.rank());
+                        let local = rows[mine.clone()].to_vec();
+                        gather_rows(&c, rows.len(), mine, local).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(lm_dist::share(5, 2, 0), 0..3);
+        assert_eq!(out, [rows.clone(), rows]);
+        let refused = std::thread::scope(|s| {
+            let handles: Vec<_> = lm_dist::ThreadRank::group(2)
+                .into_iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        let local = vec![vec![if c.rank() == 1 { 1 << 24 } else { 3 }]];
+                        gather_rows(&c, 2, c.rank()..c.rank() + 1, local).is_err()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(refused, [true, true]);
+    }
 
     #[test]
     fn freezing_the_encoder_keeps_the_decoder_and_head_trainable() {

@@ -239,21 +239,6 @@ fn dist_err(e: lm_dist::DistError) -> TrainError {
     }
 }
 
-/// What data parallelism does not cover yet, refused before any rank trains.
-fn refuse_unsupported(cfg: &RunConfig, comm: &dyn Collective) -> Result<()> {
-    if comm.world_size() > 1 && matches!(cfg, RunConfig::Finetune(_)) {
-        return Err(TrainError::Config {
-            source_name: "the run's config".into(),
-            key: "finetune".into(),
-            problem: format!(
-                "fine-tuning runs on one process for now, not {} ranks",
-                comm.world_size()
-            ),
-        });
-    }
-    Ok(())
-}
-
 /// The rank that owns each parameter (sizes in order) when the optimizer state is sharded over
 /// `world` ranks: each goes to the rank holding the fewest values so far, so the shares are
 /// balanced within one parameter.
@@ -487,7 +472,7 @@ impl Trainer {
                 pretraining_parts(c, tokenizer, tokens, &device)?
             }
             RunConfig::Finetune(c) => {
-                finetuning_parts(FinetuneTask::reopen(c, run_dir, &ckpt, &device)?)
+                finetuning_parts(FinetuneTask::reopen(c, run_dir, Some(&ckpt), &device)?)
             }
         };
         let mut t = Self::build(cfg, run_dir, device, parts, state)?;
@@ -518,7 +503,6 @@ impl Trainer {
         comm: Arc<dyn Collective>,
     ) -> Result<Self> {
         let cfg = cfg.into();
-        refuse_unsupported(&cfg, comm.as_ref())?;
         let mut t = if comm.rank() == 0 {
             let t = Self::new(cfg, run_dir, device)?;
             comm.barrier().map_err(dist_err)?;
@@ -551,7 +535,6 @@ impl Trainer {
             Self::open(run_dir, device)?
         };
         t.stop_at = max_iters;
-        refuse_unsupported(&t.cfg, comm.as_ref())?;
         let saved = (t.state.world, t.state.sharded_optimizer);
         if saved.1 && saved.0 != comm.world_size() {
             return Err(TrainError::Checkpoint {
@@ -652,19 +635,19 @@ impl Trainer {
     }
 
     /// A run that rank 0 has just set up, opened by another rank: config, tokenizer and token
-    /// cache read from the run directory, nothing written, the state at step 0.
+    /// cache (or a task's data) read from the run directory, nothing written, the state at step 0.
     fn join(run_dir: &Path, device: Device) -> Result<Self> {
         let cfg = RunConfig::from_file(&run_dir.join("config.toml"))?;
-        let RunConfig::Pretrain(c) = &cfg else {
-            return Err(TrainError::Config {
-                source_name: run_dir.join("config.toml").display().to_string(),
-                key: "finetune".into(),
-                problem: "fine-tuning runs on one process for now".into(),
-            });
+        let parts = match &cfg {
+            RunConfig::Pretrain(c) => {
+                let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
+                let tokens = open_token_cache(c, &tokenizer, run_dir, false)?;
+                pretraining_parts(c, tokenizer, tokens, &device)?
+            }
+            RunConfig::Finetune(c) => {
+                finetuning_parts(FinetuneTask::reopen(c, run_dir, None, &device)?)
+            }
         };
-        let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
-        let tokens = open_token_cache(c, &tokenizer, run_dir, false)?;
-        let parts = pretraining_parts(c, tokenizer, tokens, &device)?;
         let state = TrainerState::fresh(cfg.train().seed);
         Self::build(cfg, run_dir, device, parts, state)
     }
@@ -1182,9 +1165,10 @@ impl Trainer {
             Work::Finetune(task) => {
                 let p = self.matmul_precision();
                 let (model, device) = (&self.model, &self.device);
+                let comm = self.comm.as_ref();
                 model.set_training(false);
                 let m = on_compute_threads(|| {
-                    with_matmul_precision(p, || task.validate(model, device))
+                    with_matmul_precision(p, || task.validate(model, device, comm))
                 });
                 model.set_training(true);
                 m?.into_iter()
@@ -1510,6 +1494,8 @@ impl Trainer {
         let Some((best_step, best_value)) = self.state.best else {
             return Ok(None);
         };
+        // Rank 0 may still be writing the last checkpoint: the others look after this.
+        self.comm.barrier().map_err(dist_err)?;
         let best_dir = checkpoint::list_checkpoints(&self.run_dir)?
             .into_iter()
             .find(|(s, _)| *s == best_step)
@@ -1523,6 +1509,7 @@ impl Trainer {
         let p = self.matmul_precision();
         let (model, device, run_dir, step) =
             (&self.model, &self.device, &self.run_dir, self.state.step);
+        let comm = self.comm.as_ref();
         model.set_training(false);
         let results = on_compute_threads(|| {
             with_matmul_precision(p, || {
@@ -1532,6 +1519,7 @@ impl Trainer {
                     run_dir,
                     step,
                     (best_step, best_value, best_dir),
+                    comm,
                 )
             })
         });

@@ -317,25 +317,6 @@ fn a_fine_tuning_recipe_follows_its_configured_schedule() {
     }
 }
 
-/// Tiny pretraining checkpoints of every family (library calls), for the fine-tuning verbs.
-fn pretrained(d: &Path, recipe: &str) -> std::path::PathBuf {
-    let mut c = lm_train::config::TrainConfig::recipe(recipe).unwrap();
-    c.data.corpus = d.join("corpus.txt").display().to_string();
-    if c.data.tokenizer != lm_train::config::TokenizerKind::Char {
-        c.data.vocab_size = Some(300);
-    }
-    (c.model.n_layer, c.model.n_head, c.model.n_embd) = (1, 2, 16);
-    (c.model.d_ff, c.model.block_size) = (Some(32), 24);
-    (c.train.max_iters, c.train.eval_interval, c.train.eval_iters) = (2, 2, 1);
-    (c.optim.warmup_iters, c.optim.lr_decay_iters) = (1, Some(2));
-    let dir = d.join(recipe);
-    lm_train::Trainer::new(c, &dir, candle_core::Device::Cpu)
-        .unwrap()
-        .train()
-        .unwrap();
-    dir
-}
-
 #[test]
 fn fine_tuned_runs_of_every_family_eval_sample_predict_plot_and_resume() {
     let tmp = tempfile::tempdir().unwrap();

@@ -314,3 +314,74 @@ fn a_run_resumes_on_another_number_of_ranks_when_the_global_batch_is_kept() {
     );
     assert_same_run(&d.join("one"), &d.join("moved"), "2 ranks, then 1");
 }
+
+#[test]
+fn fine_tuning_on_two_ranks_of_four_equals_one_process_of_eight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..30_000]).unwrap();
+    // A classifier (predictions are class indices) and a generator (predictions are token ids).
+    for (ft, pre) in [
+        ("bert-finetune-pairs", "bert-mlm-nsp"),
+        ("gpt-table-to-text", "gpt-shakespeare-bpe"),
+    ] {
+        let init = pretrained(d, pre);
+        let config = |batch: usize| {
+            let mut c = lm_train::config::FinetuneConfig::recipe(ft).unwrap();
+            c.finetune.init = init.display().to_string();
+            // 7 validation and 5 test examples: the ranks' shares differ in size (4 and 3).
+            (c.finetune.train_examples, c.finetune.val_examples) = (48, 7);
+            (c.finetune.test_examples, c.finetune.max_len) = (5, 24);
+            c.finetune.max_target_len = 4;
+            (c.train.max_iters, c.train.eval_interval, c.train.eval_iters) = (8, 4, 1);
+            (c.train.batch_size, c.train.log_interval) = (batch, 1);
+            c.train.matmul_precision = lm_train::config::Precision::Highest;
+            c.optim.warmup_iters = 1;
+            c.to_toml()
+        };
+        std::fs::write(d.join("one.toml"), config(8)).unwrap();
+        std::fs::write(d.join("two.toml"), config(4)).unwrap();
+        let (one, two) = (format!("{ft}-1x8"), format!("{ft}-2x4"));
+        succeeded(
+            &lm_train(
+                &["train", "--config", "one.toml", "--out", &one, "--quiet"],
+                d,
+            ),
+            &one,
+        );
+        let out = mpirun(
+            &["train", "--config", "two.toml", "--out", &two, "--quiet"],
+            d,
+        );
+        succeeded(&out, &two);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("on 2 ranks"));
+        assert_same_run(&d.join(&one), &d.join(&two), ft);
+        // The validation metrics of every evaluation and the test results are the same.
+        let metrics = |run: &str| -> Vec<_> {
+            lm_train::metrics::MetricsLog::read(&d.join(run).join("metrics.jsonl"))
+                .unwrap()
+                .into_iter()
+                .filter(|r| !r.metrics.is_empty())
+                .map(|r| (r.step, r.metrics))
+                .collect()
+        };
+        let (ma, mb) = (metrics(&one), metrics(&two));
+        assert_eq!(ma.len(), 3, "{ft}: evaluations at steps 0, 4 and 8");
+        assert_eq!(ma, mb, "{ft}");
+        let results = |run: &str| -> serde_json::Value {
+            let text = std::fs::read_to_string(d.join(run).join("results.json")).unwrap();
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v["best_checkpoint"] = serde_json::Value::Null; // the paths differ by run directory
+            v
+        };
+        assert_eq!(results(&one), results(&two), "{ft}");
+        let predictions =
+            |run: &str| std::fs::read_to_string(d.join(run).join("test_predictions.txt")).unwrap();
+        eprintln!(
+            "{ft}: test {}\n{}",
+            results(&two)["test"],
+            predictions(&two)
+        );
+        assert_eq!(predictions(&one), predictions(&two), "{ft}");
+    }
+}

@@ -147,3 +147,23 @@ pub fn pretrain_tiny_bert(dir: &Path, block_size: usize, iters: u64) -> std::pat
         .unwrap();
     dir.join("pre")
 }
+
+/// A tiny pretraining checkpoint of `recipe` (library calls: 1 layer, width 16, 2 steps on
+/// `d/corpus.txt`) in `d/recipe`, to fine-tune from.
+pub fn pretrained(d: &Path, recipe: &str) -> std::path::PathBuf {
+    let mut c = lm_train::config::TrainConfig::recipe(recipe).unwrap();
+    c.data.corpus = d.join("corpus.txt").display().to_string();
+    if c.data.tokenizer != lm_train::config::TokenizerKind::Char {
+        c.data.vocab_size = Some(300);
+    }
+    (c.model.n_layer, c.model.n_head, c.model.n_embd) = (1, 2, 16);
+    (c.model.d_ff, c.model.block_size) = (Some(32), 24);
+    (c.train.max_iters, c.train.eval_interval, c.train.eval_iters) = (2, 2, 1);
+    (c.optim.warmup_iters, c.optim.lr_decay_iters) = (1, Some(2));
+    let dir = d.join(recipe);
+    lm_train::Trainer::new(c, &dir, candle_core::Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    dir
+}

@@ -172,6 +172,9 @@ fn each_cuda_op_equals_its_composite_form_in_value_and_gradient() {
     let x = candle_core::Var::from_tensor(&x).unwrap();
     let g = Tensor::randn(1f32, 0.1, 64, &gpu).unwrap();
     let b = Tensor::randn(0f32, 0.1, 64, &gpu).unwrap();
+    let w_out_in = Tensor::randn(0f32, 0.2, (64, 64), &gpu).unwrap();
+    let w_in_out = Tensor::randn(0f32, 0.2, (64, 64), &gpu).unwrap();
+    use lm_kernels::ops::Gelu;
     type Op<'a> = (
         &'a str,
         Box<dyn Fn(&Tensor) -> Tensor + 'a>,
@@ -197,6 +200,27 @@ fn each_cuda_op_equals_its_composite_form_in_value_and_gradient() {
             "bias_gelu",
             Box::new(|x| ops::gelu(&ops::add_bias(x, &b).unwrap()).unwrap()),
             Box::new(|x| composite::gelu(&x.broadcast_add(&b).unwrap()).unwrap()),
+        ),
+        (
+            "gelu_erf",
+            Box::new(|x| ops::gelu_erf(x).unwrap()),
+            Box::new(|x| composite::gelu_erf(x).unwrap()),
+        ),
+        (
+            "linear_gelu (tanh, W [out, in])",
+            Box::new(|x| ops::linear_gelu(x, &w_out_in, Some(&b), true, Gelu::Tanh).unwrap()),
+            Box::new(|x| {
+                let y = x.broadcast_matmul(&w_out_in.t().unwrap()).unwrap();
+                composite::gelu(&y.broadcast_add(&b).unwrap()).unwrap()
+            }),
+        ),
+        (
+            "linear_gelu (erf, W [in, out])",
+            Box::new(|x| ops::linear_gelu(x, &w_in_out, Some(&b), false, Gelu::Erf).unwrap()),
+            Box::new(|x| {
+                let y = x.broadcast_matmul(&w_in_out).unwrap();
+                composite::gelu_erf(&y.broadcast_add(&b).unwrap()).unwrap()
+            }),
         ),
     ];
     // A fixed, uneven upstream gradient, so that the backward is tested beyond its sum.
@@ -267,6 +291,47 @@ fn the_cuda_cross_entropy_equals_the_composite_form_in_value_and_gradient() {
     .to_scalar::<f64>()
     .unwrap();
     assert!(d < 1e-7, "gradients differ by {d}");
+}
+
+#[test]
+fn the_cuda_adam_update_equals_the_cpu_one() {
+    let Some(gpu) = gpu("the_cuda_adam_update_equals_the_cpu_one") else {
+        return;
+    };
+    use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
+    // AdamW and AMSGrad-Adam with coupled decay, a clipping factor below 1, 5 steps of the same
+    // gradients on both devices: lm-kernels' kernel on the GPU, the fused CPU pass on the CPU.
+    let amsgrad = AdamConfig {
+        amsgrad: true,
+        weight_decay: lm_optim::WeightDecay::Coupled,
+        ..AdamConfig::adamw()
+    };
+    for (name, cfg) in [("adamw", AdamConfig::adamw()), ("amsgrad", amsgrad)] {
+        let init = Tensor::randn(0f32, 1.0, (33, 65), &Device::Cpu).unwrap();
+        let grads: Vec<Tensor> = (0..5)
+            .map(|t| Tensor::randn(0f32, 1.0 + t as f32, (33, 65), &Device::Cpu).unwrap())
+            .collect();
+        let run = |device: &Device| -> Vec<f32> {
+            let p = candle_core::Var::from_tensor(&init.to_device(device).unwrap()).unwrap();
+            let group = ParamGroup::new("w", vec![("p".into(), p.clone())], 0.1);
+            let mut opt = Adam::new(vec![group], cfg).unwrap();
+            for g in &grads {
+                let g = g.to_device(device).unwrap();
+                let loss = (p.as_tensor() * &g).unwrap().sum_all().unwrap();
+                opt.step_scaled(&mut loss.backward().unwrap(), 1e-2, 0.5)
+                    .unwrap();
+            }
+            let out = p.as_tensor().to_device(&Device::Cpu).unwrap();
+            out.flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let (cpu, cuda) = (run(&Device::Cpu), run(&gpu));
+        let largest = cpu
+            .iter()
+            .zip(&cuda)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(largest < 1e-6, "{name}: parameters differ by {largest}");
+    }
 }
 
 fn train_losses(run_dir: &std::path::Path) -> Vec<f32> {

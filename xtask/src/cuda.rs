@@ -254,14 +254,14 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// toolkit from PyPI 0.3 GB, `target/cuda` 1.4 GB with the settings below; the rest is margin).
 const CUDA_BUILD_DISK_GB: f64 = 4.0;
 
-/// `cargo xtask cuda-build`: every CUDA crate's library and unit tests, the `lm-train` and
-/// `lm-bench` binaries and the CUDA-only integration tests built and linked with `--features
-/// cuda` (and `lm-train` with `--features nccl` where MPI is installed), then the CUDA-only tests
-/// run — on a machine without a GPU they print what they skipped and why.
+/// `cargo xtask cuda-build`: every CUDA crate, its unit and integration tests and the `lm-train`
+/// and `lm-bench` binaries built and linked with `--features cuda` (and `lm-train` with
+/// `--features nccl` where MPI is installed), then the CUDA-only tests run — on a machine without
+/// a GPU they print what they skipped and why.
 ///
-/// The CPU-only integration tests are not linked again here (`cargo xtask ci` checks them with
-/// clippy under `--features cuda`): thirty more test binaries of 100+ MB each would triple the
-/// build's disk, which filled a CI machine's disk once.
+/// The test binaries are linked one package at a time and deleted once linked (except the
+/// CUDA-only tests, which run next): the link is the check, and some thirty binaries of 100+ MB
+/// each kept side by side would triple the build's disk, which filled a CI machine's disk once.
 pub fn build() -> Result<()> {
     if let Some(free) = free_disk_gb(Path::new("target")) {
         if free < CUDA_BUILD_DISK_GB {
@@ -285,38 +285,29 @@ pub fn build() -> Result<()> {
     // most of its disk (9.8 GB with both and every test binary linked, 1.4 GB without).
     env.push(("CARGO_INCREMENTAL".to_string(), "0".to_string()));
     env.push(("CARGO_PROFILE_DEV_DEBUG".to_string(), "0".to_string()));
-    let mut args = vec![
-        "test",
-        "--no-run",
-        "--target-dir",
-        CUDA_TARGET_DIR,
-        "--lib",
-        "--bins",
-    ];
-    for p in CUDA_PACKAGES {
-        args.extend(["-p", p]);
+    // One cargo call for all of them: the features of shared dependencies (candle-core) unify
+    // over the packages built together, so a call per package would rebuild candle per package.
+    let linked = link_tests(&env)?;
+    let mut bytes = 0u64;
+    let mut removed = 0usize;
+    for exe in linked.iter().filter(|e| !is_cuda_only_test(e)) {
+        bytes += std::fs::metadata(exe).map(|m| m.len()).unwrap_or(0);
+        std::fs::remove_file(exe).with_context(|| format!("removing {}", exe.display()))?;
+        removed += 1;
     }
-    args.extend(["--features", "cuda"]);
-    cargo_with(&args, &env)?;
-    // The CUDA-only tests: on this machine they run if a GPU is here, else say why they skip.
-    cargo_with(
-        &[
-            "test",
-            "--target-dir",
-            CUDA_TARGET_DIR,
-            "-p",
-            "lm-integration-tests",
-            "--features",
-            "cuda",
-            "--test",
-            "cuda",
-            "--",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ],
-        &env,
-    )?;
+    println!(
+        "cuda: {} test binaries linked; {removed} removed after the link ({:.1} GB)",
+        linked.len(),
+        bytes as f64 / 1e9
+    );
+    // The CUDA-only tests, run from the binary just linked (a cargo call for one package would
+    // unify features differently and rebuild): with a GPU here they run, else say why they skip.
+    let Some(cuda_tests) = linked.iter().find(|e| is_cuda_only_test(e)) else {
+        bail!("cargo linked no CUDA-only test binary (tests/cuda.rs)");
+    };
+    run(Command::new(cuda_tests)
+        .args(["--nocapture", "--test-threads", "1"])
+        .envs(env.iter().map(|(k, v)| (k, v))))?;
     if found("mpicc") || found("mpirun") {
         cargo_with(
             &[
@@ -337,6 +328,59 @@ pub fn build() -> Result<()> {
         );
         Ok(())
     }
+}
+
+/// Builds and links every test target of the CUDA packages with `--features cuda` (unit tests of
+/// the libraries and binaries, integration tests, and the `lm-train` binary they run) and returns
+/// the test executables cargo reports.
+fn link_tests(env: &[(String, String)]) -> Result<Vec<PathBuf>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec![
+        "test",
+        "--no-run",
+        "--target-dir",
+        CUDA_TARGET_DIR,
+        "--tests",
+    ];
+    for p in CUDA_PACKAGES {
+        args.extend(["-p", p]);
+    }
+    args.extend([
+        "--features",
+        "cuda",
+        "--message-format",
+        "json-render-diagnostics",
+    ]);
+    let out = Command::new(&cargo)
+        .args(&args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("`cargo {}` failed ({})", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
+        .filter_map(executable_of)
+        .filter(|exe| exe.parent().is_some_and(|d| d.ends_with("deps")))
+        .collect())
+}
+
+/// The `"executable"` path of one of cargo's JSON messages, when it names one.
+fn executable_of(line: &str) -> Option<PathBuf> {
+    const KEY: &str = "\"executable\":\"";
+    let start = line.find(KEY)? + KEY.len();
+    let end = start + line[start..].find('"')?;
+    Some(PathBuf::from(&line[start..end]))
+}
+
+/// The CUDA-only integration tests (`tests/cuda.rs`), which run after the link.
+fn is_cuda_only_test(exe: &Path) -> bool {
+    exe.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("cuda-"))
 }
 
 /// `cargo clippy -D warnings` over the code behind the `cuda` and `nccl` features (part of
@@ -503,4 +547,22 @@ pub fn gpu_check(bundle: bool) -> Result<()> {
         return Ok(());
     }
     run(Command::new(&script).envs(env.iter().map(|(k, v)| (k, v))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_executable_of_a_cargo_message() {
+        let test = r#"{"reason":"compiler-artifact","target":{"name":"cli"},"executable":"/w/target/cuda/debug/deps/cli-0a1b","fresh":true}"#;
+        let lib = r#"{"reason":"compiler-artifact","target":{"name":"lm_kernels"},"executable":null,"fresh":true}"#;
+        assert_eq!(
+            executable_of(test),
+            Some(PathBuf::from("/w/target/cuda/debug/deps/cli-0a1b"))
+        );
+        assert_eq!(executable_of(lib), None);
+        assert!(is_cuda_only_test(Path::new("/t/deps/cuda-99ff")));
+        assert!(!is_cuda_only_test(Path::new("/t/deps/cli-99ff")));
+    }
 }

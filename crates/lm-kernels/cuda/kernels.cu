@@ -68,3 +68,72 @@ extern "C" __global__ void lm_nll_bwd_f32(const float *z, const long long *y, co
     for (int j = threadIdx.x; j < vocab; j += blockDim.x)
         out[j] = (expf(row[j] - lse) - (j == t ? 1.f : 0.f)) * gr;
 }
+
+// GELU, `exact` = 1: x·Φ(x) = ½x(1 + erf(x/√2)) (BERT, BART); 0: GPT-2's
+// ½x(1 + tanh(√(2/π)(x + 0.044715x³))).
+#define SQRT_2_OVER_PI 0.7978845608028654f
+#define GELU_A 0.044715f
+#define INV_SQRT_2PI 0.3989422804014327f
+
+__device__ __forceinline__ float gelu_value(float x, int exact) {
+    if (exact) return 0.5f * x * (1.f + erff(x * CUDART_SQRT_HALF_F));
+    return 0.5f * x * (1.f + tanhf(SQRT_2_OVER_PI * (x + GELU_A * x * x * x)));
+}
+
+// d gelu / dx. Exact: Φ(x) + x·φ(x). Tanh form, with t = tanh(u), u = c(x + a x³):
+// ½(1 + t) + ½x(1 − t²)·c(1 + 3a x²).
+__device__ __forceinline__ float gelu_slope(float x, int exact) {
+    if (exact)
+        return 0.5f * (1.f + erff(x * CUDART_SQRT_HALF_F)) +
+               x * expf(-0.5f * x * x) * INV_SQRT_2PI;
+    const float t = tanhf(SQRT_2_OVER_PI * (x + GELU_A * x * x * x));
+    return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * SQRT_2_OVER_PI * (1.f + 3.f * GELU_A * x * x);
+}
+
+// y[i] = gelu(x[i] + b[i mod cols]); with cols = 0 there is no bias (b is not read).
+extern "C" __global__ void lm_bias_gelu_fwd_f32(const float *x, const float *b, float *y,
+                                                const size_t n, const int cols, const int exact) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)blockDim.x * gridDim.x) {
+        const float pre = cols ? x[i] + b[i % cols] : x[i];
+        y[i] = gelu_value(pre, exact);
+    }
+}
+
+// dx[i] = dy[i]·gelu'(x[i] + b[i mod cols]) (the bias's gradient is the sum of dx over rows).
+extern "C" __global__ void lm_bias_gelu_bwd_f32(const float *x, const float *b, const float *dy,
+                                                float *dx, const size_t n, const int cols,
+                                                const int exact) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)blockDim.x * gridDim.x) {
+        const float pre = cols ? x[i] + b[i % cols] : x[i];
+        dx[i] = dy[i] * gelu_slope(pre, exact);
+    }
+}
+
+// One Adam/AdamW step over n parameters, in place, in the order of lm-optim's CPU kernel:
+//   g ← g·grad_scale + l2·θ;  m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
+//   v̂ ← max(v_max, v) with AMSGrad (v_max != null), else v;
+//   θ ← θ·decay − step_size·m / (√v̂ · inv_sqrt_bc2 + ε).
+extern "C" __global__ void lm_adam_f32(float *theta, const float *grad, float *m, float *v,
+                                       float *v_max, const size_t n, const float beta1,
+                                       const float beta2, const float one_minus_beta1,
+                                       const float one_minus_beta2, const float eps,
+                                       const float step_size, const float inv_sqrt_bc2,
+                                       const float l2, const float decay, const float grad_scale) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)blockDim.x * gridDim.x) {
+        const float p = theta[i];
+        const float g = grad[i] * grad_scale + l2 * p;
+        const float mi = beta1 * m[i] + one_minus_beta1 * g;
+        const float vi = beta2 * v[i] + one_minus_beta2 * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        float vh = vi;
+        if (v_max) {
+            vh = fmaxf(v_max[i], vi);
+            v_max[i] = vh;
+        }
+        theta[i] = p * decay - step_size * mi / (sqrtf(vh) * inv_sqrt_bc2 + eps);
+    }
+}

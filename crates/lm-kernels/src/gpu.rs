@@ -3,7 +3,9 @@
 //! the backward written out as its closed form in candle ops — instead of autograd through the
 //! six to ten ops of the composite form; and this crate's own kernels (`cuda/kernels.cu`,
 //! compiled to PTX by build.rs) for the cross-entropy over the vocabulary, forward and backward
-//! in one pass each, which never materialize the log-probabilities.
+//! in one pass each, which never materialize the log-probabilities; for bias + GELU (either
+//! form), one kernel each way instead of candle's add, GELU and the ~10 ops of GELU's backward;
+//! and for the Adam/AdamW update, one in-place kernel per parameter instead of a dozen.
 //!
 //! The backward formulas are plain functions of tensors, tested on the CPU against autograd of
 //! the composite forms; the CUDA forwards are tested against the composite forms on a GPU
@@ -48,7 +50,57 @@ pub fn layer_norm_backward(
 }
 
 #[cfg(feature = "cuda")]
-pub(crate) use cuda::{LayerNorm, Softmax};
+pub(crate) use cuda::{BiasGelu, Gelu, LayerNorm, Softmax};
+
+/// The scalars of one Adam/AdamW step ([`adam_step`]), as lm-optim's CPU kernel uses them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamScalars {
+    /// β1.
+    pub beta1: f32,
+    /// β2.
+    pub beta2: f32,
+    /// 1 − β1 (computed in f64 before rounding).
+    pub one_minus_beta1: f32,
+    /// 1 − β2 (computed in f64 before rounding).
+    pub one_minus_beta2: f32,
+    /// ε.
+    pub eps: f32,
+    /// η / (1 − β1^t).
+    pub step_size: f32,
+    /// 1 / √(1 − β2^t).
+    pub inv_sqrt_bc2: f32,
+    /// λ added to the gradient (coupled decay), else 0.
+    pub l2: f32,
+    /// 1 − ηλ (decoupled decay), else 1.
+    pub decay: f32,
+    /// Factor on the gradient (clipping, loss scale), applied first.
+    pub grad_scale: f32,
+}
+
+/// One Adam/AdamW step on a CUDA device, in one kernel: with `g ← g·grad_scale + l2·θ`,
+/// `m ← β1 m + (1 − β1) g`, `v ← β2 v + (1 − β2) g²`, `v̂ = max(v_max, v)` with AMSGrad else `v`,
+/// `θ ← θ·decay − step_size·m / (√v̂·inv_sqrt_bc2 + ε)`. `theta`, `m`, `v` (and `v_max`) are
+/// updated in place: contiguous f32 tensors of one size on one CUDA device, each with storage of
+/// its own (the moments must not share storage with anything else).
+#[cfg(feature = "cuda")]
+pub fn adam_step(
+    theta: &Tensor,
+    grad: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    v_max: Option<&Tensor>,
+    s: AdamScalars,
+) -> Result<()> {
+    theta.inplace_op2(
+        &grad.contiguous()?,
+        &cuda::Adam {
+            m: m.clone(),
+            v: v.clone(),
+            v_max: v_max.cloned(),
+            s,
+        },
+    )
+}
 
 /// Per-row negative log-likelihood `log Σⱼ exp(zⱼ) − z_y` of f32 `logits [rows, V]` on a CUDA
 /// device against i64 `targets [rows]` (0 on rows whose target is `ignore_index`), with its
@@ -64,9 +116,9 @@ pub fn nll_rows(logits: &Tensor, targets: &Tensor, ignore_index: i64) -> Result<
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{kernels, WrapErr};
-    use candle_core::{bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3};
+    use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{kernels, CudaDevice, WrapErr};
+    use candle_core::{bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp2};
     use candle_core::{Layout, Result, Shape, Tensor};
 
     /// This crate's kernels (`cuda/kernels.cu`), as PTX.
@@ -223,6 +275,335 @@ mod cuda {
             // rows × vocab gradients.
             unsafe { b.launch(cfg) }.w()?;
             Ok((CudaStorage::wrap_cuda_slice(dz, dev), l1.shape().clone()))
+        }
+    }
+
+    /// A grid-stride launch over `n` elements: 256 threads a block, at most 2^16 blocks.
+    fn elementwise(n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (n.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Runs GELU kernel `name` (`lm_bias_gelu_fwd_f32`: inputs x, b; `lm_bias_gelu_bwd_f32`:
+    /// x, b, dy) over `n` elements into a new buffer; `cols` 0 means no bias (`b` unread).
+    fn gelu_kernel(
+        dev: &CudaDevice,
+        name: &str,
+        inputs: &[&CudaView<'_, f32>],
+        n: usize,
+        cols: usize,
+        exact: bool,
+    ) -> Result<CudaStorage> {
+        let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+        // SAFETY: the kernel writes every one of the n elements.
+        let out = unsafe { dev.alloc::<f32>(n)? };
+        let mut b = func.builder();
+        for x in inputs {
+            b.arg(*x);
+        }
+        b.arg(&out);
+        candle_core::builder_arg!(b, n, cols as i32, exact as i32);
+        // SAFETY: every input holds n elements (b: `cols`, read only when cols > 0, at i mod
+        // cols), the output n.
+        unsafe { b.launch(elementwise(n)) }.w()?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+
+    /// The bias of `gelu(x + b)`: as many elements as `x`'s last axis.
+    fn bias_columns(l: &Layout, bl: &Layout) -> Result<usize> {
+        let cols = bl.shape().elem_count();
+        if cols == 0 || l.shape().dims().last() != Some(&cols) {
+            bail!(
+                "bias-gelu: a bias of {cols} for an input of shape {:?}",
+                l.shape().dims()
+            );
+        }
+        Ok(cols)
+    }
+
+    /// `gelu(x + b)` over the last axis (`exact`: erf form, else tanh form), with its backward.
+    pub(crate) struct BiasGelu {
+        pub(crate) exact: bool,
+    }
+
+    impl CustomOp2 for BiasGelu {
+        fn name(&self) -> &'static str {
+            "lm-bias-gelu-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            bail!("lm-bias-gelu-cuda is the GPU path; the CPU uses the fused CPU kernels")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let cols = bias_columns(l1, l2)?;
+            let (x, b) = (
+                view(s1, l1, "bias-gelu input")?,
+                view(s2, l2, "bias-gelu bias")?,
+            );
+            let n = l1.shape().elem_count();
+            let y = gelu_kernel(
+                s1.device(),
+                "lm_bias_gelu_fwd_f32",
+                &[&x, &b],
+                n,
+                cols,
+                self.exact,
+            )?;
+            Ok((y, l1.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            b: &Tensor,
+            _y: &Tensor,
+            dy: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let dx =
+                x.apply_op3_no_bwd(b, &dy.contiguous()?, &BiasGeluGrad { exact: self.exact })?;
+            let cols = b.elem_count();
+            let db = dx
+                .reshape((dx.elem_count() / cols, cols))?
+                .sum(0)?
+                .reshape(b.shape())?;
+            Ok((Some(dx), Some(db)))
+        }
+    }
+
+    /// `dy ⊙ gelu'(x + b)`.
+    struct BiasGeluGrad {
+        exact: bool,
+    }
+
+    impl CustomOp3 for BiasGeluGrad {
+        fn name(&self) -> &'static str {
+            "lm-bias-gelu-grad-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            bail!("lm-bias-gelu-grad-cuda is the GPU path")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let cols = bias_columns(l1, l2)?;
+            let (x, b, dy) = (
+                view(s1, l1, "bias-gelu input")?,
+                view(s2, l2, "bias-gelu bias")?,
+                view(s3, l3, "bias-gelu gradient")?,
+            );
+            let n = l1.shape().elem_count();
+            let name = "lm_bias_gelu_bwd_f32";
+            let dx = gelu_kernel(s1.device(), name, &[&x, &b, &dy], n, cols, self.exact)?;
+            Ok((dx, l1.shape().clone()))
+        }
+    }
+
+    /// `gelu(x)` without a bias, with its backward.
+    pub(crate) struct Gelu {
+        pub(crate) exact: bool,
+    }
+
+    impl CustomOp1 for Gelu {
+        fn name(&self) -> &'static str {
+            "lm-gelu-cuda"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            bail!("lm-gelu-cuda is the GPU path; the CPU uses the fused CPU kernels")
+        }
+
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+            let x = view(s, l, "gelu input")?;
+            let n = l.shape().elem_count();
+            // No bias (cols = 0): x stands in for the unread bias pointer.
+            let y = gelu_kernel(
+                s.device(),
+                "lm_bias_gelu_fwd_f32",
+                &[&x, &x],
+                n,
+                0,
+                self.exact,
+            )?;
+            Ok((y, l.shape().clone()))
+        }
+
+        fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+            x.apply_op2_no_bwd(&dy.contiguous()?, &GeluGrad { exact: self.exact })
+                .map(Some)
+        }
+    }
+
+    /// `dy ⊙ gelu'(x)`.
+    struct GeluGrad {
+        exact: bool,
+    }
+
+    impl CustomOp2 for GeluGrad {
+        fn name(&self) -> &'static str {
+            "lm-gelu-grad-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            bail!("lm-gelu-grad-cuda is the GPU path")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let (x, dy) = (view(s1, l1, "gelu input")?, view(s2, l2, "gelu gradient")?);
+            let n = l1.shape().elem_count();
+            if l2.shape().elem_count() != n {
+                bail!(
+                    "gelu backward: {n} inputs but {} gradients",
+                    l2.shape().elem_count()
+                );
+            }
+            let name = "lm_bias_gelu_bwd_f32";
+            let dx = gelu_kernel(s1.device(), name, &[&x, &x, &dy], n, 0, self.exact)?;
+            Ok((dx, l1.shape().clone()))
+        }
+    }
+
+    /// The in-place Adam update of θ (the tensor it is applied to) from the gradient, with the
+    /// moments' storage written by the kernel.
+    pub(crate) struct Adam {
+        pub(crate) m: Tensor,
+        pub(crate) v: Tensor,
+        pub(crate) v_max: Option<Tensor>,
+        pub(crate) s: super::AdamScalars,
+    }
+
+    /// The whole f32 buffer of a moment tensor, checked to be `n` contiguous elements on the GPU.
+    fn moment<'a>(
+        guard: &'a std::sync::RwLockReadGuard<'_, candle_core::Storage>,
+        l: &Layout,
+        n: usize,
+    ) -> Result<CudaView<'a, f32>> {
+        let candle_core::Storage::Cuda(s) = &**guard else {
+            bail!("adam: the moments must be on the parameter's CUDA device")
+        };
+        match l.contiguous_offsets() {
+            Some((a, b)) if b - a == n => Ok(s.as_cuda_slice::<f32>()?.slice(a..b)),
+            _ => bail!("adam: the moments must be contiguous f32 of {n} elements"),
+        }
+    }
+
+    impl InplaceOp2 for Adam {
+        fn name(&self) -> &'static str {
+            "lm-adam-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &mut CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<()> {
+            bail!("lm-adam-cuda is the GPU path; lm-optim has its fused CPU update")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &mut CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+        ) -> Result<()> {
+            let dev = s1.device().clone();
+            let n = l1.shape().elem_count();
+            if l2.shape().elem_count() != n {
+                bail!(
+                    "adam: {n} parameters but {} gradients",
+                    l2.shape().elem_count()
+                );
+            }
+            let Some((t0, t1)) = l1.contiguous_offsets() else {
+                bail!("adam: the parameter must be contiguous")
+            };
+            let g = view(s2, l2, "adam gradient")?;
+            let (ms, ml) = self.m.storage_and_layout();
+            let (vs, vl) = self.v.storage_and_layout();
+            let (m, v) = (moment(&ms, ml, n)?, moment(&vs, vl, n)?);
+            let vm_guard = self.v_max.as_ref().map(|t| t.storage_and_layout());
+            let v_max = match &vm_guard {
+                Some((guard, l)) => Some(moment(guard, l, n)?),
+                None => None,
+            };
+            let mut theta = s1.as_cuda_slice_mut::<f32>()?.slice_mut(t0..t1);
+            let func = dev.get_or_load_custom_func("lm_adam_f32", MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&mut theta);
+            b.arg(&g);
+            b.arg(&m);
+            b.arg(&v);
+            let null = 0u64;
+            match &v_max {
+                Some(vm) => b.arg(vm),
+                None => b.arg(&null),
+            };
+            let s = self.s;
+            candle_core::builder_arg!(
+                b,
+                n,
+                s.beta1,
+                s.beta2,
+                s.one_minus_beta1,
+                s.one_minus_beta2,
+                s.eps,
+                s.step_size,
+                s.inv_sqrt_bc2,
+                s.l2,
+                s.decay,
+                s.grad_scale
+            );
+            // SAFETY: θ, g, m, v (and v_max) hold n f32 each (checked); the kernel reads g and
+            // writes θ, m, v, v_max element-wise, which no other tensor shares (the caller's
+            // contract).
+            unsafe { b.launch(elementwise(n)) }.w()?;
+            Ok(())
         }
     }
 

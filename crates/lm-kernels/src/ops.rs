@@ -87,12 +87,67 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 /// The exact GELU, `x·Φ(x)` (BERT, BART): one fused pass each way on CPU for f32 (erf to
-/// 1.5e−7), candle's erf-based op elsewhere.
+/// 1.5e−7), one CUDA kernel each way on a GPU for f32, candle's erf-based op elsewhere.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if fused(x) {
         x.contiguous()?.apply_op1(fused::GeluErf)
     } else {
-        composite::gelu_erf(x)
+        gpu_gelu(x, Gelu::Erf).unwrap_or_else(|| composite::gelu_erf(x))
+    }
+}
+
+/// Which GELU: GPT-2's tanh approximation or the exact `x·Φ(x)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gelu {
+    /// `½x(1 + tanh(√(2/π)(x + 0.044715x³)))` (GPT-2, T5 v1.1's gated GELU).
+    Tanh,
+    /// `x·Φ(x)` (BERT, BART).
+    Erf,
+}
+
+/// GELU of `x` by this crate's CUDA kernel (one kernel each way) on an f32 CUDA tensor; `None`
+/// elsewhere.
+fn gpu_gelu(x: &Tensor, kind: Gelu) -> Option<Result<Tensor>> {
+    if !on_gpu(x) {
+        return None;
+    }
+    #[cfg(feature = "cuda")]
+    return Some(x.contiguous().and_then(|x| {
+        x.apply_op1(crate::gpu::Gelu {
+            exact: kind == Gelu::Erf,
+        })
+    }));
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = kind;
+        None
+    }
+}
+
+/// `gelu(x·W + b)`, a linear layer ([`linear`]) and its activation. On CPU the fused linear and
+/// GELU kernels; on a CUDA device the product without its bias, then the bias and GELU in one
+/// kernel each way (`crate::gpu::BiasGelu`).
+pub fn linear_gelu(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    transposed: bool,
+    kind: Gelu,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Some(b) = b.filter(|b| on_gpu(x) && w.dtype() == DType::F32 && b.dtype() == DType::F32) {
+        let y = linear(x, w, None, transposed)?;
+        return y.contiguous()?.apply_op2(
+            &b.contiguous()?,
+            crate::gpu::BiasGelu {
+                exact: kind == Gelu::Erf,
+            },
+        );
+    }
+    let y = linear(x, w, b, transposed)?;
+    match kind {
+        Gelu::Tanh => gelu(&y),
+        Gelu::Erf => gelu_erf(&y),
     }
 }
 
@@ -274,12 +329,13 @@ pub fn residual_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// GPT-2's GELU, `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+/// GPT-2's GELU, `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`: fused on CPU and on a GPU for f32,
+/// candle's op elsewhere.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if fused(x) {
         x.contiguous()?.apply_op1(fused::GeluTanh)
     } else {
-        composite::gelu(x)
+        gpu_gelu(x, Gelu::Tanh).unwrap_or_else(|| composite::gelu(x))
     }
 }
 

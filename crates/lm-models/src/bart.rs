@@ -19,7 +19,7 @@ use crate::layers::{
 };
 use crate::params::ParamStore;
 use crate::seq2seq::{EncoderDecoder, GenerationConfig};
-use lm_kernels::ops::{add_bias, gelu_erf, residual_add};
+use lm_kernels::ops::{add_bias, residual_add, Gelu};
 
 /// BART hyperparameters, with HuggingFace `BartConfig` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -258,7 +258,7 @@ impl FeedForward {
     ) -> candle_core::Result<Tensor> {
         let f = self
             .fc2
-            .forward(&act_drop.forward(&gelu_erf(&self.fc1.forward(h)?)?, train)?)?;
+            .forward(&act_drop.forward(&self.fc1.forward_gelu(h, Gelu::Erf)?, train)?)?;
         self.ln
             .forward(&residual_add(h, &drop.forward(&f, train)?)?)
     }

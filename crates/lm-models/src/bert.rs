@@ -16,7 +16,7 @@ use crate::error::{ModelError, Result};
 use crate::layers::Dropout;
 use crate::layers::{embedding, lookup, padding_bias, LayerNorm, Linear};
 use crate::params::ParamStore;
-use lm_kernels::ops::{add_bias, gelu_erf, residual_add, self_attention};
+use lm_kernels::ops::{add_bias, residual_add, self_attention, Gelu};
 
 /// BERT hyperparameters, with HuggingFace `BertConfig` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,7 +221,7 @@ impl Layer {
         let h = self.attn_ln.forward(&residual_add(x, &a)?)?;
         let f = self
             .output
-            .forward(&gelu_erf(&self.intermediate.forward(&h)?)?)?;
+            .forward(&self.intermediate.forward_gelu(&h, Gelu::Erf)?)?;
         self.out_ln
             .forward(&residual_add(&h, &self.hidden_dropout.forward(&f, train)?)?)
     }
@@ -418,7 +418,7 @@ impl Bert {
     pub fn mlm_logits(&self, sequence: &Tensor) -> Result<Tensor> {
         let h = self
             .transform_ln
-            .forward(&gelu_erf(&self.transform.forward(sequence)?)?)?;
+            .forward(&self.transform.forward_gelu(sequence, Gelu::Erf)?)?;
         Ok(
             Linear::from_weight(self.encoder.word.clone(), Some(self.mlm_bias.clone()))
                 .forward(&h)?,

@@ -18,7 +18,7 @@ use crate::layers::Dropout;
 use crate::layers::{attention, merge_heads, split_heads, KvCache};
 use crate::params::ParamStore;
 use lm_kernels::ops::{
-    add_bias, causal_attention, causal_softmax, gelu, layer_norm, linear, residual_add,
+    add_bias, causal_attention, causal_softmax, layer_norm, linear, linear_gelu, residual_add, Gelu,
 };
 
 /// Parameters with their names.
@@ -155,6 +155,11 @@ impl Conv1D {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         linear(x, &self.weight, Some(&self.bias), false)
     }
+
+    /// `gelu(forward(x))` (GPT-2's tanh form), the bias and GELU in one kernel on a GPU.
+    fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        linear_gelu(x, &self.weight, Some(&self.bias), false, Gelu::Tanh)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -257,7 +262,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = gelu(&self.c_fc.forward(x)?)?;
+        let h = self.c_fc.forward_gelu(x)?;
         self.dropout.forward(&self.c_proj.forward(&h)?, train)
     }
 }

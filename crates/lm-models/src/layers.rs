@@ -5,7 +5,7 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use lm_kernels::ops::{causal_softmax, layer_norm, linear, softmax_last_dim};
+use lm_kernels::ops::{causal_softmax, layer_norm, linear, linear_gelu, softmax_last_dim, Gelu};
 pub use lm_kernels::ops::{merge_heads, split_heads};
 use lm_objectives::Rng;
 use std::sync::Mutex;
@@ -49,6 +49,11 @@ impl Linear {
     /// Applies the layer to `[.., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         linear(x, &self.weight, self.bias.as_ref(), true)
+    }
+
+    /// `gelu(forward(x))`, with the bias and GELU in one kernel on a GPU.
+    pub fn forward_gelu(&self, x: &Tensor, kind: Gelu) -> Result<Tensor> {
+        linear_gelu(x, &self.weight, self.bias.as_ref(), true, kind)
     }
 
     /// The outputs of `parts` (layers over the same input) side by side, `[.., Σ out]`, as one

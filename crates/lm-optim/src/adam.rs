@@ -13,8 +13,9 @@
 //! (`θ ← θ − ηλθ` before the update, AdamW). AMSGrad replaces `v̂` by its running maximum.
 //!
 //! On CPU with f32 parameters the whole update is one fused in-place pass over
-//! (θ, g, m, v): ~28 bytes moved per parameter, no temporary tensors. Elsewhere it is the same
-//! math in candle ops.
+//! (θ, g, m, v): ~28 bytes moved per parameter, no temporary tensors. On a CUDA device (feature
+//! `cuda`) the same pass is one kernel per parameter (lm-kernels' `gpu::adam_step`) instead of a
+//! dozen candle ops. Elsewhere it is the same math in candle ops.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -127,7 +128,8 @@ impl Moment {
     fn to_tensor(&self, like: &Var) -> Result<Tensor> {
         Ok(match self {
             Moment::Host(v) => Tensor::from_slice(v, like.shape(), &Device::Cpu)?,
-            Moment::Device(t) => t.clone(),
+            // A copy: the GPU kernel would change a shared tensor under its holder.
+            Moment::Device(t) => t.copy()?,
         })
     }
 
@@ -135,7 +137,8 @@ impl Moment {
         Ok(if fused && fused_path(var) {
             Moment::Host(t.flatten_all()?.to_vec1::<f32>()?)
         } else {
-            Moment::Device(t.to_device(var.device())?)
+            // A copy: the GPU kernel writes the moments in place, so they own their storage.
+            Moment::Device(t.to_device(var.device())?.copy()?)
         })
     }
 }
@@ -271,6 +274,8 @@ impl Adam {
                 }
                 if self.cfg.fused && fused_path(&slot.var) {
                     fused_step(slot, g, s)?;
+                } else if self.cfg.fused && gpu_path(&slot.var) {
+                    gpu_step(slot, g, s)?;
                 } else {
                     composite_step(slot, g, s)?;
                 }
@@ -278,6 +283,43 @@ impl Adam {
         }
         Ok(())
     }
+}
+
+/// Whether the CUDA kernel applies: an f32 parameter on a CUDA device, in a `cuda` build.
+fn gpu_path(var: &Var) -> bool {
+    cfg!(feature = "cuda") && var.device().is_cuda() && var.dtype() == DType::F32
+}
+
+/// The update on a CUDA device in one kernel (lm-kernels' `adam_step`): θ, m and v in place.
+#[cfg(feature = "cuda")]
+fn gpu_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
+    let g = g.to_dtype(DType::F32)?;
+    let (Moment::Device(m), Moment::Device(v)) = (&slot.m, &slot.v) else {
+        unreachable!("device parameters have device moments")
+    };
+    let v_max = match &slot.v_max {
+        Some(Moment::Device(vm)) => Some(vm),
+        _ => None,
+    };
+    let scalars = lm_kernels::gpu::AdamScalars {
+        beta1: s.beta1,
+        beta2: s.beta2,
+        one_minus_beta1: s.one_minus_beta1,
+        one_minus_beta2: s.one_minus_beta2,
+        eps: s.eps,
+        step_size: s.step_size,
+        inv_sqrt_bc2: s.inv_sqrt_bc2,
+        l2: s.l2,
+        decay: s.decay,
+        grad_scale: s.grad_scale,
+    };
+    lm_kernels::gpu::adam_step(slot.var.as_tensor(), &g, m, v, v_max, scalars)?;
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
+    composite_step(slot, g, s)
 }
 
 fn composite_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {

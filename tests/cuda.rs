@@ -187,6 +187,11 @@ fn each_cuda_op_equals_its_composite_form_in_value_and_gradient() {
             Box::new(|x| composite::layer_norm(x, &g, Some(&b), 1e-5).unwrap()),
         ),
         (
+            "rms_norm",
+            Box::new(|x| ops::rms_norm(x, &g, 1e-6).unwrap()),
+            Box::new(|x| composite::rms_norm(x, &g, 1e-6).unwrap()),
+        ),
+        (
             "softmax_last_dim",
             Box::new(|x| ops::softmax_last_dim(x).unwrap()),
             Box::new(|x| composite::softmax_last_dim(x).unwrap()),

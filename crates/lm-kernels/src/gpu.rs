@@ -1,5 +1,5 @@
 //! The GPU paths of the fused ops: one kernel for the forward where candle-kernels has one
-//! (`softmax_f32`, `layernorm_f32`, the kernels behind candle-nn's inference-only ops), with
+//! (`softmax_f32`, `layernorm_f32`, `rmsnorm_f32`, the kernels behind candle-nn's inference-only ops), with
 //! the backward written out as its closed form in candle ops — instead of autograd through the
 //! six to ten ops of the composite form; and this crate's own kernels (`cuda/kernels.cu`,
 //! compiled to PTX by build.rs) for the cross-entropy over the vocabulary, forward and backward
@@ -49,8 +49,31 @@ pub fn layer_norm_backward(
     Ok((dx, dgamma, dbeta))
 }
 
+/// `(∂L/∂x, ∂L/∂γ)` of RMS norm `y = x̂·γ`, `x̂ = x·r`, `r = 1/√(mean(x²) + ε)` (T5): with
+/// `g = dy ⊙ γ`, `dx = r·(g − x̂ ⊙ mean(g ⊙ x̂))` and `dγ = Σ dy ⊙ x̂` over all leading axes.
+pub fn rms_norm_backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let xhat = x.broadcast_mul(&r)?;
+    let g = dy.broadcast_mul(gamma)?;
+    let dx = g
+        .sub(&xhat.broadcast_mul(&(&g * &xhat)?.mean_keepdim(D::Minus1)?)?)?
+        .broadcast_mul(&r)?;
+    let n = gamma.elem_count();
+    let rows = dy.elem_count() / n.max(1);
+    let dgamma = (dy * &xhat)?
+        .reshape((rows, n))?
+        .sum(0)?
+        .reshape(gamma.shape())?;
+    Ok((dx, dgamma))
+}
+
 #[cfg(feature = "cuda")]
-pub(crate) use cuda::{BiasGelu, Gelu, LayerNorm, Softmax};
+pub(crate) use cuda::{BiasGelu, Gelu, LayerNorm, RmsNorm, Softmax};
 
 /// The scalars of one Adam/AdamW step ([`adam_step`]), as lm-optim's CPU kernel uses them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -736,6 +759,74 @@ mod cuda {
             Ok((Some(dx), Some(dg), Some(db)))
         }
     }
+
+    /// RMS norm over the last dimension with a weight (T5): candle-kernels' `rmsnorm_f32` (f32
+    /// sum of x² per row), backward in closed form.
+    pub(crate) struct RmsNorm {
+        pub(crate) eps: f32,
+    }
+
+    impl CustomOp2 for RmsNorm {
+        fn name(&self) -> &'static str {
+            "lm-rms-norm-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> Result<(CpuStorage, Shape)> {
+            bail!("lm-rms-norm-cuda is the GPU path; the CPU uses the fused CPU kernel")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s: &CudaStorage,
+            l: &Layout,
+            g: &CudaStorage,
+            gl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let dev = s.device().clone();
+            let (x, gamma) = (view(s, l, "rms norm x")?, view(g, gl, "rms norm weight")?);
+            let n = l.shape().elem_count();
+            let cols = l.shape().dims().last().copied().unwrap_or(1).max(1);
+            if gl.shape().elem_count() != cols {
+                bail!("rms norm: the weight must have {cols} elements");
+            }
+            // candle-nn's launch: one block per row, a warp for short rows, 1024 threads else.
+            let block = if cols < 1024 { 32 } else { 1024 };
+            let func = dev.get_or_load_func("rmsnorm_f32", &kernels::REDUCE)?;
+            // SAFETY: every element is written by the kernel before it is read.
+            let dst = unsafe { dev.alloc::<f32>(n)? };
+            let mut builder = func.builder();
+            builder.arg(&x);
+            builder.arg(&dst);
+            builder.arg(&gamma);
+            candle_core::builder_arg!(builder, cols as i32, block as i32, self.eps);
+            let cfg = LaunchConfig {
+                grid_dim: ((n / cols) as u32, 1, 1),
+                block_dim: (block, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the kernel reads rows of `cols` floats of x and `cols` of the weight, and
+            // writes the same rows of `dst`.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok((CudaStorage::wrap_cuda_slice(dst, dev), l.shape().clone()))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            gamma: &Tensor,
+            _y: &Tensor,
+            dy: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let (dx, dg) = super::rms_norm_backward(x, gamma, dy, self.eps as f64)?;
+            Ok((Some(dx), Some(dg)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -769,6 +860,22 @@ mod tests {
         let want = auto.get(x.as_tensor()).unwrap();
         let got = softmax_backward(&y, &w).unwrap();
         assert!(max_diff(want, &got) < 1e-6, "{}", max_diff(want, &got));
+    }
+
+    #[test]
+    fn the_closed_form_rms_norm_backward_equals_autograd() {
+        let x = Var::from_tensor(&randn((2, 3, 24), 7).affine(3.0, 0.5).unwrap()).unwrap();
+        let g = Var::from_tensor(&(randn((1, 1, 24), 8).flatten_all().unwrap() + 1.0).unwrap())
+            .unwrap();
+        let w = randn((2, 3, 24), 9);
+        let y = composite::rms_norm(x.as_tensor(), g.as_tensor(), 1e-6).unwrap();
+        let auto = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (dx, dg) = rms_norm_backward(x.as_tensor(), g.as_tensor(), &w, 1e-6).unwrap();
+        for (name, var, got) in [("x", &x, &dx), ("gamma", &g, &dg)] {
+            let want = auto.get(var.as_tensor()).unwrap();
+            let d = max_diff(want, got);
+            assert!(d < 1e-5, "d{name}: {d}");
+        }
     }
 
     #[test]

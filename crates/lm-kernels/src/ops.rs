@@ -59,14 +59,22 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f64) -
 }
 
 /// RMS normalization over the last dimension (T5): `y = x / √(mean(x²) + ε) · γ`, no mean, no bias.
-/// One fused pass on CPU for f32 (and one for its backward), the composite form elsewhere.
+/// One fused pass on CPU for f32 (and one for its backward), candle-kernels' `rmsnorm_f32` with a
+/// closed-form backward on a GPU for f32, the composite form elsewhere.
 pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64) -> Result<Tensor> {
     if fused(x) && gamma.dtype() == DType::F32 {
-        x.contiguous()?
-            .apply_op2(&gamma.contiguous()?, fused::RmsNorm { eps: eps as f32 })
-    } else {
-        composite::rms_norm(x, gamma, eps)
+        return x
+            .contiguous()?
+            .apply_op2(&gamma.contiguous()?, fused::RmsNorm { eps: eps as f32 });
     }
+    #[cfg(feature = "cuda")]
+    if on_gpu(x) && gamma.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op2(
+            &gamma.contiguous()?,
+            crate::gpu::RmsNorm { eps: eps as f32 },
+        );
+    }
+    composite::rms_norm(x, gamma, eps)
 }
 
 /// Softmax over the last dimension.

@@ -1158,6 +1158,58 @@ mod tests {
         );
     }
 
+    /// The f16 loss scale's settings: a scale that is 0, negative, infinite or NaN, and a growth
+    /// interval of 0, are refused naming the key and the value.
+    #[test]
+    fn bad_loss_scale_settings_are_refused_by_key() {
+        let base = TrainConfig::recipe("gpt-shakespeare-char")
+            .unwrap()
+            .to_toml();
+        assert!(base.contains("loss_scale_init = 65536.0\n"), "{base}");
+        let cases = [
+            (
+                "loss_scale_init = 65536.0",
+                "loss_scale_init = 0",
+                "train.loss_scale_init",
+                "0 must be",
+            ),
+            (
+                "loss_scale_init = 65536.0",
+                "loss_scale_init = -8",
+                "train.loss_scale_init",
+                "-8 must be",
+            ),
+            (
+                "loss_scale_init = 65536.0",
+                "loss_scale_init = inf",
+                "train.loss_scale_init",
+                "inf must be",
+            ),
+            (
+                "loss_scale_init = 65536.0",
+                "loss_scale_init = nan",
+                "train.loss_scale_init",
+                "NaN must be",
+            ),
+            (
+                "loss_scale_growth_interval = 2000",
+                "loss_scale_growth_interval = 0",
+                "train.loss_scale_growth_interval",
+                "must be positive",
+            ),
+        ];
+        for (from, to, key, problem) in cases {
+            assert!(base.contains(from), "{from}");
+            let e = TrainConfig::from_toml(&base.replace(from, to), "f16.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("f16.toml") && e.contains(key) && e.contains(problem),
+                "{to}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn both_kinds_of_recipe_round_trip_through_run_config() {
         for (name, _) in RECIPES.iter().chain(FINETUNE_RECIPES) {

@@ -682,6 +682,42 @@ mod cuda {
         }
     }
 
+    /// A candle-kernels normalization (`layernorm_f32`: weight and bias; `rmsnorm_f32`: weight)
+    /// over the rows of `x`: one block per row — a warp for rows under 1024, else 1024 threads, as
+    /// candle-nn launches them — with f32 sums.
+    fn norm_rows(
+        s: &CudaStorage,
+        l: &Layout,
+        name: &str,
+        params: &[&CudaView<'_, f32>],
+        eps: f32,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device().clone();
+        let x = view(s, l, name)?;
+        let n = l.shape().elem_count();
+        let cols = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        let block = if cols < 1024 { 32 } else { 1024 };
+        let func = dev.get_or_load_func(name, &kernels::REDUCE)?;
+        // SAFETY: every element is written by the kernel before it is read.
+        let dst = unsafe { dev.alloc::<f32>(n)? };
+        let mut builder = func.builder();
+        builder.arg(&x);
+        builder.arg(&dst);
+        for p in params {
+            builder.arg(*p);
+        }
+        candle_core::builder_arg!(builder, cols as i32, block as i32, eps);
+        let cfg = LaunchConfig {
+            grid_dim: ((n / cols) as u32, 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel reads rows of `cols` floats of x and `cols` of each parameter (the
+        // callers check), and writes the same rows of `dst`.
+        unsafe { builder.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(dst, dev), l.shape().clone()))
+    }
+
     /// Layer norm over the last dimension with weight and bias: candle-kernels' `layernorm_f32`
     /// (f32 sums of x and x² per row), backward in closed form.
     pub(crate) struct LayerNorm {
@@ -714,37 +750,15 @@ mod cuda {
             b: &CudaStorage,
             bl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
-            let dev = s.device().clone();
-            let (x, gamma, beta) = (
-                view(s, l, "layer norm x")?,
+            let (gamma, beta) = (
                 view(g, gl, "layer norm weight")?,
                 view(b, bl, "layer norm bias")?,
             );
-            let n = l.shape().elem_count();
             let cols = l.shape().dims().last().copied().unwrap_or(1).max(1);
             if gl.shape().elem_count() != cols || bl.shape().elem_count() != cols {
                 bail!("layer norm: weight and bias must have {cols} elements");
             }
-            // candle-nn's launch: one block per row, a warp for short rows, 1024 threads else.
-            let block = if cols < 1024 { 32 } else { 1024 };
-            let func = dev.get_or_load_func("layernorm_f32", &kernels::REDUCE)?;
-            // SAFETY: every element is written by the kernel before it is read.
-            let dst = unsafe { dev.alloc::<f32>(n)? };
-            let mut builder = func.builder();
-            builder.arg(&x);
-            builder.arg(&dst);
-            builder.arg(&gamma);
-            builder.arg(&beta);
-            candle_core::builder_arg!(builder, cols as i32, block as i32, self.eps);
-            let cfg = LaunchConfig {
-                grid_dim: ((n / cols) as u32, 1, 1),
-                block_dim: (block, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: the kernel reads rows of `cols` floats of x and `cols` of weight and bias,
-            // and writes the same rows of `dst`.
-            unsafe { builder.launch(cfg) }.w()?;
-            Ok((CudaStorage::wrap_cuda_slice(dst, dev), l.shape().clone()))
+            norm_rows(s, l, "layernorm_f32", &[&gamma, &beta], self.eps)
         }
 
         fn bwd(
@@ -788,32 +802,12 @@ mod cuda {
             g: &CudaStorage,
             gl: &Layout,
         ) -> Result<(CudaStorage, Shape)> {
-            let dev = s.device().clone();
-            let (x, gamma) = (view(s, l, "rms norm x")?, view(g, gl, "rms norm weight")?);
-            let n = l.shape().elem_count();
+            let gamma = view(g, gl, "rms norm weight")?;
             let cols = l.shape().dims().last().copied().unwrap_or(1).max(1);
             if gl.shape().elem_count() != cols {
                 bail!("rms norm: the weight must have {cols} elements");
             }
-            // candle-nn's launch: one block per row, a warp for short rows, 1024 threads else.
-            let block = if cols < 1024 { 32 } else { 1024 };
-            let func = dev.get_or_load_func("rmsnorm_f32", &kernels::REDUCE)?;
-            // SAFETY: every element is written by the kernel before it is read.
-            let dst = unsafe { dev.alloc::<f32>(n)? };
-            let mut builder = func.builder();
-            builder.arg(&x);
-            builder.arg(&dst);
-            builder.arg(&gamma);
-            candle_core::builder_arg!(builder, cols as i32, block as i32, self.eps);
-            let cfg = LaunchConfig {
-                grid_dim: ((n / cols) as u32, 1, 1),
-                block_dim: (block, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: the kernel reads rows of `cols` floats of x and `cols` of the weight, and
-            // writes the same rows of `dst`.
-            unsafe { builder.launch(cfg) }.w()?;
-            Ok((CudaStorage::wrap_cuda_slice(dst, dev), l.shape().clone()))
+            norm_rows(s, l, "rmsnorm_f32", &[&gamma], self.eps)
         }
 
         fn bwd(

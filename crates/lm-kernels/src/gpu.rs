@@ -144,6 +144,63 @@ mod cuda {
     use candle_core::{bail, CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp2};
     use candle_core::{Layout, Result, Shape, Tensor};
 
+    /// `name` and a `cpu_fwd` that refuses: the ops below are the GPU paths; on the CPU the
+    /// fused CPU kernels run instead. The last argument is the op's kind (inputs, or in-place).
+    macro_rules! gpu_only {
+        ($name:literal, 1) => {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+                bail!(concat!($name, " runs on a CUDA device only"))
+            }
+        };
+        ($name:literal, 2) => {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                bail!(concat!($name, " runs on a CUDA device only"))
+            }
+        };
+        ($name:literal, 3) => {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                bail!(concat!($name, " runs on a CUDA device only"))
+            }
+        };
+        ($name:literal, inplace2) => {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                _: &mut CpuStorage,
+                _: &Layout,
+                _: &CpuStorage,
+                _: &Layout,
+            ) -> Result<()> {
+                bail!(concat!($name, " runs on a CUDA device only"))
+            }
+        };
+    }
+
     /// This crate's kernels (`cuda/kernels.cu`), as PTX.
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
     const MODULE: &str = "lm_kernels";
@@ -175,19 +232,7 @@ mod cuda {
     }
 
     impl CustomOp2 for Nll {
-        fn name(&self) -> &'static str {
-            "lm-nll-cuda"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            bail!("lm-nll-cuda is the GPU path; the CPU uses lm-objectives' fused kernel")
-        }
+        gpu_only!("lm-nll-cuda", 2);
 
         fn cuda_fwd(
             &self,
@@ -248,21 +293,7 @@ mod cuda {
     }
 
     impl CustomOp3 for NllGrad {
-        fn name(&self) -> &'static str {
-            "lm-nll-grad-cuda"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            bail!("lm-nll-grad-cuda is the GPU path")
-        }
+        gpu_only!("lm-nll-grad-cuda", 3);
 
         fn cuda_fwd(
             &self,
@@ -353,19 +384,7 @@ mod cuda {
     }
 
     impl CustomOp2 for BiasGelu {
-        fn name(&self) -> &'static str {
-            "lm-bias-gelu-cuda"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            bail!("lm-bias-gelu-cuda is the GPU path; the CPU uses the fused CPU kernels")
-        }
+        gpu_only!("lm-bias-gelu-cuda", 2);
 
         fn cuda_fwd(
             &self,
@@ -415,21 +434,7 @@ mod cuda {
     }
 
     impl CustomOp3 for BiasGeluGrad {
-        fn name(&self) -> &'static str {
-            "lm-bias-gelu-grad-cuda"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            bail!("lm-bias-gelu-grad-cuda is the GPU path")
-        }
+        gpu_only!("lm-bias-gelu-grad-cuda", 3);
 
         fn cuda_fwd(
             &self,
@@ -459,13 +464,7 @@ mod cuda {
     }
 
     impl CustomOp1 for Gelu {
-        fn name(&self) -> &'static str {
-            "lm-gelu-cuda"
-        }
-
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-            bail!("lm-gelu-cuda is the GPU path; the CPU uses the fused CPU kernels")
-        }
+        gpu_only!("lm-gelu-cuda", 1);
 
         fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
             let x = view(s, l, "gelu input")?;
@@ -494,19 +493,7 @@ mod cuda {
     }
 
     impl CustomOp2 for GeluGrad {
-        fn name(&self) -> &'static str {
-            "lm-gelu-grad-cuda"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            bail!("lm-gelu-grad-cuda is the GPU path")
-        }
+        gpu_only!("lm-gelu-grad-cuda", 2);
 
         fn cuda_fwd(
             &self,
@@ -554,19 +541,7 @@ mod cuda {
     }
 
     impl InplaceOp2 for Adam {
-        fn name(&self) -> &'static str {
-            "lm-adam-cuda"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &mut CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<()> {
-            bail!("lm-adam-cuda is the GPU path; lm-optim has its fused CPU update")
-        }
+        gpu_only!("lm-adam-cuda", inplace2);
 
         fn cuda_fwd(
             &self,
@@ -647,13 +622,7 @@ mod cuda {
     pub(crate) struct Softmax;
 
     impl CustomOp1 for Softmax {
-        fn name(&self) -> &'static str {
-            "lm-softmax-cuda"
-        }
-
-        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-            bail!("lm-softmax-cuda is the GPU path; the CPU uses the fused CPU kernel")
-        }
+        gpu_only!("lm-softmax-cuda", 1);
 
         fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
             let dev = s.device().clone();
@@ -725,21 +694,7 @@ mod cuda {
     }
 
     impl CustomOp3 for LayerNorm {
-        fn name(&self) -> &'static str {
-            "lm-layer-norm-cuda"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            bail!("lm-layer-norm-cuda is the GPU path; the CPU uses the fused CPU kernel")
-        }
+        gpu_only!("lm-layer-norm-cuda", 3);
 
         fn cuda_fwd(
             &self,
@@ -781,19 +736,7 @@ mod cuda {
     }
 
     impl CustomOp2 for RmsNorm {
-        fn name(&self) -> &'static str {
-            "lm-rms-norm-cuda"
-        }
-
-        fn cpu_fwd(
-            &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-        ) -> Result<(CpuStorage, Shape)> {
-            bail!("lm-rms-norm-cuda is the GPU path; the CPU uses the fused CPU kernel")
-        }
+        gpu_only!("lm-rms-norm-cuda", 2);
 
         fn cuda_fwd(
             &self,

@@ -73,6 +73,24 @@ fn shrunk(recipe: &str, batch: usize, tokenizer_file: Option<&str>) -> String {
     c.to_toml()
 }
 
+/// Trains `d/one.toml` as one process into `one` and `d/two.toml` under `mpirun -np 2` into
+/// `two`.
+fn train_one_process_and_two_ranks(d: &Path, one: &str, two: &str) {
+    succeeded(
+        &lm_train(
+            &["train", "--config", "one.toml", "--out", one, "--quiet"],
+            d,
+        ),
+        one,
+    );
+    let out = mpirun(
+        &["train", "--config", "two.toml", "--out", two, "--quiet"],
+        d,
+    );
+    succeeded(&out, two);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("on 2 ranks"));
+}
+
 /// Two losses (or parameters) agree within 1e-5 relative (1e-6 absolute near zero).
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-6
@@ -135,19 +153,7 @@ fn two_ranks_of_six_equal_one_process_of_twelve() {
         std::fs::write(d.join("one.toml"), shrunk(recipe, 12, tokenizer)).unwrap();
         std::fs::write(d.join("two.toml"), shrunk(recipe, 6, tokenizer)).unwrap();
         let (one, two) = (format!("{recipe}-1x12"), format!("{recipe}-2x6"));
-        succeeded(
-            &lm_train(
-                &["train", "--config", "one.toml", "--out", &one, "--quiet"],
-                d,
-            ),
-            &one,
-        );
-        let out = mpirun(
-            &["train", "--config", "two.toml", "--out", &two, "--quiet"],
-            d,
-        );
-        succeeded(&out, &two);
-        assert!(String::from_utf8_lossy(&out.stdout).contains("on 2 ranks"));
+        train_one_process_and_two_ranks(d, &one, &two);
         assert_same_run(&d.join(&one), &d.join(&two), recipe);
     }
 }
@@ -342,19 +348,7 @@ fn fine_tuning_on_two_ranks_of_four_equals_one_process_of_eight() {
         std::fs::write(d.join("one.toml"), config(8)).unwrap();
         std::fs::write(d.join("two.toml"), config(4)).unwrap();
         let (one, two) = (format!("{ft}-1x8"), format!("{ft}-2x4"));
-        succeeded(
-            &lm_train(
-                &["train", "--config", "one.toml", "--out", &one, "--quiet"],
-                d,
-            ),
-            &one,
-        );
-        let out = mpirun(
-            &["train", "--config", "two.toml", "--out", &two, "--quiet"],
-            d,
-        );
-        succeeded(&out, &two);
-        assert!(String::from_utf8_lossy(&out.stdout).contains("on 2 ranks"));
+        train_one_process_and_two_ranks(d, &one, &two);
         assert_same_run(&d.join(&one), &d.join(&two), ft);
         // The validation metrics of every evaluation and the test results are the same.
         let metrics = |run: &str| -> Vec<_> {

@@ -522,6 +522,11 @@ pub fn gpu_check(bundle: bool) -> Result<()> {
     )?;
     let bench = Path::new(CUDA_TARGET_DIR).join("release/lm-bench");
     let dir = Path::new(BUNDLE);
+    // A fresh folder: binaries that run.sh unpacked into bin/ on an earlier run would carry
+    // another 2 × ~63 MB past the device tool's 64 MiB.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {BUNDLE}"))?;
+    }
     std::fs::create_dir_all(dir)?;
     for (from, to) in [
         (tests.as_path(), "cuda-tests"),

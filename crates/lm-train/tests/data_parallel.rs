@@ -349,8 +349,25 @@ fn fine_tuning_on_two_ranks_of_four_equals_one_process_of_eight() {
         std::fs::write(d.join("two.toml"), config(4)).unwrap();
         let (one, two) = (format!("{ft}-1x8"), format!("{ft}-2x4"));
         train_one_process_and_two_ranks(d, &one, &two);
-        assert_same_run(&d.join(&one), &d.join(&two), ft);
-        // The validation metrics of every evaluation and the test results are the same.
+        // The same two-rank run stopped after step 4 and resumed under mpirun.
+        let resumed = format!("{ft}-2x4-resumed");
+        let half = [
+            "train",
+            "--config",
+            "two.toml",
+            "--out",
+            &resumed,
+            "--quiet",
+            "--max-iters",
+            "4",
+        ];
+        succeeded(&mpirun(&half, d), &resumed);
+        succeeded(
+            &mpirun(&["train", "--resume", &resumed, "--quiet"], d),
+            &resumed,
+        );
+        // Losses, parameters, the validation metrics of every evaluation, the test results and
+        // predictions are the same.
         let metrics = |run: &str| -> Vec<_> {
             lm_train::metrics::MetricsLog::read(&d.join(run).join("metrics.jsonl"))
                 .unwrap()
@@ -359,23 +376,29 @@ fn fine_tuning_on_two_ranks_of_four_equals_one_process_of_eight() {
                 .map(|r| (r.step, r.metrics))
                 .collect()
         };
-        let (ma, mb) = (metrics(&one), metrics(&two));
-        assert_eq!(ma.len(), 3, "{ft}: evaluations at steps 0, 4 and 8");
-        assert_eq!(ma, mb, "{ft}");
         let results = |run: &str| -> serde_json::Value {
             let text = std::fs::read_to_string(d.join(run).join("results.json")).unwrap();
             let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
             v["best_checkpoint"] = serde_json::Value::Null; // the paths differ by run directory
             v
         };
-        assert_eq!(results(&one), results(&two), "{ft}");
         let predictions =
             |run: &str| std::fs::read_to_string(d.join(run).join("test_predictions.txt")).unwrap();
+        assert_eq!(
+            metrics(&one).len(),
+            3,
+            "{ft}: evaluations at steps 0, 4 and 8"
+        );
+        for run in [&two, &resumed] {
+            assert_same_run(&d.join(&one), &d.join(run), run);
+            assert_eq!(metrics(&one), metrics(run), "{run}");
+            assert_eq!(results(&one), results(run), "{run}");
+            assert_eq!(predictions(&one), predictions(run), "{run}");
+        }
         eprintln!(
             "{ft}: test {}\n{}",
             results(&two)["test"],
             predictions(&two)
         );
-        assert_eq!(predictions(&one), predictions(&two), "{ft}");
     }
 }

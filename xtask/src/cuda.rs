@@ -252,18 +252,18 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 /// Free disk the CUDA build needs in `target/` (measured in a clean clone, 2026-11-29: the
 /// toolkit from PyPI 0.3 GB, `target/cuda` 1.4 GB with the settings below; measured here,
-/// 2026-11-30: the 31 test binaries, linked before they are deleted, another 1.4 GB; the rest is
+/// 2026-11-30: the test binaries, linked before they are deleted, another 1.4 GB; the rest is
 /// margin).
 const CUDA_BUILD_DISK_GB: f64 = 5.0;
 
-/// `cargo xtask cuda-build`: every CUDA crate, its unit and integration tests and the `lm-train`
-/// and `lm-bench` binaries built and linked with `--features cuda` (and `lm-train` with
-/// `--features nccl` where MPI is installed), then the CUDA-only tests run — on a machine without
-/// a GPU they print what they skipped and why.
+/// `cargo xtask cuda-build`: every CUDA crate, its unit and integration tests (lm-bench's as its
+/// binary's unit tests) and the `lm-train` binary built and linked with `--features cuda` (and
+/// `lm-train` with `--features nccl` where MPI is installed), then the CUDA-only tests run — on a
+/// machine without a GPU they print what they skipped and why.
 ///
-/// The test binaries are linked one package at a time and deleted once linked (except the
-/// CUDA-only tests, which run next): the link is the check, and some thirty binaries of 100+ MB
-/// each kept side by side would triple the build's disk, which filled a CI machine's disk once.
+/// The test binaries are deleted once linked (except the CUDA-only tests, which run next): the
+/// link is the check, and kept they would add 1.4 GB to a build that filled a CI machine's disk
+/// once.
 pub fn build() -> Result<()> {
     if let Some(free) = free_disk_gb(Path::new("target")) {
         if free < CUDA_BUILD_DISK_GB {

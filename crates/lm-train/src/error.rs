@@ -75,6 +75,9 @@ pub enum TrainError {
     /// From candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A collective between the data-parallel ranks failed.
+    #[error("data-parallel ranks: {0}")]
+    Dist(#[from] lm_dist::DistError),
 }
 
 /// This crate's result type.

@@ -971,10 +971,6 @@ fn gather_rows(
     if comm.world_size() == 1 {
         return Ok(local);
     }
-    let dist = |e: lm_dist::DistError| TrainError::Corpus {
-        corpus: "data-parallel predictions".into(),
-        problem: e.to_string(),
-    };
     // The lengths, and last how many ids each rank holds that f32 cannot carry exactly (every
     // rank learns of them, so all stop together instead of leaving the others waiting).
     const EXACT: u32 = 1 << 24;
@@ -983,7 +979,7 @@ fn gather_rows(
         *l = row.len() as f32;
     }
     lens[n] = local.iter().flatten().filter(|&&id| id >= EXACT).count() as f32;
-    comm.all_reduce_sum(&mut lens).map_err(dist)?;
+    comm.all_reduce_sum(&mut lens)?;
     if lens[n] > 0.0 {
         return Err(TrainError::Corpus {
             corpus: "data-parallel predictions".into(),
@@ -1001,7 +997,7 @@ fn gather_rows(
             *t = id as f32;
         }
     }
-    comm.all_reduce_sum(&mut table).map_err(dist)?;
+    comm.all_reduce_sum(&mut table)?;
     Ok((0..n)
         .map(|i| {
             table[i * width..i * width + lens[i] as usize]

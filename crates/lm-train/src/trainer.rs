@@ -232,13 +232,6 @@ fn finetuning_parts(p: crate::finetune::Prepared) -> Parts {
     }
 }
 
-fn dist_err(e: lm_dist::DistError) -> TrainError {
-    TrainError::Corpus {
-        corpus: "data-parallel ranks".into(),
-        problem: e.to_string(),
-    }
-}
-
 /// The rank that owns each parameter (sizes in order) when the optimizer state is sharded over
 /// `world` ranks: each goes to the rank holding the fewest values so far, so the shares are
 /// balanced within one parameter.
@@ -505,10 +498,10 @@ impl Trainer {
         let cfg = cfg.into();
         let mut t = if comm.rank() == 0 {
             let t = Self::new(cfg, run_dir, device)?;
-            comm.barrier().map_err(dist_err)?;
+            comm.barrier()?;
             t
         } else {
-            comm.barrier().map_err(dist_err)?;
+            comm.barrier()?;
             Self::join(run_dir, device)?
         };
         t.comm = comm;
@@ -687,7 +680,7 @@ impl Trainer {
         for v in vars {
             flat.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
         }
-        self.comm.broadcast(&mut flat, root).map_err(dist_err)?;
+        self.comm.broadcast(&mut flat, root)?;
         let mut at = 0;
         for v in vars {
             let n = v.elem_count();
@@ -709,13 +702,13 @@ impl Trainer {
         }
         let mine = self.flat_parameters()?;
         let mut theirs = mine.clone();
-        self.comm.broadcast(&mut theirs, 0).map_err(dist_err)?;
+        self.comm.broadcast(&mut theirs, 0)?;
         let differ = mine
             .iter()
             .zip(&theirs)
             .any(|(a, b)| a.to_bits() != b.to_bits()) as u8 as f64;
         let mut any = [differ];
-        self.comm.all_reduce_sum_f64(&mut any).map_err(dist_err)?;
+        self.comm.all_reduce_sum_f64(&mut any)?;
         if any[0] > 0.0 {
             return Err(TrainError::Checkpoint {
                 path: self.run_dir.clone(),
@@ -743,7 +736,7 @@ impl Trainer {
             }
         }
         for bucket in flat.chunks_mut(BUCKET) {
-            self.comm.all_reduce_sum(bucket).map_err(dist_err)?;
+            self.comm.all_reduce_sum(bucket)?;
         }
         let mut at = 0;
         for v in &self.vars {
@@ -758,7 +751,7 @@ impl Trainer {
     /// `Σ_ranks x`.
     fn sum_over_ranks(&self, x: f64) -> Result<f64> {
         let mut v = [x];
-        self.comm.all_reduce_sum_f64(&mut v).map_err(dist_err)?;
+        self.comm.all_reduce_sum_f64(&mut v)?;
         Ok(v[0])
     }
 
@@ -1289,7 +1282,7 @@ impl Trainer {
             .join(format!("step-{:08}.tmp-{pid}", self.state.step));
         let file = tmp.join(self.optimizer_file());
         lm_optim::save_state(self.opt.as_ref(), &file)?;
-        self.comm.barrier().map_err(dist_err)
+        Ok(self.comm.barrier()?)
     }
 
     fn eval_and_checkpoint(
@@ -1495,7 +1488,7 @@ impl Trainer {
             return Ok(None);
         };
         // Rank 0 may still be writing the last checkpoint: the others look after this.
-        self.comm.barrier().map_err(dist_err)?;
+        self.comm.barrier()?;
         let best_dir = checkpoint::list_checkpoints(&self.run_dir)?
             .into_iter()
             .find(|(s, _)| *s == best_step)

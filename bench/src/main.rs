@@ -104,9 +104,10 @@ fn machine(r: &mut Report) -> Result<(f64, f64)> {
 
 /// The gemm behind the fused kernels at the recipe's MLP shape, against candle's matmul.
 fn gemm_kernels(r: &mut Report) -> Result<()> {
+    use lm_kernels::cpu_kernels::bf16_matmul_kernel;
     use lm_kernels::ops::matmul_slices;
+    use lm_kernels::precision::with_matmul_precision;
     use lm_kernels::precision::MatmulPrecision::{Bf16, Highest};
-    use lm_kernels::precision::{bf16_matmul_kernel, with_matmul_precision};
     let (m, k, n) = (768, 128, 512);
     let flops = 2.0 * (m * k * n) as f64;
     let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;

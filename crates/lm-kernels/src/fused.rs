@@ -1675,6 +1675,7 @@ impl CustomOp3 for Linear {
             y
         };
         let mut shape = l1.dims().to_vec();
+        // INVARIANT: a linear's input has rank ≥ 1 (its last axis is `d.n_in`, checked when the op was built).
         *shape.last_mut().expect("rank ≥ 1") = d.n_out;
         Ok((CpuStorage::F32(y), Shape::from(shape)))
     }

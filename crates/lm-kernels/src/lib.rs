@@ -12,6 +12,7 @@
 //! - [`gpu`]: the GPU paths of the fused ops (candle-kernels' forward kernels, closed-form
 //!   backward).
 //! - [`precision`]: the per-thread matmul precision (f32 or bf16 products with f32 accumulation).
+//! - [`cpu_kernels`]: which product kernels this CPU runs, and the precision that trains fastest.
 //! - [`isa`]: the instruction sets the kernels may use (`LM_KERNELS_MAX_ISA` caps them, to run a
 //!   smaller CPU's paths on a bigger one).
 //! - [`threads`]: running a step on rayon's workers.
@@ -32,6 +33,7 @@
 //! assert!(mean.abs() < 1e-5);
 //! ```
 
+pub mod cpu_kernels;
 pub mod device;
 pub mod fastmath;
 mod fused;

@@ -63,6 +63,53 @@ config_enum! {
 }
 
 config_enum! {
+    /// `objective.kind`: the pretraining objective, apart from the family it trains (each family
+    /// has a default, [`Family::default_objective`]; [`ObjectiveKind::fits`] says which go
+    /// together).
+    ObjectiveKind {
+        /// Next-token prediction over the whole window (GPT).
+        CausalLm = "causal-lm",
+        /// Masked LM, 80/10/10 (BERT with next sentence prediction, RoBERTa dynamic on
+        /// FULL-SENTENCES).
+        MaskedLm = "masked-lm",
+        /// T5's span corruption with sentinels.
+        SpanCorruption = "span-corruption",
+        /// BART's text infilling and sentence permutation.
+        Denoising = "denoising",
+        /// Prefix LM: a random prefix is read in full (T5 and BART's encoder, or GPT's
+        /// bidirectional prefix attention) and the rest predicted.
+        PrefixLm = "prefix-lm",
+    }
+}
+
+impl Family {
+    /// The objective a family pretrains with unless `objective.kind` says otherwise.
+    pub fn default_objective(self) -> ObjectiveKind {
+        match self {
+            Self::Gpt => ObjectiveKind::CausalLm,
+            Self::Bert | Self::Roberta => ObjectiveKind::MaskedLm,
+            Self::Bart => ObjectiveKind::Denoising,
+            Self::T5 => ObjectiveKind::SpanCorruption,
+        }
+    }
+}
+
+impl ObjectiveKind {
+    /// Whether this objective trains `family`: MLM needs an encoder-only model; span corruption
+    /// and denoising an encoder-decoder (as their papers train them); causal LM a decoder-only
+    /// model; prefix LM any model with a decoder.
+    pub fn fits(self, family: Family) -> bool {
+        match self {
+            Self::CausalLm => family == Family::Gpt,
+            Self::MaskedLm => matches!(family, Family::Bert | Family::Roberta),
+            Self::SpanCorruption => family == Family::T5,
+            Self::Denoising => family == Family::Bart,
+            Self::PrefixLm => matches!(family, Family::Gpt | Family::T5 | Family::Bart),
+        }
+    }
+}
+
+config_enum! {
     /// `model.t5_feed_forward`: T5's feed-forward block.
     T5FeedForward {
         /// `W_o · relu(W_i x)` (T5 v1.0), embeddings tied to the output.
@@ -195,7 +242,8 @@ config_enum! {
 impl Precision {
     /// The precision the products run at on this machine (`auto` resolved).
     pub fn resolve(self) -> lm_kernels::precision::MatmulPrecision {
-        use lm_kernels::precision::{fastest_training_precision, MatmulPrecision};
+        use lm_kernels::cpu_kernels::fastest_training_precision;
+        use lm_kernels::precision::MatmulPrecision;
         match self {
             Self::Auto => fastest_training_precision(),
             Self::Highest => MatmulPrecision::Highest,
@@ -246,7 +294,8 @@ impl Precision {
     /// One line on what this precision means on this machine: what `auto` chose, or that an
     /// explicit `bf16` is slower here and why.
     pub fn describe(self) -> String {
-        use lm_kernels::precision::{bf16_matmul_kernel, MatmulPrecision};
+        use lm_kernels::cpu_kernels::{bf16_matmul_kernel, Bf16Kernel};
+        use lm_kernels::precision::MatmulPrecision;
         let kernel = bf16_matmul_kernel();
         match (self, self.resolve()) {
             (Self::Auto, MatmulPrecision::Bf16) => {
@@ -255,7 +304,7 @@ impl Precision {
             (Self::Auto, _) => format!(
                 "matmul precision: auto → f32 (no AMX here; bf16 would run as {kernel}, slower than f32)"
             ),
-            (Self::Bf16, _) if kernel != "AMX-BF16" => format!(
+            (Self::Bf16, _) if kernel != Bf16Kernel::Amx => format!(
                 "matmul precision: bf16 runs as {kernel} on this CPU (no AMX), measured 1.4–2× the f32 step time on such CPUs; \"auto\" or \"highest\" is faster here"
             ),
             (Self::F16, _) => "matmul precision: f16 products (inputs rounded to f16, f32 \
@@ -297,11 +346,12 @@ impl From<Infilling> for lm_objectives::bart::SpanPlacement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lm_kernels::precision::{bf16_matmul_kernel, MatmulPrecision};
+    use lm_kernels::cpu_kernels::{bf16_matmul_kernel, Bf16Kernel};
+    use lm_kernels::precision::MatmulPrecision;
 
     #[test]
     fn auto_takes_bf16_exactly_where_amx_runs_it() {
-        let amx = bf16_matmul_kernel() == "AMX-BF16";
+        let amx = bf16_matmul_kernel() == Bf16Kernel::Amx;
         let want = if amx {
             MatmulPrecision::Bf16
         } else {

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use lm_kernels::cpu_kernels::{Bf16Kernel, F32Kernel};
 use lm_kernels::isa::Isa;
 
 /// The GPT of `common::small_gpt`, 12 steps.
@@ -53,11 +54,13 @@ fn every_instruction_set_level_trains_the_same_losses_and_auto_takes_f32_without
     let cfg = small_run(d);
     // What this CPU has, uncapped (the test process itself may run under a cap: then that cap is
     // the top level tried).
-    let amx = lm_kernels::precision::bf16_matmul_kernel() == "AMX-BF16";
+    let amx = lm_kernels::cpu_kernels::bf16_matmul_kernel() == Bf16Kernel::Amx;
     let has = |isa: Isa| match isa {
         Isa::Generic => true,
-        Isa::Avx512 => lm_kernels::precision::f32_matmul_kernel() == "AVX-512",
-        Isa::Avx512Bf16 => amx || lm_kernels::precision::bf16_matmul_kernel() == "AVX512-BF16",
+        Isa::Avx512 => lm_kernels::cpu_kernels::f32_matmul_kernel() == F32Kernel::Avx512,
+        Isa::Avx512Bf16 => {
+            amx || lm_kernels::cpu_kernels::bf16_matmul_kernel() == Bf16Kernel::Avx512Bf16
+        }
         Isa::Amx => amx,
     };
     let mut f32_runs: Vec<(Isa, Vec<f32>)> = Vec::new();

@@ -332,9 +332,9 @@ pub(super) fn transpose_16x16(
 
 /// `u16` pairs viewed as `u32` (little-endian: the first of each pair in the low half).
 fn bytemuck_u32(v: &mut [u16]) -> &mut [u32] {
-    // SAFETY: the buffer is the u16 view of a `Vec<u32>` (see `gemm`), so it is 4-byte
-    // aligned and of even length; both are checked anyway.
     assert!((v.as_ptr() as usize).is_multiple_of(4) && v.len().is_multiple_of(2));
+    // SAFETY: the buffer is the u16 view of a `Vec<u32>` (see `gemm`), so it is 4-byte
+    // aligned and of even length; both are checked just above.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len() / 2) }
 }
 

@@ -86,6 +86,8 @@ pub(super) fn gemm(
 }
 
 /// One block of rows: all panels of `bp` against the packed rows `ap`.
+/// # Safety
+/// The CPU must have AVX512F and AVX512-BF16 (the dispatch checks); the slices hold the packed sizes the callers allocate.
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
@@ -115,6 +117,8 @@ unsafe fn block(
 
 /// An `R × cols` tile (`R ≤ 8`, `cols ≤ 32`): 2·R accumulators of 16 lanes, one `vdpbf16ps`
 /// per (row, half-panel) and k-pair.
+/// # Safety
+/// As [`block`]: AVX512F and AVX512-BF16, and `R` rows and the panel within `d`, `ap` and `bp`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[inline]
 unsafe fn tile<const R: usize>(

@@ -17,13 +17,14 @@ thread_local! {
 fn pack_b(b: &Mat, k: usize, n: usize, out: &mut [f32], parallel: bool) {
     use rayon::prelude::*;
     let chunk = (k * NR).max(1);
-    // SAFETY (both): the caller checked AVX512F.
     if parallel && n > NR {
         out.par_chunks_mut(chunk)
             .enumerate()
+            // SAFETY: the caller checked AVX512F; `o` is one whole panel of `out`.
             .for_each(|(p, o)| unsafe { pack_panel(b, k, n, p, o) });
     } else {
         for (p, o) in out.chunks_mut(chunk).enumerate() {
+            // SAFETY: as above.
             unsafe { pack_panel(b, k, n, p, o) }
         }
     }
@@ -242,12 +243,13 @@ fn gemm_with(
     let mut run = |bv: Panels| {
         let work = |(r0, rows, d): (usize, usize, &mut [f32])| {
             let a_len = rows.div_ceil(MR_F32) * MR_F32 * KC.min(k);
-            // SAFETY (both): the caller checked AVX512F; bounds are asserted in the tiles.
             if a_packed {
+                // SAFETY: the caller checked AVX512F; bounds are asserted in the tiles.
                 with_scratch(&PACK_A, a_len, |buf| unsafe {
                     block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri, Some(buf), None)
                 })
             } else {
+                // SAFETY: as above.
                 unsafe { block(d, dst_rs, a, r0, bv, rows, k, n, epi, tri, None, None) }
             }
         };
@@ -306,6 +308,8 @@ struct Panels<'a> {
 
 /// Rows `r0..r0 + rows` of the product into `d`, k in chunks, with `pack` (a buffer for a
 /// packed column-major `a`) or reading `a` in place.
+/// # Safety
+/// The CPU must have AVX512F (the dispatch checks); the tiles assert their bounds.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
@@ -415,6 +419,8 @@ unsafe fn block(
 /// (`rs == 1`): 24 accumulators, 2 loads of `b` and 12 broadcasts of `a` per 24 FMAs, the
 /// 12 addresses of `a` as base + index·scale (LLVM's code for [`tile`] recomputes them in a
 /// serial chain of adds, which runs at ~60% of the FMA peak).
+/// # Safety
+/// The CPU must have AVX512F; `d`, `a` and `b` hold the 12 × 32 tile over `kc` steps of k (the caller, [`block`], sizes them).
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_12x32(
     d: &mut [f32],
@@ -577,6 +583,8 @@ unsafe fn tile_12x32(
 }
 
 /// An `R × cols` tile (`R ≤ 12`, `cols ≤ 32`) over `kc` steps of k.
+/// # Safety
+/// The CPU must have AVX512F; `R ≤ 12` rows and `cols ≤ 32` columns lie within `d`, `a` and `b`.
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn tile<const R: usize>(

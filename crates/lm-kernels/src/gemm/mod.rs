@@ -163,6 +163,8 @@ pub(crate) fn round_f16_slice(src: &[f32], out: &mut [f32]) {
 }
 
 /// The vector part of [`round_f16_slice`]; returns how many leading elements it rounded.
+/// # Safety
+/// The CPU must have AVX512F (the caller checks); `out` is at least as long as `src`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn round_f16_avx512(src: &[f32], out: &mut [f32]) -> usize {
@@ -299,6 +301,8 @@ pub(crate) enum Tri {
 
 /// Writes an `R × cols` register tile (two 16-lane halves per row) to `d` (rows `dst_rs` apart)
 /// as `epi` says, with masked stores for a partial last half.
+/// # Safety
+/// The CPU must have AVX512F; the `R` rows of the tile lie within `d` at row stride `rs`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]

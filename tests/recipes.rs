@@ -3,7 +3,11 @@
 //! (or is skipped) naming the step, a tokenizer that disagrees with the config is refused.
 
 use candle_core::Device;
-use lm_train::config::{NonFinitePolicy, OptimizerKind, TokenizerKind, TrainConfig, RECIPES};
+use lm_train::batches::{BatchSource, Specials};
+use lm_train::config::{
+    NonFinitePolicy, ObjectiveKind, OptimizerKind, TokenizerKind, TrainConfig, RECIPES,
+};
+use lm_train::data::{Split, TokenizedCorpus};
 use lm_train::metrics::MetricsLog;
 use lm_train::{TrainError, Trainer};
 
@@ -70,6 +74,102 @@ fn every_recipe_trains_a_tiny_version_of_itself() {
             "{name}"
         );
     }
+}
+
+/// Prefix LM selected by `objective.kind` trains GPT (bidirectional prefix), T5 and BART (prefix
+/// to the encoder, the rest to the decoder); each batch is a window split into a prefix and its
+/// continuation, and a kind that does not fit a family is refused naming the key.
+#[test]
+fn prefix_lm_trains_gpt_t5_and_bart_from_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    for name in [
+        "gpt-shakespeare-char",
+        "t5-span-corruption",
+        "bart-denoising",
+    ] {
+        let text = TrainConfig::recipe(name).unwrap().to_toml();
+        let text =
+            format!("{text}\n").replace("[objective]\n", "[objective]\nkind = \"prefix-lm\"\n");
+        let text = if text.contains("kind = ") {
+            text
+        } else {
+            format!("{text}\n[objective]\nkind = \"prefix-lm\"\n")
+        };
+        let cfg = TrainConfig::from_toml(&text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(cfg.objective_kind(), ObjectiveKind::PrefixLm, "{name}");
+        let cfg = shrink(cfg, &corpus, 6);
+        let dir = tmp.path().join(format!("{name}-prefix"));
+        let mut t =
+            Trainer::new(cfg.clone(), &dir, Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let summary = t.train().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (_, val) = summary.last_eval.unwrap();
+        let uniform = (t.tokenizer().vocab_size() as f32).ln();
+        assert!(
+            val.is_finite() && val < uniform + 1.0,
+            "{name}: val loss {val} (uniform {uniform})"
+        );
+        check_prefix_batches(&t, &cfg, &dir, name);
+    }
+    let mut bert = TrainConfig::recipe("bert-mlm-nsp").unwrap();
+    bert.objective.kind = Some(ObjectiveKind::PrefixLm);
+    let e = bert.validate("bert").unwrap_err().to_string();
+    assert!(e.contains("objective.kind") && e.contains("bert"), "{e}");
+}
+
+/// Every example of a prefix-LM batch is a window of the corpus split once: GPT scores exactly
+/// the positions from its prefix on; T5 and BART encode the prefix and decode the rest.
+fn check_prefix_batches(t: &Trainer, cfg: &TrainConfig, dir: &std::path::Path, name: &str) {
+    let tok = t.tokenizer();
+    let specials = Specials::of(cfg.model.family, tok, cfg.data.tokenizer).unwrap();
+    let corpus = std::sync::Arc::new(TokenizedCorpus::open(&dir.join("tokens.bin")).unwrap());
+    let vocab = tok.vocab_size();
+    let src = BatchSource::new(cfg, corpus, specials.clone(), vocab).unwrap();
+    let b = src.batch(Split::Train, 3, 8, &Device::Cpu).unwrap();
+    let block = cfg.model.block_size;
+    let labels: Vec<Vec<i64>> = b.labels.to_vec2().unwrap();
+    if let Some(p) = &b.prefix_len {
+        let p: Vec<u32> = p.to_vec1().unwrap();
+        for (row, &p) in labels.iter().zip(&p) {
+            let p = p as usize;
+            assert!((1..=block).contains(&p), "{name}: prefix {p}");
+            assert!(
+                row[..p - 1].iter().all(|&l| l == -100),
+                "{name}: {row:?} {p}"
+            );
+            assert!(row[p - 1..].iter().all(|&l| l >= 0), "{name}: {row:?} {p}");
+        }
+        return;
+    }
+    let inputs: Vec<Vec<u32>> = b.input_ids.to_vec2().unwrap();
+    let mut lengths = std::collections::BTreeSet::new();
+    for (x, y) in inputs.iter().zip(&labels) {
+        let x: Vec<u32> = x.iter().copied().filter(|&i| i != specials.pad).collect();
+        let y: Vec<i64> = y.iter().copied().filter(|&l| l != -100).collect();
+        assert_eq!(
+            x.last(),
+            Some(&specials.eos),
+            "{name}: the input ends with EOS"
+        );
+        assert_eq!(
+            y.last(),
+            Some(&(specials.eos as i64)),
+            "{name}: the target ends with EOS"
+        );
+        let opened = usize::from(name.starts_with("bart"));
+        assert_eq!(
+            opened == 1,
+            x[0] == specials.bos,
+            "{name}: BART opens with <s>"
+        );
+        // Prefix and continuation together are one window of block_size tokens.
+        assert_eq!(x.len() - 1 - opened + y.len() - 1, block, "{name}");
+        lengths.insert(y.len());
+    }
+    assert!(
+        lengths.len() > 1,
+        "{name}: the split point varies: {lengths:?}"
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Project chores, run as `cargo xtask <command>`:
 //!
 //! - `ci`: `cargo fmt --check`, `cargo clippy -D warnings` (also over the CUDA code), then the tests.
-//! - `test`: the whole test suite (what `.ci/run` runs).
+//! - `test`: the whole test suite (what `.ci/run` runs), after `tidy` and its own tests.
+//! - `tidy`: the structure rules (crate floors, file circles, lengths, SAFETY notes, panics).
 //! - `demo`: the main job, the gpt-shakespeare-char recipe on the bundled corpus.
 //! - `recipe NAME [ARGS..]`: any bundled recipe, extra arguments passed to `lm-train train`.
 //! - `bench [SUITE]`: the benchmarks.
@@ -13,6 +14,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod cuda;
+mod tidy;
 
 fn cargo(args: &[&str]) -> Result<()> {
     cargo_with(args, &[])
@@ -32,6 +34,12 @@ fn cargo_with(args: &[&str], env: &[(String, String)]) -> Result<()> {
     Ok(())
 }
 
+/// The workspace root (xtask's parent directory).
+fn workspace_root() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
 /// Whether a program is on the PATH.
 fn found(program: &str) -> bool {
     std::env::var_os("PATH")
@@ -41,6 +49,8 @@ fn found(program: &str) -> bool {
 /// The test suite, the data-parallel tests over MPI where `mpirun` is installed, then the CUDA
 /// build (with the CUDA-only tests, which skip without a GPU).
 fn test() -> Result<()> {
+    tidy::tidy(&workspace_root())?;
+    cargo(&["test", "-p", "xtask", "--quiet"])?;
     cpu_tests()?;
     cuda::build()
 }
@@ -115,7 +125,9 @@ fn recipe(name: &str, extra: &[String]) -> Result<()> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
-        bail!("usage: cargo xtask <ci|test|demo|recipe NAME|bench [SUITE]|cuda-build|gpu-check>");
+        bail!(
+            "usage: cargo xtask <ci|test|tidy|demo|recipe NAME|bench [SUITE]|cuda-build|gpu-check>"
+        );
     };
     match cmd.as_str() {
         "ci" => {
@@ -132,6 +144,7 @@ fn main() -> Result<()> {
             test()
         }
         "test" => test(),
+        "tidy" => tidy::tidy(&workspace_root()),
         "cuda-build" => cuda::build(),
         "gpu-check" => cuda::gpu_check(args.iter().any(|a| a == "--bundle")),
         "demo" => recipe("gpt-shakespeare-char", &args[1..]),
@@ -146,6 +159,6 @@ fn main() -> Result<()> {
             a.extend(args[1..].iter().map(String::as_str));
             cargo(&a)
         }
-        other => bail!("unknown xtask command {other:?}; expected ci, test, demo, recipe, bench, cuda-build or gpu-check"),
+        other => bail!("unknown xtask command {other:?}; expected ci, test, tidy, demo, recipe, bench, cuda-build or gpu-check"),
     }
 }

@@ -177,6 +177,7 @@ impl BartConfig {
 
     /// As HuggingFace's `config.json`.
     pub fn to_hf_json(&self) -> serde_json::Value {
+        // INVARIANT: a struct of numbers, strings and string-keyed maps always serializes to JSON.
         let mut v = serde_json::to_value(self).expect("serializes");
         v["model_type"] = "bart".into();
         v["architectures"] = serde_json::json!(["BartForConditionalGeneration"]);

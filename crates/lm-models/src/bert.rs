@@ -147,6 +147,7 @@ impl BertConfig {
 
     /// The configuration as HuggingFace's `config.json`.
     pub fn to_hf_json(&self) -> serde_json::Value {
+        // INVARIANT: a struct of numbers, strings and string-keyed maps always serializes to JSON.
         let mut v = serde_json::to_value(self).expect("serializes");
         v["model_type"] = "bert".into();
         v["architectures"] = serde_json::json!(["BertForPreTraining"]);

@@ -18,7 +18,8 @@ use crate::layers::Dropout;
 use crate::layers::{attention, merge_heads, split_heads, KvCache};
 use crate::params::ParamStore;
 use lm_kernels::ops::{
-    add_bias, causal_attention, causal_softmax, layer_norm, linear, linear_gelu, residual_add, Gelu,
+    add_bias, causal_attention, causal_softmax, layer_norm, linear, linear_gelu, residual_add,
+    softmax_last_dim, Gelu,
 };
 
 /// Parameters with their names.
@@ -183,6 +184,46 @@ impl LayerNorm {
     }
 }
 
+/// Which keys each query sees: the causal rule, and an additive bias on top (or instead).
+#[derive(Debug, Clone, Copy)]
+struct Mask<'a> {
+    /// A bias broadcast over the scores (0 where seen, a very negative number elsewhere).
+    bias: Option<&'a Tensor>,
+    /// Query `i` sees keys `≤ i` (besides the bias).
+    causal: bool,
+}
+
+impl Mask<'_> {
+    /// Plain causal attention.
+    const CAUSAL: Self = Self {
+        bias: None,
+        causal: true,
+    };
+
+    /// Whether this is [`Mask::CAUSAL`] (which the fused attention kernel runs).
+    fn is_plain_causal(&self) -> bool {
+        self.bias.is_none() && self.causal
+    }
+}
+
+/// A prefix LM's attention bias `[b, 1, t, t]`: query `i` of row `r` sees key `j` when `j ≤ i`
+/// or `j < prefix_len[r]` — the prefix attends to itself in both directions, the continuation
+/// causally (UniLM's and T5's "prefix LM" on a decoder-only model). Built on the device of
+/// `prefix_len` (`[b]`, u32), with no transfer to the host.
+pub fn prefix_lm_bias(prefix_len: &Tensor, t: usize) -> Result<Tensor> {
+    let dev = prefix_len.device();
+    let b = prefix_len.dim(0)?;
+    let keys = Tensor::arange(0u32, t as u32, dev)?;
+    let causal = keys
+        .reshape((1, 1, 1, t))?
+        .broadcast_le(&keys.reshape((1, 1, t, 1))?)?;
+    let in_prefix = keys
+        .reshape((1, 1, 1, t))?
+        .broadcast_lt(&prefix_len.to_dtype(DType::U32)?.reshape((b, 1, 1, 1))?)?;
+    let seen = causal.broadcast_maximum(&in_prefix)?.to_dtype(DType::F32)?;
+    Ok((seen.affine(-1.0, 1.0)? * f32::MIN as f64)?)
+}
+
 /// Multi-head causal self-attention:
 /// `softmax(QKᵀ/√d_head + M) V` per head, heads concatenated and projected.
 #[derive(Debug)]
@@ -209,19 +250,20 @@ impl CausalSelfAttention {
         })
     }
 
-    /// `key_bias` `[b, 1, 1, keys]` (0 or a very negative number) hides padding keys of
-    /// left-padded batched generation.
+    /// `mask.bias` (0 or a very negative number) hides keys: `[b, 1, 1, keys]` the padding
+    /// keys of left-padded batched generation, `[b, 1, t, t]` a prefix LM's mask (then
+    /// `mask.causal` is off: the bias says everything).
     fn forward(
         &self,
         x: &Tensor,
         train: bool,
         cache: Option<(&mut KvCache, usize)>,
-        key_bias: Option<&Tensor>,
+        mask: Mask<'_>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let qkv = self.c_attn.forward(x)?;
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
-        if cache.is_none() && key_bias.is_none() && !(train && self.attn_dropout.rate() > 0.0) {
+        if cache.is_none() && mask.is_plain_causal() && !(train && self.attn_dropout.rate() > 0.0) {
             let y = causal_attention(&qkv, self.n_head, scale)?;
             return self.resid_dropout.forward(&self.c_proj.forward(&y)?, train);
         }
@@ -232,10 +274,21 @@ impl CausalSelfAttention {
             None => (k, v),
         };
         let y = if train && self.attn_dropout.rate() > 0.0 {
-            let probs = causal_softmax(&lm_kernels::ops::matmul(&q, &k.t()?)?, scale)?;
+            let scores = lm_kernels::ops::matmul(&q, &k.t()?)?;
+            let probs = match mask.bias {
+                None => causal_softmax(&scores, scale)?,
+                Some(bias) => {
+                    let s = (scores * scale)?.broadcast_add(bias)?;
+                    if mask.causal {
+                        causal_softmax(&s, 1.0)?
+                    } else {
+                        softmax_last_dim(&s)?
+                    }
+                }
+            };
             lm_kernels::ops::matmul(&self.attn_dropout.forward(&probs, train)?, &v)?
         } else {
-            attention(&q, &k, &v, key_bias, scale, true)?
+            attention(&q, &k, &v, mask.bias, scale, mask.causal)?
         };
         let y = merge_heads(&y)?.reshape((b, t, d))?;
         self.resid_dropout.forward(&self.c_proj.forward(&y)?, train)
@@ -291,11 +344,11 @@ impl Block {
         x: &Tensor,
         train: bool,
         cache: Option<(&mut KvCache, usize)>,
-        key_bias: Option<&Tensor>,
+        mask: Mask<'_>,
     ) -> candle_core::Result<Tensor> {
         let attn = self
             .attn
-            .forward(&self.ln_1.forward(x)?, train, cache, key_bias)?;
+            .forward(&self.ln_1.forward(x)?, train, cache, mask)?;
         let x = residual_add(x, &attn)?;
         residual_add(&x, &self.mlp.forward(&self.ln_2.forward(&x)?, train)?)
     }
@@ -392,15 +445,28 @@ impl Gpt {
     /// Logits for the new tokens `idx` following the positions already in `cache` (whose keys and
     /// values are extended); without a cache, a full pass.
     pub fn forward_cached(&self, idx: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        self.forward_padded(idx, None, cache)
+        self.forward_masked(idx, None, Mask::CAUSAL, cache)
     }
 
-    /// [`Gpt::forward_cached`] for a left-padded batch: `padding` gives each token's position
-    /// `[b, t]` (u32) and the key bias `[b, 1, 1, past + t]` that hides the padding.
-    fn forward_padded(
+    /// Logits `[b, t, V]` of a decoder-only prefix LM: row `r`'s first `prefix_len[r]` tokens
+    /// (`[b]`, u32) attend to each other in both directions, the rest causally
+    /// ([`prefix_lm_bias`]).
+    pub fn forward_prefix_lm(&self, idx: &Tensor, prefix_len: &Tensor) -> Result<Tensor> {
+        let bias = prefix_lm_bias(prefix_len, idx.dim(1)?)?;
+        let mask = Mask {
+            bias: Some(&bias),
+            causal: false,
+        };
+        self.forward_masked(idx, None, mask, None)
+    }
+
+    /// [`Gpt::forward_cached`] with `positions` `[b, t]` (u32; left-padded generation counts
+    /// them from each row's first real token, else `past..past + t`) and the attention `mask`.
+    fn forward_masked(
         &self,
         idx: &Tensor,
-        padding: Option<(&Tensor, &Tensor)>,
+        positions: Option<&Tensor>,
+        mask: Mask<'_>,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
@@ -419,9 +485,9 @@ impl Gpt {
             .wte
             .embedding(&idx.flatten_all()?)?
             .reshape((b, t, self.cfg.n_embd))?;
-        let x = match padding {
+        let x = match positions {
             None => add_bias(&tok, &self.wpe.narrow(0, past, t)?)?,
-            Some((positions, _)) => {
+            Some(positions) => {
                 let pos = self.wpe.embedding(&positions.flatten_all()?)?.reshape((
                     b,
                     t,
@@ -431,9 +497,8 @@ impl Gpt {
             }
         };
         let mut x = self.embd_dropout.forward(&x, train)?;
-        let key_bias = padding.map(|p| p.1);
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, train, cache.as_deref_mut().map(|c| (c, i)), key_bias)?;
+            x = block.forward(&x, train, cache.as_deref_mut().map(|c| (c, i)), mask)?;
         }
         if let Some(c) = cache {
             c.advance(t);
@@ -503,7 +568,15 @@ impl Gpt {
                 let keys = mask[0].len();
                 let m = Tensor::new(mask.concat(), &device)?.reshape((rows, keys))?;
                 let bias = crate::layers::padding_bias(&m)?;
-                let logits = self.forward_padded(&ids, Some((&pos, &bias)), Some(&mut cache))?;
+                let logits = self.forward_masked(
+                    &ids,
+                    Some(&pos),
+                    Mask {
+                        bias: Some(&bias),
+                        causal: true,
+                    },
+                    Some(&mut cache),
+                )?;
                 for r in 0..rows {
                     let last: Vec<f32> =
                         logits.get(r)?.get(t - 1)?.to_dtype(DType::F32)?.to_vec1()?;

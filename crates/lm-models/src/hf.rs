@@ -72,6 +72,7 @@ pub fn save_dir(store: &ParamStore, config: &serde_json::Value, dir: &Path) -> R
     })?;
     let path = dir.join("config.json");
     let tmp = dir.join("config.json.tmp");
+    // INVARIANT: a `serde_json::Value` always serializes.
     let text = serde_json::to_string_pretty(config).expect("a JSON value serializes");
     std::fs::write(&tmp, text).map_err(|source| ModelError::Io {
         path: tmp.clone(),

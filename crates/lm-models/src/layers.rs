@@ -204,10 +204,12 @@ impl KvCache {
         make: impl FnOnce() -> Result<(Tensor, Tensor)>,
     ) -> Result<(Tensor, Tensor)> {
         self.reserve_layers(layer + 1);
-        if self.cross_kv[layer].is_none() {
-            self.cross_kv[layer] = Some(make()?);
+        if let Some(kv) = &self.cross_kv[layer] {
+            return Ok(kv.clone());
         }
-        Ok(self.cross_kv[layer].clone().expect("just set"))
+        let kv = make()?;
+        self.cross_kv[layer] = Some(kv.clone());
+        Ok(kv)
     }
 
     pub(crate) fn advance(&mut self, t: usize) {

@@ -250,6 +250,7 @@ fn safetensors_names(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
     if bytes.len() < 8 {
         return Err("truncated safetensors file (no header)".into());
     }
+    // INVARIANT: `bytes[..8]` is 8 bytes long (checked just above).
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     let header = bytes.get(8..8 + n).ok_or("truncated safetensors header")?;
     let json: serde_json::Value =

@@ -197,6 +197,7 @@ impl T5Config {
 
     /// As HuggingFace's `config.json`.
     pub fn to_hf_json(&self) -> serde_json::Value {
+        // INVARIANT: a struct of numbers, strings and string-keyed maps always serializes to JSON.
         let mut v = serde_json::to_value(self).expect("serializes");
         v["num_decoder_layers"] = self.decoder_layers().into();
         v["model_type"] = "t5".into();
@@ -285,6 +286,7 @@ impl Attention {
         let table = self
             .relative_bias
             .as_ref()
+            // INVARIANT: only the first block of a stack owns the relative-position table, and only it calls this.
             .expect("only called on the first layer");
         let ids: Vec<u32> = (0..q)
             .flat_map(|i| {
@@ -579,6 +581,7 @@ impl EncoderDecoder for T5 {
             let (cross, ln) = b
                 .cross
                 .as_ref()
+                // INVARIANT: every decoder block is built with cross-attention (`T5Block::new` with `decoder = true`).
                 .expect("decoder blocks have cross-attention");
             let x = self.norm(&h, ln)?;
             let a = match cache.as_deref_mut() {

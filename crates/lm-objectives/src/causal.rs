@@ -59,6 +59,30 @@ pub fn window_at(
     Ok(())
 }
 
+/// Decoder-only prefix LM on a window of `L` tokens: the inputs are `tokens[..L-1]`, whose
+/// first `prefix` tokens the model reads with bidirectional attention (its mask's job), and only
+/// the continuation is scored — position `i` targets `tokens[i+1]` for `i ≥ prefix − 1`, the
+/// prefix positions get [`IGNORE_INDEX`] (they see tokens after their own next one). The loss is
+/// `−Σ_{i ≥ p} log p(x_i | x_{<i})` with `x_{<p}` read both ways.
+///
+/// ```
+/// let ex = lm_objectives::causal::prefix_lm_window(&[5, 6, 7, 8], 2).unwrap();
+/// assert_eq!(ex.input_ids, vec![5, 6, 7]);
+/// assert_eq!(ex.targets, vec![-100, 7, 8]);
+/// ```
+pub fn prefix_lm_window(tokens: &[u32], prefix: usize) -> Result<CausalExample> {
+    let mut ex = shift_for_causal_lm(tokens)?;
+    if prefix == 0 || prefix >= tokens.len() {
+        return Err(ObjectiveError::InvalidConfig {
+            key: "prefix",
+            value: prefix.to_string(),
+            expected: "a prefix of 1 to L − 1 tokens (at least one token to predict)",
+        });
+    }
+    ex.targets[..prefix - 1].fill(IGNORE_INDEX);
+    Ok(ex)
+}
+
 /// How [`pack_documents`] handles the tokens left over after the last full block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Remainder {
@@ -126,6 +150,19 @@ pub fn pack_documents<D: AsRef<[u32]>>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prefix_lm_scores_only_the_continuation() {
+        let t = [1u32, 2, 3, 4, 5];
+        // A one-token prefix scores everything the causal LM scores.
+        assert_eq!(
+            prefix_lm_window(&t, 1).unwrap(),
+            shift_for_causal_lm(&t).unwrap()
+        );
+        let last = prefix_lm_window(&t, 4).unwrap();
+        assert_eq!(last.targets, vec![-100, -100, -100, 5]);
+        assert!(prefix_lm_window(&t, 5).is_err() && prefix_lm_window(&t, 0).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -113,7 +113,8 @@ pub fn next_sentence_pairs(
                 // A random other document, from a random sentence on.
                 let mut other = nonempty[rng.below(nonempty.len() as u64 - 1) as usize];
                 if other == d {
-                    other = *nonempty.last().expect("≥ 2 documents");
+                    // The draw skipped the last document: it stands in for `d` (≥ 2 documents).
+                    other = nonempty[nonempty.len() - 1];
                 }
                 let os: Vec<&Vec<u32>> = docs[other].iter().filter(|s| !s.is_empty()).collect();
                 let start = rng.below(os.len() as u64) as usize;
@@ -125,34 +126,45 @@ pub fn next_sentence_pairs(
                 // The unused part of this chunk goes back to be read again, as BERT does.
                 (b, other, i + a_end)
             };
-            let (mut a, mut b) = (a, b);
-            while a.len() + b.len() > budget {
-                if a.len() > b.len() {
-                    a.pop();
-                } else {
-                    b.pop();
-                }
-            }
-            let mut input_ids = Vec::with_capacity(a.len() + b.len() + 3);
-            input_ids.push(cfg.cls);
-            input_ids.extend_from_slice(&a);
-            input_ids.push(cfg.sep);
-            let first = input_ids.len();
-            input_ids.extend_from_slice(&b);
-            input_ids.push(cfg.sep);
-            let mut segment_ids = vec![0u32; first];
-            segment_ids.resize(input_ids.len(), 1);
-            out.push(NspExample {
-                input_ids,
-                segment_ids,
-                is_next,
-                doc_a: d,
-                doc_b,
-            });
+            out.push(pair(cfg, budget, (a, d), (b, doc_b), is_next));
             i = consumed.max(i + 1);
         }
     }
     Ok(out)
+}
+
+/// `[CLS] A [SEP] B [SEP]` with its segment ids, the longer of `A` and `B` cut from its end
+/// until the pair fits `budget` tokens.
+fn pair(
+    cfg: &NspConfig,
+    budget: usize,
+    (mut a, doc_a): (Vec<u32>, usize),
+    (mut b, doc_b): (Vec<u32>, usize),
+    is_next: bool,
+) -> NspExample {
+    while a.len() + b.len() > budget {
+        if a.len() > b.len() {
+            a.pop();
+        } else {
+            b.pop();
+        }
+    }
+    let mut input_ids = Vec::with_capacity(a.len() + b.len() + 3);
+    input_ids.push(cfg.cls);
+    input_ids.extend_from_slice(&a);
+    input_ids.push(cfg.sep);
+    let first = input_ids.len();
+    input_ids.extend_from_slice(&b);
+    input_ids.push(cfg.sep);
+    let mut segment_ids = vec![0u32; first];
+    segment_ids.resize(input_ids.len(), 1);
+    NspExample {
+        input_ids,
+        segment_ids,
+        is_next,
+        doc_a,
+        doc_b,
+    }
 }
 
 /// RoBERTa's FULL-SENTENCES input: sentences packed contiguously across documents (a `[SEP]`

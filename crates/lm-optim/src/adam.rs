@@ -295,6 +295,7 @@ fn gpu_path(var: &Var) -> bool {
 fn gpu_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
     let g = g.to_dtype(DType::F32)?;
     let (Moment::Device(m), Moment::Device(v)) = (&slot.m, &slot.v) else {
+        // INVARIANT: `Slot::new` gives a parameter on a device moments on the same device.
         unreachable!("device parameters have device moments")
     };
     let v_max = match &slot.v_max {
@@ -332,6 +333,7 @@ fn composite_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
         g = (g + (&theta * s.l2 as f64)?)?;
     }
     let (Moment::Device(m), Moment::Device(v)) = (&slot.m, &slot.v) else {
+        // INVARIANT: `Slot::new` gives a parameter on a device moments on the same device.
         unreachable!("device parameters have device moments")
     };
     let m = ((m * s.beta1 as f64)? + (&g * s.one_minus_beta1 as f64)?)?;
@@ -468,6 +470,7 @@ fn fused_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
         g.contiguous()?
     };
     let (Moment::Host(m), Moment::Host(v)) = (&mut slot.m, &mut slot.v) else {
+        // INVARIANT: `Slot::new` gives a CPU f32 parameter host moments.
         unreachable!("cpu f32 parameters have host moments")
     };
     let v_max = match &mut slot.v_max {

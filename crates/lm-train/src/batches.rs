@@ -9,14 +9,17 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use lm_objectives::bart::{BartNoise, InfillingConfig};
+use lm_objectives::causal::{prefix_lm_window, window_at};
 use lm_objectives::collate::{pad_batch, pad_labels, shift_right};
 use lm_objectives::mlm::{MlmConfig, MlmExample, MlmMasker};
 use lm_objectives::nsp::{full_sentences, next_sentence_pairs, Document, NspConfig, NspExample};
-use lm_objectives::span_corruption::{Sentinels, SpanCorruptionConfig, SpanCorruptor};
+use lm_objectives::span_corruption::{
+    random_prefix_lm, Sentinels, SpanCorruptionConfig, SpanCorruptor,
+};
 use lm_objectives::Rng;
 
-use crate::config::Family;
 use crate::config::TrainConfig;
+use crate::config::{Family, ObjectiveKind};
 use crate::data::{Split, TokenizedCorpus};
 use crate::error::{Result, TrainError};
 use crate::model::Batch;
@@ -120,6 +123,7 @@ impl Pool {
 #[derive(Debug)]
 pub struct BatchSource {
     family: Family,
+    objective: ObjectiveKind,
     corpus: Arc<TokenizedCorpus>,
     pools: [Pool; 2],
     block: usize,
@@ -172,9 +176,10 @@ impl BatchSource {
         vocab: usize,
     ) -> Result<Self> {
         let family = cfg.model.family;
+        let objective = cfg.objective_kind();
         let block = cfg.model.block_size;
         let vf = cfg.data.val_fraction;
-        let raw_len = if family == Family::T5 {
+        let raw_len = if objective == ObjectiveKind::SpanCorruption {
             SpanCorruptionConfig {
                 noise_density: cfg.objective.noise_density,
                 mean_span_length: cfg.objective.mean_span_length,
@@ -187,9 +192,14 @@ impl BatchSource {
         let mut rng = Rng::seed_from_u64(cfg.train.seed ^ 0x9A17);
         let mut pool = |split: Split| -> Result<Pool> {
             let docs = corpus.split_documents(split, vf);
-            Ok(match family {
-                Family::Gpt | Family::T5 => Pool::Stream(corpus.split_range(split, vf)),
-                Family::Bert => {
+            Ok(match (objective, family) {
+                (
+                    ObjectiveKind::CausalLm
+                    | ObjectiveKind::SpanCorruption
+                    | ObjectiveKind::PrefixLm,
+                    _,
+                ) => Pool::Stream(corpus.split_range(split, vf)),
+                (_, Family::Bert) => {
                     let docs: Vec<Document> = docs.map(|d| corpus.document(d)).collect();
                     let nsp = NspConfig {
                         max_len: block,
@@ -205,7 +215,7 @@ impl BatchSource {
                     })?;
                     Pool::Pairs(pairs)
                 }
-                Family::Roberta => {
+                (_, Family::Roberta) => {
                     let docs: Vec<Document> = docs.map(|d| corpus.document(d)).collect();
                     Pool::Blocks(
                         full_sentences(&docs, block, specials.bos, specials.eos, specials.sep)
@@ -215,7 +225,9 @@ impl BatchSource {
                             })?,
                     )
                 }
-                Family::Bart => Pool::Docs(sentence_chunks(&corpus, docs, block - 1)),
+                (_, Family::Gpt | Family::T5 | Family::Bart) => {
+                    Pool::Docs(sentence_chunks(&corpus, docs, block - 1))
+                }
             })
         };
         let pools = [pool(Split::Train)?, pool(Split::Val)?];
@@ -229,6 +241,7 @@ impl BatchSource {
         }
         Ok(Self {
             family,
+            objective,
             corpus,
             pools,
             block,
@@ -272,10 +285,21 @@ impl BatchSource {
     /// The batch of `key` in `split`: `batch` examples.
     pub fn batch(&self, split: Split, key: u64, batch: usize, device: &Device) -> Result<Batch> {
         let mut rng = self.rng(split, key);
-        match (self.family, &self.pools[split_index(split)]) {
-            (Family::Gpt, Pool::Stream(range)) => self.causal_batch(range, batch, &mut rng, device),
-            (Family::T5, Pool::Stream(range)) => self.span_batch(range, batch, &mut rng, device),
-            (Family::Bert, Pool::Pairs(pairs)) => {
+        let pool = &self.pools[split_index(split)];
+        match (self.objective, self.family, pool) {
+            (ObjectiveKind::CausalLm, _, Pool::Stream(range)) => {
+                self.causal_batch(range, batch, &mut rng, device)
+            }
+            (ObjectiveKind::SpanCorruption, _, Pool::Stream(range)) => {
+                self.span_batch(range, batch, &mut rng, device)
+            }
+            (ObjectiveKind::PrefixLm, Family::Gpt, Pool::Stream(range)) => {
+                self.decoder_prefix_batch(range, batch, &mut rng, device)
+            }
+            (ObjectiveKind::PrefixLm, _, Pool::Stream(range)) => {
+                self.seq2seq_prefix_batch(range, batch, &mut rng, device)
+            }
+            (_, Family::Bert, Pool::Pairs(pairs)) => {
                 let mut masker = self.masker(&mut rng)?;
                 let picked: Vec<&NspExample> = (0..batch)
                     .map(|_| &pairs[rng.below(pairs.len() as u64) as usize])
@@ -298,17 +322,19 @@ impl BatchSource {
                 }
                 Ok(b)
             }
-            (Family::Roberta, Pool::Blocks(blocks)) => {
+            (_, Family::Roberta, Pool::Blocks(blocks)) => {
                 let mut masker = self.masker(&mut rng)?;
                 let seqs: Vec<&[u32]> = (0..batch)
                     .map(|_| blocks[rng.below(blocks.len() as u64) as usize].as_slice())
                     .collect();
                 self.mlm_batch(&mut masker, &seqs, device)
             }
-            (Family::Bart, Pool::Docs(docs)) => self.denoising_batch(docs, batch, &mut rng, device),
-            (family, _) => Err(TrainError::Corpus {
+            (ObjectiveKind::Denoising, _, Pool::Docs(docs)) => {
+                self.denoising_batch(docs, batch, &mut rng, device)
+            }
+            (objective, family, _) => Err(TrainError::Corpus {
                 corpus: self.cfg.data.corpus.clone(),
-                problem: format!("no example pool for the {family} family"),
+                problem: format!("no example pool for {objective} on the {family} family"),
             }),
         }
     }
@@ -331,8 +357,7 @@ impl BatchSource {
             w.clear();
             self.corpus
                 .extend_into(start..start + self.block + 1, &mut w);
-            x.extend_from_slice(&w[..self.block]);
-            y.extend(w[1..].iter().map(|&t| t as i64));
+            window_at(&w, 0, self.block, &mut x, &mut y)?;
         }
         Ok(Batch {
             input_ids: Tensor::from_vec(x, (batch, self.block), device)?,
@@ -341,8 +366,84 @@ impl BatchSource {
             labels: Tensor::from_vec(y, (batch, self.block), device)?,
             nsp_labels: None,
             decoder_input_ids: None,
+            prefix_len: None,
             tokens: batch * self.block,
         })
+    }
+
+    /// GPT as a prefix LM: windows of `block + 1` tokens as in [`Self::causal_batch`], each
+    /// with a prefix of uniformly 1 to `block` tokens that the model reads both ways; only the
+    /// continuation is scored.
+    fn decoder_prefix_batch(
+        &self,
+        range: &std::ops::Range<usize>,
+        batch: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Batch> {
+        let (mut x, mut y) = (
+            Vec::with_capacity(batch * self.block),
+            Vec::with_capacity(batch * self.block),
+        );
+        let mut prefix_len = Vec::with_capacity(batch);
+        let mut w = Vec::with_capacity(self.block + 1);
+        for _ in 0..batch {
+            let start = range.start + rng.below((range.len() - self.block) as u64) as usize;
+            let prefix = 1 + rng.below(self.block as u64) as usize;
+            w.clear();
+            self.corpus
+                .extend_into(start..start + self.block + 1, &mut w);
+            let ex = prefix_lm_window(&w, prefix)?;
+            x.extend_from_slice(&ex.input_ids);
+            y.extend_from_slice(&ex.targets);
+            prefix_len.push(prefix as u32);
+        }
+        Ok(Batch {
+            input_ids: Tensor::from_vec(x, (batch, self.block), device)?,
+            attention_mask: None,
+            token_type_ids: None,
+            labels: Tensor::from_vec(y, (batch, self.block), device)?,
+            nsp_labels: None,
+            decoder_input_ids: None,
+            prefix_len: Some(Tensor::from_vec(prefix_len, batch, device)?),
+            tokens: batch * self.block,
+        })
+    }
+
+    /// T5 and BART as prefix LMs (T5's "prefix LM" objective): a window of `block` tokens split
+    /// uniformly into an encoder input (the prefix, then EOS; BART also opens with `<s>`) and a
+    /// decoder target (the rest, then EOS).
+    fn seq2seq_prefix_batch(
+        &self,
+        range: &std::ops::Range<usize>,
+        batch: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Batch> {
+        let sp = &self.specials;
+        let (mut inputs, mut targets) = (vec![], vec![]);
+        for _ in 0..batch {
+            let start = range.start + rng.below((range.len() - self.block) as u64) as usize;
+            let window = self.corpus.tokens(start..start + self.block);
+            let (prefix, rest) = random_prefix_lm(&window, rng)?;
+            let mut x = Vec::with_capacity(prefix.len() + 2);
+            if self.family == Family::Bart {
+                x.push(sp.bos);
+            }
+            x.extend_from_slice(&prefix);
+            x.push(sp.eos);
+            let mut y: Vec<i64> = rest.iter().map(|&t| t as i64).collect();
+            y.push(sp.eos as i64);
+            inputs.push(x);
+            targets.push(y);
+        }
+        // T5's decoder starts from the pad token, BART's from EOS (as their HF configs say).
+        let start = if self.family == Family::Bart {
+            sp.eos
+        } else {
+            sp.pad
+        };
+        self.seq2seq(inputs, targets, start, device)
     }
 
     /// T5: span corruption of raw windows sized so the corrupted input fills the block.
@@ -403,6 +504,7 @@ impl BatchSource {
             labels: Tensor::from_vec(labels, (b, t), device)?,
             nsp_labels: None,
             decoder_input_ids: None,
+            prefix_len: None,
             tokens: b * t,
         })
     }
@@ -464,6 +566,7 @@ impl BatchSource {
             labels: Tensor::from_vec(labels, (b, tlen), device)?,
             nsp_labels: None,
             decoder_input_ids: Some(Tensor::from_vec(dec, (b, tlen), device)?),
+            prefix_len: None,
             tokens: b * (ids.len + tlen),
         })
     }

@@ -305,7 +305,7 @@ impl Precision {
                 "matmul precision: auto → f32 (no AMX here; bf16 would run as {kernel}, slower than f32)"
             ),
             (Self::Bf16, _) if kernel != Bf16Kernel::Amx => format!(
-                "matmul precision: bf16 runs as {kernel} on this CPU (no AMX), measured 1.4–2× the f32 step time on such CPUs; \"auto\" or \"highest\" is faster here"
+                "matmul precision: bf16 runs as {kernel} on this CPU (no AMX), slower than f32: measured 1.4–2× the f32 step time on such CPUs; \"auto\" or \"highest\" is faster here"
             ),
             (Self::F16, _) => "matmul precision: f16 products (inputs rounded to f16, f32 \
                  sums on the f32 kernel: no CPU measured here multiplies f16 into f32 sums faster), \

@@ -154,6 +154,7 @@ impl TokenizedCorpus {
             return Err(bad("not a token file"));
         }
         let word = |i: usize| {
+            // INVARIANT: the slice is 8 bytes long by construction.
             u64::from_le_bytes(map[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes")) as usize
         };
         let (len, wide, n_sent, n_doc) = (word(0), word(1) == 1, word(2), word(3));
@@ -165,6 +166,7 @@ impl TokenizedCorpus {
         let read = |at: usize, n: usize| -> Vec<usize> {
             (0..n)
                 .map(|i| {
+                    // INVARIANT: the slice is 8 bytes long by construction.
                     u64::from_le_bytes(map[at + 8 * i..at + 8 * i + 8].try_into().expect("8 bytes"))
                         as usize
                 })

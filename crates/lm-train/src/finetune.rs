@@ -390,6 +390,7 @@ impl FinetuneTask {
         for (name, ex) in SPLIT_FILES.iter().zip([&data.train, &data.val, &data.test]) {
             tasks::write_jsonl(&data_dir.join(format!("{name}.jsonl")), ex)?;
         }
+        // INVARIANT: a list of strings always serializes to JSON.
         let fresh_json = serde_json::to_string(&fresh).expect("names serialize");
         write_atomic(&data_dir.join("fresh_tensors.json"), fresh_json.as_bytes())?;
         Self::assemble(cfg, tokenizer, data, labels, model, store, fresh)
@@ -517,6 +518,7 @@ impl FinetuneTask {
                 let prompt = match e {
                     Example::Pair { text_a, text_b, .. } => format!("{text_a} | {text_b} ?"),
                     Example::Single { text, .. } => format!("{text} ?"),
+                    // INVARIANT: the outer match arm only admits labelled examples.
                     Example::TextToText { .. } => unreachable!("matched a labelled example"),
                 };
                 let mut input = tok.encode(&prompt)?;
@@ -668,6 +670,7 @@ impl FinetuneTask {
             labels: Tensor::zeros(b, candle_core::DType::I64, device)?,
             nsp_labels: None,
             decoder_input_ids: None,
+            prefix_len: None,
             tokens: items.iter().map(|e| e.input.len()).sum(),
         })
     }
@@ -700,6 +703,7 @@ impl FinetuneTask {
             labels: Tensor::from_vec(pad_labels(&labels, t)?, (b, t), device)?,
             nsp_labels: None,
             decoder_input_ids: None,
+            prefix_len: None,
             tokens: inputs.iter().map(Vec::len).sum(),
         })
     }
@@ -941,6 +945,7 @@ impl FinetuneTask {
             curve,
         };
         if writer {
+            // INVARIANT: a struct of numbers, strings and maps always serializes to JSON.
             let json = serde_json::to_string_pretty(&results).expect("results serialize");
             write_atomic(&run_dir.join("results.json"), json.as_bytes())?;
         }
@@ -1026,81 +1031,4 @@ pub fn finetune(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Rows of different lengths (one empty, ids up to 2^24 − 1) split 3 + 2 over two ranks come
-    /// back whole and in order on both; an id f32 cannot carry is refused.
-    #[test]
-    fn gathered_rows_are_every_ranks_rows_in_order() {
-        let rows: Vec<Vec<u32>> = vec![
-            vec![5, 6, 7],
-            vec![],
-            vec![(1 << 24) - 1],
-            vec![1, 0, 2, 9, 4],
-            vec![3],
-        ];
-        let out: Vec<Vec<Vec<u32>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = lm_dist::ThreadRank::group(2)
-                .into_iter()
-                .map(|c| {
-                    let rows = &rows;
-                    s.spawn(move || {
-                        let mine = lm_dist::share(rows.len(), 2, c.rank());
-                        let local = rows[mine.clone()].to_vec();
-                        gather_rows(&c, rows.len(), mine, local).unwrap()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        assert_eq!(lm_dist::share(5, 2, 0), 0..3);
-        assert_eq!(out, [rows.clone(), rows]);
-        let refused = std::thread::scope(|s| {
-            let handles: Vec<_> = lm_dist::ThreadRank::group(2)
-                .into_iter()
-                .map(|c| {
-                    s.spawn(move || {
-                        let local = vec![vec![if c.rank() == 1 { 1 << 24 } else { 3 }]];
-                        gather_rows(&c, 2, c.rank()..c.rank() + 1, local).is_err()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .collect::<Vec<_>>()
-        });
-        assert_eq!(refused, [true, true]);
-    }
-
-    #[test]
-    fn freezing_the_encoder_keeps_the_decoder_and_head_trainable() {
-        for frozen in [
-            "bert.encoder.layer.0.output.dense.weight",
-            "bert.embeddings.word_embeddings.weight",
-            "encoder.block.0.layer.0.SelfAttention.q.weight",
-            "shared.weight",
-            "model.encoder.layers.0.fc1.weight",
-            "model.shared.weight",
-        ] {
-            assert!(is_frozen(frozen, Freeze::Encoder), "{frozen}");
-        }
-        for trained in [
-            "classifier.weight",
-            "decoder.block.0.layer.1.EncDecAttention.q.weight",
-            "model.decoder.layers.0.fc1.weight",
-            "transformer.h.0.mlp.c_fc.weight",
-        ] {
-            assert!(!is_frozen(trained, Freeze::Encoder), "{trained}");
-        }
-        assert!(
-            is_frozen("transformer.wte.weight", Freeze::Embeddings)
-                && !is_frozen("transformer.h.0.attn.c_attn.weight", Freeze::Embeddings)
-        );
-        assert!(!is_frozen(
-            "bert.embeddings.word_embeddings.weight",
-            Freeze::None
-        ));
-    }
-}
+mod tests;

@@ -591,6 +591,53 @@ fn parse_device(spec: &str, local_rank: usize) -> anyhow::Result<Device> {
     })
 }
 
+/// `lm-train eval RUN`: train and validation loss (and a task's metrics) of the run's newest
+/// checkpoint.
+fn eval(run: &Path, device: Device) -> anyhow::Result<()> {
+    let mut t = Trainer::open(run, device)?;
+    let e = t.evaluate_all()?;
+    let extra: String = e
+        .metrics
+        .iter()
+        .map(|(k, v)| format!(", {k} {v:.4}"))
+        .collect();
+    out!(
+        "step {}: train loss {:.4}, val loss {:.4}{extra}",
+        t.step(),
+        e.train_loss,
+        e.val_loss
+    );
+    if !(e.train_loss.is_finite() && e.val_loss.is_finite()) {
+        anyhow::bail!("{}: the evaluation is not finite", run.display());
+    }
+    Ok(())
+}
+
+/// `lm-train tokenizer train`: a tokenizer of `kind` for `family` trained on `corpus`.
+fn train_tokenizer(
+    kind: TokenizerKind,
+    family: Family,
+    vocab_size: usize,
+    corpus: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
+    if kind == TokenizerKind::Char {
+        anyhow::bail!("--kind char needs no training; use bpe, wordpiece or unigram");
+    }
+    let text = lm_train::data::load_corpus(corpus)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let started = std::time::Instant::now();
+    let t = TextTokenizer::train(kind, family, vocab_size, &lines)?;
+    t.save(out)?;
+    out!(
+        "trained {kind:?} tokenizer, {} tokens, in {:.2} s: {}",
+        t.vocab_size(),
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
 fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
     if comm.world_size() > 1 && !matches!(cli.command, Command::Train(_)) {
         anyhow::bail!(
@@ -601,25 +648,7 @@ fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train(args, comm, device),
         Command::Finetune(args) => finetune(args, device),
-        Command::Eval { run } => {
-            let mut t = Trainer::open(&run, device)?;
-            let e = t.evaluate_all()?;
-            let extra: String = e
-                .metrics
-                .iter()
-                .map(|(k, v)| format!(", {k} {v:.4}"))
-                .collect();
-            out!(
-                "step {}: train loss {:.4}, val loss {:.4}{extra}",
-                t.step(),
-                e.train_loss,
-                e.val_loss
-            );
-            if !(e.train_loss.is_finite() && e.val_loss.is_finite()) {
-                anyhow::bail!("{}: the evaluation is not finite", run.display());
-            }
-            Ok(())
-        }
+        Command::Eval { run } => eval(&run, device),
         Command::Sample {
             run,
             tokens,
@@ -648,23 +677,7 @@ fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
                     corpus,
                     out,
                 },
-        } => {
-            if kind == TokenizerKind::Char {
-                anyhow::bail!("--kind char needs no training; use bpe, wordpiece or unigram");
-            }
-            let text = lm_train::data::load_corpus(&corpus)?;
-            let lines: Vec<&str> = text.lines().collect();
-            let started = std::time::Instant::now();
-            let t = TextTokenizer::train(kind, family, vocab_size, &lines)?;
-            t.save(&out)?;
-            out!(
-                "trained {kind:?} tokenizer, {} tokens, in {:.2} s: {}",
-                t.vocab_size(),
-                started.elapsed().as_secs_f64(),
-                out.display()
-            );
-            Ok(())
-        }
+        } => train_tokenizer(kind, family, vocab_size, &corpus, &out),
         Command::Plot { run, compare } => {
             let files = if compare.is_empty() {
                 lm_train::plot::plot_run(&run)?

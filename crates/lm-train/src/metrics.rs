@@ -57,6 +57,7 @@ impl MetricsLog {
             .append(true)
             .open(&self.path)
             .map_err(io_err(&self.path))?;
+        // INVARIANT: a record of numbers and strings always serializes to JSON.
         let line = serde_json::to_string(rec).expect("a record serializes");
         writeln!(f, "{line}").map_err(io_err(&self.path))
     }

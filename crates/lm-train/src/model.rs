@@ -28,6 +28,9 @@ pub struct Batch {
     pub nsp_labels: Option<Tensor>,
     /// Encoder-decoder decoder inputs `[b, t']`.
     pub decoder_input_ids: Option<Tensor>,
+    /// A decoder-only prefix LM's prefix length per row `[b]` (u32): those tokens attend to
+    /// each other in both directions.
+    pub prefix_len: Option<Tensor>,
     /// Tokens the batch carries (inputs plus decoder inputs), for throughput.
     pub tokens: usize,
 }
@@ -89,6 +92,7 @@ impl Batch {
             labels: cut(&self.labels)?,
             nsp_labels: cut_opt(&self.nsp_labels)?,
             decoder_input_ids: cut_opt(&self.decoder_input_ids)?,
+            prefix_len: cut_opt(&self.prefix_len)?,
             tokens: self.tokens * len / total.max(1),
         })
     }
@@ -236,7 +240,13 @@ impl AnyModel {
         };
         let token_ce = |logits: Tensor| cross_entropy(&logits, &b.labels, &ce);
         Ok(match self {
-            Self::Gpt(m) => (token_ce(m.forward(&b.input_ids)?)?, None),
+            Self::Gpt(m) => {
+                let logits = match &b.prefix_len {
+                    None => m.forward(&b.input_ids)?,
+                    Some(p) => m.forward_prefix_lm(&b.input_ids, p)?,
+                };
+                (token_ce(logits)?, None)
+            }
             Self::Bert(m) => {
                 let out = m.encode(
                     &b.input_ids,

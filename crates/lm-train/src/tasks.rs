@@ -105,6 +105,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
 pub fn write_jsonl(path: &Path, examples: &[Example]) -> Result<()> {
     let text: String = examples
         .iter()
+        // INVARIANT: an example of strings always serializes to JSON.
         .map(|e| serde_json::to_string(e).expect("serializes") + "\n")
         .collect();
     crate::checkpoint::write_atomic(path, text.as_bytes())

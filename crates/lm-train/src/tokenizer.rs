@@ -151,6 +151,7 @@ impl TextTokenizer {
                 )));
                 t
             }
+            // INVARIANT: the char tokenizer returned before this match.
             TokenizerKind::Char => unreachable!(),
         };
         let mut trainer: TrainerWrapper = match kind {
@@ -178,6 +179,7 @@ impl TextTokenizer {
                     problem: format!("tokenizer: {e}"),
                 })?
                 .into(),
+            // INVARIANT: the char tokenizer returned before this match.
             TokenizerKind::Char => unreachable!(),
         };
         tok.train(&mut trainer, lines.iter().copied())
@@ -250,6 +252,7 @@ impl TextTokenizer {
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = match self {
             Self::Char(c) => serde_json::to_string(&serde_json::json!({ "char_tokenizer": c }))
+                // INVARIANT: a string-keyed map of strings always serializes to JSON.
                 .expect("serializes"),
             Self::Hf(t) => t.to_string(true).map_err(tok_err("tokenizer.json"))?,
         };

@@ -1251,6 +1251,7 @@ impl Trainer {
                 .chain(shards)
                 .map(|f| Ok((f.clone(), checkpoint::FileSum::of(&w.path(&f))?)))
                 .collect::<Result<_>>()?;
+            // INVARIANT: the run state (numbers, strings, checksums) always serializes to JSON.
             let state = serde_json::to_string_pretty(&self.state).expect("state serializes");
             checkpoint::write_atomic(&w.path("state.json"), state.as_bytes())?;
             Ok(())
@@ -1361,6 +1362,7 @@ impl Trainer {
             ProgressStyle::with_template(
                 "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
             )
+            // INVARIANT: the template is a valid literal, checked by every run that shows a bar.
             .expect("a valid template"),
         );
         pb.set_position(self.state.step);
@@ -1580,6 +1582,7 @@ impl Trainer {
                         m.generate(&input_t, n_tokens, sampling, &mut rng, true)?
                     }
                     AnyModel::T5(m) => m.generate(&input_t, n_tokens, sampling, &mut rng, true)?,
+                    // INVARIANT: the outer arm only admits BART and T5.
                     _ => unreachable!("matched an encoder-decoder"),
                 };
                 Some(format!("input:  {}\noutput: {}", show(&input), show(&out)))

@@ -605,7 +605,7 @@ impl Gpt {
     /// Splits `store`'s parameters into nanoGPT's optimizer groups: 2-D tensors (matrices and
     /// embeddings) decay, vectors (biases, LayerNorm gains) do not.
     pub fn decay_groups(store: &ParamStore) -> (NamedVars, NamedVars) {
-        store.vars().into_iter().partition(|(_, v)| v.rank() >= 2)
+        lm_optim::split_by_decay(store.vars())
     }
 
     /// Continues `prompt` by `max_new_tokens` tokens sampled with `sampling`. With `use_cache`,

@@ -39,6 +39,8 @@ pub use adafactor::{AdaFactor, AdaFactorConfig, AdaFactorLr};
 pub use adam::{Adam, AdamConfig, WeightDecay};
 pub use error::{OptimError, Result};
 pub use loss_scale::LossScaler;
-pub use optimizer::{load_state, save_state, state_bytes, Optimizer, ParamGroup};
+pub use optimizer::{
+    decays, load_state, save_state, split_by_decay, state_bytes, Optimizer, ParamGroup,
+};
 pub use schedule::{BatchSizeRamp, Schedule};
 pub use sgd::{Sgd, SgdConfig};

@@ -26,6 +26,20 @@ pub struct ParamGroup {
     pub lr_scale: f64,
 }
 
+/// Parameters with their names.
+pub type NamedVars = Vec<(String, Var)>;
+
+/// The weight-decay rule of GPT-2/3, BERT and nanoGPT: matrices and embeddings (rank ≥ 2)
+/// decay; vectors (biases, norm gains) do not. The one place the rule is written.
+pub fn decays(var: &Var) -> bool {
+    var.rank() >= 2
+}
+
+/// `vars` split by [`decays`] into (decayed, not decayed), order kept.
+pub fn split_by_decay(vars: NamedVars) -> (NamedVars, NamedVars) {
+    vars.into_iter().partition(|(_, v)| decays(v))
+}
+
 impl ParamGroup {
     /// A group with the given weight decay and `lr_scale` 1.
     pub fn new(name: impl Into<String>, params: Vec<(String, Var)>, weight_decay: f64) -> Self {

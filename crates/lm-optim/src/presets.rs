@@ -6,8 +6,7 @@ use crate::{
     ParamGroup, Result, Schedule, Sgd, SgdConfig,
 };
 
-/// Parameters with their names.
-pub type NamedVars = Vec<(String, candle_core::Var)>;
+pub use crate::optimizer::NamedVars;
 
 /// Which update rule.
 #[derive(Debug, Clone, PartialEq)]

@@ -327,7 +327,7 @@ fn param_groups(store: &ParamStore, cfg: &FinetuneConfig) -> Vec<ParamGroup> {
         }
         if n.starts_with("classifier.") {
             head.push((n, v));
-        } else if v.rank() >= 2 {
+        } else if lm_optim::decays(&v) {
             decay.push((n, v));
         } else {
             no_decay.push((n, v));

@@ -327,14 +327,15 @@ impl AnyModel {
         }
     }
 
-    /// Optimizer groups: 2-D tensors (matrices, embeddings) decay, vectors (biases, norm gains)
-    /// do not; buffers (BART's `final_logits_bias`) are not trained.
+    /// Optimizer groups by [`lm_optim::decays`] (matrices and embeddings decay, biases and norm
+    /// gains do not); buffers (BART's `final_logits_bias`) are not trained.
     pub fn param_groups(&self, store: &ParamStore) -> (NamedVars, NamedVars) {
-        store
+        let trained = store
             .vars()
             .into_iter()
             .filter(|(n, _)| !Bart::is_buffer(n))
-            .partition(|(_, v)| v.rank() >= 2)
+            .collect();
+        lm_optim::split_by_decay(trained)
     }
 }
 

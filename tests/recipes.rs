@@ -271,7 +271,7 @@ fn a_tokenizer_that_disagrees_with_the_config_is_refused() {
     let lines: Vec<&str> = lm_train::data::SHAKESPEARE[..40_000].lines().collect();
     let tok = lm_train::tokenizer::TextTokenizer::train(
         lm_train::tokenizer::TokenizerKind::Bpe,
-        lm_train::config::Family::Gpt,
+        lm_train::config::Family::named("gpt").unwrap(),
         300,
         &lines,
     )
@@ -445,7 +445,7 @@ fn a_tokenizer_file_alone_sets_the_kind_and_a_wrong_declared_kind_is_refused() {
     let lines: Vec<&str> = lm_train::data::SHAKESPEARE[..40_000].lines().collect();
     let tok = lm_train::tokenizer::TextTokenizer::train(
         TokenizerKind::Wordpiece,
-        lm_train::config::Family::Bert,
+        lm_train::config::Family::named("bert").unwrap(),
         300,
         &lines,
     )
@@ -574,7 +574,7 @@ fn fine_tuning_keeps_generation_settings_and_refuses_a_foreign_tokenizer() {
     let lines: Vec<&str> = lm_train::data::SHAKESPEARE[..40_000].lines().collect();
     let big = lm_train::tokenizer::TextTokenizer::train(
         TokenizerKind::Bpe,
-        lm_train::config::Family::Bart,
+        lm_train::config::Family::named("bart").unwrap(),
         900,
         &lines,
     )

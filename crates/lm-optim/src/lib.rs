@@ -40,7 +40,7 @@ pub use adam::{Adam, AdamConfig, WeightDecay};
 pub use error::{OptimError, Result};
 pub use loss_scale::LossScaler;
 pub use optimizer::{
-    decays, load_state, save_state, split_by_decay, state_bytes, Optimizer, ParamGroup,
+    decays, load_state, save_state, split_by_decay, state_bytes, NamedVars, Optimizer, ParamGroup,
 };
 pub use schedule::{BatchSizeRamp, Schedule};
 pub use sgd::{Sgd, SgdConfig};

@@ -22,77 +22,16 @@ use crate::config::TrainConfig;
 use crate::config::{Family, ObjectiveKind};
 use crate::data::{Split, TokenizedCorpus};
 use crate::error::{Result, TrainError};
+use crate::family::{Architecture, DecoderStart, MaskedLmInput};
 use crate::model::Batch;
-use crate::tokenizer::{special_tokens, TextTokenizer, TokenizerKind};
+use crate::tokenizer::{TextTokenizer, TokenizerKind};
 
-/// Token ids the objectives need.
-#[derive(Debug, Clone, Default)]
-pub struct Specials {
-    /// Padding.
-    pub pad: u32,
-    /// End of sequence.
-    pub eos: u32,
-    /// Beginning of sequence (`<s>`, `[CLS]`).
-    pub bos: u32,
-    /// `[SEP]` / `</s>`.
-    pub sep: u32,
-    /// `[MASK]` / `<mask>`.
-    pub mask: u32,
-    /// `<extra_id_0>`.
-    pub sentinel: u32,
-    /// All special ids (never masked or sampled).
-    pub all: Vec<u32>,
-}
+pub use crate::family::Specials;
 
 impl Specials {
-    /// Looks up the family's special tokens in the tokenizer.
+    /// Looks up `family`'s special tokens in the tokenizer (none for a character vocabulary).
     pub fn of(family: Family, tok: &TextTokenizer, kind: TokenizerKind) -> Result<Self> {
-        let all: Vec<u32> = special_tokens(family, kind)
-            .iter()
-            .map(|t| tok.require(t))
-            .collect::<Result<_>>()?;
-        Ok(match (family, kind) {
-            (_, TokenizerKind::Char) => Self::default(),
-            (Family::Gpt, _) => {
-                let e = tok.require("<|endoftext|>")?;
-                Self {
-                    pad: e,
-                    eos: e,
-                    bos: e,
-                    sep: e,
-                    mask: e,
-                    sentinel: e,
-                    all,
-                }
-            }
-            (Family::Bert, _) => Self {
-                pad: tok.require("[PAD]")?,
-                eos: tok.require("[SEP]")?,
-                bos: tok.require("[CLS]")?,
-                sep: tok.require("[SEP]")?,
-                mask: tok.require("[MASK]")?,
-                sentinel: 0,
-                all,
-            },
-            (Family::T5, _) => Self {
-                pad: tok.require("<pad>")?,
-                eos: tok.require("</s>")?,
-                bos: tok.require("<pad>")?,
-                sep: tok.require("</s>")?,
-                mask: 0,
-                sentinel: tok.require("<extra_id_0>")?,
-                all,
-            },
-            (Family::Roberta | Family::Bart, _) => Self {
-                pad: tok.require("<pad>")?,
-                eos: tok.require("</s>")?,
-                bos: tok.require("<s>")?,
-                sep: tok.require("</s>")?,
-                mask: tok.require("<mask>")?,
-                sentinel: 0,
-                all,
-            },
-        })
+        family.specials(&|t| tok.require(t), kind)
     }
 }
 
@@ -192,14 +131,14 @@ impl BatchSource {
         let mut rng = Rng::seed_from_u64(cfg.train.seed ^ 0x9A17);
         let mut pool = |split: Split| -> Result<Pool> {
             let docs = corpus.split_documents(split, vf);
-            Ok(match (objective, family) {
+            Ok(match (objective, family.masked_lm_input) {
                 (
                     ObjectiveKind::CausalLm
                     | ObjectiveKind::SpanCorruption
                     | ObjectiveKind::PrefixLm,
                     _,
                 ) => Pool::Stream(corpus.split_range(split, vf)),
-                (_, Family::Bert) => {
+                (ObjectiveKind::MaskedLm, MaskedLmInput::NspPairs) => {
                     let docs: Vec<Document> = docs.map(|d| corpus.document(d)).collect();
                     let nsp = NspConfig {
                         max_len: block,
@@ -215,7 +154,7 @@ impl BatchSource {
                     })?;
                     Pool::Pairs(pairs)
                 }
-                (_, Family::Roberta) => {
+                (ObjectiveKind::MaskedLm, MaskedLmInput::FullSentences) => {
                     let docs: Vec<Document> = docs.map(|d| corpus.document(d)).collect();
                     Pool::Blocks(
                         full_sentences(&docs, block, specials.bos, specials.eos, specials.sep)
@@ -225,7 +164,7 @@ impl BatchSource {
                             })?,
                     )
                 }
-                (_, Family::Gpt | Family::T5 | Family::Bart) => {
+                (ObjectiveKind::Denoising, _) => {
                     Pool::Docs(sentence_chunks(&corpus, docs, block - 1))
                 }
             })
@@ -286,20 +225,20 @@ impl BatchSource {
     pub fn batch(&self, split: Split, key: u64, batch: usize, device: &Device) -> Result<Batch> {
         let mut rng = self.rng(split, key);
         let pool = &self.pools[split_index(split)];
-        match (self.objective, self.family, pool) {
+        match (self.objective, self.family.architecture, pool) {
             (ObjectiveKind::CausalLm, _, Pool::Stream(range)) => {
                 self.causal_batch(range, batch, &mut rng, device)
             }
             (ObjectiveKind::SpanCorruption, _, Pool::Stream(range)) => {
                 self.span_batch(range, batch, &mut rng, device)
             }
-            (ObjectiveKind::PrefixLm, Family::Gpt, Pool::Stream(range)) => {
+            (ObjectiveKind::PrefixLm, Architecture::DecoderOnly, Pool::Stream(range)) => {
                 self.decoder_prefix_batch(range, batch, &mut rng, device)
             }
             (ObjectiveKind::PrefixLm, _, Pool::Stream(range)) => {
                 self.seq2seq_prefix_batch(range, batch, &mut rng, device)
             }
-            (_, Family::Bert, Pool::Pairs(pairs)) => {
+            (ObjectiveKind::MaskedLm, _, Pool::Pairs(pairs)) => {
                 let mut masker = self.masker(&mut rng)?;
                 let picked: Vec<&NspExample> = (0..batch)
                     .map(|_| &pairs[rng.below(pairs.len() as u64) as usize])
@@ -322,7 +261,7 @@ impl BatchSource {
                 }
                 Ok(b)
             }
-            (_, Family::Roberta, Pool::Blocks(blocks)) => {
+            (ObjectiveKind::MaskedLm, _, Pool::Blocks(blocks)) => {
                 let mut masker = self.masker(&mut rng)?;
                 let seqs: Vec<&[u32]> = (0..batch)
                     .map(|_| blocks[rng.below(blocks.len() as u64) as usize].as_slice())
@@ -332,9 +271,12 @@ impl BatchSource {
             (ObjectiveKind::Denoising, _, Pool::Docs(docs)) => {
                 self.denoising_batch(docs, batch, &mut rng, device)
             }
-            (objective, family, _) => Err(TrainError::Corpus {
+            (objective, _, _) => Err(TrainError::Corpus {
                 corpus: self.cfg.data.corpus.clone(),
-                problem: format!("no example pool for {objective} on the {family} family"),
+                problem: format!(
+                    "no example pool for {objective} on the {} family",
+                    self.family
+                ),
             }),
         }
     }
@@ -427,7 +369,7 @@ impl BatchSource {
             let window = self.corpus.tokens(start..start + self.block);
             let (prefix, rest) = random_prefix_lm(&window, rng)?;
             let mut x = Vec::with_capacity(prefix.len() + 2);
-            if self.family == Family::Bart {
+            if self.family.encoder_bos {
                 x.push(sp.bos);
             }
             x.extend_from_slice(&prefix);
@@ -437,13 +379,7 @@ impl BatchSource {
             inputs.push(x);
             targets.push(y);
         }
-        // T5's decoder starts from the pad token, BART's from EOS (as their HF configs say).
-        let start = if self.family == Family::Bart {
-            sp.eos
-        } else {
-            sp.pad
-        };
-        self.seq2seq(inputs, targets, start, device)
+        self.seq2seq(inputs, targets, self.decoder_start(), device)
     }
 
     /// T5: span corruption of raw windows sized so the corrupted input fills the block.
@@ -472,7 +408,7 @@ impl BatchSource {
             inputs.push(ex.input_ids);
             targets.push(ex.target_ids.iter().map(|&t| t as i64).collect());
         }
-        self.seq2seq(inputs, targets, self.specials.pad, device)
+        self.seq2seq(inputs, targets, self.decoder_start(), device)
     }
 
     /// `seqs` masked in order, padded, with their attention mask and MLM labels (BERT, RoBERTa).
@@ -542,7 +478,15 @@ impl BatchSource {
             inputs.push(x);
             targets.push(y);
         }
-        self.seq2seq(inputs, targets, self.specials.eos, device)
+        self.seq2seq(inputs, targets, self.decoder_start(), device)
+    }
+
+    /// The decoder's first input: T5's pad token, BART's EOS (as their HF configs say).
+    fn decoder_start(&self) -> u32 {
+        match self.family.decoder_start {
+            DecoderStart::Pad => self.specials.pad,
+            DecoderStart::Eos => self.specials.eos,
+        }
     }
 
     /// Pads encoder inputs and targets; decoder inputs are the targets shifted right after

@@ -47,25 +47,8 @@ macro_rules! config_enum {
 }
 
 config_enum! {
-    /// `model.family`: the architecture and its pretraining objective.
-    Family {
-        /// Decoder-only, causal LM.
-        Gpt = "gpt",
-        /// Encoder-only, masked LM (+ next sentence prediction).
-        Bert = "bert",
-        /// Encoder-only, dynamic masked LM on FULL-SENTENCES, no NSP.
-        Roberta = "roberta",
-        /// Encoder-decoder, text infilling and sentence permutation.
-        Bart = "bart",
-        /// Encoder-decoder, span corruption.
-        T5 = "t5",
-    }
-}
-
-config_enum! {
     /// `objective.kind`: the pretraining objective, apart from the family it trains (each family
-    /// has a default, [`Family::default_objective`]; [`ObjectiveKind::fits`] says which go
-    /// together).
+    /// has a default and a list of those it fits, in its `FamilySpec`).
     ObjectiveKind {
         /// Next-token prediction over the whole window (GPT).
         CausalLm = "causal-lm",
@@ -79,33 +62,6 @@ config_enum! {
         /// Prefix LM: a random prefix is read in full (T5 and BART's encoder, or GPT's
         /// bidirectional prefix attention) and the rest predicted.
         PrefixLm = "prefix-lm",
-    }
-}
-
-impl Family {
-    /// The objective a family pretrains with unless `objective.kind` says otherwise.
-    pub fn default_objective(self) -> ObjectiveKind {
-        match self {
-            Self::Gpt => ObjectiveKind::CausalLm,
-            Self::Bert | Self::Roberta => ObjectiveKind::MaskedLm,
-            Self::Bart => ObjectiveKind::Denoising,
-            Self::T5 => ObjectiveKind::SpanCorruption,
-        }
-    }
-}
-
-impl ObjectiveKind {
-    /// Whether this objective trains `family`: MLM needs an encoder-only model; span corruption
-    /// and denoising an encoder-decoder (as their papers train them); causal LM a decoder-only
-    /// model; prefix LM any model with a decoder.
-    pub fn fits(self, family: Family) -> bool {
-        match self {
-            Self::CausalLm => family == Family::Gpt,
-            Self::MaskedLm => matches!(family, Family::Bert | Family::Roberta),
-            Self::SpanCorruption => family == Family::T5,
-            Self::Denoising => family == Family::Bart,
-            Self::PrefixLm => matches!(family, Family::Gpt | Family::T5 | Family::Bart),
-        }
     }
 }
 

@@ -104,7 +104,7 @@ mod tests {
         let lines: Vec<&str> = crate::data::SHAKESPEARE[..5_000].lines().collect();
         let tok = TextTokenizer::train(
             crate::tokenizer::TokenizerKind::Wordpiece,
-            crate::config::Family::Bert,
+            crate::config::Family::named("bert").unwrap(),
             200,
             &lines,
         )

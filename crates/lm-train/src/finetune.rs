@@ -19,11 +19,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use lm_dist::Collective;
-use lm_models::bart::Bart;
-use lm_models::bert::{BertConfig, BertForSequenceClassification};
-use lm_models::gpt::Gpt;
-use lm_models::t5::T5;
-use lm_models::EncoderDecoder;
 use lm_models::{ParamStore, Sampling};
 use lm_objectives::collate::{pad_batch, pad_labels, shift_right};
 use lm_objectives::{Rng, IGNORE_INDEX};
@@ -31,10 +26,12 @@ use lm_optim::ParamGroup;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, write_atomic};
+use crate::config::Family;
 use crate::config::{Freeze, TaskKind};
 use crate::data::Split;
 use crate::error::{io_err, Result, TrainError};
-use crate::model::{AnyModel, Batch};
+use crate::family::Loaded;
+use crate::model::{Batch, Head as ModelHead, LanguageModel};
 use crate::tasks::{self, Example, TaskData};
 use crate::tokenizer::TextTokenizer;
 
@@ -119,7 +116,7 @@ pub struct FinetuneResults {
 pub(crate) struct Prepared {
     pub tokenizer: TextTokenizer,
     pub task: FinetuneTask,
-    pub model: AnyModel,
+    pub model: Box<dyn LanguageModel>,
     pub store: ParamStore,
     pub groups: Vec<ParamGroup>,
 }
@@ -244,85 +241,37 @@ fn class_labels(data: &TaskData) -> Result<Option<Vec<String>>> {
     Ok(Some(labels))
 }
 
-/// The model `dir` holds (from its `config.json`), random with `scratch`; for BERT a classifier
-/// over `labels`. Returns the names of freshly initialized tensors.
+/// The model `dir` holds (its `config.json`'s `model_type` names the family), random with
+/// `scratch`; for BERT a classifier over `labels`. Returns the names of freshly initialized
+/// tensors.
 fn load_model(
     dir: &Path,
     labels: Option<&[String]>,
     scratch: bool,
     seed: u64,
     device: &Device,
-) -> Result<(AnyModel, ParamStore, Vec<String>)> {
-    let all_fresh = |s: &ParamStore| s.vars().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+) -> Result<Loaded> {
     let model_type = lm_models::hf::model_type(dir)?;
-    if labels.is_some() && matches!(model_type.as_str(), "bart" | "t5") {
+    let load = Family::of_hf_model_type(&model_type).and_then(|f| f.load_for_finetune);
+    let Some(load) = load else {
         return Err(TrainError::Checkpoint {
             path: dir.into(),
-            problem: format!(
-                "a {model_type} model fine-tunes on input/target pairs, and this task's examples are labelled (classification); use a BERT checkpoint, a GPT (it generates the label), or give the examples as {{\"input\", \"target\"}}"
-            ),
+            problem: format!("cannot fine-tune model_type {model_type:?}"),
         });
-    }
-    Ok(match model_type.as_str() {
-        "bert" => {
-            let Some(labels) = labels else {
-                return Err(TrainError::Checkpoint {
-                    path: dir.into(),
-                    problem: "a BERT checkpoint fine-tunes on classification tasks (pairs or labelled JSONL), not input/target pairs".into(),
-                });
-            };
-            let (m, s, fresh) = if scratch {
-                let c: BertConfig = lm_models::hf::read_config(dir, &["bert"])?;
-                let (m, s) = BertForSequenceClassification::init(&c, labels.len(), seed, device)?;
-                let fresh = all_fresh(&s);
-                (m, s, fresh)
-            } else {
-                BertForSequenceClassification::from_hf_dir(dir, labels.len(), seed, device)?
-            };
-            (AnyModel::BertClassifier(m, labels.to_vec()), s, fresh)
-        }
-        "gpt2" => {
-            let (m, s) = if scratch {
-                Gpt::init(&lm_models::hf::read_config(dir, &["gpt2"])?, seed, device)?
-            } else {
-                Gpt::from_hf_dir(dir, device)?
-            };
-            let fresh = if scratch { all_fresh(&s) } else { vec![] };
-            (AnyModel::Gpt(m), s, fresh)
-        }
-        "bart" => {
-            let (m, s) = if scratch {
-                Bart::init(&lm_models::hf::read_config(dir, &["bart"])?, seed, device)?
-            } else {
-                Bart::from_hf_dir(dir, device)?
-            };
-            let fresh = if scratch { all_fresh(&s) } else { vec![] };
-            (AnyModel::Bart(m), s, fresh)
-        }
-        "t5" => {
-            let (m, s) = if scratch {
-                T5::init(&lm_models::hf::read_config(dir, &["t5"])?, seed, device)?
-            } else {
-                T5::from_hf_dir(dir, device)?
-            };
-            let fresh = if scratch { all_fresh(&s) } else { vec![] };
-            (AnyModel::T5(m), s, fresh)
-        }
-        other => {
-            return Err(TrainError::Checkpoint {
-                path: dir.into(),
-                problem: format!("cannot fine-tune model_type {other:?}"),
-            })
-        }
-    })
+    };
+    load(dir, labels, scratch, seed, device)
 }
 
 /// Optimizer groups: the new head (its own lr scale, no decay), matrices (decay) and vectors
 /// (no decay); frozen tensors and buffers are left out.
-fn param_groups(store: &ParamStore, cfg: &FinetuneConfig) -> Vec<ParamGroup> {
+fn param_groups(
+    model: &dyn LanguageModel,
+    store: &ParamStore,
+    cfg: &FinetuneConfig,
+) -> Vec<ParamGroup> {
     let (mut head, mut decay, mut no_decay) = (vec![], vec![], vec![]);
     for (n, v) in store.vars() {
-        if is_frozen(&n, cfg.finetune.freeze) || Bart::is_buffer(&n) {
+        if is_frozen(&n, cfg.finetune.freeze) || model.is_buffer(&n) {
             continue;
         }
         if n.starts_with("classifier.") {
@@ -436,16 +385,19 @@ impl FinetuneTask {
         tokenizer: TextTokenizer,
         data: TaskData,
         labels: Option<Vec<String>>,
-        model: AnyModel,
+        model: Box<dyn LanguageModel>,
         store: ParamStore,
         fresh: Vec<String>,
     ) -> Result<Prepared> {
         let id = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_id(n));
-        let (head, context, decoder_start) = match &model {
-            AnyModel::BertClassifier(..) | AnyModel::Bert(_) => (Head::Classify, usize::MAX, 0),
-            AnyModel::Gpt(m) => (Head::Causal, m.config().n_positions, 0),
-            AnyModel::Bart(m) => (Head::Seq2Seq, usize::MAX, m.config().decoder_start_token_id),
-            AnyModel::T5(m) => (Head::Seq2Seq, usize::MAX, m.config().decoder_start_token_id),
+        let (head, context, decoder_start) = match model.head() {
+            ModelHead::Classifier(_) | ModelHead::Encoder => (Head::Classify, usize::MAX, 0),
+            ModelHead::Causal(m) => (Head::Causal, m.context_len(), 0),
+            ModelHead::Seq2Seq(m) => (
+                Head::Seq2Seq,
+                usize::MAX,
+                m.generation_config(0).decoder_start_token_id,
+            ),
         };
         let ids = Ids {
             cls: id(&["[CLS]", "<s>"]).unwrap_or(0),
@@ -474,7 +426,7 @@ impl FinetuneTask {
             encode_all(&task.data.test)?,
         ];
         task.encoded = encoded;
-        let groups = param_groups(&store, cfg);
+        let groups = param_groups(model.as_ref(), &store, cfg);
         Ok(Prepared {
             tokenizer,
             task,
@@ -730,7 +682,7 @@ impl FinetuneTask {
     /// generated text. A label unseen in training does not matter here (it is not predicted).
     pub fn predict_examples(
         &self,
-        model: &AnyModel,
+        model: &dyn LanguageModel,
         examples: &[Example],
         device: &Device,
     ) -> Result<Vec<String>> {
@@ -747,7 +699,7 @@ impl FinetuneTask {
     /// gathered, so every rank returns the whole list.
     fn predict(
         &self,
-        model: &AnyModel,
+        model: &dyn LanguageModel,
         split: usize,
         device: &Device,
         comm: &dyn Collective,
@@ -771,73 +723,50 @@ impl FinetuneTask {
     /// the end token).
     fn predict_ids(
         &self,
-        model: &AnyModel,
+        model: &dyn LanguageModel,
         items: &[Encoded],
         device: &Device,
     ) -> Result<Vec<Vec<u32>>> {
         let mut out = Vec::with_capacity(items.len());
         let mut rng = Rng::seed_from_u64(0);
         let n = self.cfg.finetune.max_target_len;
-        let row = |e: &Encoded| -> Result<Tensor> {
-            Ok(Tensor::new(e.input.as_slice(), device)?.unsqueeze(0)?)
-        };
         for chunk in items.chunks(32) {
-            if let AnyModel::BertClassifier(m, _) = model {
-                let refs: Vec<&Encoded> = chunk.iter().collect();
-                let b = self.encoder_inputs(&refs, device)?;
-                let logits = m.forward(
-                    &b.input_ids,
-                    b.token_type_ids.as_ref(),
-                    b.attention_mask.as_ref(),
-                )?;
-                let am: Vec<u32> = logits.argmax(1)?.to_vec1()?;
-                out.extend(am.into_iter().map(|i| vec![i]));
-                continue;
-            }
-            // BART and T5 decode the whole chunk at once (padded, with its mask): the same tokens
-            // as one row at a time (lm-models' generation test), several times faster.
-            let seq2seq: Option<&dyn EncoderDecoder> = match model {
-                AnyModel::Bart(m) => Some(m),
-                AnyModel::T5(m) => Some(m),
-                _ => None,
-            };
-            if let Some(m) = seq2seq {
-                let refs: Vec<&Encoded> = chunk.iter().collect();
-                let b = self.encoder_inputs(&refs, device)?;
-                let gen = m.generation_config(n);
-                out.extend(m.generate_batch(
-                    &b.input_ids,
-                    b.attention_mask.as_ref(),
-                    &gen,
-                    &Sampling::greedy(),
-                    &mut rng,
-                )?);
-                continue;
-            }
-            for e in chunk {
-                let ids = match model {
-                    AnyModel::Gpt(m) => {
+            let refs: Vec<&Encoded> = chunk.iter().collect();
+            match model.head() {
+                ModelHead::Classifier(m) => {
+                    let b = self.encoder_inputs(&refs, device)?;
+                    let am: Vec<u32> = m.class_logits(&b)?.argmax(1)?.to_vec1()?;
+                    out.extend(am.into_iter().map(|i| vec![i]));
+                }
+                // BART and T5 decode the whole chunk at once (padded, with its mask): the same
+                // tokens as one row at a time (lm-models' generation test), several times faster.
+                ModelHead::Seq2Seq(m) => {
+                    let b = self.encoder_inputs(&refs, device)?;
+                    let gen = m.generation_config(n);
+                    out.extend(m.generate_batch(
+                        &b.input_ids,
+                        b.attention_mask.as_ref(),
+                        &gen,
+                        &Sampling::greedy(),
+                        &mut rng,
+                    )?);
+                }
+                ModelHead::Causal(m) => {
+                    for e in chunk {
                         let room = self.context.saturating_sub(e.input.len());
                         let all =
                             m.generate(&e.input, n.min(room), &Sampling::greedy(), &mut rng)?;
                         let gen = &all[e.input.len()..];
                         let end = gen.iter().position(|&t| t == self.ids.eos);
-                        gen[..end.unwrap_or(gen.len())].to_vec()
+                        out.push(gen[..end.unwrap_or(gen.len())].to_vec());
                     }
-                    AnyModel::Bart(m) => {
-                        m.generate(&row(e)?, n, &Sampling::greedy(), &mut rng, true)?
-                    }
-                    AnyModel::T5(m) => {
-                        m.generate(&row(e)?, n, &Sampling::greedy(), &mut rng, true)?
-                    }
-                    AnyModel::Bert(_) | AnyModel::BertClassifier(..) => {
-                        return Err(TrainError::Checkpoint {
-                            path: PathBuf::from(&self.cfg.finetune.init),
-                            problem: "a BERT model without a classifier cannot predict".into(),
-                        })
-                    }
-                };
-                out.push(ids);
+                }
+                ModelHead::Encoder => {
+                    return Err(TrainError::Checkpoint {
+                        path: PathBuf::from(&self.cfg.finetune.init),
+                        problem: "a BERT model without a classifier cannot predict".into(),
+                    })
+                }
             }
         }
         Ok(out)
@@ -868,7 +797,7 @@ impl FinetuneTask {
     /// Every rank of `comm` takes part and gets the same metrics.
     pub fn validate(
         &self,
-        model: &AnyModel,
+        model: &dyn LanguageModel,
         device: &Device,
         comm: &dyn Collective,
     ) -> Result<BTreeMap<String, f64>> {
@@ -881,7 +810,7 @@ impl FinetuneTask {
     /// rank takes part in the predictions).
     pub(crate) fn report(
         &self,
-        model: &AnyModel,
+        model: &dyn LanguageModel,
         device: &Device,
         run_dir: &Path,
         steps: u64,

@@ -57,26 +57,13 @@ impl CharTokenizer {
     }
 }
 
-use crate::choices::Family;
 pub use crate::choices::TokenizerKind;
+use crate::registry::Family;
 
-/// The special tokens of each family, in id order (they get the first ids).
+/// The special tokens of `family` for a tokenizer of `kind`, in id order (they get the first
+/// ids).
 pub fn special_tokens(family: Family, kind: TokenizerKind) -> Vec<String> {
-    match (family, kind) {
-        (_, TokenizerKind::Char) => vec![],
-        (Family::Gpt, _) => vec!["<|endoftext|>".into()],
-        (Family::Bert, _) => ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-            .map(String::from)
-            .to_vec(),
-        (Family::T5, _) => {
-            let mut v: Vec<String> = ["<pad>", "</s>", "<unk>"].map(String::from).to_vec();
-            v.extend((0..100).map(|k| format!("<extra_id_{k}>")));
-            v
-        }
-        (Family::Roberta | Family::Bart, _) => ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-            .map(String::from)
-            .to_vec(),
-    }
+    (family.special_tokens)(kind)
 }
 
 /// A tokenizer of any kind.
@@ -304,10 +291,22 @@ mod tests {
         let lines: Vec<&str> = text[..200_000].lines().collect();
         let dir = tempfile::tempdir().unwrap();
         for (kind, family, probe) in [
-            (TokenizerKind::Bpe, Family::Gpt, "<|endoftext|>"),
-            (TokenizerKind::Wordpiece, Family::Bert, "[MASK]"),
-            (TokenizerKind::Unigram, Family::T5, "<extra_id_99>"),
-            (TokenizerKind::Bpe, Family::Bart, "<mask>"),
+            (
+                TokenizerKind::Bpe,
+                Family::named("gpt").unwrap(),
+                "<|endoftext|>",
+            ),
+            (
+                TokenizerKind::Wordpiece,
+                Family::named("bert").unwrap(),
+                "[MASK]",
+            ),
+            (
+                TokenizerKind::Unigram,
+                Family::named("t5").unwrap(),
+                "<extra_id_99>",
+            ),
+            (TokenizerKind::Bpe, Family::named("bart").unwrap(), "<mask>"),
         ] {
             let t = TextTokenizer::train(kind, family, 800, &lines).unwrap();
             assert!(

@@ -29,7 +29,6 @@ use lm_dist::{Collective, SingleProcess};
 use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
 use lm_kernels::threads::on_compute_threads;
 use lm_models::layers::with_dropout_key;
-use lm_models::EncoderDecoder;
 use lm_models::{ParamStore, Sampling};
 use lm_objectives::Rng;
 use lm_optim::{BatchSizeRamp, Optimizer, ParamGroup, Schedule};
@@ -42,7 +41,7 @@ use crate::error::{io_err, Result, TrainError};
 use crate::finetune::{FinetuneResults, FinetuneTask};
 use crate::lock::RunLock;
 use crate::metrics::{MetricRecord, MetricsLog};
-use crate::model::{AnyModel, Batch, LossWeights};
+use crate::model::{param_groups, Batch, Head, LanguageModel, LossWeights};
 use crate::tokenizer::TextTokenizer;
 
 /// What a finished (or stopped) training call reports.
@@ -97,7 +96,7 @@ impl Work {
 struct Parts {
     tokenizer: TextTokenizer,
     work: Work,
-    model: AnyModel,
+    model: Box<dyn LanguageModel>,
     store: ParamStore,
     groups: Vec<ParamGroup>,
     /// The end-of-text id (GPT's sampling prompt when none is given).
@@ -112,7 +111,7 @@ pub struct Trainer {
     tokenizer: TextTokenizer,
     eos: u32,
     work: Work,
-    model: AnyModel,
+    model: Box<dyn LanguageModel>,
     store: ParamStore,
     vars: Vec<Var>,
     opt: Box<dyn Optimizer>,
@@ -201,9 +200,8 @@ fn pretraining_parts(
     let specials = Specials::of(cfg.model.family, &tokenizer, tokenizer.kind())?;
     let vocab = tokenizer.vocab_size();
     let source = BatchSource::new(cfg, Arc::new(tokens), specials.clone(), vocab)?;
-    let (model, store) =
-        AnyModel::build(cfg, vocab, specials.pad, specials.eos, specials.bos, device)?;
-    let (decay, no_decay) = model.param_groups(&store);
+    let (model, store) = (cfg.model.family.build)(&cfg.model_shape(vocab), &specials, device)?;
+    let (decay, no_decay) = param_groups(model.as_ref(), &store);
     Ok(Parts {
         tokenizer,
         work: Work::Pretrain(Arc::new(source)),
@@ -898,8 +896,8 @@ impl Trainer {
     }
 
     /// The model.
-    pub fn model(&self) -> &AnyModel {
-        &self.model
+    pub fn model(&self) -> &dyn LanguageModel {
+        self.model.as_ref()
     }
 
     /// The run's tokenizer.
@@ -1157,7 +1155,7 @@ impl Trainer {
             Work::Pretrain(_) => BTreeMap::new(),
             Work::Finetune(task) => {
                 let p = self.matmul_precision();
-                let (model, device) = (&self.model, &self.device);
+                let (model, device) = (self.model.as_ref(), &self.device);
                 let comm = self.comm.as_ref();
                 model.set_training(false);
                 let m = on_compute_threads(|| {
@@ -1502,8 +1500,12 @@ impl Trainer {
         self.store
             .load_safetensors(&best_dir.join("model.safetensors"), |n| Some(n.to_string()))?;
         let p = self.matmul_precision();
-        let (model, device, run_dir, step) =
-            (&self.model, &self.device, &self.run_dir, self.state.step);
+        let (model, device, run_dir, step) = (
+            self.model.as_ref(),
+            &self.device,
+            &self.run_dir,
+            self.state.step,
+        );
         let comm = self.comm.as_ref();
         model.set_training(false);
         let results = on_compute_threads(|| {
@@ -1549,8 +1551,8 @@ impl Trainer {
             TextTokenizer::Hf(t) => t.decode(ids, false).unwrap_or_default(),
             other => other.decode(ids),
         };
-        Ok(match &self.model {
-            AnyModel::Gpt(m) => {
+        Ok(match self.model.head() {
+            Head::Causal(m) => {
                 // A given prompt must encode (a character outside a char vocabulary is an
                 // error); the default newline falls back to the end-of-text token.
                 let ids = match prompt {
@@ -1562,7 +1564,7 @@ impl Trainer {
                 let continuation = self.tokenizer.decode(&ids[prompt_ids.len()..]);
                 Some(format!("{}{continuation}", prompt.unwrap_or("")))
             }
-            AnyModel::Bart(_) | AnyModel::T5(_) => {
+            Head::Seq2Seq(m) => {
                 let input: Vec<u32> = match prompt {
                     Some(p) => {
                         let mut ids = self.tokenizer.encode(p)?;
@@ -1577,17 +1579,10 @@ impl Trainer {
                         .to_vec1()?,
                 };
                 let input_t = Tensor::new(input.as_slice(), &self.device)?.unsqueeze(0)?;
-                let out = match &self.model {
-                    AnyModel::Bart(m) => {
-                        m.generate(&input_t, n_tokens, sampling, &mut rng, true)?
-                    }
-                    AnyModel::T5(m) => m.generate(&input_t, n_tokens, sampling, &mut rng, true)?,
-                    // INVARIANT: the outer arm only admits BART and T5.
-                    _ => unreachable!("matched an encoder-decoder"),
-                };
+                let out = m.generate(&input_t, n_tokens, sampling, &mut rng, true)?;
                 Some(format!("input:  {}\noutput: {}", show(&input), show(&out)))
             }
-            AnyModel::Bert(_) | AnyModel::BertClassifier(..) => None,
+            Head::Classifier(_) | Head::Encoder => None,
         })
     }
 
@@ -1598,7 +1593,7 @@ impl Trainer {
             return Ok(None);
         };
         let p = self.matmul_precision();
-        let (model, device) = (&self.model, &self.device);
+        let (model, device) = (self.model.as_ref(), &self.device);
         model.set_training(false);
         let out = on_compute_threads(|| {
             with_matmul_precision(p, || task.predict_examples(model, examples, device))

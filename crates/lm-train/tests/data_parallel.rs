@@ -67,7 +67,7 @@ fn shrunk(recipe: &str, batch: usize, tokenizer_file: Option<&str>) -> String {
     // in the two runs now and then (measured: -3.8e-8 in one, +1.6e-7 in the other, one step
     // in 22 tokenizers), after which no tolerance holds; a smooth network keeps the two runs
     // within rounding (docs/distributed.md).
-    if c.model.family == lm_train::choices::Family::T5 {
+    if c.model.family == lm_train::config::Family::named("t5").unwrap() {
         c.model.t5_feed_forward = Some(lm_train::choices::T5FeedForward::GatedGelu);
     }
     c.to_toml()

@@ -64,7 +64,7 @@ fn tokenizer_texts() -> &'static [String; 2] {
             save(
                 TextTokenizer::train(
                     lm_train::tokenizer::TokenizerKind::Bpe,
-                    lm_train::config::Family::Gpt,
+                    lm_train::config::Family::named("gpt").unwrap(),
                     120,
                     &lines,
                 )
@@ -74,7 +74,7 @@ fn tokenizer_texts() -> &'static [String; 2] {
             save(
                 TextTokenizer::train(
                     lm_train::tokenizer::TokenizerKind::Char,
-                    lm_train::config::Family::Gpt,
+                    lm_train::config::Family::named("gpt").unwrap(),
                     0,
                     &lines,
                 )

@@ -29,15 +29,9 @@ const fn k(rule: Rule, file: &'static str, item: &'static str, size: usize) -> K
 
 /// The list.
 pub const KNOWN: &[Known] = &[
-    // lm-train's three biggest files, to be split by job (issue "Architecture, step 2", item 6).
-    k(Rule::FileLength, "crates/lm-train/src/config.rs", "", 1068),
-    k(
-        Rule::FileLength,
-        "crates/lm-train/src/finetune.rs",
-        "",
-        1034,
-    ),
-    k(Rule::FileLength, "crates/lm-train/src/trainer.rs", "", 1685),
+    // lm-train's two biggest files, to be split by job (issue "Architecture, step 2", item 6).
+    k(Rule::FileLength, "crates/lm-train/src/finetune.rs", "", 963),
+    k(Rule::FileLength, "crates/lm-train/src/trainer.rs", "", 1680),
 ];
 
 /// The verdict on a run: new violations (not listed, or grown), how many were known, and the

@@ -87,8 +87,14 @@ macro_rules! refusal_tests {
     )+};
 }
 
+#[test]
+fn unknown_family_is_refused() {
+    let names: Vec<&str> = crate::registry::families().iter().map(|f| f.name).collect();
+    assert_eq!(names, ["gpt", "bert", "roberta", "bart", "t5"]);
+    assert_refused("gpt-shakespeare-char", "model", "family", &names);
+}
+
 refusal_tests! {
-    unknown_family_is_refused: "gpt-shakespeare-char", "model", "family", Family;
     unknown_t5_feed_forward_is_refused: "t5-span-corruption", "model", "t5_feed_forward", T5FeedForward;
     unknown_tokenizer_is_refused: "gpt-shakespeare-char", "data", "tokenizer", TokenizerKind;
     unknown_mlm_selection_is_refused: "bert-mlm-nsp", "objective", "mlm_selection", MlmSelection;

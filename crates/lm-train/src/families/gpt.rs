@@ -1,0 +1,131 @@
+//! GPT: decoder-only, causal LM (or prefix LM over a bidirectional prefix); HuggingFace's
+//! `gpt2`.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use lm_models::gpt::{Gpt, GptConfig};
+use lm_models::{ParamStore, Sampling};
+use lm_objectives::Rng;
+
+use crate::choices::{ObjectiveKind, TokenizerKind};
+use crate::error::Result;
+use crate::family::{
+    Architecture, DecoderStart, FamilySpec, Loaded, MaskedLmInput, ModelShape, Specials,
+};
+use crate::model::{token_cross_entropy, Batch, CausalLm, Head, LanguageModel};
+
+/// The GPT family.
+pub const GPT: FamilySpec = FamilySpec {
+    name: "gpt",
+    hf_model_type: Some("gpt2"),
+    architecture: Architecture::DecoderOnly,
+    default_objective: ObjectiveKind::CausalLm,
+    objectives: &[ObjectiveKind::CausalLm, ObjectiveKind::PrefixLm],
+    masked_lm_input: MaskedLmInput::FullSentences,
+    encoder_bos: false,
+    decoder_start: DecoderStart::Eos,
+    special_tokens,
+    specials,
+    build,
+    load_for_finetune: Some(load_for_finetune),
+};
+
+fn special_tokens(kind: TokenizerKind) -> Vec<String> {
+    match kind {
+        TokenizerKind::Char => vec![],
+        _ => vec!["<|endoftext|>".into()],
+    }
+}
+
+/// `<|endoftext|>` is GPT-2's every special token (none with a character vocabulary).
+fn specials(id: &dyn Fn(&str) -> Result<u32>) -> Result<Specials> {
+    let e = id("<|endoftext|>")?;
+    Ok(Specials {
+        pad: e,
+        eos: e,
+        bos: e,
+        sep: e,
+        mask: e,
+        sentinel: e,
+        all: vec![],
+    })
+}
+
+fn build(
+    shape: &ModelShape,
+    _specials: &Specials,
+    device: &Device,
+) -> Result<(Box<dyn LanguageModel>, ParamStore)> {
+    let s = shape;
+    let mut c = GptConfig::new(s.vocab, s.block_size, s.n_embd, s.n_layer, s.n_head);
+    c.dropout = s.dropout;
+    let (g, store) = Gpt::init(&c, s.seed, device)?;
+    Ok((Box::new(GptModel(g)), store))
+}
+
+fn load_for_finetune(
+    dir: &Path,
+    _labels: Option<&[String]>,
+    scratch: bool,
+    seed: u64,
+    device: &Device,
+) -> Result<Loaded> {
+    let (m, s) = if scratch {
+        Gpt::init(&lm_models::hf::read_config(dir, &["gpt2"])?, seed, device)?
+    } else {
+        Gpt::from_hf_dir(dir, device)?
+    };
+    let fresh = if scratch {
+        super::all_names(&s)
+    } else {
+        vec![]
+    };
+    Ok((Box::new(GptModel(m)), s, fresh))
+}
+
+/// [`Gpt`] as a [`LanguageModel`].
+#[derive(Debug)]
+pub struct GptModel(pub Gpt);
+
+impl LanguageModel for GptModel {
+    fn loss_terms(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
+        let logits = match &b.prefix_len {
+            None => self.0.forward(&b.input_ids)?,
+            Some(p) => self.0.forward_prefix_lm(&b.input_ids, p)?,
+        };
+        Ok((token_cross_entropy(&logits, b)?, None))
+    }
+
+    fn set_training(&self, on: bool) {
+        self.0.set_training(on)
+    }
+
+    fn flops_per_token(&self, t: usize) -> f64 {
+        self.0.config().flops_per_token(t)
+    }
+
+    fn hf_config(&self) -> serde_json::Value {
+        self.0.config().to_hf_json()
+    }
+
+    fn head(&self) -> Head<'_> {
+        Head::Causal(self)
+    }
+}
+
+impl CausalLm for GptModel {
+    fn generate(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampling: &Sampling,
+        rng: &mut Rng,
+    ) -> Result<Vec<u32>> {
+        Ok(self.0.generate(prompt, max_new_tokens, sampling, rng)?)
+    }
+
+    fn context_len(&self) -> usize {
+        self.0.config().n_positions
+    }
+}

@@ -125,8 +125,6 @@ impl Default for ObjectiveSection {
     }
 }
 
-/// PyTorch `GradScaler`'s defaults.
-
 fn default_corpus() -> String {
     crate::data::BUILTIN_SHAKESPEARE.into()
 }

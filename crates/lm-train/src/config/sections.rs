@@ -134,6 +134,7 @@ fn default_beta2() -> f64 {
 fn default_eps() -> f64 {
     1e-8
 }
+/// PyTorch `GradScaler`'s defaults (with [`default_loss_scale_init`]).
 fn default_loss_scale_growth_interval() -> u64 {
     2000
 }

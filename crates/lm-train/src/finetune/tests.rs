@@ -1,3 +1,4 @@
+use super::predict::gather_rows;
 use super::*;
 
 /// Rows of different lengths (one empty, ids up to 2^24 − 1) split 3 + 2 over two ranks come

@@ -1,0 +1,210 @@
+//! Checkpoints: writing them (atomically, with checksums and the optimizer's shards), loading
+//! weights and optimizer state back, and the evaluate-then-checkpoint step of the loop.
+
+use super::*;
+
+impl Trainer {
+    pub(super) fn load_weights_and_optimizer(&mut self, ckpt: &Path) -> Result<()> {
+        let config = ckpt.join("config.json");
+        if let Ok(text) = std::fs::read_to_string(&config) {
+            let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if let Some(v) = saved.get("vocab_size").and_then(|v| v.as_u64()) {
+                if v as usize != self.tokenizer.vocab_size() {
+                    return Err(TrainError::Checkpoint {
+                        path: config,
+                        problem: format!("the model has vocab_size {v} but the run's tokenizer.json has {} tokens; restore the run's own tokenizer.json", self.tokenizer.vocab_size()),
+                    });
+                }
+            }
+        }
+        self.store
+            .load_safetensors(&ckpt.join("model.safetensors"), |n| Some(n.to_string()))?;
+        if self.state.sharded_optimizer {
+            return Ok(()); // each rank loads its shard once it knows its rank
+        }
+        self.load_optimizer(ckpt)
+    }
+
+    /// The optimizer state of checkpoint `ckpt` (this rank's shard when it is sharded).
+    pub(super) fn load_optimizer(&mut self, ckpt: &Path) -> Result<()> {
+        let opt_path = ckpt.join(self.optimizer_file());
+        lm_optim::load_state(self.opt.as_mut(), &opt_path, &self.device).map_err(|e| {
+            TrainError::Checkpoint {
+                path: opt_path.clone(),
+                problem: format!("cannot restore the optimizer: {e}"),
+            }
+        })?;
+        if self.opt.steps() + self.state.skipped_steps != self.state.step {
+            return Err(TrainError::Checkpoint {
+                path: opt_path,
+                problem: format!(
+                    "optimizer is at step {} but state.json says {} ({} skipped)",
+                    self.opt.steps(),
+                    self.state.step,
+                    self.state.skipped_steps
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The optimizer state's file in a checkpoint: one per rank when sharded.
+    pub(super) fn optimizer_file(&self) -> String {
+        if self.state.sharded_optimizer {
+            format!("optimizer-rank{}.safetensors", self.comm.rank())
+        } else {
+            "optimizer.safetensors".into()
+        }
+    }
+
+    /// Bytes of optimizer state this rank holds (lm-optim's accounting).
+    pub fn optimizer_state_bytes(&self) -> Result<usize> {
+        Ok(lm_optim::state_bytes(self.opt.as_ref())?)
+    }
+
+    /// Writes a checkpoint of the current step and prunes old ones. Weights that are NaN or
+    /// infinite are never written: the previous checkpoints stay, and this is an error.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let dest =
+            checkpoint::checkpoints_dir(&self.run_dir).join(format!("step-{:08}", self.state.step));
+        let sharded = self.owners.is_some();
+        if !sharded && !self.is_writer() {
+            return Ok(dest); // rank 0 writes it
+        }
+        if !self.weights_finite()? {
+            let last = checkpoint::latest_checkpoint(&self.run_dir)
+                .map_or("none".into(), |p| p.display().to_string());
+            return Err(TrainError::NonFiniteWeights {
+                step: self.state.step,
+                last,
+            });
+        }
+        let w = if self.is_writer() {
+            Some(CheckpointWriter::begin(&self.run_dir, self.state.step)?)
+        } else {
+            None
+        };
+        if sharded {
+            self.write_optimizer_shard(w.as_ref())?;
+        }
+        let Some(w) = w else {
+            return Ok(dest);
+        };
+        let written = (|| -> Result<()> {
+            lm_models::hf::save_dir(&self.store, &self.model.hf_config(), w.dir())?;
+            if !sharded {
+                lm_optim::save_state(self.opt.as_ref(), &w.path("optimizer.safetensors"))?;
+            }
+            self.tokenizer.save(&w.path("tokenizer.json"))?;
+            checkpoint::write_atomic(&w.path("run_config.toml"), self.cfg.to_toml().as_bytes())?;
+            // A fine-tuned model keeps its pretrained checkpoint's generation settings.
+            let gen = self.run_dir.join("generation_config.json");
+            if gen.exists() {
+                std::fs::copy(&gen, w.path("generation_config.json")).map_err(io_err(&gen))?;
+            }
+            let shards = (0..self.comm.world_size())
+                .map(|r| format!("optimizer-rank{r}.safetensors"))
+                .filter(|_| sharded);
+            self.state.checksums = checkpoint::CHECKSUMMED
+                .iter()
+                .map(|f| f.to_string())
+                .filter(|f| w.path(f).exists())
+                .chain(shards)
+                .map(|f| Ok((f.clone(), checkpoint::FileSum::of(&w.path(&f))?)))
+                .collect::<Result<_>>()?;
+            // INVARIANT: the run state (numbers, strings, checksums) always serializes to JSON.
+            let state = serde_json::to_string_pretty(&self.state).expect("state serializes");
+            checkpoint::write_atomic(&w.path("state.json"), state.as_bytes())?;
+            Ok(())
+        })();
+        match written {
+            Ok(()) => {
+                let dir = w.commit()?;
+                self.metrics.sync()?;
+                checkpoint::prune(
+                    &self.run_dir,
+                    self.cfg.train().keep_checkpoints,
+                    self.state.best.map(|b| b.0),
+                )?;
+                Ok(dir)
+            }
+            Err(e) => {
+                w.abort();
+                Err(e)
+            }
+        }
+    }
+
+    /// Every rank writes its optimizer shard into the checkpoint that rank 0 (holding `w`) has
+    /// begun, then waits for the others.
+    pub(super) fn write_optimizer_shard(&self, w: Option<&CheckpointWriter>) -> Result<()> {
+        // Rank 0's temporary directory, named by its process id.
+        let pid = self.sum_over_ranks(w.map_or(0.0, |_| std::process::id() as f64))? as u32;
+        let tmp = checkpoint::checkpoints_dir(&self.run_dir)
+            .join(format!("step-{:08}.tmp-{pid}", self.state.step));
+        let file = tmp.join(self.optimizer_file());
+        lm_optim::save_state(self.opt.as_ref(), &file)?;
+        Ok(self.comm.barrier()?)
+    }
+
+    pub(super) fn eval_and_checkpoint(
+        &mut self,
+        lr: f64,
+        elapsed: f64,
+        pb: &ProgressBar,
+    ) -> Result<(Evaluation, PathBuf)> {
+        let e = self.evaluate_all()?;
+        let (value, higher_is_better) = self.selection(&e);
+        let improved = self.state.best.is_none_or(|(_, b)| {
+            if higher_is_better {
+                value > b
+            } else {
+                value < b
+            }
+        });
+        if improved {
+            self.state.best = Some((self.state.step, value));
+            self.state.evals_since_best = 0;
+        } else {
+            self.state.evals_since_best += 1;
+        }
+        self.append_metrics(&MetricRecord {
+            step: self.state.step,
+            lr,
+            train_loss: e.train_loss,
+            tokens_per_sec: 0.0,
+            elapsed_s: elapsed,
+            val_loss: Some(e.val_loss),
+            grad_norm: None,
+            mfu: None,
+            metrics: e.metrics.clone(),
+        })?;
+        let extra: String = e
+            .metrics
+            .iter()
+            .map(|(k, v)| format!(", {} {v:.4}", k.replace('_', " ")))
+            .collect();
+        self.say(
+            pb,
+            format!(
+                "step {:>5}: train loss {:.4}, val loss {:.4}{extra}",
+                self.state.step, e.train_loss, e.val_loss
+            ),
+        );
+        let dir = self.save_checkpoint()?;
+        Ok((e, dir))
+    }
+
+    /// Whether every parameter is finite (`0·x` sums to NaN if any `x` is NaN or infinite).
+    pub(super) fn weights_finite(&self) -> Result<bool> {
+        for v in &self.vars {
+            let probe = (v.as_tensor() * 0.0)?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F32)?;
+            if !probe.to_scalar::<f32>()?.is_finite() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}

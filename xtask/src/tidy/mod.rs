@@ -10,7 +10,8 @@
 //! 4. **Function length**: at most [`MAX_FN_LINES`] lines per function outside lm-kernels.
 //! 5. **`SAFETY:`** in the comment block above every `unsafe` (or `# Safety` for an
 //!    `unsafe fn`), or on its line.
-//! 6. **No `unwrap()`, `expect(…)`, `panic!`, `unreachable!`, `todo!` or `unimplemented!`** in
+//! 6. **No `Vec::set_len`** anywhere: it hands out uninitialized elements.
+//! 7. **No `unwrap()`, `expect(…)`, `panic!`, `unreachable!`, `todo!` or `unimplemented!`** in
 //!    library code (a crate's `src/` outside `main.rs`, `bin/`, `tests.rs` files and test-only
 //!    items) unless the
 //!    comment block above or the line says `INVARIANT:` and why it holds.
@@ -60,6 +61,8 @@ pub enum Rule {
     Safety,
     /// A panic in library code without an `INVARIANT:` note.
     Panic,
+    /// `Vec::set_len`, which exposes uninitialized elements.
+    SetLen,
 }
 
 impl fmt::Display for Rule {
@@ -71,6 +74,7 @@ impl fmt::Display for Rule {
             Self::FunctionLength => "function length",
             Self::Safety => "SAFETY note",
             Self::Panic => "panic in library code",
+            Self::SetLen => "set_len",
         })
     }
 }
@@ -302,6 +306,19 @@ fn note_above(lines: &[&str], line: usize) -> String {
 
 fn safety(root: &Path, file: &Path, text: &str, code: &str, out: &mut Vec<Violation>) {
     let lines: Vec<&str> = text.lines().collect();
+    for (at, _) in code.match_indices(".set_len(") {
+        let what = "`Vec::set_len` exposes uninitialized elements: build the vector by writing \
+                    (`vec![0.0; n]`, `extend`, `resize`)"
+            .into();
+        out.push(violation(
+            Rule::SetLen,
+            rel(root, file),
+            line_of(code, at),
+            "set_len",
+            0,
+            what,
+        ));
+    }
     for at in word_positions(code, "unsafe") {
         let line = line_of(code, at);
         let note = note_above(&lines, line);

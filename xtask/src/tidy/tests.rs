@@ -174,6 +174,16 @@ fn unsafe_without_a_safety_note_fails() {
 }
 
 #[test]
+fn set_len_fails_anywhere() {
+    let root = clean("set-len");
+    write(&root, "crates/lm-kernels/src/b.rs", "pub struct B;\npub fn f(v: &mut Vec<f32>) {\n    // SAFETY: none.\n    unsafe { v.set_len(4) }\n}\n");
+    assert_eq!(
+        rules(&root),
+        vec![(Rule::SetLen, "crates/lm-kernels/src/b.rs".into(), 4)]
+    );
+}
+
+#[test]
 fn panics_in_library_code_fail_unless_an_invariant_says_why() {
     let root = clean("panic");
     write(

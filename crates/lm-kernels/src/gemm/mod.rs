@@ -581,16 +581,11 @@ pub(crate) fn mm_causal(
     mm(prec, dst, dst_rs, a, b, dims, false, scale, false)
 }
 
-/// A buffer for a kernel's output that the kernel overwrites in full before anything reads it.
+/// A buffer for a kernel's output, zero-filled: every kernel overwrites it in full, but handing
+/// out uninitialized `f32`s (`set_len` on spare capacity) is undefined behaviour, and the fill
+/// costs little next to the kernel that writes it (docs/performance.md).
 pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: f32 has no invalid bit patterns, and every caller writes all `len` elements before
-    // the buffer is read. Zero-filling first was ~5% of a training step.
-    #[allow(clippy::uninit_vec)]
-    unsafe {
-        v.set_len(len)
-    };
-    v
+    vec![0.0; len]
 }
 
 /// [`gemm_into`]; with `Bf16`, [`gemm_bf16_into`] for products of at least 2^20 multiply-adds;

@@ -31,11 +31,12 @@ use lm_kernels::threads::on_compute_threads;
 use lm_models::layers::with_dropout_key;
 use lm_models::{ParamStore, Sampling};
 use lm_objectives::Rng;
+use lm_optim::presets::ScheduleUnit as PresetUnit;
 use lm_optim::{BatchSizeRamp, Optimizer, ParamGroup, Schedule};
 
 use crate::batches::{BatchSource, Specials};
 use crate::checkpoint::{self, CheckpointWriter, LossScaleState, TrainerState};
-use crate::config::{NonFinitePolicy, RunConfig, ScheduleUnit, TokenizerKind, TrainConfig};
+use crate::config::{NonFinitePolicy, RunConfig, TokenizerKind, TrainConfig};
 use crate::data::{load_corpus, Split, TokenizedCorpus};
 use crate::error::{io_err, Result, TrainError};
 use crate::finetune::{FinetuneResults, FinetuneTask};
@@ -127,6 +128,10 @@ pub struct Trainer {
     vars: Vec<Var>,
     opt: Box<dyn Optimizer>,
     schedule: Schedule,
+    /// What the schedule counts (steps or tokens).
+    schedule_unit: PresetUnit,
+    /// Global-norm clipping threshold.
+    clip_norm: Option<f64>,
     ramp: Option<BatchSizeRamp>,
     state: TrainerState,
     metrics: MetricsLog,
@@ -335,16 +340,9 @@ impl Trainer {
             .iter()
             .flat_map(|g| g.params.iter().map(|(_, v)| v.clone()))
             .collect();
-        let preset = cfg.optim().preset(cfg.train().max_iters)?;
+        let preset = cfg.optim().preset(cfg.train())?;
         let groups = parts.groups.clone();
         let opt = preset.build_groups(parts.groups)?;
-        let t = cfg.train();
-        let ramp = t.batch_ramp_start.map(|start| BatchSizeRamp {
-            start,
-            end: t.batch_size,
-            ramp_tokens: t.batch_ramp_tokens,
-            multiple: start,
-        });
         Ok(Self {
             metrics: MetricsLog::new(&run_dir.join("metrics.jsonl")),
             run_dir: run_dir.to_path_buf(),
@@ -357,7 +355,9 @@ impl Trainer {
             vars,
             opt,
             schedule: preset.schedule,
-            ramp,
+            schedule_unit: preset.unit,
+            clip_norm: preset.clip_norm,
+            ramp: preset.batch_ramp,
             state,
             lock: None,
             stop_at: None,
@@ -419,9 +419,9 @@ impl Trainer {
     }
 
     fn schedule_position(&self) -> f64 {
-        match self.cfg.optim().schedule_unit {
-            ScheduleUnit::Tokens => self.state.tokens_seen as f64,
-            ScheduleUnit::Steps => self.state.step as f64,
+        match self.schedule_unit {
+            PresetUnit::Tokens => self.state.tokens_seen as f64,
+            PresetUnit::Steps => self.state.step as f64,
         }
     }
 
@@ -543,7 +543,6 @@ impl Trainer {
                 loss,
             });
         }
-        let clip = self.cfg.optim().grad_clip;
         let mut norm = lm_optim::clip::grad_norm(&grads, &self.vars)?;
         // Dynamic loss scaling (f16 products): the gradients are S times the true ones. A
         // non-finite norm means one overflowed: skip the step and halve S. Else the 1/S goes
@@ -574,10 +573,9 @@ impl Trainer {
             unscale = 1.0 / s;
         }
         // Clipping as a factor the optimizer applies (Adam: inside its fused update).
-        let scale = if clip > 0.0 {
-            lm_optim::clip::clip_factor(norm, clip)?
-        } else {
-            1.0
+        let scale = match self.clip_norm {
+            Some(clip) => lm_optim::clip::clip_factor(norm, clip)?,
+            None => 1.0,
         };
         self.opt.step_scaled(&mut grads, lr, scale * unscale)?;
         self.gather_owned_parameters()?;

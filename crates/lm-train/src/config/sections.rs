@@ -2,7 +2,7 @@
 //! and the checks of values that parse but cannot work.
 
 use lm_optim::presets::{Preset, UpdateRule};
-use lm_optim::{AdaFactorConfig, AdaFactorLr, AdamConfig, Schedule, SgdConfig};
+use lm_optim::{AdaFactorConfig, AdaFactorLr, AdamConfig, BatchSizeRamp, Schedule, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -222,10 +222,12 @@ impl OptimSection {
         Ok(())
     }
 
-    /// The optimization recipe this section describes (lm-optim's [`Preset`]): update rule,
-    /// weight decay, clipping and the learning-rate schedule over `max_iters` steps (or the
-    /// configured tokens). The one optimizer builder of pretraining and fine-tuning.
-    pub fn preset(&self, max_iters: u64) -> Result<Preset> {
+    /// The optimization recipe this section and `train` describe (lm-optim's [`Preset`]):
+    /// update rule, weight decay, clipping, the learning-rate schedule over `train.max_iters`
+    /// steps (or the configured tokens) and the batch-size ramp. The trainer takes all of it from
+    /// here: the one optimizer builder of pretraining and fine-tuning.
+    pub fn preset(&self, train: &TrainSection) -> Result<Preset> {
+        let max_iters = train.max_iters;
         let rule = match self.name {
             OptimizerKind::Sgd => UpdateRule::Sgd(SgdConfig {
                 momentum: self.momentum,
@@ -281,7 +283,12 @@ impl OptimSection {
             clip_norm: (self.grad_clip > 0.0).then_some(self.grad_clip),
             schedule,
             unit: self.schedule_unit.into(),
-            batch_ramp: None,
+            batch_ramp: train.batch_ramp_start.map(|start| BatchSizeRamp {
+                start,
+                end: train.batch_size,
+                ramp_tokens: train.batch_ramp_tokens,
+                multiple: start,
+            }),
         })
     }
 }

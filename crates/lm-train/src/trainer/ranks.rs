@@ -115,7 +115,7 @@ impl Trainer {
         self.opt = self
             .cfg
             .optim()
-            .preset(self.cfg.train().max_iters)?
+            .preset(self.cfg.train())?
             .build_groups(groups)?;
         if steps != 0 && !self.state.sharded_optimizer {
             return Err(TrainError::Checkpoint {

@@ -13,6 +13,10 @@
 //! - `Nccl` (cargo feature `nccl`, which needs CUDA): the ranks of an MPI job, one GPU each
 //!   (`local_rank`), reducing with NCCL; the unique id travels over MPI.
 //!
+//! A [`Strategy`] puts them to work for a trainer: it reduces the gradients, places the
+//! optimizer state (all on every rank, or sharded: ZeRO stage 1) and keeps the parameters equal,
+//! so that the trainer calls it and knows nothing of ranks.
+//!
 //! [`from_environment`] picks one: NCCL when built with it (a world of 1 without a GPU falls back to
 //! MPI's trivial collective), MPI when
 //! built with it, else a single process — and refuses to run as one of several ranks of an MPI
@@ -26,8 +30,10 @@
 //! assert_eq!((c.rank(), c.world_size(), g), (0, 1, [1.0, 2.0]));
 //! ```
 
+mod strategy;
 mod threads;
 
+pub use strategy::{Parallelism, Strategy};
 pub use threads::ThreadRank;
 
 #[cfg(feature = "mpi")]
@@ -62,6 +68,9 @@ pub enum DistError {
     /// collective that returned an error.
     #[error("NCCL {0}")]
     Nccl(String),
+    /// A tensor could not be read or made (device, dtype, shape).
+    #[error("tensor: {0}")]
+    Tensor(#[from] candle_core::Error),
     /// Buffers of different lengths on different ranks, or a root outside the world.
     #[error("collective {op}: {problem}")]
     Misuse {
@@ -71,6 +80,8 @@ pub enum DistError {
         problem: String,
     },
 }
+
+use candle_core::{DType, Tensor};
 
 /// Result of a collective.
 pub type Result<T> = std::result::Result<T, DistError>;
@@ -90,6 +101,26 @@ pub trait Collective: Send + Sync {
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
+    /// `Σ_ranks t` on every rank, as a tensor of `t`'s shape, dtype and device. This default
+    /// stages through the host in f32 (one read of `t`); a backend that reduces device buffers
+    /// (NCCL) overrides it.
+    fn all_reduce_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        if self.world_size() == 1 {
+            return Ok(t.clone());
+        }
+        let mut host = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        self.all_reduce_sum(&mut host)?;
+        Ok(Tensor::from_vec(host, t.shape(), t.device())?.to_dtype(t.dtype())?)
+    }
+    /// Rank `root`'s `t` on every rank (same shape, dtype and device); host-staged by default.
+    fn broadcast_tensor(&self, t: &Tensor, root: usize) -> Result<Tensor> {
+        if self.world_size() == 1 {
+            return Ok(t.clone());
+        }
+        let mut host = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        self.broadcast(&mut host, root)?;
+        Ok(Tensor::from_vec(host, t.shape(), t.device())?.to_dtype(t.dtype())?)
+    }
     /// Ranks of this job on this machine (for dividing its cores between them).
     fn local_size(&self) -> usize {
         1

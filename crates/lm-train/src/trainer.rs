@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
-use lm_dist::{Collective, SingleProcess};
+use lm_dist::{Collective, SingleProcess, Strategy};
 use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
 use lm_kernels::threads::on_compute_threads;
 use lm_models::layers::with_dropout_key;
@@ -141,12 +141,11 @@ pub struct Trainer {
     stop_at: Option<u64>,
     /// Set (e.g. by a SIGINT handler) to stop after the current step with a checkpoint.
     stop_flag: Option<Arc<AtomicBool>>,
-    /// The data-parallel ranks (a single process by default); rank 0 alone writes the run.
-    comm: Arc<dyn Collective>,
+    /// How the data-parallel ranks share a step (a single process by default): gradient
+    /// reduction, optimizer-state placement, parameters kept equal; rank 0 alone writes the run.
+    strategy: Strategy,
     /// The optimizer's parameter groups (to rebuild it over a rank's shard).
     groups: Vec<ParamGroup>,
-    /// With a sharded optimizer state: the rank that owns each of `vars`.
-    owners: Option<Vec<usize>>,
     /// Show a progress bar and print evaluation lines.
     pub verbose: bool,
 }
@@ -362,9 +361,8 @@ impl Trainer {
             lock: None,
             stop_at: None,
             stop_flag: None,
-            comm: Arc::new(SingleProcess),
+            strategy: Strategy::single(),
             groups,
-            owners: None,
             verbose: false,
             cfg,
         })
@@ -505,9 +503,9 @@ impl Trainer {
             corpus: "batch".into(),
             problem: "a step needs at least one micro-batch".into(),
         })?;
-        if self.comm.world_size() > 1 {
-            self.all_reduce_gradients(&mut total)?;
-            loss_sum = self.sum_over_ranks(loss_sum as f64)? as f32;
+        if self.strategy.world_size() > 1 {
+            self.strategy.reduce_gradients(&self.vars, &mut total)?;
+            loss_sum = self.strategy.sum(loss_sum as f64)? as f32;
         }
         Ok((loss_sum, total))
     }
@@ -578,7 +576,7 @@ impl Trainer {
             None => 1.0,
         };
         self.opt.step_scaled(&mut grads, lr, scale * unscale)?;
-        self.gather_owned_parameters()?;
+        self.strategy.after_step(&self.vars)?;
         self.state.step += 1;
         Ok(Some((loss, norm, lr)))
     }
@@ -586,10 +584,10 @@ impl Trainer {
     /// Global batches: `train.batch_size` per rank × ranks, `grad_accum` of them per step.
     fn step_shape(&self) -> StepShape {
         StepShape {
-            batch: self.cfg.train().batch_size * self.comm.world_size(),
+            batch: self.cfg.train().batch_size * self.strategy.world_size(),
             accum: self.cfg.train().grad_accum,
             ramp: self.ramp.clone(),
-            ranks: self.comm.world_size(),
+            ranks: self.strategy.world_size(),
         }
     }
 
@@ -703,7 +701,7 @@ impl Trainer {
             return Ok(None);
         };
         // Rank 0 may still be writing the last checkpoint: the others look after this.
-        self.comm.barrier()?;
+        self.strategy.barrier()?;
         let best_dir = checkpoint::list_checkpoints(&self.run_dir)?
             .into_iter()
             .find(|(s, _)| *s == best_step)
@@ -721,7 +719,7 @@ impl Trainer {
             &self.run_dir,
             self.state.step,
         );
-        let comm = self.comm.as_ref();
+        let comm = self.strategy.comm();
         model.set_training(false);
         let results = on_compute_threads(|| {
             with_matmul_precision(p, || {

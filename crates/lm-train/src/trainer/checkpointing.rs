@@ -51,7 +51,7 @@ impl Trainer {
     /// The optimizer state's file in a checkpoint: one per rank when sharded.
     pub(super) fn optimizer_file(&self) -> String {
         if self.state.sharded_optimizer {
-            format!("optimizer-rank{}.safetensors", self.comm.rank())
+            format!("optimizer-rank{}.safetensors", self.strategy.rank())
         } else {
             "optimizer.safetensors".into()
         }
@@ -67,8 +67,8 @@ impl Trainer {
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let dest =
             checkpoint::checkpoints_dir(&self.run_dir).join(format!("step-{:08}", self.state.step));
-        let sharded = self.owners.is_some();
-        if !sharded && !self.is_writer() {
+        let sharded = self.strategy.sharded();
+        if !sharded && !self.strategy.is_writer() {
             return Ok(dest); // rank 0 writes it
         }
         if !self.weights_finite()? {
@@ -79,7 +79,7 @@ impl Trainer {
                 last,
             });
         }
-        let w = if self.is_writer() {
+        let w = if self.strategy.is_writer() {
             Some(CheckpointWriter::begin(&self.run_dir, self.state.step)?)
         } else {
             None
@@ -102,7 +102,7 @@ impl Trainer {
             if gen.exists() {
                 std::fs::copy(&gen, w.path("generation_config.json")).map_err(io_err(&gen))?;
             }
-            let shards = (0..self.comm.world_size())
+            let shards = (0..self.strategy.world_size())
                 .map(|r| format!("optimizer-rank{r}.safetensors"))
                 .filter(|_| sharded);
             self.state.checksums = checkpoint::CHECKSUMMED
@@ -139,12 +139,14 @@ impl Trainer {
     /// begun, then waits for the others.
     pub(super) fn write_optimizer_shard(&self, w: Option<&CheckpointWriter>) -> Result<()> {
         // Rank 0's temporary directory, named by its process id.
-        let pid = self.sum_over_ranks(w.map_or(0.0, |_| std::process::id() as f64))? as u32;
+        let pid = self
+            .strategy
+            .sum(w.map_or(0.0, |_| std::process::id() as f64))? as u32;
         let tmp = checkpoint::checkpoints_dir(&self.run_dir)
             .join(format!("step-{:08}.tmp-{pid}", self.state.step));
         let file = tmp.join(self.optimizer_file());
         lm_optim::save_state(self.opt.as_ref(), &file)?;
-        Ok(self.comm.barrier()?)
+        Ok(self.strategy.barrier()?)
     }
 
     pub(super) fn eval_and_checkpoint(

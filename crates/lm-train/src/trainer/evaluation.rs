@@ -12,7 +12,7 @@ impl Trainer {
     pub(super) fn evaluate_split_inner(&mut self, split: Split) -> Result<f32> {
         self.model.set_training(false);
         let t = self.cfg.train();
-        let batch = t.batch_size * self.comm.world_size();
+        let batch = t.batch_size * self.strategy.world_size();
         let mut sum = 0f32;
         for i in 0..t.eval_iters {
             let global = self
@@ -22,8 +22,8 @@ impl Trainer {
             let b = part.as_ref().unwrap_or(&global);
             sum += self.model.weighted_loss(b, w)?.to_scalar::<f32>()?;
         }
-        if self.comm.world_size() > 1 {
-            sum = self.sum_over_ranks(sum as f64)? as f32;
+        if self.strategy.world_size() > 1 {
+            sum = self.strategy.sum(sum as f64)? as f32;
         }
         self.model.set_training(true);
         Ok(sum / t.eval_iters as f32)
@@ -45,7 +45,7 @@ impl Trainer {
             Work::Finetune(task) => {
                 let p = self.matmul_precision();
                 let (model, device) = (self.model.as_ref(), &self.device);
-                let comm = self.comm.as_ref();
+                let comm = self.strategy.comm();
                 model.set_training(false);
                 let m = on_compute_threads(|| {
                     with_matmul_precision(p, || task.validate(model, device, comm))

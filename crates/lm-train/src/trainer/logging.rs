@@ -5,7 +5,7 @@ use super::*;
 impl Trainer {
     /// Appends a metrics line (rank 0 only).
     pub(super) fn append_metrics(&self, rec: &MetricRecord) -> Result<()> {
-        if self.is_writer() {
+        if self.strategy.is_writer() {
             self.metrics.append(rec)?;
         }
         Ok(())

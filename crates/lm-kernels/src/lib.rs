@@ -13,6 +13,7 @@
 //!   backward).
 //! - [`precision`]: the per-thread matmul precision (f32 or bf16 products with f32 accumulation).
 //! - [`cpu_kernels`]: which product kernels this CPU runs, and the precision that trains fastest.
+//! - [`host`]: reading tensors back to the host, counted (each is a synchronisation on a GPU).
 //! - [`isa`]: the instruction sets the kernels may use (`LM_KERNELS_MAX_ISA` caps them, to run a
 //!   smaller CPU's paths on a bigger one).
 //! - [`threads`]: running a step on rayon's workers.
@@ -39,6 +40,7 @@ pub mod fastmath;
 mod fused;
 mod gemm;
 pub mod gpu;
+pub mod host;
 pub mod isa;
 pub mod memory;
 pub mod ops;

@@ -130,7 +130,9 @@ pub fn bert_pretraining_loss(
 fn fused_cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> Result<Tensor> {
     let targets = targets.contiguous()?;
     let vocab = logits.dim(1)? as i64;
-    let ids = targets.to_vec1::<i64>()?;
+    // The targets are read back to check them and count the scored ones (the mean's divisor):
+    // on a GPU a synchronisation, counted by lm-kernels (one per loss).
+    let ids = lm_kernels::host::read_vec::<i64>(&targets)?;
     if let Some(&bad) = ids
         .iter()
         .find(|&&t| t != cfg.ignore_index && !(0..vocab).contains(&t))

@@ -8,6 +8,29 @@ use candle_core::{backprop::GradStore, Tensor, Var};
 
 use crate::error::{check, Result};
 
+/// `Σ g²` over the gradients of `vars`, without reading anything back from a device: the
+/// f32 CPU gradients' part summed on the host (as [`grad_norm`] does), the others' as a scalar
+/// f32 tensor on their device (`None` when there are none), for the caller to read together with
+/// whatever else it reads. `‖g‖ = √(host + device)`.
+pub fn sum_squares(grads: &GradStore, vars: &[Var]) -> Result<(f64, Option<Tensor>)> {
+    let (mut host, mut device): (f64, Option<Tensor>) = (0.0, None);
+    for var in vars {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            match sum_squares_cpu(g) {
+                Some(s) => host += s,
+                None => {
+                    let s = g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?;
+                    device = Some(match device {
+                        None => s,
+                        Some(d) => (d + s)?,
+                    });
+                }
+            }
+        }
+    }
+    Ok((host, device))
+}
+
 /// The global L2 norm of the gradients of `vars` (missing gradients count as zero).
 pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
     let mut sum_sq = 0f64;

@@ -23,7 +23,7 @@ use crate::config::{Family, ObjectiveKind};
 use crate::data::{Split, TokenizedCorpus};
 use crate::error::{Result, TrainError};
 use crate::family::{Architecture, DecoderStart, MaskedLmInput};
-use crate::model::Batch;
+use crate::model::{labels_tensor, Batch};
 use crate::tokenizer::{TextTokenizer, TokenizerKind};
 
 pub use crate::family::Specials;
@@ -301,11 +301,13 @@ impl BatchSource {
                 .extend_into(start..start + self.block + 1, &mut w);
             window_at(&w, 0, self.block, &mut x, &mut y)?;
         }
+        let (labels, host_labels) = labels_tensor(y, (batch, self.block), device)?;
         Ok(Batch {
             input_ids: Tensor::from_vec(x, (batch, self.block), device)?,
             attention_mask: None,
             token_type_ids: None,
-            labels: Tensor::from_vec(y, (batch, self.block), device)?,
+            labels,
+            host_labels,
             nsp_labels: None,
             decoder_input_ids: None,
             prefix_len: None,
@@ -340,11 +342,13 @@ impl BatchSource {
             y.extend_from_slice(&ex.targets);
             prefix_len.push(prefix as u32);
         }
+        let (labels, host_labels) = labels_tensor(y, (batch, self.block), device)?;
         Ok(Batch {
             input_ids: Tensor::from_vec(x, (batch, self.block), device)?,
             attention_mask: None,
             token_type_ids: None,
-            labels: Tensor::from_vec(y, (batch, self.block), device)?,
+            labels,
+            host_labels,
             nsp_labels: None,
             decoder_input_ids: None,
             prefix_len: Some(Tensor::from_vec(prefix_len, batch, device)?),
@@ -433,11 +437,13 @@ impl BatchSource {
             ids.len,
         )?;
         let (b, t) = (ids.batch, ids.len);
+        let (labels, host_labels) = labels_tensor(labels, (b, t), device)?;
         Ok(Batch {
             input_ids: Tensor::from_vec(ids.input_ids, (b, t), device)?,
             attention_mask: Some(Tensor::from_vec(ids.attention_mask, (b, t), device)?),
             token_type_ids: None,
-            labels: Tensor::from_vec(labels, (b, t), device)?,
+            labels,
+            host_labels,
             nsp_labels: None,
             decoder_input_ids: None,
             prefix_len: None,
@@ -503,11 +509,13 @@ impl BatchSource {
         let labels = pad_labels(&targets, tlen)?;
         let dec = shift_right(&labels, tlen, decoder_start, self.specials.pad)?;
         let b = ids.batch;
+        let (labels_t, host_labels) = labels_tensor(labels, (b, tlen), device)?;
         Ok(Batch {
             input_ids: Tensor::from_vec(ids.input_ids, (b, ids.len), device)?,
             attention_mask: Some(Tensor::from_vec(ids.attention_mask, (b, ids.len), device)?),
             token_type_ids: None,
-            labels: Tensor::from_vec(labels, (b, tlen), device)?,
+            labels: labels_t,
+            host_labels,
             nsp_labels: None,
             decoder_input_ids: Some(Tensor::from_vec(dec, (b, tlen), device)?),
             prefix_len: None,

@@ -31,7 +31,7 @@ use crate::config::{Freeze, TaskKind};
 use crate::data::Split;
 use crate::error::{io_err, Result, TrainError};
 use crate::family::Loaded;
-use crate::model::{Batch, Head as ModelHead, LanguageModel};
+use crate::model::{labels_tensor, Batch, Head as ModelHead, LanguageModel};
 use crate::tasks::{self, Example, TaskData};
 use crate::tokenizer::TextTokenizer;
 
@@ -590,7 +590,7 @@ impl FinetuneTask {
     fn classify_batch(&self, items: &[&Encoded], device: &Device) -> Result<Batch> {
         let mut b = self.encoder_inputs(items, device)?;
         let labels: Vec<i64> = items.iter().map(|e| e.label as i64).collect();
-        b.labels = Tensor::from_vec(labels, items.len(), device)?;
+        (b.labels, b.host_labels) = labels_tensor(labels, items.len(), device)?;
         Ok(b)
     }
 
@@ -620,6 +620,7 @@ impl FinetuneTask {
             attention_mask: Some(Tensor::from_vec(ids.attention_mask, (b, t), device)?),
             token_type_ids,
             labels: Tensor::zeros(b, candle_core::DType::I64, device)?,
+            host_labels: Some(vec![0; b].into()),
             nsp_labels: None,
             decoder_input_ids: None,
             prefix_len: None,
@@ -648,11 +649,13 @@ impl FinetuneTask {
             .collect();
         let ids = pad_batch(&inputs, self.ids.pad, None)?;
         let (b, t) = (ids.batch, ids.len);
+        let (labels_t, host_labels) = labels_tensor(pad_labels(&labels, t)?, (b, t), device)?;
         Ok(Batch {
             input_ids: Tensor::from_vec(ids.input_ids, (b, t), device)?,
             attention_mask: None,
             token_type_ids: None,
-            labels: Tensor::from_vec(pad_labels(&labels, t)?, (b, t), device)?,
+            labels: labels_t,
+            host_labels,
             nsp_labels: None,
             decoder_input_ids: None,
             prefix_len: None,
@@ -672,7 +675,7 @@ impl FinetuneTask {
         let labels = pad_labels(&targets, tlen)?;
         let dec = shift_right(&labels, tlen, self.ids.decoder_start, self.ids.pad)?;
         let b = items.len();
-        batch.labels = Tensor::from_vec(labels, (b, tlen), device)?;
+        (batch.labels, batch.host_labels) = labels_tensor(labels, (b, tlen), device)?;
         batch.decoder_input_ids = Some(Tensor::from_vec(dec, (b, tlen), device)?);
         batch.tokens += b * tlen;
         Ok(batch)

@@ -1,5 +1,7 @@
 //! The model of a run, whatever its family ([`LanguageModel`]), and the batch it trains on.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 use lm_models::{EncoderDecoder, ParamStore, Sampling};
 use lm_objectives::loss::{cross_entropy, CrossEntropy};
@@ -26,6 +28,10 @@ pub struct Batch {
     /// A decoder-only prefix LM's prefix length per row `[b]` (u32): those tokens attend to
     /// each other in both directions.
     pub prefix_len: Option<Tensor>,
+    /// `labels` as the host built them (row-major), so that counting and gathering the scored
+    /// positions reads nothing back from the device; `None` where the batch was made on the
+    /// device.
+    pub host_labels: Option<Arc<[i64]>>,
     /// Tokens the batch carries (inputs plus decoder inputs), for throughput.
     pub tokens: usize,
 }
@@ -47,6 +53,16 @@ impl LossWeights {
     };
 }
 
+/// Labels of `shape` on `device` and the host copy a [`Batch`] keeps of them.
+pub fn labels_tensor(
+    labels: Vec<i64>,
+    shape: impl Into<candle_core::Shape>,
+    device: &candle_core::Device,
+) -> Result<(Tensor, Option<Arc<[i64]>>)> {
+    let t = Tensor::from_slice(&labels, shape, device)?;
+    Ok((t, Some(labels.into())))
+}
+
 impl Batch {
     /// Rows `rows` of the batch (every tensor narrowed on its first axis); `tokens` scaled to
     /// the share.
@@ -63,14 +79,30 @@ impl Batch {
             nsp_labels: cut_opt(&self.nsp_labels)?,
             decoder_input_ids: cut_opt(&self.decoder_input_ids)?,
             prefix_len: cut_opt(&self.prefix_len)?,
+            host_labels: match &self.host_labels {
+                Some(h) => {
+                    let per_row = h.len() / total.max(1);
+                    Some(h[start * per_row..(start + len) * per_row].into())
+                }
+                None => None,
+            },
             tokens: self.tokens * len / total.max(1),
+        })
+    }
+
+    /// The labels on the host, row-major: the copy the batch was built from, else one counted
+    /// read from the device.
+    pub fn labels_on_host(&self) -> Result<std::borrow::Cow<'_, [i64]>> {
+        Ok(match &self.host_labels {
+            Some(h) => std::borrow::Cow::Borrowed(h),
+            None => std::borrow::Cow::Owned(lm_kernels::host::read_vec(&self.labels)?),
         })
     }
 
     /// Labels that are scored (not the ignore index).
     pub fn scored_labels(&self) -> Result<usize> {
-        let ids = self.labels.flatten_all()?.to_vec1::<i64>()?;
-        Ok(ids
+        Ok(self
+            .labels_on_host()?
             .iter()
             .filter(|&&l| l != lm_objectives::IGNORE_INDEX)
             .count())

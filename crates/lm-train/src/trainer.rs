@@ -464,11 +464,12 @@ impl Trainer {
         &mut self,
         batches: &[Batch],
         loss_scale: Option<f64>,
-    ) -> Result<(f32, GradStore)> {
+    ) -> Result<(Tensor, GradStore)> {
         let accum = batches.len();
         let first_key = self.state.step * accum as u64;
         let mut total: Option<GradStore> = None;
-        let mut loss_sum = 0f32;
+        // This rank's loss, summed on its device (read once per step, with the gradient norm).
+        let mut loss_sum: Option<Tensor> = None;
         for (m, global) in batches.iter().enumerate() {
             let key = self.dropout_key(first_key + m as u64);
             let (part, w, first_row) = self.my_rows(global)?;
@@ -479,7 +480,10 @@ impl Trainer {
             } else {
                 loss
             };
-            loss_sum += loss.to_scalar::<f32>()?;
+            loss_sum = Some(match loss_sum {
+                None => loss.detach(),
+                Some(s) => (s + loss.detach())?,
+            });
             // Scaled up so that small gradients survive f16's range.
             let grads = match loss_scale {
                 Some(scale) => (loss * scale)?.backward()?,
@@ -503,11 +507,33 @@ impl Trainer {
             corpus: "batch".into(),
             problem: "a step needs at least one micro-batch".into(),
         })?;
-        if self.strategy.world_size() > 1 {
-            self.strategy.reduce_gradients(&self.vars, &mut total)?;
-            loss_sum = self.strategy.sum(loss_sum as f64)? as f32;
-        }
+        self.strategy.reduce_gradients(&self.vars, &mut total)?;
+        let loss_sum = loss_sum.ok_or_else(|| TrainError::Corpus {
+            corpus: "batch".into(),
+            problem: "a step needs at least one micro-batch".into(),
+        })?;
         Ok((loss_sum, total))
+    }
+
+    /// The step's loss (summed over the ranks) and the gradients' global norm, with one read
+    /// from the device: the loss and the device part of `Σ g²` stacked into one tensor
+    /// ([`lm_kernels::host`] counts it); f32 CPU gradients' squares are summed on the host.
+    fn loss_and_norm(&self, loss: &Tensor, grads: &GradStore) -> Result<(f32, f64)> {
+        let (host_sq, device_sq) = lm_optim::clip::sum_squares(grads, &self.vars)?;
+        let (loss, sum_sq) = match device_sq {
+            None => (lm_kernels::host::read_scalar::<f32>(loss)?, host_sq),
+            Some(d) => {
+                let both = Tensor::stack(&[loss.to_dtype(candle_core::DType::F32)?, d], 0)?;
+                let v = lm_kernels::host::read_vec::<f32>(&both)?;
+                (v[0], host_sq + v[1] as f64)
+            }
+        };
+        let loss = if self.strategy.world_size() > 1 {
+            self.strategy.sum(loss as f64)? as f32
+        } else {
+            loss
+        };
+        Ok((loss, sum_sq.sqrt()))
     }
 
     /// One optimizer step on prepared batches. Returns the loss, pre-clip norm and lr, or `None`
@@ -523,6 +549,7 @@ impl Trainer {
         let scaler = self.loss_scaler()?;
         let (loss, mut grads) =
             self.forward_backward(batches, scaler.as_ref().map(|s| s.scale()))?;
+        let (loss, mut norm) = self.loss_and_norm(&loss, &grads)?;
         self.state.tokens_seen += batches.iter().map(|b| b.tokens as u64).sum::<u64>();
         if !loss.is_finite() {
             self.state.step += 1;
@@ -541,7 +568,6 @@ impl Trainer {
                 loss,
             });
         }
-        let mut norm = lm_optim::clip::grad_norm(&grads, &self.vars)?;
         // Dynamic loss scaling (f16 products): the gradients are S times the true ones. A
         // non-finite norm means one overflowed: skip the step and halve S. Else the 1/S goes
         // into the factor the optimizer applies, with the clipping.

@@ -135,10 +135,10 @@ pub struct BertModel(pub Bert);
 
 /// The MLM loss over the scored positions only: their hidden states are gathered first, so the
 /// vocabulary-sized head runs on the ~15% of tokens that are scored instead of all of them (the
-/// same mean cross-entropy; the others' logits would only be ignored).
-fn masked_lm_loss(m: &Bert, sequence: &Tensor, labels: &Tensor) -> Result<Tensor> {
+/// same mean cross-entropy; the others' logits would only be ignored). `flat` is `labels` on the
+/// host (the batch's copy: the positions are found without reading the device).
+fn masked_lm_loss(m: &Bert, sequence: &Tensor, labels: &Tensor, flat: &[i64]) -> Result<Tensor> {
     let (b, t, d) = sequence.dims3()?;
-    let flat: Vec<i64> = labels.flatten_all()?.to_vec1()?;
     let rows: Vec<u32> = (0..flat.len() as u32)
         .filter(|&i| flat[i as usize] != lm_objectives::IGNORE_INDEX)
         .collect();
@@ -166,7 +166,7 @@ impl LanguageModel for BertModel {
             b.token_type_ids.as_ref(),
             b.attention_mask.as_ref(),
         )?;
-        let mlm = masked_lm_loss(m, &out.sequence, &b.labels)?;
+        let mlm = masked_lm_loss(m, &out.sequence, &b.labels, &b.labels_on_host()?)?;
         let nsp = match &b.nsp_labels {
             Some(labels) => Some(nsp_loss(&m.nsp_logits(&out.pooled)?, labels)?),
             None => None,
@@ -273,7 +273,8 @@ mod tests {
             &CrossEntropy::default(),
         )
         .unwrap();
-        let gathered = masked_lm_loss(&m, &seq, &labels).unwrap();
+        let flat: Vec<i64> = labels.flatten_all().unwrap().to_vec1().unwrap();
+        let gathered = masked_lm_loss(&m, &seq, &labels, &flat).unwrap();
         let (a, b) = (
             full.to_scalar::<f32>().unwrap(),
             gathered.to_scalar::<f32>().unwrap(),

@@ -86,11 +86,6 @@ impl Strategy {
         self.comm.as_ref()
     }
 
-    /// The collective, shared.
-    pub fn comm_arc(&self) -> Arc<dyn Collective> {
-        self.comm.clone()
-    }
-
     /// This rank.
     pub fn rank(&self) -> usize {
         self.comm.rank()
@@ -160,7 +155,10 @@ impl Strategy {
             let bucket = flat.narrow(0, start, BUCKET.min(n - start))?;
             reduced.push(self.comm.all_reduce_tensor(&bucket)?);
         }
-        let flat = Tensor::cat(&reduced, 0)?;
+        let flat = match reduced.len() {
+            1 => reduced.swap_remove(0),
+            _ => Tensor::cat(&reduced, 0)?,
+        };
         let mut at = 0;
         for v in vars {
             let k = v.elem_count();
@@ -266,17 +264,6 @@ mod tests {
     use crate::ThreadRank;
     use candle_core::Device;
 
-    /// Runs `f` on every rank of a group of `world` threads; the results in rank order.
-    fn on_ranks<T: Send>(world: usize, f: impl Fn(ThreadRank) -> T + Sync) -> Vec<T> {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = ThreadRank::group(world)
-                .into_iter()
-                .map(|r| s.spawn(|| f(r)))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-    }
-
     #[test]
     fn owners_balance_the_values() {
         assert_eq!(shard_owners(&[10, 3, 3, 3, 1], 2), vec![0, 1, 1, 1, 1]);
@@ -287,7 +274,7 @@ mod tests {
     /// after-step broadcast brings each owner's update to the other rank.
     #[test]
     fn two_ranks_sum_gradients_and_share_updates() {
-        let results = on_ranks(2, |comm| {
+        let results = ThreadRank::run(2, |comm| {
             let comm: Arc<dyn Collective> = Arc::new(comm);
             let r = comm.rank() as f32;
             let dev = Device::Cpu;

@@ -38,6 +38,21 @@ impl ThreadRank {
             .collect()
     }
 
+    /// Runs `f` on each rank of a new group of `world`, each on its own thread; the results in
+    /// rank order. A rank's panic is raised again here.
+    pub fn run<T: Send>(world: usize, f: impl Fn(ThreadRank) -> T + Sync) -> Vec<T> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = Self::group(world)
+                .into_iter()
+                .map(|r| s.spawn(|| f(r)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    }
+
     fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Vec<f64>>> {
         // A rank that panicked while holding the lock leaves plain numbers behind.
         self.shared.slots.lock().unwrap_or_else(|e| e.into_inner())
@@ -129,20 +144,9 @@ impl Collective for ThreadRank {
 mod tests {
     use super::*;
 
-    /// Runs `f` on every rank of a group of `world` threads; the results in rank order.
-    fn on_ranks<T: Send>(world: usize, f: impl Fn(ThreadRank) -> T + Sync) -> Vec<T> {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = ThreadRank::group(world)
-                .into_iter()
-                .map(|r| s.spawn(|| f(r)))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-    }
-
     #[test]
     fn every_rank_gets_the_sum_and_the_roots_buffer() {
-        let out = on_ranks(3, |c| {
+        let out = ThreadRank::run(3, |c| {
             let r = c.rank() as f32;
             // Σ_r (r + 1) = 6 and Σ_r 10r = 30, twice in a row (the slots are reused).
             let mut a = [r + 1.0, 10.0 * r];
@@ -163,7 +167,7 @@ mod tests {
 
     #[test]
     fn buffers_of_different_lengths_are_refused() {
-        let out = on_ranks(2, |c| {
+        let out = ThreadRank::run(2, |c| {
             let mut a = vec![1.0; 2 + c.rank()];
             c.all_reduce_sum(&mut a).is_err()
         });

@@ -227,13 +227,13 @@ impl BatchSource {
         let pool = &self.pools[split_index(split)];
         match (self.objective, self.family.architecture, pool) {
             (ObjectiveKind::CausalLm, _, Pool::Stream(range)) => {
-                self.causal_batch(range, batch, &mut rng, device)
+                self.decoder_batch(range, batch, false, &mut rng, device)
             }
             (ObjectiveKind::SpanCorruption, _, Pool::Stream(range)) => {
                 self.span_batch(range, batch, &mut rng, device)
             }
             (ObjectiveKind::PrefixLm, Architecture::DecoderOnly, Pool::Stream(range)) => {
-                self.decoder_prefix_batch(range, batch, &mut rng, device)
+                self.decoder_batch(range, batch, true, &mut rng, device)
             }
             (ObjectiveKind::PrefixLm, _, Pool::Stream(range)) => {
                 self.seq2seq_prefix_batch(range, batch, &mut rng, device)
@@ -282,10 +282,13 @@ impl BatchSource {
     }
 
     /// GPT: windows of `block + 1` tokens at random offsets; inputs and next-token targets.
-    fn causal_batch(
+    /// With `prefix_lm`, each window also draws a prefix of uniformly 1 to `block` tokens that
+    /// the model reads both ways, and only the continuation is scored.
+    fn decoder_batch(
         &self,
         range: &std::ops::Range<usize>,
         batch: usize,
+        prefix_lm: bool,
         rng: &mut Rng,
         device: &Device,
     ) -> Result<Batch> {
@@ -293,15 +296,28 @@ impl BatchSource {
             Vec::with_capacity(batch * self.block),
             Vec::with_capacity(batch * self.block),
         );
+        let mut prefix_len = Vec::with_capacity(if prefix_lm { batch } else { 0 });
         let mut w = Vec::with_capacity(self.block + 1);
         for _ in 0..batch {
             let start = range.start + rng.below((range.len() - self.block) as u64) as usize;
             w.clear();
             self.corpus
                 .extend_into(start..start + self.block + 1, &mut w);
-            window_at(&w, 0, self.block, &mut x, &mut y)?;
+            if prefix_lm {
+                let prefix = 1 + rng.below(self.block as u64) as usize;
+                let ex = prefix_lm_window(&w, prefix)?;
+                x.extend_from_slice(&ex.input_ids);
+                y.extend_from_slice(&ex.targets);
+                prefix_len.push(prefix as u32);
+            } else {
+                window_at(&w, 0, self.block, &mut x, &mut y)?;
+            }
         }
         let (labels, host_labels) = labels_tensor(y, (batch, self.block), device)?;
+        let prefix_len = match prefix_lm {
+            true => Some(Tensor::from_vec(prefix_len, batch, device)?),
+            false => None,
+        };
         Ok(Batch {
             input_ids: Tensor::from_vec(x, (batch, self.block), device)?,
             attention_mask: None,
@@ -310,48 +326,7 @@ impl BatchSource {
             host_labels,
             nsp_labels: None,
             decoder_input_ids: None,
-            prefix_len: None,
-            tokens: batch * self.block,
-        })
-    }
-
-    /// GPT as a prefix LM: windows of `block + 1` tokens as in [`Self::causal_batch`], each
-    /// with a prefix of uniformly 1 to `block` tokens that the model reads both ways; only the
-    /// continuation is scored.
-    fn decoder_prefix_batch(
-        &self,
-        range: &std::ops::Range<usize>,
-        batch: usize,
-        rng: &mut Rng,
-        device: &Device,
-    ) -> Result<Batch> {
-        let (mut x, mut y) = (
-            Vec::with_capacity(batch * self.block),
-            Vec::with_capacity(batch * self.block),
-        );
-        let mut prefix_len = Vec::with_capacity(batch);
-        let mut w = Vec::with_capacity(self.block + 1);
-        for _ in 0..batch {
-            let start = range.start + rng.below((range.len() - self.block) as u64) as usize;
-            let prefix = 1 + rng.below(self.block as u64) as usize;
-            w.clear();
-            self.corpus
-                .extend_into(start..start + self.block + 1, &mut w);
-            let ex = prefix_lm_window(&w, prefix)?;
-            x.extend_from_slice(&ex.input_ids);
-            y.extend_from_slice(&ex.targets);
-            prefix_len.push(prefix as u32);
-        }
-        let (labels, host_labels) = labels_tensor(y, (batch, self.block), device)?;
-        Ok(Batch {
-            input_ids: Tensor::from_vec(x, (batch, self.block), device)?,
-            attention_mask: None,
-            token_type_ids: None,
-            labels,
-            host_labels,
-            nsp_labels: None,
-            decoder_input_ids: None,
-            prefix_len: Some(Tensor::from_vec(prefix_len, batch, device)?),
+            prefix_len,
             tokens: batch * self.block,
         })
     }

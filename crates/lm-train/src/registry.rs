@@ -58,11 +58,6 @@ impl Family {
             .find(|f| f.hf_model_type == Some(model_type))
     }
 
-    /// Its spec.
-    pub fn spec(self) -> &'static FamilySpec {
-        self.0
-    }
-
     /// Its special ids in `tok_id`'s vocabulary of `kind` (none for a character vocabulary).
     pub fn specials(
         self,

@@ -62,16 +62,13 @@ fn load_for_finetune(
     device: &Device,
 ) -> Result<Loaded> {
     super::refuse_labels(dir, "bart", labels)?;
-    let (m, s) = if scratch {
-        Bart::init(&lm_models::hf::read_config(dir, &["bart"])?, seed, device)?
-    } else {
-        Bart::from_hf_dir(dir, device)?
-    };
-    let fresh = if scratch {
-        super::all_names(&s)
-    } else {
-        vec![]
-    };
+    let (m, s, fresh) = super::load_pretrained(
+        dir,
+        "bart",
+        (scratch, seed, device),
+        Bart::init,
+        Bart::from_hf_dir,
+    )?;
     Ok((Box::new(BartModel(m)), s, fresh))
 }
 

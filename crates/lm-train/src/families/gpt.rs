@@ -71,16 +71,13 @@ fn load_for_finetune(
     seed: u64,
     device: &Device,
 ) -> Result<Loaded> {
-    let (m, s) = if scratch {
-        Gpt::init(&lm_models::hf::read_config(dir, &["gpt2"])?, seed, device)?
-    } else {
-        Gpt::from_hf_dir(dir, device)?
-    };
-    let fresh = if scratch {
-        super::all_names(&s)
-    } else {
-        vec![]
-    };
+    let (m, s, fresh) = super::load_pretrained(
+        dir,
+        "gpt2",
+        (scratch, seed, device),
+        Gpt::init,
+        Gpt::from_hf_dir,
+    )?;
     Ok((Box::new(GptModel(m)), s, fresh))
 }
 

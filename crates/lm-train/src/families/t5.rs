@@ -85,16 +85,13 @@ fn load_for_finetune(
     device: &Device,
 ) -> Result<Loaded> {
     super::refuse_labels(dir, "t5", labels)?;
-    let (m, s) = if scratch {
-        T5::init(&lm_models::hf::read_config(dir, &["t5"])?, seed, device)?
-    } else {
-        T5::from_hf_dir(dir, device)?
-    };
-    let fresh = if scratch {
-        super::all_names(&s)
-    } else {
-        vec![]
-    };
+    let (m, s, fresh) = super::load_pretrained(
+        dir,
+        "t5",
+        (scratch, seed, device),
+        T5::init,
+        T5::from_hf_dir,
+    )?;
     Ok((Box::new(T5Model(m)), s, fresh))
 }
 

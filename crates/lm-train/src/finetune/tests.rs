@@ -12,36 +12,16 @@ fn gathered_rows_are_every_ranks_rows_in_order() {
         vec![1, 0, 2, 9, 4],
         vec![3],
     ];
-    let out: Vec<Vec<Vec<u32>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = lm_dist::ThreadRank::group(2)
-            .into_iter()
-            .map(|c| {
-                let rows = &rows;
-                s.spawn(move || {
-                    let mine = lm_dist::share(rows.len(), 2, c.rank());
-                    let local = rows[mine.clone()].to_vec();
-                    gather_rows(&c, rows.len(), mine, local).unwrap()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let out: Vec<Vec<Vec<u32>>> = lm_dist::ThreadRank::run(2, |c| {
+        let mine = lm_dist::share(rows.len(), 2, c.rank());
+        let local = rows[mine.clone()].to_vec();
+        gather_rows(&c, rows.len(), mine, local).unwrap()
     });
     assert_eq!(lm_dist::share(5, 2, 0), 0..3);
     assert_eq!(out, [rows.clone(), rows]);
-    let refused = std::thread::scope(|s| {
-        let handles: Vec<_> = lm_dist::ThreadRank::group(2)
-            .into_iter()
-            .map(|c| {
-                s.spawn(move || {
-                    let local = vec![vec![if c.rank() == 1 { 1 << 24 } else { 3 }]];
-                    gather_rows(&c, 2, c.rank()..c.rank() + 1, local).is_err()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .collect::<Vec<_>>()
+    let refused = lm_dist::ThreadRank::run(2, |c| {
+        let local = vec![vec![if c.rank() == 1 { 1 << 24 } else { 3 }]];
+        gather_rows(&c, 2, c.rank()..c.rank() + 1, local).is_err()
     });
     assert_eq!(refused, [true, true]);
 }

@@ -1,0 +1,52 @@
+//! Files written to a temporary name and renamed into place: a reader never sees a partial file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{io_err, Result};
+
+/// The temporary name `path` is written under: `NAME.tmp-PID` beside it.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` through a temporary file, synced and renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(&tmp)(e));
+    }
+    rename_synced(&tmp, path)
+}
+
+/// Renames `tmp` to `path` and syncs the directory, so the rename survives a crash.
+pub fn rename_synced(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::rename(tmp, path).map_err(io_err(path))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Removes the temporary files (`*.tmp-PID`) a killed writer left in `dir`.
+pub fn remove_stray_tmp(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if entry.file_name().to_string_lossy().contains(".tmp-") {
+            std::fs::remove_file(entry.path()).map_err(io_err(entry.path()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,359 @@
+//! One shard file: a 64-byte header, the token ids (u16 or u32, little-endian), then the
+//! sentence and document boundaries (u64). From numpy:
+//!
+//! ```text
+//! h = np.fromfile(f, "<u8", count=8)                    # magic, (width, version), tokens, sentences, documents, …
+//! ids = np.memmap(f, "<u2" if h[1] & 0xffffffff == 2 else "<u4", "r", 64, (h[2],))
+//! sents = np.memmap(f, "<u8", "r", (64 + h[2] * (h[1] & 0xffffffff) + 7) // 8 * 8, (h[3] + 1 + h[4] + 1,))
+//! ```
+//!
+//! `sents[:h[3]+1]` are the token offsets where sentences start (and the end); the next `h[4]+1`
+//! are the indices of each document's first sentence (and the sentence count).
+
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::atomic::{rename_synced, tmp_path};
+use crate::error::{bad, io_err, Result};
+
+/// The first 8 bytes of a shard.
+pub const MAGIC: &[u8; 8] = b"LMDATA\0\x01";
+/// Bytes before the first token.
+pub const HEADER: usize = 64;
+
+/// The counts a shard's header holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardHeader {
+    /// Bytes per token id: 2 or 4.
+    pub token_bytes: u32,
+    /// Token ids.
+    pub tokens: u64,
+    /// Sentences.
+    pub sentences: u64,
+    /// Documents.
+    pub documents: u64,
+    /// The position in the input's document sequence after this shard's pair (for resuming a
+    /// prepare); 0 for imported shards.
+    pub input_documents_end: u64,
+}
+
+impl ShardHeader {
+    fn to_bytes(self) -> [u8; HEADER] {
+        let mut h = [0u8; HEADER];
+        h[..8].copy_from_slice(MAGIC);
+        h[8..12].copy_from_slice(&self.token_bytes.to_le_bytes());
+        h[12..16].copy_from_slice(&1u32.to_le_bytes());
+        for (i, v) in [
+            self.tokens,
+            self.sentences,
+            self.documents,
+            self.input_documents_end,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            h[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        h
+    }
+
+    /// Parses a header; `path` names the file in the error.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+            return Err(bad(path, "not an lm-data shard (no LMDATA header)"));
+        }
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let h = Self {
+            token_bytes: u32_at(8),
+            tokens: u64_at(16),
+            sentences: u64_at(24),
+            documents: u64_at(32),
+            input_documents_end: u64_at(40),
+        };
+        if !matches!(h.token_bytes, 2 | 4) || u32_at(12) != 1 {
+            return Err(bad(
+                path,
+                format!(
+                    "shard header: token width {} / version {} (expected 2 or 4 / 1)",
+                    h.token_bytes,
+                    u32_at(12)
+                ),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Offset of the boundaries: after the tokens, aligned to 8.
+    pub fn bounds_offset(&self) -> u64 {
+        (HEADER as u64 + self.tokens * self.token_bytes as u64).next_multiple_of(8)
+    }
+
+    /// The file's size the header implies.
+    pub fn file_len(&self) -> u64 {
+        self.bounds_offset() + 8 * (self.sentences + 1 + self.documents + 1)
+    }
+}
+
+/// Writes one shard: tokens go to a temporary file as they come, the boundaries are appended at
+/// the end, and the file is renamed into place.
+pub struct ShardWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<std::fs::File>,
+    token_bytes: u32,
+    tokens: u64,
+    sentence_starts: Vec<u64>,
+    doc_starts: Vec<u64>,
+    crc: crc32fast::Hasher,
+}
+
+impl ShardWriter {
+    /// Starts `path` (written as `path.tmp-PID` until [`ShardWriter::finish`]).
+    pub fn create(path: &Path, token_bytes: u32) -> Result<Self> {
+        let tmp = tmp_path(path);
+        let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        // The header is rewritten with the counts at the end.
+        out.write_all(&[0u8; HEADER]).map_err(io_err(&tmp))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            out,
+            token_bytes,
+            tokens: 0,
+            sentence_starts: vec![0],
+            doc_starts: vec![0],
+            crc: crc32fast::Hasher::new(),
+        })
+    }
+
+    /// Tokens written so far.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Documents written so far.
+    pub fn documents(&self) -> u64 {
+        self.doc_starts.len() as u64 - 1
+    }
+
+    /// Appends a document given as its sentences' ids.
+    pub fn push_document(&mut self, sentences: &[Vec<u32>]) -> Result<()> {
+        let mut buf = Vec::with_capacity(64);
+        for s in sentences {
+            buf.clear();
+            if self.token_bytes == 2 {
+                s.iter()
+                    .for_each(|&t| buf.extend_from_slice(&(t as u16).to_le_bytes()));
+            } else {
+                s.iter()
+                    .for_each(|&t| buf.extend_from_slice(&t.to_le_bytes()));
+            }
+            self.out.write_all(&buf).map_err(io_err(&self.tmp))?;
+            self.crc.update(&buf);
+            self.tokens += s.len() as u64;
+            self.sentence_starts.push(self.tokens);
+        }
+        self.doc_starts.push(self.sentence_starts.len() as u64 - 1);
+        Ok(())
+    }
+
+    /// Writes the boundaries and the header, syncs and renames; returns the header and the
+    /// CRC-32 of the whole file.
+    pub fn finish(mut self, input_documents_end: u64) -> Result<(ShardHeader, u32)> {
+        let header = ShardHeader {
+            token_bytes: self.token_bytes,
+            tokens: self.tokens,
+            sentences: self.sentence_starts.len() as u64 - 1,
+            documents: self.doc_starts.len() as u64 - 1,
+            input_documents_end,
+        };
+        let pad = header.bounds_offset() - (HEADER as u64 + self.tokens * self.token_bytes as u64);
+        let mut tail = vec![0u8; pad as usize];
+        for &v in self.sentence_starts.iter().chain(&self.doc_starts) {
+            tail.extend_from_slice(&v.to_le_bytes());
+        }
+        self.out.write_all(&tail).map_err(io_err(&self.tmp))?;
+        self.crc.update(&tail);
+        self.out.flush().map_err(io_err(&self.tmp))?;
+        let file = self.out.get_mut();
+        use std::io::{Seek, SeekFrom};
+        let head = header.to_bytes();
+        file.seek(SeekFrom::Start(0)).map_err(io_err(&self.tmp))?;
+        file.write_all(&head).map_err(io_err(&self.tmp))?;
+        file.sync_all().map_err(io_err(&self.tmp))?;
+        // The CRC covers the file in order: header, tokens, boundaries.
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        crc.combine(&self.crc);
+        rename_synced(&self.tmp, &self.path)?;
+        Ok((header, crc.finalize()))
+    }
+}
+
+impl Drop for ShardWriter {
+    fn drop(&mut self) {
+        // Not finished (an error on the way): leave no temporary file behind.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// A memory-mapped shard, its header checked against the file's size.
+pub struct Shard {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    header: ShardHeader,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Shard({}, {:?})", self.path.display(), self.header)
+    }
+}
+
+impl Shard {
+    /// Maps `path` and checks its header and size (not its checksum: see [`Shard::crc32`]).
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(io_err(path))?;
+        // SAFETY: shards are written under a temporary name and renamed into place, never
+        // modified in place afterwards, so the mapped bytes do not change while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+        let header = ShardHeader::parse(&map, path)?;
+        if map.len() as u64 != header.file_len() {
+            return Err(bad(
+                path,
+                format!(
+                    "is {} bytes but its header ({} tokens, {} sentences, {} documents) says {}: truncated or damaged",
+                    map.len(),
+                    header.tokens,
+                    header.sentences,
+                    header.documents,
+                    header.file_len()
+                ),
+            ));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+            header,
+        })
+    }
+
+    /// The shard's header.
+    pub fn header(&self) -> ShardHeader {
+        self.header
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// CRC-32 of the whole file.
+    pub fn crc32(&self) -> u32 {
+        crc32fast::hash(&self.map)
+    }
+
+    /// Appends tokens `range` (shard-local) to `out`.
+    pub fn extend_into(&self, range: Range<usize>, out: &mut Vec<u32>) {
+        let n = self.header.tokens as usize;
+        let start = range.start.min(n);
+        let range = start..range.end.clamp(start, n);
+        if self.header.token_bytes == 2 {
+            let ids: &[u16] = bytemuck::cast_slice(&self.map[HEADER..HEADER + 2 * n]);
+            out.extend(ids[range].iter().map(|&t| u32::from(t)));
+        } else {
+            let ids: &[u32] = bytemuck::cast_slice(&self.map[HEADER..HEADER + 4 * n]);
+            out.extend_from_slice(&ids[range]);
+        }
+    }
+
+    fn bound(&self, i: u64) -> usize {
+        let at = (self.header.bounds_offset() + 8 * i) as usize;
+        let mut b = [0u8; 8];
+        if let Some(bytes) = self.map.get(at..at + 8) {
+            b.copy_from_slice(bytes);
+        }
+        u64::from_le_bytes(b) as usize
+    }
+
+    /// Token offset (shard-local) where sentence `s` starts; `s = sentences` gives the end.
+    /// Clamped to the tokens, so that a damaged boundary cannot index out of the shard (its
+    /// checksum, [`Shard::check_contents`] and `lm-train data verify` say it is damaged).
+    pub fn sentence_start(&self, s: usize) -> usize {
+        self.bound(s as u64).min(self.header.tokens as usize)
+    }
+
+    /// Index of document `d`'s first sentence; `d = documents` gives the sentence count.
+    /// Clamped to the sentences, as [`Shard::sentence_start`].
+    pub fn document_first_sentence(&self, d: usize) -> usize {
+        self.bound(self.header.sentences + 1 + d as u64)
+            .min(self.header.sentences as usize)
+    }
+
+    /// Checks the boundaries (monotone, within the tokens) and every id (< `vocab`): what a
+    /// damaged shard whose checksum was not checked could otherwise turn into a wrong index.
+    pub fn check_contents(&self, vocab: usize) -> Result<()> {
+        let h = self.header;
+        let mut prev = 0;
+        for s in 0..=h.sentences as usize {
+            let v = self.bound(s as u64);
+            if v < prev || v > h.tokens as usize || (s == 0 && v != 0) {
+                return Err(bad(
+                    &self.path,
+                    format!("sentence boundary {s} is {v}: damaged"),
+                ));
+            }
+            prev = v;
+        }
+        if self.sentence_start(h.sentences as usize) != h.tokens as usize {
+            return Err(bad(
+                &self.path,
+                "the last sentence does not end at the last token: damaged",
+            ));
+        }
+        let mut prev = 0;
+        for d in 0..=h.documents as usize {
+            let v = self.bound(h.sentences + 1 + d as u64);
+            if v < prev || v > h.sentences as usize || (d == 0 && v != 0) {
+                return Err(bad(
+                    &self.path,
+                    format!("document boundary {d} is {v}: damaged"),
+                ));
+            }
+            prev = v;
+        }
+        if self.document_first_sentence(h.documents as usize) != h.sentences as usize {
+            return Err(bad(
+                &self.path,
+                "the last document does not end at the last sentence: damaged",
+            ));
+        }
+        let mut ids = Vec::with_capacity(1 << 16);
+        let mut at = 0;
+        while at < h.tokens as usize {
+            let end = (at + (1 << 16)).min(h.tokens as usize);
+            ids.clear();
+            self.extend_into(at..end, &mut ids);
+            if let Some(i) = ids.iter().position(|&t| t as usize >= vocab) {
+                return Err(bad(
+                    &self.path,
+                    format!(
+                        "token {} is id {}, not below the vocabulary size {vocab}",
+                        at + i,
+                        ids[i]
+                    ),
+                ));
+            }
+            at = end;
+        }
+        Ok(())
+    }
+}

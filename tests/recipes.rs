@@ -7,7 +7,7 @@ use lm_train::batches::{BatchSource, Specials};
 use lm_train::config::{
     NonFinitePolicy, ObjectiveKind, OptimizerKind, TokenizerKind, TrainConfig, RECIPES,
 };
-use lm_train::data::{Split, TokenizedCorpus};
+use lm_train::data::{prepared_corpus, Split};
 use lm_train::metrics::MetricsLog;
 use lm_train::{TrainError, Trainer};
 
@@ -122,7 +122,10 @@ fn prefix_lm_trains_gpt_t5_and_bart_from_config() {
 fn check_prefix_batches(t: &Trainer, cfg: &TrainConfig, dir: &std::path::Path, name: &str) {
     let tok = t.tokenizer();
     let specials = Specials::of(cfg.model.family, tok, cfg.data.tokenizer).unwrap();
-    let corpus = std::sync::Arc::new(TokenizedCorpus::open(&dir.join("tokens.bin")).unwrap());
+    let _ = dir;
+    let cache = lm_train::data::cache_root().unwrap();
+    let dataset = prepared_corpus(&cfg.data.corpus, tok, cfg.data.val_fraction(), &cache).unwrap();
+    let corpus = std::sync::Arc::new(dataset);
     let vocab = tok.vocab_size();
     let src = BatchSource::new(cfg, corpus, specials.clone(), vocab).unwrap();
     let b = src.batch(Split::Train, 3, 8, &Device::Cpu).unwrap();

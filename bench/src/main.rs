@@ -6,6 +6,8 @@
 
 use std::time::Instant;
 
+mod data;
+
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use lm_objectives::mlm::{MlmConfig, MlmExample, MlmMasker};
@@ -455,6 +457,12 @@ fn main() -> Result<()> {
         let num = |i: usize, d: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
         return gpu_step(num(1, 8), num(2, 10));
     }
+    if args.first().is_some_and(|a| a == "corpus") {
+        // `lm-bench corpus MB DIR`: a generated corpus for docs/data.md's measurements.
+        let mb: u64 = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(1024);
+        let dir = args.get(2).map_or("target/bench-corpus", String::as_str);
+        return data::write_corpus(std::path::Path::new(dir), mb << 20);
+    }
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
     let mut r = Report {
         rows: vec![],
@@ -466,6 +474,9 @@ fn main() -> Result<()> {
     }
     if want("optim") {
         optim(&mut r, bw)?;
+    }
+    if want("data") {
+        data::data(&mut r)?;
     }
     if want("kernels") {
         gemm_kernels(&mut r)?;

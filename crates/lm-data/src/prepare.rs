@@ -98,6 +98,8 @@ struct Writer<'a> {
     next_pair: usize,
     train: SplitInfo,
     val: SplitInfo,
+    /// The inputs as given, for errors about all of them.
+    inputs: String,
     /// Documents read so far.
     index: u64,
     /// Documents before this index are in the pairs an interrupted prepare finished.
@@ -199,16 +201,16 @@ impl Writer<'_> {
     /// closes the last pair.
     fn finish(&mut self, split: ValSplit) -> Result<()> {
         let Some((hi, hval, hdoc)) = self.held.take() else {
-            return Err(no_documents(self.dir, self.index, self.resume_at));
+            return Err(no_documents(&self.inputs, self.index, self.resume_at));
         };
         let hval = hval || (self.val_docs == 0 && !matches!(split, ValSplit::Files));
         self.write(hi, hval, &hdoc)?;
         self.close_pair(self.index)?;
         if self.train.documents == 0 {
-            return Err(bad(
-                self.dir,
-                format!("the inputs hold {} document(s), all of them in the validation split: no training document (give more text, or a smaller validation fraction)", self.index),
-            ));
+            return Err(DataError::Input {
+                path: self.inputs.clone().into(),
+                problem: format!("holds {} document(s), all of them in the validation split: no training document (give more text, or a smaller validation fraction)", self.index),
+            });
         }
         Ok(())
     }
@@ -308,10 +310,48 @@ pub fn prepare(
 ) -> Result<Manifest> {
     check_fraction(dir, opts.split)?;
     let (params, files) = params(opts, tokenizer_json, encoder.vocab_size())?;
+    let created = !dir.exists();
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     if let Some(m) = existing(dir, &params)? {
         return Ok(m);
     }
+    let written = write_dataset(dir, opts, encoder, tokenizer_json, params, &files, progress);
+    // Bad input: what was written from it is of no use (the input must change, and a prepare
+    // of other input is refused here), so none of it is left. A failed write (a full disk)
+    // keeps the finished pairs for the prepare run again.
+    if matches!(&written, Err(e) if !matches!(e, DataError::Io { .. })) {
+        remove_unfinished(dir, created);
+    }
+    written
+}
+
+/// Removes what a prepare writes into `dir` (and `dir` itself when the prepare made it).
+fn remove_unfinished(dir: &Path, created: bool) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = (name.starts_with("train-") || name.starts_with("val-"))
+                || name.starts_with("prepare.json")
+                || name.starts_with("tokenizer.json");
+            if ours {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if created {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+fn write_dataset(
+    dir: &Path,
+    opts: &PrepareOptions,
+    encoder: &dyn Encoder,
+    tokenizer_json: &[u8],
+    params: PrepareParams,
+    files: &[crate::inputs::InputFile],
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Manifest> {
     remove_stray_tmp(dir)?;
     let params_path = dir.join("prepare.json");
     let params_bytes = serde_json::to_vec_pretty(&params).unwrap_or_default();
@@ -330,6 +370,7 @@ pub fn prepare(
         next_pair: 0,
         train: SplitInfo::default(),
         val: SplitInfo::default(),
+        inputs: opts.inputs.join(", "),
         index: 0,
         resume_at: 0,
         val_docs: 0,
@@ -348,7 +389,7 @@ pub fn prepare(
     let started = Instant::now();
     let skipped = std::thread::scope(|s| -> Result<Skipped> {
         let (tx, rx) = sync_channel::<Batch>(2);
-        let reader = s.spawn(|| read_batches(&files, &opts.read, opts.batch_bytes, tx));
+        let reader = s.spawn(|| read_batches(files, &opts.read, opts.batch_bytes, tx));
         for batch in rx.iter() {
             w.add_batch(&batch, encoder, opts.split, text_total)?;
             progress(&Progress {
@@ -440,14 +481,15 @@ fn check_fraction(dir: &Path, split: ValSplit) -> Result<()> {
     }
 }
 
-fn no_documents(dir: &Path, index: u64, resume_at: u64) -> DataError {
-    if resume_at > 0 && index <= resume_at {
-        return bad(dir, "the inputs have fewer documents than the shards already written from them: they changed since the prepare began; remove the directory and prepare again");
+fn no_documents(inputs: &str, index: u64, resume_at: u64) -> DataError {
+    let problem = match resume_at > 0 && index <= resume_at {
+        true => "holds fewer documents than the shards already written from it: it changed since the prepare began; remove the directory and prepare again",
+        false => "holds no document (the files are empty, or every document is blank or skipped)",
+    };
+    DataError::Input {
+        path: inputs.into(),
+        problem: problem.into(),
     }
-    bad(
-        dir,
-        "the inputs hold no document (every one empty or skipped)",
-    )
 }
 
 /// A finished dataset in `dir` made with `params` (returned), or nothing yet; a directory holding

@@ -20,7 +20,7 @@ use lm_objectives::Rng;
 
 use crate::config::TrainConfig;
 use crate::config::{Family, ObjectiveKind};
-use crate::data::{Split, TokenizedCorpus};
+use crate::data::{Dataset, Split, SplitView};
 use crate::error::{Result, TrainError};
 use crate::family::{Architecture, DecoderStart, MaskedLmInput};
 use crate::model::{labels_tensor, Batch};
@@ -37,8 +37,8 @@ impl Specials {
 
 #[derive(Debug)]
 enum Pool {
-    /// A token range to cut windows from (GPT, T5).
-    Stream(std::ops::Range<usize>),
+    /// The split's token stream, to cut windows from (GPT, T5).
+    Stream(Split),
     /// NSP pairs (BERT).
     Pairs(Vec<NspExample>),
     /// Packed sequences (RoBERTa).
@@ -48,9 +48,9 @@ enum Pool {
 }
 
 impl Pool {
-    fn is_empty(&self, need: usize) -> bool {
+    fn is_empty(&self) -> bool {
         match self {
-            Pool::Stream(r) => r.len() <= need,
+            Pool::Stream(_) => false, // checked against the split's length in BatchSource::new
             Pool::Pairs(p) => p.is_empty(),
             Pool::Blocks(b) => b.is_empty(),
             Pool::Docs(d) => d.is_empty(),
@@ -63,7 +63,7 @@ impl Pool {
 pub struct BatchSource {
     family: Family,
     objective: ObjectiveKind,
-    corpus: Arc<TokenizedCorpus>,
+    corpus: Arc<Dataset>,
     pools: [Pool; 2],
     block: usize,
     raw_len: usize,
@@ -81,13 +81,9 @@ fn split_index(split: Split) -> usize {
 }
 
 /// Consecutive whole sentences of each document, chunked to at most `max` tokens.
-fn sentence_chunks(
-    corpus: &TokenizedCorpus,
-    docs: std::ops::Range<usize>,
-    max: usize,
-) -> Vec<Document> {
+fn sentence_chunks(corpus: &SplitView, max: usize) -> Vec<Document> {
     let mut out = vec![];
-    for d in docs {
+    for d in 0..corpus.num_documents() {
         let mut cur: Document = vec![];
         let mut len = 0;
         for s in corpus.document(d).into_iter().filter(|s| !s.is_empty()) {
@@ -106,18 +102,26 @@ fn sentence_chunks(
     out
 }
 
+/// The run's data as errors name it: the dataset's directory, or the corpus.
+fn data_name(cfg: &TrainConfig) -> String {
+    cfg.data
+        .dataset
+        .clone()
+        .unwrap_or_else(|| cfg.data.corpus.clone())
+}
+
 impl BatchSource {
     /// Prepares the example pools of both splits for `cfg`'s family.
     pub fn new(
         cfg: &TrainConfig,
-        corpus: Arc<TokenizedCorpus>,
+        corpus: Arc<Dataset>,
         specials: Specials,
         vocab: usize,
     ) -> Result<Self> {
         let family = cfg.model.family;
         let objective = cfg.objective_kind();
         let block = cfg.model.block_size;
-        let vf = cfg.data.val_fraction;
+        let source = data_name(cfg);
         let raw_len = if objective == ObjectiveKind::SpanCorruption {
             SpanCorruptionConfig {
                 noise_density: cfg.objective.noise_density,
@@ -130,16 +134,17 @@ impl BatchSource {
         };
         let mut rng = Rng::seed_from_u64(cfg.train.seed ^ 0x9A17);
         let mut pool = |split: Split| -> Result<Pool> {
-            let docs = corpus.split_documents(split, vf);
+            let view = corpus.split(split);
+            let docs = 0..view.num_documents();
             Ok(match (objective, family.masked_lm_input) {
                 (
                     ObjectiveKind::CausalLm
                     | ObjectiveKind::SpanCorruption
                     | ObjectiveKind::PrefixLm,
                     _,
-                ) => Pool::Stream(corpus.split_range(split, vf)),
+                ) => Pool::Stream(split),
                 (ObjectiveKind::MaskedLm, MaskedLmInput::NspPairs) => {
-                    let docs: Vec<Document> = docs.map(|d| corpus.document(d)).collect();
+                    let docs: Vec<Document> = docs.map(|d| view.document(d)).collect();
                     let nsp = NspConfig {
                         max_len: block,
                         is_next_prob: 0.5,
@@ -148,33 +153,36 @@ impl BatchSource {
                     };
                     let pairs = next_sentence_pairs(&docs, &nsp, &mut rng).map_err(|e| {
                         TrainError::Corpus {
-                            corpus: cfg.data.corpus.clone(),
+                            corpus: source.clone(),
                             problem: format!("{split:?} split: {e}"),
                         }
                     })?;
                     Pool::Pairs(pairs)
                 }
                 (ObjectiveKind::MaskedLm, MaskedLmInput::FullSentences) => {
-                    let docs: Vec<Document> = docs.map(|d| corpus.document(d)).collect();
+                    let docs: Vec<Document> = docs.map(|d| view.document(d)).collect();
                     Pool::Blocks(
                         full_sentences(&docs, block, specials.bos, specials.eos, specials.sep)
                             .map_err(|e| TrainError::Corpus {
-                                corpus: cfg.data.corpus.clone(),
+                                corpus: source.clone(),
                                 problem: format!("{split:?} split: {e}"),
                             })?,
                     )
                 }
-                (ObjectiveKind::Denoising, _) => {
-                    Pool::Docs(sentence_chunks(&corpus, docs, block - 1))
-                }
+                (ObjectiveKind::Denoising, _) => Pool::Docs(sentence_chunks(view, block - 1)),
             })
         };
         let pools = [pool(Split::Train)?, pool(Split::Val)?];
-        for (p, name) in pools.iter().zip(["train", "validation"]) {
-            if p.is_empty(raw_len + 1) {
+        for ((p, name), split) in pools
+            .iter()
+            .zip(["train", "validation"])
+            .zip([Split::Train, Split::Val])
+        {
+            let short = corpus.split(split).len() <= raw_len + 1;
+            if p.is_empty() || (matches!(p, Pool::Stream(_)) && short) {
                 return Err(TrainError::Corpus {
-                    corpus: cfg.data.corpus.clone(),
-                    problem: format!("{} tokens is shorter than one block: the {name} split has no example of block_size = {block}", corpus.len()),
+                    corpus: source.clone(),
+                    problem: format!("{} tokens is shorter than one block: the {name} split has no example of block_size = {block}", corpus.split(split).len()),
                 });
             }
         }
@@ -226,17 +234,17 @@ impl BatchSource {
         let mut rng = self.rng(split, key);
         let pool = &self.pools[split_index(split)];
         match (self.objective, self.family.architecture, pool) {
-            (ObjectiveKind::CausalLm, _, Pool::Stream(range)) => {
-                self.decoder_batch(range, batch, false, &mut rng, device)
+            (ObjectiveKind::CausalLm, _, Pool::Stream(s)) => {
+                self.decoder_batch(self.corpus.split(*s), batch, false, &mut rng, device)
             }
-            (ObjectiveKind::SpanCorruption, _, Pool::Stream(range)) => {
-                self.span_batch(range, batch, &mut rng, device)
+            (ObjectiveKind::SpanCorruption, _, Pool::Stream(s)) => {
+                self.span_batch(self.corpus.split(*s), batch, &mut rng, device)
             }
-            (ObjectiveKind::PrefixLm, Architecture::DecoderOnly, Pool::Stream(range)) => {
-                self.decoder_batch(range, batch, true, &mut rng, device)
+            (ObjectiveKind::PrefixLm, Architecture::DecoderOnly, Pool::Stream(s)) => {
+                self.decoder_batch(self.corpus.split(*s), batch, true, &mut rng, device)
             }
-            (ObjectiveKind::PrefixLm, _, Pool::Stream(range)) => {
-                self.seq2seq_prefix_batch(range, batch, &mut rng, device)
+            (ObjectiveKind::PrefixLm, _, Pool::Stream(s)) => {
+                self.seq2seq_prefix_batch(self.corpus.split(*s), batch, &mut rng, device)
             }
             (ObjectiveKind::MaskedLm, _, Pool::Pairs(pairs)) => {
                 let mut masker = self.masker(&mut rng)?;
@@ -272,7 +280,7 @@ impl BatchSource {
                 self.denoising_batch(docs, batch, &mut rng, device)
             }
             (objective, _, _) => Err(TrainError::Corpus {
-                corpus: self.cfg.data.corpus.clone(),
+                corpus: data_name(&self.cfg),
                 problem: format!(
                     "no example pool for {objective} on the {} family",
                     self.family
@@ -286,7 +294,7 @@ impl BatchSource {
     /// the model reads both ways, and only the continuation is scored.
     fn decoder_batch(
         &self,
-        range: &std::ops::Range<usize>,
+        stream: &SplitView,
         batch: usize,
         prefix_lm: bool,
         rng: &mut Rng,
@@ -299,10 +307,9 @@ impl BatchSource {
         let mut prefix_len = Vec::with_capacity(if prefix_lm { batch } else { 0 });
         let mut w = Vec::with_capacity(self.block + 1);
         for _ in 0..batch {
-            let start = range.start + rng.below((range.len() - self.block) as u64) as usize;
+            let start = rng.below((stream.len() - self.block) as u64) as usize;
             w.clear();
-            self.corpus
-                .extend_into(start..start + self.block + 1, &mut w);
+            stream.extend_into(start..start + self.block + 1, &mut w);
             if prefix_lm {
                 let prefix = 1 + rng.below(self.block as u64) as usize;
                 let ex = prefix_lm_window(&w, prefix)?;
@@ -336,7 +343,7 @@ impl BatchSource {
     /// decoder target (the rest, then EOS).
     fn seq2seq_prefix_batch(
         &self,
-        range: &std::ops::Range<usize>,
+        stream: &SplitView,
         batch: usize,
         rng: &mut Rng,
         device: &Device,
@@ -344,8 +351,8 @@ impl BatchSource {
         let sp = &self.specials;
         let (mut inputs, mut targets) = (vec![], vec![]);
         for _ in 0..batch {
-            let start = range.start + rng.below((range.len() - self.block) as u64) as usize;
-            let window = self.corpus.tokens(start..start + self.block);
+            let start = rng.below((stream.len() - self.block) as u64) as usize;
+            let window = stream.tokens(start..start + self.block);
             let (prefix, rest) = random_prefix_lm(&window, rng)?;
             let mut x = Vec::with_capacity(prefix.len() + 2);
             if self.family.encoder_bos {
@@ -364,7 +371,7 @@ impl BatchSource {
     /// T5: span corruption of raw windows sized so the corrupted input fills the block.
     fn span_batch(
         &self,
-        range: &std::ops::Range<usize>,
+        stream: &SplitView,
         batch: usize,
         rng: &mut Rng,
         device: &Device,
@@ -382,8 +389,8 @@ impl BatchSource {
         let mut inputs = vec![];
         let mut targets: Vec<Vec<i64>> = vec![];
         for _ in 0..batch {
-            let start = range.start + rng.below((range.len() - self.raw_len) as u64) as usize;
-            let ex = c.corrupt(&self.corpus.tokens(start..start + self.raw_len), rng)?;
+            let start = rng.below((stream.len() - self.raw_len) as u64) as usize;
+            let ex = c.corrupt(&stream.tokens(start..start + self.raw_len), rng)?;
             inputs.push(ex.input_ids);
             targets.push(ex.target_ids.iter().map(|&t| t as i64).collect());
         }

@@ -64,9 +64,15 @@ pub struct ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// A text file, or `builtin:tinyshakespeare` for the bundled corpus.
+    /// The text to train on: a file, directory or glob of plain text, JSON Lines or Parquet (as
+    /// `lm-train data prepare` takes), or `builtin:tinyshakespeare` for the bundled corpus;
+    /// prepared once into the cache (docs/data.md).
     #[serde(default = "default_corpus")]
     pub corpus: String,
+    /// A dataset made by `lm-train data prepare` (or `data import`), instead of `corpus`: its
+    /// tokenizer and validation split come with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
     /// Tokenizer, trained on the training split (unless `tokenizer_file` is given).
     #[serde(default = "default_tokenizer")]
     pub tokenizer: TokenizerKind,
@@ -77,9 +83,10 @@ pub struct DataSection {
     /// An existing `tokenizer.json` to use instead of training one.
     #[serde(default)]
     pub tokenizer_file: Option<String>,
-    /// Fraction of the token stream held out at its end for validation.
-    #[serde(default = "default_val_fraction")]
-    pub val_fraction: f64,
+    /// Fraction of the corpus held out for validation (default 0.1): its last part (plain
+    /// text), or documents evenly spread (other formats). Not with `dataset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_fraction: Option<f64>,
 }
 
 /// `[objective]`: options of the family's pretraining objective (lm-objectives' defaults).
@@ -131,8 +138,11 @@ fn default_corpus() -> String {
 fn default_tokenizer() -> TokenizerKind {
     TokenizerKind::Char
 }
-fn default_val_fraction() -> f64 {
-    0.1
+impl DataSection {
+    /// The validation fraction of a `corpus` (default 0.1).
+    pub fn val_fraction(&self) -> f64 {
+        self.val_fraction.unwrap_or(0.1)
+    }
 }
 fn default_mlm_rate() -> f64 {
     0.15
@@ -324,17 +334,29 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&m.dropout) {
             return err("model.dropout", format!("{} is not in [0, 1)", m.dropout));
         }
+        if let Some(d) = &self.data.dataset {
+            if self.data.val_fraction.is_some() {
+                return err("data.val_fraction", format!("a dataset brings its own validation split (made by `lm-train data prepare --val-fraction`); remove val_fraction, or prepare {d} again"));
+            }
+            if self.data.corpus != default_corpus() {
+                return err(
+                    "data.corpus",
+                    format!("give corpus or dataset, not both (dataset = {d:?})"),
+                );
+            }
+        }
         // With a tokenizer file, its own kind counts (checked when the file is read).
         if self.data.tokenizer == TokenizerKind::Char
             && self.data.tokenizer_file.is_none()
+            && self.data.dataset.is_none()
             && !m.family.takes_char_tokenizer()
         {
             return err("data.tokenizer", format!("the {} family needs special tokens; use a trained tokenizer (\"bpe\", \"wordpiece\" or \"unigram\")", m.family));
         }
-        if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
+        if !(self.data.val_fraction() > 0.0 && self.data.val_fraction() < 1.0) {
             return err(
                 "data.val_fraction",
-                format!("{} is not in (0, 1)", self.data.val_fraction),
+                format!("{} is not in (0, 1)", self.data.val_fraction()),
             );
         }
         let ob = &self.objective;

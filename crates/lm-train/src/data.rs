@@ -1,13 +1,11 @@
-//! The corpus: loading, documents and sentences, tokenization into a cached memory-mapped token
-//! file, and the deterministic train/validation split.
-//!
-//! A text is read as lines (each line, newline included, is a sentence) and blank lines end
-//! documents, so the concatenation of all sentences is the original text exactly. The token file
-//! (`tokens.bin`) holds the ids as u16 when the vocabulary fits, else u32, after a small header
-//! and before the sentence and document boundaries; it is written once per run directory and
-//! memory-mapped afterwards.
+//! A run's data: a prepared dataset (`[data] dataset = "DIR"`, made by `lm-train data
+//! prepare`), or a corpus (`[data] corpus`) prepared through the same code into a cache keyed by
+//! the content of the corpus and the tokenizer, so that only a run's first use of a corpus
+//! tokenizes it. See docs/data.md.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+pub use lm_data::{Dataset, Split, SplitView};
 
 use crate::error::{io_err, Result, TrainError};
 use crate::tokenizer::TextTokenizer;
@@ -17,29 +15,6 @@ pub const BUILTIN_SHAKESPEARE: &str = "builtin:tinyshakespeare";
 
 /// The bundled corpus: tinyshakespeare (1,115,394 bytes), compiled into the binary.
 pub const SHAKESPEARE: &str = include_str!("../../../data/tinyshakespeare.txt");
-
-/// Reads a corpus: a UTF-8 text file, or the bundled one by its `builtin:` name.
-pub fn load_corpus(spec: &str) -> Result<String> {
-    let text = if spec == BUILTIN_SHAKESPEARE {
-        SHAKESPEARE.to_string()
-    } else if let Some(name) = spec.strip_prefix("builtin:") {
-        return Err(TrainError::Corpus {
-            corpus: spec.into(),
-            problem: format!(
-                "no built-in corpus {name:?}; the bundled one is {BUILTIN_SHAKESPEARE}"
-            ),
-        });
-    } else {
-        std::fs::read_to_string(spec).map_err(io_err(spec))?
-    };
-    if text.is_empty() {
-        return Err(TrainError::Corpus {
-            corpus: spec.into(),
-            problem: "the file is empty".into(),
-        });
-    }
-    Ok(text)
-}
 
 /// Sentences (lines, newline included) grouped into documents (ended by blank lines). A text
 /// without any blank line has no document boundaries: each line is then a document, so that the
@@ -62,217 +37,207 @@ pub fn documents(text: &str) -> Vec<Vec<&str>> {
     docs
 }
 
-/// Which part of the corpus.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Split {
-    /// The first documents, up to `1 − val_fraction` of the tokens.
-    Train,
-    /// The rest.
-    Val,
+/// The environment variable naming the cache of prepared corpora (default
+/// `~/.cache/lm-train`).
+pub const CACHE_ENV: &str = "LM_TRAIN_CACHE";
+
+/// The cache directory: `$LM_TRAIN_CACHE`, else `$HOME/.cache/lm-train`, else none.
+pub fn cache_root() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os(CACHE_ENV).filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("lm-train"))
 }
 
-enum Ids {
-    U16Mapped(memmap2::Mmap),
-    U32Mapped(memmap2::Mmap),
+/// Whether `dir` can be created and written (a probe file is written and removed).
+fn writable(dir: &Path) -> bool {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::create_dir_all(dir).is_ok()
+        && std::fs::write(&probe, b"").is_ok()
+        && std::fs::remove_file(&probe).is_ok()
 }
 
-/// A tokenized corpus: the token stream with sentence and document boundaries.
-pub struct TokenizedCorpus {
-    ids: Ids,
-    len: usize,
-    /// Start of each sentence in the stream, plus the end.
-    sentence_starts: Vec<usize>,
-    /// Index of the first sentence of each document, plus the sentence count.
-    doc_starts: Vec<usize>,
+/// Where a run's corpus is prepared: the cache when writable; else, said in one line, inside
+/// the run directory (`fallback`).
+pub fn cache_dir(fallback: &Path) -> PathBuf {
+    if let Some(root) = cache_root().filter(|r| writable(r)) {
+        return root;
+    }
+    let dir = fallback.join("cache");
+    eprintln!(
+        "the cache {} is not writable (set {CACHE_ENV}); preparing the corpus in {}",
+        cache_root().map_or("(no $HOME)".into(), |r| r.display().to_string()),
+        dir.display()
+    );
+    dir
 }
 
-impl std::fmt::Debug for TokenizedCorpus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "TokenizedCorpus({} tokens, {} documents)",
-            self.len,
-            self.doc_starts.len() - 1
+/// The corpus's input paths for `lm_data`: the bundled corpus is written once into `cache`
+/// (`builtin/tinyshakespeare.txt`); anything else is a file, directory or glob as given.
+pub fn corpus_inputs(spec: &str, cache: &Path) -> Result<Vec<String>> {
+    if spec == BUILTIN_SHAKESPEARE {
+        let path = cache.join("builtin").join("tinyshakespeare.txt");
+        if std::fs::read(&path).ok().as_deref() != Some(SHAKESPEARE.as_bytes()) {
+            std::fs::create_dir_all(cache.join("builtin")).map_err(io_err(cache))?;
+            lm_data::write_atomic(&path, SHAKESPEARE.as_bytes())?;
+        }
+        return Ok(vec![path.display().to_string()]);
+    }
+    if let Some(name) = spec.strip_prefix("builtin:") {
+        return Err(TrainError::Corpus {
+            corpus: spec.into(),
+            problem: format!(
+                "no built-in corpus {name:?}; the bundled one is {BUILTIN_SHAKESPEARE}"
+            ),
+        });
+    }
+    Ok(vec![spec.to_string()])
+}
+
+/// The identity of a corpus: SHA-256 over each input file's size and content (CRC-32 of its
+/// bytes, read in 1 MiB blocks), in order; not its path, so a corpus moved or copied is found.
+pub fn corpus_hash(inputs: &[String]) -> Result<String> {
+    use std::io::Read;
+    let files = lm_data::resolve_inputs(inputs)?;
+    let mut id = String::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in &files {
+        let mut file = std::fs::File::open(&f.path).map_err(io_err(&f.path))?;
+        let mut crc = crc32fast::Hasher::new();
+        loop {
+            let n = file.read(&mut buf).map_err(io_err(&f.path))?;
+            if n == 0 {
+                break;
+            }
+            crc.update(&buf[..n]);
+        }
+        id.push_str(&format!(
+            "{:?}\t{}\t{:08x}\n",
+            f.format,
+            f.bytes,
+            crc.finalize()
+        ));
+    }
+    Ok(lm_data::sha256_hex(id.as_bytes()))
+}
+
+/// The text a tokenizer is trained on: the documents of the corpus before the validation tail
+/// (`val_fraction` of its bytes), at most `limit` bytes. Read as a stream; memory holds the
+/// sample only.
+pub fn training_sample(inputs: &[String], val_fraction: f64, limit: usize) -> Result<String> {
+    let files = lm_data::resolve_inputs(inputs)?;
+    let total: u64 = files.iter().map(|f| f.bytes).sum();
+    let cut = ((total as f64 * (1.0 - val_fraction)) as usize).min(limit);
+    let mut text = String::new();
+    let mut skipped = lm_data::Skipped::default();
+    let read =
+        lm_data::for_each_document(&files, &Default::default(), &mut skipped, &mut |d, _| {
+            if text.len() >= cut {
+                return Err(lm_data::DataError::Tokenizer("sample full".into()));
+            }
+            text.push_str(&d);
+            Ok(())
+        });
+    match read {
+        Err(lm_data::DataError::Tokenizer(m)) if m == "sample full" => {}
+        r => r?,
+    }
+    text.truncate(text.floor_char_boundary(cut));
+    Ok(text)
+}
+
+/// The characters of every document of the corpus (a character tokenizer's alphabet), read as a
+/// stream.
+pub fn corpus_alphabet(inputs: &[String]) -> Result<String> {
+    let files = lm_data::resolve_inputs(inputs)?;
+    let mut chars = std::collections::BTreeSet::new();
+    let mut skipped = lm_data::Skipped::default();
+    lm_data::for_each_document(&files, &Default::default(), &mut skipped, &mut |d, _| {
+        chars.extend(d.chars());
+        Ok(())
+    })?;
+    Ok(chars.into_iter().collect())
+}
+
+/// The prepared dataset of `corpus` with `tokenizer`, split at the last `val_fraction` of its
+/// text, from the cache under `cache` (prepared there first when missing).
+pub fn prepared_corpus(
+    corpus: &str,
+    tokenizer: &TextTokenizer,
+    val_fraction: f64,
+    cache: &Path,
+) -> Result<Dataset> {
+    let inputs = corpus_inputs(corpus, cache)?;
+    let json = tokenizer.to_json()?;
+    let key = lm_data::sha256_hex(
+        format!(
+            "{}\n{}\n{val_fraction}\n{}",
+            corpus_hash(&inputs)?,
+            lm_data::sha256_hex(json.as_bytes()),
+            lm_data::FORMAT
         )
+        .as_bytes(),
+    );
+    let datasets = cache.join("datasets");
+    let dir = datasets.join(&key[..24]);
+    if let Ok(d) = Dataset::open(&dir) {
+        return Ok(d);
+    }
+    // Prepared under a name of this process and renamed into place whole: runs preparing the
+    // same corpus at once each finish theirs, one rename wins, and a reader never sees half.
+    remove_dead_tmp(&datasets);
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = datasets.join(format!("{}.tmp-{}-{n}", &key[..24], std::process::id()));
+    let mut opts = lm_data::PrepareOptions::new(inputs);
+    opts.split = split_of_corpus(&opts.inputs, val_fraction)?;
+    if let Err(e) = lm_data::prepare(&tmp, &opts, tokenizer, json.as_bytes(), &mut |_| {}) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.into());
+    }
+    if std::fs::rename(&tmp, &dir).is_err() {
+        if Dataset::open(&dir).is_err() {
+            // Left by an older version or damaged: replaced.
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+        } else {
+            let _ = std::fs::remove_dir_all(&tmp); // another run's rename won
+        }
+    }
+    Ok(Dataset::open(&dir)?)
+}
+
+/// Removes the temporary datasets (`NAME.tmp-PID-N`) of processes that no longer run (Linux:
+/// no `/proc/PID`; elsewhere none are removed).
+fn remove_dead_tmp(datasets: &Path) {
+    let Ok(entries) = std::fs::read_dir(datasets) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .split_once(".tmp-")
+            .and_then(|(_, rest)| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            let proc = Path::new("/proc");
+            if proc.exists() && !proc.join(pid.to_string()).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 }
 
-const MAGIC: &[u8; 8] = b"LMTOK\x00\x01\x00";
-const HEADER: usize = 64;
-
-impl TokenizedCorpus {
-    /// Tokenizes `text` sentence by sentence and writes `path` (atomically).
-    pub fn build(text: &str, tokenizer: &TextTokenizer, path: &Path) -> Result<Self> {
-        let mut ids: Vec<u32> = Vec::with_capacity(text.len() / 3);
-        let mut sentence_starts = vec![0usize];
-        let mut doc_starts = vec![0usize];
-        for doc in documents(text) {
-            for s in doc {
-                ids.extend(tokenizer.encode(s)?);
-                sentence_starts.push(ids.len());
-            }
-            doc_starts.push(sentence_starts.len() - 1);
-        }
-        let wide = tokenizer.vocab_size() > u16::MAX as usize + 1;
-        let mut bytes = Vec::with_capacity(HEADER + ids.len() * 4);
-        bytes.extend_from_slice(MAGIC);
-        for v in [
-            ids.len() as u64,
-            u64::from(wide),
-            sentence_starts.len() as u64,
-            doc_starts.len() as u64,
-        ] {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        bytes.resize(HEADER, 0);
-        if wide {
-            ids.iter()
-                .for_each(|t| bytes.extend_from_slice(&t.to_le_bytes()));
-        } else {
-            ids.iter()
-                .for_each(|&t| bytes.extend_from_slice(&(t as u16).to_le_bytes()));
-        }
-        bytes.resize(bytes.len().next_multiple_of(8), 0);
-        for &v in sentence_starts.iter().chain(&doc_starts) {
-            bytes.extend_from_slice(&(v as u64).to_le_bytes());
-        }
-        crate::checkpoint::write_atomic(path, &bytes)?;
-        Self::open(path)
-    }
-
-    /// Memory-maps a token file written by [`TokenizedCorpus::build`].
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(io_err(path))?;
-        // SAFETY: the file is private to the run directory and only ever replaced by a rename,
-        // never modified in place, so the mapping stays valid and unchanged.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-        let bad = |p: &str| TrainError::Checkpoint {
-            path: path.to_path_buf(),
-            problem: format!("token file: {p}"),
-        };
-        if map.len() < HEADER || &map[..8] != MAGIC {
-            return Err(bad("not a token file"));
-        }
-        let word = |i: usize| {
-            // INVARIANT: the slice is 8 bytes long by construction.
-            u64::from_le_bytes(map[8 + 8 * i..16 + 8 * i].try_into().expect("8 bytes")) as usize
-        };
-        let (len, wide, n_sent, n_doc) = (word(0), word(1) == 1, word(2), word(3));
-        let ids_bytes = len * if wide { 4 } else { 2 };
-        let bounds_at = (HEADER + ids_bytes).next_multiple_of(8);
-        if map.len() != bounds_at + 8 * (n_sent + n_doc) {
-            return Err(bad("truncated"));
-        }
-        let read = |at: usize, n: usize| -> Vec<usize> {
-            (0..n)
-                .map(|i| {
-                    // INVARIANT: the slice is 8 bytes long by construction.
-                    u64::from_le_bytes(map[at + 8 * i..at + 8 * i + 8].try_into().expect("8 bytes"))
-                        as usize
-                })
-                .collect()
-        };
-        let sentence_starts = read(bounds_at, n_sent);
-        let doc_starts = read(bounds_at + 8 * n_sent, n_doc);
-        let ids = if wide {
-            Ids::U32Mapped(map)
-        } else {
-            Ids::U16Mapped(map)
-        };
-        Ok(Self {
-            ids,
-            len,
-            sentence_starts,
-            doc_starts,
-        })
-    }
-
-    /// Number of tokens.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether there are no tokens.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Tokens `range` of the stream.
-    pub fn tokens(&self, range: std::ops::Range<usize>) -> Vec<u32> {
-        match &self.ids {
-            Ids::U16Mapped(m) => {
-                let s: &[u16] = bytemuck::cast_slice(&m[HEADER..HEADER + 2 * self.len]);
-                s[range].iter().map(|&t| t as u32).collect()
-            }
-            Ids::U32Mapped(m) => {
-                let s: &[u32] = bytemuck::cast_slice(&m[HEADER..HEADER + 4 * self.len]);
-                s[range].to_vec()
-            }
-        }
-    }
-
-    /// Appends tokens `range` to `out` without an intermediate vector.
-    pub fn extend_into(&self, range: std::ops::Range<usize>, out: &mut Vec<u32>) {
-        match &self.ids {
-            Ids::U16Mapped(m) => {
-                let s: &[u16] = bytemuck::cast_slice(&m[HEADER..HEADER + 2 * self.len]);
-                out.extend(s[range].iter().map(|&t| t as u32));
-            }
-            Ids::U32Mapped(m) => {
-                let s: &[u32] = bytemuck::cast_slice(&m[HEADER..HEADER + 4 * self.len]);
-                out.extend_from_slice(&s[range]);
-            }
-        }
-    }
-
-    /// Number of documents.
-    pub fn num_documents(&self) -> usize {
-        self.doc_starts.len() - 1
-    }
-
-    /// Document `d` as its sentences' token ids.
-    pub fn document(&self, d: usize) -> Vec<Vec<u32>> {
-        (self.doc_starts[d]..self.doc_starts[d + 1])
-            .map(|s| self.tokens(self.sentence_starts[s]..self.sentence_starts[s + 1]))
-            .collect()
-    }
-
-    /// Token range of document `d`.
-    pub fn document_range(&self, d: usize) -> std::ops::Range<usize> {
-        self.sentence_starts[self.doc_starts[d]]..self.sentence_starts[self.doc_starts[d + 1]]
-    }
-
-    /// The first document of the validation split: the first whose start is at or after
-    /// `(1 − val_fraction)` of the tokens.
-    pub fn split_document(&self, val_fraction: f64) -> usize {
-        let cut = (self.len as f64 * (1.0 - val_fraction)) as usize;
-        (0..self.num_documents())
-            .find(|&d| self.document_range(d).start >= cut)
-            .unwrap_or(self.num_documents())
-    }
-
-    /// The token range of a split: documents before/after [`TokenizedCorpus::split_document`].
-    pub fn split_range(&self, split: Split, val_fraction: f64) -> std::ops::Range<usize> {
-        let d = self.split_document(val_fraction);
-        let at = if d < self.num_documents() {
-            self.document_range(d).start
-        } else {
-            self.len
-        };
-        match split {
-            Split::Train => 0..at,
-            Split::Val => at..self.len,
-        }
-    }
-
-    /// The documents of a split.
-    pub fn split_documents(&self, split: Split, val_fraction: f64) -> std::ops::Range<usize> {
-        let d = self.split_document(val_fraction);
-        match split {
-            Split::Train => 0..d,
-            Split::Val => d..self.num_documents(),
-        }
-    }
+/// A corpus of plain text files keeps the split by position (its last `val_fraction`); other
+/// formats are split by documents, evenly spread.
+fn split_of_corpus(inputs: &[String], val_fraction: f64) -> Result<lm_data::ValSplit> {
+    let plain = lm_data::resolve_inputs(inputs)?
+        .iter()
+        .all(|f| f.format == lm_data::InputFormat::Text(lm_data::Compression::None));
+    Ok(match plain {
+        true => lm_data::ValSplit::Tail(val_fraction),
+        false => lm_data::ValSplit::Every(val_fraction),
+    })
 }
 
 #[cfg(test)]
@@ -281,21 +246,45 @@ mod tests {
     use crate::tokenizer::CharTokenizer;
 
     #[test]
-    fn documents_reassemble_the_text() {
+    fn a_corpus_is_prepared_once_into_the_cache_and_split_at_its_tail() {
         let text = "First:\nhello\n\nSecond:\nworld\n";
-        let docs = documents(text);
-        assert_eq!(docs.len(), 2);
-        assert_eq!(docs.concat().concat(), text);
-        let tok = TextTokenizer::Char(CharTokenizer::fit(text));
+        assert_eq!(documents(text).concat().concat(), text);
         let dir = tempfile::tempdir().unwrap();
-        let c = TokenizedCorpus::build(text, &tok, &dir.path().join("t.bin")).unwrap();
-        assert_eq!(c.len(), text.chars().count());
-        assert_eq!(tok.decode(&c.tokens(0..c.len())), text);
-        assert_eq!(tok.decode(&c.document(1).concat()), "Second:\nworld\n");
-        assert_eq!(c.split_range(Split::Val, 0.5), 14..c.len());
-        let again = TokenizedCorpus::open(&dir.path().join("t.bin")).unwrap();
-        assert_eq!(again.tokens(0..again.len()), c.tokens(0..c.len()));
-        std::fs::write(dir.path().join("bad.bin"), b"LMTOK\x00\x01\x00short").unwrap();
-        assert!(TokenizedCorpus::open(&dir.path().join("bad.bin")).is_err());
+        let corpus = dir.path().join("c.txt");
+        std::fs::write(&corpus, text).unwrap();
+        let tok = TextTokenizer::Char(CharTokenizer::fit(text));
+        let cache = dir.path().join("cache");
+        let spec = corpus.display().to_string();
+        let d = prepared_corpus(&spec, &tok, 0.5, &cache).unwrap();
+        let (train, val) = (d.split(Split::Train), d.split(Split::Val));
+        assert_eq!(
+            tok.decode(&train.tokens(0..train.len())),
+            "First:\nhello\n\n"
+        );
+        assert_eq!(tok.decode(&val.document(0).concat()), "Second:\nworld\n");
+        // The second run opens what the first prepared: one dataset in the cache.
+        let again = prepared_corpus(&spec, &tok, 0.5, &cache).unwrap();
+        assert_eq!(again.dir(), d.dir());
+        assert_eq!(
+            std::fs::read_dir(cache.join("datasets")).unwrap().count(),
+            1
+        );
+        // What a tokenizer is made from: the alphabet of all of it, a sample of its training part.
+        assert_eq!(
+            corpus_alphabet(std::slice::from_ref(&spec)).unwrap(),
+            "\n:FScdehilnorstw"
+        );
+        assert_eq!(
+            training_sample(std::slice::from_ref(&spec), 0.5, 1 << 20).unwrap(),
+            "First:\nhello\n\n"
+        );
+        assert_eq!(
+            training_sample(std::slice::from_ref(&spec), 0.5, 9).unwrap(),
+            "First:\nhe"
+        );
+        // Another text is another dataset.
+        std::fs::write(&corpus, "First:\nhello\n\nSecond:\nhello\n").unwrap();
+        let other = prepared_corpus(&spec, &tok, 0.5, &cache).unwrap();
+        assert_ne!(other.dir(), d.dir());
     }
 }

@@ -75,6 +75,9 @@ pub enum TrainError {
     /// From candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A corpus, dataset or token file (lm-data).
+    #[error(transparent)]
+    Data(#[from] lm_data::DataError),
     /// A collective between the data-parallel ranks failed.
     #[error("data-parallel ranks: {0}")]
     Dist(#[from] lm_dist::DistError),

@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod choices;
 pub mod config;
 pub mod data;
+pub mod datacmd;
 pub mod embedding;
 mod error;
 pub mod families;

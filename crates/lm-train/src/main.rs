@@ -47,6 +47,11 @@ enum Command {
     Train(TrainArgs),
     /// Fine-tune a pretrained checkpoint on a labelled task.
     Finetune(FinetuneArgs),
+    /// Prepare, check or import token datasets (docs/data.md).
+    Data {
+        #[command(subcommand)]
+        action: lm_train::datacmd::DataAction,
+    },
     /// Evaluate a run's newest checkpoint on both splits.
     Eval {
         /// The run directory.
@@ -213,9 +218,12 @@ enum TokenizerAction {
         /// Vocabulary size.
         #[arg(long, default_value_t = 2000)]
         vocab_size: usize,
-        /// A text file, or builtin:tinyshakespeare.
+        /// A file, directory or glob (as `data prepare` takes), or builtin:tinyshakespeare.
         #[arg(long, default_value = "builtin:tinyshakespeare")]
         corpus: String,
+        /// Train on at most this many bytes of it (the first), read as a stream.
+        #[arg(long, default_value_t = 256 << 20)]
+        sample_bytes: usize,
         /// Output file.
         #[arg(long, default_value = "tokenizer.json")]
         out: PathBuf,
@@ -619,12 +627,15 @@ fn train_tokenizer(
     family: Family,
     vocab_size: usize,
     corpus: &str,
+    sample_bytes: usize,
     out: &Path,
 ) -> anyhow::Result<()> {
     if kind == TokenizerKind::Char {
         anyhow::bail!("--kind char needs no training; use bpe, wordpiece or unigram");
     }
-    let text = lm_train::data::load_corpus(corpus)?;
+    let cache = lm_train::data::cache_dir(&std::env::temp_dir());
+    let inputs = lm_train::data::corpus_inputs(corpus, &cache)?;
+    let text = lm_train::data::training_sample(&inputs, 0.0, sample_bytes)?;
     let lines: Vec<&str> = text.lines().collect();
     let started = std::time::Instant::now();
     let t = TextTokenizer::train(kind, family, vocab_size, &lines)?;
@@ -648,6 +659,7 @@ fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train(args, comm, device),
         Command::Finetune(args) => finetune(args, device),
+        Command::Data { action } => lm_train::datacmd::run(action),
         Command::Eval { run } => eval(&run, device),
         Command::Sample {
             run,
@@ -675,9 +687,10 @@ fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
                     family,
                     vocab_size,
                     corpus,
+                    sample_bytes,
                     out,
                 },
-        } => train_tokenizer(kind, family, vocab_size, &corpus, &out),
+        } => train_tokenizer(kind, family, vocab_size, &corpus, sample_bytes, &out),
         Command::Plot { run, compare } => {
             let files = if compare.is_empty() {
                 lm_train::plot::plot_run(&run)?

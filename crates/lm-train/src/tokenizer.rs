@@ -235,15 +235,20 @@ impl TextTokenizer {
         })
     }
 
-    /// Writes `tokenizer.json` (the `tokenizers` format; the character tokenizer as its alphabet).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let json = match self {
+    /// The `tokenizer.json` text (the `tokenizers` format; the character tokenizer as its
+    /// alphabet).
+    pub fn to_json(&self) -> Result<String> {
+        Ok(match self {
             Self::Char(c) => serde_json::to_string(&serde_json::json!({ "char_tokenizer": c }))
                 // INVARIANT: a string-keyed map of strings always serializes to JSON.
                 .expect("serializes"),
             Self::Hf(t) => t.to_string(true).map_err(tok_err("tokenizer.json"))?,
-        };
-        crate::checkpoint::write_atomic(path, json.as_bytes())
+        })
+    }
+
+    /// Writes `tokenizer.json` ([`TextTokenizer::to_json`]).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::checkpoint::write_atomic(path, self.to_json()?.as_bytes())
     }
 
     /// Reads a `tokenizer.json` written by [`TextTokenizer::save`] or by HuggingFace tools.
@@ -268,6 +273,33 @@ impl TextTokenizer {
         tok.with_padding(None);
         tok.with_truncation(None).map_err(|e| bad(e.to_string()))?;
         Ok(Self::Hf(Box::new(tok)))
+    }
+}
+
+/// What `lm-data`'s prepare needs: ids of many texts at once, on all cores.
+impl lm_data::Encoder for TextTokenizer {
+    fn encode_batch(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<u32>>, String> {
+        use rayon::prelude::*;
+        match self {
+            Self::Char(c) => texts
+                .par_iter()
+                .map(|t| {
+                    c.encode(t).map_err(|ch| {
+                        format!("character {ch:?} is not in the tokenizer's alphabet")
+                    })
+                })
+                .collect(),
+            Self::Hf(t) => Ok(t
+                .encode_batch_fast(texts.to_vec(), false)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|e| e.get_ids().to_vec())
+                .collect()),
+        }
+    }
+
+    fn vocab_size(&self) -> usize {
+        TextTokenizer::vocab_size(self)
     }
 }
 

@@ -37,7 +37,7 @@ use lm_optim::{BatchSizeRamp, Optimizer, ParamGroup, Schedule};
 use crate::batches::{BatchSource, Specials};
 use crate::checkpoint::{self, CheckpointWriter, LossScaleState, TrainerState};
 use crate::config::{NonFinitePolicy, RunConfig, TokenizerKind, TrainConfig};
-use crate::data::{load_corpus, Split, TokenizedCorpus};
+use crate::data::{Dataset, Split};
 use crate::error::{io_err, Result, TrainError};
 use crate::finetune::{FinetuneResults, FinetuneTask};
 use crate::lock::RunLock;
@@ -52,9 +52,7 @@ mod ranks;
 mod setup;
 
 pub use evaluation::score_text;
-use setup::{
-    check_same_run, finetuning_parts, open_token_cache, pretraining_parts, pretraining_tokenizer,
-};
+use setup::{check_same_run, finetuning_parts, new_run_data, pretraining_parts, reopened_run_data};
 
 /// What a finished (or stopped) training call reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,7 +238,17 @@ impl Trainer {
     /// Starts a new run (pretraining or fine-tuning) in `run_dir`, which must not already hold
     /// one.
     pub fn new(cfg: impl Into<RunConfig>, run_dir: &Path, device: Device) -> Result<Self> {
-        let mut cfg = cfg.into();
+        // A start that fails (bad data, a refused key) leaves no directory it made behind.
+        let created = !run_dir.exists();
+        let started = Self::start(cfg.into(), run_dir, device);
+        if started.is_err() && created {
+            let _ = std::fs::remove_dir_all(run_dir);
+        }
+        started
+    }
+
+    fn start(cfg: RunConfig, run_dir: &Path, device: Device) -> Result<Self> {
+        let mut cfg = cfg;
         // A directory whose earlier start failed before its first checkpoint holds nothing to keep.
         if !checkpoint::list_checkpoints(run_dir)?.is_empty() {
             return Err(TrainError::Checkpoint {
@@ -263,13 +271,10 @@ impl Trainer {
         }
         let parts = match &mut cfg {
             RunConfig::Pretrain(c) => {
-                let corpus = load_corpus(&c.data.corpus)?;
-                let tokenizer = pretraining_tokenizer(c, &corpus)?;
+                let (tokenizer, dataset) = new_run_data(c, run_dir)?;
                 // The run's config records the kind of the tokenizer it uses.
                 c.data.tokenizer = tokenizer.kind();
-                let tokens =
-                    TokenizedCorpus::build(&corpus, &tokenizer, &run_dir.join("tokens.bin"))?;
-                pretraining_parts(c, tokenizer, tokens, &device)?
+                pretraining_parts(c, tokenizer, dataset, &device)?
             }
             RunConfig::Finetune(c) => finetuning_parts(FinetuneTask::prepare(c, run_dir, &device)?),
         };
@@ -303,8 +308,8 @@ impl Trainer {
         let parts = match &cfg {
             RunConfig::Pretrain(c) => {
                 let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
-                let tokens = open_token_cache(c, &tokenizer, run_dir, writable)?;
-                pretraining_parts(c, tokenizer, tokens, &device)?
+                let dataset = reopened_run_data(c, &tokenizer, run_dir, writable)?;
+                pretraining_parts(c, tokenizer, dataset, &device)?
             }
             RunConfig::Finetune(c) => {
                 finetuning_parts(FinetuneTask::reopen(c, run_dir, Some(&ckpt), &device)?)

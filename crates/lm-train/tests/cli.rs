@@ -25,10 +25,23 @@ fn bad_inputs_fail_with_one_line_naming_the_problem() {
     let cfg = tiny_config(d, "empty.txt");
     assert_one_line_error(
         &lm_train(&["train", "--config", cfg.to_str().unwrap()], d),
-        "empty.txt: the file is empty",
+        "empty.txt: holds no document",
     );
 
-    std::fs::write(d.join("short.txt"), "To be, or not to be").unwrap();
+    std::fs::write(d.join("one.txt"), "To be, or not to be").unwrap();
+    let cfg = tiny_config(d, "one.txt");
+    assert_one_line_error(
+        &lm_train(&["train", "--config", cfg.to_str().unwrap()], d),
+        "one.txt: holds 1 document(s), all of them in the validation split",
+    );
+
+    std::fs::write(
+        d.join("short.txt"),
+        "To be,
+or not
+to be",
+    )
+    .unwrap();
     let cfg = tiny_config(d, "short.txt");
     assert_one_line_error(
         &lm_train(&["train", "--config", cfg.to_str().unwrap()], d),

@@ -124,8 +124,8 @@ impl Trainer {
         let parts = match &cfg {
             RunConfig::Pretrain(c) => {
                 let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
-                let tokens = open_token_cache(c, &tokenizer, run_dir, false)?;
-                pretraining_parts(c, tokenizer, tokens, &device)?
+                let dataset = reopened_run_data(c, &tokenizer, run_dir, false)?;
+                pretraining_parts(c, tokenizer, dataset, &device)?
             }
             RunConfig::Finetune(c) => {
                 finetuning_parts(FinetuneTask::reopen(c, run_dir, None, &device)?)

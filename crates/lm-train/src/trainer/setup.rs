@@ -3,41 +3,124 @@
 
 use super::*;
 
-/// The run's tokenizer: `tokenizer_file` when given, else trained on the corpus (character-level
-/// on all of it; the others on the training part only).
-pub(super) fn pretraining_tokenizer(cfg: &TrainConfig, corpus: &str) -> Result<TextTokenizer> {
+/// Bytes of text a tokenizer is trained on, at most (the first of the training part).
+pub const TOKENIZER_SAMPLE_BYTES: usize = 256 << 20;
+
+/// A new run's tokenizer and dataset: the dataset's own (`data.dataset`), or `tokenizer_file`,
+/// or one trained on the corpus (a character alphabet from all of it; the others on a sample of
+/// its training part), with the corpus prepared into the cache.
+pub(super) fn new_run_data(cfg: &TrainConfig, run_dir: &Path) -> Result<(TextTokenizer, Dataset)> {
+    if let Some(dir) = &cfg.data.dataset {
+        let dataset = Dataset::open(Path::new(dir))?;
+        let tokenizer = TextTokenizer::load(&dataset.tokenizer_path())?;
+        check_tokenizer_fits(
+            cfg,
+            &tokenizer,
+            &dataset.tokenizer_path().display().to_string(),
+        )?;
+        return Ok((tokenizer, dataset));
+    }
+    let cache = crate::data::cache_dir(run_dir);
+    let inputs = crate::data::corpus_inputs(&cfg.data.corpus, &cache)?;
     let kind = cfg.data.tokenizer;
-    if let Some(f) = &cfg.data.tokenizer_file {
+    let tokenizer = if let Some(f) = &cfg.data.tokenizer_file {
         let t = TextTokenizer::load(Path::new(f))?;
-        // The file says what it is; a kind declared besides it must agree ("char", the default,
-        // counts as not declared).
-        if kind != TokenizerKind::Char && kind != t.kind() {
-            return Err(TrainError::Config {
-                source_name: f.clone(),
-                key: "data.tokenizer".into(),
+        check_tokenizer_fits(cfg, &t, f)?;
+        t
+    } else if kind == TokenizerKind::Char {
+        let alphabet = crate::data::corpus_alphabet(&inputs)?;
+        TextTokenizer::train(kind, cfg.model.family, 0, &[&alphabet])?
+    } else {
+        let sample =
+            crate::data::training_sample(&inputs, cfg.data.val_fraction(), TOKENIZER_SAMPLE_BYTES)?;
+        let lines: Vec<&str> = sample.lines().collect();
+        let vocab = cfg.data.vocab_size.unwrap_or(2000);
+        TextTokenizer::train(kind, cfg.model.family, vocab, &lines)?
+    };
+    let dataset = crate::data::prepared_corpus(
+        &cfg.data.corpus,
+        &tokenizer,
+        cfg.data.val_fraction(),
+        &cache,
+    )?;
+    Ok((tokenizer, dataset))
+}
+
+/// A tokenizer read from `source` (a `tokenizer_file`, a dataset's) against what the config
+/// declares beside it: its kind ("char", the default, counts as not declared), its vocabulary
+/// size, and — beside a dataset — a `tokenizer_file` with the same bytes.
+fn check_tokenizer_fits(cfg: &TrainConfig, t: &TextTokenizer, source: &str) -> Result<()> {
+    let kind = cfg.data.tokenizer;
+    let refuse = |key: &str, problem: String| TrainError::Config {
+        source_name: source.to_string(),
+        key: key.into(),
+        problem,
+    };
+    if kind != TokenizerKind::Char && kind != t.kind() {
+        return Err(refuse("data.tokenizer", format!(
+            "is {kind} but {source} is a {} tokenizer; remove data.tokenizer (the file's kind is used) or fix it",
+            t.kind()
+        )));
+    }
+    if let Some(v) = cfg.data.vocab_size.filter(|&v| v != t.vocab_size()) {
+        return Err(refuse("data.vocab_size", format!(
+            "{source} has {} tokens but the config asks for {v}; remove data.vocab_size or use a matching tokenizer",
+            t.vocab_size()
+        )));
+    }
+    if let (Some(file), Some(_)) = (&cfg.data.tokenizer_file, &cfg.data.dataset) {
+        let given = std::fs::read(file).map_err(io_err(file))?;
+        if lm_data::sha256_hex(&given) != lm_data::sha256_hex(t.to_json()?.as_bytes())
+            && TextTokenizer::load(Path::new(file))?.to_json()? != t.to_json()?
+        {
+            return Err(refuse("data.tokenizer_file", format!(
+                "{file} is not the tokenizer the dataset was prepared with ({source}); remove tokenizer_file (the dataset's is used) or prepare the data with {file}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The dataset of a run being reopened: `data.dataset` (refused when prepared with another
+/// tokenizer than the run's), or the corpus from the cache — prepared again when missing, into
+/// the cache or, when it is not writable, into the run directory (`writable`) or a temporary
+/// directory removed once mapped.
+pub(super) fn reopened_run_data(
+    cfg: &TrainConfig,
+    tokenizer: &TextTokenizer,
+    run_dir: &Path,
+    writable: bool,
+) -> Result<Dataset> {
+    if let Some(dir) = &cfg.data.dataset {
+        let dataset = Dataset::open(Path::new(dir))?;
+        let (run_tok, ds_tok) = (run_dir.join("tokenizer.json"), dataset.tokenizer_path());
+        let run_json = tokenizer.to_json()?;
+        let ds_json = TextTokenizer::load(&ds_tok)?.to_json()?;
+        if run_json != ds_json {
+            return Err(TrainError::Checkpoint {
+                path: ds_tok,
                 problem: format!(
-                    "is {kind} but the file is a {} tokenizer; remove data.tokenizer (the file's kind is used) or fix it",
-                    t.kind()
+                    "the dataset was prepared with another tokenizer than the run's ({}); train on the dataset the run began with",
+                    run_tok.display()
                 ),
             });
         }
-        if let Some(v) = cfg.data.vocab_size.filter(|&v| v != t.vocab_size()) {
-            return Err(TrainError::Config {
-                source_name: f.clone(),
-                key: "data.vocab_size".into(),
-                problem: format!("the tokenizer has {} tokens but the config asks for {v}; remove data.vocab_size or use a matching tokenizer", t.vocab_size()),
-            });
-        }
-        return Ok(t);
+        return Ok(dataset);
     }
-    if kind == TokenizerKind::Char {
-        return TextTokenizer::train(kind, cfg.model.family, 0, &[corpus]);
+    let tmp;
+    let fallback = if writable {
+        run_dir.to_path_buf()
+    } else {
+        tmp = std::env::temp_dir().join(format!("lm-train-data-{}", std::process::id()));
+        tmp.clone()
+    };
+    let cache = crate::data::cache_dir(&fallback);
+    let d =
+        crate::data::prepared_corpus(&cfg.data.corpus, tokenizer, cfg.data.val_fraction(), &cache);
+    if !writable && cache.starts_with(&fallback) {
+        let _ = std::fs::remove_dir_all(&fallback); // the mappings stay valid
     }
-    let cut =
-        corpus.floor_char_boundary((corpus.len() as f64 * (1.0 - cfg.data.val_fraction)) as usize);
-    let lines: Vec<&str> = corpus[..cut].lines().collect();
-    let vocab = cfg.data.vocab_size.unwrap_or(2000);
-    TextTokenizer::train(kind, cfg.model.family, vocab, &lines)
+    d
 }
 
 /// Pretraining's pieces from a tokenizer and its token cache: the objective's batch source, the
@@ -45,12 +128,12 @@ pub(super) fn pretraining_tokenizer(cfg: &TrainConfig, corpus: &str) -> Result<T
 pub(super) fn pretraining_parts(
     cfg: &TrainConfig,
     tokenizer: TextTokenizer,
-    tokens: TokenizedCorpus,
+    dataset: Dataset,
     device: &Device,
 ) -> Result<Parts> {
     let specials = Specials::of(cfg.model.family, &tokenizer, tokenizer.kind())?;
     let vocab = tokenizer.vocab_size();
-    let source = BatchSource::new(cfg, Arc::new(tokens), specials.clone(), vocab)?;
+    let source = BatchSource::new(cfg, Arc::new(dataset), specials.clone(), vocab)?;
     let (model, store) = (cfg.model.family.build)(&cfg.model_shape(vocab), &specials, device)?;
     let (decay, no_decay) = param_groups(model.as_ref(), &store);
     Ok(Parts {
@@ -135,26 +218,4 @@ pub(super) fn check_same_run(run_dir: &Path, ckpt: &Path, cfg: &RunConfig) -> Re
         }
     }
     Ok(())
-}
-
-/// The run's token cache: `tokens.bin` when present, else rebuilt from the corpus — into the run
-/// directory when `writable`, else into a temporary file (a reader never writes to a run).
-pub(super) fn open_token_cache(
-    cfg: &TrainConfig,
-    tokenizer: &TextTokenizer,
-    run_dir: &Path,
-    writable: bool,
-) -> Result<TokenizedCorpus> {
-    let cache = run_dir.join("tokens.bin");
-    if let Ok(t) = TokenizedCorpus::open(&cache) {
-        return Ok(t);
-    }
-    let corpus = load_corpus(&cfg.data.corpus)?;
-    if writable {
-        return TokenizedCorpus::build(&corpus, tokenizer, &cache);
-    }
-    let tmp = std::env::temp_dir().join(format!("lm-train-tokens-{}.bin", std::process::id()));
-    let tokens = TokenizedCorpus::build(&corpus, tokenizer, &tmp);
-    let _ = std::fs::remove_file(&tmp); // the mapping stays valid
-    tokens
 }

@@ -94,7 +94,7 @@ pub fn write_corpus(dir: &Path, bytes: u64) -> Result<()> {
 /// A BPE tokenizer (8 192 tokens, GPT's special tokens) trained on tinyshakespeare.
 pub fn bpe_tokenizer() -> Result<TextTokenizer> {
     let lines: Vec<&str> = lm_train::data::SHAKESPEARE.lines().collect();
-    let family = lm_train::config::Family::named("gpt")?;
+    let family = lm_train::config::Family::named("gpt").map_err(anyhow::Error::msg)?;
     Ok(TextTokenizer::train(
         TokenizerKind::Bpe,
         family,

@@ -55,7 +55,7 @@ impl Words {
 pub fn write_corpus(dir: &Path, bytes: u64) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut words = Words::new(42);
-    let per_file = (bytes / 3).min(64 << 20).max(1);
+    let per_file = (bytes / 3).clamp(1, 64 << 20);
     for (kind, share) in [
         ("txt", bytes / 3),
         ("jsonl.zst", bytes / 3),

@@ -31,5 +31,5 @@ pub use manifest::{
     FORMAT,
 };
 pub use parquet_input::write_parquet_texts;
-pub use prepare::{params, prepare, Encoder, PrepareOptions, Progress};
+pub use prepare::{params, prepare, Encoded, Encoder, PrepareOptions, Progress};
 pub use shard::{Shard, ShardHeader, ShardWriter, HEADER, MAGIC};

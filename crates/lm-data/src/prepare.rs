@@ -25,11 +25,44 @@ use crate::manifest::{
 };
 use crate::shard::{Shard, ShardWriter};
 
+/// A text's token ids and where each token starts in it (byte offset).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Encoded {
+    /// The ids.
+    pub ids: Vec<u32>,
+    /// The byte offset in the text where each token starts (non-decreasing).
+    pub starts: Vec<u32>,
+}
+
+impl Encoded {
+    /// The ids cut into the text's lines: a token belongs to the line it starts in.
+    pub fn into_sentences(self, text: &str) -> Vec<Vec<u32>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut line_end = 0;
+        for line in text.split_inclusive('\n') {
+            line_end += line.len();
+            let end = at + self.starts[at..].partition_point(|&s| (s as usize) < line_end);
+            out.push(self.ids[at..end].to_vec());
+            at = end;
+        }
+        if at < self.ids.len() {
+            // Offsets past the text's end (a tokenizer that adds tokens): the last line's.
+            match out.last_mut() {
+                Some(last) => last.extend_from_slice(&self.ids[at..]),
+                None => out.push(self.ids[at..].to_vec()),
+            }
+        }
+        out
+    }
+}
+
 /// What `prepare` needs of a tokenizer.
 pub trait Encoder: Sync {
-    /// The ids of each text, without special tokens (an implementation runs them on all
-    /// cores).
-    fn encode_batch(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<u32>>, String>;
+    /// Each whole text's ids and their start offsets, without special tokens (an
+    /// implementation runs the texts on all cores). Documents are tokenized whole, as the
+    /// tokenizer sees a text, and cut into sentences (lines) by the offsets.
+    fn encode_batch(&self, texts: &[&str]) -> std::result::Result<Vec<Encoded>, String>;
     /// The vocabulary size.
     fn vocab_size(&self) -> usize;
 }
@@ -45,7 +78,7 @@ pub struct PrepareOptions {
     pub split: ValSplit,
     /// Tokens after which a shard pair is closed (default 100 M).
     pub shard_tokens: u64,
-    /// Text handed to the tokenizer at once (default 16 MiB).
+    /// Text handed to the tokenizer at once (default 2 MiB).
     pub batch_bytes: usize,
 }
 
@@ -57,7 +90,7 @@ impl PrepareOptions {
             read: ReadOptions::default(),
             split: ValSplit::Every(0.005),
             shard_tokens: 100_000_000,
-            batch_bytes: 16 << 20,
+            batch_bytes: 2 << 20,
         }
     }
 }
@@ -176,16 +209,15 @@ impl Writer<'_> {
             .saturating_sub(first)
             .min(batch.docs.len() as u64) as usize;
         let todo = &batch.docs[skip..];
-        let sentences: Vec<&str> = todo
-            .iter()
-            .flat_map(|(d, _)| d.split_inclusive('\n'))
-            .collect();
-        let mut ids = encoder
-            .encode_batch(&sentences)
-            .map_err(DataError::Tokenizer)?
-            .into_iter();
-        for (j, (d, off)) in todo.iter().enumerate() {
-            let doc: Vec<Vec<u32>> = ids.by_ref().take(d.split_inclusive('\n').count()).collect();
+        let texts: Vec<&str> = todo.iter().map(|(d, _)| d.as_str()).collect();
+        let encoded = encoder.encode_batch(&texts).map_err(DataError::Tokenizer)?;
+        if encoded.len() != texts.len() || encoded.iter().any(|e| e.ids.len() != e.starts.len()) {
+            return Err(DataError::Tokenizer(
+                "the encoder gave a wrong number of texts or offsets".into(),
+            ));
+        }
+        for (j, ((d, off), e)) in todo.iter().zip(encoded).enumerate() {
+            let doc = e.into_sentences(d);
             let i = first + (skip + j) as u64;
             let val = split.is_val(i, *off, text_total);
             self.tokens += doc.iter().map(|s| s.len() as u64).sum::<u64>();

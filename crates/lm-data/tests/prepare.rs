@@ -11,7 +11,7 @@ struct Bytes {
 }
 
 impl Encoder for Bytes {
-    fn encode_batch(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<u32>>, String> {
+    fn encode_batch(&self, texts: &[&str]) -> std::result::Result<Vec<Encoded>, String> {
         if let Some(n) = &self.fail_after {
             if n.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 0 {
                 // Stands for a kill: no error path of prepare's runs.
@@ -20,7 +20,10 @@ impl Encoder for Bytes {
         }
         Ok(texts
             .iter()
-            .map(|t| t.bytes().map(u32::from).collect())
+            .map(|t| Encoded {
+                ids: t.bytes().map(u32::from).collect(),
+                starts: (0..t.len() as u32).collect(),
+            })
             .collect())
     }
     fn vocab_size(&self) -> usize {

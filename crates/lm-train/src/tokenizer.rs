@@ -276,24 +276,30 @@ impl TextTokenizer {
     }
 }
 
-/// What `lm-data`'s prepare needs: ids of many texts at once, on all cores.
+/// What `lm-data`'s prepare needs: ids of many texts at once, on all cores, with the byte
+/// offset where each token starts.
 impl lm_data::Encoder for TextTokenizer {
-    fn encode_batch(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<u32>>, String> {
+    fn encode_batch(&self, texts: &[&str]) -> std::result::Result<Vec<lm_data::Encoded>, String> {
         use rayon::prelude::*;
         match self {
             Self::Char(c) => texts
                 .par_iter()
                 .map(|t| {
-                    c.encode(t).map_err(|ch| {
+                    let ids = c.encode(t).map_err(|ch| {
                         format!("character {ch:?} is not in the tokenizer's alphabet")
-                    })
+                    })?;
+                    let starts = t.char_indices().map(|(i, _)| i as u32).collect();
+                    Ok(lm_data::Encoded { ids, starts })
                 })
                 .collect(),
             Self::Hf(t) => Ok(t
-                .encode_batch_fast(texts.to_vec(), false)
+                .encode_batch(texts.to_vec(), false)
                 .map_err(|e| e.to_string())?
                 .into_iter()
-                .map(|e| e.get_ids().to_vec())
+                .map(|e| lm_data::Encoded {
+                    ids: e.get_ids().to_vec(),
+                    starts: e.get_offsets().iter().map(|o| o.0 as u32).collect(),
+                })
                 .collect()),
         }
     }

@@ -87,9 +87,11 @@ fn training_lowers_the_validation_loss() {
         .filter_map(|r| r.val_loss)
         .collect();
     let (first, last) = (evals[0], *evals.last().unwrap());
-    // Starts at the uniform guess ln 65 ≈ 4.17 and must clearly improve in 40 steps.
+    // Starts at the uniform guess ln 65 ≈ 4.17 and must clearly improve in 40 steps: over seeds
+    // 1–8 of this config the drop was 0.69–0.96 (2026-12-07), so 0.6 holds for any data order,
+    // not one lucky draw (0.8 held for the data order before prepared datasets only).
     assert!((first - 65f32.ln()).abs() < 0.1, "{first}");
-    assert!(last < first - 0.8, "val loss {first} -> {last}");
+    assert!(last < first - 0.6, "val loss {first} -> {last}");
 }
 
 #[test]

@@ -185,6 +185,24 @@ impl Dataset {
         &self.manifest_sha256
     }
 
+    /// What the dataset holds, as a number: the first 8 bytes of SHA-256 over its tokenizer's
+    /// hash and each shard's counts and checksum. Two datasets of the same tokens under other
+    /// paths or names have the same id; a batch order seeded with it changes with the data.
+    pub fn content_id(&self) -> u64 {
+        let m = &self.manifest;
+        let mut text = format!("{}\n{}\n", m.params.tokenizer.sha256, m.token_bytes);
+        for (name, split) in [("train", &m.train), ("val", &m.val)] {
+            for s in &split.shards {
+                text.push_str(&format!(
+                    "{name} {} {} {} {:08x}\n",
+                    s.tokens, s.sentences, s.documents, s.crc32
+                ));
+            }
+        }
+        let hex = crate::manifest::sha256_hex(text.as_bytes());
+        u64::from_str_radix(&hex[..16], 16).unwrap_or(0)
+    }
+
     /// A split.
     pub fn split(&self, split: Split) -> &SplitView {
         match split {

@@ -127,6 +127,11 @@ impl Strategy {
         self.comm.barrier()
     }
 
+    /// `Σ_ranks x` for each element of `xs`, in place: several counts in one collective.
+    pub fn sums(&self, xs: &mut [f64]) -> Result<()> {
+        self.comm.all_reduce_sum_f64(xs)
+    }
+
     /// `Σ_ranks x` (losses, counts).
     pub fn sum(&self, x: f64) -> Result<f64> {
         let mut v = [x];

@@ -186,6 +186,8 @@ impl BatchSource {
                 });
             }
         }
+        // The order of batches is a function of the data as well as the seed.
+        let seed = cfg.train.seed ^ corpus.content_id();
         Ok(Self {
             family,
             objective,
@@ -193,18 +195,22 @@ impl BatchSource {
             pools,
             block,
             raw_len,
-            seed: cfg.train.seed,
+            seed,
             vocab: vocab as u32,
             specials,
             cfg: cfg.clone(),
         })
     }
 
-    fn rng(&self, split: Split, key: u64) -> Rng {
+    /// The random stream of example `row` of the global batch `key`: a function of (the
+    /// dataset's content, seed, split, key, row) only, so that a rank builds its rows alone and
+    /// any number of ranks builds the same global batch.
+    fn example_rng(&self, split: Split, key: u64, row: usize) -> Rng {
         Rng::seed_from_u64(
             self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 ^ (split_index(split) as u64) << 62
-                ^ key.wrapping_mul(0xD1B5_4A32_D192_ED03),
+                ^ key.wrapping_mul(0xD1B5_4A32_D192_ED03)
+                ^ (row as u64).wrapping_mul(0x94D0_49BB_1331_11EB),
         )
     }
 
@@ -229,30 +235,40 @@ impl BatchSource {
         )?)
     }
 
-    /// The batch of `key` in `split`: `batch` examples.
-    pub fn batch(&self, split: Split, key: u64, batch: usize, device: &Device) -> Result<Batch> {
-        let mut rng = self.rng(split, key);
+    /// Rows `rows` of the global batch of `key` in `split` (each example drawn from its own
+    /// random stream, [`BatchSource::example_rng`]).
+    pub fn batch(
+        &self,
+        split: Split,
+        key: u64,
+        rows: std::ops::Range<usize>,
+        device: &Device,
+    ) -> Result<Batch> {
+        let mut rngs: Vec<Rng> = rows.map(|i| self.example_rng(split, key, i)).collect();
+        let rngs = rngs.as_mut_slice();
         let pool = &self.pools[split_index(split)];
         match (self.objective, self.family.architecture, pool) {
             (ObjectiveKind::CausalLm, _, Pool::Stream(s)) => {
-                self.decoder_batch(self.corpus.split(*s), batch, false, &mut rng, device)
+                self.decoder_batch(self.corpus.split(*s), rngs, false, device)
             }
             (ObjectiveKind::SpanCorruption, _, Pool::Stream(s)) => {
-                self.span_batch(self.corpus.split(*s), batch, &mut rng, device)
+                self.span_batch(self.corpus.split(*s), rngs, device)
             }
             (ObjectiveKind::PrefixLm, Architecture::DecoderOnly, Pool::Stream(s)) => {
-                self.decoder_batch(self.corpus.split(*s), batch, true, &mut rng, device)
+                self.decoder_batch(self.corpus.split(*s), rngs, true, device)
             }
             (ObjectiveKind::PrefixLm, _, Pool::Stream(s)) => {
-                self.seq2seq_prefix_batch(self.corpus.split(*s), batch, &mut rng, device)
+                self.seq2seq_prefix_batch(self.corpus.split(*s), rngs, device)
             }
             (ObjectiveKind::MaskedLm, _, Pool::Pairs(pairs)) => {
-                let mut masker = self.masker(&mut rng)?;
-                let picked: Vec<&NspExample> = (0..batch)
-                    .map(|_| &pairs[rng.below(pairs.len() as u64) as usize])
-                    .collect();
-                let seqs: Vec<&[u32]> = picked.iter().map(|p| p.input_ids.as_slice()).collect();
-                let mut b = self.mlm_batch(&mut masker, &seqs, device)?;
+                let mut picked: Vec<&NspExample> = vec![];
+                let mut masked = vec![];
+                for rng in rngs.iter_mut() {
+                    let p = &pairs[rng.below(pairs.len() as u64) as usize];
+                    masked.push(self.masker(rng)?.mask(&p.input_ids)?);
+                    picked.push(p);
+                }
+                let mut b = self.mlm_batch(masked, device)?;
                 let (rows, t) = b.input_ids.dims2()?;
                 let segs = pad_batch(
                     &picked
@@ -270,14 +286,15 @@ impl BatchSource {
                 Ok(b)
             }
             (ObjectiveKind::MaskedLm, _, Pool::Blocks(blocks)) => {
-                let mut masker = self.masker(&mut rng)?;
-                let seqs: Vec<&[u32]> = (0..batch)
-                    .map(|_| blocks[rng.below(blocks.len() as u64) as usize].as_slice())
-                    .collect();
-                self.mlm_batch(&mut masker, &seqs, device)
+                let mut masked = vec![];
+                for rng in rngs.iter_mut() {
+                    let block = &blocks[rng.below(blocks.len() as u64) as usize];
+                    masked.push(self.masker(rng)?.mask(block)?);
+                }
+                self.mlm_batch(masked, device)
             }
             (ObjectiveKind::Denoising, _, Pool::Docs(docs)) => {
-                self.denoising_batch(docs, batch, &mut rng, device)
+                self.denoising_batch(docs, rngs, device)
             }
             (objective, _, _) => Err(TrainError::Corpus {
                 corpus: data_name(&self.cfg),
@@ -295,18 +312,18 @@ impl BatchSource {
     fn decoder_batch(
         &self,
         stream: &SplitView,
-        batch: usize,
+        rngs: &mut [Rng],
         prefix_lm: bool,
-        rng: &mut Rng,
         device: &Device,
     ) -> Result<Batch> {
+        let batch = rngs.len();
         let (mut x, mut y) = (
             Vec::with_capacity(batch * self.block),
             Vec::with_capacity(batch * self.block),
         );
         let mut prefix_len = Vec::with_capacity(if prefix_lm { batch } else { 0 });
         let mut w = Vec::with_capacity(self.block + 1);
-        for _ in 0..batch {
+        for rng in rngs.iter_mut() {
             let start = rng.below((stream.len() - self.block) as u64) as usize;
             w.clear();
             stream.extend_into(start..start + self.block + 1, &mut w);
@@ -344,13 +361,12 @@ impl BatchSource {
     fn seq2seq_prefix_batch(
         &self,
         stream: &SplitView,
-        batch: usize,
-        rng: &mut Rng,
+        rngs: &mut [Rng],
         device: &Device,
     ) -> Result<Batch> {
         let sp = &self.specials;
         let (mut inputs, mut targets) = (vec![], vec![]);
-        for _ in 0..batch {
+        for rng in rngs.iter_mut() {
             let start = rng.below((stream.len() - self.block) as u64) as usize;
             let window = stream.tokens(start..start + self.block);
             let (prefix, rest) = random_prefix_lm(&window, rng)?;
@@ -369,13 +385,7 @@ impl BatchSource {
     }
 
     /// T5: span corruption of raw windows sized so the corrupted input fills the block.
-    fn span_batch(
-        &self,
-        stream: &SplitView,
-        batch: usize,
-        rng: &mut Rng,
-        device: &Device,
-    ) -> Result<Batch> {
+    fn span_batch(&self, stream: &SplitView, rngs: &mut [Rng], device: &Device) -> Result<Batch> {
         let sc = SpanCorruptionConfig {
             noise_density: self.cfg.objective.noise_density,
             mean_span_length: self.cfg.objective.mean_span_length,
@@ -388,7 +398,7 @@ impl BatchSource {
         let mut c = SpanCorruptor::new(sc, sentinels, self.specials.eos)?;
         let mut inputs = vec![];
         let mut targets: Vec<Vec<i64>> = vec![];
-        for _ in 0..batch {
+        for rng in rngs.iter_mut() {
             let start = rng.below((stream.len() - self.raw_len) as u64) as usize;
             let ex = c.corrupt(&stream.tokens(start..start + self.raw_len), rng)?;
             inputs.push(ex.input_ids);
@@ -397,12 +407,10 @@ impl BatchSource {
         self.seq2seq(inputs, targets, self.decoder_start(), device)
     }
 
-    /// `seqs` masked in order, padded, with their attention mask and MLM labels (BERT, RoBERTa).
-    fn mlm_batch(&self, masker: &mut MlmMasker, seqs: &[&[u32]], device: &Device) -> Result<Batch> {
-        let masked: Vec<MlmExample> = seqs
-            .iter()
-            .map(|s| masker.mask(s))
-            .collect::<std::result::Result<_, _>>()?;
+    /// Masked examples padded, with their attention mask and MLM labels (BERT, RoBERTa).
+    fn mlm_batch(&self, masked: Vec<MlmExample>, device: &Device) -> Result<Batch> {
+        // Tokens as read (not padding): the same for any split of the batch between ranks.
+        let tokens = masked.iter().map(|m| m.input_ids.len()).sum();
         let ids = pad_batch(
             &masked
                 .iter()
@@ -429,7 +437,7 @@ impl BatchSource {
             nsp_labels: None,
             decoder_input_ids: None,
             prefix_len: None,
-            tokens: b * t,
+            tokens,
         })
     }
 
@@ -437,8 +445,7 @@ impl BatchSource {
     fn denoising_batch(
         &self,
         docs: &[Document],
-        batch: usize,
-        rng: &mut Rng,
+        rngs: &mut [Rng],
         device: &Device,
     ) -> Result<Batch> {
         let ob = &self.cfg.objective;
@@ -454,7 +461,7 @@ impl BatchSource {
         };
         let mut inputs = vec![];
         let mut targets = vec![];
-        for _ in 0..batch {
+        for rng in rngs.iter_mut() {
             let doc = &docs[rng.below(docs.len() as u64) as usize];
             let ex = noise.apply(doc, rng)?;
             let mut x = ex.input_ids;
@@ -486,6 +493,8 @@ impl BatchSource {
         decoder_start: u32,
         device: &Device,
     ) -> Result<Batch> {
+        let tokens = inputs.iter().map(Vec::len).sum::<usize>()
+            + targets.iter().map(Vec::len).sum::<usize>();
         let ids = pad_batch(&inputs, self.specials.pad, None)?;
         let tlen = targets.iter().map(Vec::len).max().unwrap_or(1);
         let labels = pad_labels(&targets, tlen)?;
@@ -501,7 +510,7 @@ impl BatchSource {
             nsp_labels: None,
             decoder_input_ids: Some(Tensor::from_vec(dec, (b, tlen), device)?),
             prefix_len: None,
-            tokens: b * (ids.len + tlen),
+            tokens,
         })
     }
 }

@@ -32,7 +32,8 @@ pub struct Batch {
     /// positions reads nothing back from the device; `None` where the batch was made on the
     /// device.
     pub host_labels: Option<Arc<[i64]>>,
-    /// Tokens the batch carries (inputs plus decoder inputs), for throughput.
+    /// Tokens the batch carries (inputs plus decoder inputs, padding not counted), for
+    /// throughput and token-counted schedules.
     pub tokens: usize,
 }
 

@@ -17,6 +17,8 @@ use tokenizers::AddedToken;
 
 use crate::error::{io_err, Result, TrainError};
 
+mod fast;
+
 /// Maps each character of a fixed alphabet to its index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CharTokenizer {
@@ -292,15 +294,18 @@ impl lm_data::Encoder for TextTokenizer {
                     Ok(lm_data::Encoded { ids, starts })
                 })
                 .collect(),
-            Self::Hf(t) => Ok(t
-                .encode_batch(texts.to_vec(), false)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|e| lm_data::Encoded {
-                    ids: e.get_ids().to_vec(),
-                    starts: e.get_offsets().iter().map(|o| o.0 as u32).collect(),
-                })
-                .collect()),
+            Self::Hf(t) => {
+                let added: Vec<String> = t
+                    .get_added_tokens_decoder()
+                    .into_values()
+                    .map(|a| a.content)
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                texts
+                    .par_iter()
+                    .map(|text| fast::encode_words(t, &added, text))
+                    .collect()
+            }
         }
     }
 

@@ -45,12 +45,15 @@ use crate::metrics::{MetricRecord, MetricsLog};
 use crate::model::{param_groups, Batch, Head, LanguageModel, LossWeights};
 use crate::tokenizer::TextTokenizer;
 
+mod batching;
 mod checkpointing;
 mod evaluation;
 mod logging;
 mod ranks;
 mod setup;
 
+use batching::{Prefetch, StepShape};
+pub use batching::{Share, Work};
 pub use evaluation::score_text;
 use setup::{check_same_run, finetuning_parts, new_run_data, pretraining_parts, reopened_run_data};
 
@@ -81,25 +84,6 @@ pub struct Evaluation {
     pub val_loss: f32,
     /// Task metrics on the validation examples.
     pub metrics: BTreeMap<String, f64>,
-}
-
-/// What a run trains on.
-#[derive(Debug, Clone)]
-pub enum Work {
-    /// A tokenized corpus through the family's pretraining objective.
-    Pretrain(Arc<BatchSource>),
-    /// A labelled task.
-    Finetune(Arc<FinetuneTask>),
-}
-
-impl Work {
-    /// The batch of `key` in `split`: `batch` examples, a pure function of (seed, split, key).
-    pub fn batch(&self, split: Split, key: u64, batch: usize, device: &Device) -> Result<Batch> {
-        match self {
-            Self::Pretrain(s) => s.batch(split, key, batch, device),
-            Self::Finetune(t) => t.batch(split, key, batch, device),
-        }
-    }
 }
 
 /// The pieces a run is built from, made by pretraining or fine-tuning set-up.
@@ -165,75 +149,6 @@ pub fn default_device() -> Device {
         .unwrap_or(Device::Cpu)
 }
 
-/// Batches of one optimizer step, made ahead on a background thread.
-struct Prefetch {
-    rx: Receiver<Result<Vec<Batch>>>,
-}
-
-/// Shape of a step's batches: micro-batch size (or the ramp that sets it) and micro-batches.
-#[derive(Clone)]
-struct StepShape {
-    batch: usize,
-    accum: usize,
-    ramp: Option<BatchSizeRamp>,
-    /// The ramp's sizes are per rank.
-    ranks: usize,
-}
-
-impl StepShape {
-    /// The micro-batches of optimizer step `step`: keys `step·accum + m`, the batch size from the
-    /// ramp at `tokens_seen` (or `batch`).
-    fn batches(
-        &self,
-        work: &Work,
-        step: u64,
-        tokens_seen: u64,
-        device: &Device,
-    ) -> Result<Vec<Batch>> {
-        let b = self.ramp.as_ref().map_or(self.batch, |r| {
-            r.batch_size(tokens_seen as f64) * self.ranks
-        });
-        (0..self.accum)
-            .map(|m| work.batch(Split::Train, step * self.accum as u64 + m as u64, b, device))
-            .collect()
-    }
-}
-
-impl Prefetch {
-    fn spawn(
-        work: Work,
-        shape: StepShape,
-        steps: std::ops::Range<u64>,
-        tokens_seen: u64,
-        device: Device,
-    ) -> Self {
-        let (tx, rx) = sync_channel(2);
-        std::thread::spawn(move || {
-            let mut tokens = tokens_seen;
-            for step in steps {
-                let batches = shape.batches(&work, step, tokens, &device);
-                // Count what the trainer will count, so the ramp sees the same tokens on resume.
-                if let Ok(bs) = &batches {
-                    tokens += bs.iter().map(|b| b.tokens as u64).sum::<u64>();
-                }
-                if tx.send(batches).is_err() {
-                    return; // the trainer stopped early
-                }
-            }
-        });
-        Self { rx }
-    }
-
-    fn next(&self) -> Result<Vec<Batch>> {
-        self.rx.recv().unwrap_or_else(|_| {
-            Err(TrainError::Corpus {
-                corpus: "batch thread".into(),
-                problem: "stopped unexpectedly".into(),
-            })
-        })
-    }
-}
-
 impl Trainer {
     /// Starts a new run (pretraining or fine-tuning) in `run_dir`, which must not already hold
     /// one.
@@ -280,7 +195,9 @@ impl Trainer {
         };
         parts.tokenizer.save(&run_dir.join("tokenizer.json"))?;
         checkpoint::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-        let state = TrainerState::fresh(cfg.train().seed);
+        let mut state = TrainerState::fresh(cfg.train().seed);
+        // One process: the global batch is the batch (new_distributed sets it for ranks).
+        (state.world, state.global_batch) = (1, cfg.train().batch_size);
         let mut t = Self::build(cfg, run_dir, device, parts, state)?;
         t.lock = Some(lock);
         Ok(t)
@@ -461,25 +378,50 @@ impl Trainer {
         self.cfg.train().seed.wrapping_mul(0xA24B_AED4_963E_E407) ^ key
     }
 
-    /// Forward and backward over the micro-batches of one step (global batches: this rank takes
-    /// its rows); the loss is their mean and the gradients are those of the mean, summed over the
-    /// ranks. With `loss_scale` (f16 products) each micro-batch's loss is multiplied by it
-    /// before backward, so the gradients are that many times the true ones.
+    /// The weights that make this rank's rows contribute their share of the global batch's
+    /// loss (scored labels over those of all ranks, rows over rows), and the global batch's
+    /// tokens: one all-reduce of two numbers on several ranks, nothing on one.
+    pub(super) fn share_weights(&self, share: &Share) -> Result<(LossWeights, u64)> {
+        let b = &share.batch;
+        if self.strategy.world_size() == 1 {
+            return Ok((LossWeights::ONE, b.tokens as u64));
+        }
+        let scored = b.scored_labels()?;
+        let mut sums = [scored as f64, b.tokens as f64];
+        self.strategy.sums(&mut sums)?;
+        let w = LossWeights {
+            tokens: if sums[0] == 0.0 {
+                0.0
+            } else {
+                scored as f64 / sums[0]
+            },
+            sequences: b.input_ids.dim(0)? as f64 / share.global_rows.max(1) as f64,
+        };
+        Ok((w, sums[1] as u64))
+    }
+
+    /// Forward and backward over this rank's rows of the micro-batches of one step; the loss is
+    /// the mean over the global batches and the gradients are those of the mean, summed over
+    /// the ranks. With `loss_scale` (f16 products) each micro-batch's loss is multiplied by it
+    /// before backward, so the gradients are that many times the true ones. Returns the loss,
+    /// the gradients and the global batches' tokens.
     fn forward_backward(
         &mut self,
-        batches: &[Batch],
+        batches: &[Share],
         loss_scale: Option<f64>,
-    ) -> Result<(Tensor, GradStore)> {
+    ) -> Result<(Tensor, GradStore, u64)> {
         let accum = batches.len();
         let first_key = self.state.step * accum as u64;
         let mut total: Option<GradStore> = None;
+        let mut tokens = 0;
         // This rank's loss, summed on its device (read once per step, with the gradient norm).
         let mut loss_sum: Option<Tensor> = None;
-        for (m, global) in batches.iter().enumerate() {
+        for (m, share) in batches.iter().enumerate() {
             let key = self.dropout_key(first_key + m as u64);
-            let (part, w, first_row) = self.my_rows(global)?;
-            let b = part.as_ref().unwrap_or(global);
-            let loss = with_dropout_key(key, first_row, || self.model.weighted_loss(b, w))?;
+            let (w, global_tokens) = self.share_weights(share)?;
+            tokens += global_tokens;
+            let b = &share.batch;
+            let loss = with_dropout_key(key, share.first_row, || self.model.weighted_loss(b, w))?;
             let loss = if accum > 1 {
                 (loss / accum as f64)?
             } else {
@@ -517,7 +459,7 @@ impl Trainer {
             corpus: "batch".into(),
             problem: "a step needs at least one micro-batch".into(),
         })?;
-        Ok((loss_sum, total))
+        Ok((loss_sum, total, tokens))
     }
 
     /// The step's loss (summed over the ranks) and the gradients' global norm, with one read
@@ -543,19 +485,19 @@ impl Trainer {
 
     /// One optimizer step on prepared batches. Returns the loss, pre-clip norm and lr, or `None`
     /// for a skipped non-finite step.
-    fn train_step(&mut self, batches: &[Batch]) -> Result<Option<(f32, f64, f64)>> {
+    fn train_step(&mut self, batches: &[Share]) -> Result<Option<(f32, f64, f64)>> {
         let p = self.matmul_precision();
         on_compute_threads(|| with_matmul_precision(p, || self.train_step_on_pool(batches)))
     }
 
-    fn train_step_on_pool(&mut self, batches: &[Batch]) -> Result<Option<(f32, f64, f64)>> {
+    fn train_step_on_pool(&mut self, batches: &[Share]) -> Result<Option<(f32, f64, f64)>> {
         let lr = self.schedule.value(self.schedule_position());
         self.model.set_training(true);
         let scaler = self.loss_scaler()?;
-        let (loss, mut grads) =
+        let (loss, mut grads, tokens) =
             self.forward_backward(batches, scaler.as_ref().map(|s| s.scale()))?;
         let (loss, mut norm) = self.loss_and_norm(&loss, &grads)?;
-        self.state.tokens_seen += batches.iter().map(|b| b.tokens as u64).sum::<u64>();
+        self.state.tokens_seen += tokens;
         if !loss.is_finite() {
             self.state.step += 1;
             if self.cfg.train().on_nonfinite_loss == NonFinitePolicy::Skip {
@@ -619,6 +561,7 @@ impl Trainer {
             accum: self.cfg.train().grad_accum,
             ramp: self.ramp.clone(),
             ranks: self.strategy.world_size(),
+            rank: self.strategy.rank(),
         }
     }
 
@@ -678,8 +621,9 @@ impl Trainer {
         );
         while self.state.step < until {
             let batches = prefetch.next()?;
-            window.1 += batches.iter().map(|b| b.tokens as u64).sum::<u64>();
+            let tokens_before = self.state.tokens_seen;
             let outcome = self.train_step(&batches)?;
+            window.1 += self.state.tokens_seen - tokens_before;
             let step = self.state.step;
             if let Some(o) = outcome.filter(|_| step.is_multiple_of(log_every) || step == until) {
                 self.log_training(o, &mut window, elapsed(), &pb)?;

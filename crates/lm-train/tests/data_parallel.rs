@@ -279,7 +279,7 @@ fn zero_1_shards_the_optimizer_state_and_still_equals_one_process() {
 }
 
 #[test]
-fn a_run_resumes_on_another_number_of_ranks_when_the_global_batch_is_kept() {
+fn a_run_resumes_on_another_number_of_ranks_keeping_its_global_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..40_000]).unwrap();
@@ -304,21 +304,30 @@ fn a_run_resumes_on_another_number_of_ranks_when_the_global_batch_is_kept() {
         "6",
     ];
     succeeded(&mpirun(&args, d), "2 ranks to step 6");
-    let config = d.join("moved/config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    // 1 process × 5 is another global batch: refused, naming the batch size that matches.
-    std::fs::write(&config, text.replace("batch_size = 6", "batch_size = 5")).unwrap();
-    assert_one_line_error(
-        &lm_train(&["train", "--resume", "moved"], d),
-        "resume with batch_size = 12",
-    );
-    // 1 process × 12 continues the 2 × 6 run as if it had been one process all along.
-    std::fs::write(&config, text.replace("batch_size = 6", "batch_size = 12")).unwrap();
+    // 1 process takes the whole global batch of 12 (batch_size is per rank) and continues the
+    // 2 × 6 run as if it had been one process all along.
     succeeded(
         &lm_train(&["train", "--resume", "moved", "--quiet"], d),
         "1 × 12",
     );
     assert_same_run(&d.join("one"), &d.join("moved"), "2 ranks, then 1");
+    // And the other way: 1 process × 12 to step 6, then 2 ranks take 6 each.
+    let first = [
+        "train",
+        "--config",
+        "one.toml",
+        "--out",
+        "grown",
+        "--quiet",
+        "--max-iters",
+        "6",
+    ];
+    succeeded(&lm_train(&first, d), "1 process to step 6");
+    succeeded(
+        &mpirun(&["train", "--resume", "grown", "--quiet"], d),
+        "2 ranks from step 6",
+    );
+    assert_same_run(&d.join("one"), &d.join("grown"), "1 process, then 2 ranks");
 }
 
 #[test]

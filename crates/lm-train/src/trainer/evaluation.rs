@@ -12,15 +12,23 @@ impl Trainer {
     pub(super) fn evaluate_split_inner(&mut self, split: Split) -> Result<f32> {
         self.model.set_training(false);
         let t = self.cfg.train();
-        let batch = t.batch_size * self.strategy.world_size();
+        let global = t.batch_size * self.strategy.world_size();
+        let rows = lm_dist::share(global, self.strategy.world_size(), self.strategy.rank());
         let mut sum = 0f32;
         for i in 0..t.eval_iters {
-            let global = self
-                .work
-                .batch(split, (1 << 40) + i as u64, batch, &self.device)?;
-            let (part, w, _) = self.my_rows(&global)?;
-            let b = part.as_ref().unwrap_or(&global);
-            sum += self.model.weighted_loss(b, w)?.to_scalar::<f32>()?;
+            let key = (1 << 40) + i as u64;
+            let share = Share {
+                batch: self
+                    .work
+                    .batch(split, key, global, rows.clone(), &self.device)?,
+                first_row: rows.start,
+                global_rows: global,
+            };
+            let (w, _) = self.share_weights(&share)?;
+            sum += self
+                .model
+                .weighted_loss(&share.batch, w)?
+                .to_scalar::<f32>()?;
         }
         if self.strategy.world_size() > 1 {
             sum = self.strategy.sum(sum as f64)? as f32;
@@ -124,7 +132,7 @@ impl Trainer {
                     }
                     None => self
                         .work
-                        .batch(Split::Val, 1 << 40, 1, &self.device)?
+                        .batch(Split::Val, 1 << 40, 1, 0..1, &self.device)?
                         .input_ids
                         .flatten_all()?
                         .to_vec1()?,

@@ -24,6 +24,8 @@ impl Trainer {
             comm.barrier()?;
             Self::join(run_dir, device)?
         };
+        // A new run: its global batch is `batch_size` × these ranks.
+        t.state.global_batch = 0;
         t.setup_ranks(comm)?;
         t.strategy.broadcast_parameters(&t.vars)?;
         Ok(t)
@@ -66,24 +68,32 @@ impl Trainer {
         Ok(t)
     }
 
-    /// Records the world and global batch in the state (refusing a resume whose global batch
-    /// differs), sets the strategy over `comm`, and with `train.shard_optimizer_state` rebuilds
-    /// the optimizer over this rank's share of the parameters (ZeRO stage 1).
+    /// Records the world and global batch in the state, sets the strategy over `comm`, and with
+    /// `train.shard_optimizer_state` rebuilds the optimizer over this rank's share of the
+    /// parameters (ZeRO stage 1). A run resumed on another number of ranks keeps its global
+    /// batch: each rank takes global / ranks (`train.batch_size` is per rank), and a number of
+    /// ranks that does not divide it is refused, naming those that do.
     pub(super) fn setup_ranks(&mut self, comm: Arc<dyn Collective>) -> Result<()> {
         let world = comm.world_size();
-        let global = self.cfg.train().batch_size * world;
-        if self.state.global_batch != 0 && self.state.global_batch != global {
-            return Err(TrainError::Config {
-                source_name: self.run_dir.join("config.toml").display().to_string(),
-                key: "train.batch_size".into(),
-                problem: format!(
-                    "{} per rank × {world} ranks = {global} sequences per step, but the run was trained with {}; resume with batch_size = {} (when it divides), or with its own number of ranks",
-                    self.cfg.train().batch_size,
-                    self.state.global_batch,
-                    self.state.global_batch as f64 / world as f64
-                ),
-            });
+        let saved = self.state.global_batch;
+        if saved != 0 && saved != self.cfg.train().batch_size * world {
+            if !saved.is_multiple_of(world) {
+                let fits: Vec<String> = (1..=saved)
+                    .filter(|m| saved.is_multiple_of(*m))
+                    .map(|m| m.to_string())
+                    .collect();
+                return Err(TrainError::Config {
+                    source_name: self.run_dir.join("config.toml").display().to_string(),
+                    key: "train.batch_size".into(),
+                    problem: format!(
+                        "the run's global batch is {saved} sequences, which {world} ranks cannot share equally; resume it on {} ranks",
+                        fits.join(", ")
+                    ),
+                });
+            }
+            self.cfg.train_mut().batch_size = saved / world;
         }
+        let global = self.cfg.train().batch_size * world;
         self.state.world = world;
         self.state.global_batch = global;
         let sizes: Vec<usize> = self.vars.iter().map(|v| v.elem_count()).collect();
@@ -153,16 +163,5 @@ impl Trainer {
             });
         }
         Ok(())
-    }
-
-    /// This rank's rows of a global batch, the weights of their loss terms and their first row.
-    pub(super) fn my_rows(&self, global: &Batch) -> Result<(Option<Batch>, LossWeights, usize)> {
-        if self.strategy.world_size() == 1 {
-            return Ok((None, LossWeights::ONE, 0));
-        }
-        let rows = self.strategy.rows(global.input_ids.dim(0)?);
-        let part = global.rows(rows.clone())?;
-        let w = global.share_weights(&part)?;
-        Ok((Some(part), w, rows.start))
     }
 }

@@ -1,0 +1,140 @@
+//! Data order is state, and a pure function: global batch k is the same whatever the number of
+//! ranks that build it (each builds only its rows), so a run resumes at once, mid-epoch, on
+//! another number of ranks, with the same losses.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use candle_core::Device;
+use lm_dist::{Collective, ThreadRank};
+use lm_train::batches::{BatchSource, Specials};
+use lm_train::config::{TokenizerKind, TrainConfig};
+use lm_train::data::{prepared_corpus, Split};
+use lm_train::model::Batch;
+use lm_train::tokenizer::TextTokenizer;
+use lm_train::Trainer;
+
+const TEXT: &str = lm_train::data::SHAKESPEARE;
+
+fn shrunk(recipe: &str, corpus: &str, batch: usize, steps: u64) -> TrainConfig {
+    let mut cfg = TrainConfig::recipe(recipe).unwrap();
+    cfg.data.corpus = corpus.into();
+    if cfg.data.tokenizer != TokenizerKind::Char {
+        cfg.data.vocab_size = Some(300);
+    }
+    (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) = (1, 2, 16);
+    (cfg.model.d_ff, cfg.model.block_size) = (Some(32), 24);
+    (cfg.train.batch_size, cfg.train.max_iters) = (batch, steps);
+    (cfg.train.eval_interval, cfg.train.eval_iters) = (4, 1);
+    (cfg.train.log_interval, cfg.train.sample_tokens) = (1, 0);
+    cfg.optim.warmup_iters = 2;
+    cfg.optim.lr_decay_iters = Some(steps);
+    cfg
+}
+
+/// Each example of `b` (padding removed): its inputs, segments and scored labels.
+fn examples(b: &Batch) -> Vec<Vec<i64>> {
+    let ids: Vec<Vec<u32>> = b.input_ids.to_vec2().unwrap();
+    let labels: Vec<Vec<i64>> = b.labels.to_vec2().unwrap();
+    let mask: Option<Vec<Vec<u32>>> = b.attention_mask.as_ref().map(|m| {
+        m.to_dtype(candle_core::DType::U32)
+            .unwrap()
+            .to_vec2()
+            .unwrap()
+    });
+    (0..ids.len())
+        .map(|r| {
+            let keep = |i: usize| mask.as_ref().is_none_or(|m| m[r][i] == 1);
+            let mut e: Vec<i64> = (0..ids[r].len())
+                .filter(|&i| keep(i))
+                .map(|i| ids[r][i] as i64)
+                .collect();
+            e.push(-1);
+            e.extend(labels[r].iter().filter(|&&l| l != -100));
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn global_batches_are_the_same_on_1_2_3_and_4_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, &TEXT[..40_000]).unwrap();
+    let cache = tmp.path().join("cache");
+    for recipe in [
+        "gpt-shakespeare-char",
+        "bert-mlm-nsp",
+        "t5-span-corruption",
+        "bart-denoising",
+    ] {
+        let cfg = shrunk(recipe, &corpus.display().to_string(), 12, 1);
+        let lines: Vec<&str> = TEXT[..40_000].lines().collect();
+        let tok = match cfg.data.tokenizer {
+            TokenizerKind::Char => {
+                TextTokenizer::train(TokenizerKind::Char, cfg.model.family, 0, &[TEXT])
+            }
+            kind => TextTokenizer::train(kind, cfg.model.family, 300, &lines),
+        }
+        .unwrap();
+        let data = Arc::new(prepared_corpus(&cfg.data.corpus, &tok, 0.1, &cache).unwrap());
+        let specials = Specials::of(cfg.model.family, &tok, tok.kind()).unwrap();
+        let src = BatchSource::new(&cfg, data, specials, tok.vocab_size()).unwrap();
+        // The 200 global batches after step 500 (and one far ahead: no replay to get there).
+        for key in (500..700).chain([1 << 40]) {
+            let one = examples(&src.batch(Split::Train, key, 0..12, &Device::Cpu).unwrap());
+            let mut h = DefaultHasher::new();
+            one.hash(&mut h);
+            for ranks in 2..=4 {
+                let shared: Vec<Vec<i64>> = (0..ranks)
+                    .flat_map(|r| {
+                        examples(
+                            &src.batch(
+                                Split::Train,
+                                key,
+                                lm_dist::share(12, ranks, r),
+                                &Device::Cpu,
+                            )
+                            .unwrap(),
+                        )
+                    })
+                    .collect();
+                let mut g = DefaultHasher::new();
+                shared.hash(&mut g);
+                assert_eq!(
+                    h.finish(),
+                    g.finish(),
+                    "{recipe}: batch {key} on {ranks} ranks"
+                );
+            }
+        }
+    }
+}
+
+/// Resuming on a number of ranks that cannot share the run's global batch is refused, naming
+/// those that can. (Resuming with the same losses on other numbers of ranks is checked under
+/// mpirun: tests/data_parallel.rs.)
+#[test]
+fn a_number_of_ranks_that_cannot_share_the_global_batch_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, &TEXT[..40_000]).unwrap();
+    let run = tmp.path().join("run");
+    let cfg = shrunk("gpt-shakespeare-char", &corpus.display().to_string(), 6, 2);
+    Trainer::new(cfg, &run, Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    let errors = ThreadRank::run(4, |c| {
+        let c: Arc<dyn Collective> = Arc::new(c);
+        Trainer::resume_distributed(&run, Some(4), Device::Cpu, c)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(
+        errors[0].contains("global batch is 6") && errors[0].contains("1, 2, 3, 6"),
+        "{errors:?}"
+    );
+}

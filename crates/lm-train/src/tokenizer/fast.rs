@@ -3,12 +3,15 @@
 //! `Tokenizer::encode` returns an `Encoding`: per token its id, its string, type id, offsets,
 //! word index and masks — most of its time on two cores goes to those allocations. A prepared
 //! dataset needs the ids and which line each token starts in. This path runs the tokenizer's own
-//! pieces — normalizer, pre-tokenizer, model — and keeps a per-thread cache from each
-//! pre-tokenized word to its ids, so a word seen before costs one hash lookup. The ids are the
+//! pieces — normalizer, pre-tokenizer, model — with a cache per thread from each pre-tokenized
+//! word to its ids (emptied when another tokenizer, told by the SHA-256 of its JSON, uses the
+//! thread), so a word seen before costs one hash lookup. The ids are the
 //! tokenizer's (`encode(text, false)`); each token is placed at the start of its pre-tokenized
-//! word, which is the line it starts in unless a word spans a newline (only whitespace words can,
-//! and their tokens then count to the line the word starts in). A text that holds one of the
-//! tokenizer's added tokens goes through `encode`, which splits those out first.
+//! word, which is the line it starts in unless the word spans a newline ("\n\n" is one word to
+//! GPT-2's byte-level pre-tokenizer): such a word is tokenized afresh and its tokens placed by
+//! their lengths, where each of its characters stands for one byte of the text (byte-level
+//! tokenizers); otherwise, and for a text holding one of the tokenizer's added tokens, the text
+//! goes through `encode`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,25 +20,26 @@ use tokenizers::{
     Model, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer,
 };
 
-/// Words cached per thread at most; the cache is emptied when it grows past this.
+/// Words a cache holds at most; it is emptied when it grows past this.
 const CACHE_WORDS: usize = 1 << 20;
 
+/// Pre-tokenized words and their ids, of the tokenizer with this fingerprint.
+type WordCache = (String, HashMap<String, Box<[u32]>>);
+
 thread_local! {
-    static WORDS: RefCell<HashMap<String, Box<[u32]>>> = RefCell::new(HashMap::new());
+    static WORDS: RefCell<WordCache> = RefCell::default();
 }
 
-/// `text`'s ids and the byte offset where each token's word starts.
+/// `text`'s ids and the byte offset where each token starts. `fingerprint` names `t` (the
+/// SHA-256 of its JSON): the thread's cache is `t`'s only while it matches.
 pub(crate) fn encode_words(
     t: &tokenizers::Tokenizer,
+    fingerprint: &str,
     added: &[String],
     text: &str,
 ) -> Result<lm_data::Encoded, String> {
     if added.iter().any(|a| text.contains(a.as_str())) {
-        let e = t.encode(text, false).map_err(|e| e.to_string())?;
-        return Ok(lm_data::Encoded {
-            ids: e.get_ids().to_vec(),
-            starts: e.get_offsets().iter().map(|o| o.0 as u32).collect(),
-        });
+        return exact(t, text);
     }
     let mut normalized = tokenizers::NormalizedString::from(text);
     if let Some(n) = t.get_normalizer() {
@@ -50,12 +54,33 @@ pub(crate) fn encode_words(
         ids: Vec::with_capacity(text.len() / 3),
         starts: Vec::with_capacity(text.len() / 3),
     };
-    WORDS.with(|cache| -> Result<(), String> {
-        let mut cache = cache.borrow_mut();
-        if cache.len() > CACHE_WORDS {
+    let placed = WORDS.with(|words| -> Result<bool, String> {
+        let mut words = words.borrow_mut();
+        let (owner, cache) = &mut *words;
+        if owner != fingerprint || cache.len() > CACHE_WORDS {
             cache.clear();
+            fingerprint.clone_into(owner);
         }
-        for (word, (start, _), _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+        for (word, (start, end), _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte)
+        {
+            let inner_newline = text
+                .get(start..end.saturating_sub(1))
+                .is_some_and(|w| w.contains('\n'));
+            if inner_newline {
+                // Place each token by its length: one character per byte of the text.
+                let tokens = model.tokenize(word).map_err(|e| e.to_string())?;
+                let chars: usize = tokens.iter().map(|t| t.value.chars().count()).sum();
+                if chars != end - start {
+                    return Ok(false);
+                }
+                let mut at = start;
+                for tok in tokens {
+                    out.ids.push(tok.id);
+                    out.starts.push(at as u32);
+                    at += tok.value.chars().count();
+                }
+                continue;
+            }
             let ids = match cache.get(word) {
                 Some(ids) => ids,
                 None => {
@@ -69,9 +94,22 @@ pub(crate) fn encode_words(
                 }
             };
             out.ids.extend_from_slice(ids);
-            out.starts.extend(std::iter::repeat_n(start as u32, ids.len()));
+            out.starts
+                .extend(std::iter::repeat_n(start as u32, ids.len()));
         }
-        Ok(())
+        Ok(true)
     })?;
-    Ok(out)
+    match placed {
+        true => Ok(out),
+        false => exact(t, text),
+    }
+}
+
+/// `encode`'s ids and token offsets.
+fn exact(t: &tokenizers::Tokenizer, text: &str) -> Result<lm_data::Encoded, String> {
+    let e = t.encode(text, false).map_err(|e| e.to_string())?;
+    Ok(lm_data::Encoded {
+        ids: e.get_ids().to_vec(),
+        starts: e.get_offsets().iter().map(|o| o.0 as u32).collect(),
+    })
 }

@@ -195,3 +195,104 @@ fn nanogpt_token_files_import_and_train() {
         "{val}"
     );
 }
+
+#[test]
+fn a_mixture_keeps_each_source_within_one_example_of_its_weight_in_every_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Source A is letters, source B digits: a window tells which it came from.
+    let text = |alphabet: &[u8], seed: u64| -> String {
+        let mut x = seed;
+        (0..20_000)
+            .map(|i| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                match i % 40 {
+                    39 => '\n',
+                    _ if i % 400 == 399 => '\n',
+                    _ => alphabet[(x >> 33) as usize % alphabet.len()] as char,
+                }
+            })
+            .collect()
+    };
+    let (a, b) = (text(b"abcdefgh ", 1), text(b"0123456789 ", 2));
+    let tok = TextTokenizer::train(
+        TokenizerKind::Char,
+        lm_train::config::Family::named("gpt").unwrap(),
+        0,
+        &[&format!("{a}{b}")],
+    )
+    .unwrap();
+    for (name, body) in [("a", &a), ("b", &b)] {
+        std::fs::write(tmp.path().join(format!("{name}.txt")), body).unwrap();
+        prepare(
+            &tok,
+            &tmp.path().join(format!("{name}.txt")),
+            &tmp.path().join(name),
+        );
+    }
+    let mut cfg = shrink(
+        TrainConfig::recipe("gpt-shakespeare-char").unwrap(),
+        tmp.path(),
+        4,
+    );
+    cfg.data.dataset = None;
+    cfg.data.sources = ["a", "b"]
+        .iter()
+        .zip([2.0, 1.0])
+        .map(|(n, weight)| lm_train::config::DataSource {
+            path: tmp.path().join(n).display().to_string(),
+            weight,
+        })
+        .collect();
+    cfg.validate("mixture").unwrap();
+    let datasets = ["a", "b"]
+        .iter()
+        .zip([2.0, 1.0])
+        .map(|(n, w)| {
+            (
+                std::sync::Arc::new(lm_data::Dataset::open(&tmp.path().join(n)).unwrap()),
+                w,
+            )
+        })
+        .collect();
+    let specials = lm_train::batches::Specials::of(cfg.model.family, &tok, tok.kind()).unwrap();
+    let src = lm_train::batches::BatchSource::mixture(&cfg, datasets, specials, tok.vocab_size())
+        .unwrap();
+    // 10 rows at weights 2:1: quotas 6.67 and 3.33, so 7 and 3 in every batch, on any ranks.
+    assert_eq!(src.source_counts(10), vec![7, 3]);
+    let digit = |id: u32| tok.decode(&[id]).chars().all(|c| c.is_ascii_digit());
+    for key in 0..200 {
+        for ranks in [1, 3] {
+            let from_b: usize = (0..ranks)
+                .map(|r| {
+                    let b = src
+                        .batch(
+                            lm_data::Split::Train,
+                            key,
+                            10,
+                            lm_dist_share(10, ranks, r),
+                            &Device::Cpu,
+                        )
+                        .unwrap();
+                    let ids: Vec<Vec<u32>> = b.input_ids.to_vec2().unwrap();
+                    ids.iter()
+                        .filter(|row| row.iter().any(|&t| digit(t)))
+                        .count()
+                })
+                .sum();
+            assert_eq!(from_b, 3, "batch {key} on {ranks} ranks");
+        }
+    }
+    // And a run trains on the mixture.
+    let mut t = Trainer::new(cfg, &tmp.path().join("run"), Device::Cpu).unwrap();
+    let (_, val) = t.train().unwrap().last_eval.unwrap();
+    assert!(val.is_finite(), "{val}");
+}
+
+/// Rank `r`'s rows of `n` over `world` ranks (as lm-dist shares them).
+fn lm_dist_share(n: usize, world: usize, r: usize) -> std::ops::Range<usize> {
+    let (q, extra) = (n / world, n % world);
+    let start = r * q + r.min(extra);
+    start..start + q + usize::from(r < extra)
+}

@@ -128,7 +128,7 @@ fn check_prefix_batches(t: &Trainer, cfg: &TrainConfig, dir: &std::path::Path, n
     let corpus = std::sync::Arc::new(dataset);
     let vocab = tok.vocab_size();
     let src = BatchSource::new(cfg, corpus, specials.clone(), vocab).unwrap();
-    let b = src.batch(Split::Train, 3, 0..8, &Device::Cpu).unwrap();
+    let b = src.batch(Split::Train, 3, 8, 0..8, &Device::Cpu).unwrap();
     let block = cfg.model.block_size;
     let labels: Vec<Vec<i64>> = b.labels.to_vec2().unwrap();
     if let Some(p) = &b.prefix_len {

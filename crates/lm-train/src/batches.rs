@@ -38,7 +38,7 @@ impl Specials {
 #[derive(Debug)]
 enum Pool {
     /// The split's token stream, to cut windows from (GPT, T5).
-    Stream(Split),
+    Stream,
     /// NSP pairs (BERT).
     Pairs(Vec<NspExample>),
     /// Packed sequences (RoBERTa).
@@ -50,7 +50,7 @@ enum Pool {
 impl Pool {
     fn is_empty(&self) -> bool {
         match self {
-            Pool::Stream(_) => false, // checked against the split's length in BatchSource::new
+            Pool::Stream => false, // checked against the split's length in BatchSource::new
             Pool::Pairs(p) => p.is_empty(),
             Pool::Blocks(b) => b.is_empty(),
             Pool::Docs(d) => d.is_empty(),
@@ -58,13 +58,20 @@ impl Pool {
     }
 }
 
+/// One dataset of a run, its example pools and its weight in the mixture.
+#[derive(Debug)]
+struct Source {
+    corpus: Arc<Dataset>,
+    pools: [Pool; 2],
+    weight: f64,
+}
+
 /// Builds the batches of a run.
 #[derive(Debug)]
 pub struct BatchSource {
     family: Family,
     objective: ObjectiveKind,
-    corpus: Arc<Dataset>,
-    pools: [Pool; 2],
+    sources: Vec<Source>,
     block: usize,
     raw_len: usize,
     seed: u64,
@@ -111,27 +118,99 @@ fn data_name(cfg: &TrainConfig) -> String {
 }
 
 impl BatchSource {
-    /// Prepares the example pools of both splits for `cfg`'s family.
+    /// Prepares the example pools of both splits of `corpus` for `cfg`'s family.
     pub fn new(
         cfg: &TrainConfig,
         corpus: Arc<Dataset>,
         specials: Specials,
         vocab: usize,
     ) -> Result<Self> {
+        Self::mixture(cfg, vec![(corpus, 1.0)], specials, vocab)
+    }
+
+    /// A deterministic mixture of `sources` (datasets of one tokenizer) by weight: each global
+    /// batch takes from source s ⌊w_s·G⌋ or ⌈w_s·G⌉ of its G examples (largest remainders;
+    /// weights are normalized), placed at rows shuffled by the batch's key.
+    pub fn mixture(
+        cfg: &TrainConfig,
+        sources: Vec<(Arc<Dataset>, f64)>,
+        specials: Specials,
+        vocab: usize,
+    ) -> Result<Self> {
+        let mut built = Vec::with_capacity(sources.len());
+        let mut id = 0u64;
+        let single = sources.len() == 1;
+        for (corpus, weight) in sources {
+            // Errors name the config's corpus or dataset, or the mixture's source.
+            let name = match single {
+                true => data_name(cfg),
+                false => corpus.dir().display().to_string(),
+            };
+            let pools = Self::pools(cfg, &corpus, &specials, &name)?;
+            id = id.rotate_left(17) ^ corpus.content_id();
+            if built.len() > 0 || weight != 1.0 {
+                id ^= weight.to_bits();
+            }
+            built.push(Source {
+                corpus,
+                pools,
+                weight,
+            });
+        }
+        if built.is_empty()
+            || built
+                .iter()
+                .any(|s| !(s.weight > 0.0 && s.weight.is_finite()))
+        {
+            return Err(TrainError::Corpus {
+                corpus: data_name(cfg),
+                problem: "a mixture needs at least one source, each with a positive weight".into(),
+            });
+        }
+        let objective = cfg.objective_kind();
+        Ok(Self {
+            family: cfg.model.family,
+            objective,
+            sources: built,
+            block: cfg.model.block_size,
+            raw_len: Self::raw_len(cfg)?,
+            // The order of batches is a function of the data as well as the seed.
+            seed: cfg.train.seed ^ id,
+            vocab: vocab as u32,
+            specials,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Tokens a window is cut to before its objective: T5's raw span-corruption length, else
+    /// the block.
+    fn raw_len(cfg: &TrainConfig) -> Result<usize> {
+        let block = cfg.model.block_size;
+        Ok(match cfg.objective_kind() {
+            ObjectiveKind::SpanCorruption => {
+                SpanCorruptionConfig {
+                    noise_density: cfg.objective.noise_density,
+                    mean_span_length: cfg.objective.mean_span_length,
+                }
+                .raw_length_for_inputs(block)?
+                .0
+            }
+            _ => block,
+        })
+    }
+
+    /// The example pools of both splits of `corpus`.
+    fn pools(
+        cfg: &TrainConfig,
+        corpus: &Dataset,
+        specials: &Specials,
+        name: &str,
+    ) -> Result<[Pool; 2]> {
         let family = cfg.model.family;
         let objective = cfg.objective_kind();
         let block = cfg.model.block_size;
-        let source = data_name(cfg);
-        let raw_len = if objective == ObjectiveKind::SpanCorruption {
-            SpanCorruptionConfig {
-                noise_density: cfg.objective.noise_density,
-                mean_span_length: cfg.objective.mean_span_length,
-            }
-            .raw_length_for_inputs(block)?
-            .0
-        } else {
-            block
-        };
+        let source = name.to_string();
+        let raw_len = Self::raw_len(cfg)?;
         let mut rng = Rng::seed_from_u64(cfg.train.seed ^ 0x9A17);
         let mut pool = |split: Split| -> Result<Pool> {
             let view = corpus.split(split);
@@ -142,7 +221,7 @@ impl BatchSource {
                     | ObjectiveKind::SpanCorruption
                     | ObjectiveKind::PrefixLm,
                     _,
-                ) => Pool::Stream(split),
+                ) => Pool::Stream,
                 (ObjectiveKind::MaskedLm, MaskedLmInput::NspPairs) => {
                     let docs: Vec<Document> = docs.map(|d| view.document(d)).collect();
                     let nsp = NspConfig {
@@ -179,27 +258,62 @@ impl BatchSource {
             .zip([Split::Train, Split::Val])
         {
             let short = corpus.split(split).len() <= raw_len + 1;
-            if p.is_empty() || (matches!(p, Pool::Stream(_)) && short) {
+            if p.is_empty() || (matches!(p, Pool::Stream) && short) {
                 return Err(TrainError::Corpus {
                     corpus: source.clone(),
                     problem: format!("{} tokens is shorter than one block: the {name} split has no example of block_size = {block}", corpus.split(split).len()),
                 });
             }
         }
-        // The order of batches is a function of the data as well as the seed.
-        let seed = cfg.train.seed ^ corpus.content_id();
-        Ok(Self {
-            family,
-            objective,
-            corpus,
-            pools,
-            block,
-            raw_len,
-            seed,
-            vocab: vocab as u32,
-            specials,
-            cfg: cfg.clone(),
-        })
+        Ok(pools)
+    }
+
+    /// The number of examples each source gives a global batch of `global`: ⌊w·G⌋, plus one
+    /// for the largest remainders (ties to the first source), so each is within one of w·G.
+    pub fn source_counts(&self, global: usize) -> Vec<usize> {
+        let total: f64 = self.sources.iter().map(|s| s.weight).sum();
+        let quota: Vec<f64> = self
+            .sources
+            .iter()
+            .map(|s| s.weight / total * global as f64)
+            .collect();
+        let mut counts: Vec<usize> = quota.iter().map(|q| q.floor() as usize).collect();
+        let mut order: Vec<usize> = (0..quota.len()).collect();
+        order.sort_by(|&a, &b| {
+            (quota[b] - quota[b].floor()).total_cmp(&(quota[a] - quota[a].floor()))
+        });
+        let missing = global.saturating_sub(counts.iter().sum());
+        for &s in order.iter().take(missing) {
+            counts[s] += 1;
+        }
+        counts
+    }
+
+    /// The source of each row of global batch `key`: [`BatchSource::source_counts`] rows each,
+    /// shuffled by the batch's own random stream.
+    fn row_sources(&self, split: Split, key: u64, global: usize) -> Vec<usize> {
+        if self.sources.len() == 1 {
+            return vec![0; global];
+        }
+        let mut rows: Vec<usize> = self
+            .source_counts(global)
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &n)| std::iter::repeat_n(s, n))
+            .collect();
+        let mut rng = self.example_rng(split, key, usize::MAX);
+        for i in (1..rows.len()).rev() {
+            rows.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        rows
+    }
+
+    fn pool(&self, src: usize, split: Split) -> &Pool {
+        &self.sources[src].pools[split_index(split)]
+    }
+
+    fn stream(&self, src: usize, split: Split) -> &SplitView {
+        self.sources[src].corpus.split(split)
     }
 
     /// The random stream of example `row` of the global batch `key`: a function of (the
@@ -235,75 +349,86 @@ impl BatchSource {
         )?)
     }
 
-    /// Rows `rows` of the global batch of `key` in `split` (each example drawn from its own
-    /// random stream, [`BatchSource::example_rng`]).
+    /// Rows `rows` of the global batch of `key` in `split`, of `global` rows (each example from
+    /// its source, [`BatchSource::row_sources`], drawn by its own random stream,
+    /// [`BatchSource::example_rng`]).
     pub fn batch(
         &self,
         split: Split,
         key: u64,
+        global: usize,
         rows: std::ops::Range<usize>,
         device: &Device,
     ) -> Result<Batch> {
-        let mut rngs: Vec<Rng> = rows.map(|i| self.example_rng(split, key, i)).collect();
-        let rngs = rngs.as_mut_slice();
-        let pool = &self.pools[split_index(split)];
-        match (self.objective, self.family.architecture, pool) {
-            (ObjectiveKind::CausalLm, _, Pool::Stream(s)) => {
-                self.decoder_batch(self.corpus.split(*s), rngs, false, device)
+        let sources = self.row_sources(split, key, global.max(rows.end));
+        let mut rows: Vec<(usize, Rng)> = rows
+            .map(|i| (sources[i], self.example_rng(split, key, i)))
+            .collect();
+        let rows = rows.as_mut_slice();
+        match (self.objective, self.family.architecture) {
+            (ObjectiveKind::CausalLm, _) => self.decoder_batch(split, rows, false, device),
+            (ObjectiveKind::SpanCorruption, _) => self.span_batch(split, rows, device),
+            (ObjectiveKind::PrefixLm, Architecture::DecoderOnly) => {
+                self.decoder_batch(split, rows, true, device)
             }
-            (ObjectiveKind::SpanCorruption, _, Pool::Stream(s)) => {
-                self.span_batch(self.corpus.split(*s), rngs, device)
-            }
-            (ObjectiveKind::PrefixLm, Architecture::DecoderOnly, Pool::Stream(s)) => {
-                self.decoder_batch(self.corpus.split(*s), rngs, true, device)
-            }
-            (ObjectiveKind::PrefixLm, _, Pool::Stream(s)) => {
-                self.seq2seq_prefix_batch(self.corpus.split(*s), rngs, device)
-            }
-            (ObjectiveKind::MaskedLm, _, Pool::Pairs(pairs)) => {
-                let mut picked: Vec<&NspExample> = vec![];
-                let mut masked = vec![];
-                for rng in rngs.iter_mut() {
+            (ObjectiveKind::PrefixLm, _) => self.seq2seq_prefix_batch(split, rows, device),
+            (ObjectiveKind::MaskedLm, _) => self.masked_batch(split, rows, device),
+            (ObjectiveKind::Denoising, _) => self.denoising_batch(split, rows, device),
+        }
+    }
+
+    fn no_pool(&self) -> TrainError {
+        TrainError::Corpus {
+            corpus: data_name(&self.cfg),
+            problem: format!(
+                "no example pool for {} on the {} family",
+                self.objective, self.family
+            ),
+        }
+    }
+
+    /// BERT (NSP pairs) and RoBERTa (FULL-SENTENCES blocks), masked 80/10/10.
+    fn masked_batch(
+        &self,
+        split: Split,
+        rows: &mut [(usize, Rng)],
+        device: &Device,
+    ) -> Result<Batch> {
+        let mut picked: Vec<&NspExample> = vec![];
+        let mut masked = vec![];
+        for (src, rng) in rows.iter_mut() {
+            match self.pool(*src, split) {
+                Pool::Pairs(pairs) => {
                     let p = &pairs[rng.below(pairs.len() as u64) as usize];
                     masked.push(self.masker(rng)?.mask(&p.input_ids)?);
                     picked.push(p);
                 }
-                let mut b = self.mlm_batch(masked, device)?;
-                let (rows, t) = b.input_ids.dims2()?;
-                let segs = pad_batch(
-                    &picked
-                        .iter()
-                        .map(|p| p.segment_ids.as_slice())
-                        .collect::<Vec<_>>(),
-                    0,
-                    Some(t),
-                )?;
-                b.token_type_ids = Some(Tensor::from_vec(segs.input_ids, (rows, t), device)?);
-                if self.cfg.objective.nsp {
-                    let nsp: Vec<i64> = picked.iter().map(|p| p.label() as i64).collect();
-                    b.nsp_labels = Some(Tensor::from_vec(nsp, rows, device)?);
-                }
-                Ok(b)
-            }
-            (ObjectiveKind::MaskedLm, _, Pool::Blocks(blocks)) => {
-                let mut masked = vec![];
-                for rng in rngs.iter_mut() {
+                Pool::Blocks(blocks) => {
                     let block = &blocks[rng.below(blocks.len() as u64) as usize];
                     masked.push(self.masker(rng)?.mask(block)?);
                 }
-                self.mlm_batch(masked, device)
+                _ => return Err(self.no_pool()),
             }
-            (ObjectiveKind::Denoising, _, Pool::Docs(docs)) => {
-                self.denoising_batch(docs, rngs, device)
-            }
-            (objective, _, _) => Err(TrainError::Corpus {
-                corpus: data_name(&self.cfg),
-                problem: format!(
-                    "no example pool for {objective} on the {} family",
-                    self.family
-                ),
-            }),
         }
+        let mut b = self.mlm_batch(masked, device)?;
+        if picked.is_empty() {
+            return Ok(b);
+        }
+        let (n, t) = b.input_ids.dims2()?;
+        let segs = pad_batch(
+            &picked
+                .iter()
+                .map(|p| p.segment_ids.as_slice())
+                .collect::<Vec<_>>(),
+            0,
+            Some(t),
+        )?;
+        b.token_type_ids = Some(Tensor::from_vec(segs.input_ids, (n, t), device)?);
+        if self.cfg.objective.nsp {
+            let nsp: Vec<i64> = picked.iter().map(|p| p.label() as i64).collect();
+            b.nsp_labels = Some(Tensor::from_vec(nsp, n, device)?);
+        }
+        Ok(b)
     }
 
     /// GPT: windows of `block + 1` tokens at random offsets; inputs and next-token targets.
@@ -311,19 +436,20 @@ impl BatchSource {
     /// the model reads both ways, and only the continuation is scored.
     fn decoder_batch(
         &self,
-        stream: &SplitView,
-        rngs: &mut [Rng],
+        split: Split,
+        rows: &mut [(usize, Rng)],
         prefix_lm: bool,
         device: &Device,
     ) -> Result<Batch> {
-        let batch = rngs.len();
+        let batch = rows.len();
         let (mut x, mut y) = (
             Vec::with_capacity(batch * self.block),
             Vec::with_capacity(batch * self.block),
         );
         let mut prefix_len = Vec::with_capacity(if prefix_lm { batch } else { 0 });
         let mut w = Vec::with_capacity(self.block + 1);
-        for rng in rngs.iter_mut() {
+        for (src, rng) in rows.iter_mut() {
+            let stream = self.stream(*src, split);
             let start = rng.below((stream.len() - self.block) as u64) as usize;
             w.clear();
             stream.extend_into(start..start + self.block + 1, &mut w);
@@ -360,13 +486,14 @@ impl BatchSource {
     /// decoder target (the rest, then EOS).
     fn seq2seq_prefix_batch(
         &self,
-        stream: &SplitView,
-        rngs: &mut [Rng],
+        split: Split,
+        rows: &mut [(usize, Rng)],
         device: &Device,
     ) -> Result<Batch> {
         let sp = &self.specials;
         let (mut inputs, mut targets) = (vec![], vec![]);
-        for rng in rngs.iter_mut() {
+        for (src, rng) in rows.iter_mut() {
+            let stream = self.stream(*src, split);
             let start = rng.below((stream.len() - self.block) as u64) as usize;
             let window = stream.tokens(start..start + self.block);
             let (prefix, rest) = random_prefix_lm(&window, rng)?;
@@ -385,7 +512,12 @@ impl BatchSource {
     }
 
     /// T5: span corruption of raw windows sized so the corrupted input fills the block.
-    fn span_batch(&self, stream: &SplitView, rngs: &mut [Rng], device: &Device) -> Result<Batch> {
+    fn span_batch(
+        &self,
+        split: Split,
+        rows: &mut [(usize, Rng)],
+        device: &Device,
+    ) -> Result<Batch> {
         let sc = SpanCorruptionConfig {
             noise_density: self.cfg.objective.noise_density,
             mean_span_length: self.cfg.objective.mean_span_length,
@@ -398,7 +530,8 @@ impl BatchSource {
         let mut c = SpanCorruptor::new(sc, sentinels, self.specials.eos)?;
         let mut inputs = vec![];
         let mut targets: Vec<Vec<i64>> = vec![];
-        for rng in rngs.iter_mut() {
+        for (src, rng) in rows.iter_mut() {
+            let stream = self.stream(*src, split);
             let start = rng.below((stream.len() - self.raw_len) as u64) as usize;
             let ex = c.corrupt(&stream.tokens(start..start + self.raw_len), rng)?;
             inputs.push(ex.input_ids);
@@ -444,8 +577,8 @@ impl BatchSource {
     /// BART: text infilling and sentence permutation of whole documents, reconstructed.
     fn denoising_batch(
         &self,
-        docs: &[Document],
-        rngs: &mut [Rng],
+        split: Split,
+        rows: &mut [(usize, Rng)],
         device: &Device,
     ) -> Result<Batch> {
         let ob = &self.cfg.objective;
@@ -461,7 +594,10 @@ impl BatchSource {
         };
         let mut inputs = vec![];
         let mut targets = vec![];
-        for rng in rngs.iter_mut() {
+        for (src, rng) in rows.iter_mut() {
+            let Pool::Docs(docs) = self.pool(*src, split) else {
+                return Err(self.no_pool());
+            };
             let doc = &docs[rng.below(docs.len() as u64) as usize];
             let ex = noise.apply(doc, rng)?;
             let mut x = ex.input_ids;

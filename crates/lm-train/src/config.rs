@@ -87,6 +87,20 @@ pub struct DataSection {
     /// text), or documents evenly spread (other formats). Not with `dataset`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_fraction: Option<f64>,
+    /// `[[data.sources]]`: a deterministic mixture of prepared datasets (one tokenizer), instead
+    /// of `corpus` or `dataset`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<DataSource>,
+}
+
+/// `[[data.sources]]`: one dataset of a mixture and its weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    /// A directory made by `lm-train data prepare` or `data import`.
+    pub path: String,
+    /// Its share of every global batch (weights are normalized).
+    pub weight: f64,
 }
 
 /// `[objective]`: options of the family's pretraining objective (lm-objectives' defaults).
@@ -334,6 +348,27 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&m.dropout) {
             return err("model.dropout", format!("{} is not in [0, 1)", m.dropout));
         }
+        if !self.data.sources.is_empty() {
+            let beside = [
+                ("data.dataset", self.data.dataset.is_some()),
+                ("data.corpus", self.data.corpus != default_corpus()),
+                ("data.val_fraction", self.data.val_fraction.is_some()),
+            ];
+            if let Some((key, _)) = beside.iter().find(|(_, set)| *set) {
+                return err(key, "give a mixture ([[data.sources]]) or this, not both; each source brings its own validation split".into());
+            }
+            if let Some(s) = self
+                .data
+                .sources
+                .iter()
+                .find(|s| !(s.weight > 0.0 && s.weight.is_finite()))
+            {
+                return err(
+                    "data.sources.weight",
+                    format!("{} for {:?} is not a positive number", s.weight, s.path),
+                );
+            }
+        }
         if let Some(d) = &self.data.dataset {
             if self.data.val_fraction.is_some() {
                 return err("data.val_fraction", format!("a dataset brings its own validation split (made by `lm-train data prepare --val-fraction`); remove val_fraction, or prepare {d} again"));
@@ -349,6 +384,7 @@ impl TrainConfig {
         if self.data.tokenizer == TokenizerKind::Char
             && self.data.tokenizer_file.is_none()
             && self.data.dataset.is_none()
+            && self.data.sources.is_empty()
             && !m.family.takes_char_tokenizer()
         {
             return err("data.tokenizer", format!("the {} family needs special tokens; use a trained tokenizer (\"bpe\", \"wordpiece\" or \"unigram\")", m.family));

@@ -186,10 +186,10 @@ impl Trainer {
         }
         let parts = match &mut cfg {
             RunConfig::Pretrain(c) => {
-                let (tokenizer, dataset) = new_run_data(c, run_dir)?;
+                let (tokenizer, datasets) = new_run_data(c, run_dir)?;
                 // The run's config records the kind of the tokenizer it uses.
                 c.data.tokenizer = tokenizer.kind();
-                pretraining_parts(c, tokenizer, dataset, &device)?
+                pretraining_parts(c, tokenizer, datasets, &device)?
             }
             RunConfig::Finetune(c) => finetuning_parts(FinetuneTask::prepare(c, run_dir, &device)?),
         };

@@ -50,7 +50,7 @@ fn keys_of(cfg: &RunConfig) -> BTreeMap<String, BTreeSet<String>> {
 #[test]
 fn every_example_parses_and_every_key_is_documented_once() {
     let examples = examples();
-    assert_eq!(examples.len(), 4, "the page's examples");
+    assert_eq!(examples.len(), 5, "the page's examples");
     let parsed: Vec<RunConfig> = examples
         .iter()
         .enumerate()
@@ -66,10 +66,13 @@ fn every_example_parses_and_every_key_is_documented_once() {
             .into_iter()
             .filter(|(s, _)| s == "finetune"),
     );
-    // `dataset` excludes `corpus` and `val_fraction`: the last example has it.
-    let data = keys_of(&parsed[3]).remove("data").unwrap_or_default();
-    assert!(data.contains("dataset"), "{data:?}");
-    actual.entry("data".into()).or_default().extend(data);
+    // `dataset` and `sources` exclude `corpus`, `val_fraction` and each other: the last two
+    // examples have them.
+    for (i, key) in [(3, "dataset"), (4, "sources")] {
+        let data = keys_of(&parsed[i]).remove("data").unwrap_or_default();
+        assert!(data.contains(key), "{data:?}");
+        actual.entry("data".into()).or_default().extend(data);
+    }
     assert_eq!(documented(), actual);
 }
 

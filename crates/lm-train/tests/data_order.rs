@@ -83,7 +83,10 @@ fn global_batches_are_the_same_on_1_2_3_and_4_ranks() {
         let src = BatchSource::new(&cfg, data, specials, tok.vocab_size()).unwrap();
         // The 200 global batches after step 500 (and one far ahead: no replay to get there).
         for key in (500..700).chain([1 << 40]) {
-            let one = examples(&src.batch(Split::Train, key, 0..12, &Device::Cpu).unwrap());
+            let one = examples(
+                &src.batch(Split::Train, key, 12, 0..12, &Device::Cpu)
+                    .unwrap(),
+            );
             let mut h = DefaultHasher::new();
             one.hash(&mut h);
             for ranks in 2..=4 {
@@ -93,6 +96,7 @@ fn global_batches_are_the_same_on_1_2_3_and_4_ranks() {
                             &src.batch(
                                 Split::Train,
                                 key,
+                                12,
                                 lm_dist::share(12, ranks, r),
                                 &Device::Cpu,
                             )

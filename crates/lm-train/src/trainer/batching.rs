@@ -26,7 +26,7 @@ impl Work {
         device: &Device,
     ) -> Result<Batch> {
         match self {
-            Self::Pretrain(s) => s.batch(split, key, rows, device),
+            Self::Pretrain(s) => s.batch(split, key, global, rows, device),
             Self::Finetune(t) if rows == (0..global) => t.batch(split, key, global, device),
             Self::Finetune(t) => t.batch(split, key, global, device)?.rows(rows),
         }

@@ -6,10 +6,11 @@ use super::*;
 /// Bytes of text a tokenizer is trained on, at most (the first of the training part).
 pub const TOKENIZER_SAMPLE_BYTES: usize = 256 << 20;
 
-/// A new run's tokenizer and dataset: the dataset's own (`data.dataset`), or `tokenizer_file`,
-/// or one trained on the corpus (a character alphabet from all of it; the others on a sample of
-/// its training part), with the corpus prepared into the cache.
-pub(super) fn new_run_data(cfg: &TrainConfig, run_dir: &Path) -> Result<(TextTokenizer, Dataset)> {
+/// A new run's tokenizer and datasets: the dataset's own (`data.dataset`, or the first of a
+/// mixture's `data.sources`), or `tokenizer_file`, or one trained on the corpus (a character
+/// alphabet from all of it; the others on a sample of its training part), with the corpus
+/// prepared into the cache.
+pub(super) fn new_run_data(cfg: &TrainConfig, run_dir: &Path) -> Result<(TextTokenizer, Datasets)> {
     if let Some(dir) = &cfg.data.dataset {
         let dataset = Dataset::open(Path::new(dir))?;
         let tokenizer = TextTokenizer::load(&dataset.tokenizer_path())?;
@@ -18,7 +19,14 @@ pub(super) fn new_run_data(cfg: &TrainConfig, run_dir: &Path) -> Result<(TextTok
             &tokenizer,
             &dataset.tokenizer_path().display().to_string(),
         )?;
-        return Ok((tokenizer, dataset));
+        return Ok((tokenizer, vec![(Arc::new(dataset), 1.0)]));
+    }
+    if !cfg.data.sources.is_empty() {
+        let datasets = mixture(cfg)?;
+        let path = datasets[0].0.tokenizer_path();
+        let tokenizer = TextTokenizer::load(&path)?;
+        check_tokenizer_fits(cfg, &tokenizer, &path.display().to_string())?;
+        return Ok((tokenizer, datasets));
     }
     let cache = crate::data::cache_dir(run_dir);
     let inputs = crate::data::corpus_inputs(&cfg.data.corpus, &cache)?;
@@ -43,7 +51,39 @@ pub(super) fn new_run_data(cfg: &TrainConfig, run_dir: &Path) -> Result<(TextTok
         cfg.data.val_fraction(),
         &cache,
     )?;
-    Ok((tokenizer, dataset))
+    Ok((tokenizer, vec![(Arc::new(dataset), 1.0)]))
+}
+
+/// A run's datasets and their weights in its mixture.
+pub(super) type Datasets = Vec<(Arc<Dataset>, f64)>;
+
+/// The datasets of `[[data.sources]]`, refused unless all were prepared with one tokenizer.
+fn mixture(cfg: &TrainConfig) -> Result<Datasets> {
+    let mut out: Datasets = vec![];
+    for s in &cfg.data.sources {
+        let d = Dataset::open(Path::new(&s.path))?;
+        if let Some((first, _)) = out.first() {
+            let (a, b) = (
+                &first.manifest().params.tokenizer,
+                &d.manifest().params.tokenizer,
+            );
+            if a.sha256 != b.sha256 {
+                return Err(TrainError::Config {
+                    source_name: s.path.clone(),
+                    key: "data.sources".into(),
+                    problem: format!(
+                        "{} was prepared with another tokenizer than {} (sha256 {} vs {}); a mixture's datasets share one",
+                        s.path,
+                        first.dir().display(),
+                        &b.sha256[..12],
+                        &a.sha256[..12]
+                    ),
+                });
+            }
+        }
+        out.push((Arc::new(d), s.weight));
+    }
+    Ok(out)
 }
 
 /// A tokenizer read from `source` (a `tokenizer_file`, a dataset's) against what the config
@@ -90,22 +130,27 @@ pub(super) fn reopened_run_data(
     tokenizer: &TextTokenizer,
     run_dir: &Path,
     writable: bool,
-) -> Result<Dataset> {
-    if let Some(dir) = &cfg.data.dataset {
-        let dataset = Dataset::open(Path::new(dir))?;
-        let (run_tok, ds_tok) = (run_dir.join("tokenizer.json"), dataset.tokenizer_path());
+) -> Result<Datasets> {
+    let given = match (&cfg.data.dataset, cfg.data.sources.is_empty()) {
+        (Some(dir), _) => Some(vec![(Arc::new(Dataset::open(Path::new(dir))?), 1.0)]),
+        (None, false) => Some(mixture(cfg)?),
+        (None, true) => None,
+    };
+    if let Some(datasets) = given {
         let run_json = tokenizer.to_json()?;
-        let ds_json = TextTokenizer::load(&ds_tok)?.to_json()?;
-        if run_json != ds_json {
-            return Err(TrainError::Checkpoint {
-                path: ds_tok,
-                problem: format!(
-                    "the dataset was prepared with another tokenizer than the run's ({}); train on the dataset the run began with",
-                    run_tok.display()
-                ),
-            });
+        for (dataset, _) in &datasets {
+            let (run_tok, ds_tok) = (run_dir.join("tokenizer.json"), dataset.tokenizer_path());
+            if TextTokenizer::load(&ds_tok)?.to_json()? != run_json {
+                return Err(TrainError::Checkpoint {
+                    path: ds_tok,
+                    problem: format!(
+                        "the dataset was prepared with another tokenizer than the run's ({}); train on the dataset the run began with",
+                        run_tok.display()
+                    ),
+                });
+            }
         }
-        return Ok(dataset);
+        return Ok(datasets);
     }
     let tmp;
     let fallback = if writable {
@@ -120,7 +165,7 @@ pub(super) fn reopened_run_data(
     if !writable && cache.starts_with(&fallback) {
         let _ = std::fs::remove_dir_all(&fallback); // the mappings stay valid
     }
-    d
+    Ok(vec![(Arc::new(d?), 1.0)])
 }
 
 /// Pretraining's pieces from a tokenizer and its token cache: the objective's batch source, the
@@ -128,12 +173,12 @@ pub(super) fn reopened_run_data(
 pub(super) fn pretraining_parts(
     cfg: &TrainConfig,
     tokenizer: TextTokenizer,
-    dataset: Dataset,
+    datasets: Datasets,
     device: &Device,
 ) -> Result<Parts> {
     let specials = Specials::of(cfg.model.family, &tokenizer, tokenizer.kind())?;
     let vocab = tokenizer.vocab_size();
-    let source = BatchSource::new(cfg, Arc::new(dataset), specials.clone(), vocab)?;
+    let source = BatchSource::mixture(cfg, datasets, specials.clone(), vocab)?;
     let (model, store) = (cfg.model.family.build)(&cfg.model_shape(vocab), &specials, device)?;
     let (decay, no_decay) = param_groups(model.as_ref(), &store);
     Ok(Parts {

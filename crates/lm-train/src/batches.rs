@@ -148,7 +148,7 @@ impl BatchSource {
             };
             let pools = Self::pools(cfg, &corpus, &specials, &name)?;
             id = id.rotate_left(17) ^ corpus.content_id();
-            if built.len() > 0 || weight != 1.0 {
+            if !built.is_empty() || weight != 1.0 {
                 id ^= weight.to_bits();
             }
             built.push(Source {

@@ -153,6 +153,42 @@ fn default_tokenizer() -> TokenizerKind {
     TokenizerKind::Char
 }
 impl DataSection {
+    /// `dataset` and `[[data.sources]]` against the keys they exclude, and the sources' weights.
+    fn validate_sources(&self, err: &dyn Fn(&str, String) -> Result<()>) -> Result<()> {
+        if !self.sources.is_empty() {
+            let beside = [
+                ("data.dataset", self.dataset.is_some()),
+                ("data.corpus", self.corpus != default_corpus()),
+                ("data.val_fraction", self.val_fraction.is_some()),
+            ];
+            if let Some((key, _)) = beside.iter().find(|(_, set)| *set) {
+                return err(key, "give a mixture ([[data.sources]]) or this, not both; each source brings its own validation split".into());
+            }
+            if let Some(s) = self
+                .sources
+                .iter()
+                .find(|s| !(s.weight > 0.0 && s.weight.is_finite()))
+            {
+                return err(
+                    "data.sources.weight",
+                    format!("{} for {:?} is not a positive number", s.weight, s.path),
+                );
+            }
+        }
+        if let Some(d) = &self.dataset {
+            if self.val_fraction.is_some() {
+                return err("data.val_fraction", format!("a dataset brings its own validation split (made by `lm-train data prepare --val-fraction`); remove val_fraction, or prepare {d} again"));
+            }
+            if self.corpus != default_corpus() {
+                return err(
+                    "data.corpus",
+                    format!("give corpus or dataset, not both (dataset = {d:?})"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The validation fraction of a `corpus` (default 0.1).
     pub fn val_fraction(&self) -> f64 {
         self.val_fraction.unwrap_or(0.1)
@@ -348,38 +384,7 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&m.dropout) {
             return err("model.dropout", format!("{} is not in [0, 1)", m.dropout));
         }
-        if !self.data.sources.is_empty() {
-            let beside = [
-                ("data.dataset", self.data.dataset.is_some()),
-                ("data.corpus", self.data.corpus != default_corpus()),
-                ("data.val_fraction", self.data.val_fraction.is_some()),
-            ];
-            if let Some((key, _)) = beside.iter().find(|(_, set)| *set) {
-                return err(key, "give a mixture ([[data.sources]]) or this, not both; each source brings its own validation split".into());
-            }
-            if let Some(s) = self
-                .data
-                .sources
-                .iter()
-                .find(|s| !(s.weight > 0.0 && s.weight.is_finite()))
-            {
-                return err(
-                    "data.sources.weight",
-                    format!("{} for {:?} is not a positive number", s.weight, s.path),
-                );
-            }
-        }
-        if let Some(d) = &self.data.dataset {
-            if self.data.val_fraction.is_some() {
-                return err("data.val_fraction", format!("a dataset brings its own validation split (made by `lm-train data prepare --val-fraction`); remove val_fraction, or prepare {d} again"));
-            }
-            if self.data.corpus != default_corpus() {
-                return err(
-                    "data.corpus",
-                    format!("give corpus or dataset, not both (dataset = {d:?})"),
-                );
-            }
-        }
+        self.data.validate_sources(&err)?;
         // With a tokenizer file, its own kind counts (checked when the file is read).
         if self.data.tokenizer == TokenizerKind::Char
             && self.data.tokenizer_file.is_none()

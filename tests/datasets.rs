@@ -155,7 +155,7 @@ fn a_dataset_that_does_not_fit_the_run_is_refused_naming_both() {
 }
 
 #[test]
-fn nanogpt_token_files_import_and_train() {
+fn nanogpt_and_llmc_token_files_import_and_train() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = TrainConfig::recipe("gpt-shakespeare-char").unwrap();
     let tok = tokenizer_for(&recipe);
@@ -183,12 +183,41 @@ fn nanogpt_token_files_import_and_train() {
     .unwrap();
     let d = lm_data::Dataset::verify(&data).unwrap();
     assert_eq!(d.split(lm_data::Split::Val).tokens(0..5), ids[cut..cut + 5]);
-    let mut t = Trainer::new(
-        shrink(recipe, &data, 4),
-        &tmp.path().join("run"),
-        Device::Cpu,
+    let run = tmp.path().join("run");
+    let mut t = Trainer::new(shrink(recipe.clone(), &data, 4), &run, Device::Cpu).unwrap();
+    let (_, val) = t.train().unwrap().last_eval.unwrap();
+    assert!(
+        val.is_finite() && val < (tok.vocab_size() as f32).ln() + 1.0,
+        "{val}"
+    );
+    // llm.c's shards: a header of 256 int32 (magic, version 1, token count), then the ids.
+    let llmc = |name: &str, ids: &[u32]| {
+        let mut b: Vec<u8> = [20240520i32, 1, ids.len() as i32]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        b.resize(1024, 0);
+        b.extend(bin(ids));
+        let p = tmp.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+    let files = [
+        llmc("sc_train_000001.bin", &ids[..cut]),
+        llmc("sc_val_000000.bin", &ids[cut..]),
+    ];
+    let data = tmp.path().join("llmc");
+    lm_data::import(
+        &data,
+        lm_data::ImportFormat::LlmC,
+        &files,
+        json.as_bytes(),
+        tok.vocab_size(),
+        None,
     )
     .unwrap();
+    let run = tmp.path().join("run-llmc");
+    let mut t = Trainer::new(shrink(recipe, &data, 4), &run, Device::Cpu).unwrap();
     let (_, val) = t.train().unwrap().last_eval.unwrap();
     assert!(
         val.is_finite() && val < (tok.vocab_size() as f32).ln() + 1.0,

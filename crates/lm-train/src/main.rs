@@ -740,8 +740,12 @@ fn share_cores(comm: &dyn Collective) {
 }
 
 fn main() -> ExitCode {
-    lm_kernels::memory::keep_freed_memory();
     let cli = Cli::parse();
+    // Training reuses its freed buffers every step; preparing data streams through memory once,
+    // and keeping what it freed would only grow its footprint.
+    if !matches!(cli.command, Command::Data { .. }) {
+        lm_kernels::memory::keep_freed_memory();
+    }
     if let Err(e) = lm_kernels::isa::max_isa_from_env() {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;

@@ -101,35 +101,48 @@ impl ShardHeader {
     }
 }
 
-/// Writes one shard: tokens go to a temporary file as they come, the boundaries are appended at
-/// the end, and the file is renamed into place.
+/// Writes one shard: tokens go to a temporary file as they come, the sentence and document
+/// boundaries to two temporary side files (so memory does not grow with the shard), which are
+/// appended at the end; then the file is renamed into place.
 pub struct ShardWriter {
     path: PathBuf,
     tmp: PathBuf,
     out: BufWriter<std::fs::File>,
+    /// Side files: sentence starts, documents' first sentences (u64 each, the leading 0 included).
+    bounds: [(PathBuf, BufWriter<std::fs::File>); 2],
     token_bytes: u32,
     tokens: u64,
-    sentence_starts: Vec<u64>,
-    doc_starts: Vec<u64>,
+    sentences: u64,
+    documents: u64,
     crc: crc32fast::Hasher,
 }
 
 impl ShardWriter {
     /// Starts `path` (written as `path.tmp-PID` until [`ShardWriter::finish`]).
     pub fn create(path: &Path, token_bytes: u32) -> Result<Self> {
+        let open = |p: &Path| -> Result<BufWriter<std::fs::File>> {
+            let f = std::fs::File::create(p).map_err(io_err(p))?;
+            Ok(BufWriter::with_capacity(1 << 20, f))
+        };
         let tmp = tmp_path(path);
-        let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut out = open(&tmp)?;
         // The header is rewritten with the counts at the end.
         out.write_all(&[0u8; HEADER]).map_err(io_err(&tmp))?;
+        let side = |ext: &str| -> Result<(PathBuf, BufWriter<std::fs::File>)> {
+            let p = tmp_path(&path.with_extension(ext));
+            let mut w = open(&p)?;
+            w.write_all(&0u64.to_le_bytes()).map_err(io_err(&p))?;
+            Ok((p, w))
+        };
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
             out,
+            bounds: [side("sentences")?, side("documents")?],
             token_bytes,
             tokens: 0,
-            sentence_starts: vec![0],
-            doc_starts: vec![0],
+            sentences: 0,
+            documents: 0,
             crc: crc32fast::Hasher::new(),
         })
     }
@@ -141,7 +154,7 @@ impl ShardWriter {
 
     /// Documents written so far.
     pub fn documents(&self) -> u64 {
-        self.doc_starts.len() as u64 - 1
+        self.documents
     }
 
     /// Appends a document given as its sentences' ids.
@@ -159,9 +172,13 @@ impl ShardWriter {
             self.out.write_all(&buf).map_err(io_err(&self.tmp))?;
             self.crc.update(&buf);
             self.tokens += s.len() as u64;
-            self.sentence_starts.push(self.tokens);
+            self.sentences += 1;
+            let (p, w) = &mut self.bounds[0];
+            w.write_all(&self.tokens.to_le_bytes()).map_err(io_err(&*p))?;
         }
-        self.doc_starts.push(self.sentence_starts.len() as u64 - 1);
+        self.documents += 1;
+        let (p, w) = &mut self.bounds[1];
+        w.write_all(&self.sentences.to_le_bytes()).map_err(io_err(&*p))?;
         Ok(())
     }
 
@@ -171,17 +188,28 @@ impl ShardWriter {
         let header = ShardHeader {
             token_bytes: self.token_bytes,
             tokens: self.tokens,
-            sentences: self.sentence_starts.len() as u64 - 1,
-            documents: self.doc_starts.len() as u64 - 1,
+            sentences: self.sentences,
+            documents: self.documents,
             input_documents_end,
         };
         let pad = header.bounds_offset() - (HEADER as u64 + self.tokens * self.token_bytes as u64);
-        let mut tail = vec![0u8; pad as usize];
-        for &v in self.sentence_starts.iter().chain(&self.doc_starts) {
-            tail.extend_from_slice(&v.to_le_bytes());
+        let pad = vec![0u8; pad as usize];
+        self.out.write_all(&pad).map_err(io_err(&self.tmp))?;
+        self.crc.update(&pad);
+        // The side files, in order, through the checksum.
+        let mut chunk = vec![0u8; 1 << 20];
+        for (p, w) in &mut self.bounds {
+            w.flush().map_err(io_err(&*p))?;
+            let mut r = std::fs::File::open(&*p).map_err(io_err(&*p))?;
+            loop {
+                let n = std::io::Read::read(&mut r, &mut chunk).map_err(io_err(&*p))?;
+                if n == 0 {
+                    break;
+                }
+                self.out.write_all(&chunk[..n]).map_err(io_err(&self.tmp))?;
+                self.crc.update(&chunk[..n]);
+            }
         }
-        self.out.write_all(&tail).map_err(io_err(&self.tmp))?;
-        self.crc.update(&tail);
         self.out.flush().map_err(io_err(&self.tmp))?;
         let file = self.out.get_mut();
         use std::io::{Seek, SeekFrom};
@@ -200,8 +228,12 @@ impl ShardWriter {
 
 impl Drop for ShardWriter {
     fn drop(&mut self) {
-        // Not finished (an error on the way): leave no temporary file behind.
+        // Finished: only the side files are left to remove; not finished (an error on the way):
+        // no temporary file is left behind either.
         let _ = std::fs::remove_file(&self.tmp);
+        for (p, _) in &self.bounds {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

@@ -325,3 +325,33 @@ fn lm_dist_share(n: usize, world: usize, r: usize) -> std::ops::Range<usize> {
     let start = r * q + r.min(extra);
     start..start + q + usize::from(r < extra)
 }
+
+#[test]
+fn ids_a_damaged_shard_gives_are_refused_naming_the_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = mixed_corpus(tmp.path());
+    for recipe in ["gpt-shakespeare-char", "bert-mlm-nsp"] {
+        let recipe = TrainConfig::recipe(recipe).unwrap();
+        let tok = tokenizer_for(&recipe);
+        let data = tmp.path().join(format!("{}-data", recipe.model.family));
+        prepare(&tok, &corpus, &data);
+        // Every id of the training shard out of the vocabulary; same length, same boundaries.
+        let shard = data.join("train-00000.bin");
+        let mut bytes = std::fs::read(&shard).unwrap();
+        let h = lm_data::ShardHeader::parse(&bytes, &shard).unwrap();
+        let ids = lm_data::HEADER..lm_data::HEADER + (h.tokens * h.token_bytes as u64) as usize;
+        bytes[ids].fill(0xff);
+        std::fs::write(&shard, bytes).unwrap();
+        let run = tmp.path().join(format!("{}-run", recipe.model.family));
+        let e = match Trainer::new(shrink(recipe, &data, 2), &run, Device::Cpu) {
+            Ok(mut t) => t.train().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("not below the vocabulary size")
+                && e.contains("data verify")
+                && e.contains(&data.display().to_string()),
+            "{e}"
+        );
+    }
+}

@@ -174,11 +174,13 @@ impl ShardWriter {
             self.tokens += s.len() as u64;
             self.sentences += 1;
             let (p, w) = &mut self.bounds[0];
-            w.write_all(&self.tokens.to_le_bytes()).map_err(io_err(&*p))?;
+            w.write_all(&self.tokens.to_le_bytes())
+                .map_err(io_err(&*p))?;
         }
         self.documents += 1;
         let (p, w) = &mut self.bounds[1];
-        w.write_all(&self.sentences.to_le_bytes()).map_err(io_err(&*p))?;
+        w.write_all(&self.sentences.to_le_bytes())
+            .map_err(io_err(&*p))?;
         Ok(())
     }
 

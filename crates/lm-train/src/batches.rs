@@ -35,34 +35,38 @@ impl Specials {
     }
 }
 
-#[derive(Debug)]
-enum Pool {
-    /// The split's token stream, to cut windows from (GPT, T5).
-    Stream,
+/// Documents read for one example of the document-level objectives (BERT's NSP pairs,
+/// RoBERTa's FULL-SENTENCES blocks, BART's sentence chunks): a random run of this many
+/// consecutive documents of the split, through the reference construction, of which the example
+/// takes one at random. So a run's start and an example's cost do not grow with the dataset
+/// (before, every pair, block or chunk of the split was built when the run started). An NSP
+/// pair's random next segment comes from another document of the run.
+pub const REGION_DOCS: usize = 128;
+
+/// The examples one region of documents gives.
+enum Region {
     /// NSP pairs (BERT).
     Pairs(Vec<NspExample>),
     /// Packed sequences (RoBERTa).
     Blocks(Vec<Vec<u32>>),
     /// Chunks of whole sentences (BART).
-    Docs(Vec<Document>),
+    Chunks(Vec<Document>),
 }
 
-impl Pool {
-    fn is_empty(&self) -> bool {
+impl Region {
+    fn len(&self) -> usize {
         match self {
-            Pool::Stream => false, // checked against the split's length in BatchSource::new
-            Pool::Pairs(p) => p.is_empty(),
-            Pool::Blocks(b) => b.is_empty(),
-            Pool::Docs(d) => d.is_empty(),
+            Region::Pairs(p) => p.len(),
+            Region::Blocks(b) => b.len(),
+            Region::Chunks(c) => c.len(),
         }
     }
 }
 
-/// One dataset of a run, its example pools and its weight in the mixture.
+/// One dataset of a run and its weight in the mixture.
 #[derive(Debug)]
 struct Source {
     corpus: Arc<Dataset>,
-    pools: [Pool; 2],
     weight: f64,
 }
 
@@ -88,13 +92,13 @@ fn split_index(split: Split) -> usize {
 }
 
 /// Consecutive whole sentences of each document, chunked to at most `max` tokens.
-fn sentence_chunks(corpus: &SplitView, max: usize) -> Vec<Document> {
+fn sentence_chunks(docs: &[Document], max: usize) -> Vec<Document> {
     let mut out = vec![];
-    for d in 0..corpus.num_documents() {
+    for doc in docs {
         let mut cur: Document = vec![];
         let mut len = 0;
-        for s in corpus.document(d).into_iter().filter(|s| !s.is_empty()) {
-            let s: Vec<u32> = s.into_iter().take(max).collect();
+        for s in doc.iter().filter(|s| !s.is_empty()) {
+            let s: Vec<u32> = s.iter().take(max).copied().collect();
             if len + s.len() > max && !cur.is_empty() {
                 out.push(std::mem::take(&mut cur));
                 len = 0;
@@ -107,6 +111,35 @@ fn sentence_chunks(corpus: &SplitView, max: usize) -> Vec<Document> {
         }
     }
     out
+}
+
+/// The examples of documents `docs` of `view` for `cfg`'s document-level objective.
+fn region(
+    cfg: &TrainConfig,
+    specials: &Specials,
+    view: &SplitView,
+    docs: std::ops::Range<usize>,
+    rng: &mut Rng,
+) -> Result<Region> {
+    let block = cfg.model.block_size;
+    let docs: Vec<Document> = docs.map(|d| view.document(d)).collect();
+    Ok(
+        match (cfg.objective_kind(), cfg.model.family.masked_lm_input) {
+            (ObjectiveKind::MaskedLm, MaskedLmInput::NspPairs) => {
+                let nsp = NspConfig {
+                    max_len: block,
+                    is_next_prob: 0.5,
+                    cls: specials.bos,
+                    sep: specials.sep,
+                };
+                Region::Pairs(next_sentence_pairs(&docs, &nsp, rng)?)
+            }
+            (ObjectiveKind::MaskedLm, MaskedLmInput::FullSentences) => Region::Blocks(
+                full_sentences(&docs, block, specials.bos, specials.eos, specials.sep)?,
+            ),
+            _ => Region::Chunks(sentence_chunks(&docs, block - 1)),
+        },
+    )
 }
 
 /// The run's data as errors name it: the dataset's directory, or the corpus.
@@ -146,16 +179,12 @@ impl BatchSource {
                 true => data_name(cfg),
                 false => corpus.dir().display().to_string(),
             };
-            let pools = Self::pools(cfg, &corpus, &specials, &name)?;
+            Self::check_splits(cfg, &corpus, &specials, &name)?;
             id = id.rotate_left(17) ^ corpus.content_id();
             if !built.is_empty() || weight != 1.0 {
                 id ^= weight.to_bits();
             }
-            built.push(Source {
-                corpus,
-                pools,
-                weight,
-            });
+            built.push(Source { corpus, weight });
         }
         if built.is_empty()
             || built
@@ -199,73 +228,63 @@ impl BatchSource {
         })
     }
 
-    /// The example pools of both splits of `corpus`.
-    fn pools(
+    /// Refuses `corpus` when a split cannot give an example: a token stream shorter than one
+    /// window, or a first region of documents that gives no pair, block or chunk.
+    fn check_splits(
         cfg: &TrainConfig,
         corpus: &Dataset,
         specials: &Specials,
         name: &str,
-    ) -> Result<[Pool; 2]> {
-        let family = cfg.model.family;
-        let objective = cfg.objective_kind();
+    ) -> Result<()> {
         let block = cfg.model.block_size;
-        let source = name.to_string();
         let raw_len = Self::raw_len(cfg)?;
-        let mut rng = Rng::seed_from_u64(cfg.train.seed ^ 0x9A17);
-        let mut pool = |split: Split| -> Result<Pool> {
+        for (split, split_name) in [(Split::Train, "train"), (Split::Val, "validation")] {
             let view = corpus.split(split);
-            let docs = 0..view.num_documents();
-            Ok(match (objective, family.masked_lm_input) {
-                (
-                    ObjectiveKind::CausalLm
-                    | ObjectiveKind::SpanCorruption
-                    | ObjectiveKind::PrefixLm,
-                    _,
-                ) => Pool::Stream,
-                (ObjectiveKind::MaskedLm, MaskedLmInput::NspPairs) => {
-                    let docs: Vec<Document> = docs.map(|d| view.document(d)).collect();
-                    let nsp = NspConfig {
-                        max_len: block,
-                        is_next_prob: 0.5,
-                        cls: specials.bos,
-                        sep: specials.sep,
-                    };
-                    let pairs = next_sentence_pairs(&docs, &nsp, &mut rng).map_err(|e| {
-                        TrainError::Corpus {
-                            corpus: source.clone(),
+            let examples = match cfg.objective_kind() {
+                ObjectiveKind::MaskedLm | ObjectiveKind::Denoising => {
+                    let mut rng = Rng::seed_from_u64(cfg.train.seed ^ 0x9A17);
+                    let docs = 0..view.num_documents().min(REGION_DOCS);
+                    region(cfg, specials, view, docs, &mut rng)
+                        .map_err(|e| TrainError::Corpus {
+                            corpus: name.to_string(),
                             problem: format!("{split:?} split: {e}"),
-                        }
-                    })?;
-                    Pool::Pairs(pairs)
+                        })?
+                        .len()
                 }
-                (ObjectiveKind::MaskedLm, MaskedLmInput::FullSentences) => {
-                    let docs: Vec<Document> = docs.map(|d| view.document(d)).collect();
-                    Pool::Blocks(
-                        full_sentences(&docs, block, specials.bos, specials.eos, specials.sep)
-                            .map_err(|e| TrainError::Corpus {
-                                corpus: source.clone(),
-                                problem: format!("{split:?} split: {e}"),
-                            })?,
-                    )
-                }
-                (ObjectiveKind::Denoising, _) => Pool::Docs(sentence_chunks(view, block - 1)),
-            })
-        };
-        let pools = [pool(Split::Train)?, pool(Split::Val)?];
-        for ((p, name), split) in pools
-            .iter()
-            .zip(["train", "validation"])
-            .zip([Split::Train, Split::Val])
-        {
-            let short = corpus.split(split).len() <= raw_len + 1;
-            if p.is_empty() || (matches!(p, Pool::Stream) && short) {
+                _ => usize::from(view.len() > raw_len + 1),
+            };
+            if examples == 0 {
                 return Err(TrainError::Corpus {
-                    corpus: source.clone(),
-                    problem: format!("{} tokens is shorter than one block: the {name} split has no example of block_size = {block}", corpus.split(split).len()),
+                    corpus: name.to_string(),
+                    problem: format!("{} tokens is shorter than one block: the {split_name} split has no example of block_size = {block}", view.len()),
                 });
             }
         }
-        Ok(pools)
+        Ok(())
+    }
+
+    /// A random region of [`REGION_DOCS`] consecutive documents of source `src`'s split and
+    /// its examples.
+    fn region(&self, src: usize, split: Split, rng: &mut Rng) -> Result<Region> {
+        let view = self.stream(src, split);
+        let n = view.num_documents();
+        let r = n.min(REGION_DOCS);
+        let start = rng.below((n - r + 1) as u64) as usize;
+        for d in start..start + r {
+            self.check_ids(src, &view.tokens(view.document_range(d)))?;
+        }
+        let examples = region(&self.cfg, &self.specials, view, start..start + r, rng)?;
+        if examples.len() == 0 {
+            return Err(TrainError::Corpus {
+                corpus: data_name(&self.cfg),
+                problem: format!(
+                    "{split:?} split: documents {start}..{} give no {} example",
+                    start + r,
+                    self.objective
+                ),
+            });
+        }
+        Ok(examples)
     }
 
     /// The number of examples each source gives a global batch of `global`: ⌊w·G⌋, plus one
@@ -306,10 +325,6 @@ impl BatchSource {
             rows.swap(i, rng.below(i as u64 + 1) as usize);
         }
         rows
-    }
-
-    fn pool(&self, src: usize, split: Split) -> &Pool {
-        &self.sources[src].pools[split_index(split)]
     }
 
     fn stream(&self, src: usize, split: Split) -> &SplitView {
@@ -377,11 +392,29 @@ impl BatchSource {
         }
     }
 
-    fn no_pool(&self) -> TrainError {
+    /// Refuses ids at or above the vocabulary size: what a damaged shard whose checksum was
+    /// not checked gives (a model would fail on them without naming the file).
+    fn check_ids(&self, src: usize, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&t| t >= self.vocab) {
+            None => Ok(()),
+            Some(t) => {
+                let dir = self.sources[src].corpus.dir().display().to_string();
+                Err(TrainError::Corpus {
+                    corpus: dir.clone(),
+                    problem: format!(
+                        "token id {t} is not below the vocabulary size {}: a shard is damaged (`lm-train data verify {dir}` names it)",
+                        self.vocab
+                    ),
+                })
+            }
+        }
+    }
+
+    fn wrong_region(&self) -> TrainError {
         TrainError::Corpus {
             corpus: data_name(&self.cfg),
             problem: format!(
-                "no example pool for {} on the {} family",
+                "no {} examples on the {} family",
                 self.objective, self.family
             ),
         }
@@ -394,20 +427,19 @@ impl BatchSource {
         rows: &mut [(usize, Rng)],
         device: &Device,
     ) -> Result<Batch> {
-        let mut picked: Vec<&NspExample> = vec![];
+        let mut picked: Vec<NspExample> = vec![];
         let mut masked = vec![];
         for (src, rng) in rows.iter_mut() {
-            match self.pool(*src, split) {
-                Pool::Pairs(pairs) => {
-                    let p = &pairs[rng.below(pairs.len() as u64) as usize];
+            let region = self.region(*src, split, rng)?;
+            let i = rng.below(region.len() as u64) as usize;
+            match region {
+                Region::Pairs(mut pairs) => {
+                    let p = pairs.swap_remove(i);
                     masked.push(self.masker(rng)?.mask(&p.input_ids)?);
                     picked.push(p);
                 }
-                Pool::Blocks(blocks) => {
-                    let block = &blocks[rng.below(blocks.len() as u64) as usize];
-                    masked.push(self.masker(rng)?.mask(block)?);
-                }
-                _ => return Err(self.no_pool()),
+                Region::Blocks(blocks) => masked.push(self.masker(rng)?.mask(&blocks[i])?),
+                Region::Chunks(_) => return Err(self.wrong_region()),
             }
         }
         let mut b = self.mlm_batch(masked, device)?;
@@ -453,6 +485,7 @@ impl BatchSource {
             let start = rng.below((stream.len() - self.block) as u64) as usize;
             w.clear();
             stream.extend_into(start..start + self.block + 1, &mut w);
+            self.check_ids(*src, &w)?;
             if prefix_lm {
                 let prefix = 1 + rng.below(self.block as u64) as usize;
                 let ex = prefix_lm_window(&w, prefix)?;
@@ -496,6 +529,7 @@ impl BatchSource {
             let stream = self.stream(*src, split);
             let start = rng.below((stream.len() - self.block) as u64) as usize;
             let window = stream.tokens(start..start + self.block);
+            self.check_ids(*src, &window)?;
             let (prefix, rest) = random_prefix_lm(&window, rng)?;
             let mut x = Vec::with_capacity(prefix.len() + 2);
             if self.family.encoder_bos {
@@ -533,7 +567,9 @@ impl BatchSource {
         for (src, rng) in rows.iter_mut() {
             let stream = self.stream(*src, split);
             let start = rng.below((stream.len() - self.raw_len) as u64) as usize;
-            let ex = c.corrupt(&stream.tokens(start..start + self.raw_len), rng)?;
+            let window = stream.tokens(start..start + self.raw_len);
+            self.check_ids(*src, &window)?;
+            let ex = c.corrupt(&window, rng)?;
             inputs.push(ex.input_ids);
             targets.push(ex.target_ids.iter().map(|&t| t as i64).collect());
         }
@@ -595,10 +631,10 @@ impl BatchSource {
         let mut inputs = vec![];
         let mut targets = vec![];
         for (src, rng) in rows.iter_mut() {
-            let Pool::Docs(docs) = self.pool(*src, split) else {
-                return Err(self.no_pool());
+            let Region::Chunks(chunks) = self.region(*src, split, rng)? else {
+                return Err(self.wrong_region());
             };
-            let doc = &docs[rng.below(docs.len() as u64) as usize];
+            let doc = &chunks[rng.below(chunks.len() as u64) as usize];
             let ex = noise.apply(doc, rng)?;
             let mut x = ex.input_ids;
             x.truncate(self.block - 1);

@@ -433,10 +433,12 @@ fn run_trainer(
     let best = best.map_or(String::new(), |(s, v)| {
         format!(", best val {v:.4} at step {s}")
     });
+    let (wait, steps) = summary.data_wait_s;
     out!(
-        "done: step {} in {elapsed:.1} s of training ({:.0} tokens/s){best}",
+        "done: step {} in {elapsed:.1} s of training ({:.0} tokens/s){best}; the steps waited {:.2}% of their time for data",
         summary.step,
-        tokens as f64 / elapsed.max(1e-9)
+        tokens as f64 / elapsed.max(1e-9),
+        100.0 * wait / steps.max(1e-9)
     );
     if let Some(r) = &summary.results {
         out!(

@@ -72,6 +72,9 @@ pub struct TrainSummary {
     pub interrupted: bool,
     /// A fine-tuning run's test results (of its best checkpoint).
     pub results: Option<FinetuneResults>,
+    /// Seconds this call's steps waited for their batches (made ahead on a background thread),
+    /// and seconds of those steps in all.
+    pub data_wait_s: (f64, f64),
 }
 
 /// One evaluation: loss estimates on both splits, and a fine-tuning task's validation metrics
@@ -598,6 +601,7 @@ impl Trainer {
             stopped_early: false,
             interrupted: false,
             results: None,
+            data_wait_s: (0.0, 0.0),
         };
         let started = Instant::now();
         let base_elapsed = self.state.elapsed_s;
@@ -620,9 +624,12 @@ impl Trainer {
             self.cfg.train().eval_interval,
         );
         while self.state.step < until {
+            let waited = Instant::now();
             let batches = prefetch.next()?;
+            summary.data_wait_s.0 += waited.elapsed().as_secs_f64();
             let tokens_before = self.state.tokens_seen;
             let outcome = self.train_step(&batches)?;
+            summary.data_wait_s.1 += waited.elapsed().as_secs_f64();
             window.1 += self.state.tokens_seen - tokens_before;
             let step = self.state.step;
             if let Some(o) = outcome.filter(|_| step.is_multiple_of(log_every) || step == until) {

@@ -366,6 +366,21 @@ fn train(args: TrainArgs, comm: Arc<dyn Collective>, device: Device) -> anyhow::
     run_trainer(trainer, args.quiet || !lead, lead, single)
 }
 
+/// The last line of a run: steps, time, throughput, the best evaluation and the data wait.
+fn print_done(trainer: &Trainer, summary: &lm_train::trainer::TrainSummary) {
+    let (elapsed, tokens, best) = trainer.progress();
+    let best = best.map_or(String::new(), |(s, v)| {
+        format!(", best val {v:.4} at step {s}")
+    });
+    let (wait, steps) = summary.data_wait_s;
+    out!(
+        "done: step {} in {elapsed:.1} s of training ({:.0} tokens/s){best}; the steps waited {:.2}% of their time for data",
+        summary.step,
+        tokens as f64 / elapsed.max(1e-9),
+        100.0 * wait / steps.max(1e-9)
+    );
+}
+
 /// Trains to the end and prints the summary, the plots, a fine-tuning run's test results and
 /// the configured sample.
 fn run_trainer(
@@ -429,17 +444,7 @@ fn run_trainer(
     if let Some(dir) = &summary.checkpoint {
         out!("checkpoint: {}", dir.display());
     }
-    let (elapsed, tokens, best) = trainer.progress();
-    let best = best.map_or(String::new(), |(s, v)| {
-        format!(", best val {v:.4} at step {s}")
-    });
-    let (wait, steps) = summary.data_wait_s;
-    out!(
-        "done: step {} in {elapsed:.1} s of training ({:.0} tokens/s){best}; the steps waited {:.2}% of their time for data",
-        summary.step,
-        tokens as f64 / elapsed.max(1e-9),
-        100.0 * wait / steps.max(1e-9)
-    );
+    print_done(&trainer, &summary);
     if let Some(r) = &summary.results {
         out!(
             "best val {}: {:.4} ({})",

@@ -176,3 +176,60 @@ fn data_commands_refuse_bad_input_in_one_line() {
         "train-00000.bin: checksum",
     );
 }
+
+#[test]
+fn an_unwritable_cache_prepares_the_corpus_in_the_run_directory_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..20_000]).unwrap();
+    std::fs::write(d.join("not-a-dir"), "").unwrap();
+    let cfg = tiny_config(d, "corpus.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_lm-train"))
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+            "--max-iters",
+            "2",
+            "--quiet",
+        ])
+        .env("LM_TRAIN_CACHE", d.join("not-a-dir/cache"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("is not writable").count(), 1, "{err}");
+    let datasets: Vec<_> = std::fs::read_dir(d.join("run/cache/datasets"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        datasets.len(),
+        1,
+        "one prepared corpus, no temporary directory left"
+    );
+    // Resumed, the run finds it there.
+    let out = Command::new(env!("CARGO_BIN_EXE_lm-train"))
+        .args(["train", "--resume", "run", "--max-iters", "3", "--quiet"])
+        .env("LM_TRAIN_CACHE", d.join("not-a-dir/cache"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(d.join("run/cache/datasets"))
+            .unwrap()
+            .count(),
+        1
+    );
+}

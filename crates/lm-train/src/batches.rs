@@ -577,16 +577,34 @@ impl BatchSource {
     }
 
     /// Masked examples padded, with their attention mask and MLM labels (BERT, RoBERTa).
+    /// The encoder-decoder objectives' input and target lengths, the longest each can give:
+    /// T5's span corruption its fixed lengths, BART and prefix LM the block (and the prefix its
+    /// `<s>` and `</s>`).
+    fn padded_lengths(&self) -> Result<(usize, usize)> {
+        Ok(match self.objective {
+            ObjectiveKind::SpanCorruption => {
+                let sc = SpanCorruptionConfig {
+                    noise_density: self.cfg.objective.noise_density,
+                    mean_span_length: self.cfg.objective.mean_span_length,
+                };
+                (self.block, sc.raw_length_for_inputs(self.block)?.1)
+            }
+            ObjectiveKind::PrefixLm => (self.block + 2, self.block),
+            _ => (self.block, self.block),
+        })
+    }
+
     fn mlm_batch(&self, masked: Vec<MlmExample>, device: &Device) -> Result<Batch> {
         // Tokens as read (not padding): the same for any split of the batch between ranks.
         let tokens = masked.iter().map(|m| m.input_ids.len()).sum();
+        // Padded to the block, not to the batch's longest: see `seq2seq`.
         let ids = pad_batch(
             &masked
                 .iter()
                 .map(|m| m.input_ids.as_slice())
                 .collect::<Vec<_>>(),
             self.specials.pad,
-            None,
+            Some(self.block),
         )?;
         let labels = pad_labels(
             &masked
@@ -667,8 +685,16 @@ impl BatchSource {
     ) -> Result<Batch> {
         let tokens = inputs.iter().map(Vec::len).sum::<usize>()
             + targets.iter().map(Vec::len).sum::<usize>();
-        let ids = pad_batch(&inputs, self.specials.pad, None)?;
-        let tlen = targets.iter().map(Vec::len).max().unwrap_or(1);
+        // Padded to lengths fixed by the objective, not by the batch: a rank's rows then have the
+        // shapes of the global batch's, and so the same dropout masks.
+        let (enc, dec) = self.padded_lengths()?;
+        let ids = pad_batch(&inputs, self.specials.pad, Some(enc))?;
+        let tlen = targets
+            .iter()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(1)
+            .next_multiple_of(dec);
         let labels = pad_labels(&targets, tlen)?;
         let dec = shift_right(&labels, tlen, decoder_start, self.specials.pad)?;
         let b = ids.batch;

@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, Result};
 
-/// The temporary name `path` is written under: `NAME.tmp-PID` beside it.
+/// The temporary name `path` is written under: `NAME.tmp-PID-N` beside it, N counting this
+/// process's temporary files, so that two threads writing one path never share one.
 pub fn tmp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
+    name.push(format!(".tmp-{}-{n}", std::process::id()));
     path.with_file_name(name)
 }
 
@@ -38,7 +41,7 @@ pub fn rename_synced(tmp: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes the temporary files (`*.tmp-PID`) a killed writer left in `dir`.
+/// Removes the temporary files (`*.tmp-PID-N`) a killed writer left in `dir`.
 pub fn remove_stray_tmp(dir: &Path) -> Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {

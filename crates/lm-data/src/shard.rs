@@ -118,7 +118,7 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
-    /// Starts `path` (written as `path.tmp-PID` until [`ShardWriter::finish`]).
+    /// Starts `path` (written as `path.tmp-PID-N` until [`ShardWriter::finish`]).
     pub fn create(path: &Path, token_bytes: u32) -> Result<Self> {
         let open = |p: &Path| -> Result<BufWriter<std::fs::File>> {
             let f = std::fs::File::create(p).map_err(io_err(p))?;

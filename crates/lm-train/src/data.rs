@@ -51,7 +51,8 @@ pub fn cache_root() -> Option<PathBuf> {
 
 /// Whether `dir` can be created and written (a probe file is written and removed).
 fn writable(dir: &Path) -> bool {
-    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    // A name of its own per call: threads of one process may probe at once.
+    let probe = lm_data::tmp_path(&dir.join(".probe"));
     std::fs::create_dir_all(dir).is_ok()
         && std::fs::write(&probe, b"").is_ok()
         && std::fs::remove_file(&probe).is_ok()

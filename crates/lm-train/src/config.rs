@@ -93,6 +93,32 @@ pub struct DataSection {
     pub sources: Vec<DataSource>,
 }
 
+/// The `[data]` keys that describe a corpus and how to tokenize it. A dataset given on the command
+/// line (`--set data.dataset=…`) replaces a recipe's: they would otherwise be checked against the
+/// dataset's tokenizer, and refused.
+pub const CORPUS_KEYS: &[&str] = &[
+    "corpus",
+    "tokenizer",
+    "vocab_size",
+    "tokenizer_file",
+    "val_fraction",
+];
+
+/// Removes [`CORPUS_KEYS`] from config `doc` when command-line overrides `sets` (`KEY=VALUE`)
+/// name `data.dataset`; those overrides are applied after, so a key they set is kept.
+pub fn dataset_replaces_corpus(doc: &mut toml::Table, sets: &[String]) {
+    if sets
+        .iter()
+        .any(|s| s.trim_start().starts_with("data.dataset="))
+    {
+        if let Some(data) = doc.get_mut("data").and_then(|d| d.as_table_mut()) {
+            for k in CORPUS_KEYS {
+                data.remove(*k);
+            }
+        }
+    }
+}
+
 /// `[[data.sources]]`: one dataset of a mixture and its weight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -273,6 +273,7 @@ fn with_overrides(cfg: RunConfig, sets: &[String], seed: Option<u64>) -> anyhow:
     }
     let mut doc: toml::Table = toml::from_str(&cfg.to_toml())?;
     let seed = seed.map(|s| format!("train.seed={s}"));
+    lm_train::config::dataset_replaces_corpus(&mut doc, sets);
     for set in sets.iter().chain(seed.as_ref()) {
         let Some((key, value)) = set.split_once('=') else {
             anyhow::bail!("--set {set:?}: expected KEY=VALUE, e.g. optim.lr=3e-4");

@@ -233,3 +233,58 @@ fn an_unwritable_cache_prepares_the_corpus_in_the_run_directory_and_says_so() {
         1
     );
 }
+
+/// The README's path: a tokenizer, a prepared dataset, a recipe trained on it with `--set`
+/// (the recipe's corpus keys give way to the dataset; one set beside it is still checked).
+#[test]
+fn a_recipe_trains_on_a_prepared_dataset_given_with_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let text = &lm_train::data::SHAKESPEARE[..30_000];
+    std::fs::write(d.join("corpus.txt"), text).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let family = lm_train::config::Family::named("gpt").unwrap();
+    let kind = lm_train::tokenizer::TokenizerKind::Bpe;
+    let tok = lm_train::tokenizer::TextTokenizer::train(kind, family, 400, &lines).unwrap();
+    tok.save(&d.join("tok.json")).unwrap();
+    let prep = lm_train(
+        &[
+            "data",
+            "prepare",
+            "--tokenizer",
+            "tok.json",
+            "--out",
+            "data",
+            "corpus.txt",
+        ],
+        d,
+    );
+    assert!(
+        prep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prep.stderr)
+    );
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--recipe",
+            "gpt-shakespeare-bpe",
+            "--quiet",
+            "--max-iters",
+            "1",
+        ];
+        args.extend_from_slice(&["--set", "data.dataset=\"data\"", "--set", "model.n_layer=1"]);
+        args.extend_from_slice(extra);
+        lm_train(&args, d)
+    };
+    let out = train(&["--out", "run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_one_line_error(
+        &train(&["--out", "run2", "--set", "data.vocab_size=2000"]),
+        "data.vocab_size",
+    );
+}

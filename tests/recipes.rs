@@ -588,3 +588,30 @@ fn fine_tuning_keeps_generation_settings_and_refuses_a_foreign_tokenizer() {
         .to_string();
     assert!(e.contains("not this model's tokenizer"), "{e}");
 }
+
+/// A tokenizer a run trains on its corpus is kept in the cache: a second run on the same corpus
+/// reads it (WordPiece training is not deterministic, so before, the two runs differed from the
+/// first token on) and so trains on the same prepared corpus, with the same losses.
+#[test]
+fn a_second_run_on_the_same_corpus_reuses_its_trained_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    let cfg = shrink(TrainConfig::recipe("bert-mlm-nsp").unwrap(), &corpus, 2);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for run in [&a, &b] {
+        Trainer::new(cfg.clone(), run, Device::Cpu)
+            .unwrap()
+            .train()
+            .unwrap();
+    }
+    let read = |d: &std::path::Path| std::fs::read(d.join("tokenizer.json")).unwrap();
+    assert_eq!(read(&a), read(&b));
+    let losses = |d: &std::path::Path| -> Vec<f32> {
+        MetricsLog::read(&d.join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.train_loss)
+            .collect()
+    };
+    assert_eq!(losses(&a), losses(&b));
+}

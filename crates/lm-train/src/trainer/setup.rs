@@ -30,20 +30,12 @@ pub(super) fn new_run_data(cfg: &TrainConfig, run_dir: &Path) -> Result<(TextTok
     }
     let cache = crate::data::cache_dir(run_dir);
     let inputs = crate::data::corpus_inputs(&cfg.data.corpus, &cache)?;
-    let kind = cfg.data.tokenizer;
     let tokenizer = if let Some(f) = &cfg.data.tokenizer_file {
         let t = TextTokenizer::load(Path::new(f))?;
         check_tokenizer_fits(cfg, &t, f)?;
         t
-    } else if kind == TokenizerKind::Char {
-        let alphabet = crate::data::corpus_alphabet(&inputs)?;
-        TextTokenizer::train(kind, cfg.model.family, 0, &[&alphabet])?
     } else {
-        let sample =
-            crate::data::training_sample(&inputs, cfg.data.val_fraction(), TOKENIZER_SAMPLE_BYTES)?;
-        let lines: Vec<&str> = sample.lines().collect();
-        let vocab = cfg.data.vocab_size.unwrap_or(2000);
-        TextTokenizer::train(kind, cfg.model.family, vocab, &lines)?
+        trained_tokenizer(cfg, &inputs, &cache)?
     };
     let dataset = crate::data::prepared_corpus(
         &cfg.data.corpus,
@@ -84,6 +76,44 @@ fn mixture(cfg: &TrainConfig) -> Result<Datasets> {
         out.push((Arc::new(d), s.weight));
     }
     Ok(out)
+}
+
+/// The tokenizer a run trains on its corpus (a character alphabet from all of it; the others on
+/// a sample of its training part), kept in the cache under the corpus's content and the
+/// settings that shape it: a second run on the same corpus reads it instead of training again
+/// (WordPiece and Unigram training is not deterministic, so it would also differ, and with it
+/// the prepared corpus).
+fn trained_tokenizer(cfg: &TrainConfig, inputs: &[String], cache: &Path) -> Result<TextTokenizer> {
+    let (kind, vocab) = (cfg.data.tokenizer, cfg.data.vocab_size.unwrap_or(2000));
+    let key = lm_data::sha256_hex(
+        format!(
+            "{}\n{}\n{kind}\n{vocab}\n{}\n{TOKENIZER_SAMPLE_BYTES}",
+            crate::data::corpus_hash(inputs)?,
+            cfg.model.family,
+            cfg.data.val_fraction()
+        )
+        .as_bytes(),
+    );
+    let path = cache
+        .join("tokenizers")
+        .join(format!("{}.json", &key[..24]));
+    if let Ok(t) = TextTokenizer::load(&path) {
+        return Ok(t);
+    }
+    let t = if kind == TokenizerKind::Char {
+        let alphabet = crate::data::corpus_alphabet(inputs)?;
+        TextTokenizer::train(kind, cfg.model.family, 0, &[&alphabet])?
+    } else {
+        let sample =
+            crate::data::training_sample(inputs, cfg.data.val_fraction(), TOKENIZER_SAMPLE_BYTES)?;
+        let lines: Vec<&str> = sample.lines().collect();
+        TextTokenizer::train(kind, cfg.model.family, vocab, &lines)?
+    };
+    std::fs::create_dir_all(cache.join("tokenizers")).map_err(io_err(cache))?;
+    lm_data::write_atomic(&path, t.to_json()?.as_bytes())?;
+    // As read back, so that this run and the next (and a resume, which reads the run's copy)
+    // hold the same tokenizer, down to its JSON: the prepared corpus is keyed by it.
+    TextTokenizer::load(&path)
 }
 
 /// A tokenizer read from `source` (a `tokenizer_file`, a dataset's) against what the config

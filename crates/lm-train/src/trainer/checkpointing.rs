@@ -48,6 +48,45 @@ impl Trainer {
         Ok(())
     }
 
+    /// This rank's share of a sharded optimizer state written by `saved_world` ranks: its own
+    /// file when the number of ranks is the same; else the state of every old rank's file,
+    /// merged by parameter name, from which the optimizer takes the parameters this rank owns
+    /// now (ZeRO-1 resumed on another number of ranks; each rank reads the whole state once).
+    pub(super) fn load_sharded_optimizer(&mut self, ckpt: &Path, saved_world: usize) -> Result<()> {
+        if saved_world == self.strategy.world_size() {
+            return self.load_optimizer(ckpt);
+        }
+        let mut merged = std::collections::HashMap::new();
+        for r in 0..saved_world {
+            let path = ckpt.join(format!("optimizer-rank{r}.safetensors"));
+            let part = candle_core::safetensors::load(&path, &self.device).map_err(|e| {
+                TrainError::Checkpoint {
+                    path: path.clone(),
+                    problem: format!("cannot read the optimizer shard of rank {r}: {e}"),
+                }
+            })?;
+            merged.extend(part);
+        }
+        let path = ckpt.join(format!("optimizer-rank{{0..{saved_world}}}.safetensors"));
+        self.opt
+            .load_state_tensors(&merged)
+            .map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                problem: format!("cannot restore the optimizer from its {saved_world} shards: {e}"),
+            })?;
+        if self.opt.steps() + self.state.skipped_steps != self.state.step {
+            return Err(TrainError::Checkpoint {
+                path,
+                problem: format!(
+                    "optimizer is at step {} but state.json says {}",
+                    self.opt.steps(),
+                    self.state.step
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The optimizer state's file in a checkpoint: one per rank when sharded.
     pub(super) fn optimizer_file(&self) -> String {
         if self.state.sharded_optimizer {

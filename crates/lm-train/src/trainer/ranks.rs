@@ -50,19 +50,10 @@ impl Trainer {
         };
         t.stop_at = max_iters;
         let saved = (t.state.world, t.state.sharded_optimizer);
-        if saved.1 && saved.0 != comm.world_size() {
-            return Err(TrainError::Checkpoint {
-                path: run_dir.to_path_buf(),
-                problem: format!(
-                    "its optimizer state is sharded over {} ranks; resume it with `mpirun -np {}`",
-                    saved.0, saved.0
-                ),
-            });
-        }
         t.setup_ranks(comm)?;
         if saved.1 {
             let ckpt = checkpoint::latest_checkpoint(run_dir)?;
-            t.load_optimizer(&ckpt)?;
+            t.load_sharded_optimizer(&ckpt, saved.0)?;
         }
         t.check_parameters_equal()?;
         Ok(t)

@@ -14,20 +14,7 @@ fn shrink(mut cfg: TrainConfig, dataset: &std::path::Path, steps: u64) -> TrainC
     cfg.data.dataset = Some(dataset.display().to_string());
     cfg.data.vocab_size = None;
     cfg.data.tokenizer = TokenizerKind::Char; // not declared: the dataset's tokenizer counts
-    cfg.model.n_layer = 1;
-    cfg.model.n_head = 2;
-    cfg.model.n_embd = 16;
-    cfg.model.d_ff = Some(32);
-    cfg.model.block_size = 24;
-    cfg.train.batch_size = 4;
-    cfg.train.max_iters = steps;
-    cfg.train.eval_interval = steps;
-    cfg.train.eval_iters = 2;
-    cfg.train.log_interval = 1;
-    cfg.train.sample_tokens = 8;
-    cfg.optim.warmup_iters = 2;
-    cfg.optim.lr_decay_iters = Some(steps.max(2));
-    cfg
+    lm_integration_tests::shrink_model(cfg, steps)
 }
 
 /// The first 40 kB of tinyshakespeare as three files: plain text, JSON Lines (one speech per
@@ -300,7 +287,7 @@ fn a_mixture_keeps_each_source_within_one_example_of_its_weight_in_every_batch()
                             lm_data::Split::Train,
                             key,
                             10,
-                            lm_dist_share(10, ranks, r),
+                            lm_dist::share(10, ranks, r),
                             &Device::Cpu,
                         )
                         .unwrap();
@@ -317,13 +304,6 @@ fn a_mixture_keeps_each_source_within_one_example_of_its_weight_in_every_batch()
     let mut t = Trainer::new(cfg, &tmp.path().join("run"), Device::Cpu).unwrap();
     let (_, val) = t.train().unwrap().last_eval.unwrap();
     assert!(val.is_finite(), "{val}");
-}
-
-/// Rank `r`'s rows of `n` over `world` ranks (as lm-dist shares them).
-fn lm_dist_share(n: usize, world: usize, r: usize) -> std::ops::Range<usize> {
-    let (q, extra) = (n / world, n % world);
-    let start = r * q + r.min(extra);
-    start..start + q + usize::from(r < extra)
 }
 
 #[test]

@@ -24,20 +24,7 @@ fn shrink(mut cfg: TrainConfig, corpus: &str, steps: u64) -> TrainConfig {
     if cfg.data.tokenizer != TokenizerKind::Char {
         cfg.data.vocab_size = Some(300);
     }
-    cfg.model.n_layer = 1;
-    cfg.model.n_head = 2;
-    cfg.model.n_embd = 16;
-    cfg.model.d_ff = Some(32);
-    cfg.model.block_size = 24;
-    cfg.train.batch_size = 4;
-    cfg.train.max_iters = steps;
-    cfg.train.eval_interval = steps;
-    cfg.train.eval_iters = 2;
-    cfg.train.log_interval = 1;
-    cfg.train.sample_tokens = 8;
-    cfg.optim.warmup_iters = 2;
-    cfg.optim.lr_decay_iters = Some(steps.max(2));
-    cfg
+    lm_integration_tests::shrink_model(cfg, steps)
 }
 
 #[test]

@@ -33,12 +33,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Renames `tmp` to `path` and syncs the directory, so the rename survives a crash.
 pub fn rename_synced(tmp: &Path, path: &Path) -> Result<()> {
     std::fs::rename(tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Flushes a directory's entries (a rename into it) to the disk.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    match std::fs::File::open(dir).and_then(|f| f.sync_all()) {
+        Ok(()) => Ok(()),
+        // Some file systems cannot sync a directory handle; the rename itself stands.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        Err(e) => Err(io_err(dir)(e)),
+    }
 }
 
 /// Removes the temporary files (`*.tmp-PID-N`) a killed writer left in `dir`.

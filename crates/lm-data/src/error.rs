@@ -65,6 +65,10 @@ pub enum DataError {
     /// The tokenizer failed on a text.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// What a document sink returns to end a read early: [`crate::for_each_document`] then
+    /// returns `Ok`.
+    #[error("the reader was stopped")]
+    Stopped,
 }
 
 /// lm-data's result.

@@ -206,8 +206,21 @@ pub struct Skipped {
 }
 
 /// Reads every document of `files` in order, giving each to `sink` with the number of bytes of
-/// plain text read so far before it (for a split by position; 0 for other formats).
+/// plain text read so far before it (for a split by position; 0 for other formats). A sink
+/// that returns [`DataError::Stopped`] ends the read early, and this returns `Ok`.
 pub fn for_each_document(
+    files: &[InputFile],
+    opts: &ReadOptions,
+    skipped: &mut Skipped,
+    sink: &mut dyn FnMut(String, u64) -> Result<()>,
+) -> Result<()> {
+    match read_documents(files, opts, skipped, sink) {
+        Err(DataError::Stopped) => Ok(()),
+        r => r,
+    }
+}
+
+fn read_documents(
     files: &[InputFile],
     opts: &ReadOptions,
     skipped: &mut Skipped,

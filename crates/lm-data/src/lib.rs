@@ -18,7 +18,7 @@ mod parquet_input;
 mod prepare;
 mod shard;
 
-pub use atomic::{remove_stray_tmp, tmp_path, write_atomic};
+pub use atomic::{remove_stray_tmp, rename_synced, sync_dir, tmp_path, write_atomic};
 pub use dataset::{Dataset, Split, SplitView};
 pub use error::{io_err, DataError, Result};
 pub use import::{import, ImportFormat};

@@ -459,7 +459,6 @@ fn read_batches(
     batch_bytes: usize,
     tx: std::sync::mpsc::SyncSender<Batch>,
 ) -> Result<Skipped> {
-    const STOPPED: &str = "the writer stopped";
     let mut skipped = Skipped::default();
     let mut batch = Batch {
         docs: vec![],
@@ -469,8 +468,10 @@ fn read_batches(
     // Bytes of the files before this one, and of the plain text files among them (a
     // document's offset for a split by position counts plain text only).
     let (mut done_before, mut text_before) = (0u64, 0u64);
+    // Set when the writer has stopped (it failed and says why): nothing more to read.
+    let mut stopped = false;
     for (i, f) in files.iter().enumerate() {
-        let read = for_each_document(&files[i..=i], read, &mut skipped, &mut |d, off| {
+        for_each_document(&files[i..=i], read, &mut skipped, &mut |d, off| {
             size += d.len();
             batch.docs.push((d, text_before + off));
             if size >= batch_bytes {
@@ -483,15 +484,15 @@ fn read_batches(
                         bytes_done: 0,
                     },
                 );
-                tx.send(full)
-                    .map_err(|_| DataError::Tokenizer(STOPPED.into()))?;
+                if tx.send(full).is_err() {
+                    stopped = true;
+                    return Err(DataError::Stopped);
+                }
             }
             Ok(())
-        });
-        match read {
-            // The writer failed and said why; this thread has nothing to add.
-            Err(DataError::Tokenizer(m)) if m == STOPPED => return Ok(skipped),
-            r => r?,
+        })?;
+        if stopped {
+            return Ok(skipped);
         }
         done_before += f.bytes;
         if matches!(f.format, InputFormat::Text(_)) {

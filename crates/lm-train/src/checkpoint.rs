@@ -142,35 +142,15 @@ fn sync_file(path: &Path) -> Result<()> {
         .map_err(io_err(path))
 }
 
-/// Flushes a directory's entries (a rename into it) to the disk.
-fn sync_dir(dir: &Path) -> Result<()> {
-    match std::fs::File::open(dir).and_then(|f| f.sync_all()) {
-        Ok(()) => Ok(()),
-        // Some file systems cannot sync a directory handle; the rename itself stands.
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
-        Err(e) => Err(io_err(dir)(e)),
-    }
-}
-
 /// Writes `bytes` to `path` through a temporary file in the same directory, flushed to the disk,
 /// and a rename (then the directory is flushed too).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let written = (|| {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(&tmp)(e));
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
-        _ => Ok(()),
-    }
+    Ok(lm_data::write_atomic(path, bytes)?)
+}
+
+/// Flushes a directory's entries (a rename into it) to the disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    Ok(lm_data::sync_dir(dir)?)
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

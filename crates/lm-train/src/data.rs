@@ -131,18 +131,13 @@ pub fn training_sample(inputs: &[String], val_fraction: f64, limit: usize) -> Re
     let cut = ((total as f64 * (1.0 - val_fraction)) as usize).min(limit);
     let mut text = String::new();
     let mut skipped = lm_data::Skipped::default();
-    let read =
-        lm_data::for_each_document(&files, &Default::default(), &mut skipped, &mut |d, _| {
-            if text.len() >= cut {
-                return Err(lm_data::DataError::Tokenizer("sample full".into()));
-            }
-            text.push_str(&d);
-            Ok(())
-        });
-    match read {
-        Err(lm_data::DataError::Tokenizer(m)) if m == "sample full" => {}
-        r => r?,
-    }
+    lm_data::for_each_document(&files, &Default::default(), &mut skipped, &mut |d, _| {
+        if text.len() >= cut {
+            return Err(lm_data::DataError::Stopped); // the sample is full
+        }
+        text.push_str(&d);
+        Ok(())
+    })?;
     text.truncate(text.floor_char_boundary(cut));
     Ok(text)
 }
@@ -168,12 +163,49 @@ pub fn prepared_corpus(
     val_fraction: f64,
     cache: &Path,
 ) -> Result<Dataset> {
-    let inputs = corpus_inputs(corpus, cache)?;
+    Corpus::open(corpus, cache)?.prepared(tokenizer, val_fraction, cache)
+}
+
+/// A corpus's inputs and their content hash ([`corpus_hash`]), read once.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    /// Files, directories or globs, as [`corpus_inputs`] gives them.
+    pub inputs: Vec<String>,
+    /// [`corpus_hash`] of them.
+    pub hash: String,
+}
+
+impl Corpus {
+    /// The corpus `spec` (the bundled one written into `cache` first), hashed.
+    pub fn open(spec: &str, cache: &Path) -> Result<Self> {
+        let inputs = corpus_inputs(spec, cache)?;
+        let hash = corpus_hash(&inputs)?;
+        Ok(Self { inputs, hash })
+    }
+
+    /// [`prepared_corpus`] of this corpus.
+    pub fn prepared(
+        &self,
+        tokenizer: &TextTokenizer,
+        val_fraction: f64,
+        cache: &Path,
+    ) -> Result<Dataset> {
+        prepare_into_cache(self, tokenizer, val_fraction, cache)
+    }
+}
+
+fn prepare_into_cache(
+    corpus: &Corpus,
+    tokenizer: &TextTokenizer,
+    val_fraction: f64,
+    cache: &Path,
+) -> Result<Dataset> {
+    let inputs = corpus.inputs.clone();
     let json = tokenizer.to_json()?;
     let key = lm_data::sha256_hex(
         format!(
             "{}\n{}\n{val_fraction}\n{}",
-            corpus_hash(&inputs)?,
+            corpus.hash,
             lm_data::sha256_hex(json.as_bytes()),
             lm_data::FORMAT
         )

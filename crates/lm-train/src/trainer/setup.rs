@@ -29,20 +29,15 @@ pub(super) fn new_run_data(cfg: &TrainConfig, run_dir: &Path) -> Result<(TextTok
         return Ok((tokenizer, datasets));
     }
     let cache = crate::data::cache_dir(run_dir);
-    let inputs = crate::data::corpus_inputs(&cfg.data.corpus, &cache)?;
+    let corpus = crate::data::Corpus::open(&cfg.data.corpus, &cache)?;
     let tokenizer = if let Some(f) = &cfg.data.tokenizer_file {
         let t = TextTokenizer::load(Path::new(f))?;
         check_tokenizer_fits(cfg, &t, f)?;
         t
     } else {
-        trained_tokenizer(cfg, &inputs, &cache)?
+        trained_tokenizer(cfg, &corpus, &cache)?
     };
-    let dataset = crate::data::prepared_corpus(
-        &cfg.data.corpus,
-        &tokenizer,
-        cfg.data.val_fraction(),
-        &cache,
-    )?;
+    let dataset = corpus.prepared(&tokenizer, cfg.data.val_fraction(), &cache)?;
     Ok((tokenizer, vec![(Arc::new(dataset), 1.0)]))
 }
 
@@ -83,12 +78,17 @@ fn mixture(cfg: &TrainConfig) -> Result<Datasets> {
 /// settings that shape it: a second run on the same corpus reads it instead of training again
 /// (WordPiece and Unigram training is not deterministic, so it would also differ, and with it
 /// the prepared corpus).
-fn trained_tokenizer(cfg: &TrainConfig, inputs: &[String], cache: &Path) -> Result<TextTokenizer> {
+fn trained_tokenizer(
+    cfg: &TrainConfig,
+    corpus: &crate::data::Corpus,
+    cache: &Path,
+) -> Result<TextTokenizer> {
+    let inputs = &corpus.inputs;
     let (kind, vocab) = (cfg.data.tokenizer, cfg.data.vocab_size.unwrap_or(2000));
     let key = lm_data::sha256_hex(
         format!(
             "{}\n{}\n{kind}\n{vocab}\n{}\n{TOKENIZER_SAMPLE_BYTES}",
-            crate::data::corpus_hash(inputs)?,
+            corpus.hash,
             cfg.model.family,
             cfg.data.val_fraction()
         )
@@ -138,11 +138,9 @@ fn check_tokenizer_fits(cfg: &TrainConfig, t: &TextTokenizer, source: &str) -> R
             t.vocab_size()
         )));
     }
-    if let (Some(file), Some(_)) = (&cfg.data.tokenizer_file, &cfg.data.dataset) {
-        let given = std::fs::read(file).map_err(io_err(file))?;
-        if lm_data::sha256_hex(&given) != lm_data::sha256_hex(t.to_json()?.as_bytes())
-            && TextTokenizer::load(Path::new(file))?.to_json()? != t.to_json()?
-        {
+    let prepared = cfg.data.dataset.is_some() || !cfg.data.sources.is_empty();
+    if let Some(file) = cfg.data.tokenizer_file.as_ref().filter(|_| prepared) {
+        if TextTokenizer::load(Path::new(file))?.to_json()? != t.to_json()? {
             return Err(refuse("data.tokenizer_file", format!(
                 "{file} is not the tokenizer the dataset was prepared with ({source}); remove tokenizer_file (the dataset's is used) or prepare the data with {file}"
             )));

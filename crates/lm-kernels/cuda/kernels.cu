@@ -40,7 +40,8 @@ __device__ void row_lse(const float *z, int n, float *lse, float *max) {
     *max = m;
 }
 
-// loss[r] = log Σ_j exp(z[r, j]) − z[r, y[r]], or 0 where y[r] == ignore.
+// loss[r] = log Σ_j exp(z[r, j]) − z[r, y[r]], or 0 where y[r] == ignore, or NaN where y[r] is
+// outside [0, vocab) (the host never reads the targets: a bad id shows as a non-finite loss).
 extern "C" __global__ void lm_nll_fwd_f32(const float *z, const long long *y, float *loss,
                                           const int vocab, const long long ignore) {
     const size_t r = blockIdx.x;
@@ -48,7 +49,8 @@ extern "C" __global__ void lm_nll_fwd_f32(const float *z, const long long *y, fl
     const long long t = y[r];
     float lse, m;
     row_lse(row, vocab, &lse, &m);
-    if (threadIdx.x == 0) loss[r] = (t == ignore) ? 0.f : lse - row[t];
+    if (threadIdx.x == 0)
+        loss[r] = (t == ignore) ? 0.f : (t < 0 || t >= vocab) ? CUDART_NAN_F : lse - row[t];
 }
 
 // dz[r, j] = (softmax(z[r])_j − [j == y[r]]) · g[r], or 0 on ignored rows.
@@ -58,7 +60,7 @@ extern "C" __global__ void lm_nll_bwd_f32(const float *z, const long long *y, co
     const float *row = z + r * (size_t)vocab;
     float *out = dz + r * (size_t)vocab;
     const long long t = y[r];
-    if (t == ignore) {
+    if (t == ignore || t < 0 || t >= vocab) {
         for (int j = threadIdx.x; j < vocab; j += blockDim.x) out[j] = 0.f;
         return;
     }

@@ -95,10 +95,8 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> R
     let total = (per_token * &weight)?.sum_all()?;
     Ok(match cfg.reduction {
         Reduction::Sum => total,
-        Reduction::Mean => {
-            let count = weight.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            (total / count.max(1.0) as f64)?
-        }
+        // Counted on the device, as in the fused path: no read back to the host.
+        Reduction::Mean => total.mul(&weight.sum_all()?.maximum(1.0)?.recip()?)?,
     })
 }
 
@@ -129,29 +127,23 @@ pub fn bert_pretraining_loss(
 
 fn fused_cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> Result<Tensor> {
     let targets = targets.contiguous()?;
-    let vocab = logits.dim(1)? as i64;
-    // The targets are read back to check them and count the scored ones (the mean's divisor):
-    // on a GPU a synchronisation, counted by lm-kernels (one per loss).
-    let ids = lm_kernels::host::read_vec::<i64>(&targets)?;
-    if let Some(&bad) = ids
-        .iter()
-        .find(|&&t| t != cfg.ignore_index && !(0..vocab).contains(&t))
-    {
-        return Err(ObjectiveError::BadTensor {
-            name: "targets",
-            expected: format!(
-                "token ids in [0, {vocab}) or the ignore index {}",
-                cfg.ignore_index
-            ),
-            got: bad.to_string(),
-        });
-    }
-    let count = ids.iter().filter(|&&t| t != cfg.ignore_index).count();
+    // Nothing is read back to the host (on a GPU a read is a synchronisation): the kernels check
+    // the targets (the CPU kernel refuses an id outside the vocabulary; the CUDA kernel makes its
+    // row's loss NaN), and the mean's divisor is counted on the device.
     let per_token = nll_rows(logits, &targets, cfg.ignore_index)?;
     let total = per_token.sum_all()?;
     Ok(match cfg.reduction {
         Reduction::Sum => total,
-        Reduction::Mean => (total / count.max(1) as f64)?,
+        Reduction::Mean => {
+            // `total · (1 / max(count, 1))`: the reciprocal of an integer below 2^24 rounds to
+            // the same f32 as `total / count as f64` does, so either form gives the same bits.
+            let count = targets
+                .ne(cfg.ignore_index)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .maximum(1f32)?;
+            total.mul(&count.recip()?)?
+        }
     })
 }
 
@@ -171,7 +163,9 @@ struct FusedNll {
     ignore_index: i64,
 }
 
+/// The logits rows, the targets (each checked: a token id or the ignore index) and the vocabulary.
 fn rows_and_ids<'a>(
+    ignore_index: i64,
     l1: &Layout,
     s1: &'a CpuStorage,
     s2: &'a CpuStorage,
@@ -183,7 +177,17 @@ fn rows_and_ids<'a>(
     let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
         candle_core::bail!("fused cross-entropy: expected contiguous inputs")
     };
-    Ok((&z[a..b], &y[c..d], l1.dims()[1]))
+    let (y, vocab) = (&y[c..d], l1.dims()[1]);
+    if let Some(&bad) = y
+        .iter()
+        .find(|&&t| t != ignore_index && !(0..vocab as i64).contains(&t))
+    {
+        candle_core::bail!(
+            "cross-entropy targets: {bad} is neither a token id in [0, {vocab}) nor the ignore \
+             index {ignore_index}"
+        )
+    }
+    Ok((&z[a..b], y, vocab))
 }
 
 /// `log Σ_j exp(z_j)` of one row, and the row's max.
@@ -206,7 +210,7 @@ impl CustomOp2 for FusedNll {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (z, y, v) = rows_and_ids(l1, s1, s2, l2)?;
+        let (z, y, v) = rows_and_ids(self.ignore_index, l1, s1, s2, l2)?;
         // A loop into a preallocated buffer: `collect` would run outside the AVX2 code.
         let mut out = vec![0f32; y.len()];
         fastmath::simd(|| {
@@ -255,7 +259,7 @@ impl CustomOp3 for FusedNllGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (z, y, v) = rows_and_ids(l1, s1, s2, l2)?;
+        let (z, y, v) = rows_and_ids(self.ignore_index, l1, s1, s2, l2)?;
         let (CpuStorage::F32(g), Some((a, b))) = (s3, l3.contiguous_offsets()) else {
             candle_core::bail!("fused cross-entropy: expected a contiguous f32 gradient")
         };
@@ -397,5 +401,25 @@ mod tests {
         let targets = Tensor::zeros(2, DType::I64, &Device::Cpu).unwrap();
         let err = cross_entropy(&logits, &targets, &CrossEntropy::default()).unwrap_err();
         assert!(err.to_string().contains("targets"), "{err}");
+    }
+
+    #[test]
+    fn a_target_outside_the_vocabulary_is_refused_naming_it() {
+        let logits = Tensor::zeros((3, 5), DType::F32, &Device::Cpu).unwrap();
+        for bad in [5i64, -1, 1 << 40] {
+            let targets = Tensor::new(&[0i64, IGNORE_INDEX, bad], &Device::Cpu).unwrap();
+            let err = cross_entropy(&logits, &targets, &CrossEntropy::default()).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("{bad} is neither a token id in [0, 5)")),
+                "{msg}"
+            );
+        }
+        // The ignore index itself and the vocabulary's ends are fine.
+        let targets = Tensor::new(&[0i64, IGNORE_INDEX, 4], &Device::Cpu).unwrap();
+        let loss = cross_entropy(&logits, &targets, &CrossEntropy::default()).unwrap();
+        // Uniform logits: −log(1/5) per scored target, mean over the 2 scored.
+        let v = loss.to_scalar::<f32>().unwrap();
+        assert!((v as f64 - 5f64.ln()).abs() < 1e-6, "{v}");
     }
 }

@@ -12,7 +12,7 @@ use lm_models::bart::{Bart, BartConfig};
 use lm_models::bert::{Bert, BertConfig};
 use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::t5::{T5Config, T5};
-use lm_models::{EncoderDecoder, ParamStore};
+use lm_models::{EncoderDecoder, MatmulPrecision, ParamStore, StepContext};
 use lm_objectives::loss::{bert_pretraining_loss, cross_entropy, CrossEntropy};
 use lm_train::choices::Precision;
 use lm_train::data::BUILTIN_SHAKESPEARE;
@@ -31,6 +31,9 @@ fn gpu(test: &str) -> Option<Device> {
 }
 
 const V: usize = 24;
+
+/// f32 products.
+const F32: MatmulPrecision = MatmulPrecision::Highest;
 
 fn u32s(rows: &[&[u32]], device: &Device) -> Tensor {
     let t = rows[0].len();
@@ -111,7 +114,12 @@ fn every_family_forward_and_backward_on_cuda_equals_cpu() {
         let x = u32s(&[&[1, 5, 2, 7, 3, 3], &[0, 4, 4, 6, 1, 2]], dev);
         let y = i64s(&[&[5, 2, 7, 3, 3, 1], &[4, 4, 6, 1, 2, -100]], dev);
         Box::new(move || {
-            cross_entropy(&model.forward(&x).unwrap(), &y, &CrossEntropy::default()).unwrap()
+            cross_entropy(
+                &model.forward(&x, &StepContext::EVAL).unwrap(),
+                &y,
+                &CrossEntropy::default(),
+            )
+            .unwrap()
         })
     });
     cpu_and_gpu_agree("bert", &gpu, |store, dev| {
@@ -128,7 +136,9 @@ fn every_family_forward_and_backward_on_cuda_equals_cpu() {
         );
         let nsp = Tensor::new(&[0i64, 1], dev).unwrap();
         Box::new(move || {
-            let (mlm, ns) = model.forward(&ids, Some(&tt), Some(&mask)).unwrap();
+            let (mlm, ns) = model
+                .forward(&ids, Some(&tt), Some(&mask), &StepContext::EVAL)
+                .unwrap();
             bert_pretraining_loss(&mlm, &labels, &ns, &nsp).unwrap()
         })
     });
@@ -144,7 +154,9 @@ fn every_family_forward_and_backward_on_cuda_equals_cpu() {
         let model = Bart::new(&BartConfig::tiny(V), store.var_builder(DType::F32, dev)).unwrap();
         let (ids, mask, dec, labels) = seq2seq(dev);
         Box::new(move || {
-            let logits = model.forward(&ids, Some(&mask), &dec).unwrap();
+            let logits = model
+                .forward(&ids, Some(&mask), &dec, &StepContext::EVAL)
+                .unwrap();
             cross_entropy(&logits, &labels, &CrossEntropy::default()).unwrap()
         })
     });
@@ -156,7 +168,9 @@ fn every_family_forward_and_backward_on_cuda_equals_cpu() {
         let model = T5::new(&cfg, store.var_builder(DType::F32, dev)).unwrap();
         let (ids, mask, dec, labels) = seq2seq(dev);
         Box::new(move || {
-            let logits = model.forward(&ids, Some(&mask), &dec).unwrap();
+            let logits = model
+                .forward(&ids, Some(&mask), &dec, &StepContext::EVAL)
+                .unwrap();
             cross_entropy(&logits, &labels, &CrossEntropy::default()).unwrap()
         })
     });
@@ -213,7 +227,9 @@ fn each_cuda_op_equals_its_composite_form_in_value_and_gradient() {
         ),
         (
             "linear_gelu (tanh, W [out, in])",
-            Box::new(|x| ops::linear_gelu(x, &w_out_in, Some(&b), true, Gelu::Tanh).unwrap()),
+            Box::new(|x| {
+                ops::linear_gelu(x, (&w_out_in, Some(&b)), true, Gelu::Tanh, F32).unwrap()
+            }),
             Box::new(|x| {
                 let y = x.broadcast_matmul(&w_out_in.t().unwrap()).unwrap();
                 composite::gelu(&y.broadcast_add(&b).unwrap()).unwrap()
@@ -221,7 +237,9 @@ fn each_cuda_op_equals_its_composite_form_in_value_and_gradient() {
         ),
         (
             "linear_gelu (erf, W [in, out])",
-            Box::new(|x| ops::linear_gelu(x, &w_in_out, Some(&b), false, Gelu::Erf).unwrap()),
+            Box::new(|x| {
+                ops::linear_gelu(x, (&w_in_out, Some(&b)), false, Gelu::Erf, F32).unwrap()
+            }),
             Box::new(|x| {
                 let y = x.broadcast_matmul(&w_in_out).unwrap();
                 composite::gelu_erf(&y.broadcast_add(&b).unwrap()).unwrap()

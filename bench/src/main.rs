@@ -108,7 +108,6 @@ fn machine(r: &mut Report) -> Result<(f64, f64)> {
 fn gemm_kernels(r: &mut Report) -> Result<()> {
     use lm_kernels::cpu_kernels::bf16_matmul_kernel;
     use lm_kernels::ops::matmul_slices;
-    use lm_kernels::precision::with_matmul_precision;
     use lm_kernels::precision::MatmulPrecision::{Bf16, Highest};
     let (m, k, n) = (768, 128, 512);
     let flops = 2.0 * (m * k * n) as f64;
@@ -125,7 +124,7 @@ fn gemm_kernels(r: &mut Report) -> Result<()> {
     let at = |p| {
         flops
             / median_secs(15, || {
-                with_matmul_precision(p, || matmul_slices(&av, &bv, m, k, n));
+                matmul_slices(p, &av, &bv, (m, k, n));
             })
     };
     let (ours, bf16) = (at(Highest), at(Bf16));
@@ -339,12 +338,11 @@ fn train_step_at(
 /// recipe). Prints tokens/s and MFU against the GPU's dense bf16 peak (`LM_BENCH_PEAK_TFLOPS`,
 /// default 989, the H100/H200 SXM figure), and writes them as JSON to `$LM_BENCH_JSON` if set.
 fn gpu_step(batch: usize, steps: usize) -> Result<()> {
-    use lm_kernels::precision::{set_matmul_precision, MatmulPrecision};
+    use lm_kernels::precision::MatmulPrecision;
     use lm_models::gpt::{Gpt, GptConfig};
     use lm_models::ParamStore;
     use lm_objectives::loss::{cross_entropy, CrossEntropy};
     let device = lm_kernels::device::cuda(0).map_err(|e| anyhow::anyhow!("gpu suite: {e}"))?;
-    set_matmul_precision(MatmulPrecision::Bf16);
     // nanoGPT pads GPT-2's 50257 tokens to 50304, a multiple of 64, for the gemm tiles.
     let cfg = GptConfig {
         vocab_size: 50304,
@@ -368,8 +366,10 @@ fn gpu_step(batch: usize, steps: usize) -> Result<()> {
         .to_dtype(candle_core::DType::I64)?
         .contiguous()?;
     let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
+    // bf16 products; no dropout (the context's dropout is off).
+    let ctx = lm_models::StepContext::eval(MatmulPrecision::Bf16);
     let mut step = || -> Result<f32> {
-        let loss = cross_entropy(&model.forward(&x)?, &y, &CrossEntropy::default())?;
+        let loss = cross_entropy(&model.forward(&x, &ctx)?, &y, &CrossEntropy::default())?;
         let mut grads = loss.backward()?;
         lm_optim::clip::clip_grad_norm(&mut grads, &vars, 1.0)?;
         opt.step(&grads, 6e-4)?;

@@ -9,13 +9,18 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::fused;
-use crate::precision::{matmul_precision, MatmulPrecision};
+use crate::precision::MatmulPrecision;
 
-/// `a[m, k] · b[k, n]` for row-major slices on all threads, at this thread's matmul precision: the
-/// gemm the fused kernels run, exposed for benchmarks.
-pub fn matmul_slices(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+/// `a[m, k] · b[k, n]` for row-major slices on all threads, at precision `prec`: the gemm the
+/// fused kernels run, exposed for benchmarks.
+pub fn matmul_slices(
+    prec: MatmulPrecision,
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
-    crate::gemm::matmul_rows(matmul_precision(), &mut out, a, b, (m, k, n));
+    crate::gemm::matmul_rows(prec, &mut out, a, b, (m, k, n));
     out
 }
 
@@ -137,14 +142,14 @@ fn gpu_gelu(x: &Tensor, kind: Gelu) -> Option<Result<Tensor>> {
 /// kernel each way (`crate::gpu::BiasGelu`).
 pub fn linear_gelu(
     x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
+    (w, b): (&Tensor, Option<&Tensor>),
     transposed: bool,
     kind: Gelu,
+    prec: MatmulPrecision,
 ) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if let Some(b) = b.filter(|b| on_gpu(x) && w.dtype() == DType::F32 && b.dtype() == DType::F32) {
-        let y = linear(x, w, None, transposed)?;
+        let y = linear(x, w, None, transposed, prec)?;
         return y.contiguous()?.apply_op2(
             &b.contiguous()?,
             crate::gpu::BiasGelu {
@@ -152,7 +157,7 @@ pub fn linear_gelu(
             },
         );
     }
-    let y = linear(x, w, b, transposed)?;
+    let y = linear(x, w, b, transposed, prec)?;
     match kind {
         Gelu::Tanh => gelu(&y),
         Gelu::Erf => gelu_erf(&y),
@@ -175,16 +180,18 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
 /// Causal multi-head self-attention from the packed projection `qkv: [b, t, 3·d]` (`[q | k | v]`)
 /// to the merged heads `[b, t, d]`: `softmax(scale·QKᵀ + M) V` per head. One fused kernel on CPU
 /// for f32 (no head split/merge copies, probabilities kept for the backward), the composite
-/// form elsewhere.
-pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tensor> {
+/// form elsewhere. Products at precision `prec`.
+pub fn causal_attention(
+    qkv: &Tensor,
+    n_head: usize,
+    scale: f64,
+    prec: MatmulPrecision,
+) -> Result<Tensor> {
     if fused(qkv) {
-        qkv.contiguous()?.apply_op1(fused::CausalAttention::new(
-            n_head,
-            scale as f32,
-            matmul_precision(),
-        ))
+        qkv.contiguous()?
+            .apply_op1(fused::CausalAttention::new(n_head, scale as f32, prec))
     } else {
-        composite::causal_attention(qkv, n_head, scale)
+        composite::causal_attention(qkv, n_head, scale, prec)
     }
 }
 
@@ -194,25 +201,25 @@ pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tenso
 /// query's scores for each key (the padding mask: 0, or a large negative number on padding);
 /// `keep [b, h, t, t]` is the dropout mask on the probabilities (0 or `1/(1−p)`). Neither gets a
 /// gradient. One fused kernel on CPU for f32 (probabilities kept for the backward), the
-/// composite form elsewhere.
+/// composite form elsewhere. Products at precision `prec`.
 pub fn self_attention(
     qkv: &Tensor,
-    n_head: usize,
-    scale: f64,
+    (n_head, scale): (usize, f64),
     key_bias: Option<&Tensor>,
     keep: Option<&Tensor>,
+    prec: MatmulPrecision,
 ) -> Result<Tensor> {
     if fused(qkv) {
         qkv.contiguous()?.apply_op1(fused::BiAttention {
             n_head,
             scale: scale as f32,
-            prec: matmul_precision(),
+            prec,
             key_bias: key_bias.map(host).transpose()?,
             keep: keep.map(host).transpose()?,
             probs: std::sync::Mutex::new(None),
         })
     } else {
-        composite::self_attention(qkv, n_head, scale, key_bias, keep)
+        composite::self_attention(qkv, (n_head, scale), key_bias, keep, prec)
     }
 }
 
@@ -222,14 +229,14 @@ pub fn self_attention(
 /// `[b, h, tq, tk]` (relative position bias `[1, h, tq, tk]` plus padding `[b, 1, 1, tk]`) and
 /// gets its gradient; with `causal`, query `i` sees keys `≤ i + tk − tq`; `keep` is an optional
 /// dropout mask `[b, h, tq, tk]`. One fused kernel on CPU for f32, the composite form elsewhere.
+/// Products at precision `prec`.
 pub fn biased_attention(
-    q: &Tensor,
-    kv: &Tensor,
+    (q, kv): (&Tensor, &Tensor),
     bias: &Tensor,
-    n_head: usize,
-    scale: f64,
+    (n_head, scale): (usize, f64),
     causal: bool,
     keep: Option<&Tensor>,
+    prec: MatmulPrecision,
 ) -> Result<Tensor> {
     let (b, tq, _) = q.dims3()?;
     let tk = kv.dim(1)?;
@@ -242,24 +249,24 @@ pub fn biased_attention(
             fused::BiasedAttention {
                 n_head,
                 scale: scale as f32,
-                prec: matmul_precision(),
+                prec,
                 causal,
                 keep,
                 probs: std::sync::Mutex::new(None),
             },
         )
     } else {
-        composite::biased_attention(q, kv, bias, n_head, scale, causal, keep)
+        composite::biased_attention((q, kv), bias, (n_head, scale), causal, keep, prec)
     }
 }
 
-/// `a·b` (candle's batched matmul) at the thread's [`matmul_precision`] on a GPU: with `Bf16`
+/// `a·b` (candle's batched matmul) at precision `prec` on a GPU: with `Bf16`
 /// (`F16`), f32 operands are rounded to bf16 (f16) and multiplied by cuBLAS's half-precision
 /// gemm, which accumulates in f32, and the product comes back as f32 — as the CPU kernels do;
 /// gradients flow through the casts to the f32 masters. On the CPU (where the fused kernels
 /// apply the precision themselves) and for other dtypes it is `a.matmul(b)`.
-pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let half = match matmul_precision() {
+pub fn matmul(a: &Tensor, b: &Tensor, prec: MatmulPrecision) -> Result<Tensor> {
+    let half = match prec {
         MatmulPrecision::Highest => None,
         MatmulPrecision::Bf16 => Some(DType::BF16),
         MatmulPrecision::F16 => Some(DType::F16),
@@ -275,8 +282,14 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `y = x·W (+ b)` over the last axis of `x: [.., in]`, with `W` stored `[in, out]` (GPT-2's
 /// `Conv1D`) or, when `transposed`, `[out, in]` (`nn.Linear`). On CPU for f32: one gemm onto the
 /// broadcast bias, and a backward that computes `dx`, `dW`, `db` in one kernel without transposed
-/// copies; elsewhere candle's matmul and broadcast add.
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> Result<Tensor> {
+/// copies; elsewhere candle's matmul and broadcast add. Products at precision `prec`.
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    transposed: bool,
+    prec: MatmulPrecision,
+) -> Result<Tensor> {
     let n_out = w.dim(if transposed { 0 } else { 1 })?;
     if fused(x) && w.dtype() == DType::F32 && w.rank() == 2 {
         let zeros;
@@ -290,19 +303,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, transposed: bool) -> R
         return x.contiguous()?.apply_op3(
             &w.contiguous()?,
             &b.contiguous()?,
-            fused::Linear {
-                transposed,
-                prec: matmul_precision(),
-            },
+            fused::Linear { transposed, prec },
         );
     }
     let dims = x.dims().to_vec();
     let n_in = *dims.last().unwrap_or(&1);
     let x2 = x.reshape((x.elem_count() / n_in.max(1), n_in))?;
     let y = if transposed {
-        matmul(&x2, &w.t()?)?
+        matmul(&x2, &w.t()?, prec)?
     } else {
-        matmul(&x2, w)?
+        matmul(&x2, w, prec)?
     };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
@@ -406,16 +416,16 @@ pub mod composite {
     /// Split the heads, add the key bias to the scaled scores, softmax, drop, merge the heads.
     pub fn self_attention(
         qkv: &Tensor,
-        n_head: usize,
-        scale: f64,
+        (n_head, scale): (usize, f64),
         key_bias: Option<&Tensor>,
         keep: Option<&Tensor>,
+        prec: MatmulPrecision,
     ) -> Result<Tensor> {
         let (b, t, c3) = qkv.dims3()?;
         let c = c3 / 3;
         let heads = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * c, c)?, n_head);
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-        let mut scores = (matmul(&q, &k.t()?)? * scale)?;
+        let mut scores = (matmul(&q, &k.t()?, prec)? * scale)?;
         if let Some(kb) = key_bias {
             scores = scores.broadcast_add(&kb.reshape((b, 1, 1, t))?.to_dtype(qkv.dtype())?)?;
         }
@@ -423,19 +433,18 @@ pub mod composite {
         if let Some(keep) = keep {
             probs = (probs * keep.to_dtype(qkv.dtype())?)?;
         }
-        merge_heads(&matmul(&probs, &v)?)?.reshape((b, t, c))
+        merge_heads(&matmul(&probs, &v, prec)?)?.reshape((b, t, c))
     }
 
     /// Split the heads, scaled scores plus the bias (and the causal mask), softmax, drop,
     /// merge the heads.
     pub fn biased_attention(
-        q: &Tensor,
-        kv: &Tensor,
+        (q, kv): (&Tensor, &Tensor),
         bias: &Tensor,
-        n_head: usize,
-        scale: f64,
+        (n_head, scale): (usize, f64),
         causal: bool,
         keep: Option<&Tensor>,
+        prec: MatmulPrecision,
     ) -> Result<Tensor> {
         let (b, tq, c) = q.dims3()?;
         let tk = kv.dim(1)?;
@@ -443,7 +452,7 @@ pub mod composite {
         let kh = split_heads(&kv.narrow(D::Minus1, 0, c)?, n_head)?;
         let vh = split_heads(&kv.narrow(D::Minus1, c, c)?, n_head)?;
         let mut scores =
-            (matmul(&qh, &kh.t()?)? * scale)?.broadcast_add(&bias.to_dtype(q.dtype())?)?;
+            (matmul(&qh, &kh.t()?, prec)? * scale)?.broadcast_add(&bias.to_dtype(q.dtype())?)?;
         if causal {
             scores = scores.broadcast_add(&causal_mask(tq, tk, q.dtype(), q.device())?)?;
         }
@@ -451,17 +460,22 @@ pub mod composite {
         if let Some(keep) = keep {
             probs = (probs * keep.to_dtype(q.dtype())?)?;
         }
-        merge_heads(&matmul(&probs, &vh)?)?.reshape((b, tq, c))
+        merge_heads(&matmul(&probs, &vh, prec)?)?.reshape((b, tq, c))
     }
 
     /// Split the heads, attend causally, merge the heads.
-    pub fn causal_attention(qkv: &Tensor, n_head: usize, scale: f64) -> Result<Tensor> {
+    pub fn causal_attention(
+        qkv: &Tensor,
+        n_head: usize,
+        scale: f64,
+        prec: MatmulPrecision,
+    ) -> Result<Tensor> {
         let (b, t, c3) = qkv.dims3()?;
         let c = c3 / 3;
         let heads = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * c, c)?, n_head);
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-        let probs = causal_softmax(&matmul(&q, &k.t()?)?, scale)?;
-        merge_heads(&matmul(&probs, &v)?)?.reshape((b, t, c))
+        let probs = causal_softmax(&matmul(&q, &k.t()?, prec)?, scale)?;
+        merge_heads(&matmul(&probs, &v, prec)?)?.reshape((b, t, c))
     }
 }
 

@@ -1,8 +1,6 @@
 //! Thread policy of the compute kernels: a training step runs on rayon's workers.
 
-use crate::precision::{matmul_precision, with_matmul_precision};
-
-/// Runs `f` on one of rayon's worker threads (with the caller's matmul precision), so that each
+/// Runs `f` on one of rayon's worker threads, so that each
 /// parallel kernel inside forks from a worker instead of waking the pool from outside and putting
 /// the calling thread to sleep until it is done (two futex round trips per kernel call). Meanwhile
 /// the other workers poll for work instead of going to sleep between kernels: a step is a few
@@ -21,7 +19,6 @@ pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
     /// A poller that finds no work for this long goes back to rayon (and to sleep).
     const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_millis(2);
-    let p = matmul_precision();
     rayon::scope(|_| {
         let done = Done(Arc::new(AtomicBool::new(false)));
         let (flag, owner) = (done.0.clone(), rayon::current_thread_index());
@@ -42,6 +39,6 @@ pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             }
             POLLING.with(|p| p.set(false));
         });
-        with_matmul_precision(p, f)
+        f()
     })
 }

@@ -2,6 +2,10 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use lm_kernels::ops::{self, composite};
+use lm_kernels::precision::MatmulPrecision;
+
+/// f32 products (the default precision).
+const F32: MatmulPrecision = MatmulPrecision::Highest;
 
 fn randn(shape: &[usize], seed: u64, std: f64) -> Tensor {
     lm_optim::init::normal(shape, std, seed, "x", DType::F32, &Device::Cpu).unwrap()
@@ -115,8 +119,8 @@ fn fused_bidirectional_attention_equals_composite_with_padding_and_dropout() {
         (Some(&bias), Some(&keep)),
     ] {
         assert_same(
-            |x| ops::self_attention(&x[0], h, 0.4, kb, kp),
-            |x| composite::self_attention(&x[0], h, 0.4, kb, kp),
+            |x| ops::self_attention(&x[0], (h, 0.4), kb, kp, F32),
+            |x| composite::self_attention(&x[0], (h, 0.4), kb, kp, F32),
             std::slice::from_ref(&qkv),
             2e-5,
         );
@@ -154,11 +158,11 @@ fn fused_biased_attention_equals_composite() {
         assert_same(
             |x| {
                 let bias = x[2].broadcast_add(&pad.to_dtype(x[2].dtype())?)?;
-                ops::biased_attention(&x[0], &x[1], &bias, h, 0.7, causal, keep)
+                ops::biased_attention((&x[0], &x[1]), &bias, (h, 0.7), causal, keep, F32)
             },
             |x| {
                 let bias = x[2].broadcast_add(&pad.to_dtype(x[2].dtype())?)?;
-                composite::biased_attention(&x[0], &x[1], &bias, h, 0.7, causal, keep)
+                composite::biased_attention((&x[0], &x[1]), &bias, (h, 0.7), causal, keep, F32)
             },
             &[q, kv, pos],
             2e-5,
@@ -258,8 +262,8 @@ fn fused_causal_attention_equals_composite() {
     let qkv = randn(&[2, 13, 3 * 18], 5, 1.5);
     let scale = 1.0 / 6f64.sqrt();
     assert_same(
-        |t| ops::causal_attention(&t[0], 3, scale),
-        |t| composite::causal_attention(&t[0], 3, scale),
+        |t| ops::causal_attention(&t[0], 3, scale, F32),
+        |t| composite::causal_attention(&t[0], 3, scale, F32),
         &[qkv],
         2e-5,
     );
@@ -268,7 +272,9 @@ fn fused_causal_attention_equals_composite() {
 #[test]
 fn fused_causal_attention_rejects_bad_shapes() {
     let qkv = randn(&[2, 5, 20], 6, 1.0);
-    let err = ops::causal_attention(&qkv, 3, 1.0).unwrap_err().to_string();
+    let err = ops::causal_attention(&qkv, 3, 1.0, F32)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not 3·n_head·head_dim"), "{err}");
 }
 
@@ -296,14 +302,14 @@ fn fused_linear_equals_composite_in_both_layouts() {
             t[0].broadcast_matmul(&w)?.broadcast_add(&t[2])
         };
         assert_same(
-            |t| ops::linear(&t[0], &t[1], Some(&t[2]), transposed),
+            |t| ops::linear(&t[0], &t[1], Some(&t[2]), transposed, F32),
             reference,
             &[x.clone(), w.clone(), bias.clone()],
             1e-5,
         );
         // Without a bias.
         assert_same(
-            |t| ops::linear(&t[0], &t[1], None, transposed),
+            |t| ops::linear(&t[0], &t[1], None, transposed, F32),
             |t| t[0].broadcast_matmul(&if transposed { t[1].t()? } else { t[1].clone() }),
             &[x.clone(), w],
             1e-5,
@@ -315,7 +321,9 @@ fn fused_linear_equals_composite_in_both_layouts() {
 fn fused_linear_names_mismatched_shapes() {
     let x = randn(&[2, 7], 1, 1.0);
     let w = randn(&[6, 4], 2, 1.0);
-    let err = ops::linear(&x, &w, None, false).unwrap_err().to_string();
+    let err = ops::linear(&x, &w, None, false, F32)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("do not fit"), "{err}");
 }
 
@@ -333,24 +341,21 @@ fn to_f16_f64(t: &Tensor) -> Tensor {
 /// gradient is a plain sum of `dy`.
 #[test]
 fn fused_linear_in_f16_rounds_every_product_operand() {
-    use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
     let x = randn(&[3, 5, 7], 31, 1.0);
     let w = randn(&[7, 4], 32, 1.0);
     let b = randn(&[4], 33, 1.0);
     let dy = randn(&[3, 5, 4], 34, 1.0);
     let run = |p: MatmulPrecision| {
-        with_matmul_precision(p, || {
-            let (xv, wv, bv) = (
-                Var::from_tensor(&x).unwrap(),
-                Var::from_tensor(&w).unwrap(),
-                Var::from_tensor(&b).unwrap(),
-            );
-            let y =
-                ops::linear(xv.as_tensor(), wv.as_tensor(), Some(bv.as_tensor()), false).unwrap();
-            let g = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let grad = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
-            (y.clone(), grad(&xv), grad(&wv), grad(&bv))
-        })
+        let (xv, wv, bv) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&w).unwrap(),
+            Var::from_tensor(&b).unwrap(),
+        );
+        let (w, b) = (wv.as_tensor(), Some(bv.as_tensor()));
+        let y = ops::linear(xv.as_tensor(), w, b, false, p).unwrap();
+        let g = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let grad = |v: &Var| g.get(v.as_tensor()).unwrap().clone();
+        (y.clone(), grad(&xv), grad(&wv), grad(&bv))
     };
     let (y, dx, dw, db) = run(MatmulPrecision::F16);
     let (xr, wr, dyr) = (to_f16_f64(&x), to_f16_f64(&w), to_f16_f64(&dy));
@@ -386,35 +391,33 @@ fn fused_linear_in_f16_rounds_every_product_operand() {
 /// f16's rounding of their f32 values, and differ from them (the rounding happens).
 #[test]
 fn fused_attention_in_f16_is_within_half_rounding_of_f32() {
-    use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
     let qkv = randn(&[2, 13, 3 * 18], 41, 1.0);
     let q = randn(&[2, 9, 18], 42, 1.0);
     let kv = randn(&[2, 11, 36], 43, 1.0);
     let bias = randn(&[1, 3, 9, 11], 44, 1.0);
-    type Op<'a> = Box<dyn Fn(&[Tensor]) -> Result<Tensor> + 'a>;
+    type Op<'a> = Box<dyn Fn(&[Tensor], MatmulPrecision) -> Result<Tensor> + 'a>;
     let cases: Vec<(&str, Op, Vec<Tensor>)> = vec![
         (
             "causal",
-            Box::new(|t: &[Tensor]| ops::causal_attention(&t[0], 3, 0.25)),
+            Box::new(|t: &[Tensor], p| ops::causal_attention(&t[0], 3, 0.25, p)),
             vec![qkv.clone()],
         ),
         (
             "bidirectional",
-            Box::new(|t: &[Tensor]| ops::self_attention(&t[0], 3, 0.25, None, None)),
+            Box::new(|t: &[Tensor], p| ops::self_attention(&t[0], (3, 0.25), None, None, p)),
             vec![qkv.clone()],
         ),
         (
             "biased",
-            Box::new(|t: &[Tensor]| {
-                ops::biased_attention(&t[0], &t[1], &t[2], 3, 1.0, false, None)
+            Box::new(|t: &[Tensor], p| {
+                ops::biased_attention((&t[0], &t[1]), &t[2], (3, 1.0), false, None, p)
             }),
             vec![q, kv, bias],
         ),
     ];
     for (what, op, inputs) in cases {
-        let (y16, g16) =
-            with_matmul_precision(MatmulPrecision::F16, || value_and_grads(&op, &inputs));
-        let (y32, g32) = value_and_grads(&op, &inputs);
+        let (y16, g16) = value_and_grads(|t: &[Tensor]| op(t, MatmulPrecision::F16), &inputs);
+        let (y32, g32) = value_and_grads(|t: &[Tensor]| op(t, F32), &inputs);
         let d = max_abs_diff(&y16, &y32);
         assert!(d > 1e-5 && d < 1e-2, "{what}: value, f16 against f32 {d}");
         for (i, (a, b)) in g16.iter().zip(&g32).enumerate() {
@@ -432,18 +435,15 @@ fn fused_attention_in_f16_is_within_half_rounding_of_f32() {
 /// survives, and divided by 2^16 afterwards it is the f32 gradient within f16's rounding.
 #[test]
 fn a_loss_scale_keeps_small_gradients_from_vanishing_in_f16() {
-    use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
     let x = randn(&[4, 8], 51, 1.0);
     let w = randn(&[8, 3], 52, 1.0);
     let dy = (randn(&[4, 3], 53, 1.0) * 1e-8).unwrap();
     let weight_grad = |p: MatmulPrecision, scale: f64| -> Tensor {
-        with_matmul_precision(p, || {
-            let wv = Var::from_tensor(&w).unwrap();
-            let y = ops::linear(&x, wv.as_tensor(), None, false).unwrap();
-            let loss = ((&y * &dy).unwrap().sum_all().unwrap() * scale).unwrap();
-            let g = loss.backward().unwrap();
-            (g.get(wv.as_tensor()).unwrap() / scale).unwrap()
-        })
+        let wv = Var::from_tensor(&w).unwrap();
+        let y = ops::linear(&x, wv.as_tensor(), None, false, p).unwrap();
+        let loss = ((&y * &dy).unwrap().sum_all().unwrap() * scale).unwrap();
+        let g = loss.backward().unwrap();
+        (g.get(wv.as_tensor()).unwrap() / scale).unwrap()
     };
     let exact = weight_grad(MatmulPrecision::Highest, 1.0);
     let unscaled = weight_grad(MatmulPrecision::F16, 1.0);

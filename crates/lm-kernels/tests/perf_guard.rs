@@ -6,6 +6,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use lm_kernels::ops::{self, composite};
+use lm_kernels::precision::MatmulPrecision;
+
+/// f32 products (the default precision).
+const F32: MatmulPrecision = MatmulPrecision::Highest;
 
 fn median_secs(mut f: impl FnMut()) -> f64 {
     f();
@@ -83,8 +87,8 @@ fn fused_kernels_stay_faster_than_their_composite_forms() {
     .unwrap();
     let at = ratio(
         "causal attention",
-        |t| ops::causal_attention(t, 4, 0.17),
-        |t| composite::causal_attention(t, 4, 0.17),
+        |t| ops::causal_attention(t, 4, 0.17, F32),
+        |t| composite::causal_attention(t, 4, 0.17, F32),
         &qkv,
     );
     // BERT's attention at the bert-mlm-nsp recipe's shapes (batch 16, time 64, width 128,
@@ -99,8 +103,8 @@ fn fused_kernels_stay_faster_than_their_composite_forms() {
     let kb = Tensor::from_vec(kb, (16, 64), &Device::Cpu).unwrap();
     let bi = ratio(
         "bidirectional attention",
-        |t| ops::self_attention(t, 4, 0.17, Some(&kb), None),
-        |t| composite::self_attention(t, 4, 0.17, Some(&kb), None),
+        |t| ops::self_attention(t, (4, 0.17), Some(&kb), None, F32),
+        |t| composite::self_attention(t, (4, 0.17), Some(&kb), None, F32),
         &qkv16,
     );
     // T5's encoder self-attention at the t5-span-corruption recipe's shapes (batch 16, time 64,
@@ -115,8 +119,8 @@ fn fused_kernels_stay_faster_than_their_composite_forms() {
         lm_optim::init::normal((1, 4, 64, 64), 1.0, 7, "b", DType::F32, &Device::Cpu).unwrap();
     let ba = ratio(
         "biased attention",
-        |t| ops::biased_attention(t, &kv16, &pos, 4, 1.0, false, None),
-        |t| composite::biased_attention(t, &kv16, &pos, 4, 1.0, false, None),
+        |t| ops::biased_attention((t, &kv16), &pos, (4, 1.0), false, None, F32),
+        |t| composite::biased_attention((t, &kv16), &pos, (4, 1.0), false, None, F32),
         &q16,
     );
     let h = Var::from_tensor(
@@ -127,7 +131,7 @@ fn fused_kernels_stay_faster_than_their_composite_forms() {
     let bias = Tensor::zeros(512, DType::F32, &Device::Cpu).unwrap();
     let li = ratio(
         "linear",
-        |t| ops::linear(t, &w, Some(&bias), false),
+        |t| ops::linear(t, &w, Some(&bias), false, F32),
         |t| t.broadcast_matmul(&w)?.broadcast_add(&bias),
         &h,
     );

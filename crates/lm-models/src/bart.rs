@@ -5,12 +5,11 @@
 //! positions (offset by 2, as fairseq), an embedding LayerNorm and post-LayerNorm layers; the
 //! token embedding is shared by encoder, decoder and the LM head, which adds `final_logits_bias`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::context::StepContext;
 use crate::error::{ModelError, Result};
 use crate::layers::Dropout;
 use crate::layers::{
@@ -212,25 +211,25 @@ impl Attention {
         })
     }
 
-    fn kv(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    fn kv(&self, x: &Tensor, ctx: &StepContext) -> candle_core::Result<(Tensor, Tensor)> {
         Ok((
-            split_heads(&self.k.forward(x)?, self.heads)?,
-            split_heads(&self.v.forward(x)?, self.heads)?,
+            split_heads(&self.k.forward(x, ctx)?, self.heads)?,
+            split_heads(&self.v.forward(x, ctx)?, self.heads)?,
         ))
     }
 
     fn attend(
         &self,
         x: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        (k, v): (&Tensor, &Tensor),
         bias: Option<&Tensor>,
         causal: bool,
+        ctx: &StepContext,
     ) -> candle_core::Result<Tensor> {
-        let q = split_heads(&self.q.forward(x)?, self.heads)?;
+        let q = split_heads(&self.q.forward(x, ctx)?, self.heads)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        self.out
-            .forward(&merge_heads(&attention(&q, k, v, bias, scale, causal)?)?)
+        let y = attention((&q, k, v), bias, scale, causal, ctx)?;
+        self.out.forward(&merge_heads(&y)?, ctx)
     }
 }
 
@@ -255,13 +254,11 @@ impl FeedForward {
         h: &Tensor,
         drop: &Dropout,
         act_drop: &Dropout,
-        train: bool,
+        ctx: &StepContext,
     ) -> candle_core::Result<Tensor> {
-        let f = self
-            .fc2
-            .forward(&act_drop.forward(&self.fc1.forward_gelu(h, Gelu::Erf)?, train)?)?;
-        self.ln
-            .forward(&residual_add(h, &drop.forward(&f, train)?)?)
+        let a = act_drop.forward(&self.fc1.forward_gelu(h, Gelu::Erf, ctx)?, ctx)?;
+        let f = self.fc2.forward(&a, ctx)?;
+        self.ln.forward(&residual_add(h, &drop.forward(&f, ctx)?)?)
     }
 }
 
@@ -295,7 +292,6 @@ pub struct Bart {
     final_logits_bias: Tensor,
     dropout: Dropout,
     act_dropout: Dropout,
-    training: AtomicBool,
 }
 
 impl Bart {
@@ -356,7 +352,6 @@ impl Bart {
             dropout: Dropout::new(cfg.dropout, 0xBA27_0000),
             act_dropout: Dropout::new(cfg.activation_dropout, 0xBA27_1000),
             cfg: cfg.clone(),
-            training: AtomicBool::new(true),
         })
     }
 
@@ -389,11 +384,6 @@ impl Bart {
         &self.cfg
     }
 
-    /// Dropout on (training) or off.
-    pub fn set_training(&self, training: bool) {
-        self.training.store(training, Ordering::Relaxed);
-    }
-
     /// Names of tensors that are buffers, not trained (`final_logits_bias`).
     pub fn is_buffer(name: &str) -> bool {
         name == "final_logits_bias"
@@ -405,7 +395,7 @@ impl Bart {
         pos: &Tensor,
         start: usize,
         ln: &LayerNorm,
-        train: bool,
+        ctx: &StepContext,
     ) -> candle_core::Result<Tensor> {
         let t = ids.dim(1)?;
         let mut x = lookup(&self.shared, ids)?;
@@ -413,7 +403,7 @@ impl Bart {
             x = (x * (self.cfg.d_model as f64).sqrt())?;
         }
         let x = add_bias(&x, &pos.narrow(0, start + POSITION_OFFSET, t)?)?;
-        self.dropout.forward(&ln.forward(&x)?, train)
+        self.dropout.forward(&ln.forward(&x)?, ctx)
     }
 
     fn check_len(&self, t: usize) -> Result<()> {
@@ -429,20 +419,22 @@ impl Bart {
 
 impl EncoderDecoder for Bart {
     /// Encoder states `[b, t, d]` for `input_ids` and an optional attention mask.
-    fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    fn encode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        ctx: &StepContext,
+    ) -> Result<Tensor> {
         self.check_len(input_ids.dim(1)?)?;
-        let train = self.training.load(Ordering::Relaxed);
-        let mut h = self.embed(input_ids, &self.enc_pos, 0, &self.enc_ln, train)?;
+        let mut h = self.embed(input_ids, &self.enc_pos, 0, &self.enc_ln, ctx)?;
         let bias = attention_mask.map(padding_bias).transpose()?;
         for l in &self.enc_layers {
-            let (k, v) = l.attn.kv(&h)?;
-            let a = l.attn.attend(&h, &k, &v, bias.as_ref(), false)?;
+            let (k, v) = l.attn.kv(&h, ctx)?;
+            let a = l.attn.attend(&h, (&k, &v), bias.as_ref(), false, ctx)?;
             let h2 = l
                 .attn_ln
-                .forward(&residual_add(&h, &self.dropout.forward(&a, train)?)?)?;
-            h = l
-                .ffn
-                .forward(&h2, &self.dropout, &self.act_dropout, train)?;
+                .forward(&residual_add(&h, &self.dropout.forward(&a, ctx)?)?)?;
+            h = l.ffn.forward(&h2, &self.dropout, &self.act_dropout, ctx)?;
         }
         Ok(h)
     }
@@ -455,46 +447,42 @@ impl EncoderDecoder for Bart {
         encoder: &Tensor,
         encoder_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
+        ctx: &StepContext,
     ) -> Result<Tensor> {
         let start = cache.as_ref().map_or(0, |c| c.len());
         self.check_len(start + decoder_input_ids.dim(1)?)?;
-        let train = self.training.load(Ordering::Relaxed);
-        let mut h = self.embed(decoder_input_ids, &self.dec_pos, start, &self.dec_ln, train)?;
+        let mut h = self.embed(decoder_input_ids, &self.dec_pos, start, &self.dec_ln, ctx)?;
         let bias = encoder_mask.map(padding_bias).transpose()?;
         if let Some(c) = cache.as_deref_mut() {
             c.reserve_layers(self.dec_layers.len());
         }
         for (i, l) in self.dec_layers.iter().enumerate() {
-            let (k, v) = l.self_attn.kv(&h)?;
+            let (k, v) = l.self_attn.kv(&h, ctx)?;
             let (k, v) = match cache.as_deref_mut() {
                 Some(c) => c.append(i, k, v)?,
                 None => (k, v),
             };
-            let a = l.self_attn.attend(&h, &k, &v, None, true)?;
+            let a = l.self_attn.attend(&h, (&k, &v), None, true, ctx)?;
             let h1 = l
                 .self_ln
-                .forward(&residual_add(&h, &self.dropout.forward(&a, train)?)?)?;
+                .forward(&residual_add(&h, &self.dropout.forward(&a, ctx)?)?)?;
             let (ck, cv) = match cache.as_deref_mut() {
-                Some(c) => c.cross(i, || l.cross_attn.kv(encoder))?,
-                None => l.cross_attn.kv(encoder)?,
+                Some(c) => c.cross(i, || l.cross_attn.kv(encoder, ctx))?,
+                None => l.cross_attn.kv(encoder, ctx)?,
             };
-            let a = l.cross_attn.attend(&h1, &ck, &cv, bias.as_ref(), false)?;
+            let a = l
+                .cross_attn
+                .attend(&h1, (&ck, &cv), bias.as_ref(), false, ctx)?;
             let h2 = l
                 .cross_ln
-                .forward(&(&h1 + self.dropout.forward(&a, train)?)?)?;
-            h = l
-                .ffn
-                .forward(&h2, &self.dropout, &self.act_dropout, train)?;
+                .forward(&(&h1 + self.dropout.forward(&a, ctx)?)?)?;
+            h = l.ffn.forward(&h2, &self.dropout, &self.act_dropout, ctx)?;
         }
         if let Some(c) = cache {
             c.advance(decoder_input_ids.dim(1)?);
         }
-        let logits = Linear::from_weight(self.shared.clone(), None).forward(&h)?;
+        let logits = Linear::from_weight(self.shared.clone(), None).forward(&h, ctx)?;
         Ok(logits.broadcast_add(&self.final_logits_bias)?)
-    }
-
-    fn training_flag(&self) -> &AtomicBool {
-        &self.training
     }
 
     fn generation_config(&self, max_new_tokens: usize) -> GenerationConfig {

@@ -6,12 +6,11 @@
 //! tied to the token embedding `E`) and next sentence prediction on `[CLS]` through the pooler
 //! (`tanh(W h_[CLS] + b)`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::context::StepContext;
 use crate::error::{ModelError, Result};
 use crate::layers::Dropout;
 use crate::layers::{embedding, lookup, padding_bias, LayerNorm, Linear};
@@ -200,31 +199,32 @@ impl Layer {
         &self,
         x: &Tensor,
         bias: Option<&Tensor>,
-        train: bool,
+        ctx: &StepContext,
     ) -> candle_core::Result<Tensor> {
         // One product for query, key and value, then the fused attention straight from it.
-        let qkv = Linear::forward_packed(&[&self.query, &self.key, &self.value], x)?;
+        let qkv = Linear::forward_packed(&[&self.query, &self.key, &self.value], x, ctx)?;
         let (b, t, _) = qkv.dims3()?;
         let scale = 1.0 / ((qkv.dim(2)? / 3 / self.heads) as f64).sqrt();
         // The padding bias [b, 1, 1, t] as one value per key.
         let key_bias = bias.map(|kb| kb.reshape((b, t))).transpose()?;
         // Dropout on the probabilities: the layer's mask for a [b, h, t, t] tensor.
-        let keep = if train && self.attn_dropout_active() {
+        let keep = if ctx.training() && self.attn_dropout_active() {
             let ones = Tensor::ones((b, self.heads, t, t), qkv.dtype(), qkv.device())?;
-            Some(self.attn_dropout.forward(&ones, train)?)
+            Some(self.attn_dropout.forward(&ones, ctx)?)
         } else {
             None
         };
-        let ctx = self_attention(&qkv, self.heads, scale, key_bias.as_ref(), keep.as_ref())?;
+        let (kb, keep) = (key_bias.as_ref(), keep.as_ref());
+        let y = self_attention(&qkv, (self.heads, scale), kb, keep, ctx.precision)?;
         let a = self
             .hidden_dropout
-            .forward(&self.attn_out.forward(&ctx)?, train)?;
+            .forward(&self.attn_out.forward(&y, ctx)?, ctx)?;
         let h = self.attn_ln.forward(&residual_add(x, &a)?)?;
         let f = self
             .output
-            .forward(&self.intermediate.forward_gelu(&h, Gelu::Erf)?)?;
+            .forward(&self.intermediate.forward_gelu(&h, Gelu::Erf, ctx)?, ctx)?;
         self.out_ln
-            .forward(&residual_add(&h, &self.hidden_dropout.forward(&f, train)?)?)
+            .forward(&residual_add(&h, &self.hidden_dropout.forward(&f, ctx)?)?)
     }
 
     fn attn_dropout_active(&self) -> bool {
@@ -253,7 +253,6 @@ pub struct BertEncoder {
     emb_dropout: Dropout,
     layers: Vec<Layer>,
     pooler: Linear,
-    training: AtomicBool,
 }
 
 impl BertEncoder {
@@ -280,22 +279,12 @@ impl BertEncoder {
             layers,
             pooler: Linear::new(d, d, true, std, b.pp("pooler").pp("dense"))?,
             cfg: cfg.clone(),
-            training: AtomicBool::new(true),
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &BertConfig {
         &self.cfg
-    }
-
-    /// Dropout on (training) or off.
-    pub fn set_training(&self, training: bool) {
-        self.training.store(training, Ordering::Relaxed);
-    }
-
-    fn training(&self) -> bool {
-        self.training.load(Ordering::Relaxed)
     }
 
     /// The encoder: `input_ids [b, t]`, optional segment ids (0 = A, 1 = B; default all A) and
@@ -305,6 +294,7 @@ impl BertEncoder {
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: Option<&Tensor>,
+        ctx: &StepContext,
     ) -> Result<BertOutput> {
         let (_, t) = input_ids.dims2()?;
         if t > self.cfg.max_position_embeddings {
@@ -313,24 +303,23 @@ impl BertEncoder {
                 problem: format!("sequence of {t} tokens is too long"),
             });
         }
-        let train = self.training();
         let tok = lookup(&self.word, input_ids)?;
         let seg = match token_type_ids {
             Some(tt) => lookup(&self.token_type, tt)?,
             None => self.token_type.get(0)?.unsqueeze(0)?.unsqueeze(0)?,
         };
         let x = add_bias(&tok, &self.position.narrow(0, 0, t)?)?.broadcast_add(&seg)?;
-        let mut x = self.emb_dropout.forward(&self.emb_ln.forward(&x)?, train)?;
+        let mut x = self.emb_dropout.forward(&self.emb_ln.forward(&x)?, ctx)?;
         let bias = attention_mask
             .map(padding_bias)
             .transpose()?
             .map(|b| b.to_dtype(x.dtype()))
             .transpose()?;
         for layer in &self.layers {
-            x = layer.forward(&x, bias.as_ref(), train)?;
+            x = layer.forward(&x, bias.as_ref(), ctx)?;
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        let pooled = self.pooler.forward(&cls, ctx)?.tanh()?;
         Ok(BertOutput {
             sequence: x,
             pooled,
@@ -399,36 +388,32 @@ impl Bert {
         self.encoder.config()
     }
 
-    /// Dropout on (training) or off.
-    pub fn set_training(&self, training: bool) {
-        self.encoder.set_training(training);
-    }
-
     /// The encoder's outputs (see [`BertEncoder::encode`]).
     pub fn encode(
         &self,
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: Option<&Tensor>,
+        ctx: &StepContext,
     ) -> Result<BertOutput> {
         self.encoder
-            .encode(input_ids, token_type_ids, attention_mask)
+            .encode(input_ids, token_type_ids, attention_mask, ctx)
     }
 
     /// Masked-LM logits `[b, t, V]`: `E·LN(GELU(W h + b)) + bias` with `E` the token embedding.
-    pub fn mlm_logits(&self, sequence: &Tensor) -> Result<Tensor> {
-        let h = self
-            .transform_ln
-            .forward(&self.transform.forward_gelu(sequence, Gelu::Erf)?)?;
+    pub fn mlm_logits(&self, sequence: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+        let h =
+            self.transform_ln
+                .forward(&self.transform.forward_gelu(sequence, Gelu::Erf, ctx)?)?;
         Ok(
             Linear::from_weight(self.encoder.word.clone(), Some(self.mlm_bias.clone()))
-                .forward(&h)?,
+                .forward(&h, ctx)?,
         )
     }
 
     /// NSP logits `[b, 2]` (0 = IsNext, 1 = NotNext) from the pooled `[CLS]`.
-    pub fn nsp_logits(&self, pooled: &Tensor) -> Result<Tensor> {
-        Ok(self.nsp.forward(pooled)?)
+    pub fn nsp_logits(&self, pooled: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+        Ok(self.nsp.forward(pooled, ctx)?)
     }
 
     /// Both pretraining heads: `(mlm_logits, nsp_logits)`.
@@ -437,11 +422,12 @@ impl Bert {
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: Option<&Tensor>,
+        ctx: &StepContext,
     ) -> Result<(Tensor, Tensor)> {
-        let out = self.encode(input_ids, token_type_ids, attention_mask)?;
+        let out = self.encode(input_ids, token_type_ids, attention_mask, ctx)?;
         Ok((
-            self.mlm_logits(&out.sequence)?,
-            self.nsp_logits(&out.pooled)?,
+            self.mlm_logits(&out.sequence, ctx)?,
+            self.nsp_logits(&out.pooled, ctx)?,
         ))
     }
 }
@@ -522,22 +508,18 @@ impl BertForSequenceClassification {
         v
     }
 
-    /// Dropout on (training) or off.
-    pub fn set_training(&self, training: bool) {
-        self.encoder.set_training(training);
-    }
-
     /// Class logits `[b, num_labels]`.
     pub fn forward(
         &self,
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: Option<&Tensor>,
+        ctx: &StepContext,
     ) -> Result<Tensor> {
         let out = self
             .encoder
-            .encode(input_ids, token_type_ids, attention_mask)?;
-        let pooled = self.dropout.forward(&out.pooled, self.encoder.training())?;
-        Ok(self.classifier.forward(&pooled)?)
+            .encode(input_ids, token_type_ids, attention_mask, ctx)?;
+        let pooled = self.dropout.forward(&out.pooled, ctx)?;
+        Ok(self.classifier.forward(&pooled, ctx)?)
     }
 }

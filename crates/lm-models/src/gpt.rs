@@ -7,12 +7,11 @@
 //!
 //! Linear layers use GPT-2's `Conv1D` layout: the weight is `[in, out]` and `y = x·W + b`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::context::{MatmulPrecision, StepContext};
 use crate::error::{ModelError, Result};
 use crate::layers::Dropout;
 use crate::layers::{attention, merge_heads, split_heads, KvCache};
@@ -153,13 +152,14 @@ impl Conv1D {
         Ok(Self { weight, bias })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        linear(x, &self.weight, Some(&self.bias), false)
+    fn forward(&self, x: &Tensor, ctx: &StepContext) -> candle_core::Result<Tensor> {
+        linear(x, &self.weight, Some(&self.bias), false, ctx.precision)
     }
 
     /// `gelu(forward(x))` (GPT-2's tanh form), the bias and GELU in one kernel on a GPU.
-    fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        linear_gelu(x, &self.weight, Some(&self.bias), false, Gelu::Tanh)
+    fn forward_gelu(&self, x: &Tensor, ctx: &StepContext) -> candle_core::Result<Tensor> {
+        let p = (&self.weight, Some(&self.bias));
+        linear_gelu(x, p, false, Gelu::Tanh, ctx.precision)
     }
 }
 
@@ -256,16 +256,19 @@ impl CausalSelfAttention {
     fn forward(
         &self,
         x: &Tensor,
-        train: bool,
+        ctx: &StepContext,
         cache: Option<(&mut KvCache, usize)>,
         mask: Mask<'_>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
-        let qkv = self.c_attn.forward(x)?;
+        let qkv = self.c_attn.forward(x, ctx)?;
         let scale = 1.0 / ((d / self.n_head) as f64).sqrt();
-        if cache.is_none() && mask.is_plain_causal() && !(train && self.attn_dropout.rate() > 0.0) {
-            let y = causal_attention(&qkv, self.n_head, scale)?;
-            return self.resid_dropout.forward(&self.c_proj.forward(&y)?, train);
+        let drop_probs = ctx.training() && self.attn_dropout.rate() > 0.0;
+        if cache.is_none() && mask.is_plain_causal() && !drop_probs {
+            let y = causal_attention(&qkv, self.n_head, scale, ctx.precision)?;
+            return self
+                .resid_dropout
+                .forward(&self.c_proj.forward(&y, ctx)?, ctx);
         }
         let heads = |i: usize| split_heads(&qkv.narrow(D::Minus1, i * d, d)?, self.n_head);
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
@@ -273,8 +276,8 @@ impl CausalSelfAttention {
             Some((c, layer)) => c.append(layer, k, v)?,
             None => (k, v),
         };
-        let y = if train && self.attn_dropout.rate() > 0.0 {
-            let scores = lm_kernels::ops::matmul(&q, &k.t()?)?;
+        let y = if drop_probs {
+            let scores = lm_kernels::ops::matmul(&q, &k.t()?, ctx.precision)?;
             let probs = match mask.bias {
                 None => causal_softmax(&scores, scale)?,
                 Some(bias) => {
@@ -286,12 +289,14 @@ impl CausalSelfAttention {
                     }
                 }
             };
-            lm_kernels::ops::matmul(&self.attn_dropout.forward(&probs, train)?, &v)?
+            let probs = self.attn_dropout.forward(&probs, ctx)?;
+            lm_kernels::ops::matmul(&probs, &v, ctx.precision)?
         } else {
-            attention(&q, &k, &v, mask.bias, scale, mask.causal)?
+            attention((&q, &k, &v), mask.bias, scale, mask.causal, ctx)?
         };
         let y = merge_heads(&y)?.reshape((b, t, d))?;
-        self.resid_dropout.forward(&self.c_proj.forward(&y)?, train)
+        self.resid_dropout
+            .forward(&self.c_proj.forward(&y, ctx)?, ctx)
     }
 }
 
@@ -314,9 +319,9 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let h = self.c_fc.forward_gelu(x)?;
-        self.dropout.forward(&self.c_proj.forward(&h)?, train)
+    fn forward(&self, x: &Tensor, ctx: &StepContext) -> candle_core::Result<Tensor> {
+        let h = self.c_fc.forward_gelu(x, ctx)?;
+        self.dropout.forward(&self.c_proj.forward(&h, ctx)?, ctx)
     }
 }
 
@@ -342,15 +347,15 @@ impl Block {
     fn forward(
         &self,
         x: &Tensor,
-        train: bool,
+        ctx: &StepContext,
         cache: Option<(&mut KvCache, usize)>,
         mask: Mask<'_>,
     ) -> candle_core::Result<Tensor> {
         let attn = self
             .attn
-            .forward(&self.ln_1.forward(x)?, train, cache, mask)?;
+            .forward(&self.ln_1.forward(x)?, ctx, cache, mask)?;
         let x = residual_add(x, &attn)?;
-        residual_add(&x, &self.mlp.forward(&self.ln_2.forward(&x)?, train)?)
+        residual_add(&x, &self.mlp.forward(&self.ln_2.forward(&x)?, ctx)?)
     }
 }
 
@@ -363,7 +368,6 @@ pub struct Gpt {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     embd_dropout: Dropout,
-    training: AtomicBool,
 }
 
 impl Gpt {
@@ -401,7 +405,6 @@ impl Gpt {
             blocks,
             ln_f,
             embd_dropout: Dropout::new(cfg.dropout, 0xE3BD_0000),
-            training: AtomicBool::new(true),
         })
     }
 
@@ -432,32 +435,37 @@ impl Gpt {
         &self.cfg
     }
 
-    /// Switches dropout on (training) or off (evaluation).
-    pub fn set_training(&self, training: bool) {
-        self.training.store(training, Ordering::Relaxed);
-    }
-
     /// Logits `[b, t, V]` for token ids `[b, t]` (`u32`).
-    pub fn forward(&self, idx: &Tensor) -> Result<Tensor> {
-        self.forward_cached(idx, None)
+    pub fn forward(&self, idx: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+        self.forward_cached(idx, None, ctx)
     }
 
     /// Logits for the new tokens `idx` following the positions already in `cache` (whose keys and
     /// values are extended); without a cache, a full pass.
-    pub fn forward_cached(&self, idx: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        self.forward_masked(idx, None, Mask::CAUSAL, cache)
+    pub fn forward_cached(
+        &self,
+        idx: &Tensor,
+        cache: Option<&mut KvCache>,
+        ctx: &StepContext,
+    ) -> Result<Tensor> {
+        self.forward_masked(idx, (None, Mask::CAUSAL), cache, ctx)
     }
 
     /// Logits `[b, t, V]` of a decoder-only prefix LM: row `r`'s first `prefix_len[r]` tokens
     /// (`[b]`, u32) attend to each other in both directions, the rest causally
     /// ([`prefix_lm_bias`]).
-    pub fn forward_prefix_lm(&self, idx: &Tensor, prefix_len: &Tensor) -> Result<Tensor> {
+    pub fn forward_prefix_lm(
+        &self,
+        idx: &Tensor,
+        prefix_len: &Tensor,
+        ctx: &StepContext,
+    ) -> Result<Tensor> {
         let bias = prefix_lm_bias(prefix_len, idx.dim(1)?)?;
         let mask = Mask {
             bias: Some(&bias),
             causal: false,
         };
-        self.forward_masked(idx, None, mask, None)
+        self.forward_masked(idx, (None, mask), None, ctx)
     }
 
     /// [`Gpt::forward_cached`] with `positions` `[b, t]` (u32; left-padded generation counts
@@ -465,9 +473,9 @@ impl Gpt {
     fn forward_masked(
         &self,
         idx: &Tensor,
-        positions: Option<&Tensor>,
-        mask: Mask<'_>,
+        (positions, mask): (Option<&Tensor>, Mask<'_>),
         mut cache: Option<&mut KvCache>,
+        ctx: &StepContext,
     ) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -480,7 +488,6 @@ impl Gpt {
                 ),
             });
         }
-        let train = self.training.load(Ordering::Relaxed);
         let tok = self
             .wte
             .embedding(&idx.flatten_all()?)?
@@ -496,31 +503,31 @@ impl Gpt {
                 (tok + pos)?
             }
         };
-        let mut x = self.embd_dropout.forward(&x, train)?;
+        let mut x = self.embd_dropout.forward(&x, ctx)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, train, cache.as_deref_mut().map(|c| (c, i)), mask)?;
+            x = block.forward(&x, ctx, cache.as_deref_mut().map(|c| (c, i)), mask)?;
         }
         if let Some(c) = cache {
             c.advance(t);
         }
         let x = self.ln_f.forward(&x)?;
         // Tied head: logits = x · Eᵀ (E stored [vocab, n_embd], as nn.Linear's weight).
-        let logits = linear(&x.reshape((b * t, self.cfg.n_embd))?, &self.wte, None, true)?;
+        let x = x.reshape((b * t, self.cfg.n_embd))?;
+        let logits = linear(&x, &self.wte, None, true, ctx.precision)?;
         Ok(logits.reshape((b, t, self.cfg.vocab_size))?)
     }
 
     /// Greedy or sampled continuation of several prompts at once, left-padded with `pad` as
     /// transformers does for decoder-only models: padding keys hidden, positions counted from
     /// each prompt's first real token. Returns each row's `max_new_tokens` new tokens (cut after
-    /// `eos` when given).
+    /// `eos` when given). Products at `precision`, no dropout.
     pub fn generate_batch(
         &self,
         prompts: &[Vec<u32>],
         max_new_tokens: usize,
-        sampling: &crate::Sampling,
-        rng: &mut lm_objectives::Rng,
-        pad: u32,
-        eos: Option<u32>,
+        (sampling, rng): (&crate::Sampling, &mut lm_objectives::Rng),
+        (pad, eos): (u32, Option<u32>),
+        precision: MatmulPrecision,
     ) -> Result<Vec<Vec<u32>>> {
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         if longest == 0 || prompts.iter().any(Vec::is_empty) {
@@ -529,7 +536,7 @@ impl Gpt {
                 problem: "generation needs at least one prompt token per row".into(),
             });
         }
-        let was_training = self.training.swap(false, Ordering::Relaxed);
+        let ctx = &StepContext::eval(precision);
         let device = self.wte.device().clone();
         let rows = prompts.len();
         // Attention mask and next position of every row.
@@ -568,15 +575,12 @@ impl Gpt {
                 let keys = mask[0].len();
                 let m = Tensor::new(mask.concat(), &device)?.reshape((rows, keys))?;
                 let bias = crate::layers::padding_bias(&m)?;
-                let logits = self.forward_masked(
-                    &ids,
-                    Some(&pos),
-                    Mask {
-                        bias: Some(&bias),
-                        causal: true,
-                    },
-                    Some(&mut cache),
-                )?;
+                let attend = Mask {
+                    bias: Some(&bias),
+                    causal: true,
+                };
+                let logits =
+                    self.forward_masked(&ids, (Some(&pos), attend), Some(&mut cache), ctx)?;
                 for r in 0..rows {
                     let last: Vec<f32> =
                         logits.get(r)?.get(t - 1)?.to_dtype(DType::F32)?.to_vec1()?;
@@ -590,7 +594,6 @@ impl Gpt {
             }
             Ok(())
         })();
-        self.training.store(was_training, Ordering::Relaxed);
         result?;
         if let Some(e) = eos {
             for row in &mut out {
@@ -611,14 +614,15 @@ impl Gpt {
     /// Continues `prompt` by `max_new_tokens` tokens sampled with `sampling`. With `use_cache`,
     /// each step feeds only the newest token and reuses the keys and values of the others (the
     /// context is limited to `n_positions`); without, every step reruns the last `n_positions`
-    /// tokens. Within `n_positions` both give the same tokens.
+    /// tokens. Within `n_positions` both give the same tokens. Products at `precision`, no
+    /// dropout.
     pub fn generate_with(
         &self,
         prompt: &[u32],
         max_new_tokens: usize,
-        sampling: &crate::Sampling,
-        rng: &mut lm_objectives::Rng,
+        (sampling, rng): (&crate::Sampling, &mut lm_objectives::Rng),
         use_cache: bool,
+        precision: MatmulPrecision,
     ) -> Result<Vec<u32>> {
         if prompt.is_empty() {
             return Err(ModelError::BadConfig {
@@ -626,7 +630,7 @@ impl Gpt {
                 problem: "generation needs at least one prompt token".into(),
             });
         }
-        let was_training = self.training.swap(false, Ordering::Relaxed);
+        let ctx = &StepContext::eval(precision);
         let device = self.wte.device().clone();
         let mut tokens = prompt.to_vec();
         let mut cache = KvCache::new();
@@ -635,10 +639,10 @@ impl Gpt {
             let logits = if use_cache && tokens.len() <= self.cfg.n_positions {
                 let ids = Tensor::new(&tokens[fed..], &device)?.unsqueeze(0)?;
                 fed = tokens.len();
-                self.forward_cached(&ids, Some(&mut cache))?
+                self.forward_cached(&ids, Some(&mut cache), ctx)?
             } else {
                 let start = tokens.len().saturating_sub(self.cfg.n_positions);
-                self.forward(&Tensor::new(&tokens[start..], &device)?.unsqueeze(0)?)?
+                self.forward(&Tensor::new(&tokens[start..], &device)?.unsqueeze(0)?, ctx)?
             };
             let t = logits.dim(1)?;
             let last: Vec<f32> = logits
@@ -648,7 +652,6 @@ impl Gpt {
                 .to_vec1()?;
             tokens.push(sampling.sample(&last, rng));
         }
-        self.training.store(was_training, Ordering::Relaxed);
         Ok(tokens)
     }
 
@@ -657,10 +660,10 @@ impl Gpt {
         &self,
         prompt: &[u32],
         max_new_tokens: usize,
-        sampling: &crate::Sampling,
-        rng: &mut lm_objectives::Rng,
+        (sampling, rng): (&crate::Sampling, &mut lm_objectives::Rng),
+        precision: MatmulPrecision,
     ) -> Result<Vec<u32>> {
-        self.generate_with(prompt, max_new_tokens, sampling, rng, true)
+        self.generate_with(prompt, max_new_tokens, (sampling, rng), true, precision)
     }
 }
 

@@ -5,6 +5,7 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
+use crate::context::StepContext;
 use lm_kernels::ops::{causal_softmax, layer_norm, linear, linear_gelu, softmax_last_dim, Gelu};
 pub use lm_kernels::ops::{merge_heads, split_heads};
 use lm_objectives::Rng;
@@ -47,19 +48,20 @@ impl Linear {
     }
 
     /// Applies the layer to `[.., in]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight, self.bias.as_ref(), true)
+    pub fn forward(&self, x: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+        linear(x, &self.weight, self.bias.as_ref(), true, ctx.precision)
     }
 
     /// `gelu(forward(x))`, with the bias and GELU in one kernel on a GPU.
-    pub fn forward_gelu(&self, x: &Tensor, kind: Gelu) -> Result<Tensor> {
-        linear_gelu(x, &self.weight, self.bias.as_ref(), true, kind)
+    pub fn forward_gelu(&self, x: &Tensor, kind: Gelu, ctx: &StepContext) -> Result<Tensor> {
+        let p = (&self.weight, self.bias.as_ref());
+        linear_gelu(x, p, true, kind, ctx.precision)
     }
 
     /// The outputs of `parts` (layers over the same input) side by side, `[.., Σ out]`, as one
     /// product with their weights (and biases) concatenated — BERT's query, key and value as
     /// the packed projection the fused attention reads.
-    pub fn forward_packed(parts: &[&Linear], x: &Tensor) -> Result<Tensor> {
+    pub fn forward_packed(parts: &[&Linear], x: &Tensor, ctx: &StepContext) -> Result<Tensor> {
         let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
         let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
         let bias = match biases {
@@ -67,7 +69,13 @@ impl Linear {
             None if parts.iter().all(|l| l.bias.is_none()) => None,
             None => candle_core::bail!("forward_packed: some layers have a bias and some not"),
         };
-        linear(x, &Tensor::cat(&weights, 0)?, bias.as_ref(), true)
+        linear(
+            x,
+            &Tensor::cat(&weights, 0)?,
+            bias.as_ref(),
+            true,
+            ctx.precision,
+        )
     }
 }
 
@@ -118,14 +126,13 @@ pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 /// `bias` is added to the scaled scores and broadcast (padding masks `[b, 1, 1, tk]`, T5's
 /// relative position bias `[1, h, tq, tk]`). With `causal`, query `i` sees keys `≤ i + tk − tq`.
 pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
     bias: Option<&Tensor>,
     scale: f64,
     causal: bool,
+    ctx: &StepContext,
 ) -> Result<Tensor> {
-    let scores = lm_kernels::ops::matmul(q, &k.transpose(D::Minus2, D::Minus1)?)?;
+    let scores = lm_kernels::ops::matmul(q, &k.transpose(D::Minus2, D::Minus1)?, ctx.precision)?;
     let probs = match (bias, causal) {
         (None, true) => causal_softmax(&scores, scale)?,
         (None, false) => softmax_last_dim(&(scores * scale)?)?,
@@ -138,7 +145,7 @@ pub fn attention(
             }
         }
     };
-    lm_kernels::ops::matmul(&probs, v)
+    lm_kernels::ops::matmul(&probs, v, ctx.precision)
 }
 
 /// The additive padding mask `[b, 1, 1, t]` for an attention mask `[b, t]` of 1 (attend) and 0
@@ -217,32 +224,15 @@ impl KvCache {
     }
 }
 
-thread_local! {
-    /// The key and first global row that dropout masks drawn on this thread derive from (see
-    /// [`with_dropout_key`]).
-    static DROPOUT_KEY: std::cell::Cell<(u64, usize)> = const { std::cell::Cell::new((0, 0)) };
-}
-
-/// Runs `f` with this thread's dropout key set to `key` and the batch's first row numbered
-/// `first_row` (restoring the previous ones after). Every [`Dropout`] then draws the mask of row
-/// `i` of its input (the first axis, the batch) from a generator seeded by (its own seed, `key`,
-/// `first_row + i`), and each call of the same dropout on the same key continues those
-/// generators. A trainer that keys each micro-batch makes dropout a pure function of the batch, so
-/// a resumed run draws the same masks as an uninterrupted one — and a data-parallel rank holding
-/// rows `first_row..` of a batch draws the masks one process holding all of it would.
-pub fn with_dropout_key<R>(key: u64, first_row: usize, f: impl FnOnce() -> R) -> R {
-    struct Restore((u64, usize));
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            DROPOUT_KEY.with(|k| k.set(self.0));
-        }
-    }
-    let _restore = Restore(DROPOUT_KEY.with(|k| k.replace((key, first_row))));
-    f()
-}
-
 /// Inverted dropout with seeded generators: each element is zeroed with probability `p` and the
 /// survivors scaled by `1/(1−p)`, so the expectation is unchanged.
+///
+/// The mask of row `i` of the input (the first axis, the batch) comes from a generator seeded by
+/// (the layer's own seed, the context's [`crate::DropoutKey`] `key`, `first_row + i`), and each
+/// call of the same dropout on the same key continues those generators. A trainer that keys each
+/// micro-batch makes dropout a pure function of the batch, so a resumed run draws the same masks
+/// as an uninterrupted one — and a data-parallel rank holding rows `first_row..` of a batch draws
+/// the masks one process holding all of it would.
 #[derive(Debug)]
 pub struct Dropout {
     p: f64,
@@ -252,7 +242,7 @@ pub struct Dropout {
 }
 
 impl Dropout {
-    /// Dropout with rate `p` whose masks come from `seed` and the thread's dropout key.
+    /// Dropout with rate `p` whose masks come from `seed` and the context's dropout key.
     pub fn new(p: f64, seed: u64) -> Self {
         Self {
             p,
@@ -274,14 +264,14 @@ impl Dropout {
         self.p
     }
 
-    /// Applies dropout when `train` is true and `p > 0`; the identity otherwise.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train || self.p <= 0.0 {
+    /// Applies dropout when the context trains and `p > 0`; the identity otherwise.
+    pub fn forward(&self, x: &Tensor, ctx: &StepContext) -> Result<Tensor> {
+        let Some(k) = ctx.dropout.filter(|_| self.p > 0.0) else {
             return Ok(x.clone());
-        }
+        };
         let keep = 1.0 - self.p;
         let scale = (1.0 / keep) as f32;
-        let (key, first_row) = DROPOUT_KEY.with(|k| k.get());
+        let (key, first_row) = (k.key, k.first_row);
         let rows = if x.rank() == 0 { 1 } else { x.dim(0)? };
         let per_row = x.elem_count() / rows.max(1);
         let mut state = self.rows.lock().unwrap_or_else(|e| e.into_inner());

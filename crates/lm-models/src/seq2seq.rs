@@ -1,10 +1,9 @@
 //! What the encoder-decoders (BART, T5) share: a teacher-forced forward pass and generation,
 //! written once over their `encode` and `decode`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use candle_core::Tensor;
 
+use crate::context::{MatmulPrecision, StepContext};
 use crate::layers::KvCache;
 use crate::sampling::{decode_loop, Decode};
 use crate::{Result, Sampling};
@@ -54,7 +53,12 @@ impl GenerationConfig {
 /// KV cache when generating).
 pub trait EncoderDecoder {
     /// Encoder states `[b, t, d]` for `input_ids` and an optional attention mask (1 = token).
-    fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor>;
+    fn encode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        ctx: &StepContext,
+    ) -> Result<Tensor>;
 
     /// Decoder logits `[b, t, V]` for `decoder_input_ids` given encoder states. With a cache,
     /// only the new positions are passed and their keys and values are appended to it.
@@ -64,10 +68,8 @@ pub trait EncoderDecoder {
         encoder: &Tensor,
         encoder_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
+        ctx: &StepContext,
     ) -> Result<Tensor>;
-
-    /// The model's dropout switch (generation turns it off for its duration).
-    fn training_flag(&self) -> &AtomicBool;
 
     /// The model's generation settings for `max_new_tokens` (its config's start, end, padding and
     /// forced end tokens).
@@ -77,16 +79,17 @@ pub trait EncoderDecoder {
     /// rows decoded together with one KV cache: each row stops at the end token, is forced to end
     /// on its last step when `forced_eos_token_id` is set, and cannot end before
     /// `min_new_tokens`. Returns each row's new tokens (the end token included when produced).
+    /// Products at `precision`, no dropout.
     fn generate_batch(
         &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
+        (input_ids, attention_mask): (&Tensor, Option<&Tensor>),
         gen: &GenerationConfig,
         sampling: &Sampling,
         rng: &mut lm_objectives::Rng,
+        precision: MatmulPrecision,
     ) -> Result<Vec<Vec<u32>>> {
-        let was = self.training_flag().swap(false, Ordering::Relaxed);
-        let out = self.encode(input_ids, attention_mask).and_then(|enc| {
+        let ctx = &StepContext::eval(precision);
+        self.encode(input_ids, attention_mask, ctx).and_then(|enc| {
             let rows = input_ids.dim(0)?;
             let mut out: Vec<Vec<u32>> = vec![vec![]; rows];
             let mut last = vec![gen.decoder_start_token_id; rows];
@@ -94,7 +97,7 @@ pub trait EncoderDecoder {
             let mut cache = KvCache::new();
             for step in 0..gen.max_new_tokens {
                 let ids = Tensor::new(last.as_slice(), input_ids.device())?.unsqueeze(1)?;
-                let logits = self.decode(&ids, &enc, attention_mask, Some(&mut cache))?;
+                let logits = self.decode(&ids, &enc, attention_mask, Some(&mut cache), ctx)?;
                 let logits = logits.squeeze(1)?.to_dtype(candle_core::DType::F32)?;
                 for r in 0..rows {
                     if done[r] {
@@ -129,9 +132,7 @@ pub trait EncoderDecoder {
                 }
             }
             Ok(out)
-        });
-        self.training_flag().store(was, Ordering::Relaxed);
-        out
+        })
     }
 
     /// Logits of a teacher-forced pass: `decode(decoder_input_ids, encode(input_ids))`.
@@ -140,24 +141,26 @@ pub trait EncoderDecoder {
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         decoder_input_ids: &Tensor,
+        ctx: &StepContext,
     ) -> Result<Tensor> {
-        let enc = self.encode(input_ids, attention_mask)?;
-        self.decode(decoder_input_ids, &enc, attention_mask, None)
+        let enc = self.encode(input_ids, attention_mask, ctx)?;
+        self.decode(decoder_input_ids, &enc, attention_mask, None, ctx)
     }
 
     /// Generates up to `max_new_tokens` for one input (`[1, t]`), starting from the decoder start
     /// token and stopping at EOS; with `use_cache` false every step reruns the whole prefix.
+    /// Products at `precision`, no dropout.
     fn generate(
         &self,
         input_ids: &Tensor,
         max_new_tokens: usize,
-        sampling: &Sampling,
-        rng: &mut lm_objectives::Rng,
+        (sampling, rng): (&Sampling, &mut lm_objectives::Rng),
         use_cache: bool,
+        precision: MatmulPrecision,
     ) -> Result<Vec<u32>> {
-        let was = self.training_flag().swap(false, Ordering::Relaxed);
+        let ctx = &StepContext::eval(precision);
         let gen = self.generation_config(max_new_tokens);
-        let out = self.encode(input_ids, None).and_then(|enc| {
+        self.encode(input_ids, None, ctx).and_then(|enc| {
             let spec = Decode {
                 start: gen.decoder_start_token_id,
                 eos: gen.eos_token_id,
@@ -166,10 +169,8 @@ pub trait EncoderDecoder {
                 use_cache,
             };
             decode_loop(spec, rng, input_ids.device(), |ids, cache| {
-                self.decode(ids, &enc, None, cache)
+                self.decode(ids, &enc, None, cache, ctx)
             })
-        });
-        self.training_flag().store(was, Ordering::Relaxed);
-        out
+        })
     }
 }

@@ -7,12 +7,11 @@
 //! shared by the others); no `1/√d` scaling of the scores (folded into the initialization);
 //! v1.0 ReLU or v1.1 gated-GELU feed-forward; a tied head rescales by `d_model^−½`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::context::StepContext;
 use crate::error::{ModelError, Result};
 use crate::layers::Dropout;
 use crate::layers::{
@@ -308,10 +307,10 @@ impl Attention {
             .unsqueeze(0)
     }
 
-    fn kv(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    fn kv(&self, x: &Tensor, ctx: &StepContext) -> candle_core::Result<(Tensor, Tensor)> {
         Ok((
-            split_heads(&self.k.forward(x)?, self.heads)?,
-            split_heads(&self.v.forward(x)?, self.heads)?,
+            split_heads(&self.k.forward(x, ctx)?, self.heads)?,
+            split_heads(&self.v.forward(x, ctx)?, self.heads)?,
         ))
     }
 
@@ -324,9 +323,10 @@ impl Attention {
         src: &Tensor,
         bias: Option<&Tensor>,
         causal: bool,
+        ctx: &StepContext,
     ) -> candle_core::Result<Tensor> {
-        let q = self.q.forward(x)?;
-        let kv = Linear::forward_packed(&[&self.k, &self.v], src)?;
+        let q = self.q.forward(x, ctx)?;
+        let kv = Linear::forward_packed(&[&self.k, &self.v], src, ctx)?;
         let zeros;
         let bias = match bias {
             Some(b) => b,
@@ -335,22 +335,22 @@ impl Attention {
                 &zeros
             }
         };
-        self.o.forward(&biased_attention(
-            &q, &kv, bias, self.heads, 1.0, causal, None,
-        )?)
+        let heads = (self.heads, 1.0);
+        let y = biased_attention((&q, &kv), bias, heads, causal, None, ctx.precision)?;
+        self.o.forward(&y, ctx)
     }
 
     fn attend(
         &self,
         x: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        (k, v): (&Tensor, &Tensor),
         bias: Option<&Tensor>,
         causal: bool,
+        ctx: &StepContext,
     ) -> candle_core::Result<Tensor> {
-        let q = split_heads(&self.q.forward(x)?, self.heads)?;
-        self.o
-            .forward(&merge_heads(&attention(&q, k, v, bias, 1.0, causal)?)?)
+        let q = split_heads(&self.q.forward(x, ctx)?, self.heads)?;
+        let y = attention((&q, k, v), bias, 1.0, causal, ctx)?;
+        self.o.forward(&merge_heads(&y)?, ctx)
     }
 }
 
@@ -381,13 +381,18 @@ impl FeedForward {
     }
 
     /// v1.0: `wo(ReLU(wi x))`; v1.1: `wo(GELU(wi_0 x) ⊙ wi_1 x)`.
-    fn forward(&self, x: &Tensor, drop: &Dropout, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        drop: &Dropout,
+        ctx: &StepContext,
+    ) -> candle_core::Result<Tensor> {
         let h = if self.gated {
-            (gelu(&self.wi[0].forward(x)?)? * self.wi[1].forward(x)?)?
+            (gelu(&self.wi[0].forward(x, ctx)?)? * self.wi[1].forward(x, ctx)?)?
         } else {
-            self.wi[0].forward(x)?.relu()?
+            self.wi[0].forward(x, ctx)?.relu()?
         };
-        self.wo.forward(&drop.forward(&h, train)?)
+        self.wo.forward(&drop.forward(&h, ctx)?, ctx)
     }
 }
 
@@ -438,7 +443,6 @@ pub struct T5 {
     dec_final: Tensor,
     lm_head: Option<Linear>,
     dropout: Dropout,
-    training: AtomicBool,
 }
 
 impl T5 {
@@ -478,7 +482,6 @@ impl T5 {
             },
             dropout: Dropout::new(cfg.dropout_rate, 0x75_0000),
             cfg: cfg.clone(),
-            training: AtomicBool::new(true),
         })
     }
 
@@ -511,11 +514,6 @@ impl T5 {
         &self.cfg
     }
 
-    /// Dropout on (training) or off.
-    pub fn set_training(&self, training: bool) {
-        self.training.store(training, Ordering::Relaxed);
-    }
-
     fn norm(&self, x: &Tensor, gamma: &Tensor) -> candle_core::Result<Tensor> {
         rms_norm(x, gamma, self.cfg.layer_norm_epsilon)
     }
@@ -523,12 +521,16 @@ impl T5 {
 
 impl EncoderDecoder for T5 {
     /// Encoder states `[b, t, d]`.
-    fn encode(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
-        let train = self.training.load(Ordering::Relaxed);
+    fn encode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        ctx: &StepContext,
+    ) -> Result<Tensor> {
         let t = input_ids.dim(1)?;
         let mut h = self
             .dropout
-            .forward(&lookup(&self.shared, input_ids)?, train)?;
+            .forward(&lookup(&self.shared, input_ids)?, ctx)?;
         let mut bias = self.encoder[0]
             .self_attn
             .position_bias(&self.cfg, t, t, 0, true)?;
@@ -537,15 +539,15 @@ impl EncoderDecoder for T5 {
         }
         for b in &self.encoder {
             let x = self.norm(&h, &b.self_ln)?;
-            let a = b.self_attn.attend_fused(&x, &x, Some(&bias), false)?;
-            h = residual_add(&h, &self.dropout.forward(&a, train)?)?;
+            let a = b.self_attn.attend_fused(&x, &x, Some(&bias), false, ctx)?;
+            h = residual_add(&h, &self.dropout.forward(&a, ctx)?)?;
             let x = self.norm(&h, &b.ffn_ln)?;
-            let f = b.ffn.forward(&x, &self.dropout, train)?;
-            h = residual_add(&h, &self.dropout.forward(&f, train)?)?;
+            let f = b.ffn.forward(&x, &self.dropout, ctx)?;
+            h = residual_add(&h, &self.dropout.forward(&f, ctx)?)?;
         }
         Ok(self
             .dropout
-            .forward(&self.norm(&h, &self.enc_final)?, train)?)
+            .forward(&self.norm(&h, &self.enc_final)?, ctx)?)
     }
 
     /// Decoder logits `[b, t, V]`; with a cache, only new positions are passed.
@@ -555,13 +557,13 @@ impl EncoderDecoder for T5 {
         encoder: &Tensor,
         encoder_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
+        ctx: &StepContext,
     ) -> Result<Tensor> {
-        let train = self.training.load(Ordering::Relaxed);
         let t = decoder_input_ids.dim(1)?;
         let past = cache.as_ref().map_or(0, |c| c.len());
         let mut h = self
             .dropout
-            .forward(&lookup(&self.shared, decoder_input_ids)?, train)?;
+            .forward(&lookup(&self.shared, decoder_input_ids)?, ctx)?;
         let self_bias =
             self.decoder[0]
                 .self_attn
@@ -571,13 +573,16 @@ impl EncoderDecoder for T5 {
             let x = self.norm(&h, &b.self_ln)?;
             let a = match cache.as_deref_mut() {
                 Some(c) => {
-                    let (k, v) = b.self_attn.kv(&x)?;
+                    let (k, v) = b.self_attn.kv(&x, ctx)?;
                     let (k, v) = c.append(i, k, v)?;
-                    b.self_attn.attend(&x, &k, &v, Some(&self_bias), true)?
+                    b.self_attn
+                        .attend(&x, (&k, &v), Some(&self_bias), true, ctx)?
                 }
-                None => b.self_attn.attend_fused(&x, &x, Some(&self_bias), true)?,
+                None => b
+                    .self_attn
+                    .attend_fused(&x, &x, Some(&self_bias), true, ctx)?,
             };
-            h = residual_add(&h, &self.dropout.forward(&a, train)?)?;
+            h = residual_add(&h, &self.dropout.forward(&a, ctx)?)?;
             let (cross, ln) = b
                 .cross
                 .as_ref()
@@ -586,34 +591,30 @@ impl EncoderDecoder for T5 {
             let x = self.norm(&h, ln)?;
             let a = match cache.as_deref_mut() {
                 Some(c) => {
-                    let (ck, cv) = c.cross(i, || cross.kv(encoder))?;
-                    cross.attend(&x, &ck, &cv, cross_bias.as_ref(), false)?
+                    let (ck, cv) = c.cross(i, || cross.kv(encoder, ctx))?;
+                    cross.attend(&x, (&ck, &cv), cross_bias.as_ref(), false, ctx)?
                 }
-                None => cross.attend_fused(&x, encoder, cross_bias.as_ref(), false)?,
+                None => cross.attend_fused(&x, encoder, cross_bias.as_ref(), false, ctx)?,
             };
-            h = residual_add(&h, &self.dropout.forward(&a, train)?)?;
+            h = residual_add(&h, &self.dropout.forward(&a, ctx)?)?;
             let x = self.norm(&h, &b.ffn_ln)?;
-            let f = b.ffn.forward(&x, &self.dropout, train)?;
-            h = residual_add(&h, &self.dropout.forward(&f, train)?)?;
+            let f = b.ffn.forward(&x, &self.dropout, ctx)?;
+            h = residual_add(&h, &self.dropout.forward(&f, ctx)?)?;
         }
         if let Some(c) = cache {
             c.advance(t);
         }
         let mut h = self
             .dropout
-            .forward(&self.norm(&h, &self.dec_final)?, train)?;
+            .forward(&self.norm(&h, &self.dec_final)?, ctx)?;
         // T5 v1.0 rescales by d_model^−½ before reusing the embedding (Mesh TensorFlow's T5).
         if self.cfg.scales_decoder_output() {
             h = (h * (self.cfg.d_model as f64).powf(-0.5))?;
         }
         Ok(match &self.lm_head {
-            Some(head) => head.forward(&h)?,
-            None => Linear::from_weight(self.shared.clone(), None).forward(&h)?,
+            Some(head) => head.forward(&h, ctx)?,
+            None => Linear::from_weight(self.shared.clone(), None).forward(&h, ctx)?,
         })
-    }
-
-    fn training_flag(&self) -> &AtomicBool {
-        &self.training
     }
 
     fn generation_config(&self, max_new_tokens: usize) -> GenerationConfig {

@@ -7,10 +7,24 @@ use lm_models::bert::{Bert, BertConfig};
 use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::t5::{T5Config, T5};
 use lm_models::EncoderDecoder;
+use lm_models::{DropoutKey, MatmulPrecision, StepContext};
 use lm_models::{ParamStore, Sampling};
 use lm_objectives::loss::{bert_pretraining_loss, cross_entropy, CrossEntropy};
 use lm_objectives::Rng;
 use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
+
+/// f32 products.
+const F32: MatmulPrecision = MatmulPrecision::Highest;
+
+/// What these tests run under: f32 products, dropout on (the tiny configs have rate 0, so it is
+/// the identity) with key 0.
+const TRAIN: StepContext = StepContext {
+    precision: MatmulPrecision::Highest,
+    dropout: Some(DropoutKey {
+        key: 0,
+        first_row: 0,
+    }),
+};
 
 const V: usize = 24;
 
@@ -71,7 +85,12 @@ fn gpt_gradients_match_finite_differences() {
     let x = u32s(&[&[1, 5, 2, 7, 3, 3], &[0, 4, 4, 6, 1, 2]]);
     let y = i64s(&[&[5, 2, 7, 3, 3, 1], &[4, 4, 6, 1, 2, -100]]);
     check_gradients(&store, || {
-        cross_entropy(&model.forward(&x).unwrap(), &y, &CrossEntropy::default()).unwrap()
+        cross_entropy(
+            &model.forward(&x, &TRAIN).unwrap(),
+            &y,
+            &CrossEntropy::default(),
+        )
+        .unwrap()
     });
 }
 
@@ -92,7 +111,7 @@ fn bert_gradients_match_finite_differences() {
     ]);
     let nsp = Tensor::new(&[0i64, 1], &Device::Cpu).unwrap();
     check_gradients(&store, || {
-        let (mlm, ns) = model.forward(&ids, Some(&tt), Some(&mask)).unwrap();
+        let (mlm, ns) = model.forward(&ids, Some(&tt), Some(&mask), &TRAIN).unwrap();
         bert_pretraining_loss(&mlm, &labels, &ns, &nsp).unwrap()
     });
 }
@@ -116,7 +135,7 @@ fn bart_gradients_match_finite_differences() {
     let (ids, mask, dec, labels) = seq2seq_batch();
     check_gradients(&store, || {
         cross_entropy(
-            &model.forward(&ids, Some(&mask), &dec).unwrap(),
+            &model.forward(&ids, Some(&mask), &dec, &TRAIN).unwrap(),
             &labels,
             &CrossEntropy::default(),
         )
@@ -137,7 +156,7 @@ fn t5_gradients_match_finite_differences() {
         let (ids, mask, dec, labels) = seq2seq_batch();
         check_gradients(&store, || {
             cross_entropy(
-                &model.forward(&ids, Some(&mask), &dec).unwrap(),
+                &model.forward(&ids, Some(&mask), &dec, &TRAIN).unwrap(),
                 &labels,
                 &CrossEntropy::default(),
             )
@@ -219,7 +238,7 @@ fn bert_mlm_and_nsp_training_lowers_the_loss() {
         )
     };
     let loss = |b: &(Tensor, Tensor, Tensor, Tensor, Tensor)| {
-        let (mlm, nsp) = model.forward(&b.0, Some(&b.1), Some(&b.2)).unwrap();
+        let (mlm, nsp) = model.forward(&b.0, Some(&b.1), Some(&b.2), &TRAIN).unwrap();
         bert_pretraining_loss(&mlm, &b.3, &nsp, &b.4).unwrap()
     };
     let eval = batch(&mut masker);
@@ -289,7 +308,7 @@ fn t5_span_corruption_training_lowers_the_loss() {
         .collect();
     let batch = padded_seq2seq(&inputs, &targets, 0, 0);
     let (first, last) = fit_seq2seq(
-        |x, m, d| model.forward(x, Some(m), d).unwrap(),
+        |x, m, d| model.forward(x, Some(m), d, &TRAIN).unwrap(),
         &mut adamw(&store, |_| false),
         &batch,
     );
@@ -323,7 +342,7 @@ fn bart_denoising_training_lowers_the_loss() {
         .collect();
     let batch = padded_seq2seq(&inputs, &targets, 1, 2);
     let (first, last) = fit_seq2seq(
-        |x, m, d| model.forward(x, Some(m), d).unwrap(),
+        |x, m, d| model.forward(x, Some(m), d, &TRAIN).unwrap(),
         &mut adamw(&store, Bart::is_buffer),
         &batch,
     );
@@ -455,28 +474,64 @@ fn cached_and_uncached_decoding_give_the_same_tokens() {
     ] {
         let (gpt, _) = Gpt::init(&GptConfig::tiny(V), 4, d).unwrap();
         let a = gpt
-            .generate_with(&[3, 4, 5], 12, &sampling, &mut Rng::seed_from_u64(9), true)
+            .generate_with(
+                &[3, 4, 5],
+                12,
+                (&sampling, &mut Rng::seed_from_u64(9)),
+                true,
+                F32,
+            )
             .unwrap();
         let b = gpt
-            .generate_with(&[3, 4, 5], 12, &sampling, &mut Rng::seed_from_u64(9), false)
+            .generate_with(
+                &[3, 4, 5],
+                12,
+                (&sampling, &mut Rng::seed_from_u64(9)),
+                false,
+                F32,
+            )
             .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len(), 15);
         let input = u32s(&[&[5, 6, 7, 8, 9]]);
         let (bart, _) = Bart::init(&BartConfig::tiny(V), 5, d).unwrap();
         let a = bart
-            .generate(&input, 10, &sampling, &mut Rng::seed_from_u64(9), true)
+            .generate(
+                &input,
+                10,
+                (&sampling, &mut Rng::seed_from_u64(9)),
+                true,
+                F32,
+            )
             .unwrap();
         let b = bart
-            .generate(&input, 10, &sampling, &mut Rng::seed_from_u64(9), false)
+            .generate(
+                &input,
+                10,
+                (&sampling, &mut Rng::seed_from_u64(9)),
+                false,
+                F32,
+            )
             .unwrap();
         assert_eq!(a, b);
         let (t5, _) = T5::init(&T5Config::tiny(V), 6, d).unwrap();
         let a = t5
-            .generate(&input, 10, &sampling, &mut Rng::seed_from_u64(9), true)
+            .generate(
+                &input,
+                10,
+                (&sampling, &mut Rng::seed_from_u64(9)),
+                true,
+                F32,
+            )
             .unwrap();
         let b = t5
-            .generate(&input, 10, &sampling, &mut Rng::seed_from_u64(9), false)
+            .generate(
+                &input,
+                10,
+                (&sampling, &mut Rng::seed_from_u64(9)),
+                false,
+                F32,
+            )
             .unwrap();
         assert_eq!(a, b);
     }
@@ -492,14 +547,14 @@ fn every_family_runs_in_f16() {
     for dtype in [DType::F16] {
         let store = ParamStore::new(0);
         let g = Gpt::new(&GptConfig::tiny(V), store.var_builder(dtype, d)).unwrap();
-        let logits = g.forward(&ids).unwrap();
+        let logits = g.forward(&ids, &TRAIN).unwrap();
         assert_eq!(logits.dtype(), dtype);
         let full = Gpt::new(
             &GptConfig::tiny(V),
             ParamStore::new(0).var_builder(DType::F32, d),
         )
         .unwrap()
-        .forward(&ids)
+        .forward(&ids, &TRAIN)
         .unwrap();
         let diff = (logits.to_dtype(DType::F32).unwrap() - full)
             .unwrap()
@@ -515,7 +570,7 @@ fn every_family_runs_in_f16() {
         let store = ParamStore::new(0);
         let b = Bert::new(&BertConfig::tiny(V), store.var_builder(dtype, d)).unwrap();
         assert_eq!(
-            b.forward(&ids, None, Some(&u32s(&[&[1, 1, 1, 0]])))
+            b.forward(&ids, None, Some(&u32s(&[&[1, 1, 1, 0]])), &TRAIN)
                 .unwrap()
                 .0
                 .dtype(),
@@ -524,7 +579,7 @@ fn every_family_runs_in_f16() {
         let store = ParamStore::new(0);
         let m = Bart::new(&BartConfig::tiny(V), store.var_builder(dtype, d)).unwrap();
         assert_eq!(
-            m.forward(&ids, Some(&u32s(&[&[1, 1, 1, 0]])), &ids)
+            m.forward(&ids, Some(&u32s(&[&[1, 1, 1, 0]])), &ids, &TRAIN)
                 .unwrap()
                 .dtype(),
             dtype
@@ -532,7 +587,7 @@ fn every_family_runs_in_f16() {
         let store = ParamStore::new(0);
         let m = T5::new(&T5Config::tiny(V), store.var_builder(dtype, d)).unwrap();
         assert_eq!(
-            m.forward(&ids, Some(&u32s(&[&[1, 1, 1, 0]])), &ids)
+            m.forward(&ids, Some(&u32s(&[&[1, 1, 1, 0]])), &ids, &TRAIN)
                 .unwrap()
                 .dtype(),
             dtype

@@ -7,7 +7,10 @@ use candle_core::{Device, Tensor};
 use lm_models::bart::{Bart, BartConfig};
 use lm_models::seq2seq::{EncoderDecoder, GenerationConfig};
 use lm_models::t5::{T5Config, T5};
-use lm_models::Sampling;
+use lm_models::{MatmulPrecision, Sampling};
+
+/// f32 products.
+const F32: MatmulPrecision = MatmulPrecision::Highest;
 use lm_objectives::Rng;
 
 fn check(model: &dyn EncoderDecoder, pad: u32) {
@@ -26,12 +29,18 @@ fn check(model: &dyn EncoderDecoder, pad: u32) {
     let gen = model.generation_config(6);
     let greedy = Sampling::greedy();
     let batch = model
-        .generate_batch(&ids, Some(&mask), &gen, &greedy, &mut Rng::seed_from_u64(0))
+        .generate_batch(
+            (&ids, Some(&mask)),
+            &gen,
+            &greedy,
+            &mut Rng::seed_from_u64(0),
+            F32,
+        )
         .unwrap();
     for (r, row) in rows.iter().enumerate() {
         let alone = Tensor::new(*row, dev).unwrap().unsqueeze(0).unwrap();
         let want = model
-            .generate(&alone, 6, &greedy, &mut Rng::seed_from_u64(0), true)
+            .generate(&alone, 6, (&greedy, &mut Rng::seed_from_u64(0)), true, F32)
             .unwrap();
         assert_eq!(batch[r], want, "row {r}");
     }
@@ -50,11 +59,11 @@ fn check(model: &dyn EncoderDecoder, pad: u32) {
     for seed in 0..20 {
         let out = model
             .generate_batch(
-                &ids,
-                Some(&mask),
+                (&ids, Some(&mask)),
                 &strict,
                 &hot,
                 &mut Rng::seed_from_u64(seed),
+                F32,
             )
             .unwrap();
         for row in out {
@@ -121,7 +130,7 @@ fn batched_greedy_generation_equals_transformers() {
         let greedy = Sampling::greedy();
         let mut rng = Rng::seed_from_u64(0);
         let got = model
-            .generate_batch(&ids, Some(&mask), &gen, &greedy, &mut rng)
+            .generate_batch((&ids, Some(&mask)), &gen, &greedy, &mut rng, F32)
             .unwrap();
         assert_eq!(got, rows(&reference["plain"]), "{name}");
         let strict = GenerationConfig {
@@ -130,7 +139,7 @@ fn batched_greedy_generation_equals_transformers() {
             ..gen
         };
         let got = model
-            .generate_batch(&ids, Some(&mask), &strict, &greedy, &mut rng)
+            .generate_batch((&ids, Some(&mask)), &strict, &greedy, &mut rng, F32)
             .unwrap();
         assert_eq!(got, rows(&reference["min3_forced"]), "{name} min/forced");
     }
@@ -138,7 +147,12 @@ fn batched_greedy_generation_equals_transformers() {
     let (gpt, _) = lm_models::gpt::Gpt::from_hf_dir(&dir, dev).unwrap();
     let prompt: Vec<u32> = rows(&serde_json::json!([reference["prompt"]])).remove(0);
     let all = gpt
-        .generate(&prompt, 8, &Sampling::greedy(), &mut Rng::seed_from_u64(0))
+        .generate(
+            &prompt,
+            8,
+            (&Sampling::greedy(), &mut Rng::seed_from_u64(0)),
+            F32,
+        )
         .unwrap();
     let want: Vec<u32> = rows(&serde_json::json!([reference["generated"]])).remove(0);
     assert_eq!(all[prompt.len()..].to_vec(), want);
@@ -148,16 +162,15 @@ fn batched_greedy_generation_equals_transformers() {
         .generate_batch(
             &prompts,
             8,
-            &Sampling::greedy(),
-            &mut Rng::seed_from_u64(0),
-            0,
-            None,
+            (&Sampling::greedy(), &mut Rng::seed_from_u64(0)),
+            (0, None),
+            F32,
         )
         .unwrap();
     assert_eq!(batch, rows(&reference["batch_generated"]));
     for (p, row) in prompts.iter().zip(&batch) {
         let alone = gpt
-            .generate(p, 8, &Sampling::greedy(), &mut Rng::seed_from_u64(0))
+            .generate(p, 8, (&Sampling::greedy(), &mut Rng::seed_from_u64(0)), F32)
             .unwrap();
         assert_eq!(&alone[p.len()..], row.as_slice());
     }

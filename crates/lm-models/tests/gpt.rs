@@ -3,8 +3,19 @@
 
 use candle_core::{Device, Tensor};
 use lm_models::gpt::{Gpt, GptConfig};
+use lm_models::{DropoutKey, MatmulPrecision, StepContext};
 use lm_objectives::loss::{cross_entropy, CrossEntropy};
 use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
+
+/// What these tests run under: f32 products, dropout on (the tiny configs have rate 0, so it is
+/// the identity) with key 0.
+const TRAIN: StepContext = StepContext {
+    precision: MatmulPrecision::Highest,
+    dropout: Some(DropoutKey {
+        key: 0,
+        first_row: 0,
+    }),
+};
 
 fn batch(device: &Device) -> (Tensor, Tensor) {
     let x = Tensor::new(&[[1u32, 5, 2, 7, 3, 3], [0, 4, 4, 6, 1, 2]], device).unwrap();
@@ -13,7 +24,12 @@ fn batch(device: &Device) -> (Tensor, Tensor) {
 }
 
 fn loss(model: &Gpt, x: &Tensor, y: &Tensor) -> Tensor {
-    cross_entropy(&model.forward(x).unwrap(), y, &CrossEntropy::default()).unwrap()
+    cross_entropy(
+        &model.forward(x, &TRAIN).unwrap(),
+        y,
+        &CrossEntropy::default(),
+    )
+    .unwrap()
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Tiny random HuggingFace models (tests/fixtures/models/make_fixtures.py) load and reproduce
 //! transformers' fp32 logits within 1e−4 and loss within 1e−5 relative; load → save round-trips.
 
+use lm_models::StepContext;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -70,7 +71,6 @@ fn bert_matches_transformers() {
     let (model, store, fresh) =
         lm_models::bert::Bert::from_hf_dir(&fixture("bert"), &Device::Cpu).unwrap();
     assert!(fresh.is_empty(), "{fresh:?}");
-    model.set_training(false);
     let r = reference("bert");
     let ids = r["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
     let (mlm, nsp) = model
@@ -82,6 +82,7 @@ fn bert_matches_transformers() {
                     .unwrap(),
             ),
             Some(&r["attention_mask"]),
+            &StepContext::EVAL,
         )
         .unwrap();
     assert_close(&mlm, &r["logits"], 1e-4, "bert mlm logits");
@@ -94,10 +95,9 @@ fn bert_matches_transformers() {
 #[test]
 fn gpt2_matches_transformers() {
     let (model, store) = lm_models::gpt::Gpt::from_hf_dir(&fixture("gpt2"), &Device::Cpu).unwrap();
-    model.set_training(false);
     let r = reference("gpt2");
     let ids = r["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
-    let logits = model.forward(&ids).unwrap();
+    let logits = model.forward(&ids, &StepContext::EVAL).unwrap();
     assert_close(&logits, &r["logits"], 1e-4, "gpt2 logits");
     // GPT2LMHeadModel(labels = input_ids) shifts inside: position i predicts token i + 1.
     let t = ids.dim(1).unwrap();
@@ -112,7 +112,6 @@ fn gpt2_matches_transformers() {
 fn bart_matches_transformers() {
     let (model, store) =
         lm_models::bart::Bart::from_hf_dir(&fixture("bart"), &Device::Cpu).unwrap();
-    model.set_training(false);
     let r = reference("bart");
     let u32s = |t: &Tensor| t.to_dtype(candle_core::DType::U32).unwrap();
     // Decoder inputs from lm-objectives' shift_right must equal transformers' shift_tokens_right.
@@ -133,6 +132,7 @@ fn bart_matches_transformers() {
             &u32s(&r["input_ids"]),
             Some(&r["attention_mask"]),
             &u32s(&r["decoder_input_ids"]),
+            &StepContext::EVAL,
         )
         .unwrap();
     assert_close(&logits, &r["logits"], 1e-4, "bart logits");
@@ -143,7 +143,6 @@ fn bart_matches_transformers() {
 
 fn t5_case(name: &str) {
     let (model, store) = lm_models::t5::T5::from_hf_dir(&fixture(name), &Device::Cpu).unwrap();
-    model.set_training(false);
     let r = reference(name);
     let u32s = |t: &Tensor| t.to_dtype(candle_core::DType::U32).unwrap();
     let labels: Vec<i64> = r["labels"].flatten_all().unwrap().to_vec1().unwrap();
@@ -163,6 +162,7 @@ fn t5_case(name: &str) {
             &u32s(&r["input_ids"]),
             Some(&r["attention_mask"]),
             &u32s(&r["decoder_input_ids"]),
+            &StepContext::EVAL,
         )
         .unwrap();
     assert_close(&logits, &r["logits"], 1e-4, &format!("{name} logits"));

@@ -12,6 +12,17 @@ use lm_models::bert::{Bert, BertConfig, BertForSequenceClassification};
 use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::t5::{T5Config, T5};
 use lm_models::EncoderDecoder;
+use lm_models::{DropoutKey, MatmulPrecision, StepContext};
+
+/// What these tests run under: f32 products, dropout on (the tiny configs have rate 0, so it is
+/// the identity) with key 0.
+const TRAIN: StepContext = StepContext {
+    precision: MatmulPrecision::Highest,
+    dropout: Some(DropoutKey {
+        key: 0,
+        first_row: 0,
+    }),
+};
 
 /// `src`'s checkpoint rewritten in a base model's layout into `dst`: tensors under `prefix` kept
 /// without it, the others (heads, buffers) dropped.
@@ -51,9 +62,14 @@ fn a_bert_base_model_checkpoint_loads_into_every_bert() {
     model.save_hf_dir(&store, &full).unwrap();
     as_base_model(&full, &base, "bert.", &[]);
     let ids = Tensor::new(&[[2u32, 5, 7, 9, 3]], &Device::Cpu).unwrap();
-    let want = model.encode(&ids, None, None).unwrap().sequence;
+    let want = model.encode(&ids, None, None, &TRAIN).unwrap().sequence;
     let (loaded, _, fresh) = Bert::from_hf_dir(&base, &Device::Cpu).unwrap();
-    assert!(max_diff(&loaded.encode(&ids, None, None).unwrap().sequence, &want) == 0.0);
+    assert!(
+        max_diff(
+            &loaded.encode(&ids, None, None, &TRAIN).unwrap().sequence,
+            &want
+        ) == 0.0
+    );
     assert!(
         fresh.iter().all(|n| n.starts_with("cls.")) && !fresh.is_empty(),
         "{fresh:?}"
@@ -63,8 +79,8 @@ fn a_bert_base_model_checkpoint_loads_into_every_bert() {
     let (b, _, fb) = BertForSequenceClassification::from_hf_dir(&base, 3, 9, &Device::Cpu).unwrap();
     assert_eq!(fa, fb);
     let (la, lb) = (
-        a.forward(&ids, None, None).unwrap(),
-        b.forward(&ids, None, None).unwrap(),
+        a.forward(&ids, None, None, &TRAIN).unwrap(),
+        b.forward(&ids, None, None, &TRAIN).unwrap(),
     );
     assert!(max_diff(&la, &lb) == 0.0);
 }
@@ -84,7 +100,12 @@ fn gpt2_bart_and_t5_base_model_checkpoints_give_the_same_logits() {
         &[],
     );
     let (loaded, _) = Gpt::from_hf_dir(&tmp.path().join("gpt-base"), dev).unwrap();
-    assert!(max_diff(&loaded.forward(&ids).unwrap(), &gpt.forward(&ids).unwrap()) == 0.0);
+    assert!(
+        max_diff(
+            &loaded.forward(&ids, &TRAIN).unwrap(),
+            &gpt.forward(&ids, &TRAIN).unwrap()
+        ) == 0.0
+    );
     // BartModel: no `model.` prefix and no `final_logits_bias` (zero at init: the same logits).
     let (bart, store) = Bart::init(&BartConfig::tiny(40), 1, dev).unwrap();
     bart.save_hf_dir(&store, &tmp.path().join("bart")).unwrap();
@@ -97,8 +118,8 @@ fn gpt2_bart_and_t5_base_model_checkpoints_give_the_same_logits() {
     let (loaded, _) = Bart::from_hf_dir(&tmp.path().join("bart-base"), dev).unwrap();
     let dec = Tensor::new(&[[2u32, 5, 7]], dev).unwrap();
     let (a, b) = (
-        loaded.forward(&ids, None, &dec).unwrap(),
-        bart.forward(&ids, None, &dec).unwrap(),
+        loaded.forward(&ids, None, &dec, &TRAIN).unwrap(),
+        bart.forward(&ids, None, &dec, &TRAIN).unwrap(),
     );
     assert!(max_diff(&a, &b) == 0.0);
     // T5Model of a tied (v1.0) T5: the same names, nothing missing.
@@ -112,8 +133,8 @@ fn gpt2_bart_and_t5_base_model_checkpoints_give_the_same_logits() {
     );
     let (loaded, _) = T5::from_hf_dir(&tmp.path().join("t5-base"), dev).unwrap();
     let (a, b) = (
-        loaded.forward(&ids, None, &dec).unwrap(),
-        t5.forward(&ids, None, &dec).unwrap(),
+        loaded.forward(&ids, None, &dec, &TRAIN).unwrap(),
+        t5.forward(&ids, None, &dec, &TRAIN).unwrap(),
     );
     assert!(max_diff(&a, &b) == 0.0);
 }

@@ -3,11 +3,12 @@
 
 use candle_core::{Device, Tensor};
 use lm_models::gpt::{prefix_lm_bias, Gpt, GptConfig};
+use lm_models::StepContext;
 
 fn logits_at(m: &Gpt, ids: &[u32], prefix: u32, pos: usize) -> Vec<f32> {
     let x = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
     let p = Tensor::new(&[prefix], &Device::Cpu).unwrap();
-    let l = m.forward_prefix_lm(&x, &p).unwrap();
+    let l = m.forward_prefix_lm(&x, &p, &StepContext::EVAL).unwrap();
     l.get(0).unwrap().get(pos).unwrap().to_vec1().unwrap()
 }
 
@@ -57,7 +58,6 @@ fn the_bias_shows_the_prefix_both_ways_and_the_rest_causally() {
 #[test]
 fn a_prefix_position_reads_later_prefix_tokens_but_never_the_continuation() {
     let (m, _) = Gpt::init(&GptConfig::tiny(24), 7, &Device::Cpu).unwrap();
-    m.set_training(false);
     let ids = [3u32, 9, 4, 17, 11, 5];
     let base = logits_at(&m, &ids, 3, 0);
     // Token 2 is in the prefix (3 tokens): position 0 reads it.
@@ -81,10 +81,9 @@ fn a_prefix_position_reads_later_prefix_tokens_but_never_the_continuation() {
 #[test]
 fn a_one_token_prefix_is_the_causal_lm() {
     let (m, _) = Gpt::init(&GptConfig::tiny(24), 8, &Device::Cpu).unwrap();
-    m.set_training(false);
     let ids = Tensor::new(&[[3u32, 9, 4, 17, 11], [1, 2, 3, 4, 5]], &Device::Cpu).unwrap();
     let causal: Vec<f32> = m
-        .forward(&ids)
+        .forward(&ids, &StepContext::EVAL)
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -92,7 +91,7 @@ fn a_one_token_prefix_is_the_causal_lm() {
         .unwrap();
     let p = Tensor::new(&[1u32, 1], &Device::Cpu).unwrap();
     let prefix: Vec<f32> = m
-        .forward_prefix_lm(&ids, &p)
+        .forward_prefix_lm(&ids, &p, &StepContext::EVAL)
         .unwrap()
         .flatten_all()
         .unwrap()

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor, D};
 use lm_models::bert::Bert;
+use lm_models::StepContext;
 
 use crate::error::{io_err, Result, TrainError};
 use crate::tokenizer::TextTokenizer;
@@ -57,7 +58,6 @@ pub fn pooling_of(dir: &Path) -> Result<(Pooling, bool)> {
 pub fn sentence_embedding(dir: &Path, text: &str, device: &Device) -> Result<Vec<f32>> {
     let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))?;
     let (model, _, _) = Bert::from_hf_dir(dir, device)?;
-    model.set_training(false);
     let mut ids = tokenizer.encode_for_model(text)?;
     ids.truncate(model.config().max_position_embeddings);
     if ids.is_empty() {
@@ -71,6 +71,7 @@ pub fn sentence_embedding(dir: &Path, text: &str, device: &Device) -> Result<Vec
             &Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?,
             None,
             None,
+            &StepContext::EVAL,
         )?
         .sequence
         .squeeze(0)?;
@@ -113,7 +114,6 @@ mod tests {
         let cfg = lm_models::bert::BertConfig::tiny(tok.vocab_size());
         let (model, store) = Bert::init(&cfg, 4, &Device::Cpu).unwrap();
         model.save_hf_dir(&store, dir).unwrap();
-        model.set_training(false);
         let text = "First Citizen";
         let ids = tok.encode_for_model(text).unwrap();
         let states = model
@@ -124,6 +124,7 @@ mod tests {
                     .unwrap(),
                 None,
                 None,
+                &StepContext::EVAL,
             )
             .unwrap()
             .sequence

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use lm_dist::Collective;
-use lm_models::{ParamStore, Sampling};
+use lm_models::{MatmulPrecision, ParamStore, Sampling, StepContext};
 use lm_objectives::collate::{pad_batch, pad_labels, shift_right};
 use lm_objectives::{Rng, IGNORE_INDEX};
 use lm_optim::ParamGroup;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use lm_models::{EncoderDecoder, ParamStore, Sampling};
+use lm_models::{EncoderDecoder, MatmulPrecision, ParamStore, Sampling, StepContext};
 use lm_objectives::loss::{cross_entropy, CrossEntropy};
 use lm_objectives::Rng;
 use lm_optim::NamedVars;
@@ -139,13 +139,13 @@ pub enum Head<'a> {
 
 /// A causal decoder's generation.
 pub trait CausalLm {
-    /// `prompt` followed by `max_new_tokens` sampled tokens.
+    /// `prompt` followed by `max_new_tokens` sampled tokens (products at `precision`).
     fn generate(
         &self,
         prompt: &[u32],
         max_new_tokens: usize,
-        sampling: &Sampling,
-        rng: &mut Rng,
+        sampling: (&Sampling, &mut Rng),
+        precision: MatmulPrecision,
     ) -> Result<Vec<u32>>;
 
     /// The longest sequence it reads.
@@ -155,17 +155,15 @@ pub trait CausalLm {
 /// A sequence classifier.
 pub trait Classifier {
     /// Class logits `[b, classes]` of a batch's inputs.
-    fn class_logits(&self, b: &Batch) -> Result<Tensor>;
+    fn class_logits(&self, b: &Batch, ctx: &StepContext) -> Result<Tensor>;
 }
 
 /// A model the trainer trains, checkpoints and samples from, whatever its family: the seam
-/// between the loop and the architectures (each family implements it in `families/`).
+/// between the loop and the architectures (each family implements it in `families/`). Every
+/// forward pass takes its [`StepContext`] (matmul precision, dropout key) from the caller.
 pub trait LanguageModel: std::fmt::Debug + Send + Sync {
     /// (mean token cross-entropy, mean sequence-level loss if the objective has one) of a batch.
-    fn loss_terms(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)>;
-
-    /// Dropout on or off.
-    fn set_training(&self, on: bool);
+    fn loss_terms(&self, b: &Batch, ctx: &StepContext) -> Result<(Tensor, Option<Tensor>)>;
 
     /// Training FLOPs per token at length `t`.
     fn flops_per_token(&self, t: usize) -> f64;
@@ -182,17 +180,17 @@ pub trait LanguageModel: std::fmt::Debug + Send + Sync {
     /// What it can generate.
     fn head(&self) -> Head<'_>;
 
-    /// The training loss of a batch.
-    fn loss(&self, b: &Batch) -> Result<Tensor> {
-        self.weighted_loss(b, LossWeights::ONE)
+    /// The loss of a batch.
+    fn loss(&self, b: &Batch, ctx: &StepContext) -> Result<Tensor> {
+        self.weighted_loss(b, LossWeights::ONE, ctx)
     }
 
     /// The loss with its token-level term (the mean cross-entropy over the scored labels) scaled
     /// by `w.tokens` and its sequence-level term (BERT's NSP, mean over rows) by `w.sequences`.
     /// A data-parallel rank holding part of a batch weights its terms by its share of the scored
     /// labels and rows, so that the ranks' losses sum to the whole batch's loss.
-    fn weighted_loss(&self, b: &Batch, w: LossWeights) -> Result<Tensor> {
-        let (tokens, sequences) = self.loss_terms(b)?;
+    fn weighted_loss(&self, b: &Batch, w: LossWeights, ctx: &StepContext) -> Result<Tensor> {
+        let (tokens, sequences) = self.loss_terms(b, ctx)?;
         let tokens = if w.tokens == 1.0 {
             tokens
         } else if w.tokens == 0.0 {

@@ -26,10 +26,8 @@ use std::time::Instant;
 use candle_core::{backprop::GradStore, Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use lm_dist::{Collective, SingleProcess, Strategy};
-use lm_kernels::precision::{with_matmul_precision, MatmulPrecision};
 use lm_kernels::threads::on_compute_threads;
-use lm_models::layers::with_dropout_key;
-use lm_models::{ParamStore, Sampling};
+use lm_models::{MatmulPrecision, ParamStore, Sampling, StepContext};
 use lm_objectives::Rng;
 use lm_optim::presets::ScheduleUnit as PresetUnit;
 use lm_optim::{BatchSizeRamp, Optimizer, ParamGroup, Schedule};
@@ -424,7 +422,8 @@ impl Trainer {
             let (w, global_tokens) = self.share_weights(share)?;
             tokens += global_tokens;
             let b = &share.batch;
-            let loss = with_dropout_key(key, share.first_row, || self.model.weighted_loss(b, w))?;
+            let ctx = StepContext::train(self.matmul_precision(), key, share.first_row);
+            let loss = self.model.weighted_loss(b, w, &ctx)?;
             let loss = if accum > 1 {
                 (loss / accum as f64)?
             } else {
@@ -489,13 +488,11 @@ impl Trainer {
     /// One optimizer step on prepared batches. Returns the loss, pre-clip norm and lr, or `None`
     /// for a skipped non-finite step.
     fn train_step(&mut self, batches: &[Share]) -> Result<Option<(f32, f64, f64)>> {
-        let p = self.matmul_precision();
-        on_compute_threads(|| with_matmul_precision(p, || self.train_step_on_pool(batches)))
+        on_compute_threads(|| self.train_step_on_pool(batches))
     }
 
     fn train_step_on_pool(&mut self, batches: &[Share]) -> Result<Option<(f32, f64, f64)>> {
         let lr = self.schedule.value(self.schedule_position());
-        self.model.set_training(true);
         let scaler = self.loss_scaler()?;
         let (loss, mut grads, tokens) =
             self.forward_backward(batches, scaler.as_ref().map(|s| s.scale()))?;
@@ -694,28 +691,10 @@ impl Trainer {
             })?;
         self.store
             .load_safetensors(&best_dir.join("model.safetensors"), |n| Some(n.to_string()))?;
-        let p = self.matmul_precision();
-        let (model, device, run_dir, step) = (
-            self.model.as_ref(),
-            &self.device,
-            &self.run_dir,
-            self.state.step,
-        );
+        let model = (self.model.as_ref(), self.matmul_precision());
+        let (device, run_dir, step) = (&self.device, &self.run_dir, self.state.step);
         let comm = self.strategy.comm();
-        model.set_training(false);
-        let results = on_compute_threads(|| {
-            with_matmul_precision(p, || {
-                task.report(
-                    model,
-                    device,
-                    run_dir,
-                    step,
-                    (best_step, best_value, best_dir),
-                    comm,
-                )
-            })
-        });
-        model.set_training(true);
-        results.map(Some)
+        let best = (best_step, best_value, best_dir);
+        on_compute_threads(|| task.report(model, device, run_dir, step, best, comm)).map(Some)
     }
 }

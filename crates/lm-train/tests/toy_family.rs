@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Init;
-use lm_models::{ParamStore, Sampling};
+use lm_models::{MatmulPrecision, ParamStore, Sampling, StepContext};
 use lm_objectives::Rng;
 use lm_train::choices::ObjectiveKind;
 use lm_train::family::{
@@ -65,11 +65,9 @@ impl Bigram {
 }
 
 impl LanguageModel for Bigram {
-    fn loss_terms(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
+    fn loss_terms(&self, b: &Batch, _: &StepContext) -> Result<(Tensor, Option<Tensor>)> {
         Ok((token_cross_entropy(&self.logits(&b.input_ids)?, b)?, None))
     }
-
-    fn set_training(&self, _: bool) {}
 
     fn flops_per_token(&self, _: usize) -> f64 {
         6.0 * self.table.elem_count() as f64
@@ -89,8 +87,8 @@ impl CausalLm for Bigram {
         &self,
         prompt: &[u32],
         max_new_tokens: usize,
-        sampling: &Sampling,
-        rng: &mut Rng,
+        (sampling, rng): (&Sampling, &mut Rng),
+        _: MatmulPrecision,
     ) -> Result<Vec<u32>> {
         let mut out = prompt.to_vec();
         for _ in 0..max_new_tokens {

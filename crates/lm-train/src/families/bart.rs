@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use lm_models::bart::{Bart, BartConfig};
-use lm_models::{EncoderDecoder, ParamStore};
+use lm_models::{EncoderDecoder, ParamStore, StepContext};
 
 use super::bert::{roberta_specials, roberta_tokens};
 use crate::choices::ObjectiveKind;
@@ -77,15 +77,10 @@ fn load_for_finetune(
 pub struct BartModel(pub Bart);
 
 impl LanguageModel for BartModel {
-    fn loss_terms(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
-        let logits = self
-            .0
-            .forward(&b.input_ids, b.attention_mask.as_ref(), decoder_inputs(b)?)?;
+    fn loss_terms(&self, b: &Batch, ctx: &StepContext) -> Result<(Tensor, Option<Tensor>)> {
+        let (ids, mask) = (&b.input_ids, b.attention_mask.as_ref());
+        let logits = self.0.forward(ids, mask, decoder_inputs(b)?, ctx)?;
         Ok((token_cross_entropy(&logits, b)?, None))
-    }
-
-    fn set_training(&self, on: bool) {
-        self.0.set_training(on)
     }
 
     fn flops_per_token(&self, t: usize) -> f64 {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use lm_models::bert::{Bert, BertConfig, BertForSequenceClassification};
-use lm_models::ParamStore;
+use lm_models::{ParamStore, StepContext};
 use lm_objectives::loss::{cross_entropy, nsp_loss, CrossEntropy};
 
 use crate::choices::{ObjectiveKind, TokenizerKind};
@@ -137,14 +137,19 @@ pub struct BertModel(pub Bert);
 /// vocabulary-sized head runs on the ~15% of tokens that are scored instead of all of them (the
 /// same mean cross-entropy; the others' logits would only be ignored). `flat` is `labels` on the
 /// host (the batch's copy: the positions are found without reading the device).
-fn masked_lm_loss(m: &Bert, sequence: &Tensor, labels: &Tensor, flat: &[i64]) -> Result<Tensor> {
+fn masked_lm_loss(
+    m: &Bert,
+    sequence: &Tensor,
+    (labels, flat): (&Tensor, &[i64]),
+    ctx: &StepContext,
+) -> Result<Tensor> {
     let (b, t, d) = sequence.dims3()?;
     let rows: Vec<u32> = (0..flat.len() as u32)
         .filter(|&i| flat[i as usize] != lm_objectives::IGNORE_INDEX)
         .collect();
     if rows.is_empty() {
         // Nothing scored: the mean of nothing, as the full cross-entropy gives it.
-        let logits = m.mlm_logits(sequence)?;
+        let logits = m.mlm_logits(sequence, ctx)?;
         return Ok(cross_entropy(&logits, labels, &CrossEntropy::default())?);
     }
     let index = Tensor::new(rows.as_slice(), sequence.device())?;
@@ -152,30 +157,28 @@ fn masked_lm_loss(m: &Bert, sequence: &Tensor, labels: &Tensor, flat: &[i64]) ->
     let targets: Vec<i64> = rows.iter().map(|&i| flat[i as usize]).collect();
     let targets = Tensor::from_vec(targets, rows.len(), sequence.device())?;
     Ok(cross_entropy(
-        &m.mlm_logits(&states)?,
+        &m.mlm_logits(&states, ctx)?,
         &targets,
         &CrossEntropy::default(),
     )?)
 }
 
 impl LanguageModel for BertModel {
-    fn loss_terms(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
+    fn loss_terms(&self, b: &Batch, ctx: &StepContext) -> Result<(Tensor, Option<Tensor>)> {
         let m = &self.0;
         let out = m.encode(
             &b.input_ids,
             b.token_type_ids.as_ref(),
             b.attention_mask.as_ref(),
+            ctx,
         )?;
-        let mlm = masked_lm_loss(m, &out.sequence, &b.labels, &b.labels_on_host()?)?;
+        let labels = (&b.labels, &*b.labels_on_host()?);
+        let mlm = masked_lm_loss(m, &out.sequence, labels, ctx)?;
         let nsp = match &b.nsp_labels {
-            Some(labels) => Some(nsp_loss(&m.nsp_logits(&out.pooled)?, labels)?),
+            Some(labels) => Some(nsp_loss(&m.nsp_logits(&out.pooled, ctx)?, labels)?),
             None => None,
         };
         Ok((mlm, nsp))
-    }
-
-    fn set_training(&self, on: bool) {
-        self.0.set_training(on)
     }
 
     fn flops_per_token(&self, t: usize) -> f64 {
@@ -202,12 +205,8 @@ pub struct BertClassifierModel {
 }
 
 impl LanguageModel for BertClassifierModel {
-    fn loss_terms(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
-        Ok((token_cross_entropy(&self.class_logits(b)?, b)?, None))
-    }
-
-    fn set_training(&self, on: bool) {
-        self.model.set_training(on)
+    fn loss_terms(&self, b: &Batch, ctx: &StepContext) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((token_cross_entropy(&self.class_logits(b, ctx)?, b)?, None))
     }
 
     fn flops_per_token(&self, t: usize) -> f64 {
@@ -239,11 +238,12 @@ impl LanguageModel for BertClassifierModel {
 }
 
 impl Classifier for BertClassifierModel {
-    fn class_logits(&self, b: &Batch) -> Result<Tensor> {
+    fn class_logits(&self, b: &Batch, ctx: &StepContext) -> Result<Tensor> {
         Ok(self.model.forward(
             &b.input_ids,
             b.token_type_ids.as_ref(),
             b.attention_mask.as_ref(),
+            ctx,
         )?)
     }
 }
@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn masked_lm_loss_equals_the_full_cross_entropy() {
         let (m, store) = Bert::init(&BertConfig::tiny(50), 3, &Device::Cpu).unwrap();
-        m.set_training(false);
+        let ctx = &StepContext::EVAL;
         let ids = Tensor::new(&[[2u32, 7, 9, 4, 11, 3], [2, 5, 6, 8, 3, 0]], &Device::Cpu).unwrap();
         let labels = Tensor::new(
             &[
@@ -266,15 +266,15 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        let seq = m.encode(&ids, None, None).unwrap().sequence;
+        let seq = m.encode(&ids, None, None, ctx).unwrap().sequence;
         let full = cross_entropy(
-            &m.mlm_logits(&seq).unwrap(),
+            &m.mlm_logits(&seq, ctx).unwrap(),
             &labels,
             &CrossEntropy::default(),
         )
         .unwrap();
         let flat: Vec<i64> = labels.flatten_all().unwrap().to_vec1().unwrap();
-        let gathered = masked_lm_loss(&m, &seq, &labels, &flat).unwrap();
+        let gathered = masked_lm_loss(&m, &seq, (&labels, &flat), ctx).unwrap();
         let (a, b) = (
             full.to_scalar::<f32>().unwrap(),
             gathered.to_scalar::<f32>().unwrap(),

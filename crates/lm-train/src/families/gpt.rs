@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use lm_models::gpt::{Gpt, GptConfig};
-use lm_models::{ParamStore, Sampling};
+use lm_models::{MatmulPrecision, ParamStore, Sampling, StepContext};
 use lm_objectives::Rng;
 
 use crate::choices::{ObjectiveKind, TokenizerKind};
@@ -86,16 +86,12 @@ fn load_for_finetune(
 pub struct GptModel(pub Gpt);
 
 impl LanguageModel for GptModel {
-    fn loss_terms(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
+    fn loss_terms(&self, b: &Batch, ctx: &StepContext) -> Result<(Tensor, Option<Tensor>)> {
         let logits = match &b.prefix_len {
-            None => self.0.forward(&b.input_ids)?,
-            Some(p) => self.0.forward_prefix_lm(&b.input_ids, p)?,
+            None => self.0.forward(&b.input_ids, ctx)?,
+            Some(p) => self.0.forward_prefix_lm(&b.input_ids, p, ctx)?,
         };
         Ok((token_cross_entropy(&logits, b)?, None))
-    }
-
-    fn set_training(&self, on: bool) {
-        self.0.set_training(on)
     }
 
     fn flops_per_token(&self, t: usize) -> f64 {
@@ -116,10 +112,12 @@ impl CausalLm for GptModel {
         &self,
         prompt: &[u32],
         max_new_tokens: usize,
-        sampling: &Sampling,
-        rng: &mut Rng,
+        (sampling, rng): (&Sampling, &mut Rng),
+        precision: MatmulPrecision,
     ) -> Result<Vec<u32>> {
-        Ok(self.0.generate(prompt, max_new_tokens, sampling, rng)?)
+        Ok(self
+            .0
+            .generate(prompt, max_new_tokens, (sampling, rng), precision)?)
     }
 
     fn context_len(&self) -> usize {

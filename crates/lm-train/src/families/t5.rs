@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use lm_models::t5::{T5Config, T5};
-use lm_models::{EncoderDecoder, ParamStore};
+use lm_models::{EncoderDecoder, ParamStore, StepContext};
 
 use crate::choices::{ObjectiveKind, T5FeedForward, TokenizerKind};
 use crate::error::Result;
@@ -100,15 +100,10 @@ fn load_for_finetune(
 pub struct T5Model(pub T5);
 
 impl LanguageModel for T5Model {
-    fn loss_terms(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
-        let logits = self
-            .0
-            .forward(&b.input_ids, b.attention_mask.as_ref(), decoder_inputs(b)?)?;
+    fn loss_terms(&self, b: &Batch, ctx: &StepContext) -> Result<(Tensor, Option<Tensor>)> {
+        let (ids, mask) = (&b.input_ids, b.attention_mask.as_ref());
+        let logits = self.0.forward(ids, mask, decoder_inputs(b)?, ctx)?;
         Ok((token_cross_entropy(&logits, b)?, None))
-    }
-
-    fn set_training(&self, on: bool) {
-        self.0.set_training(on)
     }
 
     fn flops_per_token(&self, t: usize) -> f64 {

@@ -6,9 +6,10 @@ use super::*;
 impl FinetuneTask {
     /// Predictions for examples given by the user (`lm-train predict`): class labels or greedily
     /// generated text. A label unseen in training does not matter here (it is not predicted).
+    /// Products at `precision`, no dropout.
     pub fn predict_examples(
         &self,
-        model: &dyn LanguageModel,
+        (model, precision): (&dyn LanguageModel, MatmulPrecision),
         examples: &[Example],
         device: &Device,
     ) -> Result<Vec<String>> {
@@ -16,7 +17,7 @@ impl FinetuneTask {
             .iter()
             .map(|e| self.encode(e))
             .collect::<Result<_>>()?;
-        let ids = self.predict_ids(model, &encoded, device)?;
+        let ids = self.predict_ids((model, precision), &encoded, device)?;
         Ok(ids.iter().map(|p| self.render(p)).collect())
     }
 
@@ -25,7 +26,7 @@ impl FinetuneTask {
     /// gathered, so every rank returns the whole list.
     pub(super) fn predict(
         &self,
-        model: &dyn LanguageModel,
+        model: (&dyn LanguageModel, MatmulPrecision),
         split: usize,
         device: &Device,
         comm: &dyn Collective,
@@ -49,10 +50,11 @@ impl FinetuneTask {
     /// the end token).
     pub(super) fn predict_ids(
         &self,
-        model: &dyn LanguageModel,
+        (model, precision): (&dyn LanguageModel, MatmulPrecision),
         items: &[Encoded],
         device: &Device,
     ) -> Result<Vec<Vec<u32>>> {
+        let ctx = &StepContext::eval(precision);
         let mut out = Vec::with_capacity(items.len());
         let mut rng = Rng::seed_from_u64(0);
         let n = self.cfg.finetune.max_target_len;
@@ -61,7 +63,7 @@ impl FinetuneTask {
             match model.head() {
                 ModelHead::Classifier(m) => {
                     let b = self.encoder_inputs(&refs, device)?;
-                    let am: Vec<u32> = m.class_logits(&b)?.argmax(1)?.to_vec1()?;
+                    let am: Vec<u32> = m.class_logits(&b, ctx)?.argmax(1)?.to_vec1()?;
                     out.extend(am.into_iter().map(|i| vec![i]));
                 }
                 // BART and T5 decode the whole chunk at once (padded, with its mask): the same
@@ -70,18 +72,18 @@ impl FinetuneTask {
                     let b = self.encoder_inputs(&refs, device)?;
                     let gen = m.generation_config(n);
                     out.extend(m.generate_batch(
-                        &b.input_ids,
-                        b.attention_mask.as_ref(),
+                        (&b.input_ids, b.attention_mask.as_ref()),
                         &gen,
                         &Sampling::greedy(),
                         &mut rng,
+                        precision,
                     )?);
                 }
                 ModelHead::Causal(m) => {
                     for e in chunk {
                         let room = self.context.saturating_sub(e.input.len());
-                        let all =
-                            m.generate(&e.input, n.min(room), &Sampling::greedy(), &mut rng)?;
+                        let greedy = (&Sampling::greedy(), &mut rng);
+                        let all = m.generate(&e.input, n.min(room), greedy, precision)?;
                         let gen = &all[e.input.len()..];
                         let end = gen.iter().position(|&t| t == self.ids.eos);
                         out.push(gen[..end.unwrap_or(gen.len())].to_vec());
@@ -123,7 +125,7 @@ impl FinetuneTask {
     /// Every rank of `comm` takes part and gets the same metrics.
     pub fn validate(
         &self,
-        model: &dyn LanguageModel,
+        model: (&dyn LanguageModel, MatmulPrecision),
         device: &Device,
         comm: &dyn Collective,
     ) -> Result<BTreeMap<String, f64>> {
@@ -136,7 +138,7 @@ impl FinetuneTask {
     /// rank takes part in the predictions).
     pub(crate) fn report(
         &self,
-        model: &dyn LanguageModel,
+        model: (&dyn LanguageModel, MatmulPrecision),
         device: &Device,
         run_dir: &Path,
         steps: u64,

@@ -2,15 +2,17 @@
 
 use super::*;
 
+/// f32 products: samples and scores are read at full precision, whatever the run trained at.
+const F32: MatmulPrecision = MatmulPrecision::Highest;
+
 impl Trainer {
     /// Mean loss over the fixed evaluation batches of `split`, dropout off.
     pub fn evaluate_split(&mut self, split: Split) -> Result<f32> {
-        let p = self.matmul_precision();
-        on_compute_threads(|| with_matmul_precision(p, || self.evaluate_split_inner(split)))
+        on_compute_threads(|| self.evaluate_split_inner(split))
     }
 
     pub(super) fn evaluate_split_inner(&mut self, split: Split) -> Result<f32> {
-        self.model.set_training(false);
+        let ctx = &StepContext::eval(self.matmul_precision());
         let t = self.cfg.train();
         let global = t.batch_size * self.strategy.world_size();
         let rows = lm_dist::share(global, self.strategy.world_size(), self.strategy.rank());
@@ -27,13 +29,12 @@ impl Trainer {
             let (w, _) = self.share_weights(&share)?;
             sum += self
                 .model
-                .weighted_loss(&share.batch, w)?
+                .weighted_loss(&share.batch, w, ctx)?
                 .to_scalar::<f32>()?;
         }
         if self.strategy.world_size() > 1 {
             sum = self.strategy.sum(sum as f64)? as f32;
         }
-        self.model.set_training(true);
         Ok(sum / t.eval_iters as f32)
     }
 
@@ -51,14 +52,9 @@ impl Trainer {
         let metrics = match &self.work {
             Work::Pretrain(_) => BTreeMap::new(),
             Work::Finetune(task) => {
-                let p = self.matmul_precision();
-                let (model, device) = (self.model.as_ref(), &self.device);
-                let comm = self.strategy.comm();
-                model.set_training(false);
-                let m = on_compute_threads(|| {
-                    with_matmul_precision(p, || task.validate(model, device, comm))
-                });
-                model.set_training(true);
+                let model = (self.model.as_ref(), self.matmul_precision());
+                let (device, comm) = (&self.device, self.strategy.comm());
+                let m = on_compute_threads(|| task.validate(model, device, comm));
                 m?.into_iter()
                     .map(|(k, v)| (format!("val_{k}"), v))
                     .collect()
@@ -97,7 +93,7 @@ impl Trainer {
 
     /// Generated text: GPT continues `prompt` (default a newline) and the result starts with the
     /// prompt; BART and T5 take `prompt` as the encoder's input (default the first validation
-    /// example) and show input and output. BERT gives `None`.
+    /// example) and show input and output. BERT gives `None`. Products in f32.
     pub fn sample_with(
         &self,
         prompt: Option<&str>,
@@ -119,7 +115,7 @@ impl Trainer {
                     None => self.tokenizer.encode("\n").unwrap_or_default(),
                 };
                 let prompt_ids = if ids.is_empty() { vec![self.eos] } else { ids };
-                let ids = m.generate(&prompt_ids, n_tokens, sampling, &mut rng)?;
+                let ids = m.generate(&prompt_ids, n_tokens, (sampling, &mut rng), F32)?;
                 let continuation = self.tokenizer.decode(&ids[prompt_ids.len()..]);
                 Some(format!("{}{continuation}", prompt.unwrap_or("")))
             }
@@ -138,7 +134,7 @@ impl Trainer {
                         .to_vec1()?,
                 };
                 let input_t = Tensor::new(input.as_slice(), &self.device)?.unsqueeze(0)?;
-                let out = m.generate(&input_t, n_tokens, sampling, &mut rng, true)?;
+                let out = m.generate(&input_t, n_tokens, (sampling, &mut rng), true, F32)?;
                 Some(format!("input:  {}\noutput: {}", show(&input), show(&out)))
             }
             Head::Classifier(_) | Head::Encoder => None,
@@ -151,14 +147,9 @@ impl Trainer {
         let Work::Finetune(task) = &self.work else {
             return Ok(None);
         };
-        let p = self.matmul_precision();
-        let (model, device) = (self.model.as_ref(), &self.device);
-        model.set_training(false);
-        let out = on_compute_threads(|| {
-            with_matmul_precision(p, || task.predict_examples(model, examples, device))
-        });
-        model.set_training(true);
-        out.map(Some)
+        let model = (self.model.as_ref(), self.matmul_precision());
+        let device = &self.device;
+        on_compute_threads(|| task.predict_examples(model, examples, device)).map(Some)
     }
 }
 
@@ -189,7 +180,6 @@ pub fn score_text(dir: &Path, text: &str, device: &Device) -> Result<Vec<(String
             ),
         });
     }
-    model.set_training(false);
     let ids = tokenizer.encode(text)?;
     if ids.len() < 2 {
         return Err(TrainError::Corpus {
@@ -202,7 +192,10 @@ pub fn score_text(dir: &Path, text: &str, device: &Device) -> Result<Vec<(String
     let ctx = model.config().n_positions;
     let logp = |window: &[u32]| -> Result<Vec<Vec<f32>>> {
         let logits = model
-            .forward(&Tensor::new(window, device)?.unsqueeze(0)?)?
+            .forward(
+                &Tensor::new(window, device)?.unsqueeze(0)?,
+                &StepContext::EVAL,
+            )?
             .squeeze(0)?;
         Ok(
             lm_objectives::loss::log_softmax_last_dim(&logits.to_dtype(candle_core::DType::F32)?)?

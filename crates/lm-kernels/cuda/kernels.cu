@@ -117,12 +117,20 @@ extern "C" __global__ void lm_bias_gelu_bwd_f32(const float *x, const float *b, 
 //   g ← g·grad_scale + l2·θ;  m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²;
 //   v̂ ← max(v_max, v) with AMSGrad (v_max != null), else v;
 //   θ ← θ·decay − step_size·m / (√v̂ · inv_sqrt_bc2 + ε).
+// With `on_device` (4 floats: step size, 1/sqrt(1 - beta2^t), grad scale, apply), those come
+// from the device and apply = 0 leaves everything unchanged: a step gated on the device.
 extern "C" __global__ void lm_adam_f32(float *theta, const float *grad, float *m, float *v,
-                                       float *v_max, const size_t n, const float beta1,
-                                       const float beta2, const float one_minus_beta1,
-                                       const float one_minus_beta2, const float eps,
-                                       const float step_size, const float inv_sqrt_bc2,
-                                       const float l2, const float decay, const float grad_scale) {
+                                       float *v_max, const float *on_device, const size_t n,
+                                       const float beta1, const float beta2,
+                                       const float one_minus_beta1, const float one_minus_beta2,
+                                       const float eps, float step_size, float inv_sqrt_bc2,
+                                       const float l2, const float decay, float grad_scale) {
+    if (on_device) {
+        if (on_device[3] == 0.f) return;
+        step_size = on_device[0];
+        inv_sqrt_bc2 = on_device[1];
+        grad_scale = on_device[2];
+    }
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)blockDim.x * gridDim.x) {
         const float p = theta[i];

@@ -100,27 +100,41 @@ pub struct AdamScalars {
     pub grad_scale: f32,
 }
 
+/// The moments an Adam step updates in place.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamState<'a> {
+    /// First moment.
+    pub m: &'a Tensor,
+    /// Second moment.
+    pub v: &'a Tensor,
+    /// AMSGrad's running maximum of the second moment.
+    pub v_max: Option<&'a Tensor>,
+}
+
 /// One Adam/AdamW step on a CUDA device, in one kernel: with `g ← g·grad_scale + l2·θ`,
 /// `m ← β1 m + (1 − β1) g`, `v ← β2 v + (1 − β2) g²`, `v̂ = max(v_max, v)` with AMSGrad else `v`,
 /// `θ ← θ·decay − step_size·m / (√v̂·inv_sqrt_bc2 + ε)`. `theta`, `m`, `v` (and `v_max`) are
 /// updated in place: contiguous f32 tensors of one size on one CUDA device, each with storage of
-/// its own (the moments must not share storage with anything else).
+/// its own (the moments must not share storage with anything else). With `on_device` (4 f32
+/// on the device: step size, 1/√(1 − β2^t), grad scale, apply), the kernel takes those from
+/// there instead of `s` and leaves everything as it was where apply is 0: a step decided on
+/// the device, without reading anything back.
 #[cfg(feature = "cuda")]
 pub fn adam_step(
     theta: &Tensor,
     grad: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    v_max: Option<&Tensor>,
+    state: AdamState<'_>,
     s: AdamScalars,
+    on_device: Option<&Tensor>,
 ) -> Result<()> {
     theta.inplace_op2(
         &grad.contiguous()?,
         &cuda::Adam {
-            m: m.clone(),
-            v: v.clone(),
-            v_max: v_max.cloned(),
+            m: state.m.clone(),
+            v: state.v.clone(),
+            v_max: state.v_max.cloned(),
             s,
+            on_device: on_device.map(|t| t.contiguous()).transpose()?,
         },
     )
 }
@@ -523,6 +537,8 @@ mod cuda {
         pub(crate) v: Tensor,
         pub(crate) v_max: Option<Tensor>,
         pub(crate) s: super::AdamScalars,
+        /// Step size, 1/√(1 − β2^t), grad scale and apply (4 f32), read by the kernel.
+        pub(crate) on_device: Option<Tensor>,
     }
 
     /// The whole f32 buffer of a moment tensor, checked to be `n` contiguous elements on the GPU.
@@ -570,6 +586,11 @@ mod cuda {
                 Some((guard, l)) => Some(moment(guard, l, n)?),
                 None => None,
             };
+            let dev_guard = self.on_device.as_ref().map(|t| t.storage_and_layout());
+            let on_device = match &dev_guard {
+                Some((guard, l)) => Some(moment(guard, l, 4)?),
+                None => None,
+            };
             let mut theta = s1.as_cuda_slice_mut::<f32>()?.slice_mut(t0..t1);
             let func = dev.get_or_load_custom_func("lm_adam_f32", MODULE, PTX)?;
             let mut b = func.builder();
@@ -580,6 +601,10 @@ mod cuda {
             let null = 0u64;
             match &v_max {
                 Some(vm) => b.arg(vm),
+                None => b.arg(&null),
+            };
+            match &on_device {
+                Some(d) => b.arg(d),
                 None => b.arg(&null),
             };
             let s = self.s;
@@ -597,9 +622,9 @@ mod cuda {
                 s.decay,
                 s.grad_scale
             );
-            // SAFETY: θ, g, m, v (and v_max) hold n f32 each (checked); the kernel reads g and
-            // writes θ, m, v, v_max element-wise, which no other tensor shares (the caller's
-            // contract).
+            // SAFETY: θ, g, m, v (and v_max) hold n f32 each and the device scalars 4 (checked);
+            // the kernel reads g and the scalars and writes θ, m, v, v_max element-wise, which
+            // no other tensor shares (the caller's contract).
             unsafe { b.launch(elementwise(n)) }.w()?;
             Ok(())
         }

@@ -26,6 +26,21 @@ pub fn read_scalar<T: WithDType>(t: &Tensor) -> Result<T> {
     t.to_scalar()
 }
 
+/// The value of a one-element f32 tensor that lives in CPU memory, read where it lies: not a
+/// transfer from a device, so not counted. `None` for a tensor on a device (read those with
+/// [`read_scalar`]) or of another type or size.
+pub fn cpu_scalar(t: &Tensor) -> Option<f32> {
+    if !t.device().is_cpu() || t.dtype() != candle_core::DType::F32 || t.elem_count() != 1 {
+        return None;
+    }
+    t.flatten_all()
+        .ok()?
+        .to_vec1::<f32>()
+        .ok()?
+        .first()
+        .copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

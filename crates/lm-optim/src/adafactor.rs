@@ -220,8 +220,8 @@ impl Optimizer for AdaFactor {
         Ok(())
     }
 
-    fn steps(&self) -> u64 {
-        self.t
+    fn steps(&self) -> Result<u64> {
+        Ok(self.t)
     }
 
     fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {

@@ -21,6 +21,9 @@ pub enum OptimError {
         /// What is wrong with it.
         problem: String,
     },
+    /// An operation this optimizer does not implement.
+    #[error("this optimizer does not support {0}")]
+    Unsupported(&'static str),
     /// A parameter group name that was not declared.
     #[error("unknown parameter group {0:?}")]
     UnknownGroup(String),

@@ -78,8 +78,28 @@ pub trait Optimizer: Send {
         self.step(grads, lr)
     }
 
-    /// Number of updates applied so far (`t` in the chapter's bias correction).
-    fn steps(&self) -> u64;
+    /// Whether [`Optimizer::step_gated`] decides and applies the update on the parameters'
+    /// device. Where it does not, a caller with its factor on a device reads the factor back and
+    /// calls [`Optimizer::step_scaled`] (or skips the step).
+    fn gates_on_device(&self) -> bool {
+        false
+    }
+
+    /// [`Optimizer::step_scaled`] with its factor as a one-element f32 tensor on the parameters'
+    /// device, decided there without reading anything back (on a GPU a read is a
+    /// synchronisation): a finite factor scales the gradients; a non-finite one (from a NaN or
+    /// infinite loss or gradient norm) skips the step — parameters, state and step count are
+    /// left as they were, as PyTorch's fused Adam does with `found_inf`. Optimizers whose
+    /// [`Optimizer::gates_on_device`] is false refuse it.
+    fn step_gated(&mut self, _grads: &GradStore, _lr: f64, _factor: &Tensor) -> Result<()> {
+        Err(OptimError::Unsupported(
+            "a step gated on the device: read the factor and call step_scaled",
+        ))
+    }
+
+    /// Number of updates applied so far (`t` in the chapter's bias correction). After
+    /// [`Optimizer::step_gated`], the count lives on the device and is read back here.
+    fn steps(&self) -> Result<u64>;
 
     /// All state as named tensors (for [`save_state`]).
     fn state_tensors(&self) -> Result<Vec<(String, Tensor)>>;

@@ -92,8 +92,8 @@ impl Optimizer for Sgd {
         Ok(())
     }
 
-    fn steps(&self) -> u64 {
-        self.t
+    fn steps(&self) -> Result<u64> {
+        Ok(self.t)
     }
 
     fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {

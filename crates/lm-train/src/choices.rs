@@ -134,11 +134,12 @@ config_enum! {
 }
 
 config_enum! {
-    /// `train.on_nonfinite_loss`: what a NaN or infinite loss does.
+    /// `train.on_nonfinite_loss`: what a NaN or infinite loss does. Its step's update is
+    /// skipped on the device either way; the host learns of it at the next logged step.
     NonFinitePolicy {
-        /// Stop the run with an error.
+        /// Stop the run with an error there, naming the first such step.
         Stop = "stop",
-        /// Skip the step (no update) and go on.
+        /// Report the skipped steps there and go on.
         Skip = "skip",
     }
 }

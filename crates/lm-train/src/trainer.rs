@@ -49,6 +49,7 @@ mod evaluation;
 mod logging;
 mod ranks;
 mod setup;
+mod step;
 
 use batching::{Prefetch, StepShape};
 pub use batching::{Share, Work};
@@ -124,6 +125,8 @@ pub struct Trainer {
     stop_at: Option<u64>,
     /// Set (e.g. by a SIGINT handler) to stop after the current step with a checkpoint.
     stop_flag: Option<Arc<AtomicBool>>,
+    /// Steps skipped on the device since the last read: `[count, first step, its loss]`.
+    nonfinite: Option<Tensor>,
     /// How the data-parallel ranks share a step (a single process by default): gradient
     /// reduction, optimizer-state placement, parameters kept equal; rank 0 alone writes the run.
     strategy: Strategy,
@@ -284,6 +287,7 @@ impl Trainer {
             lock: None,
             stop_at: None,
             stop_flag: None,
+            nonfinite: None,
             strategy: Strategy::single(),
             groups,
             verbose: false,
@@ -401,159 +405,6 @@ impl Trainer {
         Ok((w, sums[1] as u64))
     }
 
-    /// Forward and backward over this rank's rows of the micro-batches of one step; the loss is
-    /// the mean over the global batches and the gradients are those of the mean, summed over
-    /// the ranks. With `loss_scale` (f16 products) each micro-batch's loss is multiplied by it
-    /// before backward, so the gradients are that many times the true ones. Returns the loss,
-    /// the gradients and the global batches' tokens.
-    fn forward_backward(
-        &mut self,
-        batches: &[Share],
-        loss_scale: Option<f64>,
-    ) -> Result<(Tensor, GradStore, u64)> {
-        let accum = batches.len();
-        let first_key = self.state.step * accum as u64;
-        let mut total: Option<GradStore> = None;
-        let mut tokens = 0;
-        // This rank's loss, summed on its device (read once per step, with the gradient norm).
-        let mut loss_sum: Option<Tensor> = None;
-        for (m, share) in batches.iter().enumerate() {
-            let key = self.dropout_key(first_key + m as u64);
-            let (w, global_tokens) = self.share_weights(share)?;
-            tokens += global_tokens;
-            let b = &share.batch;
-            let ctx = StepContext::train(self.matmul_precision(), key, share.first_row);
-            let loss = self.model.weighted_loss(b, w, &ctx)?;
-            let loss = if accum > 1 {
-                (loss / accum as f64)?
-            } else {
-                loss
-            };
-            loss_sum = Some(match loss_sum {
-                None => loss.detach(),
-                Some(s) => (s + loss.detach())?,
-            });
-            // Scaled up so that small gradients survive f16's range.
-            let grads = match loss_scale {
-                Some(scale) => (loss * scale)?.backward()?,
-                None => loss.backward()?,
-            };
-            total = Some(match total {
-                None => grads,
-                Some(mut acc) => {
-                    for v in &self.vars {
-                        if let (Some(a), Some(g)) =
-                            (acc.remove(v.as_tensor()), grads.get(v.as_tensor()))
-                        {
-                            acc.insert(v.as_tensor(), (a + g)?);
-                        }
-                    }
-                    acc
-                }
-            });
-        }
-        let mut total = total.ok_or_else(|| TrainError::Corpus {
-            corpus: "batch".into(),
-            problem: "a step needs at least one micro-batch".into(),
-        })?;
-        self.strategy.reduce_gradients(&self.vars, &mut total)?;
-        let loss_sum = loss_sum.ok_or_else(|| TrainError::Corpus {
-            corpus: "batch".into(),
-            problem: "a step needs at least one micro-batch".into(),
-        })?;
-        Ok((loss_sum, total, tokens))
-    }
-
-    /// The step's loss (summed over the ranks) and the gradients' global norm, with one read
-    /// from the device: the loss and the device part of `Σ g²` stacked into one tensor
-    /// ([`lm_kernels::host`] counts it); f32 CPU gradients' squares are summed on the host.
-    fn loss_and_norm(&self, loss: &Tensor, grads: &GradStore) -> Result<(f32, f64)> {
-        let (host_sq, device_sq) = lm_optim::clip::sum_squares(grads, &self.vars)?;
-        let (loss, sum_sq) = match device_sq {
-            None => (lm_kernels::host::read_scalar::<f32>(loss)?, host_sq),
-            Some(d) => {
-                let both = Tensor::stack(&[loss.to_dtype(candle_core::DType::F32)?, d], 0)?;
-                let v = lm_kernels::host::read_vec::<f32>(&both)?;
-                (v[0], host_sq + v[1] as f64)
-            }
-        };
-        let loss = if self.strategy.world_size() > 1 {
-            self.strategy.sum(loss as f64)? as f32
-        } else {
-            loss
-        };
-        Ok((loss, sum_sq.sqrt()))
-    }
-
-    /// One optimizer step on prepared batches. Returns the loss, pre-clip norm and lr, or `None`
-    /// for a skipped non-finite step.
-    fn train_step(&mut self, batches: &[Share]) -> Result<Option<(f32, f64, f64)>> {
-        on_compute_threads(|| self.train_step_on_pool(batches))
-    }
-
-    fn train_step_on_pool(&mut self, batches: &[Share]) -> Result<Option<(f32, f64, f64)>> {
-        let lr = self.schedule.value(self.schedule_position());
-        let scaler = self.loss_scaler()?;
-        let (loss, mut grads, tokens) =
-            self.forward_backward(batches, scaler.as_ref().map(|s| s.scale()))?;
-        let (loss, mut norm) = self.loss_and_norm(&loss, &grads)?;
-        self.state.tokens_seen += tokens;
-        if !loss.is_finite() {
-            self.state.step += 1;
-            if self.cfg.train().on_nonfinite_loss == NonFinitePolicy::Skip {
-                self.state.skipped_steps += 1;
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "step {}: loss is {loss}, step skipped",
-                    self.state.step
-                );
-                return Ok(None);
-            }
-            return Err(TrainError::NonFiniteLoss {
-                step: self.state.step,
-                loss,
-            });
-        }
-        // Dynamic loss scaling (f16 products): the gradients are S times the true ones. A
-        // non-finite norm means one overflowed: skip the step and halve S. Else the 1/S goes
-        // into the factor the optimizer applies, with the clipping.
-        let mut unscale = 1.0;
-        if let Some(mut scaler) = scaler {
-            let (s, finite) = (scaler.scale(), norm.is_finite());
-            scaler.update(finite);
-            self.state.loss_scale = Some(LossScaleState {
-                scale: scaler.scale(),
-                good_steps: scaler.good_steps(),
-                overflows: scaler.skipped_steps(),
-            });
-            if !finite {
-                self.state.step += 1;
-                self.state.skipped_steps += 1;
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "step {}: a gradient overflowed f16 at loss scale {s}; step skipped, the \
-                     scale is now {}",
-                    self.state.step,
-                    scaler.scale()
-                );
-                return Ok(None);
-            }
-            norm /= s;
-            unscale = 1.0 / s;
-        }
-        // Clipping as a factor the optimizer applies (Adam: inside its fused update).
-        let scale = match self.clip_norm {
-            Some(clip) => lm_optim::clip::clip_factor(norm, clip)?,
-            None => 1.0,
-        };
-        self.opt.step_scaled(&mut grads, lr, scale * unscale)?;
-        self.strategy.after_step(&self.vars)?;
-        self.state.step += 1;
-        Ok(Some((loss, norm, lr)))
-    }
-
     /// Global batches: `train.batch_size` per rank × ranks, `grad_accum` of them per step.
     fn step_shape(&self) -> StepShape {
         StepShape {
@@ -574,7 +425,10 @@ impl Trainer {
             self.state.tokens_seen,
             &self.device,
         )?;
-        Ok(self.train_step(&batches)?.map(|(loss, _, _)| loss))
+        let Some(report) = self.train_step(&batches)? else {
+            return Ok(None);
+        };
+        Ok(self.settle(&report)?.map(|(loss, _, _)| loss))
     }
 
     /// Model FLOPs of one optimizer step at the configured batch size.
@@ -625,16 +479,23 @@ impl Trainer {
             let batches = prefetch.next()?;
             summary.data_wait_s.0 += waited.elapsed().as_secs_f64();
             let tokens_before = self.state.tokens_seen;
-            let outcome = self.train_step(&batches)?;
+            let report = self.train_step(&batches)?;
             summary.data_wait_s.1 += waited.elapsed().as_secs_f64();
             window.1 += self.state.tokens_seen - tokens_before;
             let step = self.state.step;
-            if let Some(o) = outcome.filter(|_| step.is_multiple_of(log_every) || step == until) {
+            let logged = step.is_multiple_of(log_every) || step == until;
+            let evaluated = step.is_multiple_of(eval_every) || step == until;
+            let stop = self.stop_requested();
+            // The step's values and the skipped steps are read from the device here only.
+            let settled = match &report {
+                Some(r) if logged || evaluated || stop => self.settle(r)?,
+                _ => None,
+            };
+            if let Some(o) = settled.filter(|_| logged) {
                 self.log_training(o, &mut window, elapsed(), &pb)?;
             }
             pb.set_position(step);
-            let stop = self.stop_requested();
-            if step.is_multiple_of(eval_every) || step == until {
+            if evaluated {
                 self.state.elapsed_s = elapsed();
                 let lr = self.schedule.value(self.schedule_position());
                 let (e, dir) = self.eval_and_checkpoint(lr, self.state.elapsed_s, &pb)?;

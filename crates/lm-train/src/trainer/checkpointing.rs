@@ -34,12 +34,12 @@ impl Trainer {
                 problem: format!("cannot restore the optimizer: {e}"),
             }
         })?;
-        if self.opt.steps() + self.state.skipped_steps != self.state.step {
+        if self.opt.steps()? + self.state.skipped_steps != self.state.step {
             return Err(TrainError::Checkpoint {
                 path: opt_path,
                 problem: format!(
                     "optimizer is at step {} but state.json says {} ({} skipped)",
-                    self.opt.steps(),
+                    self.opt.steps()?,
                     self.state.step,
                     self.state.skipped_steps
                 ),
@@ -74,12 +74,12 @@ impl Trainer {
                 path: path.clone(),
                 problem: format!("cannot restore the optimizer from its {saved_world} shards: {e}"),
             })?;
-        if self.opt.steps() + self.state.skipped_steps != self.state.step {
+        if self.opt.steps()? + self.state.skipped_steps != self.state.step {
             return Err(TrainError::Checkpoint {
                 path,
                 problem: format!(
                     "optimizer is at step {} but state.json says {}",
-                    self.opt.steps(),
+                    self.opt.steps()?,
                     self.state.step
                 ),
             });

@@ -102,7 +102,7 @@ impl Trainer {
                 g
             })
             .collect();
-        let steps = self.opt.steps();
+        let steps = self.opt.steps()?;
         self.opt = self
             .cfg
             .optim()

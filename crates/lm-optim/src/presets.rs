@@ -85,8 +85,14 @@ pub fn gpt3(peak_lr: f64, batch: usize, ramp_start: usize, ramp_tokens: f64) -> 
     })
 }
 
-/// BERT (Devlin et al. 2019): Adam β = (0.9, 0.999), weight decay 0.01, lr 1e−4 with 10,000
-/// warmup steps then linear decay over 1 M steps (HuggingFace's AdamW with ε = 1e−6).
+/// BERT's warmup (Devlin et al. 2019): 10,000 steps.
+pub const BERT_WARMUP_STEPS: f64 = 1e4;
+/// BERT's training length, where its linear decay reaches 0: 1 M steps.
+pub const BERT_TOTAL_STEPS: f64 = 1e6;
+
+/// BERT (Devlin et al. 2019): Adam β = (0.9, 0.999), weight decay 0.01, clipping at 1.0, lr 1e−4
+/// with [`BERT_WARMUP_STEPS`] then linear decay to 0 at [`BERT_TOTAL_STEPS`] (HuggingFace's
+/// AdamW with ε = 1e−6).
 pub fn bert(peak_lr: f64, warmup_steps: f64, total_steps: f64) -> Result<Preset> {
     Ok(Preset {
         rule: UpdateRule::Adam(AdamConfig::adamw().with_eps(1e-6)),
@@ -99,12 +105,16 @@ pub fn bert(peak_lr: f64, warmup_steps: f64, total_steps: f64) -> Result<Preset>
 }
 
 /// T5 (Raffel et al. 2020): AdaFactor with the inverse-square-root schedule
-/// `1/√max(n, k)`, k = 10⁴ (a constant 0.01 for the first 10⁴ steps), no weight decay.
+/// `1/√max(n, k)`, k = 10⁴ (a constant 0.01 for the first 10⁴ steps), no weight decay, no
+/// gradient clipping (AdaFactor clips its own update at RMS 1). Each update is scaled by the
+/// parameter's RMS, as Mesh TensorFlow's `AdafactorOptimizer` does by default
+/// (`multiply_by_parameter_scale`), which T5's pretraining used; fine-tuning with an external
+/// rate usually turns it off.
 pub fn t5() -> Preset {
     Preset {
         rule: UpdateRule::AdaFactor(AdaFactorConfig {
             lr: AdaFactorLr::External,
-            scale_parameter: false,
+            scale_parameter: true,
             ..Default::default()
         }),
         weight_decay: 0.0,

@@ -110,6 +110,22 @@ config_enum! {
 }
 
 config_enum! {
+    /// `optim.preset`: a paper's optimization recipe (lm-optim's `presets`) whose values fill
+    /// the `[optim]` keys a config leaves out; the keys it gives override them.
+    PaperPreset {
+        /// GPT-3: AdamW β = (0.9, 0.95), ε = 1e−8, λ = 0.1, clipping at 1, warmup over 375 M
+        /// tokens then cosine to 10% of `lr` at 260 B tokens.
+        Gpt3 = "gpt3",
+        /// BERT: AdamW β = (0.9, 0.999), ε = 1e−6, λ = 0.01, clipping at 1, 10⁴ warmup steps then
+        /// linear decay to 0 at 10⁶.
+        Bert = "bert",
+        /// T5: AdaFactor scaled by the parameter's RMS, no weight decay or clipping, the inverse
+        /// square root after 10⁴ steps.
+        T5 = "t5",
+    }
+}
+
+config_enum! {
     /// `optim.schedule`: the learning rate after the linear warmup.
     ScheduleKind {
         /// Cosine decay to `min_lr` at `lr_decay_iters` (or `decay_tokens`).

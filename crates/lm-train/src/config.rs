@@ -6,8 +6,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use crate::choices::{
-    Freeze, Infilling, MlmSelection, NonFinitePolicy, ObjectiveKind, OptimizerKind, Precision,
-    ScheduleKind, ScheduleUnit, T5FeedForward, TaskKind, TokenizerKind,
+    Freeze, Infilling, MlmSelection, NonFinitePolicy, ObjectiveKind, OptimizerKind, PaperPreset,
+    Precision, ScheduleKind, ScheduleUnit, T5FeedForward, TaskKind, TokenizerKind,
 };
 use crate::error::{io_err, Result, TrainError};
 use crate::family::{Architecture, ModelShape};
@@ -350,6 +350,18 @@ fn missing_required(text: &str, required: &[(&str, &[&str])]) -> Vec<String> {
         .collect()
 }
 
+/// The `[optim]` table as `text` writes it (empty when absent): the keys an `optim.preset`
+/// leaves alone.
+pub(crate) fn written_optim(text: &str) -> toml::Table {
+    toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|mut doc| match doc.remove("optim") {
+            Some(toml::Value::Table(t)) => Some(t),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 impl TrainConfig {
     /// Parses and validates a TOML text; `source_name` (a path or recipe) appears in errors.
     pub fn from_toml(text: &str, source_name: &str) -> Result<Self> {
@@ -361,7 +373,9 @@ impl TrainConfig {
                 "missing: these keys have no default (docs/config.md lists every key)".into(),
             ));
         }
-        let cfg: Self = parse_toml(text, source_name)?;
+        let mut cfg: Self = parse_toml(text, source_name)?;
+        cfg.optim
+            .fill_from_preset(&written_optim(text), source_name)?;
         cfg.validate(source_name)?;
         Ok(cfg)
     }

@@ -5,8 +5,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    config_err, missing_required, parse_toml, recipe_text, Freeze, OptimSection, TaskKind,
-    TrainSection,
+    config_err, missing_required, parse_toml, recipe_text, written_optim, Freeze, OptimSection,
+    TaskKind, TrainSection,
 };
 use crate::error::{io_err, Result};
 
@@ -129,7 +129,8 @@ impl FinetuneConfig {
                 "missing: these keys have no default (docs/config.md lists every key)".into(),
             ));
         }
-        let cfg: Self = parse_toml(text, source)?;
+        let mut cfg: Self = parse_toml(text, source)?;
+        cfg.optim.fill_from_preset(&written_optim(text), source)?;
         cfg.validate(source)?;
         Ok(cfg)
     }

@@ -1,12 +1,15 @@
 //! `[optim]` and `[train]`: the sections pretraining and fine-tuning share, with their defaults
 //! and the checks of values that parse but cannot work.
 
-use lm_optim::presets::{Preset, UpdateRule};
-use lm_optim::{AdaFactorConfig, AdaFactorLr, AdamConfig, BatchSizeRamp, Schedule, SgdConfig};
+use lm_optim::presets::{self, Preset, UpdateRule};
+use lm_optim::{
+    AdaFactorConfig, AdaFactorLr, AdamConfig, BatchSizeRamp, Schedule, SgdConfig, WeightDecay,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    config_err, yes, NonFinitePolicy, OptimizerKind, Precision, ScheduleKind, ScheduleUnit,
+    config_err, yes, NonFinitePolicy, OptimizerKind, PaperPreset, Precision, ScheduleKind,
+    ScheduleUnit,
 };
 use crate::error::Result;
 
@@ -14,6 +17,9 @@ use crate::error::Result;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimSection {
+    /// A paper's recipe filling the keys this section leaves out ([`Self::fill_from_preset`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<PaperPreset>,
     /// Update rule.
     #[serde(default = "default_optimizer")]
     pub name: OptimizerKind,
@@ -176,6 +182,96 @@ impl OptimSection {
     /// The step at which the learning rate reaches its floor (default: the run's last step).
     pub fn lr_decay_iters(&self, max_iters: u64) -> u64 {
         self.lr_decay_iters.unwrap_or(max_iters)
+    }
+
+    /// Gives every key of the section that `given` (the `[optim]` table as written) leaves out
+    /// the value of `preset`, taken from lm-optim's preset of that name at this section's `lr`:
+    /// the update rule and its constants, weight decay, clipping, the schedule's kind, unit,
+    /// floor and lengths. Nothing changes without a preset.
+    pub fn fill_from_preset(&mut self, given: &toml::Table, source_name: &str) -> Result<()> {
+        let Some(which) = self.preset else {
+            return Ok(());
+        };
+        let bad = |problem: String| config_err(source_name, "optim.preset", problem);
+        let paper = match which {
+            // The batch ramp is `train.batch_ramp_*`: the preset's is not taken.
+            PaperPreset::Gpt3 => presets::gpt3(self.lr, 1, 1, 0.0),
+            PaperPreset::Bert => presets::bert(
+                self.lr,
+                presets::BERT_WARMUP_STEPS,
+                presets::BERT_TOTAL_STEPS,
+            ),
+            PaperPreset::T5 => Ok(presets::t5()),
+        }
+        .map_err(|e| bad(e.to_string()))?;
+        let filled = self.with_preset_values(&paper).map_err(bad)?;
+        let as_table =
+            |s: &Self| toml::Table::try_from(s).map_err(|e| bad(format!("cannot apply: {e}")));
+        let mut mine = as_table(self)?;
+        for (key, value) in as_table(&filled)? {
+            if !given.contains_key(&key) {
+                mine.insert(key, value);
+            }
+        }
+        *self = mine
+            .try_into()
+            .map_err(|e| bad(format!("cannot apply: {e}")))?;
+        Ok(())
+    }
+
+    /// This section with every value `paper` sets.
+    fn with_preset_values(&self, paper: &Preset) -> std::result::Result<Self, String> {
+        let mut s = self.clone();
+        match &paper.rule {
+            UpdateRule::Sgd(c) => {
+                s.name = OptimizerKind::Sgd;
+                s.momentum = c.momentum;
+            }
+            UpdateRule::Adam(c) => {
+                s.name = match c.weight_decay {
+                    WeightDecay::Coupled => OptimizerKind::Adam,
+                    WeightDecay::Decoupled => OptimizerKind::Adamw,
+                };
+                (s.beta1, s.beta2, s.eps) = (c.beta1, c.beta2, c.eps);
+            }
+            UpdateRule::AdaFactor(c) => {
+                s.name = OptimizerKind::Adafactor;
+                s.scale_parameter = c.scale_parameter;
+            }
+        }
+        s.weight_decay = paper.weight_decay;
+        s.grad_clip = paper.clip_norm.unwrap_or(0.0);
+        // (kind, warmup, end of the decay, floor)
+        let (kind, warmup, end, floor) = match &paper.schedule {
+            Schedule::InverseSqrt { warmup, .. } => (ScheduleKind::InverseSqrt, *warmup, None, 0.0),
+            Schedule::Sequence(phases) => match phases.as_slice() {
+                [Schedule::Linear { length: w, .. }, Schedule::Cosine { to, length, .. }] => {
+                    (ScheduleKind::Cosine, *w, Some(w + length), *to)
+                }
+                [Schedule::Linear { length: w, .. }, Schedule::Linear { length, to, .. }]
+                    if *to == 0.0 =>
+                {
+                    (ScheduleKind::Linear, *w, Some(w + length), 0.0)
+                }
+                other => return Err(format!("a schedule of phases {other:?} has no keys")),
+            },
+            other => return Err(format!("the schedule {other:?} has no keys")),
+        };
+        s.schedule = kind;
+        s.min_lr = floor;
+        match paper.unit {
+            presets::ScheduleUnit::Steps => {
+                s.schedule_unit = ScheduleUnit::Steps;
+                s.warmup_iters = warmup as u64;
+                s.lr_decay_iters = end.map(|e| e as u64);
+            }
+            presets::ScheduleUnit::Tokens => {
+                s.schedule_unit = ScheduleUnit::Tokens;
+                s.warmup_tokens = Some(warmup);
+                s.decay_tokens = end;
+            }
+        }
+        Ok(s)
     }
 
     /// Checks values that parse but cannot work, naming the key.

@@ -187,3 +187,94 @@ fn both_kinds_of_recipe_round_trip_through_run_config() {
         );
     }
 }
+
+/// The optimization a config describes, with `optim` replaced by the section `optim_toml`
+/// (its preset applied).
+fn preset_with(cfg: &TrainConfig, optim_toml: &str) -> lm_optim::presets::Preset {
+    let mut cfg = cfg.clone();
+    cfg.optim = parse_toml(optim_toml, "test").unwrap();
+    let written = toml::from_str(optim_toml).unwrap();
+    cfg.optim.fill_from_preset(&written, "test").unwrap();
+    cfg.optim.preset(&cfg.train).unwrap()
+}
+
+#[test]
+fn recipes_on_a_paper_preset_keep_their_optimization() {
+    // The two recipes' [optim] sections before they named a preset, written out.
+    let bert = TrainConfig::recipe("bert-mlm-nsp").unwrap();
+    assert_eq!(bert.optim.preset, Some(PaperPreset::Bert));
+    let before = "name = \"adamw\"\nschedule = \"linear\"\nlr = 1e-3\nmin_lr = 0.0\n\
+                  warmup_iters = 60\nbeta1 = 0.9\nbeta2 = 0.999\neps = 1e-6\n\
+                  weight_decay = 0.01\ngrad_clip = 1.0\n";
+    assert_eq!(
+        bert.optim.preset(&bert.train).unwrap(),
+        preset_with(&bert, before)
+    );
+    let t5 = TrainConfig::recipe("t5-span-corruption").unwrap();
+    let before = "name = \"adafactor\"\nschedule = \"inverse_sqrt\"\nlr = 1e-2\nmin_lr = 0.0\n\
+                  warmup_iters = 100\nweight_decay = 0.0\ngrad_clip = 1.0\n";
+    assert_eq!(
+        t5.optim.preset(&t5.train).unwrap(),
+        preset_with(&t5, before)
+    );
+}
+
+#[test]
+fn a_paper_preset_alone_is_lm_optims_preset() {
+    use lm_optim::presets;
+    let base = TrainConfig::recipe("gpt-shakespeare-char").unwrap();
+    let gpt3 = preset_with(&base, "preset = \"gpt3\"\nlr = 6e-4\n");
+    let mut want = presets::gpt3(6e-4, 1, 1, 0.0).unwrap();
+    want.batch_ramp = None; // the ramp is [train]'s
+    assert_eq!(gpt3, want);
+    // With [train]'s ramp keys it is GPT-3's whole recipe: clip, schedule in tokens, ramp.
+    let mut ramped = base.clone();
+    ramped.train.batch_ramp_start = Some(2);
+    ramped.train.batch_ramp_tokens = 4e9;
+    assert_eq!(
+        preset_with(&ramped, "preset = \"gpt3\"\nlr = 6e-4\n"),
+        presets::gpt3(6e-4, base.train.batch_size, 2, 4e9).unwrap()
+    );
+    let bert = preset_with(&base, "preset = \"bert\"\nlr = 1e-4\n");
+    let bert_steps = (presets::BERT_WARMUP_STEPS, presets::BERT_TOTAL_STEPS);
+    assert_eq!(
+        bert,
+        presets::bert(1e-4, bert_steps.0, bert_steps.1).unwrap()
+    );
+    assert_eq!(
+        preset_with(&base, "preset = \"t5\"\nlr = 1e-2\n"),
+        presets::t5()
+    );
+}
+
+#[test]
+fn keys_written_beside_a_preset_override_it() {
+    let text = TrainConfig::recipe("gpt-shakespeare-char")
+        .unwrap()
+        .to_toml();
+    let start = text.find("[optim]").unwrap();
+    let end = start + text[start..].find("\n[").unwrap();
+    let with = |optim: &str| {
+        let doc = format!("{}[optim]\n{optim}{}", &text[..start], &text[end..]);
+        TrainConfig::from_toml(&doc, "x.toml")
+    };
+    let c = with("preset = \"bert\"\nlr = 1e-3\nbeta2 = 0.98\nwarmup_iters = 5\n").unwrap();
+    assert_eq!(
+        (c.optim.name, c.optim.schedule, c.optim.beta2, c.optim.eps),
+        (OptimizerKind::Adamw, ScheduleKind::Linear, 0.98, 1e-6)
+    );
+    assert_eq!(
+        (
+            c.optim.warmup_iters,
+            c.optim.lr_decay_iters,
+            c.optim.grad_clip
+        ),
+        (5, Some(1_000_000), 1.0)
+    );
+    // The filled section writes itself out whole and reads back the same.
+    assert_eq!(TrainConfig::from_toml(&c.to_toml(), "again").unwrap(), c);
+    let e = with("preset = \"bart\"\nlr = 1e-3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("optim.preset") && e.contains("`gpt3`"), "{e}");
+}

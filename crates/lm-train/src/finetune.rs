@@ -242,24 +242,51 @@ fn class_labels(data: &TaskData) -> Result<Option<Vec<String>>> {
 }
 
 /// The model `dir` holds (its `config.json`'s `model_type` names the family), random with
-/// `scratch`; for BERT a classifier over `labels`. Returns the names of freshly initialized
-/// tensors.
+/// `scratch`; for BERT a classifier over `labels`. Returns the family and the model with the
+/// names of freshly initialized tensors.
 fn load_model(
     dir: &Path,
     labels: Option<&[String]>,
     scratch: bool,
     seed: u64,
     device: &Device,
-) -> Result<Loaded> {
+) -> Result<(Family, Loaded)> {
     let model_type = lm_models::hf::model_type(dir)?;
-    let load = Family::of_hf_model_type(&model_type).and_then(|f| f.load_for_finetune);
-    let Some(load) = load else {
+    let family = Family::of_hf_model_type(&model_type);
+    let Some((family, load)) = family.and_then(|f| Some((f, f.load_for_finetune?))) else {
         return Err(TrainError::Checkpoint {
             path: dir.into(),
             problem: format!("cannot fine-tune model_type {model_type:?}"),
         });
     };
-    load(dir, labels, scratch, seed, device)
+    Ok((family, load(dir, labels, scratch, seed, device)?))
+}
+
+/// The special ids a task's encodings use: the family's own ([`Family::specials`]), looked up in
+/// the tokenizer at `tok_path` (an error names it and the missing token).
+fn special_ids(
+    family: Family,
+    tokenizer: &TextTokenizer,
+    tok_path: &Path,
+    decoder_start: u32,
+) -> Result<Ids> {
+    let id = |t: &str| {
+        tokenizer.token_id(t).ok_or_else(|| TrainError::Checkpoint {
+            path: tok_path.into(),
+            problem: format!(
+                "has no {t} token, which a {} model's inputs need",
+                family.name
+            ),
+        })
+    };
+    let sp = family.specials(&id, tokenizer.kind())?;
+    Ok(Ids {
+        cls: sp.bos,
+        sep: sp.sep,
+        eos: sp.eos,
+        pad: sp.pad,
+        decoder_start,
+    })
 }
 
 /// Optimizer groups: the new head (its own lr scale, no decay), matrices (decay) and vectors
@@ -315,7 +342,7 @@ impl FinetuneTask {
         let data = task_data(cfg)?;
         check_splits(&data, cfg)?;
         let labels = class_labels(&data)?;
-        let (model, store, fresh) =
+        let (family, (model, store, fresh)) =
             load_model(&ckpt, labels.as_deref(), f.scratch, cfg.train.seed, device)?;
         // A tokenizer with ids the model has no embedding for would index out of its table.
         let vocab = model.hf_config()["vocab_size"].as_u64().unwrap_or(u64::MAX) as usize;
@@ -342,7 +369,8 @@ impl FinetuneTask {
         // INVARIANT: a list of strings always serializes to JSON.
         let fresh_json = serde_json::to_string(&fresh).expect("names serialize");
         write_atomic(&data_dir.join("fresh_tensors.json"), fresh_json.as_bytes())?;
-        Self::assemble(cfg, tokenizer, data, labels, model, store, fresh)
+        let tok = (tokenizer, tok_path.as_path());
+        Self::assemble(cfg, family, tok, data, labels, (model, store, fresh))
     }
 
     /// An existing run: data and tokenizer from `run_dir`, the model from checkpoint `ckpt`, or
@@ -353,7 +381,8 @@ impl FinetuneTask {
         ckpt: Option<&Path>,
         device: &Device,
     ) -> Result<Prepared> {
-        let tokenizer = TextTokenizer::load(&run_dir.join("tokenizer.json"))?;
+        let tok_path = run_dir.join("tokenizer.json");
+        let tokenizer = TextTokenizer::load(&tok_path)?;
         let data_dir = run_dir.join("data");
         let read = |name: &str| tasks::read_jsonl(&data_dir.join(format!("{name}.jsonl")));
         let data = TaskData {
@@ -369,7 +398,7 @@ impl FinetuneTask {
         check_splits(&data, cfg)?;
         let labels = class_labels(&data)?;
         let seed = cfg.train.seed;
-        let (model, store, _) = match ckpt {
+        let (family, (model, store, _)) = match ckpt {
             Some(ckpt) => load_model(ckpt, labels.as_deref(), false, seed, device)?,
             None => {
                 let init = resolve_init(Path::new(&cfg.finetune.init))?;
@@ -377,19 +406,18 @@ impl FinetuneTask {
                 load_model(&init, labels.as_deref(), scratch, seed, device)?
             }
         };
-        Self::assemble(cfg, tokenizer, data, labels, model, store, fresh)
+        let tok = (tokenizer, tok_path.as_path());
+        Self::assemble(cfg, family, tok, data, labels, (model, store, fresh))
     }
 
     fn assemble(
         cfg: &FinetuneConfig,
-        tokenizer: TextTokenizer,
+        family: Family,
+        (tokenizer, tok_path): (TextTokenizer, &Path),
         data: TaskData,
         labels: Option<Vec<String>>,
-        model: Box<dyn LanguageModel>,
-        store: ParamStore,
-        fresh: Vec<String>,
+        (model, store, fresh): Loaded,
     ) -> Result<Prepared> {
-        let id = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_id(n));
         let (head, context, decoder_start) = match model.head() {
             ModelHead::Classifier(_) | ModelHead::Encoder => (Head::Classify, usize::MAX, 0),
             ModelHead::Causal(m) => (Head::Causal, m.context_len(), 0),
@@ -399,13 +427,7 @@ impl FinetuneTask {
                 m.generation_config(0).decoder_start_token_id,
             ),
         };
-        let ids = Ids {
-            cls: id(&["[CLS]", "<s>"]).unwrap_or(0),
-            sep: id(&["[SEP]", "</s>"]).unwrap_or(0),
-            eos: id(&["</s>", "<|endoftext|>", "[SEP]"]).unwrap_or(0),
-            pad: id(&["<pad>", "[PAD]", "<|endoftext|>"]).unwrap_or(0),
-            decoder_start,
-        };
+        let ids = special_ids(family, &tokenizer, tok_path, decoder_start)?;
         let mut task = Self {
             cfg: cfg.clone(),
             head,

@@ -170,6 +170,31 @@ fn bad_fine_tuning_data_is_refused_by_name() {
     let out = lm_train(&["eval", "ft"], d);
     assert_one_line_error(&out, "step count");
     assert_one_line_error(&out, "optimizer.safetensors");
+    // A model directory whose tokenizer lacks a token the family's encodings need ([SEP],
+    // renamed throughout tokenizer.json) is refused naming both, not encoded with id 0.
+    let pre = lm_train::checkpoint::latest_checkpoint(&d.join("pre")).unwrap();
+    let hf = d.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(pre.join(f), hf.join(f)).unwrap();
+    }
+    let tok = std::fs::read_to_string(pre.join("tokenizer.json")).unwrap();
+    assert!(tok.contains("\"[SEP]\""));
+    std::fs::write(
+        hf.join("tokenizer.json"),
+        tok.replace("\"[SEP]\"", "\"[SEQ]\""),
+    )
+    .unwrap();
+    let cfg = jsonl_task(
+        d,
+        &good,
+        &good,
+        &good,
+        &[("init = \"runs/bert-mlm-nsp\"", "init = \"hf\"")],
+    );
+    let out = lm_train(&["train", "--config", &cfg, "--out", "ft-hf"], d);
+    assert_one_line_error(&out, "hf/tokenizer.json");
+    assert_one_line_error(&out, "has no [SEP] token");
 }
 
 #[test]

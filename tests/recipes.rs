@@ -618,3 +618,46 @@ fn a_second_run_on_the_same_corpus_reuses_its_trained_tokenizer() {
     };
     assert_eq!(losses(&a), losses(&b));
 }
+
+#[test]
+fn the_memory_account_adds_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    let cfg = shrink(
+        TrainConfig::recipe("gpt-shakespeare-char").unwrap(),
+        &corpus,
+        2,
+    );
+    let t = Trainer::new(cfg.clone(), &tmp.path().join("gpt"), Device::Cpu).unwrap();
+    let a = t.memory_account().unwrap();
+    // f32 weights, every one trained; AdamW keeps m and v of each.
+    let p = t.params().num_params() as u64;
+    assert_eq!(
+        (a.parameters, a.gradients, a.optimizer_state),
+        (4 * p, 4 * p, 8 * p)
+    );
+    let m = &cfg.model;
+    let (rows, t_, d, h) = (
+        cfg.train.batch_size as f64,
+        m.block_size as f64,
+        m.n_embd as f64,
+        m.n_head as f64,
+    );
+    let want = rows * t_ * m.n_layer as f64 * (34.0 * d + 5.0 * h * t_) * 4.0;
+    assert_eq!(a.activations, Some(want));
+    // AdaFactor without β1 keeps a row and a column per matrix: far less than Adam's 2 per
+    // weight.
+    let cfg = shrink(
+        TrainConfig::recipe("t5-span-corruption").unwrap(),
+        &corpus,
+        2,
+    );
+    let t = Trainer::new(cfg, &tmp.path().join("t5"), Device::Cpu).unwrap();
+    let a = t.memory_account().unwrap();
+    assert!(
+        a.optimizer_state * 4 < a.gradients,
+        "{} vs {}",
+        a.optimizer_state,
+        a.gradients
+    );
+}

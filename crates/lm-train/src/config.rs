@@ -506,10 +506,10 @@ impl TrainConfig {
     }
 
     /// Training memory in bytes, estimated before anything is allocated: parameters ×
-    /// 16 bytes (f32 weights, gradients and two Adam moments) and activations kept for the
-    /// backward pass, ≈ batch · block · layers · (34·d + 5·heads·block) · 4 bytes (Korthikanti et
-    /// al. 2022's count, in f32). Returns (parameters, parameter bytes, activation bytes), in f64
-    /// so that absurd sizes cannot overflow.
+    /// 16 bytes (f32 weights, gradients and two Adam moments) and the activations one
+    /// micro-batch keeps for the backward pass ([`Self::activation_bytes`]). Returns
+    /// (parameters, parameter bytes, activation bytes), in f64 so that absurd sizes cannot
+    /// overflow.
     pub fn memory_estimate(&self) -> (f64, f64, f64) {
         let m = &self.model;
         let (d, layers, block) = (m.n_embd as f64, m.n_layer as f64, m.block_size as f64);
@@ -522,9 +522,22 @@ impl TrainConfig {
             _ => per_layer,
         };
         let params = vocab * d + block * d + layers * stacks;
-        let batch = (self.train.batch_size * self.train.grad_accum.max(1)) as f64;
-        let acts = batch * block * layers * (34.0 * d + 5.0 * m.n_head as f64 * block) * 4.0;
+        let acts = self.activation_bytes(self.train.batch_size as f64);
         (params, params * 16.0, acts)
+    }
+
+    /// Bytes of activations `rows` sequences keep for the backward pass, in f32:
+    /// rows · block · layers · (34·d + 5·heads·block) · 4 (Korthikanti et al. 2022's count per
+    /// layer; an encoder-decoder counts its two stacks). Micro-batches run one after another, so
+    /// a step holds one micro-batch's.
+    pub fn activation_bytes(&self, rows: f64) -> f64 {
+        let m = &self.model;
+        let (d, layers, block) = (m.n_embd as f64, m.n_layer as f64, m.block_size as f64);
+        let stacks = match m.family.architecture {
+            Architecture::EncoderDecoder => 2.0,
+            _ => 1.0,
+        };
+        rows * block * stacks * layers * (34.0 * d + 5.0 * m.n_head as f64 * block) * 4.0
     }
 
     /// Refuses a model whose estimated training memory exceeds what the machine has available.

@@ -25,6 +25,7 @@ pub mod families;
 pub mod family;
 pub mod finetune;
 pub mod lock;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod plot;

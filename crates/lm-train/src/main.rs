@@ -374,8 +374,11 @@ fn print_done(trainer: &Trainer, summary: &lm_train::trainer::TrainSummary) {
         format!(", best val {v:.4} at step {s}")
     });
     let (wait, steps) = summary.data_wait_s;
+    let peak = lm_train::memory::peak_rss_bytes().map_or(String::new(), |b| {
+        format!("; peak RSS {:.1} MiB", lm_train::memory::mib(b as f64))
+    });
     out!(
-        "done: step {} in {elapsed:.1} s of training ({:.0} tokens/s){best}; the steps waited {:.2}% of their time for data",
+        "done: step {} in {elapsed:.1} s of training ({:.0} tokens/s){best}; the steps waited {:.2}% of their time for data{peak}",
         summary.step,
         tokens as f64 / elapsed.max(1e-9),
         100.0 * wait / steps.max(1e-9)
@@ -413,6 +416,7 @@ fn run_trainer(
                 .matmul_precision
                 .describe_on(trainer.device())
         );
+        out!("{}", trainer.memory_account()?);
         if let (lm_train::trainer::Work::Finetune(task), RunConfig::Finetune(c)) =
             (trainer.work(), trainer.config())
         {

@@ -30,6 +30,9 @@ pub struct MetricRecord {
     /// Model FLOPs utilization against the configured peak, on training lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
+    /// The process's peak resident set so far in MiB, on training lines (Linux).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mib: Option<f64>,
     /// A fine-tuning task's validation metrics on evaluation lines (`val_accuracy`,
     /// `val_token_f1`, …).
     #[serde(flatten)]

@@ -545,6 +545,7 @@ mod tests {
                     val_loss: Some(2.0 - step as f32 / 100.0),
                     grad_norm: None,
                     mfu: None,
+                    peak_rss_mib: None,
                     metrics: [("val_accuracy".to_string(), acc)].into(),
                 })
                 .unwrap();

@@ -461,7 +461,23 @@ fn recipes_show_round_trips_through_train_config_and_overrides_apply() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("done: step 2 in "));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("done: step 2 in "), "{said}");
+    // The memory account at the start; the peak resident set at the end and in the metrics
+    // (Linux, where the kernel reports it).
+    assert!(
+        said.contains("memory per rank: parameters ") && said.contains("optimizer state "),
+        "{said}"
+    );
+    if lm_train::memory::peak_rss_bytes().is_some() {
+        assert!(said.contains("; peak RSS "), "{said}");
+        let log = lm_train::metrics::MetricsLog::read(&d.join("run/metrics.jsonl")).unwrap();
+        let trained = log.iter().filter(|r| r.val_loss.is_none());
+        assert!(trained.clone().count() > 0);
+        assert!(trained
+            .into_iter()
+            .all(|r| r.peak_rss_mib.is_some_and(|m| m > 1.0)));
+    }
     let saved = std::fs::read_to_string(d.join("run/config.toml")).unwrap();
     assert!(
         saved.contains("seed = 7") && saved.contains("n_embd = 16"),

@@ -218,6 +218,7 @@ impl Trainer {
             val_loss: Some(e.val_loss),
             grad_norm: None,
             mfu: None,
+            peak_rss_mib: None,
             metrics: e.metrics.clone(),
         })?;
         let extra: String = e

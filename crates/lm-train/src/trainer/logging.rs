@@ -59,6 +59,7 @@ impl Trainer {
             val_loss: None,
             grad_norm: Some(norm),
             mfu: Some(flops / secs / self.cfg.train().peak_flops),
+            peak_rss_mib: crate::memory::peak_rss_bytes().map(|b| crate::memory::mib(b as f64)),
             metrics: BTreeMap::new(),
         })?;
         pb.set_message(format!(
@@ -66,6 +67,30 @@ impl Trainer {
         ));
         *window = (Instant::now(), 0);
         Ok(())
+    }
+
+    /// What this rank holds: parameters and buffers, the trained parameters' gradients, the
+    /// optimizer state (lm-optim's accounting), and for pretraining the activation estimate of
+    /// one micro-batch of this rank's rows.
+    pub fn memory_account(&self) -> Result<crate::memory::MemoryAccount> {
+        let bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        let parameters = self.store.vars().iter().map(|(_, v)| bytes(v)).sum();
+        let gradients = self.vars.iter().map(|v| bytes(v)).sum();
+        let rows = self
+            .cfg
+            .train()
+            .batch_size
+            .div_ceil(self.strategy.world_size());
+        let activations = match &self.cfg {
+            RunConfig::Pretrain(c) => Some(c.activation_bytes(rows as f64)),
+            RunConfig::Finetune(_) => None,
+        };
+        Ok(crate::memory::MemoryAccount {
+            parameters,
+            gradients,
+            optimizer_state: self.optimizer_state_bytes()? as u64,
+            activations,
+        })
     }
 
     /// What the run's last [`Trainer::train`] call measured: wall-clock seconds of training so

@@ -5,7 +5,8 @@
 use candle_core::Device;
 use lm_train::batches::{BatchSource, Specials};
 use lm_train::config::{
-    NonFinitePolicy, ObjectiveKind, OptimizerKind, TokenizerKind, TrainConfig, RECIPES,
+    ActivationCheckpointing, NonFinitePolicy, ObjectiveKind, OptimizerKind, TokenizerKind,
+    TrainConfig, RECIPES,
 };
 use lm_train::data::{prepared_corpus, Split};
 use lm_train::metrics::MetricsLog;
@@ -660,4 +661,51 @@ fn the_memory_account_adds_up() {
         a.optimizer_state,
         a.gradients
     );
+}
+
+#[test]
+fn activation_checkpointing_leaves_each_familys_losses_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(tmp.path());
+    for recipe in [
+        "gpt-shakespeare-char",
+        "bert-mlm-nsp",
+        "t5-span-corruption",
+        "bart-denoising",
+    ] {
+        let mut cfg = shrink(TrainConfig::recipe(recipe).unwrap(), &corpus, 4);
+        cfg.model.n_layer = 3;
+        cfg.model.dropout = 0.1;
+        cfg.train.sample_tokens = 0;
+        let losses = |checkpointing, name: &str| {
+            let mut cfg = cfg.clone();
+            cfg.train.activation_checkpointing = checkpointing;
+            let dir = tmp.path().join(format!("{recipe}-{name}"));
+            Trainer::new(cfg, &dir, Device::Cpu)
+                .unwrap()
+                .train()
+                .unwrap();
+            MetricsLog::read(&dir.join("metrics.jsonl"))
+                .unwrap()
+                .iter()
+                .map(|r| (r.step, r.train_loss, r.val_loss))
+                .collect::<Vec<_>>()
+        };
+        let kept = losses(ActivationCheckpointing::None, "none");
+        assert_eq!(kept.iter().filter(|r| r.2.is_none()).count(), 4, "{kept:?}");
+        for (c, name) in [
+            (ActivationCheckpointing::Blocks, "blocks"),
+            (ActivationCheckpointing::EveryNth(2), "every-2"),
+        ] {
+            let got = losses(c, name);
+            assert_eq!(got.len(), kept.len());
+            for (g, k) in got.iter().zip(&kept) {
+                let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * b.abs();
+                assert!(
+                    g.0 == k.0 && close(g.1, k.1) && g.2.zip(k.2).is_none_or(|(a, b)| close(a, b)),
+                    "{recipe} {name}: {g:?} vs {k:?}"
+                );
+            }
+        }
+    }
 }

@@ -11,14 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::StepContext;
 use crate::error::{ModelError, Result};
-use crate::layers::Dropout;
 use crate::layers::{
     attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, LayerNorm,
     Linear,
 };
+use crate::layers::{checkpointed, Dropout, WithDropouts};
 use crate::params::ParamStore;
 use crate::seq2seq::{EncoderDecoder, GenerationConfig};
 use lm_kernels::ops::{add_bias, residual_add, Gelu};
+use std::sync::Arc;
 
 /// BART hyperparameters, with HuggingFace `BartConfig` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,6 +279,56 @@ struct DecoderLayer {
     ffn: FeedForward,
 }
 
+impl EncoderLayer {
+    /// Post-LN: `h = LN(x + drop(attn(x)))`, then the feed-forward; `drop` and `act_drop` are
+    /// the model's dropouts.
+    fn forward(
+        &self,
+        h: &Tensor,
+        bias: Option<&Tensor>,
+        (drop, act_drop): (&Dropout, &Dropout),
+        ctx: &StepContext,
+    ) -> candle_core::Result<Tensor> {
+        let (k, v) = self.attn.kv(h, ctx)?;
+        let a = self.attn.attend(h, (&k, &v), bias, false, ctx)?;
+        let h2 = self
+            .attn_ln
+            .forward(&residual_add(h, &drop.forward(&a, ctx)?)?)?;
+        self.ffn.forward(&h2, drop, act_drop, ctx)
+    }
+}
+
+impl DecoderLayer {
+    /// Causal self-attention, cross-attention to `encoder` (padding `bias`), the feed-forward,
+    /// each post-LN; with a cache, `h` holds only the new positions and their keys and values
+    /// are appended to layer `i`'s.
+    fn forward(
+        &self,
+        (h, encoder): (&Tensor, &Tensor),
+        bias: Option<&Tensor>,
+        (drop, act_drop): (&Dropout, &Dropout),
+        mut cache: Option<(&mut KvCache, usize)>,
+        ctx: &StepContext,
+    ) -> candle_core::Result<Tensor> {
+        let (k, v) = self.self_attn.kv(h, ctx)?;
+        let (k, v) = match cache.as_mut() {
+            Some((c, i)) => c.append(*i, k, v)?,
+            None => (k, v),
+        };
+        let a = self.self_attn.attend(h, (&k, &v), None, true, ctx)?;
+        let h1 = self
+            .self_ln
+            .forward(&residual_add(h, &drop.forward(&a, ctx)?)?)?;
+        let (ck, cv) = match cache {
+            Some((c, i)) => c.cross(i, || self.cross_attn.kv(encoder, ctx))?,
+            None => self.cross_attn.kv(encoder, ctx)?,
+        };
+        let a = self.cross_attn.attend(&h1, (&ck, &cv), bias, false, ctx)?;
+        let h2 = self.cross_ln.forward(&(&h1 + drop.forward(&a, ctx)?)?)?;
+        self.ffn.forward(&h2, drop, act_drop, ctx)
+    }
+}
+
 /// `BartForConditionalGeneration`.
 #[derive(Debug)]
 pub struct Bart {
@@ -285,13 +336,13 @@ pub struct Bart {
     shared: Tensor,
     enc_pos: Tensor,
     enc_ln: LayerNorm,
-    enc_layers: Vec<EncoderLayer>,
+    enc_layers: Vec<Arc<EncoderLayer>>,
     dec_pos: Tensor,
     dec_ln: LayerNorm,
-    dec_layers: Vec<DecoderLayer>,
+    dec_layers: Vec<Arc<DecoderLayer>>,
     final_logits_bias: Tensor,
-    dropout: Dropout,
-    act_dropout: Dropout,
+    dropout: Arc<Dropout>,
+    act_dropout: Arc<Dropout>,
 }
 
 impl Bart {
@@ -307,17 +358,17 @@ impl Bart {
         let enc_layers = (0..cfg.encoder_layers)
             .map(|i| {
                 let l = enc.pp("layers").pp(i);
-                Ok(EncoderLayer {
+                Ok(Arc::new(EncoderLayer {
                     attn: Attention::new(d, cfg.encoder_attention_heads, std, l.pp("self_attn"))?,
                     attn_ln: LayerNorm::new(d, 1e-5, l.pp("self_attn_layer_norm"))?,
                     ffn: FeedForward::new(d, cfg.encoder_ffn_dim, std, &l)?,
-                })
+                }))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let dec_layers = (0..cfg.decoder_layers)
             .map(|i| {
                 let l = dec.pp("layers").pp(i);
-                Ok(DecoderLayer {
+                Ok(Arc::new(DecoderLayer {
                     self_attn: Attention::new(
                         d,
                         cfg.decoder_attention_heads,
@@ -333,7 +384,7 @@ impl Bart {
                     )?,
                     cross_ln: LayerNorm::new(d, 1e-5, l.pp("encoder_attn_layer_norm"))?,
                     ffn: FeedForward::new(d, cfg.decoder_ffn_dim, std, &l)?,
-                })
+                }))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
@@ -349,8 +400,8 @@ impl Bart {
                 "final_logits_bias",
                 candle_nn::Init::Const(0.0),
             )?,
-            dropout: Dropout::new(cfg.dropout, 0xBA27_0000),
-            act_dropout: Dropout::new(cfg.activation_dropout, 0xBA27_1000),
+            dropout: Arc::new(Dropout::new(cfg.dropout, 0xBA27_0000)),
+            act_dropout: Arc::new(Dropout::new(cfg.activation_dropout, 0xBA27_1000)),
             cfg: cfg.clone(),
         })
     }
@@ -428,13 +479,18 @@ impl EncoderDecoder for Bart {
         self.check_len(input_ids.dim(1)?)?;
         let mut h = self.embed(input_ids, &self.enc_pos, 0, &self.enc_ln, ctx)?;
         let bias = attention_mask.map(padding_bias).transpose()?;
-        for l in &self.enc_layers {
-            let (k, v) = l.attn.kv(&h, ctx)?;
-            let a = l.attn.attend(&h, (&k, &v), bias.as_ref(), false, ctx)?;
-            let h2 = l
-                .attn_ln
-                .forward(&residual_add(&h, &self.dropout.forward(&a, ctx)?)?)?;
-            h = l.ffn.forward(&h2, &self.dropout, &self.act_dropout, ctx)?;
+        for (i, l) in self.enc_layers.iter().enumerate() {
+            let part = Arc::new(WithDropouts {
+                block: l.clone(),
+                dropouts: vec![self.dropout.clone(), self.act_dropout.clone()],
+            });
+            let (ctx, bias) = (*ctx, bias.clone());
+            let run = move |p: &WithDropouts<EncoderLayer>, xs: &[Tensor]| {
+                let drops = (&*p.dropouts[0], &*p.dropouts[1]);
+                p.block.forward(&xs[0], bias.as_ref(), drops, &ctx)
+            };
+            let recompute = ctx.recompute.block(i);
+            h = checkpointed(recompute, part, WithDropouts::dropouts, &[h], run)?;
         }
         Ok(h)
     }
@@ -457,26 +513,27 @@ impl EncoderDecoder for Bart {
             c.reserve_layers(self.dec_layers.len());
         }
         for (i, l) in self.dec_layers.iter().enumerate() {
-            let (k, v) = l.self_attn.kv(&h, ctx)?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c.append(i, k, v)?,
-                None => (k, v),
+            h = match cache.as_deref_mut() {
+                Some(c) => {
+                    let drops = (&*self.dropout, &*self.act_dropout);
+                    l.forward((&h, encoder), bias.as_ref(), drops, Some((c, i)), ctx)?
+                }
+                None => {
+                    let part = Arc::new(WithDropouts {
+                        block: l.clone(),
+                        dropouts: vec![self.dropout.clone(), self.act_dropout.clone()],
+                    });
+                    let (ctx, bias) = (*ctx, bias.clone());
+                    let run = move |p: &WithDropouts<DecoderLayer>, xs: &[Tensor]| {
+                        let drops = (&*p.dropouts[0], &*p.dropouts[1]);
+                        p.block
+                            .forward((&xs[0], &xs[1]), bias.as_ref(), drops, None, &ctx)
+                    };
+                    let recompute = ctx.recompute.block(i);
+                    let inputs = [h, encoder.clone()];
+                    checkpointed(recompute, part, WithDropouts::dropouts, &inputs, run)?
+                }
             };
-            let a = l.self_attn.attend(&h, (&k, &v), None, true, ctx)?;
-            let h1 = l
-                .self_ln
-                .forward(&residual_add(&h, &self.dropout.forward(&a, ctx)?)?)?;
-            let (ck, cv) = match cache.as_deref_mut() {
-                Some(c) => c.cross(i, || l.cross_attn.kv(encoder, ctx))?,
-                None => l.cross_attn.kv(encoder, ctx)?,
-            };
-            let a = l
-                .cross_attn
-                .attend(&h1, (&ck, &cv), bias.as_ref(), false, ctx)?;
-            let h2 = l
-                .cross_ln
-                .forward(&(&h1 + self.dropout.forward(&a, ctx)?)?)?;
-            h = l.ffn.forward(&h2, &self.dropout, &self.act_dropout, ctx)?;
         }
         if let Some(c) = cache {
             c.advance(decoder_input_ids.dim(1)?);

@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::StepContext;
 use crate::error::{ModelError, Result};
-use crate::layers::Dropout;
+use crate::layers::{checkpointed, Dropout};
 use crate::layers::{embedding, lookup, padding_bias, LayerNorm, Linear};
 use crate::params::ParamStore;
 use lm_kernels::ops::{add_bias, residual_add, self_attention, Gelu};
+use std::sync::Arc;
 
 /// BERT hyperparameters, with HuggingFace `BertConfig` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +195,11 @@ impl Layer {
         })
     }
 
+    /// The dropouts a forward draws from, for a recomputation to replay.
+    fn dropouts(&self) -> Vec<&Dropout> {
+        vec![&self.attn_dropout, &self.hidden_dropout]
+    }
+
     /// Post-LN: `h = LN(x + Attn(x))`, `y = LN(h + FFN(h))`.
     fn forward(
         &self,
@@ -251,7 +257,7 @@ pub struct BertEncoder {
     token_type: Tensor,
     emb_ln: LayerNorm,
     emb_dropout: Dropout,
-    layers: Vec<Layer>,
+    layers: Vec<Arc<Layer>>,
     pooler: Linear,
 }
 
@@ -263,7 +269,7 @@ impl BertEncoder {
         let b = vb.pp("bert");
         let e = b.pp("embeddings");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::new(cfg, i, b.pp("encoder").pp("layer").pp(i)))
+            .map(|i| Layer::new(cfg, i, b.pp("encoder").pp("layer").pp(i)).map(Arc::new))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             word: embedding(cfg.vocab_size, d, std, e.pp("word_embeddings"))?,
@@ -315,8 +321,11 @@ impl BertEncoder {
             .transpose()?
             .map(|b| b.to_dtype(x.dtype()))
             .transpose()?;
-        for layer in &self.layers {
-            x = layer.forward(&x, bias.as_ref(), ctx)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (ctx, bias) = (*ctx, bias.clone());
+            let run = move |l: &Layer, xs: &[Tensor]| l.forward(&xs[0], bias.as_ref(), &ctx);
+            let recompute = ctx.recompute.block(i);
+            x = checkpointed(recompute, layer.clone(), Layer::dropouts, &[x], run)?;
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pooler.forward(&cls, ctx)?.tanh()?;

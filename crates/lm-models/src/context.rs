@@ -15,6 +15,28 @@ pub struct DropoutKey {
     pub first_row: usize,
 }
 
+/// Which transformer blocks keep their activations for the backward pass and which recompute
+/// them there (activation checkpointing): memory for one block's activations at a time instead
+/// of every block's, for about one more forward pass of compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Recompute {
+    /// Every block keeps its activations.
+    #[default]
+    Nothing,
+    /// Blocks `0, n, 2n, …` of each stack recompute theirs (`n = 1`: every block).
+    EveryNthBlock(usize),
+}
+
+impl Recompute {
+    /// Whether block `i` of a stack recomputes its activations.
+    pub fn block(self, i: usize) -> bool {
+        match self {
+            Self::Nothing => false,
+            Self::EveryNthBlock(n) => n > 0 && i.is_multiple_of(n),
+        }
+    }
+}
+
 /// The settings of one forward (and its backward): built by the caller and passed down to every
 /// layer. [`StepContext::EVAL`] is evaluation and generation at f32 products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,6 +45,8 @@ pub struct StepContext {
     pub precision: MatmulPrecision,
     /// `Some`: training, dropout on, masks drawn from this key; `None`: dropout off.
     pub dropout: Option<DropoutKey>,
+    /// Which blocks recompute their activations in backward (training only).
+    pub recompute: Recompute,
 }
 
 impl StepContext {
@@ -30,23 +54,30 @@ impl StepContext {
     pub const EVAL: Self = Self {
         precision: MatmulPrecision::Highest,
         dropout: None,
+        recompute: Recompute::Nothing,
     };
 
     /// Evaluation (no dropout) at `precision`.
     pub fn eval(precision: MatmulPrecision) -> Self {
         Self {
             precision,
-            dropout: None,
+            ..Self::EVAL
         }
     }
 
     /// Training at `precision`, dropout masks drawn from `key` for rows numbered from
-    /// `first_row`.
+    /// `first_row`, every block's activations kept.
     pub fn train(precision: MatmulPrecision, key: u64, first_row: usize) -> Self {
         Self {
             precision,
             dropout: Some(DropoutKey { key, first_row }),
+            recompute: Recompute::Nothing,
         }
+    }
+
+    /// This context with `recompute` deciding which blocks recompute their activations.
+    pub fn with_recompute(self, recompute: Recompute) -> Self {
+        Self { recompute, ..self }
     }
 
     /// Whether dropout is on.

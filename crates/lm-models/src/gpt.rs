@@ -13,13 +13,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::{MatmulPrecision, StepContext};
 use crate::error::{ModelError, Result};
-use crate::layers::Dropout;
 use crate::layers::{attention, merge_heads, split_heads, KvCache};
+use crate::layers::{checkpointed, Dropout};
 use crate::params::ParamStore;
 use lm_kernels::ops::{
     add_bias, causal_attention, causal_softmax, layer_norm, linear, linear_gelu, residual_add,
     softmax_last_dim, Gelu,
 };
+use std::sync::Arc;
 
 /// Parameters with their names.
 pub type NamedVars = Vec<(String, candle_core::Var)>;
@@ -344,6 +345,15 @@ impl Block {
         })
     }
 
+    /// The dropouts a forward draws from, for a recomputation to replay.
+    fn dropouts(&self) -> Vec<&Dropout> {
+        vec![
+            &self.attn.attn_dropout,
+            &self.attn.resid_dropout,
+            &self.mlp.dropout,
+        ]
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -365,7 +375,7 @@ pub struct Gpt {
     cfg: GptConfig,
     wte: Tensor,
     wpe: Tensor,
-    blocks: Vec<Block>,
+    blocks: Vec<Arc<Block>>,
     ln_f: LayerNorm,
     embd_dropout: Dropout,
 }
@@ -395,7 +405,7 @@ impl Gpt {
             },
         )?;
         let blocks = (0..cfg.n_layer)
-            .map(|i| Block::new(cfg, i, vb.pp("h").pp(i)))
+            .map(|i| Block::new(cfg, i, vb.pp("h").pp(i)).map(Arc::new))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let ln_f = LayerNorm::new(cfg.n_embd, cfg.layer_norm_epsilon, vb.pp("ln_f"))?;
         Ok(Self {
@@ -505,7 +515,21 @@ impl Gpt {
         };
         let mut x = self.embd_dropout.forward(&x, ctx)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, ctx, cache.as_deref_mut().map(|c| (c, i)), mask)?;
+            x = match cache.as_deref_mut() {
+                Some(c) => block.forward(&x, ctx, Some((c, i)), mask)?,
+                None => {
+                    let (ctx, bias, causal) = (*ctx, mask.bias.cloned(), mask.causal);
+                    let run = move |b: &Block, xs: &[Tensor]| {
+                        let mask = Mask {
+                            bias: bias.as_ref(),
+                            causal,
+                        };
+                        b.forward(&xs[0], &ctx, None, mask)
+                    };
+                    let recompute = ctx.recompute.block(i);
+                    checkpointed(recompute, block.clone(), Block::dropouts, &[x], run)?
+                }
+            };
         }
         if let Some(c) = cache {
             c.advance(t);

@@ -9,7 +9,7 @@ use crate::context::StepContext;
 use lm_kernels::ops::{causal_softmax, layer_norm, linear, linear_gelu, softmax_last_dim, Gelu};
 pub use lm_kernels::ops::{merge_heads, split_heads};
 use lm_objectives::Rng;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// `y = x Wᵀ (+ b)` with `W: [out, in]` (PyTorch `nn.Linear`).
 #[derive(Debug, Clone)]
@@ -224,6 +224,51 @@ impl KvCache {
     }
 }
 
+/// A [`Dropout`]'s generators at one moment ([`Dropout::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct DropoutState(((u64, usize), Vec<Rng>));
+
+/// A block with the dropout modules its model shares among all blocks (as fairseq's BART and
+/// T5 apply one `dropout` everywhere): the part a recomputation owns.
+#[derive(Debug)]
+pub(crate) struct WithDropouts<B> {
+    /// The block.
+    pub block: Arc<B>,
+    /// The shared dropouts, in the order the block's forward takes them.
+    pub dropouts: Vec<Arc<Dropout>>,
+}
+
+impl<B> WithDropouts<B> {
+    /// The shared dropouts, for [`checkpointed`] to replay.
+    pub fn dropouts(&self) -> Vec<&Dropout> {
+        self.dropouts.iter().map(|d| &**d).collect()
+    }
+}
+
+/// `f(part, inputs)` for block `part` of a model, its activations recomputed in the backward
+/// pass when `recompute` (the context's choice for this block) says so: the dropouts
+/// `dropouts(part)` names are replayed from where they stood, so the recomputation draws the
+/// forward pass's masks. `f` and `part` are owned (the graph keeps them until backward).
+pub(crate) fn checkpointed<P: Send + Sync + 'static>(
+    recompute: bool,
+    part: Arc<P>,
+    dropouts: fn(&P) -> Vec<&Dropout>,
+    inputs: &[Tensor],
+    f: impl Fn(&P, &[Tensor]) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if !recompute {
+        return f(&part, inputs);
+    }
+    let states: Vec<DropoutState> = dropouts(&part).iter().map(|d| d.snapshot()).collect();
+    let run = move |xs: &[Tensor]| {
+        for (d, s) in dropouts(&part).iter().zip(&states) {
+            d.replay(s);
+        }
+        f(&part, xs)
+    };
+    Tensor::checkpoint(inputs, Arc::new(run))
+}
+
 /// Inverted dropout with seeded generators: each element is zeroed with probability `p` and the
 /// survivors scaled by `1/(1−p)`, so the expectation is unchanged.
 ///
@@ -262,6 +307,16 @@ impl Dropout {
     /// The dropout rate.
     pub fn rate(&self) -> f64 {
         self.p
+    }
+
+    /// Where the generators stand: [`Dropout::replay`] with it draws the same masks again.
+    pub fn snapshot(&self) -> DropoutState {
+        DropoutState(self.rows.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Puts the generators back where `state` found them.
+    pub fn replay(&self, state: &DropoutState) {
+        *self.rows.lock().unwrap_or_else(|e| e.into_inner()) = state.0.clone();
     }
 
     /// Applies dropout when the context trains and `p > 0`; the identity otherwise.

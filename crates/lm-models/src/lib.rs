@@ -33,7 +33,7 @@ mod sampling;
 pub mod seq2seq;
 pub mod t5;
 
-pub use context::{DropoutKey, MatmulPrecision, StepContext};
+pub use context::{DropoutKey, MatmulPrecision, Recompute, StepContext};
 pub use error::{ModelError, Result};
 pub use params::ParamStore;
 pub use sampling::Sampling;

@@ -13,13 +13,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::context::StepContext;
 use crate::error::{ModelError, Result};
-use crate::layers::Dropout;
 use crate::layers::{
     attention, embedding, lookup, merge_heads, padding_bias, split_heads, KvCache, Linear,
 };
+use crate::layers::{checkpointed, Dropout, WithDropouts};
 use crate::params::ParamStore;
 use crate::seq2seq::{EncoderDecoder, GenerationConfig};
 use lm_kernels::ops::{biased_attention, gelu, residual_add, rms_norm};
+use std::sync::Arc;
 
 /// T5 hyperparameters, with HuggingFace `T5Config` key names (other keys are kept in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,17 +433,89 @@ impl Block {
     }
 }
 
+impl Block {
+    /// An encoder block (pre-norm, RMS): `h + drop(attn(norm(h)))`, then `h + drop(ffn(norm(h)))`;
+    /// `drop` is the model's dropout and the norms' ε.
+    fn encoder_step(
+        &self,
+        h: &Tensor,
+        bias: &Tensor,
+        (drop, eps): (&Dropout, f64),
+        ctx: &StepContext,
+    ) -> candle_core::Result<Tensor> {
+        let x = rms_norm(h, &self.self_ln, eps)?;
+        let a = self
+            .self_attn
+            .attend_fused(&x, &x, Some(bias), false, ctx)?;
+        let h = residual_add(h, &drop.forward(&a, ctx)?)?;
+        self.feed_forward(&h, (drop, eps), ctx)
+    }
+
+    /// `h + drop(ffn(norm(h)))`.
+    fn feed_forward(
+        &self,
+        h: &Tensor,
+        (drop, eps): (&Dropout, f64),
+        ctx: &StepContext,
+    ) -> candle_core::Result<Tensor> {
+        let x = rms_norm(h, &self.ffn_ln, eps)?;
+        let f = self.ffn.forward(&x, drop, ctx)?;
+        residual_add(h, &drop.forward(&f, ctx)?)
+    }
+
+    /// A decoder block over `(h, encoder)`: causal self-attention with `self_bias`, cross-attention
+    /// to the encoder with `cross_bias`, the feed-forward; with a cache, `h` holds only the new
+    /// positions and their keys and values are appended to layer `i`'s.
+    fn decoder_step(
+        &self,
+        (h, encoder): (&Tensor, &Tensor),
+        (self_bias, cross_bias): (&Tensor, Option<&Tensor>),
+        (drop, eps): (&Dropout, f64),
+        mut cache: Option<(&mut KvCache, usize)>,
+        ctx: &StepContext,
+    ) -> candle_core::Result<Tensor> {
+        let x = rms_norm(h, &self.self_ln, eps)?;
+        let a = match cache.as_mut() {
+            Some((c, i)) => {
+                let (k, v) = self.self_attn.kv(&x, ctx)?;
+                let (k, v) = c.append(*i, k, v)?;
+                self.self_attn
+                    .attend(&x, (&k, &v), Some(self_bias), true, ctx)?
+            }
+            None => self
+                .self_attn
+                .attend_fused(&x, &x, Some(self_bias), true, ctx)?,
+        };
+        let h = residual_add(h, &drop.forward(&a, ctx)?)?;
+        let (cross, ln) = self
+            .cross
+            .as_ref()
+            // INVARIANT: every decoder block is built with cross-attention (`Block::new` with `decoder = true`).
+            .expect("decoder blocks have cross-attention");
+        let x = rms_norm(&h, ln, eps)?;
+        let a = match cache {
+            Some((c, i)) => {
+                let (ck, cv) = c.cross(i, || cross.kv(encoder, ctx))?;
+                cross.attend(&x, (&ck, &cv), cross_bias, false, ctx)?
+            }
+            None => cross.attend_fused(&x, encoder, cross_bias, false, ctx)?,
+        };
+        let h = residual_add(&h, &drop.forward(&a, ctx)?)?;
+        self.feed_forward(&h, (drop, eps), ctx)
+    }
+}
+
 /// `T5ForConditionalGeneration`.
 #[derive(Debug)]
 pub struct T5 {
     cfg: T5Config,
     shared: Tensor,
-    encoder: Vec<Block>,
+    encoder: Vec<Arc<Block>>,
     enc_final: Tensor,
-    decoder: Vec<Block>,
+    decoder: Vec<Arc<Block>>,
     dec_final: Tensor,
     lm_head: Option<Linear>,
-    dropout: Dropout,
+    dropout: Arc<Dropout>,
 }
 
 impl T5 {
@@ -450,10 +523,10 @@ impl T5 {
     /// initialization (see [`lm_optim::init::t5_std`]).
     pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let blocks = |decoder: bool, n: usize| -> candle_core::Result<Vec<Block>> {
+        let blocks = |decoder: bool, n: usize| -> candle_core::Result<Vec<Arc<Block>>> {
             let root = vb.pp(if decoder { "decoder" } else { "encoder" });
             (0..n)
-                .map(|i| Block::new(cfg, i == 0, decoder, root.pp("block").pp(i)))
+                .map(|i| Block::new(cfg, i == 0, decoder, root.pp("block").pp(i)).map(Arc::new))
                 .collect()
         };
         let final_ln = |name: &str| {
@@ -480,7 +553,7 @@ impl T5 {
                     vb.pp("lm_head"),
                 )?)
             },
-            dropout: Dropout::new(cfg.dropout_rate, 0x75_0000),
+            dropout: Arc::new(Dropout::new(cfg.dropout_rate, 0x75_0000)),
             cfg: cfg.clone(),
         })
     }
@@ -517,6 +590,14 @@ impl T5 {
     fn norm(&self, x: &Tensor, gamma: &Tensor) -> candle_core::Result<Tensor> {
         rms_norm(x, gamma, self.cfg.layer_norm_epsilon)
     }
+
+    /// Block `b` with the model's dropout, as a recomputation owns it.
+    fn with_dropout(&self, b: &Arc<Block>) -> Arc<WithDropouts<Block>> {
+        Arc::new(WithDropouts {
+            block: b.clone(),
+            dropouts: vec![self.dropout.clone()],
+        })
+    }
 }
 
 impl EncoderDecoder for T5 {
@@ -537,13 +618,15 @@ impl EncoderDecoder for T5 {
         if let Some(m) = attention_mask {
             bias = bias.broadcast_add(&padding_bias(m)?.to_dtype(bias.dtype())?)?;
         }
-        for b in &self.encoder {
-            let x = self.norm(&h, &b.self_ln)?;
-            let a = b.self_attn.attend_fused(&x, &x, Some(&bias), false, ctx)?;
-            h = residual_add(&h, &self.dropout.forward(&a, ctx)?)?;
-            let x = self.norm(&h, &b.ffn_ln)?;
-            let f = b.ffn.forward(&x, &self.dropout, ctx)?;
-            h = residual_add(&h, &self.dropout.forward(&f, ctx)?)?;
+        for (i, b) in self.encoder.iter().enumerate() {
+            let part = self.with_dropout(b);
+            let (ctx, bias, eps) = (*ctx, bias.clone(), self.cfg.layer_norm_epsilon);
+            let run = move |p: &WithDropouts<Block>, xs: &[Tensor]| {
+                p.block
+                    .encoder_step(&xs[0], &bias, (&p.dropouts[0], eps), &ctx)
+            };
+            let recompute = ctx.recompute.block(i);
+            h = checkpointed(recompute, part, WithDropouts::dropouts, &[h], run)?;
         }
         Ok(self
             .dropout
@@ -569,37 +652,29 @@ impl EncoderDecoder for T5 {
                 .self_attn
                 .position_bias(&self.cfg, t, past + t, past, false)?;
         let cross_bias = encoder_mask.map(padding_bias).transpose()?;
+        let eps = self.cfg.layer_norm_epsilon;
         for (i, b) in self.decoder.iter().enumerate() {
-            let x = self.norm(&h, &b.self_ln)?;
-            let a = match cache.as_deref_mut() {
+            let biases = (&self_bias, cross_bias.as_ref());
+            h = match cache.as_deref_mut() {
                 Some(c) => {
-                    let (k, v) = b.self_attn.kv(&x, ctx)?;
-                    let (k, v) = c.append(i, k, v)?;
-                    b.self_attn
-                        .attend(&x, (&k, &v), Some(&self_bias), true, ctx)?
+                    let drop = (&*self.dropout, eps);
+                    b.decoder_step((&h, encoder), biases, drop, Some((c, i)), ctx)?
                 }
-                None => b
-                    .self_attn
-                    .attend_fused(&x, &x, Some(&self_bias), true, ctx)?,
-            };
-            h = residual_add(&h, &self.dropout.forward(&a, ctx)?)?;
-            let (cross, ln) = b
-                .cross
-                .as_ref()
-                // INVARIANT: every decoder block is built with cross-attention (`T5Block::new` with `decoder = true`).
-                .expect("decoder blocks have cross-attention");
-            let x = self.norm(&h, ln)?;
-            let a = match cache.as_deref_mut() {
-                Some(c) => {
-                    let (ck, cv) = c.cross(i, || cross.kv(encoder, ctx))?;
-                    cross.attend(&x, (&ck, &cv), cross_bias.as_ref(), false, ctx)?
+                None => {
+                    let part = self.with_dropout(b);
+                    let (ctx, self_bias, cross_bias) =
+                        (*ctx, self_bias.clone(), cross_bias.clone());
+                    let run = move |p: &WithDropouts<Block>, xs: &[Tensor]| {
+                        let biases = (&self_bias, cross_bias.as_ref());
+                        let drop = (&*p.dropouts[0], eps);
+                        p.block
+                            .decoder_step((&xs[0], &xs[1]), biases, drop, None, &ctx)
+                    };
+                    let recompute = ctx.recompute.block(i);
+                    let inputs = [h, encoder.clone()];
+                    checkpointed(recompute, part, WithDropouts::dropouts, &inputs, run)?
                 }
-                None => cross.attend_fused(&x, encoder, cross_bias.as_ref(), false, ctx)?,
             };
-            h = residual_add(&h, &self.dropout.forward(&a, ctx)?)?;
-            let x = self.norm(&h, &b.ffn_ln)?;
-            let f = b.ffn.forward(&x, &self.dropout, ctx)?;
-            h = residual_add(&h, &self.dropout.forward(&f, ctx)?)?;
         }
         if let Some(c) = cache {
             c.advance(t);

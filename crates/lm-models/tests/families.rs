@@ -24,6 +24,7 @@ const TRAIN: StepContext = StepContext {
         key: 0,
         first_row: 0,
     }),
+    recompute: lm_models::Recompute::Nothing,
 };
 
 const V: usize = 24;

@@ -15,6 +15,7 @@ const TRAIN: StepContext = StepContext {
         key: 0,
         first_row: 0,
     }),
+    recompute: lm_models::Recompute::Nothing,
 };
 
 fn batch(device: &Device) -> (Tensor, Tensor) {

@@ -22,6 +22,7 @@ const TRAIN: StepContext = StepContext {
         key: 0,
         first_row: 0,
     }),
+    recompute: lm_models::Recompute::Nothing,
 };
 
 /// `src`'s checkpoint rewritten in a base model's layout into `dst`: tensors under `prefix` kept

@@ -316,6 +316,66 @@ impl From<Infilling> for lm_objectives::bart::SpanPlacement {
     }
 }
 
+/// `train.activation_checkpointing`: which blocks recompute their activations in the backward
+/// pass instead of keeping them — `"none"`, `"blocks"` (every block) or `N` (blocks 0, N, 2N, …
+/// of each stack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "CheckpointingRepr", into = "CheckpointingRepr")]
+pub enum ActivationCheckpointing {
+    /// Every block keeps its activations.
+    #[default]
+    None,
+    /// Every block recomputes.
+    Blocks,
+    /// Every N-th block recomputes (N ≥ 1; 1 is `Blocks`).
+    EveryNth(usize),
+}
+
+/// The TOML spelling of [`ActivationCheckpointing`]: a name or a count.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum CheckpointingRepr {
+    Name(String),
+    Every(i64),
+}
+
+impl TryFrom<CheckpointingRepr> for ActivationCheckpointing {
+    type Error = String;
+    fn try_from(r: CheckpointingRepr) -> Result<Self, String> {
+        match r {
+            CheckpointingRepr::Name(n) if n == "none" => Ok(Self::None),
+            CheckpointingRepr::Name(n) if n == "blocks" => Ok(Self::Blocks),
+            CheckpointingRepr::Every(n) if n >= 1 => Ok(Self::EveryNth(n as usize)),
+            CheckpointingRepr::Name(n) => Err(format!(
+                "{n:?} is not \"none\", \"blocks\" or a positive integer"
+            )),
+            CheckpointingRepr::Every(n) => Err(format!(
+                "{n} is not \"none\", \"blocks\" or a positive integer"
+            )),
+        }
+    }
+}
+
+impl From<ActivationCheckpointing> for CheckpointingRepr {
+    fn from(c: ActivationCheckpointing) -> Self {
+        match c {
+            ActivationCheckpointing::None => Self::Name("none".into()),
+            ActivationCheckpointing::Blocks => Self::Name("blocks".into()),
+            ActivationCheckpointing::EveryNth(n) => Self::Every(n as i64),
+        }
+    }
+}
+
+impl From<ActivationCheckpointing> for lm_models::Recompute {
+    fn from(c: ActivationCheckpointing) -> Self {
+        match c {
+            ActivationCheckpointing::None => Self::Nothing,
+            ActivationCheckpointing::Blocks => Self::EveryNthBlock(1),
+            ActivationCheckpointing::EveryNth(n) => Self::EveryNthBlock(n),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

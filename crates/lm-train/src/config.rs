@@ -6,8 +6,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use crate::choices::{
-    Freeze, Infilling, MlmSelection, NonFinitePolicy, ObjectiveKind, OptimizerKind, PaperPreset,
-    Precision, ScheduleKind, ScheduleUnit, T5FeedForward, TaskKind, TokenizerKind,
+    ActivationCheckpointing, Freeze, Infilling, MlmSelection, NonFinitePolicy, ObjectiveKind,
+    OptimizerKind, PaperPreset, Precision, ScheduleKind, ScheduleUnit, T5FeedForward, TaskKind,
+    TokenizerKind,
 };
 use crate::error::{io_err, Result, TrainError};
 use crate::family::{Architecture, ModelShape};

@@ -102,6 +102,12 @@ impl Tensor {
                         track_grad |= tg;
                         nodes
                     }),
+                    // lm-train patch: the recomputed function may read variables it captured,
+                    // so the node is visited even when no argument tracks.
+                    Op::Recompute(args, _) => {
+                        track_grad = true;
+                        args.iter().fold(nodes, |nodes, arg| walk(arg, nodes, already_seen).1)
+                    }
                     Op::Affine { arg, mul, .. } => {
                         if *mul == 0. {
                             nodes
@@ -163,9 +169,15 @@ impl Tensor {
     }
 
     pub fn backward(&self) -> Result<GradStore> {
+        self.backward_from(self.ones_like()?.contiguous()?)
+    }
+
+    /// lm-train patch: the backward pass with `seed` as this tensor's gradient (`backward` is
+    /// this with ones): the vector-Jacobian product `seedᵀ·∂self/∂x` for every variable `x`.
+    pub fn backward_from(&self, seed: Tensor) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
         let mut grads = GradStore::new();
-        grads.insert(self, self.ones_like()?.contiguous()?);
+        grads.insert(self, seed.contiguous()?);
         for node in sorted_nodes.iter() {
             if node.is_variable() {
                 continue;
@@ -625,6 +637,32 @@ impl Tensor {
                         if let Some(arg_grad) = c.bwd(arg, node, &grad)? {
                             grads.accumulate(arg, &arg_grad)?
                         }
+                    }
+                    // lm-train patch: run the function again with the graph, on leaves that
+                    // share the arguments' storage, and back-propagate this node's gradient
+                    // through it; the leaves' gradients are the arguments', the others (the
+                    // variables it read) join the store.
+                    Op::Recompute(args, f) => {
+                        let leaves: Vec<Tensor> = args
+                            .iter()
+                            .map(|a| {
+                                if a.dtype().is_float() {
+                                    a.as_leaf_variable()
+                                } else {
+                                    a.clone()
+                                }
+                            })
+                            .collect();
+                        let y = crate::recompute::with_grad_mode(true, || f(&leaves))?;
+                        let mut inner = y.backward_from(grad.clone())?;
+                        for (arg, leaf) in args.iter().zip(&leaves) {
+                            if let Some(g) = inner.remove(leaf) {
+                                if arg.track_op() {
+                                    grads.accumulate(arg, &g)?;
+                                }
+                            }
+                        }
+                        grads.extend(inner)?;
                     }
                     Op::CustomOp2(arg1, arg2, c) => {
                         let (arg_grad1, arg_grad2) = c.bwd(arg1, arg2, node, &grad)?;

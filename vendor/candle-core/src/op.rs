@@ -187,6 +187,9 @@ pub enum Op {
         Tensor,
         std::sync::Arc<Box<dyn crate::CustomOp3 + Send + Sync>>,
     ),
+    /// lm-train patch: a function of the tensors recomputed in backward
+    /// ([`crate::recompute`]).
+    Recompute(Vec<Tensor>, crate::recompute::RecomputeFn),
 }
 
 pub trait UnaryOpT {
@@ -1097,8 +1100,13 @@ impl BackpropOp {
         BackpropOp(None)
     }
 
+    /// lm-train patch: `op` recorded whatever its arguments track.
+    pub(crate) fn from_op(op: Op) -> Self {
+        BackpropOp(Some(op))
+    }
+
     pub(crate) fn new1(arg: &Tensor, f: impl Fn(Tensor) -> Op) -> Self {
-        let op = if arg.track_op() {
+        let op = if crate::recompute::grad_enabled() && arg.track_op() {
             Some(f(arg.clone()))
         } else {
             None
@@ -1107,7 +1115,7 @@ impl BackpropOp {
     }
 
     pub(crate) fn new2(arg1: &Tensor, arg2: &Tensor, f: impl Fn(Tensor, Tensor) -> Op) -> Self {
-        let op = if arg1.track_op() || arg2.track_op() {
+        let op = if crate::recompute::grad_enabled() && (arg1.track_op() || arg2.track_op()) {
             Some(f(arg1.clone(), arg2.clone()))
         } else {
             None
@@ -1121,7 +1129,9 @@ impl BackpropOp {
         arg3: &Tensor,
         f: impl Fn(Tensor, Tensor, Tensor) -> Op,
     ) -> Self {
-        let op = if arg1.track_op() || arg2.track_op() || arg3.track_op() {
+        let op = if crate::recompute::grad_enabled()
+            && (arg1.track_op() || arg2.track_op() || arg3.track_op())
+        {
             Some(f(arg1.clone(), arg2.clone(), arg3.clone()))
         } else {
             None
@@ -1130,7 +1140,7 @@ impl BackpropOp {
     }
 
     pub(crate) fn new<A: AsRef<Tensor>>(args: &[A], f: impl Fn(Vec<Tensor>) -> Op) -> Self {
-        let op = if args.iter().any(|arg| arg.as_ref().track_op()) {
+        let op = if crate::recompute::grad_enabled() && args.iter().any(|arg| arg.as_ref().track_op()) {
             let args: Vec<Tensor> = args.iter().map(|arg| arg.as_ref().clone()).collect();
             Some(f(args))
         } else {

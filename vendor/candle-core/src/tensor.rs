@@ -2364,6 +2364,34 @@ impl Tensor {
         }
     }
 
+    /// lm-train patch: this tensor's storage and layout under a new id with backprop op `op`
+    /// (no copy).
+    pub(crate) fn with_backprop_op(&self, op: BackpropOp) -> Tensor {
+        Tensor(Arc::new(Tensor_ {
+            id: TensorId::new(),
+            storage: self.storage.clone(),
+            layout: self.layout.clone(),
+            op,
+            is_variable: false,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        }))
+    }
+
+    /// lm-train patch: this tensor's storage and layout under a new id, as a variable: a leaf
+    /// of a backward pass that stops there (no copy).
+    pub(crate) fn as_leaf_variable(&self) -> Tensor {
+        Tensor(Arc::new(Tensor_ {
+            id: TensorId::new(),
+            storage: self.storage.clone(),
+            layout: self.layout.clone(),
+            op: BackpropOp::none(),
+            is_variable: true,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        }))
+    }
+
     /// If the target device is the same as the tensor device, only a shallow copy is performed.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         if self.device().same_device(device) {

@@ -8,8 +8,8 @@ use lm_optim::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    config_err, yes, NonFinitePolicy, OptimizerKind, PaperPreset, Precision, ScheduleKind,
-    ScheduleUnit,
+    config_err, yes, ActivationCheckpointing, NonFinitePolicy, OptimizerKind, PaperPreset,
+    Precision, ScheduleKind, ScheduleUnit,
 };
 use crate::error::Result;
 
@@ -129,6 +129,9 @@ pub struct TrainSection {
     /// keeps and updates the state of its share of the parameters, then sends them to the others.
     #[serde(default)]
     pub shard_optimizer_state: bool,
+    /// Which blocks recompute their activations in backward (memory for compute).
+    #[serde(default)]
+    pub activation_checkpointing: ActivationCheckpointing,
 }
 
 fn default_beta1() -> f64 {

@@ -278,3 +278,37 @@ fn keys_written_beside_a_preset_override_it() {
         .to_string();
     assert!(e.contains("optim.preset") && e.contains("`gpt3`"), "{e}");
 }
+
+#[test]
+fn activation_checkpointing_is_a_name_or_a_count() {
+    let text = TrainConfig::recipe("gpt-shakespeare-char")
+        .unwrap()
+        .to_toml();
+    assert!(
+        text.contains("activation_checkpointing = \"none\""),
+        "{text}"
+    );
+    let with = |v: &str| {
+        let t = text.replace(
+            "activation_checkpointing = \"none\"",
+            &format!("activation_checkpointing = {v}"),
+        );
+        TrainConfig::from_toml(&t, "x.toml")
+    };
+    for (v, want) in [
+        ("\"none\"", ActivationCheckpointing::None),
+        ("\"blocks\"", ActivationCheckpointing::Blocks),
+        ("3", ActivationCheckpointing::EveryNth(3)),
+    ] {
+        let c = with(v).unwrap();
+        assert_eq!(c.train.activation_checkpointing, want);
+        assert_eq!(TrainConfig::from_toml(&c.to_toml(), "again").unwrap(), c);
+    }
+    for bad in ["0", "-1", "\"all\""] {
+        let e = with(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("train.activation_checkpointing") && e.contains("\"blocks\""),
+            "{bad}: {e}"
+        );
+    }
+}

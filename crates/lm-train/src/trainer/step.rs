@@ -59,7 +59,9 @@ impl Trainer {
             let (w, global_tokens) = self.share_weights(share)?;
             tokens += global_tokens;
             let b = &share.batch;
-            let ctx = StepContext::train(self.matmul_precision(), key, share.first_row);
+            let recompute = self.cfg.train().activation_checkpointing.into();
+            let ctx = StepContext::train(self.matmul_precision(), key, share.first_row)
+                .with_recompute(recompute);
             let loss = self.model.weighted_loss(b, w, &ctx)?;
             let loss = if accum > 1 {
                 (loss / accum as f64)?

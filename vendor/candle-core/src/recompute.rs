@@ -1,0 +1,56 @@
+//! lm-train patch: a no-grad mode and activation checkpointing.
+//!
+//! [`no_grad`] runs a closure without recording the graph: tensors made inside have no backprop
+//! op, so no activation is kept for a backward pass. [`Tensor::checkpoint`] runs a function of
+//! tensors that way and records one node instead of the function's graph; the backward pass
+//! runs the function again on the same inputs, with the graph, and back-propagates through that
+//! recomputation (the inputs' gradients and those of every variable the function reads, which
+//! it may capture). Memory: the function's activations live only while its own backward runs.
+
+use crate::op::{BackpropOp, Op};
+use crate::{Result, Tensor};
+use std::cell::Cell;
+use std::sync::Arc;
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops on this thread record the graph (true unless inside [`no_grad`]).
+pub fn grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+/// Runs `f` without recording the graph on this thread.
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    with_grad_mode(false, f)
+}
+
+/// Runs `f` with the graph recorded or not, restoring the previous mode afterwards (also on
+/// unwinding).
+pub fn with_grad_mode<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(enabled)));
+    f()
+}
+
+/// A function recomputed in the backward pass: the same inputs must give the same result
+/// (a random draw inside it must be replayed, e.g. dropout from a restored generator).
+pub type RecomputeFn = Arc<dyn Fn(&[Tensor]) -> Result<Tensor> + Send + Sync>;
+
+impl Tensor {
+    /// `f(args)`, whose activations are not kept: recomputed from `args` when the backward
+    /// pass reaches the result. Without grad mode this is `f(args)`.
+    pub fn checkpoint(args: &[Tensor], f: RecomputeFn) -> Result<Tensor> {
+        if !grad_enabled() {
+            return f(args);
+        }
+        let y = no_grad(|| f(args))?;
+        Ok(y.with_backprop_op(BackpropOp::from_op(Op::Recompute(args.to_vec(), f))))
+    }
+}

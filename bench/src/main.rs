@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 mod data;
+mod memory;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
@@ -456,6 +457,9 @@ fn main() -> Result<()> {
     if args.first().is_some_and(|a| a == "gpu") {
         let num = |i: usize, d: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
         return gpu_step(num(1, 8), num(2, 10));
+    }
+    if args.first().is_some_and(|a| a == "gpt2-memory") {
+        return memory::gpt2_memory(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "corpus") {
         // `lm-bench corpus MB DIR`: a generated corpus for docs/data.md's measurements.

@@ -1,0 +1,67 @@
+//! `lm-bench gpt2-memory BATCH T CHECKPOINTING STEPS`: GPT-2 small (124 M parameters, the
+//! 50 257-token vocabulary) training steps in f32 on the CPU, one process — AdamW (λ 0.1), clip
+//! 1.0, no dropout — with `CHECKPOINTING` `none`, `blocks` or N (every N-th block recomputes).
+//! Prints the median step time, the state the memory account counts (parameters, gradients,
+//! Adam's moments) and the peak resident set, whose difference is what activations and
+//! temporaries took. Run it under `farm-bench` for whole-process figures.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor, Var};
+use lm_models::gpt::{Gpt, GptConfig};
+use lm_models::{MatmulPrecision, ParamStore, Recompute, StepContext};
+use lm_objectives::loss::{cross_entropy, CrossEntropy};
+use lm_objectives::Rng;
+use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
+use lm_train::memory::{mib, peak_rss_bytes};
+
+/// Runs the measurement; `args` are the words after `gpt2-memory`.
+pub fn gpt2_memory(args: &[String]) -> Result<()> {
+    let num = |i: usize, d: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (batch, t, steps) = (num(0, 1), num(1, 1024), num(3, 3));
+    let recompute = match args.get(2).map(String::as_str) {
+        None | Some("none") => Recompute::Nothing,
+        Some("blocks") => Recompute::EveryNthBlock(1),
+        Some(n) => Recompute::EveryNthBlock(n.parse()?),
+    };
+    let cfg = GptConfig::gpt2_small();
+    let store = ParamStore::new(1337);
+    let model = Gpt::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))?;
+    let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
+    let mut opt = Adam::new(
+        vec![ParamGroup::new("all", store.vars(), 0.1)],
+        AdamConfig::adamw(),
+    )?;
+    let mut rng = Rng::seed_from_u64(7);
+    let tokens: Vec<u32> = (0..batch * (t + 1))
+        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
+        .collect();
+    let seq = Tensor::from_vec(tokens, (batch, t + 1), &Device::Cpu)?;
+    let x = seq.narrow(1, 0, t)?.contiguous()?;
+    let y = seq.narrow(1, 1, t)?.to_dtype(DType::I64)?.contiguous()?;
+    let ctx = StepContext::train(MatmulPrecision::Highest, 0, 0).with_recompute(recompute);
+    let mut times = vec![];
+    let mut last = 0.0;
+    for _ in 0..steps {
+        let start = std::time::Instant::now();
+        let loss = cross_entropy(&model.forward(&x, &ctx)?, &y, &CrossEntropy::default())?;
+        let mut grads = loss.backward()?;
+        lm_optim::clip::clip_grad_norm(&mut grads, &vars, 1.0)?;
+        opt.step(&grads, 6e-4)?;
+        last = loss.to_scalar::<f32>()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let params: usize = vars.iter().map(|v| v.elem_count() * 4).sum();
+    let state = 2 * params + lm_optim::state_bytes(&opt)?;
+    let peak = peak_rss_bytes().map_or(f64::NAN, |b| b as f64);
+    println!(
+        "gpt2-memory batch {batch}×{t}, checkpointing {recompute:?}: {:.2} s/step (median of \
+         {steps}), last loss {last:.3}; parameters + gradients + Adam state {:.0} MiB, peak RSS \
+         {:.0} MiB, the rest {:.0} MiB",
+        times[times.len() / 2],
+        mib(state as f64),
+        mib(peak),
+        mib(peak - state as f64)
+    );
+    Ok(())
+}

@@ -452,7 +452,9 @@ fn utc_date() -> String {
 }
 
 fn main() -> Result<()> {
-    lm_kernels::memory::keep_freed_memory();
+    if std::env::var_os("LM_BENCH_PURGE").is_none() {
+        lm_kernels::memory::keep_freed_memory();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "gpu") {
         let num = |i: usize, d: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);

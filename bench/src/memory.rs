@@ -1,9 +1,10 @@
 //! `lm-bench gpt2-memory BATCH T CHECKPOINTING STEPS`: GPT-2 small (124 M parameters, the
 //! 50 257-token vocabulary) training steps in f32 on the CPU, one process — AdamW (λ 0.1), clip
-//! 1.0, no dropout — with `CHECKPOINTING` `none`, `blocks` or N (every N-th block recomputes).
+//! 1.0, no dropout, the graph freed during backward as the trainer does — with `CHECKPOINTING` `none`, `blocks` or N (every N-th block recomputes).
 //! Prints the median step time, the state the memory account counts (parameters, gradients,
 //! Adam's moments) and the peak resident set, whose difference is what activations and
-//! temporaries took. Run it under `farm-bench` for whole-process figures.
+//! temporaries took (`LM_BENCH_TRACE=1`: the resident set after each phase of each step). Run it
+//! under `farm-bench` for whole-process figures.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
@@ -14,6 +15,20 @@ use lm_objectives::Rng;
 use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
 use lm_train::memory::{mib, peak_rss_bytes};
 
+/// With `LM_BENCH_TRACE` set: the resident set and its peak so far after `what`, on stderr.
+fn trace(what: &str) {
+    if std::env::var_os("LM_BENCH_TRACE").is_none() {
+        return;
+    }
+    let now = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        now.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map_or("?".to_string(), |v| v.trim().to_string())
+    };
+    eprintln!("{what}: RSS {}, peak {}", kib("VmRSS:"), kib("VmHWM:"));
+}
+
 /// Runs the measurement; `args` are the words after `gpt2-memory`.
 pub fn gpt2_memory(args: &[String]) -> Result<()> {
     let num = |i: usize, d: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
@@ -23,6 +38,8 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
         Some("blocks") => Recompute::EveryNthBlock(1),
         Some(n) => Recompute::EveryNthBlock(n.parse()?),
     };
+    // `LM_BENCH_KEEP_GRAPH`: candle's own backward, which keeps every activation to its end.
+    let keep_graph = std::env::var_os("LM_BENCH_KEEP_GRAPH").is_some();
     let cfg = GptConfig::gpt2_small();
     let store = ParamStore::new(1337);
     let model = Gpt::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))?;
@@ -44,9 +61,16 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
     for _ in 0..steps {
         let start = std::time::Instant::now();
         let loss = cross_entropy(&model.forward(&x, &ctx)?, &y, &CrossEntropy::default())?;
-        let mut grads = loss.backward()?;
+        trace("forward");
+        let mut grads = if keep_graph {
+            loss.backward()?
+        } else {
+            loss.backward_freeing_graph()?
+        };
+        trace("backward");
         lm_optim::clip::clip_grad_norm(&mut grads, &vars, 1.0)?;
         opt.step(&grads, 6e-4)?;
+        trace("optimizer step");
         last = loss.to_scalar::<f32>()?;
         times.push(start.elapsed().as_secs_f64());
     }

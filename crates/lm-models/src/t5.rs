@@ -620,13 +620,16 @@ impl EncoderDecoder for T5 {
         }
         for (i, b) in self.encoder.iter().enumerate() {
             let part = self.with_dropout(b);
-            let (ctx, bias, eps) = (*ctx, bias.clone(), self.cfg.layer_norm_epsilon);
+            let (ctx, eps) = (*ctx, self.cfg.layer_norm_epsilon);
+            // The position bias is made from block 0's parameters: an argument (not a
+            // capture), so that its gradient comes back through the recomputation.
             let run = move |p: &WithDropouts<Block>, xs: &[Tensor]| {
                 p.block
-                    .encoder_step(&xs[0], &bias, (&p.dropouts[0], eps), &ctx)
+                    .encoder_step(&xs[0], &xs[1], (&p.dropouts[0], eps), &ctx)
             };
             let recompute = ctx.recompute.block(i);
-            h = checkpointed(recompute, part, WithDropouts::dropouts, &[h], run)?;
+            let inputs = [h, bias.clone()];
+            h = checkpointed(recompute, part, WithDropouts::dropouts, &inputs, run)?;
         }
         Ok(self
             .dropout
@@ -662,16 +665,16 @@ impl EncoderDecoder for T5 {
                 }
                 None => {
                     let part = self.with_dropout(b);
-                    let (ctx, self_bias, cross_bias) =
-                        (*ctx, self_bias.clone(), cross_bias.clone());
+                    let (ctx, cross_bias) = (*ctx, cross_bias.clone());
+                    // The position bias is an argument, as in the encoder.
                     let run = move |p: &WithDropouts<Block>, xs: &[Tensor]| {
-                        let biases = (&self_bias, cross_bias.as_ref());
+                        let biases = (&xs[2], cross_bias.as_ref());
                         let drop = (&*p.dropouts[0], eps);
                         p.block
                             .decoder_step((&xs[0], &xs[1]), biases, drop, None, &ctx)
                     };
                     let recompute = ctx.recompute.block(i);
-                    let inputs = [h, encoder.clone()];
+                    let inputs = [h, encoder.clone(), self_bias.clone()];
                     checkpointed(recompute, part, WithDropouts::dropouts, &inputs, run)?
                 }
             };

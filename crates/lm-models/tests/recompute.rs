@@ -39,10 +39,18 @@ fn i64s(rows: &[&[i64]]) -> Tensor {
 /// generators start alike) under `recompute`.
 type Run = (f32, Vec<(String, Vec<f32>)>);
 
-fn run(build: &dyn Fn(&ParamStore, StepContext) -> Tensor, recompute: Recompute) -> Run {
+fn run(
+    build: &dyn Fn(&ParamStore, StepContext) -> Tensor,
+    recompute: Recompute,
+    free_graph: bool,
+) -> Run {
     let store = ParamStore::new(5);
     let loss = build(&store, ctx(recompute));
-    let grads = loss.backward().unwrap();
+    let grads = if free_graph {
+        loss.backward_freeing_graph().unwrap()
+    } else {
+        loss.backward().unwrap()
+    };
     let mut out = vec![];
     for (name, var) in store.vars() {
         let g = grads
@@ -53,13 +61,26 @@ fn run(build: &dyn Fn(&ParamStore, StepContext) -> Tensor, recompute: Recompute)
     (loss.to_scalar::<f32>().unwrap(), out)
 }
 
-/// Every block, every other block and none recompute: the same loss (bit for bit: the forward
-/// pass is the same arithmetic) and the same gradients within 1e-6 of the largest one.
+/// Every block, every other block and none recompute, the graph kept to the end of the
+/// backward pass or freed as it goes (as the trainer does): the same loss (bit for bit: the
+/// forward pass is the same arithmetic) and the same gradients within 1e-6 of the largest one.
 fn check_family(name: &str, build: &dyn Fn(&ParamStore, StepContext) -> Tensor) {
-    let (loss, want) = run(build, Recompute::Nothing);
-    for recompute in [Recompute::EveryNthBlock(1), Recompute::EveryNthBlock(2)] {
-        let (l, got) = run(build, recompute);
-        assert_eq!(l.to_bits(), loss.to_bits(), "{name} {recompute:?}: loss");
+    let (loss, want) = run(build, Recompute::Nothing, false);
+    let (l, freed) = run(build, Recompute::Nothing, true);
+    assert_eq!(l.to_bits(), loss.to_bits(), "{name}: loss");
+    assert_eq!(freed, want, "{name}: freeing the graph changed a gradient");
+    for (recompute, free) in [
+        (Recompute::EveryNthBlock(1), false),
+        (Recompute::EveryNthBlock(2), false),
+        (Recompute::EveryNthBlock(1), true),
+        (Recompute::EveryNthBlock(2), true),
+    ] {
+        let (l, got) = run(build, recompute, free);
+        assert_eq!(
+            l.to_bits(),
+            loss.to_bits(),
+            "{name} {recompute:?} free {free}: loss"
+        );
         // Relative to the largest gradient of the model: a gradient that is 0 in exact
         // arithmetic (a key bias under softmax) is rounding noise in either run.
         let scale = want
@@ -70,7 +91,7 @@ fn check_family(name: &str, build: &dyn Fn(&ParamStore, StepContext) -> Tensor) 
             let diff = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(
                 diff <= 1e-6 * scale,
-                "{name} {recompute:?}: {n} differs by {diff} (largest {scale})"
+                "{name} {recompute:?} free {free}: {n} differs by {diff} (largest {scale})"
             );
         }
     }

@@ -32,14 +32,17 @@ impl Tensor {
     /// elements having dependencies on the latter ones, e.g. the first element if any is the
     /// argument.
     /// This assumes that the op graph is a DAG.
-    pub fn sorted_nodes(&self) -> Vec<&Tensor> {
+    ///
+    /// lm-train patch: the nodes are shared handles rather than borrows of the graph, so that a
+    /// backward pass may release each node's op once used.
+    pub fn sorted_nodes(&self) -> Vec<Tensor> {
         // The vec of sorted nodes is passed as an owned value rather than a mutable reference
         // to get around some lifetime limitations.
-        fn walk<'a>(
-            node: &'a Tensor,
-            nodes: Vec<&'a Tensor>,
+        fn walk(
+            node: &Tensor,
+            nodes: Vec<Tensor>,
             already_seen: &mut HashMap<TensorId, bool>,
-        ) -> (bool, Vec<&'a Tensor>) {
+        ) -> (bool, Vec<Tensor>) {
             if let Some(&tg) = already_seen.get(&node.id()) {
                 return (tg, nodes);
             }
@@ -51,7 +54,7 @@ impl Tensor {
             } else if node.dtype().is_int() {
                 nodes
             } else if let Some(op) = node.op() {
-                match op {
+                match &op {
                     Op::IndexAdd(t1, t2, t3, _)
                     | Op::Scatter(t1, t2, t3, _)
                     | Op::ScatterAdd(t1, t2, t3, _)
@@ -159,7 +162,7 @@ impl Tensor {
             };
             already_seen.insert(node.id(), track_grad);
             if track_grad {
-                nodes.push(node);
+                nodes.push(node.clone());
             }
             (track_grad, nodes)
         }
@@ -175,10 +178,32 @@ impl Tensor {
     /// lm-train patch: the backward pass with `seed` as this tensor's gradient (`backward` is
     /// this with ones): the vector-Jacobian product `seedᵀ·∂self/∂x` for every variable `x`.
     pub fn backward_from(&self, seed: Tensor) -> Result<GradStore> {
+        self.backward_impl(seed, None)
+    }
+
+    /// lm-train patch: `backward`, releasing each node's op — and with it the activations it
+    /// saved — as soon as the pass has used it, as PyTorch frees a graph during its backward
+    /// pass. The peak is then about the larger of the activations and the gradients, not their
+    /// sum. The graph is gone afterwards: a second backward pass from this tensor (or from
+    /// anything it was computed from) sees no ops.
+    pub fn backward_freeing_graph(&self) -> Result<GradStore> {
+        let everything = TensorId::new_at_start();
+        self.backward_impl(self.ones_like()?.contiguous()?, Some(everything))
+    }
+
+    /// `free_from`: release the ops of the nodes made at or after this id (all of a graph, or
+    /// only what a recomputation made: not what it captured from outside, which other
+    /// recomputations still need).
+    fn backward_impl(&self, seed: Tensor, free_from: Option<TensorId>) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
         let mut grads = GradStore::new();
         grads.insert(self, seed.contiguous()?);
-        for node in sorted_nodes.iter() {
+        // Each node is dropped at the end of its iteration: with `free`, what its op saved goes
+        // with it unless a node still to come holds it.
+        for owned in sorted_nodes.into_iter() {
+            let node = &owned;
+            // `&&Tensor`, as upstream's loop over borrowed nodes had it (`*node` is a `&Tensor`).
+            let node = &node;
             if node.is_variable() {
                 continue;
             }
@@ -193,7 +218,10 @@ impl Tensor {
             let do_not_detach = CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
             let grad = if do_not_detach { grad } else { grad.detach() };
             if let Some(op) = node.op() {
-                match op {
+                if free_from.is_some_and(|mark| node.id().not_before(mark)) {
+                    node.release_op();
+                }
+                match &op {
                     Op::Binary(lhs, rhs, BinaryOp::Add) => {
                         grads.accumulate(lhs, &grad)?;
                         grads.accumulate(rhs, &grad)?;
@@ -653,8 +681,9 @@ impl Tensor {
                                 }
                             })
                             .collect();
+                        let mark = TensorId::new();
                         let y = crate::recompute::with_grad_mode(true, || f(&leaves))?;
-                        let mut inner = y.backward_from(grad.clone())?;
+                        let mut inner = y.backward_impl(grad.clone(), Some(mark))?;
                         for (arg, leaf) in args.iter().zip(&leaves) {
                             if let Some(g) = inner.remove(leaf) {
                                 if arg.track_op() {

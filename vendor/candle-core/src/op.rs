@@ -1091,18 +1091,49 @@ impl UnaryOpT for Relu {
 }
 
 /// `BackpropOp` is a wrapper around `Option<Op>`. The main goal is to ensure that dependencies are
-/// properly checked when creating a new value
-#[derive(Clone)]
-pub struct BackpropOp(Option<Op>);
+/// properly checked when creating a new value. lm-train patch: behind a lock, so that a backward
+/// pass can release a node's op (and the tensors it saved) once it has used it
+/// (`Tensor::backward_freeing_graph`).
+pub struct BackpropOp(std::sync::Mutex<Option<Op>>);
+
+impl Clone for BackpropOp {
+    fn clone(&self) -> Self {
+        Self::of(self.get())
+    }
+}
 
 impl BackpropOp {
     pub fn none() -> Self {
-        BackpropOp(None)
+        Self::of(None)
+    }
+
+    fn of(op: Option<Op>) -> Self {
+        BackpropOp(std::sync::Mutex::new(op))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Op>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// lm-train patch: the op (a clone: its tensors are shared).
+    pub(crate) fn get(&self) -> Option<Op> {
+        self.lock().clone()
+    }
+
+    /// lm-train patch: whether there is an op.
+    pub(crate) fn is_some(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    /// lm-train patch: takes the op out, dropping its references to the tensors it saved.
+    pub(crate) fn release(&self) {
+        let op = self.lock().take();
+        drop(op);
     }
 
     /// lm-train patch: `op` recorded whatever its arguments track.
     pub(crate) fn from_op(op: Op) -> Self {
-        BackpropOp(Some(op))
+        Self::of(Some(op))
     }
 
     pub(crate) fn new1(arg: &Tensor, f: impl Fn(Tensor) -> Op) -> Self {
@@ -1111,7 +1142,7 @@ impl BackpropOp {
         } else {
             None
         };
-        Self(op)
+        Self::of(op)
     }
 
     pub(crate) fn new2(arg1: &Tensor, arg2: &Tensor, f: impl Fn(Tensor, Tensor) -> Op) -> Self {
@@ -1120,7 +1151,7 @@ impl BackpropOp {
         } else {
             None
         };
-        Self(op)
+        Self::of(op)
     }
 
     pub(crate) fn new3(
@@ -1136,7 +1167,7 @@ impl BackpropOp {
         } else {
             None
         };
-        Self(op)
+        Self::of(op)
     }
 
     pub(crate) fn new<A: AsRef<Tensor>>(args: &[A], f: impl Fn(Vec<Tensor>) -> Op) -> Self {
@@ -1146,18 +1177,11 @@ impl BackpropOp {
         } else {
             None
         };
-        Self(op)
+        Self::of(op)
     }
 
     pub(crate) fn is_none(&self) -> bool {
-        self.0.is_none()
-    }
-}
-
-impl std::ops::Deref for BackpropOp {
-    type Target = Option<Op>;
-    fn deref(&self) -> &Self::Target {
-        &self.0
+        self.lock().is_none()
     }
 }
 

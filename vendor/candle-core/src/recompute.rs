@@ -45,7 +45,10 @@ pub type RecomputeFn = Arc<dyn Fn(&[Tensor]) -> Result<Tensor> + Send + Sync>;
 
 impl Tensor {
     /// `f(args)`, whose activations are not kept: recomputed from `args` when the backward
-    /// pass reaches the result. Without grad mode this is `f(args)`.
+    /// pass reaches the result. Without grad mode this is `f(args)`. `f` may capture variables
+    /// and untracked tensors; a tracked tensor it reads that is neither (made from variables
+    /// outside `f`) must be one of `args`, or a backward pass that frees the graph may have
+    /// released it before the recomputation needs it.
     pub fn checkpoint(args: &[Tensor], f: RecomputeFn) -> Result<Tensor> {
         if !grad_enabled() {
             return f(args);

@@ -12,7 +12,17 @@ use std::sync::{Arc, RwLock};
 pub struct TensorId(usize);
 
 impl TensorId {
-    fn new() -> Self {
+    /// lm-train patch: whether this id was handed out at or after `mark` (ids count up).
+    pub(crate) fn not_before(self, mark: TensorId) -> bool {
+        self.0 >= mark.0
+    }
+
+    /// lm-train patch: the first id there is (every id is at or after it).
+    pub(crate) fn new_at_start() -> Self {
+        Self(0)
+    }
+
+    pub(crate) fn new() -> Self {
         // https://users.rust-lang.org/t/idiomatic-rust-way-to-generate-unique-id/33805
         use std::sync::atomic;
         static COUNTER: atomic::AtomicUsize = atomic::AtomicUsize::new(1);
@@ -2080,8 +2090,15 @@ impl Tensor {
         self.is_variable
     }
 
-    pub(crate) fn op(&self) -> &Option<Op> {
-        &self.op
+    /// lm-train patch: the op that made this tensor (a clone; `None` once a backward pass that
+    /// frees the graph has used it).
+    pub(crate) fn op(&self) -> Option<Op> {
+        self.op.get()
+    }
+
+    /// lm-train patch: drops this tensor's op and the tensors it saved.
+    pub(crate) fn release_op(&self) {
+        self.op.release()
     }
 
     /// Computes the max of all the elements in this tensor and returns a tensor holding this

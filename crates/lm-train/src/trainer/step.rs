@@ -72,10 +72,11 @@ impl Trainer {
                 None => loss.detach(),
                 Some(s) => (s + loss.detach())?,
             });
-            // Scaled up so that small gradients survive f16's range.
+            // Scaled up so that small gradients survive f16's range. The graph is freed as the
+            // backward pass goes (each activation once used), not when it ends.
             let grads = match loss_scale {
-                Some(scale) => (loss * scale)?.backward()?,
-                None => loss.backward()?,
+                Some(scale) => (loss * scale)?.backward_freeing_graph()?,
+                None => loss.backward_freeing_graph()?,
             };
             total = Some(match total {
                 None => grads,

@@ -452,6 +452,8 @@ fn utc_date() -> String {
 }
 
 fn main() -> Result<()> {
+    // `LM_BENCH_PURGE=1`: the allocator returns freed memory to the system as it does by
+    // default (to see what keeping it costs in resident memory).
     if std::env::var_os("LM_BENCH_PURGE").is_none() {
         lm_kernels::memory::keep_freed_memory();
     }

@@ -19,6 +19,10 @@ pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
     /// A poller that finds no work for this long goes back to rayon (and to sleep).
     const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_millis(2);
+    // candle's grad mode is per thread: `f` runs under the caller's, whichever worker runs it —
+    // and a worker that picks `f` up while it waits inside someone else's `no_grad` section
+    // (work stealing) does not lend it that mode.
+    let grad = candle_core::recompute::grad_enabled();
     rayon::scope(|_| {
         let done = Done(Arc::new(AtomicBool::new(false)));
         let (flag, owner) = (done.0.clone(), rayon::current_thread_index());
@@ -39,6 +43,24 @@ pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             }
             POLLING.with(|p| p.set(false));
         });
-        f()
+        candle_core::recompute::with_grad_mode(grad, f)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_compute_threads;
+    use candle_core::recompute::{grad_enabled, no_grad};
+
+    #[test]
+    fn the_job_runs_under_its_callers_grad_mode() {
+        assert!(on_compute_threads(grad_enabled));
+        assert!(!no_grad(|| on_compute_threads(grad_enabled)));
+        // Nested inside a job that turned it off, and back on after.
+        let (inner, after) = on_compute_threads(|| {
+            let inner = no_grad(|| on_compute_threads(grad_enabled));
+            (inner, grad_enabled())
+        });
+        assert!(!inner && after);
+    }
 }

@@ -556,6 +556,7 @@ impl Trainer {
         let (device, run_dir, step) = (&self.device, &self.run_dir, self.state.step);
         let comm = self.strategy.comm();
         let best = (best_step, best_value, best_dir);
-        on_compute_threads(|| task.report(model, device, run_dir, step, best, comm)).map(Some)
+        let report = || task.report(model, device, run_dir, step, best, comm);
+        on_compute_threads(|| candle_core::recompute::no_grad(report)).map(Some)
     }
 }

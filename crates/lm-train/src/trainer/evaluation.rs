@@ -1,14 +1,16 @@
 //! Evaluation, samples and predictions of a run, and scoring text under a causal LM.
 
 use super::*;
+use candle_core::recompute::no_grad;
 
 /// f32 products: samples and scores are read at full precision, whatever the run trained at.
 const F32: MatmulPrecision = MatmulPrecision::Highest;
 
 impl Trainer {
-    /// Mean loss over the fixed evaluation batches of `split`, dropout off.
+    /// Mean loss over the fixed evaluation batches of `split`, dropout off, no graph recorded
+    /// (each activation freed once used).
     pub fn evaluate_split(&mut self, split: Split) -> Result<f32> {
-        on_compute_threads(|| self.evaluate_split_inner(split))
+        on_compute_threads(|| no_grad(|| self.evaluate_split_inner(split)))
     }
 
     pub(super) fn evaluate_split_inner(&mut self, split: Split) -> Result<f32> {
@@ -54,7 +56,7 @@ impl Trainer {
             Work::Finetune(task) => {
                 let model = (self.model.as_ref(), self.matmul_precision());
                 let (device, comm) = (&self.device, self.strategy.comm());
-                let m = on_compute_threads(|| task.validate(model, device, comm));
+                let m = on_compute_threads(|| no_grad(|| task.validate(model, device, comm)));
                 m?.into_iter()
                     .map(|(k, v)| (format!("val_{k}"), v))
                     .collect()
@@ -115,7 +117,8 @@ impl Trainer {
                     None => self.tokenizer.encode("\n").unwrap_or_default(),
                 };
                 let prompt_ids = if ids.is_empty() { vec![self.eos] } else { ids };
-                let ids = m.generate(&prompt_ids, n_tokens, (sampling, &mut rng), F32)?;
+                // No graph: the cache's keys and values would otherwise hold every step's.
+                let ids = no_grad(|| m.generate(&prompt_ids, n_tokens, (sampling, &mut rng), F32))?;
                 let continuation = self.tokenizer.decode(&ids[prompt_ids.len()..]);
                 Some(format!("{}{continuation}", prompt.unwrap_or("")))
             }
@@ -134,7 +137,8 @@ impl Trainer {
                         .to_vec1()?,
                 };
                 let input_t = Tensor::new(input.as_slice(), &self.device)?.unsqueeze(0)?;
-                let out = m.generate(&input_t, n_tokens, (sampling, &mut rng), true, F32)?;
+                let out =
+                    no_grad(|| m.generate(&input_t, n_tokens, (sampling, &mut rng), true, F32))?;
                 Some(format!("input:  {}\noutput: {}", show(&input), show(&out)))
             }
             Head::Classifier(_) | Head::Encoder => None,
@@ -149,7 +153,7 @@ impl Trainer {
         };
         let model = (self.model.as_ref(), self.matmul_precision());
         let device = &self.device;
-        on_compute_threads(|| task.predict_examples(model, examples, device)).map(Some)
+        on_compute_threads(|| no_grad(|| task.predict_examples(model, examples, device))).map(Some)
     }
 }
 
@@ -190,7 +194,7 @@ pub fn score_text(dir: &Path, text: &str, device: &Device) -> Result<Vec<(String
     // The first context-length window scores its tokens in one pass; each later token is scored
     // with the context-length window that ends just before it.
     let ctx = model.config().n_positions;
-    let logp = |window: &[u32]| -> Result<Vec<Vec<f32>>> {
+    let logp_of = |window: &[u32]| -> Result<Vec<Vec<f32>>> {
         let logits = model
             .forward(
                 &Tensor::new(window, device)?.unsqueeze(0)?,
@@ -202,6 +206,8 @@ pub fn score_text(dir: &Path, text: &str, device: &Device) -> Result<Vec<(String
                 .to_vec2()?,
         )
     };
+    // No graph: each window's activations are freed as the pass goes.
+    let logp = |window: &[u32]| no_grad(|| logp_of(window));
     let first = logp(&ids[..ids.len().min(ctx)])?;
     let mut out: Vec<(String, f32)> = (1..ids.len().min(ctx))
         .map(|i| {

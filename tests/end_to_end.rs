@@ -25,13 +25,13 @@ fn resume_reproduces_the_uninterrupted_run_exactly() {
         .train()
         .unwrap();
 
-    // Stop at step 8 (a checkpoint step), then resume to 12.
-    let summary = Trainer::new(tiny_config(BUILTIN_SHAKESPEARE, 8), &parts, Device::Cpu)
-        .unwrap()
-        .train()
-        .unwrap();
-    assert_eq!(summary.step, 8);
-    let mut resumed = Trainer::resume(&parts, Some(12), Device::Cpu).unwrap();
+    // The same run stopped at step 8 (a checkpoint step), then resumed to its end.
+    let mut first =
+        Trainer::new(tiny_config(BUILTIN_SHAKESPEARE, 12), &parts, Device::Cpu).unwrap();
+    first.stop_at(8).unwrap();
+    assert_eq!(first.train().unwrap().step, 8);
+    drop(first);
+    let mut resumed = Trainer::resume(&parts, None, Device::Cpu).unwrap();
     assert_eq!(resumed.step(), 8);
     resumed.train().unwrap();
 

@@ -176,18 +176,17 @@ fn a_failed_save_leaves_the_previous_checkpoint_intact() {
     let dir = tmp.path().join("run");
     // Stop at 4 (a checkpoint), then make the next checkpoint's temporary path unusable, as a
     // full or read-only disk would.
-    cfg.train.max_iters = 4;
-    Trainer::new(cfg, &dir, Device::Cpu)
-        .unwrap()
-        .train()
-        .unwrap();
+    let mut first = Trainer::new(cfg, &dir, Device::Cpu).unwrap();
+    first.stop_at(4).unwrap();
+    first.train().unwrap();
+    drop(first);
     let before = std::fs::read(dir.join("checkpoints/step-00000004/model.safetensors")).unwrap();
     let blocker = dir.join(format!(
         "checkpoints/step-00000008.tmp-{}",
         std::process::id()
     ));
     std::fs::write(&blocker, "not a directory").unwrap();
-    let mut t = Trainer::resume(&dir, Some(8), Device::Cpu).unwrap();
+    let mut t = Trainer::resume(&dir, None, Device::Cpu).unwrap();
     let err = t.train().unwrap_err().to_string();
     assert!(err.contains("step-00000008"), "{err}");
     assert_eq!(
@@ -199,7 +198,7 @@ fn a_failed_save_leaves_the_previous_checkpoint_intact() {
     // holds the run's lock, is gone first).
     drop(t);
     std::fs::remove_file(&blocker).unwrap();
-    let mut t = Trainer::resume(&dir, Some(8), Device::Cpu).unwrap();
+    let mut t = Trainer::resume(&dir, None, Device::Cpu).unwrap();
     assert_eq!(t.step(), 4);
     assert_eq!(t.train().unwrap().step, 8);
 }

@@ -303,9 +303,24 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, source: &st
             } else {
                 path
             },
-            problem: format!("{}{at}{hint}", inner.message().trim()),
+            problem: format!("{}{at}{hint}", toml_reason(inner.message())),
         }
     })
+}
+
+/// The TOML parser's reason on one line; it gives none where a value is missing at the end of
+/// the text (a file cut off mid-value).
+fn toml_reason(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        "a value is missing here (is the file cut off?)".into()
+    } else {
+        lines.join("; ")
+    }
 }
 
 /// The text of recipe `name` in `recipes`, or an error listing the ones that exist.

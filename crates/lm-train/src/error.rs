@@ -63,6 +63,14 @@ pub enum TrainError {
         /// The newest checkpoint on disk, or "none".
         last: String,
     },
+    /// A stopping step the run cannot take.
+    #[error("cannot stop at step {step}: {problem}")]
+    StopStep {
+        /// The step asked for.
+        step: u64,
+        /// Why not, and what to do.
+        problem: String,
+    },
     /// From the model crate.
     #[error(transparent)]
     Model(#[from] lm_models::ModelError),

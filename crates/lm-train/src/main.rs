@@ -148,7 +148,8 @@ struct FinetuneArgs {
     /// Output directory (default: runs/<recipe>[-scratch]).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Steps to train (overrides the config).
+    /// Stop after this many optimizer steps (at most `train.max_iters`; the learning-rate
+    /// schedule is unchanged).
     #[arg(long)]
     max_iters: Option<u64>,
     /// No per-evaluation lines.
@@ -166,12 +167,10 @@ fn finetune(args: FinetuneArgs, device: Device) -> anyhow::Result<()> {
     if let Some(i) = args.init {
         cfg.finetune.init = i;
     }
-    if let Some(n) = args.max_iters {
-        // The schedule stays the configured one; only the stopping point moves.
-        cfg.optim.lr_decay_iters.get_or_insert(cfg.train.max_iters);
-        cfg.train.max_iters = n;
-    }
     cfg.finetune.scratch |= args.scratch;
+    if let Some(n) = args.max_iters {
+        lm_train::trainer::check_stop_step(n, cfg.train.max_iters)?;
+    }
     let out = args.out.unwrap_or_else(|| {
         free_run_dir(&if cfg.finetune.scratch {
             format!("{name}-scratch")
@@ -190,7 +189,9 @@ fn finetune(args: FinetuneArgs, device: Device) -> anyhow::Result<()> {
             ""
         }
     );
-    let trainer = Trainer::new(cfg, &out, device)?;
+    let mut trainer = Trainer::new(cfg, &out, device)?;
+    // A run-time stopping point, as `train --max-iters`: the schedule is the configured one.
+    args.max_iters.map(|n| trainer.stop_at(n)).transpose()?;
     run_trainer(trainer, args.quiet, true, true)
 }
 
@@ -340,6 +341,10 @@ fn train(args: TrainArgs, comm: Arc<dyn Collective>, device: Device) -> anyhow::
             _ => unreachable!("clap requires one source"),
         };
         let cfg = with_overrides(cfg, &args.sets, args.seed)?;
+        if let Some(n) = args.max_iters {
+            // Refused before anything is written.
+            lm_train::trainer::check_stop_step(n, cfg.train().max_iters)?;
+        }
         let out = args.out.clone().unwrap_or_else(|| free_run_dir(&name));
         let what = match &cfg {
             RunConfig::Pretrain(c) => c.model.family.to_string(),
@@ -357,10 +362,8 @@ fn train(args: TrainArgs, comm: Arc<dyn Collective>, device: Device) -> anyhow::
             out!("training {name} ({what}) into {}{on}", out.display());
         }
         let mut t = Trainer::new_distributed(cfg, &out, device, comm)?;
-        if let Some(n) = args.max_iters {
-            // A run-time stopping point: the saved config and the schedule stay as configured.
-            t.stop_at(n);
-        }
+        // A run-time stopping point: the saved config and the schedule stay as configured.
+        args.max_iters.map(|n| t.stop_at(n)).transpose()?;
         t
     };
     let single = comm_is_single(&trainer);

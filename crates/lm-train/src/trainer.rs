@@ -145,6 +145,24 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
+/// Whether a run whose `train.max_iters` is `max_iters` may stop at `step`
+/// ([`Trainer::stop_at`]): not at 0 (nothing to train), not past `max_iters` (the length the
+/// run was configured, and its schedule made, for). A caller checks it before creating anything.
+pub fn check_stop_step(step: u64, max_iters: u64) -> Result<()> {
+    let problem = if step == 0 {
+        "there would be nothing to train; give a step of at least 1".to_string()
+    } else if step > max_iters {
+        format!(
+            "the run ends at train.max_iters = {max_iters} (its schedule was made for that \
+             length); to train longer, start a new run with train.max_iters = {step} (`--set \
+             train.max_iters={step}`)"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(TrainError::StopStep { step, problem })
+}
+
 /// The device training runs on: the first CUDA or Metal device when built with that feature
 /// and one opens (driver and libraries present), else the CPU.
 pub fn default_device() -> Device {
@@ -242,9 +260,13 @@ impl Trainer {
     }
 
     /// Stops this call of [`Trainer::train`] after `step` instead of `train.max_iters` (the saved
-    /// config and the learning-rate schedule are unchanged).
-    pub fn stop_at(&mut self, step: u64) {
+    /// config and the learning-rate schedule are unchanged). Refused: step 0 (nothing to train)
+    /// and a step past `train.max_iters` — a longer run is a new run with a larger
+    /// `train.max_iters`.
+    pub fn stop_at(&mut self, step: u64) -> Result<()> {
+        check_stop_step(step, self.cfg.train().max_iters)?;
         self.stop_at = Some(step);
+        Ok(())
     }
 
     /// When `flag` becomes true (e.g. from a SIGINT handler), training stops after the current

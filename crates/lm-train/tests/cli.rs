@@ -355,17 +355,20 @@ fn fine_tuned_runs_of_every_family_eval_sample_predict_plot_and_resume() {
         (c.finetune.train_examples, c.finetune.val_examples) = (32, 4);
         (c.finetune.test_examples, c.finetune.max_len) = (4, 24);
         c.finetune.max_target_len = 4;
-        (c.train.max_iters, c.train.eval_interval, c.train.eval_iters) = (4, 2, 1);
+        (c.train.max_iters, c.train.eval_interval, c.train.eval_iters) = (6, 2, 1);
         (c.train.batch_size, c.optim.warmup_iters) = (4, 1);
         let cfg = d.join(format!("{ft}.toml"));
         std::fs::write(&cfg, c.to_toml()).unwrap();
         let run = format!("ft-{ft}");
+        // Stopped at 4 of its 6 steps, resumed to the end below.
         let args = [
             "train",
             "--config",
             cfg.to_str().unwrap(),
             "--out",
             &run,
+            "--max-iters",
+            "4",
             "--quiet",
         ];
         let out = text(lm_train(&args, d), ft);
@@ -401,13 +404,7 @@ fn fine_tuned_runs_of_every_family_eval_sample_predict_plot_and_resume() {
             4,
             "{ft}"
         );
-        let resumed = text(
-            lm_train(
-                &["train", "--resume", &run, "--max-iters", "6", "--quiet"],
-                d,
-            ),
-            ft,
-        );
+        let resumed = text(lm_train(&["train", "--resume", &run, "--quiet"], d), ft);
         assert!(resumed.contains("final: step 6"), "{ft}: {resumed}");
     }
 }
@@ -500,4 +497,39 @@ fn recipes_show_round_trips_through_train_config_and_overrides_apply() {
         &lm_train(&["eval", "run", "--device", "tpu"], d),
         "--device",
     );
+}
+
+#[test]
+fn stopping_steps_the_run_cannot_take_and_missing_runs_are_refused_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("c.txt"), &lm_train::data::SHAKESPEARE[..20_000]).unwrap();
+    let cfg = tiny_config(d, "c.txt");
+    let cfg = cfg.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--config", cfg, "--out", "run", "--quiet"];
+        args.extend_from_slice(extra);
+        lm_train(&args, d)
+    };
+    assert_one_line_error(&train(&["--max-iters", "0"]), "nothing to train");
+    assert_one_line_error(
+        &train(&["--max-iters", "2001"]),
+        "the run ends at train.max_iters = 2000",
+    );
+    assert!(!d.join("run").exists(), "a refused run wrote its directory");
+    let out = train(&["--max-iters", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_one_line_error(
+        &lm_train(&["train", "--resume", "run", "--max-iters", "5000"], d),
+        "--set train.max_iters=5000",
+    );
+    assert_one_line_error(
+        &lm_train(&["train", "--resume", "nowhere"], d),
+        "nowhere: is not a run directory",
+    );
+    assert!(!d.join("nowhere").exists());
 }

@@ -82,7 +82,7 @@ fn the_minimal_example_trains() {
     let tmp = tempfile::tempdir().unwrap();
     let mut t =
         lm_train::Trainer::new(cfg, &tmp.path().join("run"), candle_core::Device::Cpu).unwrap();
-    t.stop_at(2);
+    t.stop_at(2).unwrap();
     let summary = t.train().unwrap();
     assert_eq!(summary.step, 2);
     assert!(summary.last_eval.is_some_and(|(_, v)| v.is_finite()));

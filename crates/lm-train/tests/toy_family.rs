@@ -149,7 +149,7 @@ fn a_fifth_family_trains_checkpoints_resumes_and_samples_by_registration_alone()
     assert_eq!(cfg.model.family.name, "bigram");
     let run = tmp.path().join("run");
     let mut t = Trainer::new(cfg.clone(), &run, Device::Cpu).unwrap();
-    t.stop_at(15);
+    t.stop_at(15).unwrap();
     t.train().unwrap();
     let mut resumed = Trainer::open(&run, Device::Cpu).unwrap();
     let summary = resumed.train().unwrap();

@@ -312,3 +312,15 @@ fn activation_checkpointing_is_a_name_or_a_count() {
         );
     }
 }
+
+#[test]
+fn a_config_cut_mid_value_says_what_is_missing_and_where() {
+    let text = "[model]\nfamily = \"gpt\"\nn_layer = 2\nn_head = ";
+    let e = TrainConfig::from_toml(text, "cut.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cut.toml") && e.contains("line 4"), "{e}");
+    // A reason, not an empty one before the position.
+    assert!(!e.contains(":  ("), "{e}");
+    assert!(e.contains("value"), "{e}");
+}

@@ -39,6 +39,14 @@ impl Trainer {
         device: Device,
         comm: Arc<dyn Collective>,
     ) -> Result<Self> {
+        if !run_dir.join("config.toml").is_file() {
+            return Err(TrainError::Checkpoint {
+                path: run_dir.into(),
+                problem: "is not a run directory (it has no config.toml); resume takes the \
+                          directory a `train` run wrote (its --out)"
+                    .into(),
+            });
+        }
         let mut t = if comm.rank() == 0 {
             let lock = RunLock::acquire(run_dir)?;
             let mut t = Self::reopen(run_dir, device, true)?;
@@ -48,7 +56,9 @@ impl Trainer {
         } else {
             Self::open(run_dir, device)?
         };
-        t.stop_at = max_iters;
+        if let Some(n) = max_iters {
+            t.stop_at(n)?;
+        }
         let saved = (t.state.world, t.state.sharded_optimizer);
         t.setup_ranks(comm)?;
         if saved.1 {

@@ -525,6 +525,9 @@ fn sample(
 fn predict(run: &Path, input: &Path, device: Device) -> anyhow::Result<()> {
     let trainer = Trainer::open(run, device)?;
     let examples = lm_train::tasks::read_jsonl(input)?;
+    if examples.is_empty() {
+        anyhow::bail!("{}: holds no example to predict", input.display());
+    }
     let Some(predictions) = trainer.predict(&examples)? else {
         anyhow::bail!(
             "{}: predict needs a fine-tuned run (this is a pretraining run; use `sample`)",
@@ -534,22 +537,7 @@ fn predict(run: &Path, input: &Path, device: Device) -> anyhow::Result<()> {
     for p in &predictions {
         out!("{}", serde_json::json!({ "prediction": p }));
     }
-    let gold: Vec<String> = examples.iter().map(|e| e.gold().to_string()).collect();
-    let classification = examples.iter().any(|e| e.is_labelled());
-    let metrics = if classification {
-        [
-            ("accuracy", lm_train::tasks::accuracy(&predictions, &gold)),
-            ("macro_f1", lm_train::tasks::macro_f1(&predictions, &gold)),
-        ]
-    } else {
-        [
-            (
-                "exact_match",
-                lm_train::tasks::exact_match(&predictions, &gold),
-            ),
-            ("token_f1", lm_train::tasks::token_f1(&predictions, &gold)),
-        ]
-    };
+    let metrics = lm_train::tasks::prediction_metrics(&predictions, &examples);
     let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
     eprintln!("{} examples: {}", examples.len(), line.join(", "));
     Ok(())

@@ -349,6 +349,26 @@ pub fn next_line_pairs(
     Ok(TaskData { train, val, test })
 }
 
+/// The metrics of `predictions` against `examples`' gold answers: accuracy and macro-F1 when
+/// the examples are labelled (classification), exact match and token F1 otherwise (generation).
+pub fn prediction_metrics(
+    predictions: &[String],
+    examples: &[Example],
+) -> [(&'static str, f64); 2] {
+    let gold: Vec<String> = examples.iter().map(|e| e.gold().to_string()).collect();
+    if examples.iter().any(Example::is_labelled) {
+        [
+            ("accuracy", accuracy(predictions, &gold)),
+            ("macro_f1", macro_f1(predictions, &gold)),
+        ]
+    } else {
+        [
+            ("exact_match", exact_match(predictions, &gold)),
+            ("token_f1", token_f1(predictions, &gold)),
+        ]
+    }
+}
+
 /// Fraction of equal predictions.
 pub fn accuracy(pred: &[String], gold: &[String]) -> f64 {
     pred.iter().zip(gold).filter(|(p, g)| p == g).count() as f64 / gold.len().max(1) as f64

@@ -399,6 +399,11 @@ fn fine_tuned_runs_of_every_family_eval_sample_predict_plot_and_resume() {
         );
         assert_eq!(predicted.lines().count(), 4, "{ft}: {predicted}");
         assert!(predicted.lines().all(|l| l.starts_with("{\"prediction\":")));
+        std::fs::write(d.join("none.jsonl"), "").unwrap();
+        assert_one_line_error(
+            &lm_train(&["predict", &run, "--input", "none.jsonl"], d),
+            "none.jsonl: holds no example to predict",
+        );
         assert_eq!(
             text(lm_train(&["plot", &run], d), ft).lines().count(),
             4,

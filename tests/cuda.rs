@@ -411,13 +411,14 @@ fn a_checkpoint_written_on_the_gpu_loads_on_the_cpu_and_back() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let mut cfg = tiny_config(BUILTIN_SHAKESPEARE, 8);
+    let mut cfg = tiny_config(BUILTIN_SHAKESPEARE, 12);
     cfg.model.dropout = 0.0;
     cfg.train.matmul_precision = Precision::Highest;
-    Trainer::new(cfg, &run, gpu.clone())
-        .unwrap()
-        .train()
-        .unwrap();
+    // Stopped at 8 of its 12 steps; resumed below.
+    let mut first = Trainer::new(cfg, &run, gpu.clone()).unwrap();
+    first.stop_at(8).unwrap();
+    first.train().unwrap();
+    drop(first);
     let on_cpu = Trainer::open(&run, Device::Cpu)
         .unwrap()
         .evaluate()

@@ -119,7 +119,17 @@ pub const CHECKSUMMED: [&str; 4] = [
 
 /// Checks every file that `state` has a checksum for against it; a mismatch names the file.
 pub fn verify_checksums(ckpt: &Path, state: &TrainerState) -> Result<()> {
-    for (file, want) in &state.checksums {
+    verify_checksums_of(ckpt, state, |_| true)
+}
+
+/// [`verify_checksums`] for the files `wanted` keeps (a reader skips the optimizer state it
+/// does not load).
+pub fn verify_checksums_of(
+    ckpt: &Path,
+    state: &TrainerState,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<()> {
+    for (file, want) in state.checksums.iter().filter(|(f, _)| wanted(f)) {
         let path = ckpt.join(file);
         let got = FileSum::of(&path)?;
         if got != *want {

@@ -123,6 +123,8 @@ pub struct Trainer {
     lock: Option<RunLock>,
     /// Stop after this step instead of `train.max_iters` (a run-time override, not saved).
     stop_at: Option<u64>,
+    /// Opened for reading ([`Trainer::open`]): no optimizer state, no training.
+    read_only: bool,
     /// Set (e.g. by a SIGINT handler) to stop after the current step with a checkpoint.
     stop_flag: Option<Arc<AtomicBool>>,
     /// Steps skipped on the device since the last read: `[count, first step, its loss]`.
@@ -143,6 +145,32 @@ impl std::fmt::Debug for Trainer {
             .field("step", &self.state.step)
             .finish()
     }
+}
+
+impl Trainer {
+    /// Refuses a trainer opened for reading.
+    fn check_trainable(&self) -> Result<()> {
+        if !self.read_only {
+            return Ok(());
+        }
+        Err(TrainError::Checkpoint {
+            path: self.run_dir.clone(),
+            problem: "was opened for reading (no optimizer state, no lock); resume it to train \
+                      (`Trainer::resume`, `lm-train train --resume`)"
+                .into(),
+        })
+    }
+}
+
+/// How an existing run is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// To train on (rank 0 of a resumed run, holding the lock): weights and optimizer state.
+    Writer,
+    /// As another rank of a resumed run: weights and optimizer state, nothing written.
+    Rank,
+    /// To read (eval, sample, predict): weights only.
+    Reader,
 }
 
 /// Whether a run whose `train.max_iters` is `max_iters` may stop at `step`
@@ -233,16 +261,35 @@ impl Trainer {
     }
 
     /// Opens the run in `run_dir` at its newest checkpoint for reading (evaluation, sampling):
-    /// nothing in the run directory is written, and no lock is taken.
+    /// nothing in the run directory is written, no lock is taken, and only the weights are
+    /// loaded (not the optimizer state). A checkpoint that a training process prunes while it is
+    /// being read is given up for the newest one then (at most three tries). Such a trainer
+    /// does not train.
     pub fn open(run_dir: &Path, device: Device) -> Result<Self> {
-        Self::reopen(run_dir, device, false)
+        let mut attempt = 1;
+        loop {
+            let ckpt = checkpoint::latest_checkpoint(run_dir)?;
+            match Self::reopen(run_dir, &ckpt, device.clone(), Opened::Reader) {
+                Err(_) if attempt < 3 && !ckpt.exists() => attempt += 1,
+                done => return done,
+            }
+        }
     }
 
-    fn reopen(run_dir: &Path, device: Device, writable: bool) -> Result<Self> {
-        let cfg = RunConfig::from_file(&run_dir.join("config.toml"))?;
+    /// The run at its newest checkpoint for `how`.
+    fn reopen_newest(run_dir: &Path, device: Device, how: Opened) -> Result<Self> {
         let ckpt = checkpoint::latest_checkpoint(run_dir)?;
+        Self::reopen(run_dir, &ckpt, device, how)
+    }
+
+    fn reopen(run_dir: &Path, ckpt: &Path, device: Device, how: Opened) -> Result<Self> {
+        let writable = how == Opened::Writer;
+        let cfg = RunConfig::from_file(&run_dir.join("config.toml"))?;
+        let ckpt = ckpt.to_path_buf();
         let state = checkpoint::read_state(&ckpt)?;
-        checkpoint::verify_checksums(&ckpt, &state)?;
+        checkpoint::verify_checksums_of(&ckpt, &state, |file| {
+            how != Opened::Reader || !file.starts_with("optimizer")
+        })?;
         check_same_run(run_dir, &ckpt, &cfg)?;
         let parts = match &cfg {
             RunConfig::Pretrain(c) => {
@@ -255,7 +302,13 @@ impl Trainer {
             }
         };
         let mut t = Self::build(cfg, run_dir, device, parts, state)?;
-        t.load_weights_and_optimizer(&ckpt)?;
+        t.load_weights(&ckpt)?;
+        if how == Opened::Reader {
+            t.read_only = true;
+        } else if !t.state.sharded_optimizer {
+            // (a sharded state is loaded by each rank once it knows its rank)
+            t.load_optimizer(&ckpt)?;
+        }
         Ok(t)
     }
 
@@ -308,6 +361,7 @@ impl Trainer {
             state,
             lock: None,
             stop_at: None,
+            read_only: false,
             stop_flag: None,
             nonfinite: None,
             strategy: Strategy::single(),
@@ -441,6 +495,7 @@ impl Trainer {
     /// One optimizer step outside the loop (no logging, evaluation or checkpoint); returns the
     /// training loss, or `None` for a skipped non-finite step. For benchmarks and custom loops.
     pub fn train_one_step(&mut self) -> Result<Option<f32>> {
+        self.check_trainable()?;
         let batches = self.step_shape().batches(
             &self.work,
             self.state.step,
@@ -465,6 +520,7 @@ impl Trainer {
     /// improved for `early_stopping_patience` evaluations. A fine-tuning run then reports the
     /// test metrics of its best checkpoint.
     pub fn train(&mut self) -> Result<TrainSummary> {
+        self.check_trainable()?;
         let until = self.stop_at.unwrap_or(self.cfg.train().max_iters);
         let pb = self.progress_bar(until);
         let mut summary = TrainSummary {

@@ -167,7 +167,7 @@ fn bad_fine_tuning_data_is_refused_by_name() {
         lm_train::checkpoint::FileSum::of(&opt).unwrap(),
     );
     std::fs::write(ckpt.join("state.json"), serde_json::to_string(&st).unwrap()).unwrap();
-    let out = lm_train(&["eval", "ft"], d);
+    let out = lm_train(&["train", "--resume", "ft"], d);
     assert_one_line_error(&out, "step count");
     assert_one_line_error(&out, "optimizer.safetensors");
     // A model directory whose tokenizer lacks a token the family's encodings need ([SEP],
@@ -511,4 +511,45 @@ fn smaller_cases_are_handled() {
     let out = ok(&["train", "--resume", "short", "--quiet"], d);
     assert!(out.contains("final: step 6"), "{out}");
     assert!(!leftover.exists());
+}
+
+#[test]
+fn readers_load_weights_only_and_do_not_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = small_gpt(d, "r.toml", 2, 1, (2, 1));
+    // The corpus by its full path, so that the library (below) finds it from any directory.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let corpus = d.join("corpus.txt").display().to_string();
+    std::fs::write(&cfg, text.replace("\"corpus.txt\"", &format!("{corpus:?}"))).unwrap();
+    ok(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+            "--quiet",
+        ],
+        d,
+    );
+    // The optimizer state gone from the newest checkpoint: readers never needed it…
+    let ckpt = lm_train::checkpoint::latest_checkpoint(&d.join("run")).unwrap();
+    std::fs::remove_file(ckpt.join("optimizer.safetensors")).unwrap();
+    let out = lm_train(&["eval", "run"], d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("val loss"));
+    // …a resumed run does, and says which file is missing.
+    assert_one_line_error(
+        &lm_train(&["train", "--resume", "run"], d),
+        "optimizer.safetensors",
+    );
+    // A trainer opened for reading refuses to train.
+    let mut reader = lm_train::Trainer::open(&d.join("run"), candle_core::Device::Cpu).unwrap();
+    let e = reader.train().unwrap_err().to_string();
+    assert!(e.contains("opened for reading"), "{e}");
 }

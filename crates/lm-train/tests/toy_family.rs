@@ -151,7 +151,8 @@ fn a_fifth_family_trains_checkpoints_resumes_and_samples_by_registration_alone()
     let mut t = Trainer::new(cfg.clone(), &run, Device::Cpu).unwrap();
     t.stop_at(15).unwrap();
     t.train().unwrap();
-    let mut resumed = Trainer::open(&run, Device::Cpu).unwrap();
+    drop(t);
+    let mut resumed = Trainer::resume(&run, None, Device::Cpu).unwrap();
     let summary = resumed.train().unwrap();
     assert_eq!(summary.step, 30);
     let (_, val) = summary.last_eval.unwrap();

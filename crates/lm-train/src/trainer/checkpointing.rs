@@ -4,7 +4,8 @@
 use super::*;
 
 impl Trainer {
-    pub(super) fn load_weights_and_optimizer(&mut self, ckpt: &Path) -> Result<()> {
+    /// The weights of checkpoint `ckpt` (its vocabulary checked against the run's tokenizer).
+    pub(super) fn load_weights(&mut self, ckpt: &Path) -> Result<()> {
         let config = ckpt.join("config.json");
         if let Ok(text) = std::fs::read_to_string(&config) {
             let saved: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -19,10 +20,7 @@ impl Trainer {
         }
         self.store
             .load_safetensors(&ckpt.join("model.safetensors"), |n| Some(n.to_string()))?;
-        if self.state.sharded_optimizer {
-            return Ok(()); // each rank loads its shard once it knows its rank
-        }
-        self.load_optimizer(ckpt)
+        Ok(())
     }
 
     /// The optimizer state of checkpoint `ckpt` (this rank's shard when it is sharded).

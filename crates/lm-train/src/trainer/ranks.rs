@@ -49,12 +49,12 @@ impl Trainer {
         }
         let mut t = if comm.rank() == 0 {
             let lock = RunLock::acquire(run_dir)?;
-            let mut t = Self::reopen(run_dir, device, true)?;
+            let mut t = Self::reopen_newest(run_dir, device, Opened::Writer)?;
             t.lock = Some(lock);
             t.metrics.truncate_after(t.state.step)?;
             t
         } else {
-            Self::open(run_dir, device)?
+            Self::reopen_newest(run_dir, device, Opened::Rank)?
         };
         if let Some(n) = max_iters {
             t.stop_at(n)?;

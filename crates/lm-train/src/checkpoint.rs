@@ -109,12 +109,15 @@ impl FileSum {
     }
 }
 
-/// The files of a checkpoint that carry a checksum in its `state.json`.
-pub const CHECKSUMMED: [&str; 4] = [
+/// The files of a checkpoint that carry a checksum in its `state.json` (those it has; a
+/// checkpoint written before a file was listed has no checksum for it).
+pub const CHECKSUMMED: [&str; 6] = [
     "model.safetensors",
     "optimizer.safetensors",
     "tokenizer.json",
     "config.json",
+    "run_config.toml",
+    "generation_config.json",
 ];
 
 /// Checks every file that `state` has a checksum for against it; a mismatch names the file.

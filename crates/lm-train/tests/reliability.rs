@@ -412,6 +412,17 @@ fn a_damaged_checkpoint_is_detected() {
     for args in [&["eval", "run"][..], &["train", "--resume", "run"][..]] {
         assert_one_line_error(&lm_train(args, d), "model.safetensors: damaged");
     }
+    // The checkpoint's copy of the run's config, changed without changing its length, is caught
+    // by its checksum too (an earlier checkpoint is still fine).
+    std::fs::write(&weights, {
+        bytes[last] ^= 0x40;
+        &bytes
+    })
+    .unwrap();
+    let saved = d.join("run/checkpoints/step-00000006/run_config.toml");
+    let text = std::fs::read_to_string(&saved).unwrap();
+    std::fs::write(&saved, text.replacen("seed = ", "seed=  ", 1)).unwrap();
+    assert_one_line_error(&lm_train(&["eval", "run"], d), "run_config.toml: damaged");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{io_err, Result};
+use crate::error::{io_err, Result, TrainError};
 
 /// One line of `metrics.jsonl`. Evaluation lines carry `val_loss`, and their `train_loss` is the
 /// evaluation estimate on the training split.
@@ -65,17 +65,36 @@ impl MetricsLog {
         writeln!(f, "{line}").map_err(io_err(&self.path))
     }
 
-    /// All records in the file.
+    /// All records in the file. A last line that does not parse (a write cut off by a crash) is
+    /// dropped with a warning on stderr; any other line that does not parse is damage, an error
+    /// naming the file and the line.
     pub fn read(path: &Path) -> Result<Vec<MetricRecord>> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
             Err(e) => return Err(io_err(path)(e)),
         };
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut records = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str(line) {
+                Ok(r) => records.push(r),
+                Err(e) if i + 1 == lines.len() => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "warning: {}: its last line is not a whole record ({e}); it is left out",
+                        path.display()
+                    );
+                }
+                Err(e) => {
+                    return Err(TrainError::Checkpoint {
+                        path: path.into(),
+                        problem: format!("line {}: not a metrics record: {e}", i + 1),
+                    })
+                }
+            }
+        }
+        Ok(records)
     }
 
     /// Drops the records after `step` (on resume from a checkpoint at `step`, those steps run
@@ -86,6 +105,18 @@ impl MetricsLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_err(&self.path)(e)),
         };
+        let cut = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter(|l| serde_json::from_str::<MetricRecord>(l).is_err())
+            .count();
+        if cut > 0 {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: {}: {cut} line(s) that are not whole records (a write cut off) are dropped",
+                self.path.display()
+            );
+        }
         // The kept lines stay byte for byte as written.
         let kept: String = text
             .lines()
@@ -105,5 +136,49 @@ impl MetricsLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(&self.path)(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(step: u64) -> MetricRecord {
+        MetricRecord {
+            step,
+            lr: 1e-3,
+            train_loss: 2.5,
+            tokens_per_sec: 10.0,
+            elapsed_s: 1.0,
+            val_loss: None,
+            grad_norm: Some(1.0),
+            mfu: None,
+            peak_rss_mib: None,
+            metrics: std::collections::BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_cut_last_line_is_left_out_and_a_damaged_one_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("metrics.jsonl");
+        let log = MetricsLog::new(&path);
+        for s in [1, 2, 3] {
+            log.append(&record(s)).unwrap();
+        }
+        let whole = std::fs::read_to_string(&path).unwrap();
+        // Cut in the middle of the third line, as a crash mid-write leaves it.
+        std::fs::write(&path, &whole[..whole.len() - 20]).unwrap();
+        let steps: Vec<u64> = MetricsLog::read(&path)
+            .unwrap()
+            .iter()
+            .map(|r| r.step)
+            .collect();
+        assert_eq!(steps, vec![1, 2]);
+        // The second line damaged: an error naming the file and the line.
+        let damaged = whole.replacen("\"step\":2", "\"stp\":2,", 1);
+        std::fs::write(&path, damaged).unwrap();
+        let e = MetricsLog::read(&path).unwrap_err().to_string();
+        assert!(e.contains("metrics.jsonl") && e.contains("line 2"), "{e}");
     }
 }

@@ -292,9 +292,10 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, source: &st
             })
             .unwrap_or_default();
         let hint = if path == "data.tokenizer" {
-            " (a tokenizer.json file goes in data.tokenizer_file)"
+            " (a tokenizer.json file goes in data.tokenizer_file)".to_string()
         } else {
-            ""
+            closest_known(inner.message())
+                .map_or(String::new(), |k| format!(" (did you mean `{k}`?)"))
         };
         TrainError::Config {
             source_name: source.into(),
@@ -306,6 +307,37 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, source: &st
             problem: format!("{}{at}{hint}", toml_reason(inner.message())),
         }
     })
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`, …": the expected name closest to
+/// `x` in edit distance, when it is close (at most a third of its letters differ).
+fn closest_known(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut diagonal = row[0];
+            row[0] = i + 1;
+            for (j, &cb) in b.iter().enumerate() {
+                let next = (diagonal + usize::from(ca != cb))
+                    .min(row[j] + 1)
+                    .min(row[j + 1] + 1);
+                diagonal = row[j + 1];
+                row[j + 1] = next;
+            }
+        }
+        row[b.len()]
+    };
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (distance(unknown, k), k))
+        .min()
+        .filter(|(d, _)| 3 * d <= unknown.chars().count().max(3))
+        .map(|(_, k)| k.to_string())
 }
 
 /// The TOML parser's reason on one line; it gives none where a value is missing at the end of
@@ -366,6 +398,28 @@ fn missing_required(text: &str, required: &[(&str, &[&str])]) -> Vec<String> {
         .collect()
 }
 
+/// Parses `text`; an unknown key, a wrong type or bad syntax is reported first, then every
+/// `required` key it lacks at once.
+pub(crate) fn parse_missing_last<T: serde::de::DeserializeOwned>(
+    text: &str,
+    source_name: &str,
+    required: &[(&str, &[&str])],
+) -> Result<T> {
+    let missing = missing_required(text, required);
+    match parse_toml(text, source_name) {
+        Err(TrainError::Config { problem, .. })
+            if !missing.is_empty() && problem.starts_with("missing field") =>
+        {
+            Err(config_err(
+                source_name,
+                &missing.join(", "),
+                "missing: these keys have no default (docs/config.md lists every key)".into(),
+            ))
+        }
+        parsed => parsed,
+    }
+}
+
 /// The `[optim]` table as `text` writes it (empty when absent): the keys an `optim.preset`
 /// leaves alone.
 pub(crate) fn written_optim(text: &str) -> toml::Table {
@@ -381,15 +435,7 @@ pub(crate) fn written_optim(text: &str) -> toml::Table {
 impl TrainConfig {
     /// Parses and validates a TOML text; `source_name` (a path or recipe) appears in errors.
     pub fn from_toml(text: &str, source_name: &str) -> Result<Self> {
-        let missing = missing_required(text, REQUIRED);
-        if !missing.is_empty() {
-            return Err(config_err(
-                source_name,
-                &missing.join(", "),
-                "missing: these keys have no default (docs/config.md lists every key)".into(),
-            ));
-        }
-        let mut cfg: Self = parse_toml(text, source_name)?;
+        let mut cfg: Self = parse_missing_last(text, source_name, REQUIRED)?;
         cfg.optim
             .fill_from_preset(&written_optim(text), source_name)?;
         cfg.validate(source_name)?;

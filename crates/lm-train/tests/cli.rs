@@ -14,6 +14,18 @@ fn bad_inputs_fail_with_one_line_naming_the_problem() {
     let d = tmp.path();
     let out = lm_train(&["train", "--recipe", "no-such-recipe"], d);
     assert_one_line_error(&out, "unknown recipe \"no-such-recipe\"");
+    // Exit status (README): 1 for an error, 2 for a command line that does not parse.
+    assert_eq!(out.status.code(), Some(1));
+    let usage = lm_train(
+        &[
+            "train",
+            "--recipe",
+            "gpt-shakespeare-char",
+            "--no-such-flag",
+        ],
+        d,
+    );
+    assert_eq!(usage.status.code(), Some(2));
 
     let cfg = tiny_config(d, "missing.txt");
     assert_one_line_error(

@@ -5,8 +5,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    config_err, missing_required, parse_toml, recipe_text, written_optim, Freeze, OptimSection,
-    TaskKind, TrainSection,
+    config_err, parse_missing_last, recipe_text, written_optim, Freeze, OptimSection, TaskKind,
+    TrainSection,
 };
 use crate::error::{io_err, Result};
 
@@ -121,15 +121,7 @@ impl FinetuneConfig {
             ("optim", &["lr"]),
             ("train", &["batch_size", "max_iters", "eval_interval"]),
         ];
-        let missing = missing_required(text, FINETUNE_REQUIRED);
-        if !missing.is_empty() {
-            return Err(config_err(
-                source,
-                &missing.join(", "),
-                "missing: these keys have no default (docs/config.md lists every key)".into(),
-            ));
-        }
-        let mut cfg: Self = parse_toml(text, source)?;
+        let mut cfg: Self = parse_missing_last(text, source, FINETUNE_REQUIRED)?;
         cfg.optim.fill_from_preset(&written_optim(text), source)?;
         cfg.validate(source)?;
         Ok(cfg)

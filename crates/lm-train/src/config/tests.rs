@@ -324,3 +324,35 @@ fn a_config_cut_mid_value_says_what_is_missing_and_where() {
     assert!(!e.contains(":  ("), "{e}");
     assert!(e.contains("value"), "{e}");
 }
+
+#[test]
+fn an_unknown_key_is_named_before_missing_ones_with_the_closest_known_key() {
+    // `n_layers` misspelt and `n_head`, `lr` missing: the misspelling is the error.
+    let text = "[model]\nfamily = \"gpt\"\nn_layers = 2\nn_embd = 32\nblock_size = 16\n\
+                [train]\nbatch_size = 4\nmax_iters = 1\neval_interval = 1\n";
+    let e = TrainConfig::from_toml(text, "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.n_layers")
+            && e.contains("unknown field")
+            && e.contains("did you mean `n_layer`?"),
+        "{e}"
+    );
+    // With it fixed, every missing key at once.
+    let e = TrainConfig::from_toml(&text.replace("n_layers", "n_layer"), "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.n_head, optim.lr") && e.contains("missing"),
+        "{e}"
+    );
+    // Nothing close: no guess.
+    let e = TrainConfig::from_toml(&text.replace("n_layers", "zzzzzz"), "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown field `zzzzzz`") && !e.contains("did you mean"),
+        "{e}"
+    );
+}

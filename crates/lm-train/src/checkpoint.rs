@@ -139,7 +139,7 @@ pub fn verify_checksums_of(
             return Err(TrainError::Checkpoint {
                 path,
                 problem: format!(
-                    "damaged: CRC-32 {:08x} over {} bytes, state.json recorded {:08x} over {} bytes; use an earlier checkpoint",
+                    "damaged: CRC-32 {:08x} over {} bytes, state.json recorded {:08x} over {} bytes; read an earlier checkpoint by its directory (`lm-train eval RUN/checkpoints/step-N`), or move this one aside to resume from the one before",
                     got.crc32, got.len, want.crc32, want.len
                 ),
             });

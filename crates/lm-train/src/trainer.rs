@@ -265,7 +265,26 @@ impl Trainer {
     /// loaded (not the optimizer state). A checkpoint that a training process prunes while it is
     /// being read is given up for the newest one then (at most three tries). Such a trainer
     /// does not train.
+    ///
+    /// `run_dir` may also be one of the run's checkpoints (`RUN/checkpoints/step-N`): that one
+    /// is opened instead of the newest.
     pub fn open(run_dir: &Path, device: Device) -> Result<Self> {
+        if run_dir.join("state.json").is_file() {
+            let ckpt = run_dir;
+            let run = ckpt
+                .parent()
+                .and_then(Path::parent)
+                .filter(|r| r.join("config.toml").is_file());
+            let Some(run) = run else {
+                return Err(TrainError::Checkpoint {
+                    path: ckpt.into(),
+                    problem: "is a checkpoint outside its run directory (RUN/checkpoints/step-N, \
+                              with RUN/config.toml)"
+                        .into(),
+                });
+            };
+            return Self::reopen(run, ckpt, device, Opened::Reader);
+        }
         let mut attempt = 1;
         loop {
             let ckpt = checkpoint::latest_checkpoint(run_dir)?;

@@ -564,3 +564,51 @@ fn readers_load_weights_only_and_do_not_train() {
     let e = reader.train().unwrap_err().to_string();
     assert!(e.contains("opened for reading"), "{e}");
 }
+
+#[test]
+fn an_earlier_checkpoint_is_read_by_its_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = small_gpt(d, "e.toml", 4, 1, (2, 1));
+    ok(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+            "--quiet",
+        ],
+        d,
+    );
+    let said = ok(&["eval", "run/checkpoints/step-00000002"], d);
+    assert!(said.starts_with("step 2:"), "{said}");
+    // The newest damaged: the run is refused, saying how to read an earlier one, which works.
+    let weights = d.join("run/checkpoints/step-00000004/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 7;
+    bytes[last] ^= 0x40;
+    std::fs::write(&weights, &bytes).unwrap();
+    assert_one_line_error(&lm_train(&["eval", "run"], d), "RUN/checkpoints/step-N");
+    assert!(
+        ok(
+            &["sample", "run/checkpoints/step-00000002", "--tokens", "3"],
+            d
+        )
+        .len()
+            > 3
+    );
+    // A checkpoint copied out of its run is refused, naming what it needs.
+    std::fs::create_dir_all(d.join("loose")).unwrap();
+    for f in ["state.json", "model.safetensors"] {
+        std::fs::copy(
+            d.join("run/checkpoints/step-00000002").join(f),
+            d.join("loose").join(f),
+        )
+        .unwrap();
+    }
+    assert_one_line_error(
+        &lm_train(&["eval", "loose"], d),
+        "outside its run directory",
+    );
+}

@@ -139,7 +139,7 @@ pub fn verify_checksums_of(
             return Err(TrainError::Checkpoint {
                 path,
                 problem: format!(
-                    "damaged: CRC-32 {:08x} over {} bytes, state.json recorded {:08x} over {} bytes; read an earlier checkpoint by its directory (`lm-train eval RUN/checkpoints/step-N`), or move this one aside to resume from the one before",
+                    "damaged: CRC-32 {:08x} over {} bytes, state.json recorded {:08x} over {} bytes; use an earlier checkpoint by its directory (`lm-train eval RUN/checkpoints/step-N`, `lm-train train --resume RUN/checkpoints/step-N`)",
                     got.crc32, got.len, want.crc32, want.len
                 ),
             });
@@ -202,6 +202,53 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// When `path` is one of a run's checkpoints (`RUN/checkpoints/step-N`, with `RUN/config.toml`):
+/// the run directory and the checkpoint. `None` for any other directory; an error for a
+/// checkpoint outside its run.
+pub fn checkpoint_of_run(path: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
+    if !path.join("state.json").is_file() {
+        return Ok(None);
+    }
+    let run = path
+        .parent()
+        .and_then(Path::parent)
+        .filter(|r| r.join("config.toml").is_file());
+    match run {
+        Some(run) => Ok(Some((run.to_path_buf(), path.to_path_buf()))),
+        None => Err(TrainError::Checkpoint {
+            path: path.into(),
+            problem: "is a checkpoint outside its run directory (RUN/checkpoints/step-N, with \
+                      RUN/config.toml)"
+                .into(),
+        }),
+    }
+}
+
+/// Moves the run's checkpoints after `step` into `checkpoints/superseded-after-step-N-<time>/`
+/// (nothing is deleted): a run resumed from an earlier checkpoint goes another way. Returns
+/// where they went, `None` when there were none.
+pub fn set_aside_after(run_dir: &Path, step: u64) -> Result<Option<PathBuf>> {
+    let later: Vec<PathBuf> = list_checkpoints(run_dir)?
+        .into_iter()
+        .filter(|(s, _)| *s > step)
+        .map(|(_, p)| p)
+        .collect();
+    if later.is_empty() {
+        return Ok(None);
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside =
+        checkpoints_dir(run_dir).join(format!("superseded-after-{}-{secs}", step_dir_name(step)));
+    std::fs::create_dir_all(&aside).map_err(io_err(&aside))?;
+    for dir in later {
+        let name = dir.file_name().map(PathBuf::from).unwrap_or_default();
+        std::fs::rename(&dir, aside.join(name)).map_err(io_err(&dir))?;
+    }
+    Ok(Some(aside))
 }
 
 /// The newest complete checkpoint of a run.

@@ -269,21 +269,8 @@ impl Trainer {
     /// `run_dir` may also be one of the run's checkpoints (`RUN/checkpoints/step-N`): that one
     /// is opened instead of the newest.
     pub fn open(run_dir: &Path, device: Device) -> Result<Self> {
-        if run_dir.join("state.json").is_file() {
-            let ckpt = run_dir;
-            let run = ckpt
-                .parent()
-                .and_then(Path::parent)
-                .filter(|r| r.join("config.toml").is_file());
-            let Some(run) = run else {
-                return Err(TrainError::Checkpoint {
-                    path: ckpt.into(),
-                    problem: "is a checkpoint outside its run directory (RUN/checkpoints/step-N, \
-                              with RUN/config.toml)"
-                        .into(),
-                });
-            };
-            return Self::reopen(run, ckpt, device, Opened::Reader);
+        if let Some((run, ckpt)) = checkpoint::checkpoint_of_run(run_dir)? {
+            return Self::reopen(&run, &ckpt, device, Opened::Reader);
         }
         let mut attempt = 1;
         loop {
@@ -293,12 +280,6 @@ impl Trainer {
                 done => return done,
             }
         }
-    }
-
-    /// The run at its newest checkpoint for `how`.
-    fn reopen_newest(run_dir: &Path, device: Device, how: Opened) -> Result<Self> {
-        let ckpt = checkpoint::latest_checkpoint(run_dir)?;
-        Self::reopen(run_dir, &ckpt, device, how)
     }
 
     fn reopen(run_dir: &Path, ckpt: &Path, device: Device, how: Opened) -> Result<Self> {

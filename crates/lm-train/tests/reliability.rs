@@ -612,3 +612,62 @@ fn an_earlier_checkpoint_is_read_by_its_directory() {
         "outside its run directory",
     );
 }
+
+#[test]
+fn a_run_resumes_from_an_earlier_checkpoint_setting_the_later_ones_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = small_gpt(d, "e.toml", 4, 1, (2, 1));
+    ok(
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "run",
+            "--quiet",
+        ],
+        d,
+    );
+    let log = d.join("run/metrics.jsonl");
+    let losses = || {
+        lm_train::metrics::MetricsLog::read(&log)
+            .unwrap()
+            .iter()
+            .map(|r| (r.step, r.lr, r.train_loss, r.grad_norm, r.val_loss))
+            .collect::<Vec<_>>()
+    };
+    let first = losses();
+    let out = lm_train(
+        &[
+            "train",
+            "--resume",
+            "run/checkpoints/step-00000002",
+            "--quiet",
+        ],
+        d,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set aside"));
+    // Steps 3 and 4 again, the same as the first time (resume is exact); the first step 4 is
+    // kept aside, not deleted.
+    assert_eq!(losses(), first);
+    let aside: Vec<_> = std::fs::read_dir(d.join("run/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("superseded-after-step-00000002-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let kept = d
+        .join("run/checkpoints")
+        .join(&aside[0])
+        .join("step-00000004");
+    assert!(kept.join("model.safetensors").exists());
+    assert!(d
+        .join("run/checkpoints/step-00000004/model.safetensors")
+        .exists());
+}

@@ -33,12 +33,22 @@ impl Trainer {
 
     /// Reopens a run as one rank of a data-parallel job: rank 0 as [`Trainer::resume`] (holding
     /// the lock), the others read-only; every rank's parameters are then checked equal to rank 0's.
+    ///
+    /// `run_dir` may be one of the run's checkpoints (`RUN/checkpoints/step-N`): the run goes on
+    /// from there, and its later checkpoints are set aside (moved to
+    /// `checkpoints/superseded-after-step-N-<time>/`, not deleted), its metrics after that step
+    /// dropped.
     pub fn resume_distributed(
         run_dir: &Path,
         max_iters: Option<u64>,
         device: Device,
         comm: Arc<dyn Collective>,
     ) -> Result<Self> {
+        let (run_dir, from) = match checkpoint::checkpoint_of_run(run_dir)? {
+            Some((run, ckpt)) => (run, Some(ckpt)),
+            None => (run_dir.to_path_buf(), None),
+        };
+        let run_dir = run_dir.as_path();
         if !run_dir.join("config.toml").is_file() {
             return Err(TrainError::Checkpoint {
                 path: run_dir.into(),
@@ -47,14 +57,27 @@ impl Trainer {
                     .into(),
             });
         }
+        let ckpt = match &from {
+            Some(c) => c.clone(),
+            None => checkpoint::latest_checkpoint(run_dir)?,
+        };
         let mut t = if comm.rank() == 0 {
             let lock = RunLock::acquire(run_dir)?;
-            let mut t = Self::reopen_newest(run_dir, device, Opened::Writer)?;
+            let mut t = Self::reopen(run_dir, &ckpt, device, Opened::Writer)?;
             t.lock = Some(lock);
+            if let Some(aside) = checkpoint::set_aside_after(run_dir, t.state.step)? {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "resuming from step {}: the later checkpoints are set aside in {}",
+                    t.state.step,
+                    aside.display()
+                );
+            }
             t.metrics.truncate_after(t.state.step)?;
             t
         } else {
-            Self::reopen_newest(run_dir, device, Opened::Rank)?
+            Self::reopen(run_dir, &ckpt, device, Opened::Rank)?
         };
         if let Some(n) = max_iters {
             t.stop_at(n)?;
@@ -62,7 +85,6 @@ impl Trainer {
         let saved = (t.state.world, t.state.sharded_optimizer);
         t.setup_ranks(comm)?;
         if saved.1 {
-            let ckpt = checkpoint::latest_checkpoint(run_dir)?;
             t.load_sharded_optimizer(&ckpt, saved.0)?;
         }
         t.check_parameters_equal()?;

@@ -110,3 +110,59 @@ fn the_bundled_recipe_builds_nanogpts_model() {
             + 2 * 128
     );
 }
+
+#[test]
+fn tensorboard_events_hold_what_metrics_jsonl_holds() {
+    use lm_train::tensorboard::{read_events, What};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    Trainer::new(tiny_config(BUILTIN_SHAKESPEARE, 4), &run, Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    let files: Vec<_> = std::fs::read_dir(run.join("tb"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let events = read_events(&files[0]).unwrap();
+    assert_eq!(
+        events[0].what,
+        Some(What::FileVersion("brain.Event:2".into()))
+    );
+    // Every scalar at its step, as f32.
+    let mut seen = std::collections::HashMap::new();
+    for e in &events[1..] {
+        let Some(What::Summary(s)) = &e.what else {
+            panic!("{e:?}")
+        };
+        for v in &s.value {
+            seen.insert((e.step as u64, v.tag.clone()), v.simple_value.unwrap());
+        }
+    }
+    let records = MetricsLog::read(&run.join("metrics.jsonl")).unwrap();
+    assert!(records.len() >= 6, "{records:?}");
+    for r in &records {
+        let at = |tag: &str| seen.get(&(r.step, tag.to_string())).copied();
+        match r.val_loss {
+            Some(v) => {
+                assert_eq!(at("eval/val_loss"), Some(v), "step {}", r.step);
+                assert_eq!(at("eval/train_loss"), Some(r.train_loss));
+            }
+            None => {
+                assert_eq!(at("train/loss"), Some(r.train_loss), "step {}", r.step);
+                assert_eq!(at("train/lr"), Some(r.lr as f32));
+                assert_eq!(at("train/grad_norm"), r.grad_norm.map(|g| g as f32));
+            }
+        }
+    }
+    // Opted out: no tb/ at all.
+    let mut cfg = tiny_config(BUILTIN_SHAKESPEARE, 2);
+    cfg.train.tensorboard = false;
+    let quiet = tmp.path().join("quiet");
+    Trainer::new(cfg, &quiet, Device::Cpu)
+        .unwrap()
+        .train()
+        .unwrap();
+    assert!(!quiet.join("tb").exists());
+}

@@ -31,6 +31,7 @@ pub mod model;
 pub mod plot;
 pub mod registry;
 pub mod tasks;
+pub mod tensorboard;
 pub mod tokenizer;
 pub mod trainer;
 

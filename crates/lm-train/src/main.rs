@@ -479,6 +479,7 @@ fn run_trainer(
     if n > 0 {
         if let Some(s) = trainer.sample(n, trainer.config().train().seed)? {
             out!("--- sample ---\n{s}\n--------------");
+            trainer.record_text("sample", &s)?;
         }
     }
     Ok(())

@@ -125,6 +125,8 @@ pub struct Trainer {
     stop_at: Option<u64>,
     /// Opened for reading ([`Trainer::open`]): no optimizer state, no training.
     read_only: bool,
+    /// This process's TensorBoard event file, opened at the first record (rank 0).
+    tensorboard: Option<crate::tensorboard::EventWriter>,
     /// Set (e.g. by a SIGINT handler) to stop after the current step with a checkpoint.
     stop_flag: Option<Arc<AtomicBool>>,
     /// Steps skipped on the device since the last read: `[count, first step, its loss]`.
@@ -362,6 +364,7 @@ impl Trainer {
             lock: None,
             stop_at: None,
             read_only: false,
+            tensorboard: None,
             stop_flag: None,
             nonfinite: None,
             strategy: Strategy::single(),

@@ -129,6 +129,9 @@ pub struct TrainSection {
     /// keeps and updates the state of its share of the parameters, then sends them to the others.
     #[serde(default)]
     pub shard_optimizer_state: bool,
+    /// Write TensorBoard event files in the run's `tb/` (rank 0).
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
     /// Which blocks recompute their activations in backward (memory for compute).
     #[serde(default)]
     pub activation_checkpointing: ActivationCheckpointing,

@@ -3,10 +3,64 @@
 use super::*;
 
 impl Trainer {
-    /// Appends a metrics line (rank 0 only).
-    pub(super) fn append_metrics(&self, rec: &MetricRecord) -> Result<()> {
-        if self.strategy.is_writer() {
-            self.metrics.append(rec)?;
+    /// Appends a metrics line and its TensorBoard scalars (rank 0 only).
+    pub(super) fn append_metrics(&mut self, rec: &MetricRecord) -> Result<()> {
+        if !self.strategy.is_writer() {
+            return Ok(());
+        }
+        self.metrics.append(rec)?;
+        let mut scalars: Vec<(String, f64)> = match rec.val_loss {
+            // An evaluation line: both splits' estimates and a task's metrics.
+            Some(val) => [
+                ("eval/train_loss".to_string(), rec.train_loss as f64),
+                ("eval/val_loss".into(), val as f64),
+            ]
+            .into_iter()
+            .chain(rec.metrics.iter().map(|(k, v)| (format!("eval/{k}"), *v)))
+            .collect(),
+            None => [
+                ("train/loss", Some(rec.train_loss as f64)),
+                ("train/lr", Some(rec.lr)),
+                ("train/grad_norm", rec.grad_norm),
+                ("train/tokens_per_sec", Some(rec.tokens_per_sec)),
+                ("train/mfu", rec.mfu),
+                ("train/peak_rss_mib", rec.peak_rss_mib),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .collect(),
+        };
+        if rec.val_loss.is_none() {
+            if let Some(s) = &self.state.loss_scale {
+                scalars.push(("train/loss_scale".into(), s.scale));
+            }
+        }
+        let pairs: Vec<(&str, f64)> = scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        if let Some(tb) = self.tensorboard_writer()? {
+            tb.scalars(rec.step, &pairs)?;
+        }
+        Ok(())
+    }
+
+    /// The run's TensorBoard writer, opened on first use; `None` with `train.tensorboard = false`
+    /// or on a rank other than 0.
+    fn tensorboard_writer(&mut self) -> Result<Option<&crate::tensorboard::EventWriter>> {
+        if !self.cfg.train().tensorboard || !self.strategy.is_writer() {
+            return Ok(None);
+        }
+        if self.tensorboard.is_none() {
+            let dir = self.run_dir.join("tb");
+            self.tensorboard = Some(crate::tensorboard::EventWriter::create(&dir)?);
+        }
+        Ok(self.tensorboard.as_ref())
+    }
+
+    /// Records `text` under `tag` at the current step in TensorBoard (the end-of-training
+    /// sample); nothing without TensorBoard or off rank 0.
+    pub fn record_text(&mut self, tag: &str, text: &str) -> Result<()> {
+        let step = self.state.step;
+        if let Some(tb) = self.tensorboard_writer()? {
+            tb.text(step, tag, text)?;
         }
         Ok(())
     }

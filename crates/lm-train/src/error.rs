@@ -63,6 +63,14 @@ pub enum TrainError {
         /// The newest checkpoint on disk, or "none".
         last: String,
     },
+    /// An input file the user gave (to predict from), with the line.
+    #[error("{path}: {problem}")]
+    Input {
+        /// `file:line`.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// A stopping step the run cannot take.
     #[error("cannot stop at step {step}: {problem}")]
     StopStep {

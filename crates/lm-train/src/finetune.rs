@@ -319,6 +319,30 @@ fn param_groups(
 }
 
 impl FinetuneTask {
+    /// Refuses gold labels outside the task's classes (`inputs` as [`crate::tasks::read_inputs`]
+    /// gives them, from `path`), naming them; text-to-text tasks have no classes to check.
+    pub fn check_gold_labels(&self, inputs: &[(Example, bool)], path: &Path) -> Result<()> {
+        if self.labels.is_empty() {
+            return Ok(());
+        }
+        let unknown: std::collections::BTreeSet<&str> = inputs
+            .iter()
+            .filter(|(e, gold)| *gold && e.is_labelled())
+            .map(|(e, _)| e.gold())
+            .filter(|g| !self.labels.iter().any(|l| l == g))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(TrainError::Input {
+            path: path.display().to_string(),
+            problem: format!(
+                "label(s) {unknown:?} are not among the task's classes {:?}",
+                self.labels
+            ),
+        })
+    }
+
     /// A new run: the task's data written to `run_dir/data`, the tokenizer copied beside it, the
     /// model from `finetune.init`.
     pub(crate) fn prepare(

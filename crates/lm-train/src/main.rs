@@ -86,7 +86,7 @@ enum Command {
     /// {"text_a", "text_b", "label"} or {"input", "target"}), one JSON line each; with gold
     /// labels or targets, the task's metrics too.
     Predict {
-        /// The run directory.
+        /// The run directory (or one of its checkpoints).
         run: PathBuf,
         /// The examples.
         #[arg(long)]
@@ -525,10 +525,14 @@ fn sample(
 /// `lm-train predict`: one JSON line per example, the metrics on standard error.
 fn predict(run: &Path, input: &Path, device: Device) -> anyhow::Result<()> {
     let trainer = Trainer::open(run, device)?;
-    let examples = lm_train::tasks::read_jsonl(input)?;
-    if examples.is_empty() {
+    let inputs = lm_train::tasks::read_inputs(input)?;
+    if inputs.is_empty() {
         anyhow::bail!("{}: holds no example to predict", input.display());
     }
+    if let lm_train::trainer::Work::Finetune(task) = trainer.work() {
+        task.check_gold_labels(&inputs, input)?;
+    }
+    let examples: Vec<_> = inputs.iter().map(|(e, _)| e.clone()).collect();
     let Some(predictions) = trainer.predict(&examples)? else {
         anyhow::bail!(
             "{}: predict needs a fine-tuned run (this is a pretraining run; use `sample`)",
@@ -538,9 +542,12 @@ fn predict(run: &Path, input: &Path, device: Device) -> anyhow::Result<()> {
     for p in &predictions {
         out!("{}", serde_json::json!({ "prediction": p }));
     }
-    let metrics = lm_train::tasks::prediction_metrics(&predictions, &examples);
-    let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-    eprintln!("{} examples: {}", examples.len(), line.join(", "));
+    // Metrics where every example has its gold answer.
+    if inputs.iter().all(|(_, gold)| *gold) {
+        let metrics = lm_train::tasks::prediction_metrics(&predictions, &examples);
+        let line: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        eprintln!("{} examples: {}", examples.len(), line.join(", "));
+    }
     Ok(())
 }
 

@@ -101,6 +101,47 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
         .collect()
 }
 
+/// Inputs to predict from a JSONL file: each line one of [`read_jsonl`]'s shapes, its gold
+/// answer (`label` / `target`) optional. Returns the examples (an absent answer as an empty one)
+/// and, per line, whether it had one. A line of another shape is an error naming the file and
+/// line and listing the shapes.
+pub fn read_inputs(path: &Path) -> Result<Vec<(Example, bool)>> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let bad = |line: usize, problem: String| TrainError::Input {
+        path: format!("{}:{line}", path.display()),
+        problem,
+    };
+    let mut out = vec![];
+    for (i, l) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let mut v: serde_json::Value =
+            serde_json::from_str(l).map_err(|e| bad(i + 1, format!("not JSON: {e}")))?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(bad(i + 1, "not a JSON object".into()));
+        };
+        let has_gold = obj.contains_key("label") || obj.contains_key("target");
+        if !has_gold {
+            let key = if obj.contains_key("input") {
+                "target"
+            } else {
+                "label"
+            };
+            obj.insert(key.into(), serde_json::Value::String(String::new()));
+        }
+        let e = serde_json::from_value(v).map_err(|_| {
+            bad(
+                i + 1,
+                "expected {\"text\"}, {\"text_a\", \"text_b\"} or {\"input\"}, each with an optional gold \"label\" (or \"target\")".into(),
+            )
+        })?;
+        out.push((e, has_gold));
+    }
+    Ok(out)
+}
+
 /// Writes examples as JSONL.
 pub fn write_jsonl(path: &Path, examples: &[Example]) -> Result<()> {
     let text: String = examples

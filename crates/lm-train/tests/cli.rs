@@ -342,6 +342,68 @@ fn a_fine_tuning_recipe_follows_its_configured_schedule() {
     }
 }
 
+/// `predict` on the run's test examples (with metrics), on them without gold (predictions
+/// only), with a label the task never had (refused) and on an empty file (refused).
+fn check_predict(d: &std::path::Path, run: &str, ft: &str) {
+    let text = |o: Output, what: &str| {
+        assert!(
+            o.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let test_file = d.join(run).join("data/test.jsonl");
+    let predicted = text(
+        lm_train(&["predict", run, "--input", test_file.to_str().unwrap()], d),
+        ft,
+    );
+    assert_eq!(predicted.lines().count(), 4, "{ft}: {predicted}");
+    assert!(predicted.lines().all(|l| l.starts_with("{\"prediction\":")));
+    // Without gold answers: the predictions, no metrics.
+    let bare: String = std::fs::read_to_string(&test_file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("label");
+            o.remove("target");
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(d.join("bare.jsonl"), bare).unwrap();
+    let out = lm_train(&["predict", run, "--input", "bare.jsonl"], d);
+    assert!(
+        out.status.success(),
+        "{ft}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        4,
+        "{ft}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).is_empty(), "{ft}");
+    if ft.starts_with("bert") {
+        // A gold label the task never had is refused, named.
+        let text = std::fs::read_to_string(&test_file).unwrap();
+        let first = text.lines().next().unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(first).unwrap();
+        v["label"] = serde_json::json!("zzz");
+        std::fs::write(d.join("odd.jsonl"), format!("{v}\n")).unwrap();
+        assert_one_line_error(
+            &lm_train(&["predict", run, "--input", "odd.jsonl"], d),
+            "label(s) {\"zzz\"} are not among the task's classes",
+        );
+    }
+    std::fs::write(d.join("none.jsonl"), "").unwrap();
+    assert_one_line_error(
+        &lm_train(&["predict", run, "--input", "none.jsonl"], d),
+        "none.jsonl: holds no example to predict",
+    );
+}
+
 #[test]
 fn fine_tuned_runs_of_every_family_eval_sample_predict_plot_and_resume() {
     let tmp = tempfile::tempdir().unwrap();
@@ -401,21 +463,7 @@ fn fine_tuned_runs_of_every_family_eval_sample_predict_plot_and_resume() {
                 "{ft}"
             );
         }
-        let test_file = d.join(&run).join("data/test.jsonl");
-        let predicted = text(
-            lm_train(
-                &["predict", &run, "--input", test_file.to_str().unwrap()],
-                d,
-            ),
-            ft,
-        );
-        assert_eq!(predicted.lines().count(), 4, "{ft}: {predicted}");
-        assert!(predicted.lines().all(|l| l.starts_with("{\"prediction\":")));
-        std::fs::write(d.join("none.jsonl"), "").unwrap();
-        assert_one_line_error(
-            &lm_train(&["predict", &run, "--input", "none.jsonl"], d),
-            "none.jsonl: holds no example to predict",
-        );
+        check_predict(d, &run, ft);
         assert_eq!(
             text(lm_train(&["plot", &run], d), ft).lines().count(),
             4,

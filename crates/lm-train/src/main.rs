@@ -406,11 +406,16 @@ fn run_trainer(
         }
         trainer.stop_when(stop);
     }
-    out!(
-        "{:.2} M parameters",
-        trainer.params().num_params() as f64 / 1e6
-    );
     if lead {
+        let params = trainer.params().num_params() as f64 / 1e6;
+        out!("{params:.2} M parameters");
+        let (warmup, steps) = (
+            trainer.config().optim().warmup_iters,
+            trainer.config().train().max_iters,
+        );
+        if warmup >= steps {
+            eprintln!("warning: optim.warmup_iters = {warmup} is not below train.max_iters = {steps}: the whole run is warmup, at less than the peak learning rate");
+        }
         out!(
             "{}",
             trainer

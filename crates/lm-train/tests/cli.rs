@@ -582,6 +582,34 @@ fn stopping_steps_the_run_cannot_take_and_missing_runs_are_refused_before_writin
         "the run ends at train.max_iters = 2000",
     );
     assert!(!d.join("run").exists(), "a refused run wrote its directory");
+    // A run shorter than its warmup trains, and says it never reaches the peak rate.
+    let short = lm_train(
+        &[
+            "train",
+            "--config",
+            cfg,
+            "--quiet",
+            "--set",
+            "train.max_iters=2",
+            "--set",
+            "optim.warmup_iters=5",
+            "--set",
+            "optim.lr_decay_iters=10",
+            "--out",
+            "short",
+        ],
+        d,
+    );
+    assert!(
+        short.status.success(),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+    let said = String::from_utf8_lossy(&short.stderr);
+    assert!(
+        said.contains("warning: optim.warmup_iters = 5 is not below train.max_iters = 2"),
+        "{said}"
+    );
     let out = train(&["--max-iters", "2"]);
     assert!(
         out.status.success(),

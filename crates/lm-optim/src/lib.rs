@@ -26,6 +26,8 @@
 
 pub mod adafactor;
 pub mod adam;
+#[cfg(feature = "candle-nn")]
+pub mod candle_nn_bridge;
 pub mod clip;
 mod error;
 pub mod init;

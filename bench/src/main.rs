@@ -356,16 +356,7 @@ fn gpu_step(batch: usize, steps: usize) -> Result<()> {
         vec![ParamGroup::new("all", store.vars(), 0.1)],
         AdamConfig::adamw(),
     )?;
-    let mut rng = Rng::seed_from_u64(7);
-    let tokens: Vec<u32> = (0..batch * (t + 1))
-        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
-        .collect();
-    let seq = Tensor::from_vec(tokens, (batch, t + 1), &device)?;
-    let x = seq.narrow(1, 0, t)?.contiguous()?;
-    let y = seq
-        .narrow(1, 1, t)?
-        .to_dtype(candle_core::DType::I64)?
-        .contiguous()?;
+    let (x, y) = random_batch(cfg.vocab_size, batch, t, &device)?;
     let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
     // bf16 products; no dropout (the context's dropout is off).
     let ctx = lm_models::StepContext::eval(MatmulPrecision::Bf16);
@@ -404,6 +395,22 @@ fn gpu_step(batch: usize, steps: usize) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
     }
     Ok(())
+}
+
+/// A batch of `batch` rows of `t` random tokens below `vocab` (seed 7) and their next tokens:
+/// (inputs u32, targets i64), each `[batch, t]` on `device`.
+fn random_batch(vocab: usize, batch: usize, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let mut rng = Rng::seed_from_u64(7);
+    let tokens: Vec<u32> = (0..batch * (t + 1))
+        .map(|_| rng.below(vocab as u64) as u32)
+        .collect();
+    let seq = Tensor::from_vec(tokens, (batch, t + 1), device)?;
+    let x = seq.narrow(1, 0, t)?.contiguous()?;
+    let y = seq
+        .narrow(1, 1, t)?
+        .to_dtype(candle_core::DType::I64)?
+        .contiguous()?;
+    Ok((x, y))
 }
 
 /// "2 × Intel(R) Xeon(R) Processor (AVX-512, AVX512-BF16, AMX-BF16)", from /proc/cpuinfo.

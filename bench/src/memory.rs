@@ -7,11 +7,10 @@
 //! under `farm-bench` for whole-process figures.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::{MatmulPrecision, ParamStore, Recompute, StepContext};
 use lm_objectives::loss::{cross_entropy, CrossEntropy};
-use lm_objectives::Rng;
 use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
 use lm_train::memory::{mib, peak_rss_bytes};
 
@@ -48,13 +47,7 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
         vec![ParamGroup::new("all", store.vars(), 0.1)],
         AdamConfig::adamw(),
     )?;
-    let mut rng = Rng::seed_from_u64(7);
-    let tokens: Vec<u32> = (0..batch * (t + 1))
-        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
-        .collect();
-    let seq = Tensor::from_vec(tokens, (batch, t + 1), &Device::Cpu)?;
-    let x = seq.narrow(1, 0, t)?.contiguous()?;
-    let y = seq.narrow(1, 1, t)?.to_dtype(DType::I64)?.contiguous()?;
+    let (x, y) = super::random_batch(cfg.vocab_size, batch, t, &Device::Cpu)?;
     let ctx = StepContext::train(MatmulPrecision::Highest, 0, 0).with_recompute(recompute);
     let mut times = vec![];
     let mut last = 0.0;

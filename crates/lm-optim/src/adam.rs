@@ -320,9 +320,26 @@ fn gpu_path(var: &Var) -> bool {
 #[cfg(feature = "cuda")]
 fn gpu_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
     let g = g.to_dtype(DType::F32)?;
+    // `Slot::new` gives a parameter on a device its moments there: the composite form is only
+    // a fallback.
+    if !kernel_step(slot, &g, s, None)? {
+        composite_step(slot, &g, s)?;
+    }
+    Ok(())
+}
+
+/// lm-kernels' `adam_step` on `slot` with the f32 gradient `g`; `on_device`: the step size, the
+/// bias correction, the factor and whether to apply, read by the kernel from the device (a
+/// gated step). `false` (nothing done) when the moments are not on the device.
+#[cfg(feature = "cuda")]
+fn kernel_step(
+    slot: &mut Slot,
+    g: &Tensor,
+    s: StepScalars,
+    on_device: Option<&Tensor>,
+) -> Result<bool> {
     let (Moment::Device(m), Moment::Device(v)) = (&slot.m, &slot.v) else {
-        // INVARIANT: `Slot::new` gives a parameter on a device moments on the same device.
-        unreachable!("device parameters have device moments")
+        return Ok(false);
     };
     let v_max = match &slot.v_max {
         Some(Moment::Device(vm)) => Some(vm),
@@ -341,8 +358,8 @@ fn gpu_step(slot: &mut Slot, g: &Tensor, s: StepScalars) -> Result<()> {
         grad_scale: s.grad_scale,
     };
     let state = lm_kernels::gpu::AdamState { m, v, v_max };
-    lm_kernels::gpu::adam_step(slot.var.as_tensor(), &g, state, scalars, None)?;
-    Ok(())
+    lm_kernels::gpu::adam_step(slot.var.as_tensor(), g, state, scalars, on_device)?;
+    Ok(true)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -430,13 +447,6 @@ fn gated_composite_step(
 #[cfg(feature = "cuda")]
 fn gpu_gated_step(slot: &mut Slot, g: &Tensor, s: StepScalars, d: &DeviceScalars) -> Result<()> {
     let g = g.to_dtype(DType::F32)?;
-    let (Moment::Device(m), Moment::Device(v)) = (&slot.m, &slot.v) else {
-        return gated_composite_step(slot, &g, s, d);
-    };
-    let v_max = match &slot.v_max {
-        Some(Moment::Device(vm)) => Some(vm),
-        _ => None,
-    };
     let on_device = Tensor::cat(
         &[
             &d.step_size,
@@ -446,20 +456,9 @@ fn gpu_gated_step(slot: &mut Slot, g: &Tensor, s: StepScalars, d: &DeviceScalars
         ],
         0,
     )?;
-    let scalars = lm_kernels::gpu::AdamScalars {
-        beta1: s.beta1,
-        beta2: s.beta2,
-        one_minus_beta1: s.one_minus_beta1,
-        one_minus_beta2: s.one_minus_beta2,
-        eps: s.eps,
-        step_size: s.step_size,
-        inv_sqrt_bc2: s.inv_sqrt_bc2,
-        l2: s.l2,
-        decay: s.decay,
-        grad_scale: s.grad_scale,
-    };
-    let state = lm_kernels::gpu::AdamState { m, v, v_max };
-    lm_kernels::gpu::adam_step(slot.var.as_tensor(), &g, state, scalars, Some(&on_device))?;
+    if !kernel_step(slot, &g, s, Some(&on_device))? {
+        gated_composite_step(slot, &g, s, d)?;
+    }
     Ok(())
 }
 

@@ -399,26 +399,38 @@ fn resume_refuses_a_changed_model_or_tokenizer() {
     );
 }
 
+/// Flips one bit of one weight of a safetensors file (it still parses); again to mend it.
+fn flip_a_weight_bit(weights: &Path) {
+    let mut bytes = std::fs::read(weights).unwrap();
+    let last = bytes.len() - 7;
+    bytes[last] ^= 0x40;
+    std::fs::write(weights, &bytes).unwrap();
+}
+
+/// A small GPT trained `steps` steps into `d/run`, evaluated and checkpointed every 2; its
+/// corpus by full path, so that the library finds it from any directory.
+fn small_run(d: &Path, steps: u64) {
+    let cfg = small_gpt(d, "small.toml", steps, 1, (2, 1));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let corpus = d.join("corpus.txt").display().to_string();
+    std::fs::write(&cfg, text.replace("\"corpus.txt\"", &format!("{corpus:?}"))).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    ok(&["train", "--config", cfg, "--out", "run", "--quiet"], d);
+}
+
 #[test]
 fn a_damaged_checkpoint_is_detected() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     tiny_run(d);
     let weights = d.join("run/checkpoints/step-00000006/model.safetensors");
-    let mut bytes = std::fs::read(&weights).unwrap();
-    let last = bytes.len() - 7;
-    bytes[last] ^= 0x40; // one bit of one weight, the file still parses
-    std::fs::write(&weights, &bytes).unwrap();
+    flip_a_weight_bit(&weights);
     for args in [&["eval", "run"][..], &["train", "--resume", "run"][..]] {
         assert_one_line_error(&lm_train(args, d), "model.safetensors: damaged");
     }
-    // The checkpoint's copy of the run's config, changed without changing its length, is caught
-    // by its checksum too (an earlier checkpoint is still fine).
-    std::fs::write(&weights, {
-        bytes[last] ^= 0x40;
-        &bytes
-    })
-    .unwrap();
+    // With the weights mended, the checkpoint's copy of the run's config changed without
+    // changing its length is caught by its checksum too.
+    flip_a_weight_bit(&weights);
     let saved = d.join("run/checkpoints/step-00000006/run_config.toml");
     let text = std::fs::read_to_string(&saved).unwrap();
     std::fs::write(&saved, text.replacen("seed = ", "seed=  ", 1)).unwrap();
@@ -528,22 +540,7 @@ fn smaller_cases_are_handled() {
 fn readers_load_weights_only_and_do_not_train() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let cfg = small_gpt(d, "r.toml", 2, 1, (2, 1));
-    // The corpus by its full path, so that the library (below) finds it from any directory.
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let corpus = d.join("corpus.txt").display().to_string();
-    std::fs::write(&cfg, text.replace("\"corpus.txt\"", &format!("{corpus:?}"))).unwrap();
-    ok(
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            "run",
-            "--quiet",
-        ],
-        d,
-    );
+    small_run(d, 2);
     // The optimizer state gone from the newest checkpoint: readers never needed it…
     let ckpt = lm_train::checkpoint::latest_checkpoint(&d.join("run")).unwrap();
     std::fs::remove_file(ckpt.join("optimizer.safetensors")).unwrap();
@@ -569,26 +566,11 @@ fn readers_load_weights_only_and_do_not_train() {
 fn an_earlier_checkpoint_is_read_by_its_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let cfg = small_gpt(d, "e.toml", 4, 1, (2, 1));
-    ok(
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            "run",
-            "--quiet",
-        ],
-        d,
-    );
+    small_run(d, 4);
     let said = ok(&["eval", "run/checkpoints/step-00000002"], d);
     assert!(said.starts_with("step 2:"), "{said}");
     // The newest damaged: the run is refused, saying how to read an earlier one, which works.
-    let weights = d.join("run/checkpoints/step-00000004/model.safetensors");
-    let mut bytes = std::fs::read(&weights).unwrap();
-    let last = bytes.len() - 7;
-    bytes[last] ^= 0x40;
-    std::fs::write(&weights, &bytes).unwrap();
+    flip_a_weight_bit(&d.join("run/checkpoints/step-00000004/model.safetensors"));
     assert_one_line_error(&lm_train(&["eval", "run"], d), "RUN/checkpoints/step-N");
     assert!(
         ok(
@@ -617,18 +599,7 @@ fn an_earlier_checkpoint_is_read_by_its_directory() {
 fn a_run_resumes_from_an_earlier_checkpoint_setting_the_later_ones_aside() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let cfg = small_gpt(d, "e.toml", 4, 1, (2, 1));
-    ok(
-        &[
-            "train",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            "run",
-            "--quiet",
-        ],
-        d,
-    );
+    small_run(d, 4);
     let log = d.join("run/metrics.jsonl");
     let losses = || {
         lm_train::metrics::MetricsLog::read(&log)

@@ -14,7 +14,8 @@
 //!   (`local_rank`), reducing with NCCL; the unique id travels over MPI.
 //!
 //! A [`Strategy`] puts them to work for a trainer: it reduces the gradients, places the
-//! optimizer state (all on every rank, or sharded: ZeRO stage 1) and keeps the parameters equal,
+//! optimizer state and the gradients (all on every rank, or sharded: ZeRO stages 1 and 2) and
+//! keeps the parameters equal,
 //! so that the trainer calls it and knows nothing of ranks.
 //!
 //! [`from_environment`] picks one: NCCL when built with it (a world of 1 without a GPU falls back to
@@ -30,10 +31,12 @@
 //! assert_eq!((c.rank(), c.world_size(), g), (0, 1, [1.0, 2.0]));
 //! ```
 
+mod reduction;
 mod strategy;
 mod threads;
 
-pub use strategy::{Parallelism, Strategy};
+pub use reduction::{GradientReduction, BUCKET};
+pub use strategy::{Parallelism, Strategy, ZeroStage};
 pub use threads::ThreadRank;
 
 #[cfg(feature = "mpi")]
@@ -99,6 +102,24 @@ pub trait Collective: Send + Sync {
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
     /// `buf ← buf of rank root`, on every rank.
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
+    /// `buf ← Σ_ranks buf` on rank `root` only (the other ranks' `buf` is left as it was): the
+    /// reduction to one owner that ZeRO-2's reduce-scatter is made of. This default is an
+    /// all-reduce (the same sum at the root, twice the traffic); MPI, NCCL and the thread ranks
+    /// reduce to the root.
+    fn reduce_sum(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        if root >= self.world_size() {
+            return Err(DistError::Misuse {
+                op: "reduce",
+                problem: format!("root {root} in a world of {}", self.world_size()),
+            });
+        }
+        let mut sum = buf.to_vec();
+        self.all_reduce_sum(&mut sum)?;
+        if self.rank() == root {
+            buf.copy_from_slice(&sum);
+        }
+        Ok(())
+    }
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
     /// `Σ_ranks t` on every rank, as a tensor of `t`'s shape, dtype and device. This default
@@ -111,6 +132,21 @@ pub trait Collective: Send + Sync {
         let mut host = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         self.all_reduce_sum(&mut host)?;
         Ok(Tensor::from_vec(host, t.shape(), t.device())?.to_dtype(t.dtype())?)
+    }
+    /// `Σ_ranks t` on rank `root` (`None` on the others), as a tensor of `t`'s shape, dtype and
+    /// device; host-staged by default, as [`Collective::all_reduce_tensor`].
+    fn reduce_tensor(&self, t: &Tensor, root: usize) -> Result<Option<Tensor>> {
+        if self.world_size() == 1 {
+            return Ok(Some(t.clone()));
+        }
+        let mut host = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        self.reduce_sum(&mut host, root)?;
+        if self.rank() != root {
+            return Ok(None);
+        }
+        Ok(Some(
+            Tensor::from_vec(host, t.shape(), t.device())?.to_dtype(t.dtype())?,
+        ))
     }
     /// Rank `root`'s `t` on every rank (same shape, dtype and device); host-staged by default.
     fn broadcast_tensor(&self, t: &Tensor, root: usize) -> Result<Tensor> {

@@ -103,6 +103,24 @@ impl Collective for Mpi {
         self.with(|w| w.process_at_rank(root as i32).broadcast_into(buf));
         Ok(())
     }
+    fn reduce_sum(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        if root >= self.size {
+            return Err(DistError::Misuse {
+                op: "reduce",
+                problem: format!("root {root} in a world of {}", self.size),
+            });
+        }
+        let send = buf.to_vec();
+        self.with(|w| {
+            let at = w.process_at_rank(root as i32);
+            if self.rank == root {
+                at.reduce_into_root(&send[..], buf, SystemOperation::sum());
+            } else {
+                at.reduce_into(&send[..], SystemOperation::sum());
+            }
+        });
+        Ok(())
+    }
     fn barrier(&self) -> Result<()> {
         self.with(|w| w.barrier());
         Ok(())

@@ -186,6 +186,19 @@ impl Collective for Nccl {
                 .map_err(|e| format!("{e:?}"))
         })
     }
+    fn reduce_sum(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        if root >= self.world_size() {
+            return Err(DistError::Misuse {
+                op: "reduce",
+                problem: format!("root {root} in a world of {}", self.world_size()),
+            });
+        }
+        self.on_device("reduce", buf, |c, d| {
+            c.reduce_in_place(d, &ReduceOp::Sum, root as i32)
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}"))
+        })
+    }
     fn barrier(&self) -> Result<()> {
         self.mpi.barrier()
     }

@@ -9,11 +9,13 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, TensorId, Var};
+use candle_core::{DType, Device, Tensor, TensorId, Var};
 
+use crate::reduction::GradientReduction;
 use crate::{Collective, Result, SingleProcess};
 
-/// How the optimizer state is placed (ZeRO's stages; 2 and 3 are not built yet).
+/// How the optimizer state and the gradients are placed (ZeRO's stages; stage 3, sharded
+/// parameters, is not built).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parallelism {
     /// One process.
@@ -24,16 +26,28 @@ pub enum Parallelism {
     /// ZeRO stage 1: gradients all-reduced, each parameter's optimizer state on one rank (its
     /// owner), which updates it and sends it to the others.
     Zero1,
+    /// ZeRO stage 2: as stage 1, but each gradient is reduced to its owner only and dropped by
+    /// the other ranks as soon as its bucket is reduced.
+    Zero2,
 }
 
-/// Values per all-reduce call when reducing gradients (4 Mi).
-const BUCKET: usize = 1 << 22;
+/// The ZeRO stage a run asks for; on one process every stage is [`Parallelism::Single`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum ZeroStage {
+    /// Stage 0: plain data parallelism.
+    #[default]
+    Replicated,
+    /// Stage 1: the optimizer state sharded.
+    OptimizerState,
+    /// Stage 2: the optimizer state and the gradients sharded.
+    Gradients,
+}
 
 /// A data-parallel strategy over a collective and a model's parameters (in a fixed order).
 pub struct Strategy {
     comm: Arc<dyn Collective>,
     kind: Parallelism,
-    /// With [`Parallelism::Zero1`], the owning rank of each parameter.
+    /// With ZeRO (stage 1 or 2), the owning rank of each parameter.
     owners: Option<Vec<usize>>,
 }
 
@@ -63,16 +77,19 @@ impl Strategy {
         }
     }
 
-    /// The strategy for `comm`'s world over parameters of `sizes` values each: DDP, or ZeRO-1
-    /// with `shard_optimizer_state` (each parameter owned by the rank holding the fewest values
-    /// so far, so the shares are balanced within one parameter); one process for a world of 1.
-    pub fn new(comm: Arc<dyn Collective>, shard_optimizer_state: bool, sizes: &[usize]) -> Self {
+    /// The strategy for `comm`'s world over parameters of `sizes` values each at ZeRO `stage`:
+    /// DDP, or ZeRO-1/2 with each parameter owned by the rank holding the fewest values so far
+    /// (so the shares are balanced within one parameter); one process for a world of 1.
+    pub fn new(comm: Arc<dyn Collective>, stage: ZeroStage, sizes: &[usize]) -> Self {
         let world = comm.world_size();
-        let (kind, owners) = match (world, shard_optimizer_state) {
-            (1, _) => (Parallelism::Single, None),
-            (_, false) => (Parallelism::Ddp, None),
-            (_, true) => (Parallelism::Zero1, Some(shard_owners(sizes, world))),
+        let kind = match (world, stage) {
+            (1, _) => Parallelism::Single,
+            (_, ZeroStage::Replicated) => Parallelism::Ddp,
+            (_, ZeroStage::OptimizerState) => Parallelism::Zero1,
+            (_, ZeroStage::Gradients) => Parallelism::Zero2,
         };
+        let owners = matches!(kind, Parallelism::Zero1 | Parallelism::Zero2)
+            .then(|| shard_owners(sizes, world));
         Self { comm, kind, owners }
     }
 
@@ -101,9 +118,20 @@ impl Strategy {
         self.comm.rank() == 0
     }
 
-    /// Whether the optimizer state is sharded.
+    /// Whether the optimizer state is sharded (ZeRO-1 or 2).
     pub fn sharded(&self) -> bool {
         self.owners.is_some()
+    }
+
+    /// Whether each rank keeps only its share of the reduced gradients (ZeRO-2): their global
+    /// norm is then a sum over the ranks.
+    pub fn gradients_sharded(&self) -> bool {
+        self.kind == Parallelism::Zero2
+    }
+
+    /// With ZeRO, the owning rank of each parameter.
+    pub fn owners(&self) -> Option<&[usize]> {
+        self.owners.as_deref()
     }
 
     /// The ids of the parameters whose optimizer state this rank keeps: all of them unless
@@ -139,39 +167,50 @@ impl Strategy {
         Ok(v[0])
     }
 
-    /// `grads ← Σ_ranks grads` for `vars` (a missing gradient counts as zeros): the gradients
-    /// concatenated into one f32 tensor, reduced in buckets of 4 Mi values with
-    /// [`Collective::all_reduce_tensor`], and split back, each in its parameter's dtype.
+    /// The reduction of one step's gradients of `vars`, to be fed by the backward pass
+    /// ([`GradientReduction::ready`]); `carried` holds the gradients of the step's earlier
+    /// micro-batches, added before reducing.
+    pub fn reduction<'s>(
+        &'s self,
+        vars: &'s [Var],
+        carried: Option<GradStore>,
+    ) -> GradientReduction<'s> {
+        GradientReduction::new(self, vars, carried)
+    }
+
+    /// `grads ← Σ_ranks grads` for `vars` after the backward pass (a missing gradient counts as
+    /// zeros), in buckets of whole parameters of at least 4 Mi values: on every rank, or with
+    /// ZeRO-2 on each parameter's owner, the other ranks dropping it.
     pub fn reduce_gradients(&self, vars: &[Var], grads: &mut GradStore) -> Result<()> {
-        if self.comm.world_size() == 1 || vars.is_empty() {
-            return Ok(());
+        self.reduction(vars, None).finish(grads)
+    }
+
+    /// `Σ_ranks` of a sum of squares of gradients when each rank holds only its share of them
+    /// (ZeRO-2); the sum itself otherwise. `host` is the part summed on the host, `device_part`
+    /// a one-element tensor (gradients in other dtypes or devices). On a GPU the device part is
+    /// reduced on the device (zeros where a rank has none, so that every rank takes part); in
+    /// CPU memory it is read and joins the host part.
+    pub fn sum_squares(
+        &self,
+        host: f64,
+        device_part: Option<Tensor>,
+        device: &Device,
+    ) -> Result<(f64, Option<Tensor>)> {
+        if !self.gradients_sharded() {
+            return Ok((host, device_part));
         }
-        let mut flat = Vec::with_capacity(vars.len());
-        for v in vars {
-            flat.push(match grads.get(v.as_tensor()) {
-                Some(g) => g.flatten_all()?.to_dtype(DType::F32)?,
-                None => Tensor::zeros(v.elem_count(), DType::F32, v.device())?,
-            });
+        if device.is_cpu() {
+            let read = match device_part {
+                Some(d) => d.to_dtype(DType::F32)?.reshape(())?.to_scalar::<f32>()? as f64,
+                None => 0.0,
+            };
+            return Ok((self.sum(host + read)?, None));
         }
-        let flat = Tensor::cat(&flat, 0)?;
-        let n = flat.dim(0)?;
-        let mut reduced = Vec::with_capacity(n.div_ceil(BUCKET));
-        for start in (0..n).step_by(BUCKET) {
-            let bucket = flat.narrow(0, start, BUCKET.min(n - start))?;
-            reduced.push(self.comm.all_reduce_tensor(&bucket)?);
-        }
-        let flat = match reduced.len() {
-            1 => reduced.swap_remove(0),
-            _ => Tensor::cat(&reduced, 0)?,
+        let part = match device_part {
+            Some(d) => d.to_dtype(DType::F32)?.reshape(())?,
+            None => Tensor::zeros((), DType::F32, device)?,
         };
-        let mut at = 0;
-        for v in vars {
-            let k = v.elem_count();
-            let g = flat.narrow(0, at, k)?.reshape(v.shape())?;
-            grads.insert(v.as_tensor(), g.to_dtype(v.dtype())?);
-            at += k;
-        }
-        Ok(())
+        Ok((self.sum(host)?, Some(self.comm.all_reduce_tensor(&part)?)))
     }
 
     /// After the optimizer step: with ZeRO-1 each owner sends the parameters it updated to every
@@ -293,7 +332,7 @@ mod tests {
                 + b.as_tensor().sum_all().unwrap())
             .unwrap();
             let mut grads = loss.backward().unwrap();
-            let ddp = Strategy::new(comm.clone(), false, &[2, 2]);
+            let ddp = Strategy::new(comm.clone(), ZeroStage::Replicated, &[2, 2]);
             assert_eq!(ddp.kind(), Parallelism::Ddp);
             assert_eq!(ddp.owned(&vars).len(), 2);
             ddp.reduce_gradients(&vars, &mut grads).unwrap();
@@ -301,7 +340,7 @@ mod tests {
             let gb: Vec<Vec<f32>> = grads.get(b.as_tensor()).unwrap().to_vec2().unwrap();
             // Ranks 0 and 1 contribute 1 and 2 per element of a, 1 and 1 of b.
             assert_eq!((ga, gb), (vec![3.0, 3.0], vec![vec![2.0], vec![2.0]]));
-            let zero = Strategy::new(comm.clone(), true, &[2, 2]);
+            let zero = Strategy::new(comm.clone(), ZeroStage::OptimizerState, &[2, 2]);
             let owned = zero.owned(&vars);
             assert_eq!(owned.len(), 1);
             // Each rank "updates" what it owns; after the step both hold both updates.
@@ -320,5 +359,69 @@ mod tests {
             assert_eq!(a, vec![10.0, 20.0]);
             assert_eq!(b, vec![vec![30.0], vec![40.0]]);
         }
+    }
+
+    /// ZeRO-2 through the backward pass's hook, with a carried micro-batch: each rank ends with
+    /// the summed gradients of the parameters it owns and none of the others; DDP through the
+    /// same hook gives every rank the sums.
+    #[test]
+    fn zero2_reduces_each_gradient_to_its_owner_during_backward() {
+        let results = ThreadRank::run(2, |comm| {
+            let comm: Arc<dyn Collective> = Arc::new(comm);
+            let r = comm.rank() as f64;
+            let dev = Device::Cpu;
+            let a = Var::new(&[1f32, 2.0], &dev).unwrap();
+            let b = Var::new(&[3f32, 4.0, 5.0], &dev).unwrap();
+            let vars = vec![a.clone(), b.clone()];
+            // loss = (r + 1)·Σa + Σb², so ∂a = r + 1 and ∂b = 2b on rank r.
+            let loss = || {
+                ((a.as_tensor() * (r + 1.0)).unwrap().sum_all().unwrap()
+                    + b.as_tensor().sqr().unwrap().sum_all().unwrap())
+                .unwrap()
+            };
+            let mut out = vec![];
+            for stage in [ZeroStage::Gradients, ZeroStage::Replicated] {
+                let s = Strategy::new(comm.clone(), stage, &[2, 3]);
+                // An earlier micro-batch's gradients, carried into the reduction.
+                let carried = loss().backward().unwrap();
+                let mut reduction = s.reduction(&vars, Some(carried));
+                let mut announced = 0;
+                let mut grads = loss()
+                    .backward_freeing_graph_with(&mut |id, g| {
+                        announced += 1;
+                        reduction.ready(id, g).map_err(candle_core::Error::wrap)
+                    })
+                    .unwrap();
+                reduction.finish(&mut grads).unwrap();
+                assert_eq!(announced, 2);
+                let read = |v: &Var| {
+                    grads
+                        .get(v.as_tensor())
+                        .map(|g| g.to_vec1::<f32>().unwrap())
+                };
+                out.push((read(&a), read(&b)));
+            }
+            (s_owners(&comm), out)
+        });
+        // a (2 values) goes to rank 0, b (3) to rank 1. Sums over 2 micro-batches × 2 ranks:
+        // ∂a = 2·(1 + 2) = 6, ∂b = 4 · 2b.
+        let (sum_a, sum_b) = (vec![6f32, 6.0], vec![24f32, 32.0, 40.0]);
+        for (rank, (owners, out)) in results.into_iter().enumerate() {
+            assert_eq!(owners, vec![0, 1]);
+            let zero2 = if rank == 0 {
+                (Some(sum_a.clone()), None)
+            } else {
+                (None, Some(sum_b.clone()))
+            };
+            assert_eq!(out[0], zero2, "rank {rank}, ZeRO-2");
+            assert_eq!(out[1], (Some(sum_a.clone()), Some(sum_b.clone())), "DDP");
+        }
+    }
+
+    fn s_owners(comm: &Arc<dyn Collective>) -> Vec<usize> {
+        let s = Strategy::new(comm.clone(), ZeroStage::Gradients, &[2, 3]);
+        assert_eq!(s.kind(), Parallelism::Zero2);
+        assert!(s.gradients_sharded() && s.sharded());
+        s.owners().unwrap().to_vec()
     }
 }

@@ -134,6 +134,22 @@ impl Collective for ThreadRank {
         }
         Ok(())
     }
+    fn reduce_sum(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        if root >= self.world {
+            return Err(DistError::Misuse {
+                op: "reduce",
+                problem: format!("root {root} in a world of {}", self.world),
+            });
+        }
+        let wide: Vec<f64> = buf.iter().map(|&x| x as f64).collect();
+        let sum = self.sum("reduce_sum", &wide)?;
+        if self.rank == root {
+            for (b, s) in buf.iter_mut().zip(sum) {
+                *b = s as f32;
+            }
+        }
+        Ok(())
+    }
     fn barrier(&self) -> Result<()> {
         self.shared.barrier.wait();
         Ok(())
@@ -157,11 +173,15 @@ mod tests {
             c.all_reduce_sum_f64(&mut f).unwrap();
             let mut g = [r, r];
             c.broadcast(&mut g, 2).unwrap();
+            // Σ_r (r + 1) at rank 1 only; the others keep their own.
+            let mut h = [r + 1.0];
+            c.reduce_sum(&mut h, 1).unwrap();
             c.barrier().unwrap();
-            (a, b, f, g)
+            (a, b, f, g, h)
         });
-        for (a, b, f, g) in out {
+        for (r, (a, b, f, g, h)) in out.into_iter().enumerate() {
             assert_eq!((a, b, f, g), ([6.0, 30.0], [6.0, 30.0], [1.5], [2.0, 2.0]));
+            assert_eq!(h, [if r == 1 { 6.0 } else { r as f32 + 1.0 }]);
         }
     }
 

@@ -376,6 +376,51 @@ impl From<ActivationCheckpointing> for lm_models::Recompute {
     }
 }
 
+/// `train.zero_stage`: what data-parallel ranks shard (ZeRO's stages). Stage 3 (sharded
+/// parameters) is not built and is refused by name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(try_from = "i64", into = "i64")]
+pub enum ZeroStage {
+    /// 0: every rank keeps all the gradients and optimizer state (DDP).
+    #[default]
+    Zero0,
+    /// 1: each rank keeps the optimizer state of its share of the parameters.
+    Zero1,
+    /// 2: and only its share of the reduced gradients.
+    Zero2,
+}
+
+impl TryFrom<i64> for ZeroStage {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Self, String> {
+        match n {
+            0 => Ok(Self::Zero0),
+            1 => Ok(Self::Zero1),
+            2 => Ok(Self::Zero2),
+            3 => Err("stage 3 (parameters sharded too) is not built yet; use 0, 1 or 2".into()),
+            n => Err(format!("{n} is not a ZeRO stage: 0, 1 or 2")),
+        }
+    }
+}
+
+impl From<ZeroStage> for i64 {
+    fn from(z: ZeroStage) -> Self {
+        z as i64
+    }
+}
+
+impl From<ZeroStage> for lm_dist::ZeroStage {
+    fn from(z: ZeroStage) -> Self {
+        match z {
+            ZeroStage::Zero0 => Self::Replicated,
+            ZeroStage::Zero1 => Self::OptimizerState,
+            ZeroStage::Zero2 => Self::Gradients,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

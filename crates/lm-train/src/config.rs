@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::choices::{
     ActivationCheckpointing, Freeze, Infilling, MlmSelection, NonFinitePolicy, ObjectiveKind,
     OptimizerKind, PaperPreset, Precision, ScheduleKind, ScheduleUnit, T5FeedForward, TaskKind,
-    TokenizerKind,
+    TokenizerKind, ZeroStage,
 };
 use crate::error::{io_err, Result, TrainError};
 use crate::family::{Architecture, ModelShape};

@@ -231,9 +231,10 @@ fn zero_1_shards_the_optimizer_state_and_still_equals_one_process() {
     std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..40_000]).unwrap();
     let recipe = "gpt-shakespeare-char";
     std::fs::write(d.join("one.toml"), shrunk(recipe, 12, None)).unwrap();
+    // The old spelling, which earlier runs' configs carry, reads as stage 1.
     let sharded = shrunk(recipe, 6, None).replace(
-        "shard_optimizer_state = false",
-        "shard_optimizer_state = true",
+        "zero_stage = 0",
+        "zero_stage = 0\nshard_optimizer_state = true",
     );
     assert!(sharded.contains("shard_optimizer_state = true"));
     std::fs::write(d.join("zero.toml"), sharded).unwrap();
@@ -292,6 +293,54 @@ fn zero_1_shards_the_optimizer_state_and_still_equals_one_process() {
         assert!(
             (0.4..=0.6).contains(&share),
             "rank {r}: {part} of {whole} bytes"
+        );
+    }
+}
+
+/// ZeRO-2 (gradients reduced to their owners during backward, optimizer state sharded) on
+/// 2 ranks × 6 equals 1 process × 12: GPT with AdamW, clipping and 2 micro-batches per step
+/// (only the last one reduces, carrying the first); T5 with AdaFactor and clipping. The clip is
+/// small enough to bind, so the global norm — summed over the ranks' shares — matters.
+#[test]
+fn zero_2_equals_one_process_for_gpt_and_t5_with_clipping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..40_000]).unwrap();
+    for (recipe, tokenizer, accum) in [
+        ("gpt-shakespeare-char", None, 2),
+        ("t5-span-corruption", Some("t5-300.json"), 1),
+    ] {
+        if let Some(name) = tokenizer {
+            let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/tokenizers")
+                .join(name);
+            std::fs::copy(&fixture, d.join(name)).unwrap();
+        }
+        let with = |toml: String, stage: &str| {
+            let mut c: lm_train::config::TrainConfig = toml::from_str(&toml).unwrap();
+            (c.optim.grad_clip, c.train.grad_accum) = (0.05, accum);
+            c.to_toml().replace("zero_stage = 0", stage)
+        };
+        let two = with(shrunk(recipe, 6, tokenizer), "zero_stage = 2");
+        assert!(two.contains("zero_stage = 2"));
+        std::fs::write(
+            d.join("one.toml"),
+            with(shrunk(recipe, 12, tokenizer), "zero_stage = 0"),
+        )
+        .unwrap();
+        std::fs::write(d.join("two.toml"), two).unwrap();
+        let (one, two) = (format!("{recipe}-1x12"), format!("{recipe}-zero2"));
+        train_one_process_and_two_ranks(d, &one, &two);
+        assert_same_run(&d.join(&one), &d.join(&two), &format!("ZeRO-2 {recipe}"));
+        // The clip binds: a logged norm above it.
+        let metrics = std::fs::read_to_string(d.join(&two).join("metrics.jsonl")).unwrap();
+        let clipped = metrics.lines().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["grad_norm"].as_f64().is_some_and(|n| n > 0.05)
+        });
+        assert!(
+            clipped,
+            "{recipe}: no step's gradient norm reaches the clip"
         );
     }
 }

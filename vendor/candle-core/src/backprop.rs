@@ -178,7 +178,7 @@ impl Tensor {
     /// lm-train patch: the backward pass with `seed` as this tensor's gradient (`backward` is
     /// this with ones): the vector-Jacobian product `seedᵀ·∂self/∂x` for every variable `x`.
     pub fn backward_from(&self, seed: Tensor) -> Result<GradStore> {
-        self.backward_impl(seed, None)
+        self.backward_impl(seed, None, None)
     }
 
     /// lm-train patch: `backward`, releasing each node's op — and with it the activations it
@@ -188,23 +188,60 @@ impl Tensor {
     /// anything it was computed from) sees no ops.
     pub fn backward_freeing_graph(&self) -> Result<GradStore> {
         let everything = TensorId::new_at_start();
-        self.backward_impl(self.ones_like()?.contiguous()?, Some(everything))
+        self.backward_impl(self.ones_like()?.contiguous()?, Some(everything), None)
+    }
+
+    /// lm-train patch: [`Tensor::backward_freeing_graph`], calling `on_ready(id, grads)` as soon
+    /// as the gradient of variable `id` in `grads` is final — when the pass reaches the variable,
+    /// every node that reads it being done (the nodes are in topological order) — so that a
+    /// data-parallel trainer can reduce gradients, or free them, while the pass goes on (PyTorch
+    /// DDP's bucket hooks). `on_ready` may take or replace the gradient. Variables read inside a
+    /// recomputed function ([`Tensor::checkpoint`]) join the store when their recomputation runs,
+    /// so only the variables reached after the last recomputation are announced; the caller
+    /// takes the others from the returned store.
+    pub fn backward_freeing_graph_with(
+        &self,
+        on_ready: &mut dyn FnMut(TensorId, &mut GradStore) -> Result<()>,
+    ) -> Result<GradStore> {
+        let everything = TensorId::new_at_start();
+        self.backward_impl(
+            self.ones_like()?.contiguous()?,
+            Some(everything),
+            Some(on_ready),
+        )
     }
 
     /// `free_from`: release the ops of the nodes made at or after this id (all of a graph, or
     /// only what a recomputation made: not what it captured from outside, which other
-    /// recomputations still need).
-    fn backward_impl(&self, seed: Tensor, free_from: Option<TensorId>) -> Result<GradStore> {
+    /// recomputations still need). `on_ready`: see [`Tensor::backward_freeing_graph_with`].
+    fn backward_impl(
+        &self,
+        seed: Tensor,
+        free_from: Option<TensorId>,
+        mut on_ready: Option<&mut dyn FnMut(TensorId, &mut GradStore) -> Result<()>>,
+    ) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
+        // A recomputation may add to any variable it captured: a variable's gradient is known
+        // final only past the last one.
+        let announce_from = match on_ready {
+            None => usize::MAX,
+            Some(_) => sorted_nodes
+                .iter()
+                .rposition(|n| matches!(n.op(), Some(Op::Recompute(..))))
+                .map_or(0, |i| i + 1),
+        };
         let mut grads = GradStore::new();
         grads.insert(self, seed.contiguous()?);
         // Each node is dropped at the end of its iteration: with `free`, what its op saved goes
         // with it unless a node still to come holds it.
-        for owned in sorted_nodes.into_iter() {
+        for (index, owned) in sorted_nodes.into_iter().enumerate() {
             let node = &owned;
             // `&&Tensor`, as upstream's loop over borrowed nodes had it (`*node` is a `&Tensor`).
             let node = &node;
             if node.is_variable() {
+                if let Some(on_ready) = on_ready.as_mut().filter(|_| index >= announce_from) {
+                    on_ready(node.id(), &mut grads)?;
+                }
                 continue;
             }
             let grad = grads
@@ -683,7 +720,7 @@ impl Tensor {
                             .collect();
                         let mark = TensorId::new();
                         let y = crate::recompute::with_grad_mode(true, || f(&leaves))?;
-                        let mut inner = y.backward_impl(grad.clone(), Some(mark))?;
+                        let mut inner = y.backward_impl(grad.clone(), Some(mark), None)?;
                         for (arg, leaf) in args.iter().zip(&leaves) {
                             if let Some(g) = inner.remove(leaf) {
                                 if arg.track_op() {

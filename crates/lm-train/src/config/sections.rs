@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     config_err, yes, ActivationCheckpointing, NonFinitePolicy, OptimizerKind, PaperPreset,
-    Precision, ScheduleKind, ScheduleUnit,
+    Precision, ScheduleKind, ScheduleUnit, ZeroStage,
 };
 use crate::error::Result;
 
@@ -125,9 +125,14 @@ pub struct TrainSection {
     /// With `matmul_precision = "f16"`: good steps in a row before the loss scale doubles.
     #[serde(default = "default_loss_scale_growth_interval")]
     pub loss_scale_growth_interval: u64,
-    /// Data parallelism: shard the optimizer state over the ranks (ZeRO stage 1): each rank
-    /// keeps and updates the state of its share of the parameters, then sends them to the others.
+    /// Data parallelism: what the ranks shard — 0 nothing (DDP), 1 the optimizer state (each
+    /// rank keeps and updates the state of its share of the parameters, then sends them to the
+    /// others), 2 also the reduced gradients. Read through [`TrainSection::zero_stage`].
     #[serde(default)]
+    pub zero_stage: ZeroStage,
+    /// The old spelling of `zero_stage = 1`: `true` asks for at least stage 1 (kept so that the
+    /// configs of earlier runs still read; no longer written).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shard_optimizer_state: bool,
     /// Write TensorBoard event files in the run's `tb/` (rank 0).
     #[serde(default = "yes")]
@@ -396,6 +401,15 @@ impl OptimSection {
 }
 
 impl TrainSection {
+    /// The ZeRO stage in effect: `zero_stage`, at least 1 with the old
+    /// `shard_optimizer_state = true`.
+    pub fn zero_stage(&self) -> ZeroStage {
+        match self.shard_optimizer_state {
+            true => self.zero_stage.max(ZeroStage::Zero1),
+            false => self.zero_stage,
+        }
+    }
+
     /// Checks values that parse but cannot work, naming the key.
     pub fn validate(&self, source_name: &str) -> Result<()> {
         let err = |key: &str, problem: String| Err(config_err(source_name, key, problem));

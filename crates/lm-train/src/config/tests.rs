@@ -314,6 +314,42 @@ fn activation_checkpointing_is_a_name_or_a_count() {
 }
 
 #[test]
+fn zero_stage_is_0_1_or_2_and_the_old_sharding_key_reads_as_1() {
+    let text = TrainConfig::recipe("gpt-shakespeare-char")
+        .unwrap()
+        .to_toml();
+    assert!(text.contains("zero_stage = 0") && !text.contains("shard_optimizer_state"));
+    let with = |v: &str| TrainConfig::from_toml(&text.replace("zero_stage = 0", v), "x.toml");
+    for (v, want) in [
+        ("zero_stage = 1", ZeroStage::Zero1),
+        ("zero_stage = 2", ZeroStage::Zero2),
+        (
+            "zero_stage = 0\nshard_optimizer_state = true",
+            ZeroStage::Zero1,
+        ),
+        (
+            "zero_stage = 2\nshard_optimizer_state = true",
+            ZeroStage::Zero2,
+        ),
+        (
+            "zero_stage = 0\nshard_optimizer_state = false",
+            ZeroStage::Zero0,
+        ),
+    ] {
+        let c = with(v).unwrap();
+        assert_eq!(c.train.zero_stage(), want, "{v}");
+        assert_eq!(TrainConfig::from_toml(&c.to_toml(), "again").unwrap(), c);
+    }
+    let e = with("zero_stage = 3").unwrap_err().to_string();
+    assert!(
+        e.contains("train.zero_stage") && e.contains("stage 3") && e.contains("not built"),
+        "{e}"
+    );
+    let e = with("zero_stage = 4").unwrap_err().to_string();
+    assert!(e.contains("4 is not a ZeRO stage"), "{e}");
+}
+
+#[test]
 fn a_config_cut_mid_value_says_what_is_missing_and_where() {
     let text = "[model]\nfamily = \"gpt\"\nn_layer = 2\nn_head = ";
     let e = TrainConfig::from_toml(text, "cut.toml")

@@ -123,18 +123,21 @@ impl Trainer {
         Ok(())
     }
 
-    /// What this rank holds: parameters and buffers, the trained parameters' gradients, the
-    /// optimizer state (lm-optim's accounting), and for pretraining the activation estimate of
-    /// one micro-batch of this rank's rows.
+    /// What this rank holds: parameters and buffers, the trained parameters' gradients (with
+    /// ZeRO-2 those of its share, kept after their bucket is reduced), the optimizer state
+    /// (lm-optim's accounting), and for pretraining the activation estimate of one micro-batch
+    /// of this rank's rows (`train.batch_size` is per rank).
     pub fn memory_account(&self) -> Result<crate::memory::MemoryAccount> {
         let bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
         let parameters = self.store.vars().iter().map(|(_, v)| bytes(v)).sum();
-        let gradients = self.vars.iter().map(|v| bytes(v)).sum();
-        let rows = self
-            .cfg
-            .train()
-            .batch_size
-            .div_ceil(self.strategy.world_size());
+        let owned = self.strategy.owned(&self.vars);
+        let gradients = self
+            .vars
+            .iter()
+            .filter(|v| !self.strategy.gradients_sharded() || owned.contains(&v.id()))
+            .map(|v| bytes(v))
+            .sum();
+        let rows = self.cfg.train().batch_size;
         let activations = match &self.cfg {
             RunConfig::Pretrain(c) => Some(c.activation_bytes(rows as f64)),
             RunConfig::Finetune(_) => None,

@@ -92,8 +92,8 @@ impl Trainer {
     }
 
     /// Records the world and global batch in the state, sets the strategy over `comm`, and with
-    /// `train.shard_optimizer_state` rebuilds the optimizer over this rank's share of the
-    /// parameters (ZeRO stage 1). A run resumed on another number of ranks keeps its global
+    /// `train.zero_stage` 1 or 2 rebuilds the optimizer over this rank's share of the
+    /// parameters. A run resumed on another number of ranks keeps its global
     /// batch: each rank takes global / ranks (`train.batch_size` is per rank), and a number of
     /// ranks that does not divide it is refused, naming those that do.
     pub(super) fn setup_ranks(&mut self, comm: Arc<dyn Collective>) -> Result<()> {
@@ -120,7 +120,7 @@ impl Trainer {
         self.state.world = world;
         self.state.global_batch = global;
         let sizes: Vec<usize> = self.vars.iter().map(|v| v.elem_count()).collect();
-        self.strategy = Strategy::new(comm, self.cfg.train().shard_optimizer_state, &sizes);
+        self.strategy = Strategy::new(comm, self.cfg.train().zero_stage().into(), &sizes);
         if !self.strategy.sharded() {
             return Ok(());
         }
@@ -143,7 +143,8 @@ impl Trainer {
         if steps != 0 && !self.state.sharded_optimizer {
             return Err(TrainError::Checkpoint {
                 path: self.run_dir.clone(),
-                problem: "its optimizer state is not sharded; resume it with shard_optimizer_state = false".into(),
+                problem: "its optimizer state is not sharded; resume it with train.zero_stage = 0"
+                    .into(),
             });
         }
         self.state.sharded_optimizer = true;

@@ -74,10 +74,23 @@ impl Trainer {
             });
             // Scaled up so that small gradients survive f16's range. The graph is freed as the
             // backward pass goes (each activation once used), not when it ends.
-            let grads = match loss_scale {
-                Some(scale) => (loss * scale)?.backward_freeing_graph()?,
-                None => loss.backward_freeing_graph()?,
+            let loss = match loss_scale {
+                Some(scale) => (loss * scale)?,
+                None => loss,
             };
+            if self.strategy.world_size() > 1 && m + 1 == accum {
+                // The step's last micro-batch: its gradients, with the earlier ones', are reduced
+                // in buckets while the backward pass goes on (none before: an accumulation step
+                // communicates once).
+                let mut reduction = self.strategy.reduction(&self.vars, total.take());
+                let mut grads = loss.backward_freeing_graph_with(&mut |id, grads| {
+                    reduction.ready(id, grads).map_err(candle_core::Error::wrap)
+                })?;
+                reduction.finish(&mut grads)?;
+                total = Some(grads);
+                continue;
+            }
+            let grads = loss.backward_freeing_graph()?;
             total = Some(match total {
                 None => grads,
                 Some(mut acc) => {
@@ -92,11 +105,10 @@ impl Trainer {
                 }
             });
         }
-        let mut total = total.ok_or_else(|| TrainError::Corpus {
+        let total = total.ok_or_else(|| TrainError::Corpus {
             corpus: "batch".into(),
             problem: "a step needs at least one micro-batch".into(),
         })?;
-        self.strategy.reduce_gradients(&self.vars, &mut total)?;
         let loss_sum = loss_sum.ok_or_else(|| TrainError::Corpus {
             corpus: "batch".into(),
             problem: "a step needs at least one micro-batch".into(),
@@ -122,7 +134,7 @@ impl Trainer {
         let lr = self.schedule.value(self.schedule_position());
         let (loss, mut grads, tokens) = self.forward_backward(batches, None)?;
         self.state.tokens_seen += tokens;
-        let (host_sq, device_sq) = lm_optim::clip::sum_squares(&grads, &self.vars)?;
+        let (host_sq, device_sq) = self.grad_sum_squares(&grads)?;
         let factor = self.step_factor(&loss, host_sq, device_sq.as_ref())?;
         match lm_kernels::host::cpu_scalar(&factor) {
             // In CPU memory: read where it lies.
@@ -146,6 +158,16 @@ impl Trainer {
             device_sq,
             lr,
         })
+    }
+
+    /// `Σ g²` over the step's reduced gradients, as a host part and a device part
+    /// ([`lm_optim::clip::sum_squares`]); with ZeRO-2, where each rank holds its share of them,
+    /// summed over the ranks.
+    fn grad_sum_squares(&self, grads: &GradStore) -> Result<(f64, Option<Tensor>)> {
+        let (host_sq, device_sq) = lm_optim::clip::sum_squares(grads, &self.vars)?;
+        Ok(self
+            .strategy
+            .sum_squares(host_sq, device_sq, &self.device)?)
     }
 
     /// The factor the optimizer applies to this step's gradients, a one-element f32 tensor on
@@ -348,7 +370,7 @@ impl Trainer {
     /// from the device: the loss and the device part of `Σ g²` stacked into one tensor
     /// ([`lm_kernels::host`] counts it); f32 CPU gradients' squares are summed on the host.
     fn loss_and_norm(&self, loss: &Tensor, grads: &GradStore) -> Result<(f32, f64)> {
-        let (host_sq, device_sq) = lm_optim::clip::sum_squares(grads, &self.vars)?;
+        let (host_sq, device_sq) = self.grad_sum_squares(grads)?;
         let (loss, sum_sq) = match device_sq {
             None => (lm_kernels::host::read_scalar::<f32>(loss)?, host_sq),
             Some(d) => {

@@ -1,0 +1,164 @@
+//! One step's gradient reduction in buckets, fed by the backward pass as each parameter's
+//! gradient becomes final (PyTorch DDP's bucket hooks; candle's
+//! `Tensor::backward_freeing_graph_with` announces them): a bucket is reduced once it holds
+//! [`BUCKET`] values, while the pass computes the gradients of earlier layers, instead of all of
+//! them after the pass. With ZeRO-2 each bucket is reduced to the parameters' owners only
+//! (a reduce-scatter at parameter granularity), and the other ranks free those gradients at once,
+//! so no rank holds more than its share plus one bucket of reduced gradients.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, TensorId, Var};
+
+use crate::strategy::{Parallelism, Strategy};
+use crate::Result;
+
+/// Values a bucket gathers before it is reduced (4 Mi f32 values, 16 MiB; DDP's default is
+/// 25 MiB).
+pub const BUCKET: usize = 1 << 22;
+
+/// The gradient reduction of one step: [`GradientReduction::ready`] for each parameter whose
+/// gradient is final, then [`GradientReduction::finish`] for the rest. Every rank must announce
+/// the same parameters in the same order (the same graph gives the same order).
+pub struct GradientReduction<'s> {
+    strategy: &'s Strategy,
+    vars: &'s [Var],
+    position: HashMap<TensorId, usize>,
+    reduced: Vec<bool>,
+    bucket: Vec<usize>,
+    bucket_values: usize,
+    /// The gradients of the step's earlier micro-batches, added to each gradient before it is
+    /// reduced: only the last micro-batch of an accumulation step is reduced.
+    carried: Option<GradStore>,
+}
+
+impl<'s> GradientReduction<'s> {
+    pub(crate) fn new(strategy: &'s Strategy, vars: &'s [Var], carried: Option<GradStore>) -> Self {
+        Self {
+            strategy,
+            vars,
+            position: vars
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.as_tensor().id(), i))
+                .collect(),
+            reduced: vec![false; vars.len()],
+            bucket: vec![],
+            bucket_values: 0,
+            carried,
+        }
+    }
+
+    /// The gradient of tensor `id` in `grads` is final: it joins the bucket (an id that is not
+    /// one of the parameters, or one already taken, is ignored), and a full bucket is reduced.
+    pub fn ready(&mut self, id: TensorId, grads: &mut GradStore) -> Result<()> {
+        let Some(&i) = self.position.get(&id) else {
+            return Ok(());
+        };
+        self.take(i, grads)?;
+        if self.bucket_values >= BUCKET {
+            self.flush(grads)?;
+        }
+        Ok(())
+    }
+
+    /// Reduces every gradient not announced yet, in parameter order, and the last bucket.
+    pub fn finish(mut self, grads: &mut GradStore) -> Result<()> {
+        for i in 0..self.vars.len() {
+            self.take(i, grads)?;
+            if self.bucket_values >= BUCKET {
+                self.flush(grads)?;
+            }
+        }
+        self.flush(grads)
+    }
+
+    /// Parameter `i` joins the bucket, its carried gradient added.
+    fn take(&mut self, i: usize, grads: &mut GradStore) -> Result<()> {
+        if self.reduced[i] {
+            return Ok(());
+        }
+        self.reduced[i] = true;
+        let v = self.vars[i].as_tensor();
+        if let Some(before) = self.carried.as_mut().and_then(|c| c.remove(v)) {
+            let sum = match grads.get(v) {
+                Some(g) => (before + g)?,
+                None => before,
+            };
+            grads.insert(v, sum);
+        }
+        self.bucket.push(i);
+        self.bucket_values += v.elem_count();
+        Ok(())
+    }
+
+    /// Reduces the bucket: summed on every rank, or with ZeRO-2 on each parameter's owner (one
+    /// reduce per owner, in rank order), the others dropping those gradients.
+    fn flush(&mut self, grads: &mut GradStore) -> Result<()> {
+        let bucket = std::mem::take(&mut self.bucket);
+        self.bucket_values = 0;
+        if bucket.is_empty() || self.strategy.world_size() == 1 {
+            return Ok(());
+        }
+        let comm = self.strategy.comm();
+        match (self.strategy.kind(), self.strategy.owners()) {
+            (Parallelism::Zero2, Some(owners)) => {
+                for owner in 0..comm.world_size() {
+                    let part: Vec<usize> = bucket
+                        .iter()
+                        .copied()
+                        .filter(|&i| owners[i] == owner)
+                        .collect();
+                    if part.is_empty() {
+                        continue;
+                    }
+                    let flat = self.flatten(&part, grads)?;
+                    match comm.reduce_tensor(&flat, owner)? {
+                        Some(sum) => self.unflatten(&part, &sum, grads)?,
+                        None => {
+                            for &i in &part {
+                                grads.remove(self.vars[i].as_tensor());
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                let flat = self.flatten(&bucket, grads)?;
+                let sum = comm.all_reduce_tensor(&flat)?;
+                self.unflatten(&bucket, &sum, grads)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradients of parameters `part` as one f32 vector (a missing one as zeros).
+    fn flatten(&self, part: &[usize], grads: &GradStore) -> Result<Tensor> {
+        let mut flat = Vec::with_capacity(part.len());
+        for &i in part {
+            let v = &self.vars[i];
+            flat.push(match grads.get(v.as_tensor()) {
+                Some(g) => g.flatten_all()?.to_dtype(DType::F32)?,
+                None => Tensor::zeros(v.elem_count(), DType::F32, v.device())?,
+            });
+        }
+        Ok(match flat.len() {
+            1 => flat.swap_remove(0),
+            _ => Tensor::cat(&flat, 0)?,
+        })
+    }
+
+    /// Splits `flat` back into the gradients of `part`, each in its parameter's shape and dtype.
+    fn unflatten(&self, part: &[usize], flat: &Tensor, grads: &mut GradStore) -> Result<()> {
+        let mut at = 0;
+        for &i in part {
+            let v = &self.vars[i];
+            let k = v.elem_count();
+            let g = flat.narrow(0, at, k)?.reshape(v.shape())?;
+            grads.insert(v.as_tensor(), g.to_dtype(v.dtype())?);
+            at += k;
+        }
+        Ok(())
+    }
+}

@@ -11,8 +11,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, TensorId, Var};
 
-use crate::strategy::{Parallelism, Strategy};
-use crate::Result;
+use crate::{Collective, Result};
 
 /// Values a bucket gathers before it is reduced (4 Mi f32 values, 16 MiB; DDP's default is
 /// 25 MiB).
@@ -22,7 +21,9 @@ pub const BUCKET: usize = 1 << 22;
 /// gradient is final, then [`GradientReduction::finish`] for the rest. Every rank must announce
 /// the same parameters in the same order (the same graph gives the same order).
 pub struct GradientReduction<'s> {
-    strategy: &'s Strategy,
+    comm: &'s dyn Collective,
+    /// With ZeRO-2, the owning rank of each parameter, to which its gradient is reduced.
+    reduce_to_owners: Option<&'s [usize]>,
     vars: &'s [Var],
     position: HashMap<TensorId, usize>,
     reduced: Vec<bool>,
@@ -34,9 +35,15 @@ pub struct GradientReduction<'s> {
 }
 
 impl<'s> GradientReduction<'s> {
-    pub(crate) fn new(strategy: &'s Strategy, vars: &'s [Var], carried: Option<GradStore>) -> Self {
+    pub(crate) fn new(
+        comm: &'s dyn Collective,
+        reduce_to_owners: Option<&'s [usize]>,
+        vars: &'s [Var],
+        carried: Option<GradStore>,
+    ) -> Self {
         Self {
-            strategy,
+            comm,
+            reduce_to_owners,
             vars,
             position: vars
                 .iter()
@@ -98,12 +105,12 @@ impl<'s> GradientReduction<'s> {
     fn flush(&mut self, grads: &mut GradStore) -> Result<()> {
         let bucket = std::mem::take(&mut self.bucket);
         self.bucket_values = 0;
-        if bucket.is_empty() || self.strategy.world_size() == 1 {
+        let comm = self.comm;
+        if bucket.is_empty() || comm.world_size() == 1 {
             return Ok(());
         }
-        let comm = self.strategy.comm();
-        match (self.strategy.kind(), self.strategy.owners()) {
-            (Parallelism::Zero2, Some(owners)) => {
+        match self.reduce_to_owners {
+            Some(owners) => {
                 for owner in 0..comm.world_size() {
                     let part: Vec<usize> = bucket
                         .iter()
@@ -124,7 +131,7 @@ impl<'s> GradientReduction<'s> {
                     }
                 }
             }
-            _ => {
+            None => {
                 let flat = self.flatten(&bucket, grads)?;
                 let sum = comm.all_reduce_tensor(&flat)?;
                 self.unflatten(&bucket, &sum, grads)?;

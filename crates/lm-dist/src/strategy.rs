@@ -175,7 +175,8 @@ impl Strategy {
         vars: &'s [Var],
         carried: Option<GradStore>,
     ) -> GradientReduction<'s> {
-        GradientReduction::new(self, vars, carried)
+        let owners = self.owners.as_deref().filter(|_| self.gradients_sharded());
+        GradientReduction::new(self.comm.as_ref(), owners, vars, carried)
     }
 
     /// `grads ← Σ_ranks grads` for `vars` after the backward pass (a missing gradient counts as

@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 mod data;
+mod ddp;
 mod memory;
 
 use anyhow::Result;
@@ -468,6 +469,9 @@ fn main() -> Result<()> {
     if args.first().is_some_and(|a| a == "gpu") {
         let num = |i: usize, d: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
         return gpu_step(num(1, 8), num(2, 10));
+    }
+    if args.first().is_some_and(|a| a == "gpt2-ddp") {
+        return ddp::gpt2_ddp(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "gpt2-memory") {
         return memory::gpt2_memory(&args[1..]);

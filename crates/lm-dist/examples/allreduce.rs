@@ -4,7 +4,7 @@
 
 fn main() {
     let comm = lm_dist::from_environment().expect("MPI");
-    for floats in [1usize << 16, 1 << 18, 1 << 20, 800_000, 1 << 22] {
+    for floats in [1usize << 16, 1 << 18, 1 << 20, 800_000, 1 << 22, 1 << 24] {
         let mut buf = vec![1.0f32; floats];
         comm.all_reduce_sum(&mut buf).unwrap();
         let mut times: Vec<f64> = (0..21)

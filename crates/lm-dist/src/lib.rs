@@ -9,7 +9,8 @@
 //! - [`ThreadRank`] (always built): ranks as threads of one process, for testing multi-rank
 //!   logic without a launcher.
 //! - `Mpi` (cargo feature `mpi`): ranks of an MPI job (`mpirun -np N …`), through rsmpi over the
-//!   system's MPI — one machine or many.
+//!   system's MPI — one machine or many. When all the ranks are on one machine their f32
+//!   buffers go through a shared memory segment instead (`SharedMemory`).
 //! - `Nccl` (cargo feature `nccl`, which needs CUDA): the ranks of an MPI job, one GPU each
 //!   (`local_rank`), reducing with NCCL; the unique id travels over MPI.
 //!
@@ -32,10 +33,14 @@
 //! ```
 
 mod reduction;
+#[cfg(any(test, feature = "mpi"))]
+mod shared_memory;
 mod strategy;
 mod threads;
 
 pub use reduction::{GradientReduction, BUCKET};
+#[cfg(feature = "mpi")]
+pub use shared_memory::{SharedMemory, SLOT_VALUES};
 pub use strategy::{Parallelism, Strategy, ZeroStage};
 pub use threads::ThreadRank;
 
@@ -133,21 +138,6 @@ pub trait Collective: Send + Sync {
         self.all_reduce_sum(&mut host)?;
         Ok(Tensor::from_vec(host, t.shape(), t.device())?.to_dtype(t.dtype())?)
     }
-    /// `Σ_ranks t` on rank `root` (`None` on the others), as a tensor of `t`'s shape, dtype and
-    /// device; host-staged by default, as [`Collective::all_reduce_tensor`].
-    fn reduce_tensor(&self, t: &Tensor, root: usize) -> Result<Option<Tensor>> {
-        if self.world_size() == 1 {
-            return Ok(Some(t.clone()));
-        }
-        let mut host = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        self.reduce_sum(&mut host, root)?;
-        if self.rank() != root {
-            return Ok(None);
-        }
-        Ok(Some(
-            Tensor::from_vec(host, t.shape(), t.device())?.to_dtype(t.dtype())?,
-        ))
-    }
     /// Rank `root`'s `t` on every rank (same shape, dtype and device); host-staged by default.
     fn broadcast_tensor(&self, t: &Tensor, root: usize) -> Result<Tensor> {
         if self.world_size() == 1 {
@@ -237,7 +227,7 @@ pub fn from_environment() -> Result<Box<dyn Collective>> {
     }
     #[cfg(all(feature = "mpi", not(feature = "nccl")))]
     {
-        Ok(Box::new(Mpi::initialize()?))
+        shared_memory::on_one_machine(Mpi::initialize()?)
     }
     #[cfg(not(feature = "mpi"))]
     {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, TensorId, Var};
+use candle_core::{DType, Storage, Tensor, TensorId, Var};
 
 use crate::{Collective, Result};
 
@@ -120,44 +120,49 @@ impl<'s> GradientReduction<'s> {
                     if part.is_empty() {
                         continue;
                     }
-                    let flat = self.flatten(&part, grads)?;
-                    match comm.reduce_tensor(&flat, owner)? {
-                        Some(sum) => self.unflatten(&part, &sum, grads)?,
-                        None => {
-                            for &i in &part {
-                                grads.remove(self.vars[i].as_tensor());
-                            }
+                    let mut flat = self.flatten(&part, grads)?;
+                    comm.reduce_sum(&mut flat, owner)?;
+                    if comm.rank() == owner {
+                        self.unflatten(&part, flat, grads)?;
+                    } else {
+                        for &i in &part {
+                            grads.remove(self.vars[i].as_tensor());
                         }
                     }
                 }
             }
             None => {
-                let flat = self.flatten(&bucket, grads)?;
-                let sum = comm.all_reduce_tensor(&flat)?;
-                self.unflatten(&bucket, &sum, grads)?;
+                let mut flat = self.flatten(&bucket, grads)?;
+                comm.all_reduce_sum(&mut flat)?;
+                self.unflatten(&bucket, flat, grads)?;
             }
         }
         Ok(())
     }
 
-    /// The gradients of parameters `part` as one f32 vector (a missing one as zeros).
-    fn flatten(&self, part: &[usize], grads: &GradStore) -> Result<Tensor> {
-        let mut flat = Vec::with_capacity(part.len());
+    /// The gradients of parameters `part` as one f32 vector in host memory (a missing one as
+    /// zeros): each f32 gradient in CPU memory copied once, straight from its storage.
+    fn flatten(&self, part: &[usize], grads: &GradStore) -> Result<Vec<f32>> {
+        let n = part.iter().map(|&i| self.vars[i].elem_count()).sum();
+        let mut flat = Vec::with_capacity(n);
         for &i in part {
             let v = &self.vars[i];
-            flat.push(match grads.get(v.as_tensor()) {
-                Some(g) => g.flatten_all()?.to_dtype(DType::F32)?,
-                None => Tensor::zeros(v.elem_count(), DType::F32, v.device())?,
-            });
+            match grads.get(v.as_tensor()) {
+                Some(g) => append(&mut flat, g)?,
+                None => flat.resize(flat.len() + v.elem_count(), 0.0),
+            }
         }
-        Ok(match flat.len() {
-            1 => flat.swap_remove(0),
-            _ => Tensor::cat(&flat, 0)?,
-        })
+        Ok(flat)
     }
 
-    /// Splits `flat` back into the gradients of `part`, each in its parameter's shape and dtype.
-    fn unflatten(&self, part: &[usize], flat: &Tensor, grads: &mut GradStore) -> Result<()> {
+    /// Splits the reduced `flat` back into the gradients of `part`, each in its parameter's
+    /// shape, dtype and device (views of one tensor when they are f32 on the CPU).
+    fn unflatten(&self, part: &[usize], flat: Vec<f32>, grads: &mut GradStore) -> Result<()> {
+        let Some(first) = part.first() else {
+            return Ok(());
+        };
+        let n = flat.len();
+        let flat = Tensor::from_vec(flat, n, self.vars[*first].device())?;
         let mut at = 0;
         for &i in part {
             let v = &self.vars[i];
@@ -168,4 +173,20 @@ impl<'s> GradientReduction<'s> {
         }
         Ok(())
     }
+}
+
+/// `out ← out ++ g` (flattened, as f32): straight from the storage for a contiguous f32 tensor
+/// in CPU memory, through a host copy otherwise.
+fn append(out: &mut Vec<f32>, g: &Tensor) -> Result<()> {
+    if g.dtype() == DType::F32 {
+        if let Some(offsets) = g.layout().contiguous_offsets() {
+            let (storage, _) = g.storage_and_layout();
+            if let Storage::Cpu(cpu) = &*storage {
+                out.extend_from_slice(&cpu.as_slice::<f32>()?[offsets.0..offsets.1]);
+                return Ok(());
+            }
+        }
+    }
+    out.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    Ok(())
 }

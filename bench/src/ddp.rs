@@ -1,0 +1,88 @@
+//! `lm-bench gpt2-ddp BATCH T STEPS`: the data-parallel step of GPT-2 small (124 M parameters,
+//! f32, AdamW, clip 1.0) with `BATCH × T` tokens per rank, on the ranks of the MPI launch that
+//! started it (`mpirun -np 2 lm-bench gpt2-ddp …`, built with `--features mpi`) or on one
+//! process. Rank 0 prints the median step time. The gradients are reduced in buckets as the
+//! backward pass makes them final, as the trainer does; `LM_BENCH_REDUCE=after` reduces them
+//! after the whole pass instead, `LM_BENCH_REDUCE=none` not at all (each rank steps on its own
+//! gradients: the step without communication, the floor). Compare 2 ranks with 1 process at the
+//! same per-rank batch and threads (`RAYON_NUM_THREADS=1`): the ratio is what the reduction
+//! costs the step.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Var};
+use lm_dist::{Strategy, ZeroStage};
+use lm_models::gpt::{Gpt, GptConfig};
+use lm_models::{MatmulPrecision, ParamStore, StepContext};
+use lm_objectives::loss::{cross_entropy, CrossEntropy};
+use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
+
+/// Runs the measurement; `args` are the words after `gpt2-ddp`.
+pub fn gpt2_ddp(args: &[String]) -> Result<()> {
+    let num = |i: usize, d: usize| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (batch, t, steps) = (num(0, 4), num(1, 64), num(2, 5));
+    let mode = std::env::var("LM_BENCH_REDUCE").unwrap_or_else(|_| "buckets".into());
+    if !["buckets", "after", "none"].contains(&mode.as_str()) {
+        anyhow::bail!("LM_BENCH_REDUCE={mode:?}: expected buckets, after or none");
+    }
+    let comm: Arc<dyn lm_dist::Collective> = Arc::from(lm_dist::from_environment()?);
+    let cfg = GptConfig::gpt2_small();
+    let store = ParamStore::new(1337);
+    let model = Gpt::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))?;
+    let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
+    let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
+    let strategy = Strategy::new(comm.clone(), ZeroStage::Replicated, &sizes);
+    strategy.broadcast_parameters(&vars)?;
+    let mut opt = Adam::new(
+        vec![ParamGroup::new("all", store.vars(), 0.1)],
+        AdamConfig::adamw(),
+    )?;
+    // Each rank its own rows (tokens drawn below a vocabulary one smaller per rank).
+    let (x, y) = super::random_batch(cfg.vocab_size - comm.rank(), batch, t, &Device::Cpu)?;
+    let ctx = StepContext::train(MatmulPrecision::Highest, 0, 0);
+    let mut times = vec![];
+    for _ in 0..steps {
+        strategy.barrier()?;
+        let start = std::time::Instant::now();
+        let logits = model.forward(&x, &ctx)?;
+        let loss = cross_entropy(&logits, &y, &CrossEntropy::default())?;
+        let loss = (loss / comm.world_size() as f64)?;
+        let mut grads = if mode != "buckets" {
+            let mut g = loss.backward_freeing_graph()?;
+            if mode == "after" {
+                strategy.reduce_gradients(&vars, &mut g)?;
+            }
+            g
+        } else {
+            let mut reduction = strategy.reduction(&vars, None);
+            let mut g = loss.backward_freeing_graph_with(&mut |id, g| {
+                reduction.ready(id, g).map_err(candle_core::Error::wrap)
+            })?;
+            reduction.finish(&mut g)?;
+            g
+        };
+        lm_optim::clip::clip_grad_norm(&mut grads, &vars, 1.0)?;
+        opt.step(&grads, 6e-4)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    if mode != "none" && strategy.ranks_differing(&vars)? != 0 {
+        anyhow::bail!("the ranks' parameters differ after {steps} steps");
+    }
+    times.sort_by(f64::total_cmp);
+    if comm.rank() == 0 {
+        println!(
+            "gpt2-ddp {} rank(s) × {batch}×{t} tokens, {} threads, reduction {}: {:.3} s/step \
+             (median of {steps}; all {:?})",
+            comm.world_size(),
+            rayon::current_num_threads(),
+            mode,
+            times[times.len() / 2],
+            times
+                .iter()
+                .map(|s| (s * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}

@@ -15,6 +15,7 @@ use crate::family::{Architecture, ModelShape};
 pub use crate::registry::Family;
 
 mod finetuning;
+mod overrides;
 mod sections;
 pub use finetuning::{FinetuneConfig, FinetuneSection, FINETUNE_RECIPES};
 pub use sections::{OptimSection, TrainSection};

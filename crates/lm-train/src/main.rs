@@ -192,7 +192,7 @@ fn finetune(args: FinetuneArgs, device: Device) -> anyhow::Result<()> {
     let mut trainer = Trainer::new(cfg, &out, device)?;
     // A run-time stopping point, as `train --max-iters`: the schedule is the configured one.
     args.max_iters.map(|n| trainer.stop_at(n)).transpose()?;
-    run_trainer(trainer, args.quiet, true, true)
+    run_trainer(trainer, args.quiet, true)
 }
 
 #[derive(Subcommand)]
@@ -267,39 +267,6 @@ struct TrainArgs {
     quiet: bool,
 }
 
-/// `cfg` with `--set KEY=VALUE` overrides (and `--seed`), parsed and checked like a config file.
-fn with_overrides(cfg: RunConfig, sets: &[String], seed: Option<u64>) -> anyhow::Result<RunConfig> {
-    if sets.is_empty() && seed.is_none() {
-        return Ok(cfg);
-    }
-    let mut doc: toml::Table = toml::from_str(&cfg.to_toml())?;
-    let seed = seed.map(|s| format!("train.seed={s}"));
-    lm_train::config::dataset_replaces_corpus(&mut doc, sets);
-    for set in sets.iter().chain(seed.as_ref()) {
-        let Some((key, value)) = set.split_once('=') else {
-            anyhow::bail!("--set {set:?}: expected KEY=VALUE, e.g. optim.lr=3e-4");
-        };
-        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(value.to_string()));
-        let mut parts: Vec<&str> = key.trim().split('.').collect();
-        let Some(last) = parts.pop() else {
-            anyhow::bail!("--set {set:?}: empty key");
-        };
-        let mut table = &mut doc;
-        for p in parts {
-            table = table
-                .entry(p)
-                .or_insert_with(|| toml::Table::new().into())
-                .as_table_mut()
-                .ok_or_else(|| anyhow::anyhow!("--set {set:?}: {p} is not a section"))?;
-        }
-        table.insert(last.to_string(), value);
-    }
-    Ok(RunConfig::from_toml(&toml::to_string(&doc)?, "--set")?)
-}
-
 fn free_run_dir(name: &str) -> PathBuf {
     let base = Path::new("runs").join(name);
     (1..)
@@ -340,7 +307,7 @@ fn train(args: TrainArgs, comm: Arc<dyn Collective>, device: Device) -> anyhow::
             (_, Some(path)) => (RunConfig::from_file(path)?, file_stem(path, "run")),
             _ => unreachable!("clap requires one source"),
         };
-        let cfg = with_overrides(cfg, &args.sets, args.seed)?;
+        let cfg = cfg.with_overrides(&args.sets, args.seed)?;
         if let Some(n) = args.max_iters {
             // Refused before anything is written.
             lm_train::trainer::check_stop_step(n, cfg.train().max_iters)?;
@@ -366,8 +333,7 @@ fn train(args: TrainArgs, comm: Arc<dyn Collective>, device: Device) -> anyhow::
         args.max_iters.map(|n| t.stop_at(n)).transpose()?;
         t
     };
-    let single = comm_is_single(&trainer);
-    run_trainer(trainer, args.quiet || !lead, lead, single)
+    run_trainer(trainer, args.quiet || !lead, lead)
 }
 
 /// The last line of a run: steps, time, throughput, the best evaluation and the data wait.
@@ -388,24 +354,28 @@ fn print_done(trainer: &Trainer, summary: &lm_train::trainer::TrainSummary) {
     );
 }
 
+/// Ctrl-C, SIGTERM or SIGUSR1: finish the current step, write a checkpoint, say how to resume.
+/// Under mpirun every rank catches them and the ranks agree at the next step boundary, so a
+/// signal to any rank — or to mpirun, which passes SIGTERM on (and SIGKILL a second later:
+/// docs/reliability.md) or SIGUSR1 alone — stops them all after one step.
+fn stop_on_signals(trainer: &mut Trainer) -> anyhow::Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
+    ] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    trainer.stop_when(stop);
+    Ok(())
+}
+
 /// Trains to the end and prints the summary, the plots, a fine-tuning run's test results and
 /// the configured sample.
-fn run_trainer(
-    mut trainer: Trainer,
-    quiet: bool,
-    lead: bool,
-    catch_signals: bool,
-) -> anyhow::Result<()> {
+fn run_trainer(mut trainer: Trainer, quiet: bool, lead: bool) -> anyhow::Result<()> {
     trainer.verbose = !quiet;
-    if catch_signals {
-        // Ctrl-C or SIGTERM: finish the current step, write a checkpoint, say how to resume.
-        // (Under mpirun the launcher owns the signals: it ends every rank of the job.)
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(signal, stop.clone())?;
-        }
-        trainer.stop_when(stop);
-    }
+    stop_on_signals(&mut trainer)?;
     if lead {
         let params = trainer.params().num_params() as f64 / 1e6;
         out!("{params:.2} M parameters");
@@ -438,7 +408,7 @@ fn run_trainer(
         return Ok(()); // rank 0 reports
     }
     if summary.interrupted {
-        anyhow::bail!(
+        return Err(Interrupted(format!(
             "interrupted at step {}; checkpoint {} written; continue with `lm-train train --resume {}`",
             summary.step,
             summary
@@ -446,7 +416,8 @@ fn run_trainer(
                 .as_ref()
                 .map_or("(none)".into(), |p| p.display().to_string()),
             trainer.run_dir().display()
-        );
+        ))
+        .into());
     }
     if let Some((tr, va)) = summary.last_eval {
         out!(
@@ -740,9 +711,18 @@ fn run(cli: Cli, comm: Arc<dyn Collective>) -> anyhow::Result<()> {
     }
 }
 
-fn comm_is_single(t: &Trainer) -> bool {
-    t.world_size() == 1
+/// A run stopped by a signal after writing its checkpoint: exit code 1, but every rank has
+/// finished cleanly, so the job is not aborted.
+#[derive(Debug)]
+struct Interrupted(String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
+
+impl std::error::Error for Interrupted {}
 
 /// Divides this machine's cores between the ranks that run on it (rayon's pool per process).
 fn share_cores(comm: &dyn Collective) {
@@ -788,7 +768,7 @@ fn main() -> ExitCode {
     match run(cli, comm.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if comm.world_size() > 1 {
+            if comm.world_size() > 1 && e.downcast_ref::<Interrupted>().is_none() {
                 eprintln!("error: rank {}: {e}", comm.rank());
                 // The other ranks would wait forever in the next collective.
                 comm.abort(1);

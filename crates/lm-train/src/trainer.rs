@@ -325,7 +325,9 @@ impl Trainer {
     }
 
     /// When `flag` becomes true (e.g. from a SIGINT handler), training stops after the current
-    /// step and writes a checkpoint of it.
+    /// step and writes a checkpoint of it. On several ranks every rank must be given a flag: at
+    /// each step boundary they sum theirs (one collective of one number), so that a flag raised
+    /// on any rank stops all of them at the same step, with one consistent checkpoint.
     pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
         self.stop_flag = Some(flag);
     }
@@ -566,7 +568,7 @@ impl Trainer {
             let step = self.state.step;
             let logged = step.is_multiple_of(log_every) || step == until;
             let evaluated = step.is_multiple_of(eval_every) || step == until;
-            let stop = self.stop_requested();
+            let stop = self.stop_requested()?;
             // The step's values and the skipped steps are read from the device here only.
             let settled = match &report {
                 Some(r) if logged || evaluated || stop => self.settle(r)?,
@@ -606,10 +608,16 @@ impl Trainer {
         Ok(summary)
     }
 
-    fn stop_requested(&self) -> bool {
-        self.stop_flag
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::Relaxed))
+    /// Whether this rank's stop flag, or any rank's, is raised.
+    fn stop_requested(&self) -> Result<bool> {
+        let Some(flag) = &self.stop_flag else {
+            return Ok(false);
+        };
+        let mine = flag.load(Ordering::Relaxed);
+        if self.strategy.world_size() == 1 {
+            return Ok(mine);
+        }
+        Ok(self.strategy.sum(f64::from(u8::from(mine)))? > 0.0)
     }
 
     /// After the loop: a fine-tuning run loads its best checkpoint's weights and reports its test

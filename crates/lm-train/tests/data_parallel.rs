@@ -345,6 +345,110 @@ fn zero_2_equals_one_process_for_gpt_and_t5_with_clipping() {
     }
 }
 
+/// Starts `mpirun -np 2 lm-train train --config long.toml --out OUT` in `d`, waits until it has
+/// logged a few steps, sends SIGTERM to mpirun itself or to one of its ranks, and returns what
+/// it printed (the job killed, and the test failed, if it has not ended a minute later).
+fn signal_a_long_run(d: &Path, out: &str, to_a_rank: bool) -> Output {
+    let args = ["train", "--config", "long.toml", "--out", out, "--quiet"];
+    let mut child = mpirun_command(&args, d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = d.join(out).join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
+        assert!(started.elapsed().as_secs() < 120, "{out}: no steps logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let target = if to_a_rank {
+        let ranks = Command::new("pgrep")
+            .args(["-P", &child.id().to_string()])
+            .output()
+            .unwrap();
+        let ranks = String::from_utf8_lossy(&ranks.stdout).to_string();
+        ranks.lines().last().unwrap_or_default().trim().to_string()
+    } else {
+        child.id().to_string()
+    };
+    assert!(!target.is_empty(), "{out}: no rank process found");
+    let kill = Command::new("kill")
+        .args(["-TERM", &target])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Read the pipes beside the wait, so that a full pipe never holds the job up.
+    use std::io::Read as _;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = vec![];
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let signalled = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed().as_secs() > 60 {
+            // The ranks first (mpirun killed with SIGKILL would leave them running).
+            let pid = child.id().to_string();
+            let _ = Command::new("pkill").args(["-9", "-P", &pid]).status();
+            let _ = child.kill();
+            panic!("{out}: the job did not end within 60 s of the signal");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// SIGTERM to mpirun (which passes it to every rank and kills them a second later) or to one
+/// rank alone: the ranks agree at the next step boundary, write one checkpoint of that step,
+/// rank 0 releases the lock, and the run resumes under mpirun from there.
+#[test]
+fn a_signal_to_mpirun_or_to_one_rank_stops_every_rank_with_one_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..40_000]).unwrap();
+    let mut c: lm_train::config::TrainConfig =
+        toml::from_str(&shrunk("gpt-shakespeare-char", 6, None)).unwrap();
+    (c.train.max_iters, c.train.eval_interval) = (1_000_000, 1_000_000);
+    std::fs::write(d.join("long.toml"), c.to_toml()).unwrap();
+    for (out, to_a_rank) in [("to-mpirun", false), ("to-a-rank", true)] {
+        let done = signal_a_long_run(d, out, to_a_rank);
+        let said = String::from_utf8_lossy(&done.stderr).to_string();
+        let step: u64 = said
+            .split("interrupted at step ")
+            .nth(1)
+            .and_then(|s| s.split(';').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{out}: no interruption reported: {said}"));
+        assert!(!said.contains("MPI_ABORT"), "{out}: {said}");
+        let run = d.join(out);
+        let ckpt = lm_train::checkpoint::latest_checkpoint(&run).unwrap();
+        assert!(
+            ckpt.ends_with(format!("step-{step:08}")),
+            "{out}: {}",
+            ckpt.display()
+        );
+        assert!(!run.join("lock").exists(), "{out}: the lock was left");
+        let more = (step + 2).to_string();
+        let args = ["train", "--resume", out, "--quiet", "--max-iters", &more];
+        succeeded(&mpirun(&args, d), &format!("{out} resumed"));
+        let last = lm_train::checkpoint::latest_checkpoint(&run).unwrap();
+        assert!(last.ends_with(format!("step-{:08}", step + 2)), "{out}");
+    }
+}
+
 #[test]
 fn a_run_resumes_on_another_number_of_ranks_keeping_its_global_batch() {
     let tmp = tempfile::tempdir().unwrap();

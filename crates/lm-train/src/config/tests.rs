@@ -392,3 +392,31 @@ fn an_unknown_key_is_named_before_missing_ones_with_the_closest_known_key() {
         "{e}"
     );
 }
+
+#[test]
+fn set_overrides_apply_and_bad_ones_name_the_flag_and_key() {
+    let base = RunConfig::Pretrain(TrainConfig::recipe("gpt-shakespeare-char").unwrap());
+    let sets = [
+        "optim.lr=3e-4".to_string(),
+        "train.zero_stage=2".to_string(),
+    ];
+    let RunConfig::Pretrain(c) = base.clone().with_overrides(&sets, Some(7)).unwrap() else {
+        panic!("a pretraining config stays one");
+    };
+    assert_eq!((c.optim.lr, c.train.seed), (3e-4, 7));
+    assert_eq!(c.train.zero_stage(), ZeroStage::Zero2);
+    for (set, want) in [
+        ("optim.lr", "expected KEY=VALUE"),
+        ("optim.lr.x=1", "lr is not a section"),
+        ("=3", "empty key"),
+        ("optim.nope=1", "nope"),
+        ("train.zero_stage=3", "not built"),
+    ] {
+        let e = base
+            .clone()
+            .with_overrides(&[set.to_string()], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--set") && e.contains(want), "{set}: {e}");
+    }
+}

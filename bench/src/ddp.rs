@@ -62,8 +62,10 @@ pub fn gpt2_ddp(args: &[String]) -> Result<()> {
             reduction.finish(&mut g)?;
             g
         };
-        lm_optim::clip::clip_grad_norm(&mut grads, &vars, 1.0)?;
-        opt.step(&grads, 6e-4)?;
+        // Clipping as the trainer does it: a factor Adam applies inside its fused update.
+        let (host_sq, _) = lm_optim::clip::sum_squares(&grads, &vars)?;
+        let factor = lm_optim::clip::clip_factor(host_sq.sqrt(), 1.0)?;
+        opt.step_scaled(&mut grads, 6e-4, factor)?;
         times.push(start.elapsed().as_secs_f64());
     }
     if mode != "none" && strategy.ranks_differing(&vars)? != 0 {

@@ -61,8 +61,10 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
             loss.backward_freeing_graph()?
         };
         trace("backward");
-        lm_optim::clip::clip_grad_norm(&mut grads, &vars, 1.0)?;
-        opt.step(&grads, 6e-4)?;
+        // Clipping as the trainer does it: a factor Adam applies inside its fused update.
+        let (host_sq, _) = lm_optim::clip::sum_squares(&grads, &vars)?;
+        let factor = lm_optim::clip::clip_factor(host_sq.sqrt(), 1.0)?;
+        opt.step_scaled(&mut grads, 6e-4, factor)?;
         trace("optimizer step");
         last = loss.to_scalar::<f32>()?;
         times.push(start.elapsed().as_secs_f64());

@@ -681,13 +681,18 @@ impl CustomOp3 for RmsNormGrad {
 /// `y_i = Σ_{j≤i} softmax_j(scale·q_i·k_j) v_j` per head. It replaces splitting the heads (three
 /// transposed copies), two batched matmuls, the softmax and merging the heads, and the backward of
 /// each. Per (sequence, head) the products are gemm calls on strided views of `qkv` — no copies;
-/// sequences run in parallel; the `b·h` probability matrices (`t × t`, zero above the diagonal) are
-/// kept for the backward, and the products skip their zero triangles.
+/// sequences run in parallel; the products skip the zero triangles of the `b·h` probability
+/// matrices (`t × t`, zero above the diagonal). Those are kept for the backward while they are
+/// small ([`keeps_probs`]); beyond, each is made in a scratch matrix and dropped, and the
+/// backward recomputes it head by head — no `O(t²)` activation is stored (flash attention's
+/// trade: `QKᵀ` and the softmax once more in the backward).
 pub(crate) struct CausalAttention {
     pub n_head: usize,
     pub scale: f32,
     /// Precision of the products (f32, or bf16 / f16 inputs with f32 accumulation).
     pub prec: MatmulPrecision,
+    /// Keep the probabilities (`Some`), or decide by [`keeps_probs`] (`None`).
+    pub keep_probs: Option<bool>,
     /// The forward's probabilities `[b, h, t, t]`, kept for the backward (which lives as long
     /// as this op does: only while a graph needs it).
     pub probs: std::sync::Mutex<Option<Arc<Vec<f32>>>>,
@@ -699,9 +704,19 @@ impl CausalAttention {
             n_head,
             scale,
             prec,
+            keep_probs: None,
             probs: std::sync::Mutex::new(None),
         }
     }
+}
+
+/// Whether an attention call keeps its probabilities `[b, h, t, t]` for the backward: while
+/// they hold at most four values per token and width (`h·t ≤ 4·h·d`, i.e. `t ≤ 4d`) — then they
+/// cost about as much as the layer's other saved activations (≈ 16 per token and width), and
+/// keeping them saves the recomputation. Past that (GPT-2 small at 1024 tokens: 50 MB per
+/// layer) they are recomputed in the backward.
+pub(crate) fn keeps_probs(t: usize, head_dim: usize) -> bool {
+    t <= 4 * head_dim
 }
 
 /// Sizes of one attention call: time, heads, head width.
@@ -820,24 +835,36 @@ impl CustomOp1 for CausalAttention {
         let (b, dims) = AttnDims::of(l, self.n_head)?;
         let AttnDims { t, h, d } = dims;
         let c = dims.c();
-        // Each head writes its columns of every row, and its probabilities in full.
+        let keep = self.keep_probs.unwrap_or_else(|| keeps_probs(t, d));
+        // Each head writes its columns of every row, and its probabilities in full (kept, or
+        // one scratch matrix per sequence).
         let mut y = output_buffer(b * t * c);
-        let mut probs = output_buffer(b * h * t * t);
-        y.par_chunks_mut(t * c)
-            .zip(qkv.par_chunks(t * 3 * c))
-            .zip(probs.par_chunks_mut(h * t * t))
-            .for_each(|((y, qkv), probs)| {
-                for (head, p) in probs.chunks_exact_mut(t * t).enumerate() {
-                    attn_probs(qkv, dims, head, self.scale, prec, p);
-                    // Y_h = P V, written straight into the merged-heads layout.
-                    let v = dims.part(qkv, 2, head);
-                    let p = Mat::rows(p, t);
-                    let y = &mut y[head * d..];
-                    mm_causal(prec, y, c, p, v, (t, t, d), 1.0, Tri::LowerA);
+        let mut probs = output_buffer(if keep { b * h * t * t } else { 0 });
+        let one_head = |qkv: &[f32], y: &mut [f32], head: usize, p: &mut [f32]| {
+            attn_probs(qkv, dims, head, self.scale, prec, p);
+            // Y_h = P V, written straight into the merged-heads layout.
+            let v = dims.part(qkv, 2, head);
+            let y = &mut y[head * d..];
+            mm_causal(prec, y, c, Mat::rows(p, t), v, (t, t, d), 1.0, Tri::LowerA);
+        };
+        let rows = y.par_chunks_mut(t * c).zip(qkv.par_chunks(t * 3 * c));
+        if keep {
+            rows.zip(probs.par_chunks_mut(h * t * t))
+                .for_each(|((y, qkv), probs)| {
+                    for (head, p) in probs.chunks_exact_mut(t * t).enumerate() {
+                        one_head(qkv, y, head, p);
+                    }
+                });
+            if let Ok(mut kept) = self.probs.lock() {
+                *kept = Some(Arc::new(probs));
+            }
+        } else {
+            rows.for_each(|(y, qkv)| {
+                let mut p = vec![0f32; t * t];
+                for head in 0..h {
+                    one_head(qkv, y, head, &mut p);
                 }
             });
-        if let Ok(mut kept) = self.probs.lock() {
-            *kept = Some(Arc::new(probs));
         }
         Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
     }
@@ -962,7 +989,9 @@ pub(crate) struct BiAttention {
     pub prec: MatmulPrecision,
     pub key_bias: Option<Arc<Vec<f32>>>,
     pub keep: Option<Arc<Vec<f32>>>,
-    /// The forward's probabilities `[b, h, t, t]` before dropout.
+    /// Keep the probabilities (`Some`), or decide by [`keeps_probs`] (`None`).
+    pub keep_probs: Option<bool>,
+    /// The forward's probabilities `[b, h, t, t]` before dropout, when kept.
     pub probs: std::sync::Mutex<Option<Arc<Vec<f32>>>>,
 }
 
@@ -1032,37 +1061,54 @@ impl CustomOp1 for BiAttention {
         let (b, dims) = self.dims(l)?;
         let AttnDims { t, h, d } = dims;
         let c = dims.c();
+        let keep_probs = self.keep_probs.unwrap_or_else(|| keeps_probs(t, d));
         let mut y = output_buffer(b * t * c);
-        let mut probs = output_buffer(b * h * t * t);
-        y.par_chunks_mut(t * c)
-            .zip(qkv.par_chunks(t * 3 * c))
-            .zip(probs.par_chunks_mut(h * t * t))
-            .enumerate()
-            .for_each(|(bi, ((y, qkv), probs))| {
-                let mut scratch = vec![0f32; t * t];
-                for (head, p) in probs.chunks_exact_mut(t * t).enumerate() {
-                    bi_attn_probs(self, qkv, dims, (bi, head), p);
-                    let keep = self
-                        .keep
-                        .as_ref()
-                        .map(|m| &m[(bi * h + head) * t * t..][..t * t]);
-                    let pd = dropped(p, keep, &mut scratch);
-                    let v = dims.part(qkv, 2, head);
-                    let y = &mut y[head * d..];
-                    mm_causal(
-                        self.prec,
-                        y,
-                        c,
-                        Mat::rows(pd, t),
-                        v,
-                        (t, t, d),
-                        1.0,
-                        Tri::Full,
-                    );
+        let mut probs = output_buffer(if keep_probs { b * h * t * t } else { 0 });
+        // Head `head` of sequence `bi` into `y`, its probabilities in `p`.
+        let one_head = |bi: usize,
+                        head: usize,
+                        (qkv, y): (&[f32], &mut [f32]),
+                        p: &mut [f32],
+                        scratch: &mut [f32]| {
+            bi_attn_probs(self, qkv, dims, (bi, head), p);
+            let keep = self
+                .keep
+                .as_ref()
+                .map(|m| &m[(bi * h + head) * t * t..][..t * t]);
+            let pd = dropped(p, keep, scratch);
+            let v = dims.part(qkv, 2, head);
+            let y = &mut y[head * d..];
+            mm_causal(
+                self.prec,
+                y,
+                c,
+                Mat::rows(pd, t),
+                v,
+                (t, t, d),
+                1.0,
+                Tri::Full,
+            );
+        };
+        let rows = y.par_chunks_mut(t * c).zip(qkv.par_chunks(t * 3 * c));
+        if keep_probs {
+            rows.zip(probs.par_chunks_mut(h * t * t))
+                .enumerate()
+                .for_each(|(bi, ((y, qkv), probs))| {
+                    let mut scratch = vec![0f32; t * t];
+                    for (head, p) in probs.chunks_exact_mut(t * t).enumerate() {
+                        one_head(bi, head, (qkv, &mut *y), p, &mut scratch);
+                    }
+                });
+            if let Ok(mut kept) = self.probs.lock() {
+                *kept = Some(Arc::new(probs));
+            }
+        } else {
+            rows.enumerate().for_each(|(bi, (y, qkv))| {
+                let (mut p, mut scratch) = (vec![0f32; t * t], vec![0f32; t * t]);
+                for head in 0..h {
+                    one_head(bi, head, (qkv, &mut *y), &mut p, &mut scratch);
                 }
             });
-        if let Ok(mut kept) = self.probs.lock() {
-            *kept = Some(Arc::new(probs));
         }
         Ok((CpuStorage::F32(y), Shape::from((b, t, c))))
     }
@@ -1074,6 +1120,7 @@ impl CustomOp1 for BiAttention {
             prec: self.prec,
             key_bias: self.key_bias.clone(),
             keep: self.keep.clone(),
+            keep_probs: self.keep_probs,
             probs: std::sync::Mutex::new(self.probs.lock().ok().and_then(|p| p.clone())),
         };
         Ok(Some(arg.apply_op2_no_bwd(
@@ -1794,5 +1841,56 @@ impl CustomOp3 for LinearGrad {
             CpuStorage::F32(out),
             Shape::from(x.len() + w.len() + d.n_out),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// An attention call that recomputes its probabilities in the backward gives the output and
+    /// the gradient of one that keeps them, bit for bit (causal and bidirectional, with a
+    /// padding bias on the latter).
+    #[test]
+    fn attention_recomputing_its_probabilities_equals_keeping_them() {
+        let (b, t, h, d) = (2, 24, 3, 4);
+        let n = b * t * 3 * h * d;
+        let data: Vec<f32> = (0..n).map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0).collect();
+        let weights: Vec<f32> = (0..b * t * h * d).map(|i| (i % 7) as f32 - 3.0).collect();
+        let bias: Vec<f32> = (0..b * t)
+            .map(|i| if i % t >= t - 3 { -1e9 } else { 0.0 })
+            .collect();
+        assert!(!keeps_probs(t, d) && keeps_probs(4 * d, d));
+        for causal in [true, false] {
+            let mut runs = vec![];
+            for keep in [true, false] {
+                let x = Var::from_vec(data.clone(), (b, t, 3 * h * d), &Device::Cpu).unwrap();
+                let y = if causal {
+                    let op = CausalAttention {
+                        keep_probs: Some(keep),
+                        ..CausalAttention::new(h, 0.5, MatmulPrecision::Highest)
+                    };
+                    x.as_tensor().apply_op1(op).unwrap()
+                } else {
+                    let op = BiAttention {
+                        n_head: h,
+                        scale: 0.5,
+                        prec: MatmulPrecision::Highest,
+                        key_bias: Some(Arc::new(bias.clone())),
+                        keep: None,
+                        keep_probs: Some(keep),
+                        probs: std::sync::Mutex::new(None),
+                    };
+                    x.as_tensor().apply_op1(op).unwrap()
+                };
+                let w = Tensor::from_vec(weights.clone(), y.shape(), &Device::Cpu).unwrap();
+                let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                let read = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                runs.push((read(&y), read(grads.get(x.as_tensor()).unwrap())));
+            }
+            assert_eq!(runs[0], runs[1], "causal {causal}");
+            assert!(runs[0].1.iter().any(|g| *g != 0.0));
+        }
     }
 }

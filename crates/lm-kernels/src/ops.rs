@@ -216,6 +216,7 @@ pub fn self_attention(
             prec,
             key_bias: key_bias.map(host).transpose()?,
             keep: keep.map(host).transpose()?,
+            keep_probs: None,
             probs: std::sync::Mutex::new(None),
         })
     } else {

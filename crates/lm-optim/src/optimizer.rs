@@ -115,14 +115,10 @@ pub trait Optimizer: Send {
 }
 
 /// Bytes of an optimizer's state (moments and the like; the step counter is not counted): what
-/// sharding the state over N data-parallel ranks divides by N.
+/// sharding the state over N data-parallel ranks divides by N. Counted
+/// ([`Optimizer::state_bytes`]), not read: nothing is copied, so asking costs no memory.
 pub fn state_bytes(opt: &dyn Optimizer) -> Result<usize> {
-    Ok(opt
-        .state_tensors()?
-        .iter()
-        .filter(|(name, _)| name != "step")
-        .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
-        .sum())
+    Ok(opt.state_bytes())
 }
 
 /// Writes an optimizer's state to a safetensors file.

@@ -211,3 +211,72 @@ fn a_step_gated_on_the_device_equals_the_host_step_and_skips_non_finite_factors(
         }
     }
 }
+
+/// `Optimizer::state_bytes` (a count, nothing allocated) equals the bytes of the state tensors a
+/// checkpoint would hold, for every update rule: Adam, AMSGrad, AdaFactor factored and full with
+/// momentum, SGD with momentum.
+#[test]
+fn state_bytes_counts_what_the_state_tensors_hold() {
+    use lm_optim::{AdaFactor, AdaFactorConfig, Sgd, SgdConfig};
+    let make = |which: usize| -> Box<dyn Optimizer> {
+        let w = Var::new(&[[0.5f32, -1.0, 2.0], [1.5, 0.25, -0.75]], &Device::Cpu).unwrap();
+        let b = Var::new(&[0.1f32, 0.2, 0.3], &Device::Cpu).unwrap();
+        let group = vec![ParamGroup::new(
+            "all",
+            vec![("w".into(), w), ("b".into(), b)],
+            0.0,
+        )];
+        match which {
+            0 => Box::new(Adam::new(group, AdamConfig::adamw()).unwrap()),
+            1 => Box::new(
+                Adam::new(
+                    group,
+                    AdamConfig {
+                        amsgrad: true,
+                        ..AdamConfig::adamw()
+                    },
+                )
+                .unwrap(),
+            ),
+            2 => Box::new(AdaFactor::new(group, AdaFactorConfig::default()).unwrap()),
+            3 => Box::new(
+                AdaFactor::new(
+                    group,
+                    AdaFactorConfig {
+                        beta1: Some(0.9),
+                        ..AdaFactorConfig::default()
+                    },
+                )
+                .unwrap(),
+            ),
+            _ => Box::new(
+                Sgd::new(
+                    group,
+                    SgdConfig {
+                        momentum: 0.9,
+                        ..SgdConfig::default()
+                    },
+                )
+                .unwrap(),
+            ),
+        }
+    };
+    for which in 0..5 {
+        let mut opt = make(which);
+        let vars = opt.vars();
+        let loss = (vars[0].as_tensor().sqr().unwrap().sum_all().unwrap()
+            + vars[1].as_tensor().sum_all().unwrap())
+        .unwrap();
+        opt.step(&loss.backward().unwrap(), 0.01).unwrap();
+        let held: usize = opt
+            .state_tensors()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| name != "step")
+            .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+            .sum();
+        assert!(held > 0, "optimizer {which} holds no state");
+        assert_eq!(opt.state_bytes(), held, "optimizer {which}");
+        assert_eq!(lm_optim::state_bytes(opt.as_ref()).unwrap(), held);
+    }
+}

@@ -6,7 +6,9 @@
 //! after the whole pass instead, `LM_BENCH_REDUCE=none` not at all (each rank steps on its own
 //! gradients: the step without communication, the floor). Compare 2 ranks with 1 process at the
 //! same per-rank batch and threads (`RAYON_NUM_THREADS=1`): the ratio is what the reduction
-//! costs the step.
+//! costs the step. `LM_BENCH_ZERO=1|2` shards the optimizer state (and the gradients) as
+//! `train.zero_stage` does; every rank then prints what it holds between steps — parameters,
+//! the gradients it keeps, its optimizer state — and its peak resident set.
 
 use std::sync::Arc;
 
@@ -32,12 +34,22 @@ pub fn gpt2_ddp(args: &[String]) -> Result<()> {
     let model = Gpt::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))?;
     let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
     let sizes: Vec<usize> = vars.iter().map(|v| v.elem_count()).collect();
-    let strategy = Strategy::new(comm.clone(), ZeroStage::Replicated, &sizes);
+    let stage = match std::env::var("LM_BENCH_ZERO").as_deref() {
+        Err(_) | Ok("0") => ZeroStage::Replicated,
+        Ok("1") => ZeroStage::OptimizerState,
+        Ok("2") => ZeroStage::Gradients,
+        Ok(other) => anyhow::bail!("LM_BENCH_ZERO={other:?}: expected 0, 1 or 2"),
+    };
+    let strategy = Strategy::new(comm.clone(), stage, &sizes);
     strategy.broadcast_parameters(&vars)?;
-    let mut opt = Adam::new(
-        vec![ParamGroup::new("all", store.vars(), 0.1)],
-        AdamConfig::adamw(),
-    )?;
+    let owned = strategy.owned(&vars);
+    let mine: Vec<(String, Var)> = store
+        .vars()
+        .into_iter()
+        .filter(|(_, v)| owned.contains(&v.as_tensor().id()))
+        .collect();
+    let mut opt = Adam::new(vec![ParamGroup::new("all", mine, 0.1)], AdamConfig::adamw())?;
+    let mut grads_held = 0;
     // Each rank its own rows (tokens drawn below a vocabulary one smaller per rank).
     let (x, y) = super::random_batch(cfg.vocab_size - comm.rank(), batch, t, &Device::Cpu)?;
     let ctx = StepContext::train(MatmulPrecision::Highest, 0, 0);
@@ -64,14 +76,36 @@ pub fn gpt2_ddp(args: &[String]) -> Result<()> {
         };
         // Clipping as the trainer does it: a factor Adam applies inside its fused update.
         let (host_sq, _) = lm_optim::clip::sum_squares(&grads, &vars)?;
+        let (host_sq, _) = strategy.sum_squares(host_sq, None, &Device::Cpu)?;
         let factor = lm_optim::clip::clip_factor(host_sq.sqrt(), 1.0)?;
         opt.step_scaled(&mut grads, 6e-4, factor)?;
+        strategy.after_step(&vars)?;
         times.push(start.elapsed().as_secs_f64());
+        grads_held = vars
+            .iter()
+            .filter_map(|v| grads.get(v.as_tensor()))
+            .map(|g| g.elem_count() * 4)
+            .sum::<usize>();
     }
+    // Read before the check below, which copies every parameter twice.
+    let peak = lm_train::memory::peak_rss_bytes().map_or(f64::NAN, |b| b as f64);
     if mode != "none" && strategy.ranks_differing(&vars)? != 0 {
         anyhow::bail!("the ranks' parameters differ after {steps} steps");
     }
     times.sort_by(f64::total_cmp);
+    let params = vars.iter().map(|v| v.elem_count() * 4).sum::<usize>() as f64;
+    let state = lm_optim::state_bytes(&opt)? as f64;
+    let mib = lm_train::memory::mib;
+    println!(
+        "rank {} ({stage:?}): parameters {:.0} MiB, gradients kept {:.0} MiB, optimizer state \
+         {:.0} MiB, together {:.0} MiB; peak RSS {:.0} MiB",
+        comm.rank(),
+        mib(params),
+        mib(grads_held as f64),
+        mib(state),
+        mib(params + grads_held as f64 + state),
+        mib(peak)
+    );
     if comm.rank() == 0 {
         println!(
             "gpt2-ddp {} rank(s) × {batch}×{t} tokens, {} threads, reduction {}: {:.3} s/step \

@@ -290,17 +290,21 @@ impl Strategy {
 }
 
 /// The rank that owns each parameter (sizes in order) when the optimizer state is sharded over
-/// `world` ranks: each goes to the rank holding the fewest values so far.
+/// `world` ranks: largest first, each to the rank holding the fewest values so far (the LPT
+/// rule: no rank ends more than one parameter above another, and GPT-2's embedding, a third of
+/// its values, no longer leaves one rank with twice the other's share).
 pub fn shard_owners(sizes: &[usize], world: usize) -> Vec<usize> {
-    let mut load = vec![0usize; world.max(1)];
-    sizes
-        .iter()
-        .map(|&n| {
-            let r = (0..world.max(1)).min_by_key(|&r| (load[r], r)).unwrap_or(0);
-            load[r] += n;
-            r
-        })
-        .collect()
+    let world = world.max(1);
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(sizes[i]), i));
+    let mut load = vec![0usize; world];
+    let mut owners = vec![0; sizes.len()];
+    for i in order {
+        let r = (0..world).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+        load[r] += sizes[i];
+        owners[i] = r;
+    }
+    owners
 }
 
 #[cfg(test)]
@@ -313,6 +317,9 @@ mod tests {
     fn owners_balance_the_values() {
         assert_eq!(shard_owners(&[10, 3, 3, 3, 1], 2), vec![0, 1, 1, 1, 1]);
         assert_eq!(shard_owners(&[4, 4, 4], 3), vec![0, 1, 2]);
+        // In order, 1 and 9 would go to ranks 0 and 1, then 8 to rank 0 (9 against 9 + …);
+        // largest first: 9 → 0, 8 → 1, 1 → 1: loads 9 and 9.
+        assert_eq!(shard_owners(&[1, 9, 8], 2), vec![1, 0, 1]);
     }
 
     /// Two ranks as threads: DDP sums the gradients; ZeRO-1 splits the ownership and its
@@ -404,15 +411,16 @@ mod tests {
             }
             (s_owners(&comm), out)
         });
-        // a (2 values) goes to rank 0, b (3) to rank 1. Sums over 2 micro-batches × 2 ranks:
+        // b (3 values, the largest) goes to rank 0, a (2) to rank 1. Sums over 2 micro-batches
+        // × 2 ranks:
         // ∂a = 2·(1 + 2) = 6, ∂b = 4 · 2b.
         let (sum_a, sum_b) = (vec![6f32, 6.0], vec![24f32, 32.0, 40.0]);
         for (rank, (owners, out)) in results.into_iter().enumerate() {
-            assert_eq!(owners, vec![0, 1]);
+            assert_eq!(owners, vec![1, 0]);
             let zero2 = if rank == 0 {
-                (Some(sum_a.clone()), None)
-            } else {
                 (None, Some(sum_b.clone()))
+            } else {
+                (Some(sum_a.clone()), None)
             };
             assert_eq!(out[0], zero2, "rank {rank}, ZeRO-2");
             assert_eq!(out[1], (Some(sum_a.clone()), Some(sum_b.clone())), "DDP");

@@ -47,12 +47,15 @@ impl Trainer {
     }
 
     /// This rank's share of a sharded optimizer state written by `saved_world` ranks: its own
-    /// file when the number of ranks is the same; else the state of every old rank's file,
+    /// file when the number of ranks (and the placement) is the same; else the state of every
+    /// old rank's file,
     /// merged by parameter name, from which the optimizer takes the parameters this rank owns
     /// now (ZeRO-1 resumed on another number of ranks; each rank reads the whole state once).
     pub(super) fn load_sharded_optimizer(&mut self, ckpt: &Path, saved_world: usize) -> Result<()> {
-        if saved_world == self.strategy.world_size() {
-            return self.load_optimizer(ckpt);
+        // Its own file, unless the shards were placed by another rule (checkpoints written
+        // before parameters were placed largest first): then from all of them.
+        if saved_world == self.strategy.world_size() && self.load_optimizer(ckpt).is_ok() {
+            return Ok(());
         }
         let mut merged = std::collections::HashMap::new();
         for r in 0..saved_world {

@@ -93,19 +93,9 @@ pub fn gpt2_ddp(args: &[String]) -> Result<()> {
         anyhow::bail!("the ranks' parameters differ after {steps} steps");
     }
     times.sort_by(f64::total_cmp);
-    let params = vars.iter().map(|v| v.elem_count() * 4).sum::<usize>() as f64;
-    let state = lm_optim::state_bytes(&opt)? as f64;
-    let mib = lm_train::memory::mib;
-    println!(
-        "rank {} ({stage:?}): parameters {:.0} MiB, gradients kept {:.0} MiB, optimizer state \
-         {:.0} MiB, together {:.0} MiB; peak RSS {:.0} MiB",
-        comm.rank(),
-        mib(params),
-        mib(grads_held as f64),
-        mib(state),
-        mib(params + grads_held as f64 + state),
-        mib(peak)
-    );
+    let params = vars.iter().map(|v| v.elem_count() * 4).sum::<usize>();
+    let held = [params, grads_held, lm_optim::state_bytes(&opt)?];
+    print_holdings(comm.rank(), stage, held, peak);
     if comm.rank() == 0 {
         println!(
             "gpt2-ddp {} rank(s) × {batch}×{t} tokens, {} threads, reduction {}: {:.3} s/step \
@@ -121,4 +111,19 @@ pub fn gpt2_ddp(args: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One rank's line: its parameters, the gradients it keeps and its optimizer state (bytes), and
+/// its peak resident set.
+fn print_holdings(rank: usize, stage: ZeroStage, [params, grads, state]: [usize; 3], peak: f64) {
+    let mib = |b: usize| lm_train::memory::mib(b as f64);
+    println!(
+        "rank {rank} ({stage:?}): parameters {:.0} MiB, gradients kept {:.0} MiB, optimizer \
+         state {:.0} MiB, together {:.0} MiB; peak RSS {:.0} MiB",
+        mib(params),
+        mib(grads),
+        mib(state),
+        mib(params + grads + state),
+        lm_train::memory::mib(peak)
+    );
 }

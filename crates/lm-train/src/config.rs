@@ -273,6 +273,7 @@ pub const RECIPES: &[(&str, &str)] = &[
         "bart-denoising",
         include_str!("../../../recipes/bart-denoising.toml"),
     ),
+    ("gpt2-124m", include_str!("../../../recipes/gpt2-124m.toml")),
 ];
 
 /// Parses TOML into `T`. A syntax error, unknown key, unknown value or wrong type is a
@@ -585,22 +586,41 @@ impl TrainConfig {
             _ => per_layer,
         };
         let params = vocab * d + block * d + layers * stacks;
-        let acts = self.activation_bytes(self.train.batch_size as f64);
+        let acts = self.activation_bytes(self.train.batch_size as f64, vocab);
         (params, params * 16.0, acts)
     }
 
-    /// Bytes of activations `rows` sequences keep for the backward pass, in f32:
-    /// rows · block · layers · (34·d + 5·heads·block) · 4 (Korthikanti et al. 2022's count per
-    /// layer; an encoder-decoder counts its two stacks). Micro-batches run one after another, so
-    /// a step holds one micro-batch's.
-    pub fn activation_bytes(&self, rows: f64) -> f64 {
+    /// Bytes of activations `rows` sequences keep for the backward pass, in f32, after
+    /// Korthikanti et al. 2022's count per layer — `s·b·(34·d + 5·a·s)` bytes for 16-bit values
+    /// and 1-byte dropout masks — taken to f32: `s·b·(68·d + 4·a·s·k)`, where `k` counts the
+    /// `[a, s, s]` tensors kept (the probabilities while the fused attention keeps them,
+    /// `s ≤ 4·head_dim`, and a dropout mask on them); blocks that recompute
+    /// (`train.activation_checkpointing`) keep only their input `s·b·d`, plus one block's
+    /// activations while it is recomputed; and the language-model head's logits, their
+    /// log-softmax and their gradient, `3·s·b·V` values for a vocabulary of `vocab`. An
+    /// encoder-decoder counts two stacks. Micro-batches run one after another, so a step holds
+    /// one micro-batch's.
+    pub fn activation_bytes(&self, rows: f64, vocab: f64) -> f64 {
         let m = &self.model;
-        let (d, layers, block) = (m.n_embd as f64, m.n_layer as f64, m.block_size as f64);
+        let (d, layers, s) = (m.n_embd as f64, m.n_layer as f64, m.block_size as f64);
+        let head_dim = m.n_embd / m.n_head.max(1);
+        let kept = f64::from(u8::from(m.block_size <= 4 * head_dim))
+            + f64::from(u8::from(m.dropout > 0.0));
+        let full = rows * s * (68.0 * d + 4.0 * m.n_head as f64 * s * kept);
+        let input = rows * s * d * 4.0;
+        let recomputed = match self.train.activation_checkpointing {
+            ActivationCheckpointing::None => 0.0,
+            ActivationCheckpointing::Blocks => layers,
+            ActivationCheckpointing::EveryNth(n) => (layers / n as f64).ceil(),
+        };
+        let stack = (layers - recomputed) * full
+            + recomputed * input
+            + if recomputed > 0.0 { full } else { 0.0 };
         let stacks = match m.family.architecture {
             Architecture::EncoderDecoder => 2.0,
             _ => 1.0,
         };
-        rows * block * stacks * layers * (34.0 * d + 5.0 * m.n_head as f64 * block) * 4.0
+        stacks * stack + 3.0 * rows * s * vocab * 4.0
     }
 
     /// Refuses a model whose estimated training memory exceeds what the machine has available.

@@ -139,7 +139,9 @@ impl Trainer {
             .sum();
         let rows = self.cfg.train().batch_size;
         let activations = match &self.cfg {
-            RunConfig::Pretrain(c) => Some(c.activation_bytes(rows as f64)),
+            RunConfig::Pretrain(c) => {
+                Some(c.activation_bytes(rows as f64, self.tokenizer.vocab_size() as f64))
+            }
             RunConfig::Finetune(_) => None,
         };
         Ok(crate::memory::MemoryAccount {

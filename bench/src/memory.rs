@@ -10,8 +10,9 @@ use anyhow::Result;
 use candle_core::{DType, Device, Var};
 use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::{MatmulPrecision, ParamStore, Recompute, StepContext};
-use lm_objectives::loss::{cross_entropy, CrossEntropy};
+use lm_objectives::loss::{cross_entropy, head_cross_entropy, CrossEntropy};
 use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
+use lm_train::families::gpt::HEAD_IN_CHUNKS_FROM;
 use lm_train::memory::{mib, peak_rss_bytes};
 
 /// With `LM_BENCH_TRACE` set: the resident set and its peak so far after `what`, on stderr.
@@ -53,7 +54,17 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
     let mut last = 0.0;
     for _ in 0..steps {
         let start = std::time::Instant::now();
-        let loss = cross_entropy(&model.forward(&x, &ctx)?, &y, &CrossEntropy::default())?;
+        // The loss as the trainer computes it: the head in chunks past its threshold.
+        let chunked = x.elem_count() * cfg.vocab_size >= HEAD_IN_CHUNKS_FROM;
+        let ce = CrossEntropy::default();
+        let loss = match chunked {
+            true => {
+                let hidden = model.hidden_states(&x, None, &ctx)?;
+                head_cross_entropy(&hidden, model.head_weight(), &y, &ce, ctx.precision)?
+                    .ok_or_else(|| anyhow::anyhow!("the chunked head applies on the CPU"))?
+            }
+            false => cross_entropy(&model.forward(&x, &ctx)?, &y, &ce)?,
+        };
         trace("forward");
         let mut grads = if keep_graph {
             loss.backward()?

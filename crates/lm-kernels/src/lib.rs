@@ -40,6 +40,7 @@ pub mod fastmath;
 mod fused;
 mod gemm;
 pub mod gpu;
+mod head;
 pub mod host;
 pub mod isa;
 pub mod memory;

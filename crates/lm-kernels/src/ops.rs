@@ -195,6 +195,37 @@ pub fn causal_attention(
     }
 }
 
+/// Per-row `−log softmax(h Wᵀ)[y]` for hidden states `h [n, c]`, the head's weight `W [v, c]`
+/// and targets `y [n]` (i64; 0 on rows whose target is `ignore_index`), without holding the
+/// `[n, v]` logits: computed over chunks of the vocabulary with an online log-sum-exp, the
+/// chunk's logits made again in the backward (the head's product once more). CPU f32 only
+/// (`None` elsewhere: the caller computes the logits). Products at precision `prec`.
+pub fn head_nll(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    ignore_index: i64,
+    prec: MatmulPrecision,
+) -> Result<Option<Tensor>> {
+    if !(fused(h) && fused(w)) {
+        return Ok(None);
+    }
+    let targets = Arc::new(
+        targets
+            .flatten_all()?
+            .to_dtype(DType::I64)?
+            .to_vec1::<i64>()?,
+    );
+    let op = crate::head::HeadNll {
+        targets,
+        ignore_index,
+        prec,
+        chunk: 0,
+        lse: std::sync::Mutex::new(None),
+    };
+    Ok(Some(h.contiguous()?.apply_op2(&w.contiguous()?, op)?))
+}
+
 /// Bidirectional multi-head self-attention (BERT) from the packed projection
 /// `qkv: [b, t, 3·d]` (`[q | k | v]`) to the merged heads `[b, t, d]`:
 /// `(softmax(scale·QKᵀ + key_bias) ⊙ keep) V` per head. `key_bias [b, t]` is added to every

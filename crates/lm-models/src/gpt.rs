@@ -480,7 +480,9 @@ impl Gpt {
 
     /// [`Gpt::forward_cached`] with `positions` `[b, t]` (u32; left-padded generation counts
     /// them from each row's first real token, else `past..past + t`) and the attention `mask`.
-    fn forward_masked(
+    /// The final hidden states `[b·t, n_embd]` of tokens `idx` (positions and attention as
+    /// `how` says), extending `cache` when given.
+    fn hidden_masked(
         &self,
         idx: &Tensor,
         (positions, mask): (Option<&Tensor>, Mask<'_>),
@@ -536,9 +538,55 @@ impl Gpt {
         }
         let x = self.ln_f.forward(&x)?;
         // Tied head: logits = x · Eᵀ (E stored [vocab, n_embd], as nn.Linear's weight).
-        let x = x.reshape((b * t, self.cfg.n_embd))?;
-        let logits = linear(&x, &self.wte, None, true, ctx.precision)?;
+        Ok(x)
+    }
+
+    /// Logits `[b, t, V]` of the final hidden states `x` (`[b·t, n_embd]`, from
+    /// [`Gpt::hidden_masked`]).
+    fn head(&self, x: &Tensor, (b, t): (usize, usize), ctx: &StepContext) -> Result<Tensor> {
+        let logits = linear(x, &self.wte, None, true, ctx.precision)?;
         Ok(logits.reshape((b, t, self.cfg.vocab_size))?)
+    }
+
+    /// [`Gpt::hidden_masked`] then [`Gpt::head`].
+    fn forward_masked(
+        &self,
+        idx: &Tensor,
+        how: (Option<&Tensor>, Mask<'_>),
+        cache: Option<&mut KvCache>,
+        ctx: &StepContext,
+    ) -> Result<Tensor> {
+        let x = self.hidden_masked(idx, how, cache, ctx)?;
+        self.head(&x, idx.dims2()?, ctx)
+    }
+
+    /// The final hidden states `[b, t, n_embd]` (after the last layer norm) of a training or
+    /// evaluation pass — causal, or a prefix LM with `prefix_len` — for a loss that applies the
+    /// head itself ([`Gpt::head_weight`]; e.g. in chunks of the vocabulary).
+    pub fn hidden_states(
+        &self,
+        idx: &Tensor,
+        prefix_len: Option<&Tensor>,
+        ctx: &StepContext,
+    ) -> Result<Tensor> {
+        let (b, t) = idx.dims2()?;
+        let x = match prefix_len {
+            None => self.hidden_masked(idx, (None, Mask::CAUSAL), None, ctx)?,
+            Some(p) => {
+                let bias = prefix_lm_bias(p, t)?;
+                let mask = Mask {
+                    bias: Some(&bias),
+                    causal: false,
+                };
+                self.hidden_masked(idx, (None, mask), None, ctx)?
+            }
+        };
+        Ok(x.reshape((b, t, self.cfg.n_embd))?)
+    }
+
+    /// The head's weight `[vocab, n_embd]`: the token embedding, tied.
+    pub fn head_weight(&self) -> &Tensor {
+        &self.wte
     }
 
     /// Greedy or sampled continuation of several prompts at once, left-padded with `pad` as

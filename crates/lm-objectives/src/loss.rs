@@ -100,6 +100,38 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> R
     })
 }
 
+/// [`cross_entropy`] of the logits `hidden · Wᵀ` of a language-model head (`hidden [.., c]`,
+/// `W [V, c]`), computed by lm-kernels' chunked head (`lm_kernels::ops::head_nll`) without the
+/// logits ever held whole: the memory of one chunk of the vocabulary instead of three `[n, V]`
+/// tensors, for the head's product once more in the backward. `None` where that kernel does not
+/// apply (not CPU f32, or label smoothing): the caller then computes the logits. Products at
+/// `prec`.
+pub fn head_cross_entropy(
+    hidden: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    cfg: &CrossEntropy,
+    prec: lm_kernels::precision::MatmulPrecision,
+) -> Result<Option<Tensor>> {
+    if cfg.label_smoothing != 0.0 {
+        return Ok(None);
+    }
+    let c = hidden.dim(D::Minus1)?;
+    let h = hidden.reshape(((), c))?;
+    let targets = targets.flatten_all()?.to_dtype(DType::I64)?;
+    if h.dim(0)? != targets.dim(0)? {
+        return Err(ObjectiveError::BadTensor {
+            name: "targets",
+            expected: format!("{} positions, one per hidden state", h.dim(0)?),
+            got: format!("{} positions", targets.dim(0)?),
+        });
+    }
+    match lm_kernels::ops::head_nll(&h, w, &targets, cfg.ignore_index, prec)? {
+        Some(per_token) => Ok(Some(reduce_rows(&per_token, &targets, cfg)?)),
+        None => Ok(None),
+    }
+}
+
 /// BERT's next-sentence-prediction loss: cross-entropy of the `[batch, 2]` logits of the NSP head
 /// against labels 0 (IsNext) / 1 (NotNext).
 pub fn nsp_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
@@ -131,6 +163,11 @@ fn fused_cross_entropy(logits: &Tensor, targets: &Tensor, cfg: &CrossEntropy) ->
     // the targets (the CPU kernel refuses an id outside the vocabulary; the CUDA kernel makes its
     // row's loss NaN), and the mean's divisor is counted on the device.
     let per_token = nll_rows(logits, &targets, cfg.ignore_index)?;
+    reduce_rows(&per_token, &targets, cfg)
+}
+
+/// The per-row losses summed, or averaged over the rows whose target is not ignored.
+fn reduce_rows(per_token: &Tensor, targets: &Tensor, cfg: &CrossEntropy) -> Result<Tensor> {
     let total = per_token.sum_all()?;
     Ok(match cfg.reduction {
         Reduction::Sum => total,

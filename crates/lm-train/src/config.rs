@@ -597,7 +597,8 @@ impl TrainConfig {
     /// `s ≤ 4·head_dim`, and a dropout mask on them); blocks that recompute
     /// (`train.activation_checkpointing`) keep only their input `s·b·d`, plus one block's
     /// activations while it is recomputed; and the language-model head's logits, their
-    /// log-softmax and their gradient, `3·s·b·V` values for a vocabulary of `vocab`. An
+    /// log-softmax and their gradient, `3·s·b·V` values for a vocabulary of `vocab` (one chunk
+    /// of 2^22 where a decoder-only model computes its head in chunks). An
     /// encoder-decoder counts two stacks. Micro-batches run one after another, so a step holds
     /// one micro-batch's.
     pub fn activation_bytes(&self, rows: f64, vocab: f64) -> f64 {
@@ -620,7 +621,17 @@ impl TrainConfig {
             Architecture::EncoderDecoder => 2.0,
             _ => 1.0,
         };
-        stacks * stack + 3.0 * rows * s * vocab * 4.0
+        // A decoder-only model's head past its threshold runs in chunks of the vocabulary
+        // (`families::gpt::HEAD_IN_CHUNKS_FROM`): one chunk of 2^22 logits, not three `[n, V]`.
+        let logits = rows * s * vocab;
+        let chunked = m.family.architecture == Architecture::DecoderOnly
+            && logits >= crate::families::gpt::HEAD_IN_CHUNKS_FROM as f64;
+        let head = if chunked {
+            4.0 * f64::from(1u32 << 22)
+        } else {
+            3.0 * logits * 4.0
+        };
+        stacks * stack + head
     }
 
     /// Refuses a model whose estimated training memory exceeds what the machine has available.

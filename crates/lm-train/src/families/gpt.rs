@@ -6,6 +6,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::{MatmulPrecision, ParamStore, Sampling, StepContext};
+use lm_objectives::loss::{head_cross_entropy, CrossEntropy};
 use lm_objectives::Rng;
 
 use crate::choices::{ObjectiveKind, TokenizerKind};
@@ -14,6 +15,11 @@ use crate::family::{
     Architecture, DecoderStart, FamilySpec, Loaded, MaskedLmInput, ModelShape, Specials,
 };
 use crate::model::{token_cross_entropy, Batch, CausalLm, Head, LanguageModel};
+
+/// Logit values (tokens × vocabulary) from which the head and its loss run in chunks of the
+/// vocabulary (2^24, 64 MiB of f32: GPT-2 small at 4 × 64 tokens stays below, at 1 × 1 024
+/// above); below, the logits are made whole, which is faster.
+pub const HEAD_IN_CHUNKS_FROM: usize = 1 << 24;
 
 /// The GPT family.
 pub const GPT: FamilySpec = FamilySpec {
@@ -87,6 +93,18 @@ pub struct GptModel(pub Gpt);
 
 impl LanguageModel for GptModel {
     fn loss_terms(&self, b: &Batch, ctx: &StepContext) -> Result<(Tensor, Option<Tensor>)> {
+        // Large logits (GPT-2's 50 257 entries × 1 024 tokens: 196 MiB, held three times over)
+        // are never made whole: the head and its loss run in chunks of the vocabulary.
+        let vocab = self.0.config().vocab_size;
+        if b.input_ids.elem_count() * vocab >= HEAD_IN_CHUNKS_FROM {
+            let hidden = self
+                .0
+                .hidden_states(&b.input_ids, b.prefix_len.as_ref(), ctx)?;
+            let (w, ce) = (self.0.head_weight(), CrossEntropy::default());
+            if let Some(loss) = head_cross_entropy(&hidden, w, &b.labels, &ce, ctx.precision)? {
+                return Ok((loss, None));
+            }
+        }
         let logits = match &b.prefix_len {
             None => self.0.forward(&b.input_ids, ctx)?,
             Some(p) => self.0.forward_prefix_lm(&b.input_ids, p, ctx)?,

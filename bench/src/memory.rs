@@ -3,7 +3,8 @@
 //! 1.0, no dropout, the graph freed during backward as the trainer does — with `CHECKPOINTING` `none`, `blocks` or N (every N-th block recomputes).
 //! Prints the median step time, the state the memory account counts (parameters, gradients,
 //! Adam's moments) and the peak resident set, whose difference is what activations and
-//! temporaries took (`LM_BENCH_TRACE=1`: the resident set after each phase of each step). Run it
+//! temporaries took (`LM_BENCH_TRACE=1`: the resident set after each phase of each step;
+//! `LM_BENCH_WHOLE_HEAD=1`: the head's logits made whole, as below the trainer's threshold). Run it
 //! under `farm-bench` for whole-process figures.
 
 use anyhow::Result;
@@ -40,6 +41,8 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
     };
     // `LM_BENCH_KEEP_GRAPH`: candle's own backward, which keeps every activation to its end.
     let keep_graph = std::env::var_os("LM_BENCH_KEEP_GRAPH").is_some();
+    // `LM_BENCH_WHOLE_HEAD`: the logits made whole even past the trainer's chunking threshold.
+    let whole_head = std::env::var_os("LM_BENCH_WHOLE_HEAD").is_some();
     let cfg = GptConfig::gpt2_small();
     let store = ParamStore::new(1337);
     let model = Gpt::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))?;
@@ -55,7 +58,7 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
     for _ in 0..steps {
         let start = std::time::Instant::now();
         // The loss as the trainer computes it: the head in chunks past its threshold.
-        let chunked = x.elem_count() * cfg.vocab_size >= HEAD_IN_CHUNKS_FROM;
+        let chunked = x.elem_count() * cfg.vocab_size >= HEAD_IN_CHUNKS_FROM && !whole_head;
         let ce = CrossEntropy::default();
         let loss = match chunked {
             true => {

@@ -142,3 +142,48 @@ fn a_number_of_ranks_that_cannot_share_the_global_batch_is_refused() {
         "{errors:?}"
     );
 }
+
+/// ZeRO-2 on two thread ranks: each rank's memory account holds its share of the gradients and
+/// of the optimizer state (the shares add up to one process's), and a step trains, the ranks'
+/// parameters equal afterwards and equal to one process with the whole batch (within rounding:
+/// two ranks sum in another order).
+#[test]
+fn zero_2_accounts_each_ranks_share_and_trains_like_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, &TEXT[..40_000]).unwrap();
+    let corpus = corpus.display().to_string();
+    let mut cfg = shrunk("gpt-shakespeare-char", &corpus, 3, 2);
+    cfg.train.zero_stage = lm_train::choices::ZeroStage::Zero2;
+    let one = shrunk("gpt-shakespeare-char", &corpus, 6, 2);
+    let values = |t: &Trainer| -> Vec<f32> {
+        t.params()
+            .vars()
+            .iter()
+            .flat_map(|(_, v)| v.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    };
+    let mut t = Trainer::new(one, &tmp.path().join("one"), Device::Cpu).unwrap();
+    let whole = t.memory_account().unwrap();
+    t.train().unwrap();
+    let single = values(&t);
+    let run = tmp.path().join("zero2");
+    let ranks = ThreadRank::run(2, |c| {
+        let c: Arc<dyn Collective> = Arc::new(c);
+        let mut t = Trainer::new_distributed(cfg.clone(), &run, Device::Cpu, c).unwrap();
+        let share = t.memory_account().unwrap();
+        t.train().unwrap();
+        (share, values(&t))
+    });
+    let (a, b) = (&ranks[0].0, &ranks[1].0);
+    assert_eq!(a.gradients + b.gradients, whole.gradients, "{a:?} {b:?}");
+    assert_eq!(a.optimizer_state + b.optimizer_state, whole.optimizer_state);
+    assert!(a.gradients > 0 && b.gradients > 0 && a.gradients < whole.gradients);
+    assert_eq!(ranks[0].1, ranks[1].1, "the ranks' parameters differ");
+    for (x, y) in ranks[0].1.iter().zip(&single) {
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs().max(y.abs()) + 1e-6,
+            "{x} vs {y}"
+        );
+    }
+}

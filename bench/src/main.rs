@@ -9,6 +9,7 @@ use std::time::Instant;
 mod data;
 mod ddp;
 mod memory;
+mod soak;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
@@ -472,6 +473,9 @@ fn main() -> Result<()> {
     }
     if args.first().is_some_and(|a| a == "gpt2-ddp") {
         return ddp::gpt2_ddp(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "soak") {
+        return soak::soak(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "gpt2-memory") {
         return memory::gpt2_memory(&args[1..]);

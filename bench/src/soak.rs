@@ -56,38 +56,7 @@ pub fn soak(args: &[String]) -> Result<()> {
     let dir = tempfile_dir()?;
     let run = dir.join("run");
     let start = Instant::now();
-    let mut trainer = Command::new(&bin)
-        .args([
-            "train",
-            "--recipe",
-            "gpt-shakespeare-char",
-            "--quiet",
-            "--threads",
-            "1",
-        ])
-        .arg("--out")
-        .arg(&run)
-        .args(["--max-iters", &steps.to_string()])
-        .args(["--set", "model.n_layer=2", "--set", "model.n_embd=64"])
-        .args(["--set", &format!("train.max_iters={steps}")])
-        .args(["--set", &format!("optim.lr_decay_iters={steps}")])
-        .args([
-            "--set",
-            "train.eval_interval=100",
-            "--set",
-            "train.eval_iters=2",
-        ])
-        .args([
-            "--set",
-            "train.log_interval=100",
-            "--set",
-            "train.keep_checkpoints=3",
-        ])
-        .args(["--set", "train.sample_tokens=0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting lm-train")?;
+    let mut trainer = spawn_trainer(&bin, &run, steps)?;
     let pid = trainer.id();
     let (mut first, mut last) = (None, None);
     let mut curve: Vec<(u64, u64)> = vec![];
@@ -169,4 +138,40 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("lm-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// `lm-train train` of the soak's tiny GPT into `run` for `steps` steps.
+fn spawn_trainer(bin: &Path, run: &Path, steps: u64) -> Result<std::process::Child> {
+    Command::new(bin)
+        .args([
+            "train",
+            "--recipe",
+            "gpt-shakespeare-char",
+            "--quiet",
+            "--threads",
+            "1",
+        ])
+        .arg("--out")
+        .arg(run)
+        .args(["--max-iters", &steps.to_string()])
+        .args(["--set", "model.n_layer=2", "--set", "model.n_embd=64"])
+        .args(["--set", &format!("train.max_iters={steps}")])
+        .args(["--set", &format!("optim.lr_decay_iters={steps}")])
+        .args([
+            "--set",
+            "train.eval_interval=100",
+            "--set",
+            "train.eval_iters=2",
+        ])
+        .args([
+            "--set",
+            "train.log_interval=100",
+            "--set",
+            "train.keep_checkpoints=3",
+        ])
+        .args(["--set", "train.sample_tokens=0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting lm-train")
 }

@@ -33,13 +33,14 @@
 //! ```
 
 mod reduction;
-#[cfg(any(test, feature = "mpi"))]
+// With NCCL the ranks reduce on their GPUs; the segment serves CPU ranks of an MPI job.
+#[cfg(any(test, all(feature = "mpi", not(feature = "nccl"))))]
 mod shared_memory;
 mod strategy;
 mod threads;
 
 pub use reduction::{GradientReduction, BUCKET};
-#[cfg(feature = "mpi")]
+#[cfg(all(feature = "mpi", not(feature = "nccl")))]
 pub use shared_memory::{SharedMemory, SLOT_VALUES};
 pub use strategy::{Parallelism, Strategy, ZeroStage};
 pub use threads::ThreadRank;

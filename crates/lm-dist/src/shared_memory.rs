@@ -15,7 +15,7 @@ use crate::{share, Collective, DistError, Result};
 
 /// f32 values per slot (128 KiB): buffers are reduced in chunks of this size, small enough that a
 /// chunk stays in cache from one rank's copy to the other's sum.
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+#[cfg_attr(not(all(feature = "mpi", not(feature = "nccl"))), allow(dead_code))]
 pub const SLOT_VALUES: usize = 1 << 15;
 
 /// `world + 1` slots of [`SLOT_VALUES`] f32 values: one per rank, and one for the results.
@@ -245,7 +245,7 @@ impl<C: Collective> Collective for SharedMemory<C> {
 /// `/dev/shm`: every rank then says nothing and goes on with MPI alone). Rank 0 creates the
 /// segment's file, the others open it, and it is unlinked once all have mapped it, so nothing
 /// is left behind however the job ends.
-#[cfg(feature = "mpi")]
+#[cfg(all(feature = "mpi", not(feature = "nccl")))]
 pub fn on_one_machine(mpi: crate::Mpi) -> Result<Box<dyn Collective>> {
     let (world, rank) = (mpi.world_size(), mpi.rank());
     let off = std::env::var("LM_DIST_SHARED_MEMORY").is_ok_and(|v| v == "0");
@@ -291,14 +291,14 @@ pub fn on_one_machine(mpi: crate::Mpi) -> Result<Box<dyn Collective>> {
     }
 }
 
-#[cfg(feature = "mpi")]
+#[cfg(all(feature = "mpi", not(feature = "nccl")))]
 fn path_of(words: &[f32; 4]) -> std::path::PathBuf {
     let w: Vec<u32> = words.iter().map(|w| w.to_bits()).collect();
     let nanos = u64::from(w[2]) | (u64::from(w[3]) << 32);
     std::path::PathBuf::from(format!("/dev/shm/lm-dist-{}-{nanos}", w[1]))
 }
 
-#[cfg(feature = "mpi")]
+#[cfg(all(feature = "mpi", not(feature = "nccl")))]
 fn create(path: &std::path::Path, world: usize) -> std::io::Result<memmap2::MmapRaw> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -309,7 +309,7 @@ fn create(path: &std::path::Path, world: usize) -> std::io::Result<memmap2::Mmap
     memmap2::MmapRaw::map_raw(&file)
 }
 
-#[cfg(feature = "mpi")]
+#[cfg(all(feature = "mpi", not(feature = "nccl")))]
 fn open(path: &std::path::Path, world: usize) -> std::io::Result<memmap2::MmapRaw> {
     let file = std::fs::OpenOptions::new()
         .read(true)

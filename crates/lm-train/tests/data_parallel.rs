@@ -351,6 +351,9 @@ fn zero_2_equals_one_process_for_gpt_and_t5_with_clipping() {
 fn signal_a_long_run(d: &Path, out: &str, to_a_rank: bool) -> Output {
     let args = ["train", "--config", "long.toml", "--out", out, "--quiet"];
     let mut child = mpirun_command(&args, d)
+        // mpirun kills the ranks a second after passing SIGTERM on (its default); a slow disk's
+        // fsyncs could take that long, so the test gives them what docs/reliability.md advises.
+        .env("OMPI_MCA_odls_base_sigkill_timeout", "5")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

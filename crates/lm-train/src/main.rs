@@ -376,6 +376,9 @@ fn stop_on_signals(trainer: &mut Trainer) -> anyhow::Result<()> {
 fn run_trainer(mut trainer: Trainer, quiet: bool, lead: bool) -> anyhow::Result<()> {
     trainer.verbose = !quiet;
     stop_on_signals(&mut trainer)?;
+    // Freed memory is kept between steps (`keep_freed_memory`); returned at each checkpoint,
+    // so that the allocator's retention does not creep over a long run.
+    trainer.after_checkpoint(lm_kernels::memory::return_freed_memory);
     if lead {
         let params = trainer.params().num_params() as f64 / 1e6;
         out!("{params:.2} M parameters");

@@ -129,6 +129,8 @@ pub struct Trainer {
     tensorboard: Option<crate::tensorboard::EventWriter>,
     /// Set (e.g. by a SIGINT handler) to stop after the current step with a checkpoint.
     stop_flag: Option<Arc<AtomicBool>>,
+    /// Called after each checkpoint is written (the binary's allocator housekeeping).
+    after_checkpoint: Option<fn()>,
     /// Steps skipped on the device since the last read: `[count, first step, its loss]`.
     nonfinite: Option<Tensor>,
     /// How the data-parallel ranks share a step (a single process by default): gradient
@@ -332,6 +334,12 @@ impl Trainer {
         self.stop_flag = Some(flag);
     }
 
+    /// Calls `f` after each checkpoint is written: a moment where work that would slow a step
+    /// (returning the allocator's freed memory, say) costs nothing that matters.
+    pub fn after_checkpoint(&mut self, f: fn()) {
+        self.after_checkpoint = Some(f);
+    }
+
     fn build(
         cfg: RunConfig,
         run_dir: &Path,
@@ -368,6 +376,7 @@ impl Trainer {
             read_only: false,
             tensorboard: None,
             stop_flag: None,
+            after_checkpoint: None,
             nonfinite: None,
             strategy: Strategy::single(),
             groups,

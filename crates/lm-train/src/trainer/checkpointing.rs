@@ -166,6 +166,9 @@ impl Trainer {
                     self.cfg.train().keep_checkpoints,
                     self.state.best.map(|b| b.0),
                 )?;
+                if let Some(f) = self.after_checkpoint {
+                    f();
+                }
                 Ok(dir)
             }
             Err(e) => {

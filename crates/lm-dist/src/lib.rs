@@ -113,12 +113,7 @@ pub trait Collective: Send + Sync {
     /// all-reduce (the same sum at the root, twice the traffic); MPI, NCCL and the thread ranks
     /// reduce to the root.
     fn reduce_sum(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        if root >= self.world_size() {
-            return Err(DistError::Misuse {
-                op: "reduce",
-                problem: format!("root {root} in a world of {}", self.world_size()),
-            });
-        }
+        check_root("reduce", root, self.world_size())?;
         let mut sum = buf.to_vec();
         self.all_reduce_sum(&mut sum)?;
         if self.rank() == root {
@@ -181,17 +176,22 @@ impl Collective for SingleProcess {
         Ok(())
     }
     fn broadcast(&self, _buf: &mut [f32], root: usize) -> Result<()> {
-        if root != 0 {
-            return Err(DistError::Misuse {
-                op: "broadcast",
-                problem: format!("root {root} in a world of 1"),
-            });
-        }
-        Ok(())
+        check_root("broadcast", root, 1)
     }
     fn barrier(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// Refuses a root outside a world of `world` ranks, naming the collective `op`.
+pub(crate) fn check_root(op: &'static str, root: usize, world: usize) -> Result<()> {
+    if root >= world {
+        return Err(DistError::Misuse {
+            op,
+            problem: format!("root {root} in a world of {world}"),
+        });
+    }
+    Ok(())
 }
 
 /// The world size an MPI (or PMI) launcher gave this process, if any: `(variable, rank, size)`.

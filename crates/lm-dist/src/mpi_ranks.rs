@@ -94,22 +94,12 @@ impl Collective for Mpi {
         Ok(())
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        if root >= self.size {
-            return Err(DistError::Misuse {
-                op: "broadcast",
-                problem: format!("root {root} in a world of {}", self.size),
-            });
-        }
+        crate::check_root("broadcast", root, self.size)?;
         self.with(|w| w.process_at_rank(root as i32).broadcast_into(buf));
         Ok(())
     }
     fn reduce_sum(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        if root >= self.size {
-            return Err(DistError::Misuse {
-                op: "reduce",
-                problem: format!("root {root} in a world of {}", self.size),
-            });
-        }
+        crate::check_root("reduce", root, self.size)?;
         let send = buf.to_vec();
         self.with(|w| {
             let at = w.process_at_rank(root as i32);

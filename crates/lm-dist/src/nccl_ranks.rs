@@ -174,12 +174,7 @@ impl Collective for Nccl {
         })
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        if root >= self.world_size() {
-            return Err(DistError::Misuse {
-                op: "broadcast",
-                problem: format!("root {root} in a world of {}", self.world_size()),
-            });
-        }
+        crate::check_root("broadcast", root, self.world_size())?;
         self.on_device("broadcast", buf, |c, d| {
             c.broadcast_in_place(d, root as i32)
                 .map(|_| ())
@@ -187,12 +182,7 @@ impl Collective for Nccl {
         })
     }
     fn reduce_sum(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        if root >= self.world_size() {
-            return Err(DistError::Misuse {
-                op: "reduce",
-                problem: format!("root {root} in a world of {}", self.world_size()),
-            });
-        }
+        crate::check_root("reduce", root, self.world_size())?;
         self.on_device("reduce", buf, |c, d| {
             c.reduce_in_place(d, &ReduceOp::Sum, root as i32)
                 .map(|_| ())

@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use crate::{share, Collective, DistError, Result};
+use crate::{check_root, share, Collective, Result};
 
 /// f32 values per slot (128 KiB): buffers are reduced in chunks of this size, small enough that a
 /// chunk stays in cache from one rank's copy to the other's sum.
@@ -112,12 +112,7 @@ impl Segment {
         root: Option<usize>,
         barrier: &dyn Fn() -> Result<()>,
     ) -> Result<()> {
-        let sync = || {
-            fence(Ordering::SeqCst);
-            let b = barrier();
-            fence(Ordering::SeqCst);
-            b
-        };
+        let sync = || fenced(barrier);
         for chunk in buf.chunks_mut(self.slot) {
             self.put(self.rank, chunk);
             sync()?;
@@ -139,12 +134,7 @@ impl Segment {
         root: usize,
         barrier: &dyn Fn() -> Result<()>,
     ) -> Result<()> {
-        let sync = || {
-            fence(Ordering::SeqCst);
-            let b = barrier();
-            fence(Ordering::SeqCst);
-            b
-        };
+        let sync = || fenced(barrier);
         for chunk in buf.chunks_mut(self.slot) {
             if self.rank == root {
                 self.put(self.world, chunk);
@@ -159,15 +149,13 @@ impl Segment {
     }
 }
 
-/// Refuses a root outside the world, as every collective does.
-pub(crate) fn check_root(op: &'static str, root: usize, world: usize) -> Result<()> {
-    if root >= world {
-        return Err(DistError::Misuse {
-            op,
-            problem: format!("root {root} in a world of {world}"),
-        });
-    }
-    Ok(())
+/// `barrier()` with a full fence on each side: what one rank wrote to the segment before it is
+/// seen by every rank after it.
+fn fenced(barrier: &dyn Fn() -> Result<()>) -> Result<()> {
+    fence(Ordering::SeqCst);
+    let b = barrier();
+    fence(Ordering::SeqCst);
+    b
 }
 
 /// A [`Collective`] whose f32 buffers travel through a [`Segment`] and whose other calls go to

@@ -110,12 +110,7 @@ impl Collective for ThreadRank {
         Ok(())
     }
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        if root >= self.world {
-            return Err(DistError::Misuse {
-                op: "broadcast",
-                problem: format!("root {root} in a world of {}", self.world),
-            });
-        }
+        crate::check_root("broadcast", root, self.world)?;
         let mine = (self.rank == root).then(|| buf.iter().map(|&x| x as f64).collect());
         let n = buf.len();
         let from_root = self.meet(mine, |slots| slots[root].clone());
@@ -135,12 +130,7 @@ impl Collective for ThreadRank {
         Ok(())
     }
     fn reduce_sum(&self, buf: &mut [f32], root: usize) -> Result<()> {
-        if root >= self.world {
-            return Err(DistError::Misuse {
-                op: "reduce",
-                problem: format!("root {root} in a world of {}", self.world),
-            });
-        }
+        crate::check_root("reduce", root, self.world)?;
         let wide: Vec<f64> = buf.iter().map(|&x| x as f64).collect();
         let sum = self.sum("reduce_sum", &wide)?;
         if self.rank == root {

@@ -8,6 +8,7 @@
 //! time: the head's product once more in the backward.
 
 use crate::fastmath::{self, simd};
+use crate::fused::slice;
 use crate::gemm::{mm, output_buffer, Mat};
 use crate::precision::MatmulPrecision;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -20,16 +21,6 @@ const CHUNK_VALUES: usize = 1 << 22;
 /// Columns of the vocabulary per chunk for `n` rows: at least 64, at most `v`.
 fn chunk_cols(n: usize, v: usize) -> usize {
     (CHUNK_VALUES / n.max(1)).max(64).min(v.max(1))
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: expected f32 storage")
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: expected a contiguous tensor")
-    };
-    Ok(&v[a..b])
 }
 
 /// `−log softmax(h Wᵀ)[y]` per row of `h [n, c]` for `W [v, c]` and targets `y` (0 on rows
@@ -63,16 +54,23 @@ fn dims(lh: &Layout, lw: &Layout, targets: &[i64], ignore: i64) -> Result<(usize
             targets.len()
         )
     }
+    check_targets(targets, v, ignore)?;
+    Ok((n, c, v))
+}
+
+/// Refuses a cross-entropy target that is neither a token id below `vocab` nor `ignore_index`,
+/// naming it (an id past the vocabulary would index past a row of logits).
+pub fn check_targets(targets: &[i64], vocab: usize, ignore_index: i64) -> Result<()> {
     if let Some(&bad) = targets
         .iter()
-        .find(|&&t| t != ignore && !(0..v as i64).contains(&t))
+        .find(|&&t| t != ignore_index && !(0..vocab as i64).contains(&t))
     {
         candle_core::bail!(
-            "cross-entropy targets: {bad} is neither a token id in [0, {v}) nor the ignore \
-             index {ignore}"
+            "cross-entropy targets: {bad} is neither a token id in [0, {vocab}) nor the ignore \
+             index {ignore_index}"
         )
     }
-    Ok((n, c, v))
+    Ok(())
 }
 
 /// `z = h W[cols]ᵀ` into `z` (`n × cols.len()`), on all threads.

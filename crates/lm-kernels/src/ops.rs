@@ -9,6 +9,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::fused;
+pub use crate::head::check_targets;
 use crate::precision::MatmulPrecision;
 
 /// `a[m, k] · b[k, n]` for row-major slices on all threads, at precision `prec`: the gemm the

@@ -215,15 +215,7 @@ fn rows_and_ids<'a>(
         candle_core::bail!("fused cross-entropy: expected contiguous inputs")
     };
     let (y, vocab) = (&y[c..d], l1.dims()[1]);
-    if let Some(&bad) = y
-        .iter()
-        .find(|&&t| t != ignore_index && !(0..vocab as i64).contains(&t))
-    {
-        candle_core::bail!(
-            "cross-entropy targets: {bad} is neither a token id in [0, {vocab}) nor the ignore \
-             index {ignore_index}"
-        )
-    }
+    lm_kernels::ops::check_targets(y, vocab, ignore_index)?;
     Ok((&z[a..b], y, vocab))
 }
 

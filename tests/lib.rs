@@ -2,6 +2,8 @@
 
 use lm_train::config::TrainConfig;
 
+pub mod fuzzing;
+
 /// The gpt-shakespeare-char recipe shrunk to run in a fraction of a second per step.
 pub fn tiny_config(corpus: &str, max_iters: u64) -> TrainConfig {
     let mut cfg = TrainConfig::recipe("gpt-shakespeare-char").expect("the recipe parses");

@@ -6,6 +6,8 @@
 //! - `demo`: the main job, the gpt-shakespeare-char recipe on the bundled corpus.
 //! - `recipe NAME [ARGS..]`: any bundled recipe, extra arguments passed to `lm-train train`.
 //! - `bench [SUITE]`: the benchmarks.
+//! - `fuzz [--seconds N] [TARGET..]`: the libFuzzer targets of `fuzz/`, 60 s each (nightly and
+//!   cargo-fuzz needed; not part of `test`).
 //! - `cuda-build`: the `--features cuda` (and `nccl`) build with a pinned CUDA toolkit, on any
 //!   machine (part of `test`); `gpu-check`: the prepared check for a machine with a GPU.
 
@@ -14,6 +16,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod cuda;
+mod fuzz;
 mod tidy;
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -128,7 +131,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         bail!(
-            "usage: cargo xtask <ci|test|tidy|demo|recipe NAME|bench [SUITE]|cuda-build|gpu-check>"
+            "usage: cargo xtask <ci|test|tidy|demo|recipe NAME|bench [SUITE]|fuzz [TARGET..]|cuda-build|gpu-check>"
         );
     };
     match cmd.as_str() {
@@ -156,11 +159,12 @@ fn main() -> Result<()> {
             };
             recipe(name, &args[2..])
         }
+        "fuzz" => fuzz::fuzz(&workspace_root(), &args[1..]),
         "bench" => {
             let mut a = vec!["run", "--release", "--quiet", "-p", "lm-bench", "--"];
             a.extend(args[1..].iter().map(String::as_str));
             cargo(&a)
         }
-        other => bail!("unknown xtask command {other:?}; expected ci, test, tidy, demo, recipe, bench, cuda-build or gpu-check"),
+        other => bail!("unknown xtask command {other:?}; expected ci, test, tidy, demo, recipe, bench, fuzz, cuda-build or gpu-check"),
     }
 }

@@ -87,7 +87,27 @@ impl ShardHeader {
                 ),
             ));
         }
+        if h.checked_file_len().is_none() {
+            return Err(bad(
+                path,
+                format!(
+                    "shard header: {} tokens, {} sentences, {} documents is past any file size: damaged",
+                    h.tokens, h.sentences, h.documents
+                ),
+            ));
+        }
         Ok(h)
+    }
+
+    /// [`ShardHeader::file_len`], or `None` where the counts overflow 64 bits (a damaged header,
+    /// refused by [`ShardHeader::parse`]).
+    fn checked_file_len(&self) -> Option<u64> {
+        let tokens = self.tokens.checked_mul(u64::from(self.token_bytes))?;
+        let bounds = (HEADER as u64)
+            .checked_add(tokens)?
+            .checked_next_multiple_of(8)?;
+        let entries = self.sentences.checked_add(self.documents)?.checked_add(2)?;
+        bounds.checked_add(entries.checked_mul(8)?)
     }
 
     /// Offset of the boundaries: after the tokens, aligned to 8.
@@ -389,5 +409,32 @@ impl Shard {
             at = end;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header whose counts imply a file past 2^64 bytes is refused, not overflowed.
+    #[test]
+    fn counts_past_any_file_size_are_refused() {
+        let path = Path::new("s.bin");
+        let header = |tokens: u64, sentences: u64| {
+            ShardHeader {
+                token_bytes: 4,
+                tokens,
+                sentences,
+                documents: 1,
+                input_documents_end: 0,
+            }
+            .to_bytes()
+        };
+        let ok = ShardHeader::parse(&header(10, 2), path).unwrap();
+        assert_eq!(ok.file_len(), 64 + 40 + 8 * (2 + 1 + 1 + 1));
+        for (tokens, sentences) in [(u64::MAX / 4 + 1, 1), (1, u64::MAX - 1), (u64::MAX / 4, 1)] {
+            let e = ShardHeader::parse(&header(tokens, sentences), path).unwrap_err();
+            assert!(e.to_string().contains("past any file size"), "{e}");
+        }
     }
 }

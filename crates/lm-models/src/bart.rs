@@ -416,7 +416,8 @@ impl Bart {
     /// Loads a HuggingFace `BartForConditionalGeneration` directory.
     pub fn from_hf_dir(dir: &std::path::Path, device: &Device) -> Result<(Self, ParamStore)> {
         let cfg: BartConfig = crate::hf::read_config(dir, &["bart"])?;
-        let (model, store) = Self::init(&cfg, 0, device)?;
+        let store = crate::hf::store_for(dir, 0)?;
+        let model = Self::new(&cfg, store.var_builder(DType::F32, device))?;
         // `BartModel` checkpoints lack the `model.` prefix and the `final_logits_bias` buffer.
         store.load_safetensors_layout(&dir.join("model.safetensors"), "model.", |n| {
             Self::is_buffer(n)

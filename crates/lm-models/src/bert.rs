@@ -377,7 +377,8 @@ impl Bert {
         device: &Device,
     ) -> Result<(Self, ParamStore, Vec<String>)> {
         let cfg: BertConfig = crate::hf::read_config(dir, &["bert"])?;
-        let (model, store) = Self::init(&cfg, 0, device)?;
+        let store = crate::hf::store_for(dir, 0)?;
+        let model = Self::new(&cfg, store.var_builder(DType::F32, device))?;
         // A base-model (`BertModel`) checkpoint: names without `bert.`, no pretraining heads.
         let fresh =
             store.load_safetensors_layout(&dir.join("model.safetensors"), "bert.", |n| {
@@ -491,7 +492,8 @@ impl BertForSequenceClassification {
         device: &Device,
     ) -> Result<(Self, ParamStore, Vec<String>)> {
         let cfg: BertConfig = crate::hf::read_config(dir, &["bert"])?;
-        let (model, store) = Self::init(&cfg, num_labels, seed, device)?;
+        let store = crate::hf::store_for(dir, seed)?;
+        let model = Self::new(&cfg, num_labels, store.var_builder(DType::F32, device))?;
         // Any BERT layout: with or without the `bert.` prefix (`BertModel`), pretraining heads
         // ignored; a classifier (and a pooler) absent from the file start fresh.
         let fresh =

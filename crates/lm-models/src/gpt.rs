@@ -428,7 +428,8 @@ impl Gpt {
     /// Loads a HuggingFace `GPT2LMHeadModel` directory.
     pub fn from_hf_dir(dir: &std::path::Path, device: &Device) -> Result<(Self, ParamStore)> {
         let cfg: GptConfig = crate::hf::read_config(dir, &["gpt2"])?;
-        let (model, store) = Self::init(&cfg, 0, device)?;
+        let store = crate::hf::store_for(dir, 0)?;
+        let model = Self::new(&cfg, store.var_builder(DType::F32, device))?;
         // `GPT2Model` checkpoints name the body without the `transformer.` prefix.
         store.load_safetensors_layout(&dir.join("model.safetensors"), "transformer.", |_| false)?;
         Ok((model, store))

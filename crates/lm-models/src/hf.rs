@@ -59,6 +59,25 @@ pub fn model_type(dir: &Path) -> Result<String> {
         })
 }
 
+/// A store for the model of `dir`'s `config.json`, limited to one scalar per byte of its
+/// `model.safetensors` (a stored scalar takes at least two; the slack is for parameters a
+/// checkpoint may leave out): a configuration that declares a larger model than its weights is
+/// refused as it is built, before it allocates.
+pub fn store_for(dir: &Path, seed: u64) -> Result<ParamStore> {
+    let path = dir.join("model.safetensors");
+    let len = std::fs::metadata(&path)
+        .map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?
+        .len();
+    Ok(ParamStore::with_element_limit(
+        seed,
+        usize::try_from(len).unwrap_or(usize::MAX),
+        &path,
+    ))
+}
+
 /// Loads `dir/model.safetensors` into `store`, checking every parameter's presence and shape.
 pub fn load_weights(store: &ParamStore, dir: &Path) -> Result<()> {
     store.load_safetensors(&dir.join("model.safetensors"), |n| Some(n.to_string()))

@@ -20,6 +20,9 @@ use crate::error::{ModelError, Result};
 pub struct ParamStore {
     vars: Arc<Mutex<BTreeMap<String, Var>>>,
     seed: u64,
+    /// At most this many scalars in all, and the file that sets the limit (see
+    /// [`ParamStore::with_element_limit`]).
+    element_limit: Option<(usize, Arc<Path>)>,
 }
 
 impl ParamStore {
@@ -28,6 +31,17 @@ impl ParamStore {
         Self {
             vars: Arc::new(Mutex::new(BTreeMap::new())),
             seed,
+            element_limit: None,
+        }
+    }
+
+    /// An empty store that refuses to create parameters beyond `limit` scalars in all: a model
+    /// built from a file's configuration for weights from another file allocates no more than
+    /// those weights can fill (see [`crate::hf`]), whatever sizes the configuration declares.
+    pub fn with_element_limit(seed: u64, limit: usize, weights: &Path) -> Self {
+        Self {
+            element_limit: Some((limit, weights.into())),
+            ..Self::new(seed)
         }
     }
 
@@ -150,6 +164,7 @@ impl ParamStore {
         ParamStore {
             vars: Arc::new(Mutex::new(view)),
             seed: self.seed,
+            element_limit: None,
         }
         .load_safetensors(path, ours)?;
         Ok(missing)
@@ -251,8 +266,11 @@ fn safetensors_names(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
         return Err("truncated safetensors file (no header)".into());
     }
     // INVARIANT: `bytes[..8]` is 8 bytes long (checked just above).
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let header = bytes.get(8..8 + n).ok_or("truncated safetensors header")?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let header = usize::try_from(n)
+        .ok()
+        .and_then(|n| bytes.get(8..n.checked_add(8)?))
+        .ok_or("truncated safetensors header")?;
     let json: serde_json::Value =
         serde_json::from_slice(header).map_err(|e| format!("bad safetensors header: {e}"))?;
     Ok(json
@@ -279,6 +297,20 @@ impl candle_nn::var_builder::SimpleBackend for ParamStore {
                 );
             }
             return Ok(v.as_tensor().clone());
+        }
+        if let Some((limit, weights)) = &self.element_limit {
+            let held: usize = self.lock().values().map(|v| v.elem_count()).sum();
+            let wanted = s.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            if wanted
+                .and_then(|w| w.checked_add(held))
+                .is_none_or(|n| n > *limit)
+            {
+                candle_core::bail!(
+                    "parameter {name} of shape {:?} would take the model past {limit} scalars, more than {} can hold: the configuration does not describe these weights",
+                    s.dims(),
+                    weights.display()
+                );
+            }
         }
         let var = Var::from_tensor(&self.create(&s, name, h, dtype, dev)?)?;
         let t = var.as_tensor().clone();

@@ -568,7 +568,8 @@ impl T5 {
     /// Loads a HuggingFace `T5ForConditionalGeneration` directory.
     pub fn from_hf_dir(dir: &std::path::Path, device: &Device) -> Result<(Self, ParamStore)> {
         let cfg: T5Config = crate::hf::read_config(dir, &["t5"])?;
-        let (model, store) = Self::init(&cfg, 0, device)?;
+        let store = crate::hf::store_for(dir, 0)?;
+        let model = Self::new(&cfg, store.var_builder(DType::F32, device))?;
         // `T5Model` checkpoints of untied (v1.1) models carry no `lm_head`: it starts fresh.
         store.load_safetensors_layout(&dir.join("model.safetensors"), "", |n| {
             n.starts_with("lm_head.")

@@ -595,3 +595,44 @@ fn every_family_runs_in_f16() {
         );
     }
 }
+
+/// A `config.json` that declares a model larger than its `model.safetensors` can hold is refused
+/// while the model is built, naming the weights file, before it allocates the declared sizes
+/// (here ≈ 4 × 10^12 scalars); the fixture's own config still loads.
+#[test]
+fn a_config_larger_than_its_weights_is_refused_before_allocating() {
+    for (family, model_type) in [("gpt2", "gpt2"), ("bert", "bert"), ("bart", "bart"), ("t5", "t5")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::copy(fixture(family).join("model.safetensors"), dir.join("model.safetensors"))
+            .unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture(family).join("config.json")).unwrap())
+                .unwrap();
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        let loads = |dir: &std::path::Path| -> Result<(), String> {
+            let cpu = &Device::Cpu;
+            let r = match model_type {
+                "gpt2" => Gpt::from_hf_dir(dir, cpu).map(drop),
+                "bert" => Bert::from_hf_dir(dir, cpu).map(drop),
+                "bart" => Bart::from_hf_dir(dir, cpu).map(drop),
+                _ => T5::from_hf_dir(dir, cpu).map(drop),
+            };
+            r.map_err(|e| e.to_string())
+        };
+        loads(dir).unwrap();
+        let key = match model_type {
+            "gpt2" => "n_embd",
+            "t5" | "bart" => "d_model",
+            _ => "hidden_size",
+        };
+        cfg[key] = serde_json::json!(2_000_000);
+        cfg["vocab_size"] = serde_json::json!(2_000_000);
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        let e = loads(dir).unwrap_err();
+        assert!(
+            e.contains("model.safetensors") && e.contains("does not describe these weights"),
+            "{family}: {e}"
+        );
+    }
+}

@@ -361,8 +361,23 @@ pub fn prune(run_dir: &Path, keep: usize, best: Option<u64>) -> Result<()> {
 pub fn read_state(ckpt: &Path) -> Result<TrainerState> {
     let path = ckpt.join("state.json");
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-        path,
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+        path: path.clone(),
         problem: format!("unreadable trainer state ({e})"),
-    })
+    })?;
+    // A checksum names a file of the checkpoint, never a path elsewhere.
+    if let Some(file) = state
+        .checksums
+        .keys()
+        .find(|f| !CHECKSUMMED.contains(&f.as_str()))
+    {
+        return Err(TrainError::Checkpoint {
+            path,
+            problem: format!(
+                "a checksum for {file:?}, which is not a checkpoint file (those are {}): damaged",
+                CHECKSUMMED.join(", ")
+            ),
+        });
+    }
+    Ok(state)
 }

@@ -6,6 +6,8 @@
 //! - `demo`: the main job, the gpt-shakespeare-char recipe on the bundled corpus.
 //! - `recipe NAME [ARGS..]`: any bundled recipe, extra arguments passed to `lm-train train`.
 //! - `bench [SUITE]`: the benchmarks.
+//! - `outside`: a project outside the workspace that depends on lm-optim and lm-objectives by
+//!   path, built and run (part of `test`); `examples`: every crate's example, run (part of `test`).
 //! - `fuzz [--seconds N] [TARGET..]`: the libFuzzer targets of `fuzz/`, 60 s each (nightly and
 //!   cargo-fuzz needed; not part of `test`).
 //! - `cuda-build`: the `--features cuda` (and `nccl`) build with a pinned CUDA toolkit, on any
@@ -17,6 +19,7 @@ use anyhow::{bail, Context, Result};
 
 mod cuda;
 mod fuzz;
+mod outside;
 mod tidy;
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -55,7 +58,40 @@ fn test() -> Result<()> {
     tidy::tidy(&workspace_root())?;
     cargo(&["test", "-p", "xtask", "--quiet"])?;
     cpu_tests()?;
+    examples()?;
+    outside::outside(&workspace_root())?;
     cuda::build()
+}
+
+/// Each crate's example a user can copy (the README's crate table links them), built as the
+/// tests build them and run with their defaults.
+const EXAMPLES: [(&str, &str); 4] = [
+    ("lm-optim", "candle_nn_mlp"),
+    ("lm-objectives", "noise"),
+    ("lm-models", "generate"),
+    ("lm-train", "trainer"),
+];
+
+fn examples() -> Result<()> {
+    cargo(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        "xtask",
+        "--examples",
+        "--quiet",
+    ])?;
+    for (krate, name) in EXAMPLES {
+        eprintln!("example {krate}/{name}");
+        let bin = workspace_root().join("target/debug/examples").join(name);
+        let status = Command::new(&bin)
+            .status()
+            .with_context(|| format!("running {}", bin.display()))?;
+        if !status.success() {
+            bail!("example {krate}/{name} failed ({status})");
+        }
+    }
+    Ok(())
 }
 
 fn cpu_tests() -> Result<()> {
@@ -111,11 +147,12 @@ fn cpu_tests() -> Result<()> {
     }
 }
 
+/// A recipe through `cargo run --release`, cargo's build progress shown (the first build takes
+/// minutes: a silent wait looks like a hang).
 fn recipe(name: &str, extra: &[String]) -> Result<()> {
     let mut args = vec![
         "run",
         "--release",
-        "--quiet",
         "-p",
         "lm-train",
         "--",
@@ -160,11 +197,13 @@ fn main() -> Result<()> {
             recipe(name, &args[2..])
         }
         "fuzz" => fuzz::fuzz(&workspace_root(), &args[1..]),
+        "examples" => examples(),
+        "outside" => outside::outside(&workspace_root()),
         "bench" => {
             let mut a = vec!["run", "--release", "--quiet", "-p", "lm-bench", "--"];
             a.extend(args[1..].iter().map(String::as_str));
             cargo(&a)
         }
-        other => bail!("unknown xtask command {other:?}; expected ci, test, tidy, demo, recipe, bench, fuzz, cuda-build or gpu-check"),
+        other => bail!("unknown xtask command {other:?}; expected ci, test, tidy, demo, recipe, bench, examples, outside, fuzz, cuda-build or gpu-check"),
     }
 }

@@ -601,11 +601,19 @@ fn every_family_runs_in_f16() {
 /// (here ≈ 4 × 10^12 scalars); the fixture's own config still loads.
 #[test]
 fn a_config_larger_than_its_weights_is_refused_before_allocating() {
-    for (family, model_type) in [("gpt2", "gpt2"), ("bert", "bert"), ("bart", "bart"), ("t5", "t5")] {
+    for (family, model_type) in [
+        ("gpt2", "gpt2"),
+        ("bert", "bert"),
+        ("bart", "bart"),
+        ("t5", "t5"),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        std::fs::copy(fixture(family).join("model.safetensors"), dir.join("model.safetensors"))
-            .unwrap();
+        std::fs::copy(
+            fixture(family).join("model.safetensors"),
+            dir.join("model.safetensors"),
+        )
+        .unwrap();
         let mut cfg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(fixture(family).join("config.json")).unwrap())
                 .unwrap();

@@ -366,18 +366,53 @@ pub fn read_state(ckpt: &Path) -> Result<TrainerState> {
         problem: format!("unreadable trainer state ({e})"),
     })?;
     // A checksum names a file of the checkpoint, never a path elsewhere.
-    if let Some(file) = state
-        .checksums
-        .keys()
-        .find(|f| !CHECKSUMMED.contains(&f.as_str()))
-    {
+    let sharded_optimizer = |f: &str| {
+        f.strip_prefix("optimizer-rank")
+            .and_then(|f| f.strip_suffix(".safetensors"))
+            .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let foreign = |f: &&String| !CHECKSUMMED.contains(&f.as_str()) && !sharded_optimizer(f);
+    if let Some(file) = state.checksums.keys().find(foreign) {
         return Err(TrainError::Checkpoint {
             path,
             problem: format!(
-                "a checksum for {file:?}, which is not a checkpoint file (those are {}): damaged",
+                "a checksum for {file:?}, which is not a checkpoint file (those are {} and optimizer-rankN.safetensors): damaged",
                 CHECKSUMMED.join(", ")
             ),
         });
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `state.json` lists checksums of the checkpoint's own files only (a ZeRO shard's
+    /// `optimizer-rankN.safetensors` included), never of a path elsewhere.
+    #[test]
+    fn checksums_name_only_files_of_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let sum = FileSum { crc32: 0, len: 0 };
+        for (file, accepted) in [
+            ("model.safetensors", true),
+            ("optimizer-rank12.safetensors", true),
+            ("optimizer-rank.safetensors", false),
+            ("../../etc/passwd", false),
+            ("/etc/passwd", false),
+        ] {
+            let mut state = TrainerState::fresh(1);
+            state.checksums.insert(file.into(), sum);
+            std::fs::write(
+                dir.path().join("state.json"),
+                serde_json::to_vec(&state).unwrap(),
+            )
+            .unwrap();
+            let read = read_state(dir.path());
+            assert_eq!(read.is_ok(), accepted, "{file}: {read:?}");
+            if let Err(e) = read {
+                assert!(e.to_string().contains("not a checkpoint file"), "{e}");
+            }
+        }
+    }
 }

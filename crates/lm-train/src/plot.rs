@@ -327,9 +327,11 @@ pub fn charts(records: &[MetricRecord]) -> (Chart, Chart) {
         .iter()
         .filter_map(|r| r.val_loss.map(|v| (r.step as f64, v as f64)))
         .collect();
+    // The logged steps' rates, and the first evaluation's at step 0 (the schedule's start: a
+    // warmup's 0). Later evaluations record the next step's rate, which would zig-zag the line.
     let lr: Vec<(f64, f64)> = records
         .iter()
-        .filter(|r| r.val_loss.is_none())
+        .filter(|r| r.val_loss.is_none() || r.step == 0)
         .map(|r| (r.step as f64, r.lr))
         .collect();
     let loss = Chart {
@@ -524,6 +526,35 @@ mod tests {
         reader.next_frame(&mut buf).unwrap();
         let dark_in_title_rows = buf[..W * 3 * 16].chunks(3).filter(|p| p[0] < 128).count();
         assert!(dark_in_title_rows > 50, "{dark_in_title_rows}");
+    }
+
+    /// The learning-rate chart starts at step 0 (the first evaluation's record) and otherwise
+    /// follows the logged steps, not the evaluations' records.
+    #[test]
+    fn the_lr_chart_starts_at_step_0() {
+        let rec = |step: u64, lr: f64, val: Option<f32>| MetricRecord {
+            step,
+            lr,
+            train_loss: 2.0,
+            tokens_per_sec: 0.0,
+            elapsed_s: 0.0,
+            val_loss: val,
+            grad_norm: None,
+            mfu: None,
+            peak_rss_mib: None,
+            metrics: Default::default(),
+        };
+        let records = [
+            rec(0, 0.0, Some(4.0)),
+            rec(10, 9e-5, None),
+            rec(20, 1.9e-4, None),
+            rec(20, 2e-4, Some(3.0)),
+        ];
+        let (_, lr) = charts(&records);
+        assert_eq!(
+            lr.series[0].points,
+            vec![(0.0, 0.0), (10.0, 9e-5), (20.0, 1.9e-4)]
+        );
     }
 
     /// `plot --compare`: one chart per evaluation metric, lines named by run directory, the

@@ -62,6 +62,22 @@ impl CharTokenizer {
 pub use crate::choices::TokenizerKind;
 use crate::registry::Family;
 
+/// T5's whitespace normalization, as its `tokenizer.json` does it after sentencepiece's
+/// `nmt_nfkc` map: tabs, line breaks and carriage returns become spaces, runs of spaces one
+/// space. Without it a trained Unigram has no piece for a line break and reads `<unk>` there,
+/// where transformers' T5 tokenizer reads a word boundary.
+fn t5_whitespace() -> tokenizers::Result<tokenizers::NormalizerWrapper> {
+    use tokenizers::normalizers::replace::{Replace, ReplacePattern};
+    let replace = |pattern: &str, with: &str| -> tokenizers::Result<_> {
+        Ok(Replace::new(ReplacePattern::Regex(pattern.into()), with)?.into())
+    };
+    Ok(tokenizers::normalizers::Sequence::new(vec![
+        replace("[\\t\\n\\r]", " ")?,
+        replace(" {2,}", " ")?,
+    ])
+    .into())
+}
+
 /// The special tokens of `family` for a tokenizer of `kind`, in id order (they get the first
 /// ids).
 pub fn special_tokens(family: Family, kind: TokenizerKind) -> Vec<String> {
@@ -132,6 +148,7 @@ impl TextTokenizer {
             }
             TokenizerKind::Unigram => {
                 let mut t = tokenizers::Tokenizer::new(ModelWrapper::Unigram(Unigram::default()));
+                t.with_normalizer(Some(t5_whitespace().map_err(tok_err("unigram"))?));
                 t.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
                 t.with_decoder(Some(tokenizers::decoders::metaspace::Metaspace::new(
                     '▁',
@@ -421,5 +438,36 @@ mod tests {
             }
             docs.pop();
         }
+    }
+
+    /// A trained T5 (Unigram) tokenizer reads line breaks, tabs and runs of spaces as one word
+    /// boundary, as transformers' T5 tokenizer does (its normalizer maps them to a space and
+    /// collapses spaces): no `<unk>` where the input breaks a line, and the text decodes back
+    /// with spaces there.
+    #[test]
+    fn t5_reads_line_breaks_as_spaces() {
+        let text = include_str!("../../../data/tinyshakespeare.txt");
+        let lines: Vec<&str> = text[..100_000].lines().collect();
+        let t = TextTokenizer::train(
+            TokenizerKind::Unigram,
+            Family::named("t5").unwrap(),
+            400,
+            &lines,
+        )
+        .unwrap();
+        let unk = t.token_id("<unk>").unwrap();
+        let broken = t
+            .encode("First Citizen:\nBefore we\tproceed\r\n  any further")
+            .unwrap();
+        assert!(!broken.contains(&unk), "{broken:?}");
+        assert_eq!(
+            broken,
+            t.encode("First Citizen: Before we proceed any further")
+                .unwrap()
+        );
+        assert_eq!(
+            t.decode(&broken),
+            "First Citizen: Before we proceed any further"
+        );
     }
 }

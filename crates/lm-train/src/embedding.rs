@@ -53,10 +53,12 @@ pub fn pooling_of(dir: &Path) -> Result<(Pooling, bool)> {
     Ok((pooling, normalize))
 }
 
-/// The embedding of `text` by the BERT model in `dir` (a sentence-transformers directory, a
-/// HuggingFace BERT directory, or a checkpoint of ours with its `tokenizer.json`).
-pub fn sentence_embedding(dir: &Path, text: &str, device: &Device) -> Result<Vec<f32>> {
-    let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))?;
+/// The embedding of `text` by the BERT model `model` names (a sentence-transformers or
+/// HuggingFace BERT directory, a BERT run or one of its checkpoints: [`crate::model_ref`]).
+pub fn sentence_embedding(model: &Path, text: &str, device: &Device) -> Result<Vec<f32>> {
+    let model_ref = crate::model_ref::ModelRef::parse(model)?;
+    let dir = &model_ref.weights_dir()?;
+    let tokenizer = TextTokenizer::load(&model_ref.tokenizer_file()?)?;
     let (model, _, _) = Bert::from_hf_dir(dir, device)?;
     let mut ids = tokenizer.encode_for_model(text)?;
     ids.truncate(model.config().max_position_embeddings);

@@ -25,7 +25,7 @@ use lm_objectives::{Rng, IGNORE_INDEX};
 use lm_optim::ParamGroup;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, write_atomic};
+use crate::checkpoint::write_atomic;
 use crate::config::Family;
 use crate::config::{Freeze, TaskKind};
 use crate::data::Split;
@@ -121,14 +121,15 @@ pub(crate) struct Prepared {
     pub groups: Vec<ParamGroup>,
 }
 
+/// The weights `finetune.init` names: a HuggingFace directory, a run (its newest checkpoint) or
+/// one of a run's checkpoints ([`crate::model_ref`]).
 fn resolve_init(init: &Path) -> Result<PathBuf> {
-    if init.join("model.safetensors").exists() {
-        return Ok(init.to_path_buf());
-    }
-    checkpoint::latest_checkpoint(init).map_err(|_| TrainError::Checkpoint {
-        path: init.to_path_buf(),
-        problem: "no pretrained checkpoint here; run its pretraining recipe first (e.g. `cargo xtask recipe bert-mlm-nsp`) or point finetune.init at a checkpoint".into(),
-    })
+    crate::model_ref::ModelRef::parse(init)
+        .and_then(|m| m.weights_dir())
+        .map_err(|_| TrainError::Checkpoint {
+            path: init.to_path_buf(),
+            problem: "no pretrained model here; run its pretraining recipe first (e.g. `cargo xtask recipe bert-mlm-nsp`) or point finetune.init at a run, one of its checkpoints (RUN/checkpoints/step-N) or a HuggingFace directory".into(),
+        })
 }
 
 /// Whether parameter `name` stays fixed under `freeze`.

@@ -28,6 +28,7 @@ pub mod lock;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod model_ref;
 pub mod plot;
 pub mod registry;
 pub mod tasks;

@@ -41,6 +41,7 @@ use crate::finetune::{FinetuneResults, FinetuneTask};
 use crate::lock::RunLock;
 use crate::metrics::{MetricRecord, MetricsLog};
 use crate::model::{param_groups, Batch, Head, LanguageModel, LossWeights};
+use crate::model_ref::ModelRef;
 use crate::tokenizer::TextTokenizer;
 
 mod batching;
@@ -273,8 +274,17 @@ impl Trainer {
     /// `run_dir` may also be one of the run's checkpoints (`RUN/checkpoints/step-N`): that one
     /// is opened instead of the newest.
     pub fn open(run_dir: &Path, device: Device) -> Result<Self> {
-        if let Some((run, ckpt)) = checkpoint::checkpoint_of_run(run_dir)? {
-            return Self::reopen(&run, &ckpt, device, Opened::Reader);
+        match crate::model_ref::ModelRef::parse(run_dir)? {
+            ModelRef::Checkpoint { run, checkpoint } => {
+                return Self::reopen(&run, &checkpoint, device, Opened::Reader)
+            }
+            ModelRef::Hf(dir) => {
+                return Err(TrainError::Checkpoint {
+                    path: dir,
+                    problem: "is a HuggingFace directory, not a run: eval, sample and predict read a run or one of its checkpoints; `score` and `embed` read this directory, and `finetune --init` trains from it".into(),
+                })
+            }
+            ModelRef::Run(_) => {}
         }
         let mut attempt = 1;
         loop {

@@ -626,3 +626,82 @@ fn stopping_steps_the_run_cannot_take_and_missing_runs_are_refused_before_writin
     );
     assert!(!d.join("nowhere").exists());
 }
+
+/// Copies a checkpoint's HuggingFace files (config.json, model.safetensors, tokenizer.json)
+/// into `to`, a directory outside any run.
+fn as_hf_dir(checkpoint: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(checkpoint.join(f), to.join(f)).unwrap();
+    }
+}
+
+/// One grammar of model references: `score` (GPT) and `embed` (BERT) give the same answer for a
+/// run, its newest checkpoint and a HuggingFace directory holding the same files; a fine-tuning
+/// run's init takes all three; `eval` of a HuggingFace directory says which commands read one;
+/// something that is none of the three is named with the three forms.
+#[test]
+fn every_command_that_takes_a_model_takes_a_run_a_checkpoint_or_an_hf_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..30_000]).unwrap();
+    let stdout = |o: Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for (recipe, verb, arg) in [
+        ("gpt-shakespeare-bpe", "score", "First Citizen"),
+        ("bert-mlm-nsp", "embed", "First Citizen"),
+    ] {
+        let run = pretrained(d, recipe);
+        let ckpt = lm_train::checkpoint::latest_checkpoint(&run).unwrap();
+        let hf = d.join(format!("{recipe}-hf"));
+        as_hf_dir(&ckpt, &hf);
+        let answers: Vec<String> = [&run, &ckpt, &hf]
+            .iter()
+            .map(|m| stdout(lm_train(&[verb, m.to_str().unwrap(), arg], d)))
+            .collect();
+        assert!(!answers[0].is_empty(), "{recipe}");
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "{recipe}: {answers:?}"
+        );
+        assert_one_line_error(
+            &lm_train(&["eval", hf.to_str().unwrap()], d),
+            "is a HuggingFace directory, not a run",
+        );
+    }
+    assert_one_line_error(
+        &lm_train(&["score", "corpus.txt", "x"], d),
+        "a run directory (config.toml, checkpoints/), one of its checkpoints",
+    );
+    assert_one_line_error(
+        &lm_train(&["embed", "nowhere", "x"], d),
+        "nowhere: does not exist",
+    );
+    // Fine-tuning starts from the run, its checkpoint or the HuggingFace copy alike.
+    let run = d.join("bert-mlm-nsp");
+    let ckpt = lm_train::checkpoint::latest_checkpoint(&run).unwrap();
+    for (i, init) in [&run, &ckpt, &d.join("bert-mlm-nsp-hf")].iter().enumerate() {
+        let mut c = lm_train::config::FinetuneConfig::recipe("bert-finetune-pairs").unwrap();
+        c.finetune.init = init.display().to_string();
+        (c.finetune.train_examples, c.finetune.val_examples) = (16, 4);
+        (c.finetune.test_examples, c.finetune.max_len) = (4, 24);
+        (c.train.max_iters, c.train.eval_interval, c.train.eval_iters) = (2, 2, 1);
+        (c.train.batch_size, c.optim.warmup_iters) = (4, 1);
+        let cfg = d.join(format!("ft-{i}.toml"));
+        std::fs::write(&cfg, c.to_toml()).unwrap();
+        let args = [
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            &format!("ft-{i}"),
+            "--quiet",
+        ];
+        assert!(
+            stdout(lm_train(&args, d)).contains("final: step 2"),
+            "{init:?}"
+        );
+    }
+}

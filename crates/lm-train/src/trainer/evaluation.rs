@@ -162,16 +162,9 @@ impl Trainer {
 /// `tokenizer.json`. Returns each predicted token's text and NLL (the first token has no context
 /// and is not scored).
 pub fn score_text(dir: &Path, text: &str, device: &Device) -> Result<Vec<(String, f32)>> {
-    let ckpt = if dir.join("model.safetensors").exists() {
-        dir.to_path_buf()
-    } else {
-        checkpoint::latest_checkpoint(dir)?
-    };
-    let tok_path = if ckpt.join("tokenizer.json").exists() {
-        ckpt.join("tokenizer.json")
-    } else {
-        dir.join("tokenizer.json")
-    };
+    let model_ref = crate::model_ref::ModelRef::parse(dir)?;
+    let ckpt = model_ref.weights_dir()?;
+    let tok_path = model_ref.tokenizer_file()?;
     let tokenizer = TextTokenizer::load(&tok_path)?;
     let (model, _) = lm_models::gpt::Gpt::from_hf_dir(&ckpt, device)?;
     let vocab = model.config().vocab_size;

@@ -65,7 +65,8 @@ fn test() -> Result<()> {
 
 /// Each crate's example a user can copy (the README's crate table links them), built as the
 /// tests build them and run with their defaults.
-const EXAMPLES: [(&str, &str); 4] = [
+const EXAMPLES: [(&str, &str); 5] = [
+    ("lm-data", "bytes"),
     ("lm-optim", "candle_nn_mlp"),
     ("lm-objectives", "noise"),
     ("lm-models", "generate"),

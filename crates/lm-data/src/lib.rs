@@ -7,6 +7,18 @@
 //! field's existing token files (nanoGPT, llm.c) import into the same format ([`import()`]).
 //!
 //! The crate knows no tokenizer type: [`Encoder`] is what `prepare` needs of one.
+//!
+//! ## Outside this workspace
+//!
+//! The crate is not on crates.io: depend on it by path (or git):
+//!
+//! ```toml
+//! [dependencies]
+//! lm-data = { path = "…/lm-train/crates/lm-data" }
+//! ```
+//!
+//! It does not use candle.
+//! A program to copy: `examples/bytes.rs` (run by `cargo xtask test`).
 
 mod atomic;
 mod dataset;

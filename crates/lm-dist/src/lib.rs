@@ -31,6 +31,27 @@
 //! c.all_reduce_sum(&mut g).unwrap();
 //! assert_eq!((c.rank(), c.world_size(), g), (0, 1, [1.0, 2.0]));
 //! ```
+//!
+//! ## Outside this workspace
+//!
+//! The crate is not on crates.io: depend on it by path (or git), candle pinned as the workspace pins it:
+//!
+//! ```toml
+//! [dependencies]
+//! lm-dist = { path = "…/lm-train/crates/lm-dist" }
+//! candle-core = "=0.11.0"
+//!
+//! [patch.crates-io]
+//! candle-core = { path = "…/lm-train/vendor/candle-core" }
+//!
+//! [profile.dev.package."*"]
+//! opt-level = 3   # candle is unusably slow unoptimized
+//! ```
+//!
+//! The patch is the workspace's candle-core with its grad mode and backward hooks
+//! (`vendor/README.md`); a workspace's `[patch]` does not reach the projects that depend on
+//! it, so a dependent names it in its own manifest.
+//! A program to copy: `examples/allreduce.rs` (run it under `mpirun`).
 
 mod reduction;
 // With NCCL the ranks reduce on their GPUs; the segment serves CPU ranks of an MPI job.

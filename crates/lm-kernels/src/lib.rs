@@ -33,6 +33,26 @@
 //! let mean: f32 = y.sum_all().unwrap().to_scalar().unwrap();
 //! assert!(mean.abs() < 1e-5);
 //! ```
+//!
+//! ## Outside this workspace
+//!
+//! The crate is not on crates.io: depend on it by path (or git), candle pinned as the workspace pins it:
+//!
+//! ```toml
+//! [dependencies]
+//! lm-kernels = { path = "…/lm-train/crates/lm-kernels" }
+//! candle-core = "=0.11.0"
+//!
+//! [patch.crates-io]
+//! candle-core = { path = "…/lm-train/vendor/candle-core" }
+//!
+//! [profile.dev.package."*"]
+//! opt-level = 3   # candle is unusably slow unoptimized
+//! ```
+//!
+//! The patch is the workspace's candle-core with its grad mode and backward hooks
+//! (`vendor/README.md`); a workspace's `[patch]` does not reach the projects that depend on
+//! it, so a dependent names it in its own manifest.
 
 pub mod cpu_kernels;
 pub mod device;

@@ -17,6 +17,27 @@
 //! let ex = shift_for_causal_lm(&[10, 11, 12, 13]).unwrap();
 //! assert_eq!(ex.targets, vec![11, 12, 13]);
 //! ```
+//!
+//! ## Outside this workspace
+//!
+//! The crate is not on crates.io: depend on it by path (or git), candle pinned as the workspace pins it:
+//!
+//! ```toml
+//! [dependencies]
+//! lm-objectives = { path = "…/lm-train/crates/lm-objectives" }
+//! candle-core = "=0.11.0"
+//!
+//! [patch.crates-io]
+//! candle-core = { path = "…/lm-train/vendor/candle-core" }
+//!
+//! [profile.dev.package."*"]
+//! opt-level = 3   # candle is unusably slow unoptimized
+//! ```
+//!
+//! The patch is the workspace's candle-core with its grad mode and backward hooks
+//! (`vendor/README.md`); a workspace's `[patch]` does not reach the projects that depend on
+//! it, so a dependent names it in its own manifest.
+//! A program to copy: `examples/noise.rs` (run by `cargo xtask test`).
 
 pub mod bart;
 pub mod causal;

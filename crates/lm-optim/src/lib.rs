@@ -23,6 +23,25 @@
 //! let w = w.as_tensor().to_vec1::<f32>().unwrap();
 //! assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 1.9).abs() < 1e-6);
 //! ```
+//!
+//! ## Outside this workspace
+//!
+//! The crate is not on crates.io: depend on it by path (or git), candle pinned as the workspace pins it:
+//!
+//! ```toml
+//! [dependencies]
+//! lm-optim = { path = "…/lm-train/crates/lm-optim" }
+//! candle-core = "=0.11.0"
+//! candle-nn = "=0.11.0"      # for the `candle-nn` feature (default)
+//!
+//! [profile.dev.package."*"]
+//! opt-level = 3   # candle is unusably slow unoptimized
+//! ```
+//!
+//! It builds on crates.io's candle-core 0.11.0 as it is; the workspace's other crates use the
+//! patched candle-core of `vendor/` (its grad mode), which a dependent must name in its own
+//! `[patch.crates-io]` (a workspace's patches do not reach the projects that depend on it).
+//! A program to copy: `examples/candle_nn_mlp.rs` (run by `cargo xtask test`).
 
 pub mod adafactor;
 pub mod adam;

@@ -31,7 +31,7 @@ pub(super) fn new_run_data(cfg: &TrainConfig, run_dir: &Path) -> Result<(TextTok
     let cache = crate::data::cache_dir(run_dir);
     let corpus = crate::data::Corpus::open(&cfg.data.corpus, &cache)?;
     let tokenizer = if let Some(f) = &cfg.data.tokenizer_file {
-        let t = TextTokenizer::load(Path::new(f))?;
+        let t = TextTokenizer::load(&crate::model_ref::tokenizer_path(f)?)?;
         check_tokenizer_fits(cfg, &t, f)?;
         t
     } else {
@@ -140,7 +140,9 @@ fn check_tokenizer_fits(cfg: &TrainConfig, t: &TextTokenizer, source: &str) -> R
     }
     let prepared = cfg.data.dataset.is_some() || !cfg.data.sources.is_empty();
     if let Some(file) = cfg.data.tokenizer_file.as_ref().filter(|_| prepared) {
-        if TextTokenizer::load(Path::new(file))?.to_json()? != t.to_json()? {
+        if TextTokenizer::load(&crate::model_ref::tokenizer_path(file)?)?.to_json()?
+            != t.to_json()?
+        {
             return Err(refuse("data.tokenizer_file", format!(
                 "{file} is not the tokenizer the dataset was prepared with ({source}); remove tokenizer_file (the dataset's is used) or prepare the data with {file}"
             )));

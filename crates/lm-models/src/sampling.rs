@@ -66,59 +66,35 @@ impl Sampling {
     }
 }
 
-/// What an encoder-decoder's autoregressive decoding does: start from `start`, stop at `eos` or
-/// after `max_new_tokens`, pick tokens with `sampling`, with or without the key/value cache.
-pub(crate) struct Decode<'a> {
-    pub start: u32,
-    pub eos: u32,
-    pub max_new_tokens: usize,
-    pub sampling: &'a Sampling,
-    pub use_cache: bool,
-}
-
-/// Runs [`Decode`]: `step(ids, cache)` returns logits `[1, t, V]` for the ids given. With the
-/// cache, each step passes only the newest token; without, the whole prefix again. Both give the
-/// same tokens.
-pub(crate) fn decode_loop(
-    spec: Decode<'_>,
-    rng: &mut Rng,
-    device: &candle_core::Device,
-    mut step: impl FnMut(
-        &candle_core::Tensor,
-        Option<&mut crate::layers::KvCache>,
-    ) -> crate::Result<candle_core::Tensor>,
-) -> crate::Result<Vec<u32>> {
-    let Decode {
-        start,
-        eos,
-        max_new_tokens,
-        sampling,
-        use_cache,
-    } = spec;
-    let mut tokens = vec![start];
-    let mut cache = crate::layers::KvCache::new();
-    for _ in 0..max_new_tokens {
-        let logits = if use_cache {
-            let ids =
-                candle_core::Tensor::new(&tokens[tokens.len() - 1..], device)?.unsqueeze(0)?;
-            step(&ids, Some(&mut cache))?
-        } else {
-            let ids = candle_core::Tensor::new(tokens.as_slice(), device)?.unsqueeze(0)?;
-            step(&ids, None)?
-        };
-        let t = logits.dim(1)?;
-        let last: Vec<f32> = logits
-            .squeeze(0)?
-            .get(t - 1)?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?;
-        let next = sampling.sample(&last, rng);
-        tokens.push(next);
-        if next == eos {
-            break;
+/// CTRL's repetition penalty as transformers applies it: each distinct token of `history` has
+/// its logit divided by `penalty` when positive, multiplied when negative (1: unchanged).
+pub fn repetition_penalty(row: &mut [f32], history: &[u32], penalty: f64) {
+    if penalty == 1.0 {
+        return;
+    }
+    let p = penalty as f32;
+    let mut seen = std::collections::HashSet::new();
+    for &t in history {
+        if let Some(v) = row.get_mut(t as usize).filter(|_| seen.insert(t)) {
+            *v = if *v < 0.0 { *v * p } else { *v / p };
         }
     }
-    Ok(tokens[1..].to_vec())
+}
+
+/// transformers' no-repeat n-gram rule: every token that would complete an `n`-gram already in
+/// `history` (its last `n − 1` tokens followed by it somewhere before) is banned (0: off).
+pub fn ban_repeated_ngrams(row: &mut [f32], history: &[u32], n: usize) {
+    if n == 0 || history.len() + 1 < n {
+        return;
+    }
+    let prefix = &history[history.len() + 1 - n..];
+    for w in history.windows(n) {
+        if w[..n - 1] == *prefix {
+            if let Some(v) = row.get_mut(w[n - 1] as usize) {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -156,5 +132,66 @@ mod tests {
         for _ in 0..50 {
             assert!(matches!(nucleus.sample(&logits, &mut rng), 1 | 3));
         }
+    }
+
+    /// CTRL's penalty by hand: 2.0 on tokens 1 and 3 (3 twice in the history, penalized once):
+    /// a positive logit halves, a negative one doubles, the others stay.
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
+        let mut row = [1.0, 3.0, 0.5, -1.5];
+        repetition_penalty(&mut row, &[3, 1, 3], 2.0);
+        assert_eq!(row, [1.0, 1.5, 0.5, -3.0]);
+        let mut same = [1.0, -1.0];
+        repetition_penalty(&mut same, &[0, 1], 1.0);
+        assert_eq!(same, [1.0, -1.0]);
+    }
+
+    /// No repeated 3-gram: after `… 4 5` where `4 5 6` and `4 5 7` occurred, 6 and 7 are banned;
+    /// bigrams ban every token that followed the last one; too short a history bans nothing.
+    #[test]
+    fn repeated_ngrams_are_banned_as_transformers_bans_them() {
+        let hist = [4, 5, 6, 1, 4, 5, 7, 2, 4, 5];
+        let mut row = [0.0f32; 8];
+        ban_repeated_ngrams(&mut row, &hist, 3);
+        let banned: Vec<usize> = (0..8).filter(|&i| row[i] == f32::NEG_INFINITY).collect();
+        assert_eq!(banned, vec![6, 7]);
+        let mut row = [0.0f32; 8];
+        ban_repeated_ngrams(&mut row, &hist, 2);
+        let banned: Vec<usize> = (0..8).filter(|&i| row[i] == f32::NEG_INFINITY).collect();
+        assert_eq!(banned, vec![6, 7]);
+        let mut row = [0.0f32; 8];
+        ban_repeated_ngrams(&mut row, &[4], 3);
+        assert!(row.iter().all(|&v| v == 0.0));
+    }
+
+    /// The settings a config's keys give, and their processors in order: the forced first token
+    /// at step 0, the end token banned before `min_new_tokens`, the forced end at the last step.
+    #[test]
+    fn generation_settings_read_from_a_config_and_process_a_row() {
+        use crate::seq2seq::GenerationConfig;
+        let extra: serde_json::Map<String, serde_json::Value> = serde_json::from_value(
+            serde_json::json!({"min_length": 3, "forced_bos_token_id": 0, "forced_eos_token_id": 2,
+                               "no_repeat_ngram_size": 3, "repetition_penalty": 1.2}),
+        )
+        .unwrap();
+        let gen = GenerationConfig::from_model_config(4, 2, 2, 1, &extra);
+        assert_eq!(
+            (
+                gen.min_new_tokens,
+                gen.forced_bos_token_id,
+                gen.forced_eos_token_id
+            ),
+            (2, Some(0), Some(2))
+        );
+        assert_eq!((gen.no_repeat_ngram_size, gen.repetition_penalty), (3, 1.2));
+        let argmax = |step: usize, logits: [f32; 4]| {
+            let mut row = logits;
+            gen.process(&mut row, &[2], step);
+            Sampling::greedy().sample(&row, &mut Rng::seed_from_u64(0))
+        };
+        assert_eq!(argmax(0, [0.0, 1.0, 5.0, 0.0]), 0); // forced first token
+        assert_eq!(argmax(1, [0.0, 1.0, 5.0, 0.0]), 1); // the end token (2) banned below 2 tokens
+        assert_eq!(argmax(2, [0.0, 1.0, 5.0, 0.0]), 2);
+        assert_eq!(argmax(3, [0.0, 9.0, 5.0, 0.0]), 2); // forced last token
     }
 }

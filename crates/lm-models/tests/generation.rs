@@ -175,3 +175,66 @@ fn batched_greedy_generation_equals_transformers() {
         assert_eq!(&alone[p.len()..], row.as_slice());
     }
 }
+
+/// The single-input `generate` is the batch's decoding for one row: a checkpoint whose config
+/// carries `forced_eos_token_id` (and `min_length`) ends each row as transformers' `generate`
+/// does with those settings (the fixture's `min3_forced`: `…, 94, 2` for BART), with and without
+/// the key/value cache. It used to run a loop of its own that ignored the forced end token.
+#[test]
+fn single_input_generation_follows_the_checkpoints_generation_settings() {
+    let dev = &Device::Cpu;
+    for name in ["bart", "t5", "t5v11"] {
+        let (fixture_dir, reference) = fixture(name);
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            fixture_dir.join("model.safetensors"),
+            tmp.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture_dir.join("config.json")).unwrap())
+                .unwrap();
+        let eos = config["eos_token_id"].clone();
+        // transformers' `min_length` counts the decoder start token: 4 is `min_new_tokens = 3`.
+        config["forced_eos_token_id"] = eos;
+        config["min_length"] = serde_json::json!(4);
+        std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+        let model: Box<dyn EncoderDecoder> = if name == "bart" {
+            Box::new(Bart::from_hf_dir(tmp.path(), dev).unwrap().0)
+        } else {
+            Box::new(T5::from_hf_dir(tmp.path(), dev).unwrap().0)
+        };
+        let gen = model.generation_config(8);
+        assert_eq!(
+            (gen.min_new_tokens, gen.forced_eos_token_id),
+            (3, Some(gen.eos_token_id))
+        );
+        let inputs = rows(&reference["input_ids"]);
+        let masks = rows(&reference["attention_mask"]);
+        let want = rows(&reference["min3_forced"]);
+        for r in 0..inputs.len() {
+            let real: Vec<u32> = inputs[r]
+                .iter()
+                .zip(&masks[r])
+                .filter(|(_, m)| **m == 1)
+                .map(|(t, _)| *t)
+                .collect();
+            let ids = Tensor::new(real.as_slice(), dev)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            for use_cache in [true, false] {
+                let got = model
+                    .generate(
+                        &ids,
+                        8,
+                        (&Sampling::greedy(), &mut Rng::seed_from_u64(0)),
+                        use_cache,
+                        F32,
+                    )
+                    .unwrap();
+                assert_eq!(got, want[r], "{name} row {r} cache {use_cache}");
+            }
+        }
+    }
+}

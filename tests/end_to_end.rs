@@ -156,6 +156,17 @@ fn tensorboard_events_hold_what_metrics_jsonl_holds() {
             }
         }
     }
+    // `plot --compare` draws exactly the run's `eval/…` tags but the training loss.
+    let tags: std::collections::BTreeSet<String> = seen
+        .keys()
+        .map(|(_, t)| t.clone())
+        .filter(|t| t.starts_with("eval/") && t != "eval/train_loss")
+        .collect();
+    let compared: std::collections::BTreeSet<String> = lm_train::plot::compare_metrics(&records)
+        .iter()
+        .map(|m| format!("eval/{m}"))
+        .collect();
+    assert_eq!(compared, tags);
     // Opted out: no tb/ at all.
     let mut cfg = tiny_config(BUILTIN_SHAKESPEARE, 2);
     cfg.train.tensorboard = false;

@@ -56,6 +56,7 @@ pub mod tasks;
 pub mod tensorboard;
 pub mod tokenizer;
 pub mod trainer;
+pub mod zero_shot;
 
 pub use error::{Result, TrainError};
 pub use trainer::Trainer;

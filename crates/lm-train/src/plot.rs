@@ -390,6 +390,21 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The evaluation metrics `plot --compare` draws from `records`: `val_loss`, then each task
+/// metric in order of appearance. Each is the TensorBoard tag `eval/<metric>` of the same run
+/// (the charts' y axis is labelled with it).
+pub fn compare_metrics<'a>(records: impl IntoIterator<Item = &'a MetricRecord>) -> Vec<String> {
+    let mut metrics: Vec<String> = vec!["val_loss".into()];
+    for r in records {
+        for k in r.metrics.keys() {
+            if !metrics.contains(k) {
+                metrics.push(k.clone());
+            }
+        }
+    }
+    metrics
+}
+
 /// Draws the runs in `dirs` on shared charts, one per evaluation metric that any of them logged
 /// (`val_loss`, and a fine-tuning task's `val_accuracy`, `val_token_f1`, …), each line named by
 /// its run directory: `<out>-<metric>.svg` and `.png` (the folder of `out` is created).
@@ -417,16 +432,7 @@ pub fn plot_compare(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         );
         runs.push((name, records));
     }
-    let mut metrics: Vec<String> = vec!["val_loss".into()];
-    for (_, records) in &runs {
-        for r in records {
-            for k in r.metrics.keys() {
-                if !metrics.contains(k) {
-                    metrics.push(k.clone());
-                }
-            }
-        }
-    }
+    let metrics = compare_metrics(runs.iter().flat_map(|(_, r)| r));
     if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
@@ -457,7 +463,7 @@ pub fn plot_compare(dirs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
                 metric.trim_start_matches("val_").replace('_', " ")
             ),
             x_label: "step".into(),
-            y_label: metric.clone(),
+            y_label: format!("eval/{metric}"),
             series,
         };
         let stem = out

@@ -16,6 +16,7 @@ use crate::error::{ModelError, Result};
 use crate::layers::{attention, merge_heads, split_heads, KvCache};
 use crate::layers::{checkpointed, Dropout};
 use crate::params::ParamStore;
+use crate::seq2seq::GenerationConfig;
 use lm_kernels::ops::{
     add_bias, causal_attention, causal_softmax, layer_norm, linear, linear_gelu, residual_add,
     softmax_last_dim, Gelu,
@@ -641,7 +642,7 @@ impl Gpt {
         let mut out: Vec<Vec<u32>> = vec![vec![]; rows];
         let mut cache = KvCache::new();
         let result = (|| -> Result<()> {
-            for _ in 0..max_new_tokens {
+            for step in 0..max_new_tokens {
                 let t = feed[0].len();
                 let ids = Tensor::new(feed.concat(), &device)?.reshape((rows, t))?;
                 let pos = Tensor::new(positions.concat(), &device)?.reshape((rows, t))?;
@@ -655,8 +656,15 @@ impl Gpt {
                 let logits =
                     self.forward_masked(&ids, (Some(&pos), attend), Some(&mut cache), ctx)?;
                 for r in 0..rows {
-                    let last: Vec<f32> =
+                    let mut last: Vec<f32> =
                         logits.get(r)?.get(t - 1)?.to_dtype(DType::F32)?.to_vec1()?;
+                    // As transformers sees the row: its left padding, prompt and new tokens.
+                    let history: Vec<u32> = std::iter::repeat_n(pad, longest - prompts[r].len())
+                        .chain(prompts[r].iter().copied())
+                        .chain(out[r].iter().copied())
+                        .collect();
+                    self.generation_config(max_new_tokens, prompts[r].len())
+                        .process(&mut last, &history, step);
                     let next = sampling.sample(&last, rng);
                     out[r].push(next);
                     feed[r] = vec![next];
@@ -705,10 +713,11 @@ impl Gpt {
         }
         let ctx = &StepContext::eval(precision);
         let device = self.wte.device().clone();
+        let gen = self.generation_config(max_new_tokens, prompt.len());
         let mut tokens = prompt.to_vec();
         let mut cache = KvCache::new();
         let mut fed = 0;
-        for _ in 0..max_new_tokens {
+        for step in 0..max_new_tokens {
             let logits = if use_cache && tokens.len() <= self.cfg.n_positions {
                 let ids = Tensor::new(&tokens[fed..], &device)?.unsqueeze(0)?;
                 fed = tokens.len();
@@ -718,14 +727,37 @@ impl Gpt {
                 self.forward(&Tensor::new(&tokens[start..], &device)?.unsqueeze(0)?, ctx)?
             };
             let t = logits.dim(1)?;
-            let last: Vec<f32> = logits
+            let mut last: Vec<f32> = logits
                 .squeeze(0)?
                 .get(t - 1)?
                 .to_dtype(DType::F32)?
                 .to_vec1()?;
+            gen.process(&mut last, &tokens, step);
             tokens.push(sampling.sample(&last, rng));
         }
         Ok(tokens)
+    }
+
+    /// The logits processors this model's config asks for, as transformers' `generate` applies
+    /// them to a decoder-only model: `forced_eos_token_id`, `min_new_tokens`,
+    /// `no_repeat_ngram_size` and `repetition_penalty` over the prompt and what follows it;
+    /// `forced_bos_token_id` only for a one-token prompt (transformers forces it while the
+    /// sequence holds one token). (`min_length`, which counts the prompt, is not read.)
+    pub fn generation_config(&self, max_new_tokens: usize, prompt_len: usize) -> GenerationConfig {
+        let mut extra = self.cfg.extra.clone();
+        extra.remove("min_length");
+        let id = |k: &str| {
+            extra
+                .get(k)
+                .and_then(|v| v.as_u64())
+                .map_or(u32::MAX, |v| v as u32)
+        };
+        let mut gen =
+            GenerationConfig::from_model_config(max_new_tokens, 0, id("eos_token_id"), 0, &extra);
+        if prompt_len != 1 {
+            gen.forced_bos_token_id = None;
+        }
+        gen
     }
 
     /// [`Gpt::generate_with`] using the key/value cache.

@@ -108,8 +108,9 @@ fn rows(v: &serde_json::Value) -> Vec<Vec<u32>> {
 }
 
 /// Greedy generation of a right-padded batch equals transformers' `generate` on the tiny
-/// fixture models (`tests/fixtures/models/make_generation_fixtures.py`), plain and with
-/// `min_new_tokens = 3` and a forced end token.
+/// fixture models (`tests/fixtures/models/make_generation_fixtures.py`), plain, with
+/// `min_new_tokens = 3` and a forced end token, and with a forced first token, no repeated
+/// bigram and a repetition penalty of 1.5.
 #[test]
 fn batched_greedy_generation_equals_transformers() {
     let dev = &Device::Cpu;
@@ -142,6 +143,16 @@ fn batched_greedy_generation_equals_transformers() {
             .generate_batch((&ids, Some(&mask)), &strict, &greedy, &mut rng, F32)
             .unwrap();
         assert_eq!(got, rows(&reference["min3_forced"]), "{name} min/forced");
+        let processed = GenerationConfig {
+            forced_bos_token_id: Some(7),
+            no_repeat_ngram_size: 2,
+            repetition_penalty: 1.5,
+            ..model.generation_config(8)
+        };
+        let got = model
+            .generate_batch((&ids, Some(&mask)), &processed, &greedy, &mut rng, F32)
+            .unwrap();
+        assert_eq!(got, rows(&reference["processors"]), "{name} processors");
     }
     let (dir, reference) = fixture("gpt2");
     let (gpt, _) = lm_models::gpt::Gpt::from_hf_dir(&dir, dev).unwrap();
@@ -174,6 +185,30 @@ fn batched_greedy_generation_equals_transformers() {
             .unwrap();
         assert_eq!(&alone[p.len()..], row.as_slice());
     }
+    // With the config's logits processors (no repeated bigram, repetition penalty 1.5, forced
+    // end token 3): transformers' tokens, alone and in the left-padded batch.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.join("model.safetensors"),
+        tmp.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    for (k, v) in reference["processors"].as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+    let (gpt, _) = lm_models::gpt::Gpt::from_hf_dir(tmp.path(), dev).unwrap();
+    let greedy = (&Sampling::greedy(), &mut Rng::seed_from_u64(0));
+    let all = gpt.generate(&prompt, 8, greedy, F32).unwrap();
+    let want: Vec<u32> = rows(&serde_json::json!([reference["processors_generated"]])).remove(0);
+    assert_eq!(all[prompt.len()..].to_vec(), want);
+    let greedy = (&Sampling::greedy(), &mut Rng::seed_from_u64(0));
+    let batch = gpt
+        .generate_batch(&prompts, 8, greedy, (0, None), F32)
+        .unwrap();
+    assert_eq!(batch, rows(&reference["processors_batch_generated"]));
 }
 
 /// The single-input `generate` is the batch's decoding for one row: a checkpoint whose config

@@ -45,6 +45,7 @@ mod error;
 pub mod families;
 pub mod family;
 pub mod finetune;
+pub mod generate;
 pub mod lock;
 pub mod memory;
 pub mod metrics;

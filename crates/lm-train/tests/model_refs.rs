@@ -108,8 +108,8 @@ fn cache_as_hub(hub: &Path, id: &str, files: &Path) {
 }
 
 /// A hub id resolves from the local cache (HF_HUB_CACHE) wherever a model is taken: `score`,
-/// `embed`, `finetune.init` and `tokenizer_file` read the snapshot as they read the directory;
-/// `eval`, `sample` and `predict` resolve it and say it is not a run; a model not in the cache
+/// `embed`, `sample`, `finetune.init` and `tokenizer_file` read the snapshot as they read the
+/// directory; `eval` (without `--task`) and `predict` resolve it and say it is not a run; a model not in the cache
 /// names where it was looked for and the command that fetches it. Nothing is downloaded.
 #[test]
 fn hub_ids_resolve_from_the_local_cache_for_every_command_that_takes_a_model() {
@@ -144,12 +144,18 @@ fn hub_ids_resolve_from_the_local_cache_for_every_command_that_takes_a_model() {
             direct,
             "{id}"
         );
-        for reader in [
-            &["eval", id][..],
-            &["sample", id],
-            &["predict", id, "--input", "x.jsonl"],
-        ] {
+        for reader in [&["eval", id][..], &["predict", id, "--input", "x.jsonl"]] {
             assert_one_line_error(&with_hub(reader), "is a HuggingFace directory, not a run");
+        }
+        // `sample` generates from the hub model as from its directory (GPT), or says BERT
+        // does not generate.
+        let sample = |m: &str| with_hub(&["sample", m, "--tokens", "5", "--prompt", "ROMEO:"]);
+        if verb == "score" {
+            let text = stdout(sample(id));
+            assert!(text.starts_with("ROMEO:") && text.len() > 6, "{text}");
+            assert_eq!(text, stdout(sample(files.to_str().unwrap())));
+        } else {
+            assert_one_line_error(&sample(id), "a bert model does not generate");
         }
     }
     // Fine-tuning from a hub id, and a tokenizer named by one.

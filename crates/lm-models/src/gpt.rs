@@ -658,7 +658,7 @@ impl Gpt {
                 for r in 0..rows {
                     let mut last: Vec<f32> =
                         logits.get(r)?.get(t - 1)?.to_dtype(DType::F32)?.to_vec1()?;
-                    // As transformers sees the row: its left padding, prompt and new tokens.
+                    // As transformers sees the row: left padding, prompt, new tokens.
                     let history: Vec<u32> = std::iter::repeat_n(pad, longest - prompts[r].len())
                         .chain(prompts[r].iter().copied())
                         .chain(out[r].iter().copied())
@@ -738,22 +738,15 @@ impl Gpt {
         Ok(tokens)
     }
 
-    /// The logits processors this model's config asks for, as transformers' `generate` applies
-    /// them to a decoder-only model: `forced_eos_token_id`, `min_new_tokens`,
-    /// `no_repeat_ngram_size` and `repetition_penalty` over the prompt and what follows it;
-    /// `forced_bos_token_id` only for a one-token prompt (transformers forces it while the
-    /// sequence holds one token). (`min_length`, which counts the prompt, is not read.)
+    /// The config's logits processors as transformers applies them to a decoder-only model (over
+    /// the prompt and what follows; `forced_bos_token_id` only for a one-token prompt;
+    /// `min_length`, which counts the prompt, not read).
     pub fn generation_config(&self, max_new_tokens: usize, prompt_len: usize) -> GenerationConfig {
         let mut extra = self.cfg.extra.clone();
         extra.remove("min_length");
-        let id = |k: &str| {
-            extra
-                .get(k)
-                .and_then(|v| v.as_u64())
-                .map_or(u32::MAX, |v| v as u32)
-        };
-        let mut gen =
-            GenerationConfig::from_model_config(max_new_tokens, 0, id("eos_token_id"), 0, &extra);
+        let eos = extra.get("eos_token_id").and_then(|v| v.as_u64());
+        let eos = eos.map_or(u32::MAX, |v| v as u32);
+        let mut gen = GenerationConfig::from_model_config(max_new_tokens, 0, eos, 0, &extra);
         if prompt_len != 1 {
             gen.forced_bos_token_id = None;
         }

@@ -5,6 +5,10 @@
 //! driver and the CUDA libraries: `cargo xtask gpu-check`); everywhere else each test prints one
 //! line, `skipped: <test>: <why>`, and passes. `cargo xtask cuda-build` builds and runs them on
 //! every machine, so the skip path itself is exercised in CI.
+//!
+//! Built with `--features metal` instead, the same tests compare a Metal device with the CPU
+//! (the fused ops' composite forms there): on a Mac, `cargo test -p lm-integration-tests
+//! --features metal --test cuda`. `cargo xtask metal-check` type-checks them; none has run.
 
 use candle_core::{DType, Device, Tensor};
 use lm_integration_tests::tiny_config;
@@ -19,9 +23,14 @@ use lm_train::data::BUILTIN_SHAKESPEARE;
 use lm_train::metrics::MetricsLog;
 use lm_train::Trainer;
 
-/// The GPU, or `None` after printing why this test is skipped.
+/// The GPU (the Metal device in a `metal` build), or `None` after printing why this test is
+/// skipped.
 fn gpu(test: &str) -> Option<Device> {
-    match lm_kernels::device::cuda(0) {
+    #[cfg(feature = "metal")]
+    let opened = lm_kernels::device::metal(0);
+    #[cfg(not(feature = "metal"))]
+    let opened = lm_kernels::device::cuda(0);
+    match opened {
         Ok(device) => Some(device),
         Err(e) => {
             println!("skipped: {test}: {e}");

@@ -3,7 +3,6 @@
 //! any size in mixed formats (a directory of .txt, .jsonl.zst, .parquet) for the memory and
 //! start-up measurements of docs/data.md.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -75,12 +74,11 @@ pub fn write_corpus(dir: &Path, bytes: u64) -> Result<()> {
             match kind {
                 "txt" => std::fs::write(&path, docs.join("\n"))?,
                 "jsonl.zst" => {
-                    let mut z =
-                        zstd::stream::write::Encoder::new(std::fs::File::create(&path)?, 3)?;
-                    for d in &docs {
-                        writeln!(z, "{}", serde_json::json!({ "text": d }))?;
-                    }
-                    z.finish()?;
+                    let lines: String = docs
+                        .iter()
+                        .map(|d| format!("{}\n", serde_json::json!({ "text": d })))
+                        .collect();
+                    std::fs::write(&path, zstd_bytes(lines.as_bytes())?)?;
                 }
                 _ => lm_data::write_parquet_texts(&path, "text", &docs, 4096)?,
             }
@@ -89,6 +87,21 @@ pub fn write_corpus(dir: &Path, bytes: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `bytes` as a Zstandard frame (level 3) by the C library.
+#[cfg(not(target_vendor = "apple"))]
+fn zstd_bytes(bytes: &[u8]) -> Result<Vec<u8>> {
+    Ok(zstd::encode_all(bytes, 3)?)
+}
+
+/// `bytes` as a Zstandard frame by ruzstd, on Apple targets where the C library is not built.
+#[cfg(target_vendor = "apple")]
+fn zstd_bytes(bytes: &[u8]) -> Result<Vec<u8>> {
+    Ok(ruzstd::encoding::compress_to_vec(
+        bytes,
+        ruzstd::encoding::CompressionLevel::Default,
+    ))
 }
 
 /// A BPE tokenizer (8 192 tokens, GPT's special tokens) trained on tinyshakespeare.

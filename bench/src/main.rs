@@ -22,6 +22,8 @@ use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
 use serde_json::{json, Value};
 
 /// The same allocator as the `lm-train` command (see there), so the step is timed as it runs.
+/// (Not on Apple targets, where no C library is built: `cargo xtask metal-check`.)
+#[cfg(not(target_vendor = "apple"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

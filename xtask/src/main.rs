@@ -10,6 +10,8 @@
 //!   path, built and run (part of `test`); `examples`: every crate's example, run (part of `test`).
 //! - `fuzz [--seconds N] [TARGET..]`: the libFuzzer targets of `fuzz/`, 60 s each (nightly and
 //!   cargo-fuzz needed; not part of `test`).
+//! - `metal-check`: the workspace type-checked for Apple silicon with `--features metal`, on
+//!   any machine (part of `test`).
 //! - `cuda-build`: the `--features cuda` (and `nccl`) build with a pinned CUDA toolkit, on any
 //!   machine (part of `test`); `gpu-check`: the prepared check for a machine with a GPU.
 
@@ -19,6 +21,7 @@ use anyhow::{bail, Context, Result};
 
 mod cuda;
 mod fuzz;
+mod metal;
 mod outside;
 mod tidy;
 
@@ -60,7 +63,8 @@ fn test() -> Result<()> {
     cpu_tests()?;
     examples()?;
     outside::outside(&workspace_root())?;
-    cuda::build()
+    cuda::build()?;
+    metal::metal_check()
 }
 
 /// Each crate's example a user can copy (the README's crate table links them), built as the
@@ -199,12 +203,13 @@ fn main() -> Result<()> {
         }
         "fuzz" => fuzz::fuzz(&workspace_root(), &args[1..]),
         "examples" => examples(),
+        "metal-check" => metal::metal_check(),
         "outside" => outside::outside(&workspace_root()),
         "bench" => {
             let mut a = vec!["run", "--release", "--quiet", "-p", "lm-bench", "--"];
             a.extend(args[1..].iter().map(String::as_str));
             cargo(&a)
         }
-        other => bail!("unknown xtask command {other:?}; expected ci, test, tidy, demo, recipe, bench, examples, outside, fuzz, cuda-build or gpu-check"),
+        other => bail!("unknown xtask command {other:?}; expected ci, test, tidy, demo, recipe, bench, examples, outside, fuzz, cuda-build, metal-check or gpu-check"),
     }
 }

@@ -12,7 +12,7 @@
 //! Lines) with invalid UTF-8 when `skip_invalid` is set, else they are an error naming the file
 //! and the byte offset.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, DataError, Result};
@@ -260,11 +260,72 @@ fn open(path: &Path, c: Compression) -> Result<Box<dyn BufRead>> {
             1 << 20,
             flate2::read::MultiGzDecoder::new(BufReader::new(file)),
         )),
-        Compression::Zstd => Box::new(BufReader::with_capacity(
-            1 << 20,
-            zstd::stream::read::Decoder::new(file).map_err(io_err(path))?,
-        )),
+        Compression::Zstd => Box::new(BufReader::with_capacity(1 << 20, zstd_reader(file, path)?)),
     })
+}
+
+/// A Zstandard stream's decoder: the C library's on Linux.
+#[cfg(not(target_vendor = "apple"))]
+fn zstd_reader(file: std::fs::File, path: &Path) -> Result<Box<dyn Read + Send>> {
+    Ok(Box::new(
+        zstd::stream::read::Decoder::new(file).map_err(io_err(path))?,
+    ))
+}
+
+/// A Zstandard stream's decoder: ruzstd's (pure Rust) on Apple targets, where the C library
+/// is not built.
+#[cfg(target_vendor = "apple")]
+fn zstd_reader(file: std::fs::File, path: &Path) -> Result<Box<dyn Read + Send>> {
+    rust_zstd_reader(BufReader::new(file), path)
+}
+
+/// ruzstd's decoder over `source`, frame after frame (a file may hold several concatenated, as
+/// the C library reads them); a damaged frame header names `path`.
+#[cfg_attr(not(any(test, target_vendor = "apple")), allow(dead_code))] // Apple's reader; tested on Linux
+fn rust_zstd_reader<R: BufRead + Send + 'static>(
+    source: R,
+    path: &Path,
+) -> Result<Box<dyn Read + Send>> {
+    Ok(Box::new(ZstdFrames {
+        decoder: Some(zstd_frame(source, path)?),
+        path: path.to_path_buf(),
+    }))
+}
+
+fn zstd_frame<R: Read>(
+    source: R,
+    path: &Path,
+) -> Result<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>> {
+    ruzstd::decoding::StreamingDecoder::new(source).map_err(|e| DataError::Input {
+        path: path.to_path_buf(),
+        problem: format!("not a Zstandard stream: {e}"),
+    })
+}
+
+/// Concatenated Zstandard frames read as one stream.
+struct ZstdFrames<R: BufRead> {
+    decoder: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+    path: PathBuf,
+}
+
+impl<R: BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(d) = self.decoder.as_mut() {
+            let n = d.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // This frame is done: another follows unless the source is at its end.
+            let Some(mut source) = self.decoder.take().map(|d| d.into_inner()) else {
+                break;
+            };
+            if !source.fill_buf()?.is_empty() {
+                let next = zstd_frame(source, &self.path).map_err(std::io::Error::other)?;
+                self.decoder = Some(next);
+            }
+        }
+        Ok(0)
+    }
 }
 
 /// Before a file has shown a blank line, at most this many bytes of it are held as one document;
@@ -476,4 +537,41 @@ pub fn read_all_documents(files: &[InputFile], opts: &ReadOptions) -> Result<Vec
         Ok(())
     })?;
     Ok(docs)
+}
+
+// Needs the C library to write the frames, so not on Apple targets.
+#[cfg(all(test, not(target_vendor = "apple")))]
+mod tests {
+    use super::*;
+
+    /// Apple's Zstandard reader (ruzstd) reads what the C library writes, several frames in a
+    /// row as one stream, and names the file when it is not Zstandard; the C reader reads
+    /// ruzstd's frames.
+    #[test]
+    fn the_pure_rust_zstd_reader_reads_the_c_librarys_frames() {
+        let a: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        let b = b"{\"text\": \"a second frame\"}\n".to_vec();
+        let mut file = zstd::encode_all(&a[..], 3).unwrap();
+        file.extend(zstd::encode_all(&b[..], 19).unwrap());
+        let path = Path::new("corpus.jsonl.zst");
+        let mut out = vec![];
+        rust_zstd_reader(std::io::Cursor::new(file), path)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, [a.clone(), b].concat());
+        let e = rust_zstd_reader(std::io::Cursor::new(b"plain text".to_vec()), path)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .starts_with("corpus.jsonl.zst: not a Zstandard stream"),
+            "{e}"
+        );
+        let theirs =
+            ruzstd::encoding::compress_to_vec(&a[..], ruzstd::encoding::CompressionLevel::Fastest);
+        assert_eq!(zstd::decode_all(&theirs[..]).unwrap(), a);
+    }
 }

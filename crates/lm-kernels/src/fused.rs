@@ -1710,6 +1710,7 @@ impl CustomOp3 for Linear {
             y
         } else if self.prec != MatmulPrecision::F16 && has_avx512f() {
             // The bias is added as each tile is stored.
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
             let mut y = output_buffer(d.rows * d.n_out);
             #[cfg(target_arch = "x86_64")]
             crate::gemm::avx512_f32::gemm_bias(&mut y, xm, wm, dims, b, true);

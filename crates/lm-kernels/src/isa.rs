@@ -91,6 +91,7 @@ pub fn max_isa() -> Isa {
 }
 
 /// Whether the kernels may use `level`'s instructions (the CPU must still have them).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only x86 kernels ask
 pub(crate) fn allows(level: Isa) -> bool {
     max_isa() >= level
 }

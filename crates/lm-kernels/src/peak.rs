@@ -57,6 +57,7 @@ pub fn fma_flops_one_core() -> Option<f64> {
     Some(iters as f64 * 12.0 * 2.0 * lanes / start.elapsed().as_secs_f64())
 }
 
+/// The f32 FMA peak of one core: not measured off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
 pub fn fma_flops_one_core() -> Option<f64> {
     None

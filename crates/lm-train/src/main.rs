@@ -15,6 +15,7 @@ use lm_train::trainer::{score_text, Trainer};
 /// mimalloc instead of glibc's allocator: each training step frees and reallocates ~30 MB of
 /// activations and gradients in blocks of up to a few MB, and with mimalloc the step ran 1–3 ms
 /// faster (fp32 and bf16, interleaved A/B of `lm-bench step`'s loop).
+#[cfg(not(target_vendor = "apple"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -150,6 +150,7 @@ pub(crate) fn round_f16(x: f32) -> f32 {
 /// even, overflow to ±inf, subnormal halves kept — IEEE's conversion, as `round_f16`).
 pub(crate) fn round_f16_slice(src: &[f32], out: &mut [f32]) {
     assert_eq!(src.len(), out.len(), "round_f16_slice: lengths");
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if has_avx512f() {

@@ -175,6 +175,7 @@ fn amx_plain(
 }
 
 fn bf16_kernels() -> Vec<(&'static str, Gemm)> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut v: Vec<(&'static str, Gemm)> = vec![("dispatch", gemm_bf16_into)];
     #[cfg(target_arch = "x86_64")]
     {

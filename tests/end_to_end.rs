@@ -177,3 +177,24 @@ fn tensorboard_events_hold_what_metrics_jsonl_holds() {
         .unwrap();
     assert!(!quiet.join("tb").exists());
 }
+
+/// MFU is stated against a named peak: `train.peak_flops` when set, else the measured peak of
+/// the run's products on its threads; every logged step carries it.
+#[test]
+fn mfu_names_the_peak_it_is_stated_against() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (peak, says) in [
+        (None, "measured"),
+        (Some(2e9), "train.peak_flops (2 GFLOP/s)"),
+    ] {
+        let mut cfg = tiny_config(BUILTIN_SHAKESPEARE, 2);
+        cfg.train.peak_flops = peak;
+        let run = tmp.path().join(format!("run-{}", peak.is_some()));
+        let mut trainer = Trainer::new(cfg, &run, Device::Cpu).unwrap();
+        assert!(trainer.mfu_line().contains(says), "{}", trainer.mfu_line());
+        trainer.train().unwrap();
+        let records = MetricsLog::read(&run.join("metrics.jsonl")).unwrap();
+        let logged: Vec<_> = records.iter().filter(|r| r.val_loss.is_none()).collect();
+        assert!(!logged.is_empty() && logged.iter().all(|r| r.mfu.is_some_and(|m| m > 0.0)));
+    }
+}

@@ -1,12 +1,19 @@
 //! The machine's arithmetic limit, measured: what MFU and kernel efficiency are stated against.
 
+use crate::precision::MatmulPrecision;
+
 /// f32 FMA throughput of one core in a register-only loop (12 independent accumulators, no
 /// memory operands): the arithmetic limit any matmul kernel works against. 512-bit FMA where the
 /// CPU has AVX-512, else 256-bit with AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 pub fn fma_flops_one_core() -> Option<f64> {
+    fma_flops_one_core_for(50_000_000)
+}
+
+/// [`fma_flops_one_core`] over `iters` iterations of 12 FMAs.
+#[cfg(target_arch = "x86_64")]
+fn fma_flops_one_core_for(iters: usize) -> Option<f64> {
     use std::arch::asm;
-    let iters: usize = 50_000_000;
     let zmm = std::arch::is_x86_feature_detected!("avx512f");
     if !zmm && !std::arch::is_x86_feature_detected!("fma") {
         return None;
@@ -71,4 +78,134 @@ pub fn fma_peak() -> Option<f64> {
         h.into_iter().map(|h| h.join().ok().flatten()).collect()
     });
     runs.into_iter().sum()
+}
+
+/// bf16 dot-product throughput of one core with AVX512-BF16: `vdpbf16ps` in a register-only
+/// loop (12 independent accumulators), 64 FLOP per instruction (16 lanes, each two products and
+/// two sums). `None` without AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+fn bf16_dot_flops_one_core(iters: usize) -> Option<f64> {
+    use std::arch::asm;
+    if !crate::gemm::has_avx512_bf16() {
+        return None;
+    }
+    let start = std::time::Instant::now();
+    // SAFETY: the loop touches only the clobbered vector registers and the counter; AVX512-BF16
+    // was checked above.
+    unsafe {
+        asm!(
+            "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2", "vpxord zmm3, zmm3, zmm3", "vpxord zmm4, zmm4, zmm4", "vpxord zmm5, zmm5, zmm5", "vpxord zmm6, zmm6, zmm6", "vpxord zmm7, zmm7, zmm7", "vpxord zmm8, zmm8, zmm8", "vpxord zmm9, zmm9, zmm9", "vpxord zmm10, zmm10, zmm10", "vpxord zmm11, zmm11, zmm11", "vpxord zmm14, zmm14, zmm14", "vpxord zmm15, zmm15, zmm15",
+            "2:",
+            "vdpbf16ps zmm0, zmm14, zmm15", "vdpbf16ps zmm1, zmm14, zmm15",
+            "vdpbf16ps zmm2, zmm14, zmm15", "vdpbf16ps zmm3, zmm14, zmm15",
+            "vdpbf16ps zmm4, zmm14, zmm15", "vdpbf16ps zmm5, zmm14, zmm15",
+            "vdpbf16ps zmm6, zmm14, zmm15", "vdpbf16ps zmm7, zmm14, zmm15",
+            "vdpbf16ps zmm8, zmm14, zmm15", "vdpbf16ps zmm9, zmm14, zmm15",
+            "vdpbf16ps zmm10, zmm14, zmm15", "vdpbf16ps zmm11, zmm14, zmm15",
+            "dec {n}", "jnz 2b",
+            n = inout(reg) iters => _,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+            out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+            out("zmm10") _, out("zmm11") _, out("zmm14") _, out("zmm15") _,
+            options(nostack),
+        );
+    }
+    Some(iters as f64 * 12.0 * 64.0 / start.elapsed().as_secs_f64())
+}
+
+/// The arithmetic peak a run's MFU is stated against: FLOP/s and what they are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peak {
+    /// FLOP/s.
+    pub flops: f64,
+    /// What was measured (or set), for the run's log.
+    pub what: String,
+}
+
+/// Which register-only loop bounds products at `precision` on this CPU: f32 FMA (f32 and f16
+/// products, and bf16 ones on the rounded-f32 fallback), AVX512-BF16's dot product, or none
+/// (AMX's tiles: a tile loop is not built, so no peak is claimed).
+pub fn peak_loop(precision: MatmulPrecision) -> Option<&'static str> {
+    use crate::cpu_kernels::{bf16_matmul_kernel, Bf16Kernel};
+    match (precision, bf16_matmul_kernel()) {
+        (MatmulPrecision::Bf16, Bf16Kernel::Amx) => None,
+        (MatmulPrecision::Bf16, Bf16Kernel::Avx512Bf16) => Some("AVX512-BF16 vdpbf16ps"),
+        _ if crate::gemm::has_avx512f() => Some("AVX-512 f32 FMA"),
+        _ => Some("AVX2 f32 FMA"),
+    }
+}
+
+/// The peak of `threads` cores for products at `precision` on this CPU: [`peak_loop`]'s loop
+/// run on `threads` cores at once (about 20 ms), measured once per process and precision.
+/// `None` off x86-64, without FMA, or for AMX products.
+pub fn cpu_peak(precision: MatmulPrecision, threads: usize) -> Option<Peak> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    type Measured = HashMap<(MatmulPrecision, usize), Option<Peak>>;
+    static MEASURED: Mutex<Option<Measured>> = Mutex::new(None);
+    let mut cache = MEASURED.lock().unwrap_or_else(|e| e.into_inner());
+    cache
+        .get_or_insert_with(HashMap::new)
+        .entry((precision, threads))
+        .or_insert_with(|| measure(precision, threads.max(1)))
+        .clone()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure(precision: MatmulPrecision, threads: usize) -> Option<Peak> {
+    let what = peak_loop(precision)?;
+    let one: fn() -> Option<f64> = if what.starts_with("AVX512-BF16") {
+        || bf16_dot_flops_one_core(4_000_000)
+    } else {
+        || fma_flops_one_core_for(4_000_000)
+    };
+    let runs: Vec<Option<f64>> = std::thread::scope(|s| {
+        let h: Vec<_> = (0..threads).map(|_| s.spawn(one)).collect();
+        h.into_iter().map(|h| h.join().ok().flatten()).collect()
+    });
+    let flops: f64 = runs.into_iter().sum::<Option<f64>>()?;
+    Some(Peak {
+        flops,
+        what: format!(
+            "{what} peak of {threads} cores, measured ({:.0} GFLOP/s)",
+            flops / 1e9
+        ),
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure(_: MatmulPrecision, _: usize) -> Option<Peak> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each precision's peak names the loop that bounds its products on this CPU, is measured
+    /// once (the same value again), and is positive; AMX products claim none.
+    #[test]
+    fn each_precision_has_its_peak_loop() {
+        for p in [
+            MatmulPrecision::Highest,
+            MatmulPrecision::Bf16,
+            MatmulPrecision::F16,
+        ] {
+            let Some(what) = peak_loop(p) else {
+                assert_eq!(
+                    crate::cpu_kernels::bf16_matmul_kernel(),
+                    crate::cpu_kernels::Bf16Kernel::Amx
+                );
+                assert!(cpu_peak(p, 1).is_none());
+                continue;
+            };
+            let bf16_dot = p == MatmulPrecision::Bf16
+                && crate::cpu_kernels::bf16_matmul_kernel()
+                    == crate::cpu_kernels::Bf16Kernel::Avx512Bf16;
+            assert_eq!(what.contains("vdpbf16ps"), bf16_dot, "{p:?}: {what}");
+            let peak = cpu_peak(p, 1).unwrap();
+            assert!(peak.flops > 0.0 && peak.what.starts_with(what), "{peak:?}");
+            assert_eq!(cpu_peak(p, 1), Some(peak));
+        }
+    }
 }

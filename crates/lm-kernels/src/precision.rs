@@ -4,7 +4,7 @@
 /// Precision of the matrix products inside the fused CPU kernels (linear layers, causal
 /// attention) for f32 tensors — PyTorch's `torch.set_float32_matmul_precision`. Passed to each
 /// op when it is built (its backward uses the same).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum MatmulPrecision {
     /// f32 products (the default).
     #[default]

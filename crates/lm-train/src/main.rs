@@ -405,7 +405,7 @@ fn run_trainer(mut trainer: Trainer, quiet: bool, lead: bool) -> anyhow::Result<
                 .matmul_precision
                 .describe_on(trainer.device())
         );
-        out!("{}", trainer.memory_account()?);
+        out!("{}\n{}", trainer.memory_account()?, trainer.mfu_line());
         if let (lm_train::trainer::Work::Finetune(task), RunConfig::Finetune(c)) =
             (trainer.work(), trainer.config())
         {

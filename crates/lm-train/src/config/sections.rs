@@ -111,10 +111,10 @@ pub struct TrainSection {
     /// Tokens over which the batch grows.
     #[serde(default)]
     pub batch_ramp_tokens: f64,
-    /// Peak FLOP/s that MFU is measured against (default: fp32 matmul peak of a 2-core Zen 5
-    /// machine, 250 GFLOP/s).
-    #[serde(default = "default_peak_flops")]
-    pub peak_flops: f64,
+    /// Peak FLOP/s that MFU is measured against; unset, the measured peak of the products'
+    /// precision on the run's CPU threads (none on a GPU, or for AMX products: then no MFU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_flops: Option<f64>,
     /// Matrix products of linear layers and attention.
     #[serde(default = "default_matmul_precision")]
     pub matmul_precision: Precision,
@@ -166,9 +166,6 @@ fn default_on_nonfinite() -> NonFinitePolicy {
 }
 fn default_optimizer() -> OptimizerKind {
     OptimizerKind::Adamw
-}
-fn default_peak_flops() -> f64 {
-    250e9
 }
 fn default_schedule() -> ScheduleKind {
     ScheduleKind::Cosine

@@ -112,7 +112,7 @@ impl Trainer {
             elapsed_s,
             val_loss: None,
             grad_norm: Some(norm),
-            mfu: Some(flops / secs / self.cfg.train().peak_flops),
+            mfu: self.mfu_peak().map(|p| flops / secs / p.flops),
             peak_rss_mib: crate::memory::peak_rss_bytes().map(|b| crate::memory::mib(b as f64)),
             metrics: BTreeMap::new(),
         })?;
@@ -150,6 +150,29 @@ impl Trainer {
             optimizer_state: self.optimizer_state_bytes()? as u64,
             activations,
         })
+    }
+
+    /// The peak this run's MFU is stated against: `train.peak_flops` when set, else on the CPU
+    /// the measured peak of the products' precision on the compute threads
+    /// ([`lm_kernels::peak::cpu_peak`]); `None` (no MFU) on a GPU without `train.peak_flops` and
+    /// for AMX products, whose tile peak is not measured.
+    pub fn mfu_peak(&self) -> Option<lm_kernels::peak::Peak> {
+        if let Some(flops) = self.cfg.train().peak_flops {
+            let what = format!("train.peak_flops ({:.0} GFLOP/s)", flops / 1e9);
+            return Some(lm_kernels::peak::Peak { flops, what });
+        }
+        if !self.device.is_cpu() {
+            return None;
+        }
+        lm_kernels::peak::cpu_peak(self.matmul_precision(), rayon::current_num_threads())
+    }
+
+    /// The run-start line naming what MFU is stated against.
+    pub fn mfu_line(&self) -> String {
+        match self.mfu_peak() {
+            Some(p) => format!("MFU against: {}", p.what),
+            None => "MFU not reported: no measured peak for these products on this device (set train.peak_flops)".into(),
+        }
     }
 
     /// What the run's last [`Trainer::train`] call measured: wall-clock seconds of training so

@@ -7,15 +7,19 @@ use crate::precision::MatmulPrecision;
 /// CPU has AVX-512, else 256-bit with AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 pub fn fma_flops_one_core() -> Option<f64> {
-    fma_flops_one_core_for(50_000_000)
+    fma_flops_one_core_for(50_000_000, std::arch::is_x86_feature_detected!("avx512f"))
 }
 
-/// [`fma_flops_one_core`] over `iters` iterations of 12 FMAs.
+/// [`fma_flops_one_core`] over `iters` iterations of 12 FMAs, 512-bit ones with `zmm` (else
+/// 256-bit); `None` where the CPU lacks them.
 #[cfg(target_arch = "x86_64")]
-fn fma_flops_one_core_for(iters: usize) -> Option<f64> {
+fn fma_flops_one_core_for(iters: usize, zmm: bool) -> Option<f64> {
     use std::arch::asm;
-    let zmm = std::arch::is_x86_feature_detected!("avx512f");
-    if !zmm && !std::arch::is_x86_feature_detected!("fma") {
+    let have = match zmm {
+        true => std::arch::is_x86_feature_detected!("avx512f"),
+        false => std::arch::is_x86_feature_detected!("fma"),
+    };
+    if !have {
         return None;
     }
     let start = std::time::Instant::now();
@@ -154,10 +158,13 @@ pub fn cpu_peak(precision: MatmulPrecision, threads: usize) -> Option<Peak> {
 #[cfg(target_arch = "x86_64")]
 fn measure(precision: MatmulPrecision, threads: usize) -> Option<Peak> {
     let what = peak_loop(precision)?;
+    // The instruction width the products run at (the ISA cap included).
     let one: fn() -> Option<f64> = if what.starts_with("AVX512-BF16") {
         || bf16_dot_flops_one_core(4_000_000)
+    } else if what.starts_with("AVX-512") {
+        || fma_flops_one_core_for(4_000_000, true)
     } else {
-        || fma_flops_one_core_for(4_000_000)
+        || fma_flops_one_core_for(4_000_000, false)
     };
     let runs: Vec<Option<f64>> = std::thread::scope(|s| {
         let h: Vec<_> = (0..threads).map(|_| s.spawn(one)).collect();

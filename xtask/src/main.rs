@@ -69,8 +69,10 @@ fn test() -> Result<()> {
 
 /// Each crate's example a user can copy (the README's crate table links them), built as the
 /// tests build them and run with their defaults.
-const EXAMPLES: [(&str, &str); 5] = [
+const EXAMPLES: [(&str, &str); 7] = [
     ("lm-data", "bytes"),
+    ("lm-kernels", "fused_block"),
+    ("lm-dist", "data_parallel"),
     ("lm-optim", "candle_nn_mlp"),
     ("lm-objectives", "noise"),
     ("lm-models", "generate"),

@@ -51,7 +51,8 @@
 //! The patch is the workspace's candle-core with its grad mode and backward hooks
 //! (`vendor/README.md`); a workspace's `[patch]` does not reach the projects that depend on
 //! it, so a dependent names it in its own manifest.
-//! A program to copy: `examples/allreduce.rs` (run it under `mpirun`).
+//! A program to copy: `examples/data_parallel.rs` (run by `cargo xtask test`); `examples/allreduce.rs`
+//! times the all-reduce under `mpirun`.
 
 mod reduction;
 // With NCCL the ranks reduce on their GPUs; the segment serves CPU ranks of an MPI job.

@@ -53,6 +53,7 @@
 //! The patch is the workspace's candle-core with its grad mode and backward hooks
 //! (`vendor/README.md`); a workspace's `[patch]` does not reach the projects that depend on
 //! it, so a dependent names it in its own manifest.
+//! A program to copy: `examples/fused_block.rs` (run by `cargo xtask test`).
 
 pub mod cpu_kernels;
 pub mod device;

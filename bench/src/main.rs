@@ -8,6 +8,7 @@ use std::time::Instant;
 
 mod data;
 mod ddp;
+mod gemm;
 mod memory;
 mod soak;
 
@@ -505,6 +506,9 @@ fn main() -> Result<()> {
     }
     if want("kernels") {
         gemm_kernels(&mut r)?;
+    }
+    if want("gemm") {
+        gemm::gemm(&mut r)?;
     }
     if args.iter().any(|a| a == "step") {
         // Only the headline figures, for quick before/after comparisons.

@@ -25,6 +25,18 @@ pub fn matmul_slices(
     out
 }
 
+/// [`matmul_slices`] into `out` (`m·n` values, overwritten): for benchmarks that reuse their
+/// output, as a training step reuses its buffers. Panics when a slice's length is not its shape's.
+pub fn matmul_slices_into(
+    prec: MatmulPrecision,
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    dims: (usize, usize, usize),
+) {
+    crate::gemm::matmul_rows(prec, out, a, b, dims);
+}
+
 /// A mask or bias the fused attention kernels read but do not differentiate, as f32 on the host.
 fn host(t: &Tensor) -> Result<Arc<Vec<f32>>> {
     Ok(Arc::new(

@@ -157,6 +157,11 @@ fn cpu_tests() -> Result<()> {
 /// A recipe through `cargo run --release`, cargo's build progress shown (the first build takes
 /// minutes: a silent wait looks like a hang).
 fn recipe(name: &str, extra: &[String]) -> Result<()> {
+    cargo(&recipe_args(name, extra))
+}
+
+/// `cargo run --release -p lm-train -- train --recipe NAME EXTRA…`, not `--quiet`.
+fn recipe_args<'a>(name: &'a str, extra: &'a [String]) -> Vec<&'a str> {
     let mut args = vec![
         "run",
         "--release",
@@ -168,7 +173,26 @@ fn recipe(name: &str, extra: &[String]) -> Result<()> {
         name,
     ];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cargo xtask demo` lets cargo show its build progress (a quiet first build of minutes
+    /// looks like a hang), and passes the recipe and extra arguments on.
+    #[test]
+    fn the_demo_shows_cargos_build_progress() {
+        let extra = vec!["--max-iters".to_string(), "5".to_string()];
+        let args = super::recipe_args("gpt-shakespeare-char", &extra);
+        assert!(
+            !args.contains(&"--quiet") && !args.contains(&"-q"),
+            "{args:?}"
+        );
+        assert_eq!(
+            args[args.len() - 3..],
+            ["gpt-shakespeare-char", "--max-iters", "5"]
+        );
+    }
 }
 
 fn main() -> Result<()> {

@@ -174,7 +174,8 @@ fn measure(precision: MatmulPrecision, threads: usize) -> Option<Peak> {
     Some(Peak {
         flops,
         what: format!(
-            "{what} peak of {threads} cores, measured ({:.0} GFLOP/s)",
+            "{what} peak of {threads} core{}, measured ({:.0} GFLOP/s)",
+            if threads == 1 { "" } else { "s" },
             flops / 1e9
         ),
     })

@@ -226,7 +226,8 @@ pub fn score_choices(
                 })
                 .collect();
             let ids = Tensor::from_vec(ids, (seqs.len(), t), device)?;
-            let logits = m.forward(&ids, ctx)?;
+            // No graph: scoring needs no gradients.
+            let logits = candle_core::recompute::no_grad(|| m.forward(&ids, ctx))?;
             let first: Vec<usize> = seqs
                 .iter()
                 .zip(choices)
@@ -249,7 +250,7 @@ pub fn score_choices(
             let enc: Vec<u32> = (0..rows).flat_map(|_| context.iter().copied()).collect();
             let enc = Tensor::from_vec(enc, (rows, context.len()), device)?;
             let dec = Tensor::from_vec(dec, (rows, longest), device)?;
-            let logits = m.forward(&enc, None, &dec, ctx)?;
+            let logits = candle_core::recompute::no_grad(|| m.forward(&enc, None, &dec, ctx))?;
             gather(&logits, &vec![0; rows], choices)
         }
     }

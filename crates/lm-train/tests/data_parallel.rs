@@ -164,10 +164,13 @@ fn a_killed_rank_stops_the_job_and_the_run_resumes_exactly() {
     let d = tmp.path();
     let cfg = kill_config(d);
     let cfg = cfg.to_str().unwrap();
-    succeeded(
-        &mpirun(&["train", "--config", cfg, "--out", "whole", "--quiet"], d),
-        "whole",
-    );
+    let whole = mpirun(&["train", "--config", cfg, "--out", "whole", "--quiet"], d);
+    succeeded(&whole, "whole");
+    // Run-level lines come from rank 0 alone.
+    let said = String::from_utf8_lossy(&whole.stdout);
+    for line in ["into whole on 2 ranks", " M parameters", "MFU against"] {
+        assert_eq!(said.matches(line).count(), 1, "{line:?} in {said}");
+    }
     let job = mpirun_command(&["train", "--config", cfg, "--out", "killed", "--quiet"], d)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -154,6 +154,19 @@ fn hub_ids_resolve_from_the_local_cache_for_every_command_that_takes_a_model() {
             let text = stdout(sample(id));
             assert!(text.starts_with("ROMEO:") && text.len() > 6, "{text}");
             assert_eq!(text, stdout(sample(files.to_str().unwrap())));
+            // Zero-shot evaluation reads the hub model too (its report printed: no run).
+            let task =
+                "{\"context\": \"First\", \"choices\": [\" Citizen\", \" zz\"], \"label\": 0}";
+            std::fs::write(d.join("mc.jsonl"), task).unwrap();
+            let eval = |m: &str| stdout(with_hub(&["eval", m, "--task", "mc.jsonl"]));
+            let (hub_report, dir_report) = (eval(id), eval(files.to_str().unwrap()));
+            assert!(hub_report.contains("\"items\": 1"), "{hub_report}");
+            let accuracy = |r: &str| {
+                r.lines()
+                    .find(|l| l.contains("\"accuracy\""))
+                    .map(String::from)
+            };
+            assert_eq!(accuracy(&hub_report), accuracy(&dir_report));
         } else {
             assert_one_line_error(&sample(id), "a bert model does not generate");
         }

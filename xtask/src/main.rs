@@ -176,25 +176,6 @@ fn recipe_args<'a>(name: &'a str, extra: &'a [String]) -> Vec<&'a str> {
     args
 }
 
-#[cfg(test)]
-mod tests {
-    /// `cargo xtask demo` lets cargo show its build progress (a quiet first build of minutes
-    /// looks like a hang), and passes the recipe and extra arguments on.
-    #[test]
-    fn the_demo_shows_cargos_build_progress() {
-        let extra = vec!["--max-iters".to_string(), "5".to_string()];
-        let args = super::recipe_args("gpt-shakespeare-char", &extra);
-        assert!(
-            !args.contains(&"--quiet") && !args.contains(&"-q"),
-            "{args:?}"
-        );
-        assert_eq!(
-            args[args.len() - 3..],
-            ["gpt-shakespeare-char", "--max-iters", "5"]
-        );
-    }
-}
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
@@ -237,5 +218,24 @@ fn main() -> Result<()> {
             cargo(&a)
         }
         other => bail!("unknown xtask command {other:?}; expected ci, test, tidy, demo, recipe, bench, examples, outside, fuzz, cuda-build, metal-check or gpu-check"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cargo xtask demo` lets cargo show its build progress (a quiet first build of minutes
+    /// looks like a hang), and passes the recipe and extra arguments on.
+    #[test]
+    fn the_demo_shows_cargos_build_progress() {
+        let extra = vec!["--max-iters".to_string(), "5".to_string()];
+        let args = super::recipe_args("gpt-shakespeare-char", &extra);
+        assert!(
+            !args.contains(&"--quiet") && !args.contains(&"-q"),
+            "{args:?}"
+        );
+        assert_eq!(
+            args[args.len() - 3..],
+            ["gpt-shakespeare-char", "--max-iters", "5"]
+        );
     }
 }

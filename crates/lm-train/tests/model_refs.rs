@@ -107,6 +107,40 @@ fn cache_as_hub(hub: &Path, id: &str, files: &Path) {
     std::fs::write(repo.join("refs/main"), commit).unwrap();
 }
 
+/// `lm-train ARGS` in `d` with `hub` as the Hugging Face cache.
+fn lm_train_with_hub(d: &Path, hub: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lm-train"))
+        .args(args)
+        .current_dir(d)
+        .env("HF_HUB_CACHE", hub)
+        .env_remove("HF_HOME")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Zero-shot evaluation reads hub model `id` as it reads its directory `files` (the report
+/// printed: no run).
+fn eval_from_the_hub(d: &Path, hub: &Path, id: &str, files: &Path) {
+    let with_hub = |args: &[&str]| lm_train_with_hub(d, hub, args);
+    // Zero-shot evaluation reads the hub model too (its report printed: no run).
+    let task = "{\"context\": \"First\", \"choices\": [\" Citizen\", \" zz\"], \"label\": 0}";
+    std::fs::write(d.join("mc.jsonl"), task).unwrap();
+    let eval = |m: &str| stdout(with_hub(&["eval", m, "--task", "mc.jsonl"]));
+    let (hub_report, dir_report) = (eval(id), eval(files.to_str().unwrap()));
+    assert!(hub_report.contains("\"items\": 1"), "{hub_report}");
+    let accuracy = |r: &str| {
+        r.lines()
+            .find(|l| l.contains("\"accuracy\""))
+            .map(String::from)
+    };
+    assert_eq!(accuracy(&hub_report), accuracy(&dir_report));
+}
+
 /// A hub id resolves from the local cache (HF_HUB_CACHE) wherever a model is taken: `score`,
 /// `embed`, `sample`, `finetune.init` and `tokenizer_file` read the snapshot as they read the
 /// directory; `eval` (without `--task`) and `predict` resolve it and say it is not a run; a model not in the cache
@@ -117,19 +151,7 @@ fn hub_ids_resolve_from_the_local_cache_for_every_command_that_takes_a_model() {
     let d = tmp.path();
     std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..30_000]).unwrap();
     let hub = d.join("hub");
-    let with_hub = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_lm-train"))
-            .args(args)
-            .current_dir(d)
-            .env("HF_HUB_CACHE", &hub)
-            .env_remove("HF_HOME")
-            .output()
-            .unwrap()
-    };
-    let stdout = |o: Output| {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let with_hub = |args: &[&str]| lm_train_with_hub(d, &hub, args);
     for (recipe, verb, id) in [
         ("gpt-shakespeare-bpe", "score", "lm-train-tests/tiny-gpt"),
         ("bert-mlm-nsp", "embed", "lm-train-tests/tiny-bert"),
@@ -154,19 +176,7 @@ fn hub_ids_resolve_from_the_local_cache_for_every_command_that_takes_a_model() {
             let text = stdout(sample(id));
             assert!(text.starts_with("ROMEO:") && text.len() > 6, "{text}");
             assert_eq!(text, stdout(sample(files.to_str().unwrap())));
-            // Zero-shot evaluation reads the hub model too (its report printed: no run).
-            let task =
-                "{\"context\": \"First\", \"choices\": [\" Citizen\", \" zz\"], \"label\": 0}";
-            std::fs::write(d.join("mc.jsonl"), task).unwrap();
-            let eval = |m: &str| stdout(with_hub(&["eval", m, "--task", "mc.jsonl"]));
-            let (hub_report, dir_report) = (eval(id), eval(files.to_str().unwrap()));
-            assert!(hub_report.contains("\"items\": 1"), "{hub_report}");
-            let accuracy = |r: &str| {
-                r.lines()
-                    .find(|l| l.contains("\"accuracy\""))
-                    .map(String::from)
-            };
-            assert_eq!(accuracy(&hub_report), accuracy(&dir_report));
+            eval_from_the_hub(d, &hub, id, &files);
         } else {
             assert_one_line_error(&sample(id), "a bert model does not generate");
         }

@@ -21,6 +21,10 @@ fn main() -> anyhow::Result<()> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let bigram = candle_nn::embedding(8, 8, vb.pp("bigram"))?;
+    // Seeded values (lm-optim's keyed initializer), so every run prints the same losses.
+    for (name, var) in varmap.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter() {
+        var.set(&lm_optim::init::normal(var.shape().clone(), 1.0, 7, name, DType::F32, &dev)?)?;
+    }
     let cfg = CandleNnConfig { optimizer: AdamConfig::adamw(), lr: 0.1, weight_decay: 0.0 };
     let mut opt = CandleNn::<Adam>::from_varmap(&varmap, cfg)?;
 

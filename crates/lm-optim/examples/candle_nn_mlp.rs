@@ -9,12 +9,37 @@ use candle_nn::{Module, Optimizer as _, VarBuilder, VarMap};
 use lm_optim::candle_nn_bridge::{CandleNn, CandleNnConfig};
 use lm_optim::{Adam, AdamConfig, Schedule};
 
+/// Seeded initial values (lm-optim's keyed initializer: each tensor's values depend only on the
+/// seed and its name), so every run prints the same losses: weights N(0, 1/fan_in), biases 0.
+fn seed_values(varmap: &VarMap) -> anyhow::Result<()> {
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a poisoned VarMap"))?;
+    for (name, var) in vars.iter() {
+        let values = match var.dims() {
+            [_, fan_in] => lm_optim::init::normal(
+                var.shape().clone(),
+                (*fan_in as f64).powf(-0.5),
+                7,
+                name,
+                DType::F32,
+                var.device(),
+            )?,
+            _ => var.zeros_like()?,
+        };
+        var.set(&values)?;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let hidden = candle_nn::linear(1, 32, vb.pp("hidden"))?;
     let out = candle_nn::linear(32, 1, vb.pp("out"))?;
+    seed_values(&varmap)?;
     let model =
         |x: &Tensor| -> candle_core::Result<Tensor> { out.forward(&hidden.forward(x)?.tanh()?) };
 

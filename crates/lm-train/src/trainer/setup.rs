@@ -85,9 +85,15 @@ fn trained_tokenizer(
 ) -> Result<TextTokenizer> {
     let inputs = &corpus.inputs;
     let (kind, vocab) = (cfg.data.tokenizer, cfg.data.vocab_size.unwrap_or(2000));
+    // Where the training pipeline changed after caches were written: Unigram tokenizers gained
+    // T5's whitespace normalizer (2026-12-07), so those cached before are not reused.
+    let pipeline = match kind {
+        TokenizerKind::Unigram => "\nnormalizer: t5 whitespace",
+        _ => "",
+    };
     let key = lm_data::sha256_hex(
         format!(
-            "{}\n{}\n{kind}\n{vocab}\n{}\n{TOKENIZER_SAMPLE_BYTES}",
+            "{}\n{}\n{kind}\n{vocab}\n{}\n{TOKENIZER_SAMPLE_BYTES}{pipeline}",
             corpus.hash,
             cfg.model.family,
             cfg.data.val_fraction()

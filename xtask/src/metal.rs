@@ -34,9 +34,15 @@ pub fn metal_check() -> Result<()> {
         eprintln!(
             "metal-check: installing the {TARGET} standard library (rustup target add {TARGET})"
         );
-        let added = Command::new("rustup")
-            .args(["target", "add", TARGET])
-            .status();
+        // Bounded: a machine whose network does not reach rustup's server skips, not hangs.
+        let added = Command::new("timeout")
+            .args(["300", "rustup", "target", "add", TARGET])
+            .status()
+            .or_else(|_| {
+                Command::new("rustup")
+                    .args(["target", "add", TARGET])
+                    .status()
+            });
         if !added.is_ok_and(|s| s.success()) {
             println!("metal-check: skipped: the {TARGET} standard library could not be installed here (rustup target add {TARGET} failed); nothing was type-checked for Apple silicon");
             return Ok(());

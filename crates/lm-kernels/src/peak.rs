@@ -186,6 +186,45 @@ fn measure(_: MatmulPrecision, _: usize) -> Option<Peak> {
     None
 }
 
+/// Dense bf16 tensor-core peaks (FLOP/s, without sparsity) of NVIDIA data-center GPUs, from
+/// NVIDIA's data sheets, by a part of the device name; the more specific names first.
+const GPU_BF16_PEAKS: [(&str, f64); 10] = [
+    ("GH200", 989e12),
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+];
+
+/// The dense bf16 peak of the GPU called `name` (as the driver names it, e.g. "NVIDIA H100
+/// 80GB HBM3"), from [`GPU_BF16_PEAKS`]; `None` for a GPU not in the table.
+pub fn gpu_bf16_peak(name: &str) -> Option<Peak> {
+    let (k, flops) = GPU_BF16_PEAKS.into_iter().find(|(k, _)| name.contains(k))?;
+    Some(Peak {
+        flops,
+        what: format!(
+            "dense bf16 peak of {name} ({k}: {:.0} TFLOP/s, data sheet)",
+            flops / 1e12
+        ),
+    })
+}
+
+/// The driver's name of a CUDA device; `None` for any other device or where the driver does
+/// not answer.
+pub fn gpu_name(device: &candle_core::Device) -> Option<String> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        return d.cuda_stream().context().name().ok();
+    }
+    let _ = device;
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +254,27 @@ mod tests {
             assert!(peak.flops > 0.0 && peak.what.starts_with(what), "{peak:?}");
             assert_eq!(cpu_peak(p, 1), Some(peak));
         }
+    }
+
+    /// Data-center GPUs by the names their drivers report, the more specific name winning.
+    #[test]
+    fn gpu_peaks_by_device_name() {
+        let tf = |n: &str| gpu_bf16_peak(n).map(|p| p.flops / 1e12);
+        assert_eq!(tf("NVIDIA H100 80GB HBM3"), Some(989.0));
+        assert_eq!(tf("NVIDIA H100 PCIe"), Some(756.0));
+        assert_eq!(tf("NVIDIA H100 NVL"), Some(835.0));
+        assert_eq!(tf("NVIDIA H200"), Some(989.0));
+        assert_eq!(tf("NVIDIA H200 NVL"), Some(835.0));
+        assert_eq!(tf("NVIDIA GH200 480GB"), Some(989.0));
+        assert_eq!(tf("NVIDIA A100-SXM4-80GB"), Some(312.0));
+        assert_eq!(tf("NVIDIA L40S"), Some(362.0));
+        assert_eq!(tf("NVIDIA L4"), Some(121.0));
+        assert_eq!(tf("NVIDIA A10"), Some(125.0));
+        assert_eq!(tf("Tesla V100-SXM2-16GB"), None);
+        assert!(gpu_bf16_peak("NVIDIA H100 PCIe")
+            .unwrap()
+            .what
+            .contains("H100 PCIe"));
+        assert_eq!(gpu_name(&candle_core::Device::Cpu), None);
     }
 }

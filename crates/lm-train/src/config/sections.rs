@@ -112,7 +112,8 @@ pub struct TrainSection {
     #[serde(default)]
     pub batch_ramp_tokens: f64,
     /// Peak FLOP/s that MFU is measured against; unset, the measured peak of the products'
-    /// precision on the run's CPU threads (none on a GPU, or for AMX products: then no MFU).
+    /// precision on the run's CPU threads, or a CUDA GPU's data-sheet bf16 peak (none for AMX
+    /// products or other GPUs: then no MFU).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_flops: Option<f64>,
     /// Matrix products of linear layers and attention.

@@ -154,15 +154,18 @@ impl Trainer {
 
     /// The peak this run's MFU is stated against: `train.peak_flops` when set, else on the CPU
     /// the measured peak of the products' precision on the compute threads
-    /// ([`lm_kernels::peak::cpu_peak`]); `None` (no MFU) on a GPU without `train.peak_flops` and
-    /// for AMX products, whose tile peak is not measured.
+    /// ([`lm_kernels::peak::cpu_peak`]), on a GPU with bf16 products its data-sheet dense bf16
+    /// peak by name ([`lm_kernels::peak::gpu_bf16_peak`]); `None` (no MFU) for AMX products,
+    /// whose tile peak is not measured, and for other GPUs or precisions.
     pub fn mfu_peak(&self) -> Option<lm_kernels::peak::Peak> {
         if let Some(flops) = self.cfg.train().peak_flops {
             let what = format!("train.peak_flops ({:.0} GFLOP/s)", flops / 1e9);
             return Some(lm_kernels::peak::Peak { flops, what });
         }
         if !self.device.is_cpu() {
-            return None;
+            let bf16 = self.matmul_precision() == MatmulPrecision::Bf16;
+            let name = lm_kernels::peak::gpu_name(&self.device).filter(|_| bf16)?;
+            return lm_kernels::peak::gpu_bf16_peak(&name);
         }
         lm_kernels::peak::cpu_peak(self.matmul_precision(), rayon::current_num_threads())
     }

@@ -2,6 +2,31 @@
 
 use crate::precision::MatmulPrecision;
 
+/// `iters` times twelve independent `op zmmI, zmm14, zmm15` (I = 0‥11) on registers zeroed
+/// first (no denormal operands, which take microcode assists): a register-only loop at the
+/// instruction's throughput. Only inside `unsafe`, with the instruction set checked.
+#[cfg(target_arch = "x86_64")]
+macro_rules! zmm_loop {
+    ($op:literal, $iters:expr) => {
+        std::arch::asm!(
+            "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2", "vpxord zmm3, zmm3, zmm3", "vpxord zmm4, zmm4, zmm4", "vpxord zmm5, zmm5, zmm5", "vpxord zmm6, zmm6, zmm6", "vpxord zmm7, zmm7, zmm7", "vpxord zmm8, zmm8, zmm8", "vpxord zmm9, zmm9, zmm9", "vpxord zmm10, zmm10, zmm10", "vpxord zmm11, zmm11, zmm11", "vpxord zmm14, zmm14, zmm14", "vpxord zmm15, zmm15, zmm15",
+            "2:",
+            concat!($op, " zmm0, zmm14, zmm15"), concat!($op, " zmm1, zmm14, zmm15"),
+            concat!($op, " zmm2, zmm14, zmm15"), concat!($op, " zmm3, zmm14, zmm15"),
+            concat!($op, " zmm4, zmm14, zmm15"), concat!($op, " zmm5, zmm14, zmm15"),
+            concat!($op, " zmm6, zmm14, zmm15"), concat!($op, " zmm7, zmm14, zmm15"),
+            concat!($op, " zmm8, zmm14, zmm15"), concat!($op, " zmm9, zmm14, zmm15"),
+            concat!($op, " zmm10, zmm14, zmm15"), concat!($op, " zmm11, zmm14, zmm15"),
+            "dec {n}", "jnz 2b",
+            n = inout(reg) $iters => _,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+            out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+            out("zmm10") _, out("zmm11") _, out("zmm14") _, out("zmm15") _,
+            options(nostack),
+        )
+    };
+}
+
 /// f32 FMA throughput of one core in a register-only loop (12 independent accumulators, no
 /// memory operands): the arithmetic limit any matmul kernel works against. 512-bit FMA where the
 /// CPU has AVX-512, else 256-bit with AVX2 + FMA.
@@ -27,23 +52,7 @@ fn fma_flops_one_core_for(iters: usize, zmm: bool) -> Option<f64> {
     // instruction set was checked above.
     unsafe {
         if zmm {
-            // Zeros throughout: no denormal operands (which take microcode assists).
-            asm!(
-                "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2", "vpxord zmm3, zmm3, zmm3", "vpxord zmm4, zmm4, zmm4", "vpxord zmm5, zmm5, zmm5", "vpxord zmm6, zmm6, zmm6", "vpxord zmm7, zmm7, zmm7", "vpxord zmm8, zmm8, zmm8", "vpxord zmm9, zmm9, zmm9", "vpxord zmm10, zmm10, zmm10", "vpxord zmm11, zmm11, zmm11", "vpxord zmm14, zmm14, zmm14", "vpxord zmm15, zmm15, zmm15",
-                "2:",
-                "vfmadd231ps zmm0, zmm14, zmm15", "vfmadd231ps zmm1, zmm14, zmm15",
-                "vfmadd231ps zmm2, zmm14, zmm15", "vfmadd231ps zmm3, zmm14, zmm15",
-                "vfmadd231ps zmm4, zmm14, zmm15", "vfmadd231ps zmm5, zmm14, zmm15",
-                "vfmadd231ps zmm6, zmm14, zmm15", "vfmadd231ps zmm7, zmm14, zmm15",
-                "vfmadd231ps zmm8, zmm14, zmm15", "vfmadd231ps zmm9, zmm14, zmm15",
-                "vfmadd231ps zmm10, zmm14, zmm15", "vfmadd231ps zmm11, zmm14, zmm15",
-                "dec {n}", "jnz 2b",
-                n = inout(reg) iters => _,
-                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-                out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
-                out("zmm10") _, out("zmm11") _, out("zmm14") _, out("zmm15") _,
-                options(nostack),
-            );
+            zmm_loop!("vfmadd231ps", iters);
         } else {
             // Zeros throughout: no denormal operands (which take microcode assists).
             asm!(
@@ -89,7 +98,6 @@ pub fn fma_peak() -> Option<f64> {
 /// two sums). `None` without AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 fn bf16_dot_flops_one_core(iters: usize) -> Option<f64> {
-    use std::arch::asm;
     if !crate::gemm::has_avx512_bf16() {
         return None;
     }
@@ -97,22 +105,7 @@ fn bf16_dot_flops_one_core(iters: usize) -> Option<f64> {
     // SAFETY: the loop touches only the clobbered vector registers and the counter; AVX512-BF16
     // was checked above.
     unsafe {
-        asm!(
-            "vpxord zmm0, zmm0, zmm0", "vpxord zmm1, zmm1, zmm1", "vpxord zmm2, zmm2, zmm2", "vpxord zmm3, zmm3, zmm3", "vpxord zmm4, zmm4, zmm4", "vpxord zmm5, zmm5, zmm5", "vpxord zmm6, zmm6, zmm6", "vpxord zmm7, zmm7, zmm7", "vpxord zmm8, zmm8, zmm8", "vpxord zmm9, zmm9, zmm9", "vpxord zmm10, zmm10, zmm10", "vpxord zmm11, zmm11, zmm11", "vpxord zmm14, zmm14, zmm14", "vpxord zmm15, zmm15, zmm15",
-            "2:",
-            "vdpbf16ps zmm0, zmm14, zmm15", "vdpbf16ps zmm1, zmm14, zmm15",
-            "vdpbf16ps zmm2, zmm14, zmm15", "vdpbf16ps zmm3, zmm14, zmm15",
-            "vdpbf16ps zmm4, zmm14, zmm15", "vdpbf16ps zmm5, zmm14, zmm15",
-            "vdpbf16ps zmm6, zmm14, zmm15", "vdpbf16ps zmm7, zmm14, zmm15",
-            "vdpbf16ps zmm8, zmm14, zmm15", "vdpbf16ps zmm9, zmm14, zmm15",
-            "vdpbf16ps zmm10, zmm14, zmm15", "vdpbf16ps zmm11, zmm14, zmm15",
-            "dec {n}", "jnz 2b",
-            n = inout(reg) iters => _,
-            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-            out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
-            out("zmm10") _, out("zmm11") _, out("zmm14") _, out("zmm15") _,
-            options(nostack),
-        );
+        zmm_loop!("vdpbf16ps", iters);
     }
     Some(iters as f64 * 12.0 * 64.0 / start.elapsed().as_secs_f64())
 }

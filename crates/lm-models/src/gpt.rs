@@ -640,6 +640,11 @@ impl Gpt {
             })
             .collect();
         let mut out: Vec<Vec<u32>> = vec![vec![]; rows];
+        // Each row as transformers' processors see it (left padding, prompt, new tokens).
+        let mut history = feed.clone();
+        let gens: Vec<GenerationConfig> = (prompts.iter())
+            .map(|p| self.generation_config(max_new_tokens, p.len()))
+            .collect();
         let mut cache = KvCache::new();
         let result = (|| -> Result<()> {
             for step in 0..max_new_tokens {
@@ -658,15 +663,10 @@ impl Gpt {
                 for r in 0..rows {
                     let mut last: Vec<f32> =
                         logits.get(r)?.get(t - 1)?.to_dtype(DType::F32)?.to_vec1()?;
-                    // As transformers sees the row: left padding, prompt, new tokens.
-                    let history: Vec<u32> = std::iter::repeat_n(pad, longest - prompts[r].len())
-                        .chain(prompts[r].iter().copied())
-                        .chain(out[r].iter().copied())
-                        .collect();
-                    self.generation_config(max_new_tokens, prompts[r].len())
-                        .process(&mut last, &history, step);
+                    gens[r].process(&mut last, &history[r], step);
                     let next = sampling.sample(&last, rng);
                     out[r].push(next);
+                    history[r].push(next);
                     feed[r] = vec![next];
                     positions[r] = vec![next_pos[r]];
                     next_pos[r] += 1;

@@ -317,10 +317,16 @@ fn argmax(v: impl Iterator<Item = f64>) -> usize {
     best.0
 }
 
-/// Scores every item of `task` with `model`, a progress bar on the terminal.
-pub fn evaluate(model: &Path, task: &Path, format: TaskFormat, device: &Device) -> Result<Report> {
+/// Scores every item of `task` with the model `model` names (resolved as `reference`), a
+/// progress bar on the terminal.
+pub fn evaluate(
+    (model, reference): (&Path, &ModelRef),
+    task: &Path,
+    format: TaskFormat,
+    device: &Device,
+) -> Result<Report> {
     let items = read_task(task, format)?;
-    let (scorer, tokenizer) = load(&ModelRef::parse(model)?, device)?;
+    let (scorer, tokenizer) = load(reference, device)?;
     let seq2seq = matches!(scorer, Scorer::Seq2Seq(_));
     let bar = indicatif::ProgressBar::new(items.len() as u64);
     let (mut right, mut right_norm, mut loglik) = (0usize, 0usize, 0.0);
@@ -369,13 +375,11 @@ pub fn evaluate(model: &Path, task: &Path, format: TaskFormat, device: &Device) 
 /// Where a report goes: `RUN/eval-<task>.json` for a run or one of its checkpoints (written
 /// atomically; `results.json` is never touched), `None` for a HuggingFace directory or hub
 /// model, whose report is printed instead.
-pub fn report_path(model: &Path, task: &Path) -> Result<Option<PathBuf>> {
+pub fn report_path(model: &ModelRef, task: &Path) -> Option<PathBuf> {
     let stem = task
         .file_stem()
         .map_or("task".into(), |s| s.to_string_lossy().into_owned());
-    Ok(ModelRef::parse(model)?
-        .run()
-        .map(|run| run.join(format!("eval-{stem}.json"))))
+    model.run().map(|run| run.join(format!("eval-{stem}.json")))
 }
 
 /// The format a task file's first item has: `endings` (HellaSwag), `choices` (generic), or only
@@ -412,7 +416,8 @@ pub fn run_task(
         Some(f) => f,
         None => detect_format(task)?,
     };
-    let report = evaluate(model, task, format, device)?;
+    let reference = ModelRef::parse(model)?;
+    let report = evaluate((model, &reference), task, format, device)?;
     let json = serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
     let mut lines = vec![format!(
         "{}: {} items, accuracy {:.4} ± {:.4}{}",
@@ -427,7 +432,7 @@ pub fn run_task(
                 ", length-normalized {a:.4} ± {e:.4}"
             ))
     )];
-    match report_path(model, task)? {
+    match report_path(&reference, task) {
         Some(path) => match crate::checkpoint::write_atomic(&path, json.as_bytes()) {
             Ok(()) => lines.push(format!("written to {}", path.display())),
             Err(e) => lines.extend([format!("not written ({e}):"), json]),

@@ -21,7 +21,6 @@ const LIMITS: [&str; 3] = [
 struct Outcome {
     target: String,
     runs: u64,
-    seconds: u64,
     finding: Option<String>,
 }
 
@@ -84,7 +83,6 @@ fn run_one(fuzz: &Path, seeds: &Path, target: &str, seconds: u64, log: &Path) ->
     Ok(Outcome {
         target: target.into(),
         runs: stat("stat::number_of_executed_units").unwrap_or(0),
-        seconds,
         finding,
     })
 }
@@ -150,9 +148,9 @@ pub fn fuzz(root: &Path, args: &[String]) -> Result<()> {
         println!(
             "| {} | {} | {} | {} | {} |",
             o.target,
-            o.seconds,
+            seconds,
             o.runs,
-            o.runs / o.seconds.max(1),
+            o.runs / seconds.max(1),
             o.finding.as_deref().unwrap_or("none")
         );
     }

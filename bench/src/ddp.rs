@@ -6,9 +6,10 @@
 //! after the whole pass instead, `LM_BENCH_REDUCE=none` not at all (each rank steps on its own
 //! gradients: the step without communication, the floor). Compare 2 ranks with 1 process at the
 //! same per-rank batch and threads (`RAYON_NUM_THREADS=1`): the ratio is what the reduction
-//! costs the step. `LM_BENCH_ZERO=1|2` shards the optimizer state (and the gradients) as
-//! `train.zero_stage` does; every rank then prints what it holds between steps — parameters,
-//! the gradients it keeps, its optimizer state — and its peak resident set.
+//! costs the step. `LM_BENCH_ZERO=1|2|3` shards the optimizer state (and the gradients, and
+//! the parameters between steps) as `train.zero_stage` does; every rank then prints what it
+//! holds between steps — parameters, the gradients it keeps, its optimizer state — and its peak
+//! resident set. At stage 3 the step includes gathering the parameters before the forward pass.
 
 use std::sync::Arc;
 
@@ -38,7 +39,8 @@ pub fn gpt2_ddp(args: &[String]) -> Result<()> {
         Err(_) | Ok("0") => ZeroStage::Replicated,
         Ok("1") => ZeroStage::OptimizerState,
         Ok("2") => ZeroStage::Gradients,
-        Ok(other) => anyhow::bail!("LM_BENCH_ZERO={other:?}: expected 0, 1 or 2"),
+        Ok("3") => ZeroStage::Parameters,
+        Ok(other) => anyhow::bail!("LM_BENCH_ZERO={other:?}: expected 0, 1, 2 or 3"),
     };
     let strategy = Strategy::new(comm.clone(), stage, &sizes);
     strategy.broadcast_parameters(&vars)?;
@@ -49,7 +51,7 @@ pub fn gpt2_ddp(args: &[String]) -> Result<()> {
         .filter(|(_, v)| owned.contains(&v.as_tensor().id()))
         .collect();
     let mut opt = Adam::new(vec![ParamGroup::new("all", mine, 0.1)], AdamConfig::adamw())?;
-    let mut grads_held = 0;
+    let (mut grads_held, mut params_held) = (0, 0);
     // Each rank its own rows (tokens drawn below a vocabulary one smaller per rank).
     let (x, y) = super::random_batch(cfg.vocab_size - comm.rank(), batch, t, &Device::Cpu)?;
     let ctx = StepContext::train(MatmulPrecision::Highest, 0, 0);
@@ -57,6 +59,7 @@ pub fn gpt2_ddp(args: &[String]) -> Result<()> {
     for _ in 0..steps {
         strategy.barrier()?;
         let start = std::time::Instant::now();
+        strategy.gather_parameters(&vars)?;
         let logits = model.forward(&x, &ctx)?;
         let loss = cross_entropy(&logits, &y, &CrossEntropy::default())?;
         let loss = (loss / comm.world_size() as f64)?;
@@ -86,15 +89,23 @@ pub fn gpt2_ddp(args: &[String]) -> Result<()> {
             .filter_map(|v| grads.get(v.as_tensor()))
             .map(|g| g.elem_count() * 4)
             .sum::<usize>();
+        params_held = match strategy.parameters_sharded() {
+            true => vars
+                .iter()
+                .filter(|v| owned.contains(&v.as_tensor().id()))
+                .map(|v| v.elem_count() * 4)
+                .sum(),
+            false => vars.iter().map(|v| v.elem_count() * 4).sum::<usize>(),
+        };
     }
     // Read before the check below, which copies every parameter twice.
     let peak = lm_train::memory::peak_rss_bytes().map_or(f64::NAN, |b| b as f64);
+    strategy.gather_parameters(&vars)?;
     if mode != "none" && strategy.ranks_differing(&vars)? != 0 {
         anyhow::bail!("the ranks' parameters differ after {steps} steps");
     }
     times.sort_by(f64::total_cmp);
-    let params = vars.iter().map(|v| v.elem_count() * 4).sum::<usize>();
-    let held = [params, grads_held, lm_optim::state_bytes(&opt)?];
+    let held = [params_held, grads_held, lm_optim::state_bytes(&opt)?];
     print_holdings(comm.rank(), stage, held, peak);
     if comm.rank() == 0 {
         println!(

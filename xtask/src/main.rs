@@ -145,7 +145,7 @@ fn cpu_tests() -> Result<()> {
             "skipped: lm-train's data_parallel tests (two_ranks_of_six_equal_one_process_of_twelve, \
              a_killed_rank_stops_the_job_and_the_run_resumes_exactly, \
              zero_1_shards_the_optimizer_state_and_still_equals_one_process, \
-             zero_2_equals_one_process_for_gpt_and_t5_with_clipping, \
+             zero_2_and_3_equal_one_process_for_gpt_and_t5_with_clipping, \
              a_signal_to_mpirun_or_to_one_rank_stops_every_rank_with_one_checkpoint, \
              a_run_resumes_on_another_number_of_ranks_keeping_its_global_batch): \
              mpirun not found; install with `apt-get install libopenmpi-dev openmpi-bin libclang-dev`"

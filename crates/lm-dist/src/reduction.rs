@@ -2,7 +2,7 @@
 //! gradient becomes final (PyTorch DDP's bucket hooks; candle's
 //! `Tensor::backward_freeing_graph_with` announces them): a bucket is reduced once it holds
 //! [`BUCKET`] values, while the pass computes the gradients of earlier layers, instead of all of
-//! them after the pass. With ZeRO-2 each bucket is reduced to the parameters' owners only
+//! them after the pass. With ZeRO-2 (and 3) each bucket is reduced to the parameters' owners only
 //! (a reduce-scatter at parameter granularity), and the other ranks free those gradients at once,
 //! so no rank holds more than its share plus one bucket of reduced gradients.
 
@@ -22,8 +22,11 @@ pub const BUCKET: usize = 1 << 22;
 /// the same parameters in the same order (the same graph gives the same order).
 pub struct GradientReduction<'s> {
     comm: &'s dyn Collective,
-    /// With ZeRO-2, the owning rank of each parameter, to which its gradient is reduced.
+    /// With ZeRO-2 and 3, the owning rank of each parameter, to which its gradient is reduced.
     reduce_to_owners: Option<&'s [usize]>,
+    /// ZeRO-3: the other ranks free a parameter too once its gradient is reduced (nothing reads
+    /// it again this step; its owner updates it).
+    free_parameters: bool,
     vars: &'s [Var],
     position: HashMap<TensorId, usize>,
     reduced: Vec<bool>,
@@ -38,12 +41,14 @@ impl<'s> GradientReduction<'s> {
     pub(crate) fn new(
         comm: &'s dyn Collective,
         reduce_to_owners: Option<&'s [usize]>,
+        free_parameters: bool,
         vars: &'s [Var],
         carried: Option<GradStore>,
     ) -> Self {
         Self {
             comm,
             reduce_to_owners,
+            free_parameters,
             vars,
             position: vars
                 .iter()
@@ -127,6 +132,9 @@ impl<'s> GradientReduction<'s> {
                     } else {
                         for &i in &part {
                             grads.remove(self.vars[i].as_tensor());
+                            if self.free_parameters {
+                                self.vars[i].release()?;
+                            }
                         }
                     }
                 }

@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
@@ -14,8 +15,7 @@ use candle_core::{DType, Device, Tensor, TensorId, Var};
 use crate::reduction::GradientReduction;
 use crate::{Collective, Result, SingleProcess};
 
-/// How the optimizer state and the gradients are placed (ZeRO's stages; stage 3, sharded
-/// parameters, is not built).
+/// How the optimizer state, the gradients and the parameters are placed (ZeRO's stages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parallelism {
     /// One process.
@@ -29,6 +29,12 @@ pub enum Parallelism {
     /// ZeRO stage 2: as stage 1, but each gradient is reduced to its owner only and dropped by
     /// the other ranks as soon as its bucket is reduced.
     Zero2,
+    /// ZeRO stage 3: as stage 2, and between steps each rank holds only the parameters it owns.
+    /// They are gathered (broadcast by their owners) before they are next read — a step's
+    /// forward pass, an evaluation, a checkpoint — and each is freed again by the ranks that do
+    /// not own it as soon as its gradient is reduced during backward. An owner updates its
+    /// parameters and sends nothing after the step.
+    Zero3,
 }
 
 /// The ZeRO stage a run asks for; on one process every stage is [`Parallelism::Single`].
@@ -41,14 +47,19 @@ pub enum ZeroStage {
     OptimizerState,
     /// Stage 2: the optimizer state and the gradients sharded.
     Gradients,
+    /// Stage 3: the parameters sharded too (between uses).
+    Parameters,
 }
 
 /// A data-parallel strategy over a collective and a model's parameters (in a fixed order).
 pub struct Strategy {
     comm: Arc<dyn Collective>,
     kind: Parallelism,
-    /// With ZeRO (stage 1 or 2), the owning rank of each parameter.
+    /// With ZeRO (stage 1, 2 or 3), the owning rank of each parameter.
     owners: Option<Vec<usize>>,
+    /// ZeRO-3: whether this rank holds every parameter now (false once they are freed, until
+    /// the next gather). Every rank passes the same calls, so the flag agrees across them.
+    gathered: AtomicBool,
 }
 
 impl std::fmt::Debug for Strategy {
@@ -74,12 +85,14 @@ impl Strategy {
             comm: Arc::new(SingleProcess),
             kind: Parallelism::Single,
             owners: None,
+            gathered: AtomicBool::new(true),
         }
     }
 
     /// The strategy for `comm`'s world over parameters of `sizes` values each at ZeRO `stage`:
-    /// DDP, or ZeRO-1/2 with each parameter owned by the rank holding the fewest values so far
-    /// (so the shares are balanced within one parameter); one process for a world of 1.
+    /// DDP, or ZeRO-1/2/3 with each parameter owned by the rank holding the fewest values so
+    /// far (so the shares are balanced within one parameter); one process for a world of 1. The
+    /// parameters are taken to be whole on every rank now.
     pub fn new(comm: Arc<dyn Collective>, stage: ZeroStage, sizes: &[usize]) -> Self {
         let world = comm.world_size();
         let kind = match (world, stage) {
@@ -87,10 +100,19 @@ impl Strategy {
             (_, ZeroStage::Replicated) => Parallelism::Ddp,
             (_, ZeroStage::OptimizerState) => Parallelism::Zero1,
             (_, ZeroStage::Gradients) => Parallelism::Zero2,
+            (_, ZeroStage::Parameters) => Parallelism::Zero3,
         };
-        let owners = matches!(kind, Parallelism::Zero1 | Parallelism::Zero2)
-            .then(|| shard_owners(sizes, world));
-        Self { comm, kind, owners }
+        let owners = matches!(
+            kind,
+            Parallelism::Zero1 | Parallelism::Zero2 | Parallelism::Zero3
+        )
+        .then(|| shard_owners(sizes, world));
+        Self {
+            comm,
+            kind,
+            owners,
+            gathered: AtomicBool::new(true),
+        }
     }
 
     /// The placement.
@@ -118,15 +140,20 @@ impl Strategy {
         self.comm.rank() == 0
     }
 
-    /// Whether the optimizer state is sharded (ZeRO-1 or 2).
+    /// Whether the optimizer state is sharded (ZeRO-1, 2 or 3).
     pub fn sharded(&self) -> bool {
         self.owners.is_some()
     }
 
-    /// Whether each rank keeps only its share of the reduced gradients (ZeRO-2): their global
-    /// norm is then a sum over the ranks.
+    /// Whether each rank keeps only its share of the reduced gradients (ZeRO-2 and 3): their
+    /// global norm is then a sum over the ranks.
     pub fn gradients_sharded(&self) -> bool {
-        self.kind == Parallelism::Zero2
+        matches!(self.kind, Parallelism::Zero2 | Parallelism::Zero3)
+    }
+
+    /// Whether each rank keeps only its share of the parameters between uses (ZeRO-3).
+    pub fn parameters_sharded(&self) -> bool {
+        self.kind == Parallelism::Zero3
     }
 
     /// With ZeRO, the owning rank of each parameter.
@@ -176,7 +203,8 @@ impl Strategy {
         carried: Option<GradStore>,
     ) -> GradientReduction<'s> {
         let owners = self.owners.as_deref().filter(|_| self.gradients_sharded());
-        GradientReduction::new(self.comm.as_ref(), owners, vars, carried)
+        let free_parameters = self.parameters_sharded();
+        GradientReduction::new(self.comm.as_ref(), owners, free_parameters, vars, carried)
     }
 
     /// `grads ← Σ_ranks grads` for `vars` after the backward pass (a missing gradient counts as
@@ -214,12 +242,17 @@ impl Strategy {
         Ok((self.sum(host)?, Some(self.comm.all_reduce_tensor(&part)?)))
     }
 
-    /// After the optimizer step: with ZeRO-1 each owner sends the parameters it updated to every
-    /// rank; otherwise every rank took the same step and nothing moves.
+    /// After the optimizer step: with ZeRO-1 and 2 each owner sends the parameters it updated to
+    /// every rank; with ZeRO-3 the ranks free what they do not own (each owner keeps its
+    /// update until the next [`Strategy::gather_parameters`]); otherwise every rank took the
+    /// same step and nothing moves.
     pub fn after_step(&self, vars: &[Var]) -> Result<()> {
         let Some(owners) = &self.owners else {
             return Ok(());
         };
+        if self.parameters_sharded() {
+            return self.release_parameters(vars);
+        }
         for owner in 0..self.comm.world_size() {
             let mine: Vec<&Var> = vars
                 .iter()
@@ -232,11 +265,108 @@ impl Strategy {
         Ok(())
     }
 
+    /// ZeRO-3: every parameter on every rank again, each sent by its owner in flat groups of
+    /// up to [`crate::reduction::BUCKET`] values, unless they are whole already. Every rank
+    /// must call it at the same point; elsewhere it does nothing.
+    pub fn gather_parameters(&self, vars: &[Var]) -> Result<()> {
+        let Some(owners) = self.owners.as_deref().filter(|_| self.parameters_sharded()) else {
+            return Ok(());
+        };
+        if self.gathered.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        for owner in 0..self.comm.world_size() {
+            let mut group: Vec<&Var> = vec![];
+            let mut values = 0;
+            for (v, _) in vars.iter().zip(owners).filter(|(_, &o)| o == owner) {
+                group.push(v);
+                values += v.elem_count();
+                if values >= crate::reduction::BUCKET {
+                    self.send_whole(&std::mem::take(&mut group), owner)?;
+                    values = 0;
+                }
+            }
+            if !group.is_empty() {
+                self.send_whole(&group, owner)?;
+            }
+        }
+        self.gathered.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// ZeRO-3: frees the parameters this rank does not own (their values stay with their
+    /// owners); elsewhere it does nothing.
+    pub fn release_parameters(&self, vars: &[Var]) -> Result<()> {
+        let Some(owners) = self.owners.as_deref().filter(|_| self.parameters_sharded()) else {
+            return Ok(());
+        };
+        let rank = self.comm.rank();
+        for (v, _) in vars.iter().zip(owners).filter(|(_, &o)| o != rank) {
+            v.release()?;
+        }
+        self.gathered.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether every parameter is whole on this rank (always, except between a ZeRO-3 step and
+    /// the next gather).
+    pub fn parameters_whole(&self) -> bool {
+        self.gathered.load(Ordering::Relaxed)
+    }
+
+    /// A typed error for `op` when ZeRO-3 has freed parameters that it would read.
+    fn check_whole(&self, op: &'static str) -> Result<()> {
+        match self.parameters_whole() {
+            true => Ok(()),
+            false => Err(crate::DistError::Misuse {
+                op,
+                problem: "ZeRO-3 has freed the parameters this rank does not own; \
+                          gather_parameters first"
+                    .into(),
+            }),
+        }
+    }
+
+    /// `vars` (owned by `root`, freed or stale on the other ranks) ← `root`'s values, as one
+    /// flat tensor; the other ranks never read their own copies.
+    fn send_whole(&self, vars: &[&Var], root: usize) -> Result<()> {
+        let n: usize = vars.iter().map(|v| v.elem_count()).sum();
+        let Some(first) = vars.first() else {
+            return Ok(());
+        };
+        let dev = first.device();
+        let flat = if self.comm.rank() == root {
+            let parts: Vec<Tensor> = vars
+                .iter()
+                .map(|v| v.as_tensor().flatten_all()?.to_dtype(DType::F32))
+                .collect::<candle_core::Result<_>>()?;
+            Tensor::cat(&parts, 0)?
+        } else {
+            Tensor::zeros(n, DType::F32, dev)?
+        };
+        let flat = self.comm.broadcast_tensor(&flat, root)?;
+        if self.comm.rank() == root {
+            return Ok(());
+        }
+        let mut at = 0;
+        for v in vars {
+            let k = v.elem_count();
+            let value = flat
+                .narrow(0, at, k)?
+                .reshape(v.shape())?
+                .to_dtype(v.dtype())?;
+            v.restore(&value)?;
+            at += k;
+        }
+        Ok(())
+    }
+
     /// Rank 0's parameters on every rank.
     pub fn broadcast_parameters(&self, vars: &[Var]) -> Result<()> {
         if self.comm.world_size() == 1 {
             return Ok(());
         }
+        self.check_whole("broadcast_parameters")?;
         let all: Vec<&Var> = vars.iter().collect();
         self.broadcast_vars(&all, 0)
     }
@@ -270,6 +400,7 @@ impl Strategy {
         if self.comm.world_size() == 1 {
             return Ok(0);
         }
+        self.check_whole("ranks_differing")?;
         let mut mine = vec![];
         for v in vars {
             mine.extend(
@@ -424,6 +555,93 @@ mod tests {
             };
             assert_eq!(out[0], zero2, "rank {rank}, ZeRO-2");
             assert_eq!(out[1], (Some(sum_a.clone()), Some(sum_b.clone())), "DDP");
+        }
+    }
+
+    /// ZeRO-3 on two thread ranks: the backward pass frees each parameter a rank does not own
+    /// once its gradient is reduced; the owner updates its own; the gather brings every update
+    /// to both ranks, and a second step sees the updated values.
+    #[test]
+    fn zero3_frees_what_a_rank_does_not_own_and_gathers_it_back() {
+        let results = ThreadRank::run(2, |comm| {
+            let comm: Arc<dyn Collective> = Arc::new(comm);
+            let r = comm.rank() as f64;
+            let dev = Device::Cpu;
+            let a = Var::new(&[1f32, 2.0], &dev).unwrap();
+            let b = Var::new(&[3f32, 4.0, 5.0], &dev).unwrap();
+            let vars = vec![a.clone(), b.clone()];
+            let s = Strategy::new(comm.clone(), ZeroStage::Parameters, &[2, 3]);
+            assert_eq!(s.kind(), Parallelism::Zero3);
+            assert!(s.parameters_sharded() && s.gradients_sharded() && s.parameters_whole());
+            let owned = s.owned(&vars);
+            let mut seen = vec![];
+            for _ in 0..2 {
+                s.gather_parameters(&vars).unwrap();
+                assert!(s.parameters_whole());
+                seen.push((
+                    a.as_tensor().to_vec1::<f32>().unwrap(),
+                    b.as_tensor().to_vec1::<f32>().unwrap(),
+                ));
+                // loss = (r + 1)·Σa + Σb²: ∂a = 2 + 1 = 3 summed, ∂b = 2·2b = 4b summed.
+                let loss = ((a.as_tensor() * (r + 1.0)).unwrap().sum_all().unwrap()
+                    + b.as_tensor().sqr().unwrap().sum_all().unwrap())
+                .unwrap();
+                let mut reduction = s.reduction(&vars, None);
+                let mut grads = loss
+                    .backward_freeing_graph_with(&mut |id, g| {
+                        reduction.ready(id, g).map_err(candle_core::Error::wrap)
+                    })
+                    .unwrap();
+                reduction.finish(&mut grads).unwrap();
+                // The owner takes an SGD step of rate 0.1 on its parameter, reading its value;
+                // the other rank's copy is freed already: reading it is refused or empty.
+                for v in &vars {
+                    if owned.contains(&v.as_tensor().id()) {
+                        let g = grads.get(v.as_tensor()).unwrap();
+                        v.set(&(v.as_tensor() - (g * 0.1).unwrap()).unwrap())
+                            .unwrap();
+                    } else {
+                        assert!(grads.get(v.as_tensor()).is_none());
+                        assert_eq!(held(v), 0, "freed during backward");
+                    }
+                }
+                s.after_step(&vars).unwrap();
+                assert!(!s.parameters_whole());
+                assert!(
+                    s.ranks_differing(&vars).is_err(),
+                    "freed parameters are not read"
+                );
+            }
+            s.gather_parameters(&vars).unwrap();
+            assert_eq!((held(&a), held(&b)), (2, 3));
+            assert_eq!(s.ranks_differing(&vars).unwrap(), 0);
+            seen.push((
+                a.as_tensor().to_vec1::<f32>().unwrap(),
+                b.as_tensor().to_vec1::<f32>().unwrap(),
+            ));
+            seen
+        });
+        // a ← a − 0.3 per step; b ← b − 0.4·b = 0.6·b per step.
+        let want = vec![
+            (vec![1f32, 2.0], vec![3f32, 4.0, 5.0]),
+            (vec![0.7, 1.7], vec![1.8, 2.4, 3.0]),
+            (vec![0.4, 1.4], vec![1.08, 1.44, 1.8]),
+        ];
+        for seen in results {
+            for ((a, b), (wa, wb)) in seen.iter().zip(&want) {
+                for (x, y) in a.iter().chain(b).zip(wa.iter().chain(wb)) {
+                    assert!((x - y).abs() < 1e-6, "{seen:?}");
+                }
+            }
+        }
+    }
+
+    /// Values in `v`'s buffer (CPU, f32).
+    fn held(v: &Var) -> usize {
+        let (storage, _) = v.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(c) => c.as_slice::<f32>().unwrap().len(),
+            _ => unreachable!("a CPU test"),
         }
     }
 

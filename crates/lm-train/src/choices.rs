@@ -376,8 +376,7 @@ impl From<ActivationCheckpointing> for lm_models::Recompute {
     }
 }
 
-/// `train.zero_stage`: what data-parallel ranks shard (ZeRO's stages). Stage 3 (sharded
-/// parameters) is not built and is refused by name.
+/// `train.zero_stage`: what data-parallel ranks shard (ZeRO's stages).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
@@ -390,6 +389,8 @@ pub enum ZeroStage {
     Zero1,
     /// 2: and only its share of the reduced gradients.
     Zero2,
+    /// 3: and, between uses, only its share of the parameters.
+    Zero3,
 }
 
 impl TryFrom<i64> for ZeroStage {
@@ -399,8 +400,8 @@ impl TryFrom<i64> for ZeroStage {
             0 => Ok(Self::Zero0),
             1 => Ok(Self::Zero1),
             2 => Ok(Self::Zero2),
-            3 => Err("stage 3 (parameters sharded too) is not built yet; use 0, 1 or 2".into()),
-            n => Err(format!("{n} is not a ZeRO stage: 0, 1 or 2")),
+            3 => Ok(Self::Zero3),
+            n => Err(format!("{n} is not a ZeRO stage: 0, 1, 2 or 3")),
         }
     }
 }
@@ -417,6 +418,7 @@ impl From<ZeroStage> for lm_dist::ZeroStage {
             ZeroStage::Zero0 => Self::Replicated,
             ZeroStage::Zero1 => Self::OptimizerState,
             ZeroStage::Zero2 => Self::Gradients,
+            ZeroStage::Zero3 => Self::Parameters,
         }
     }
 }

@@ -518,6 +518,8 @@ impl Trainer {
 
     /// One optimizer step outside the loop (no logging, evaluation or checkpoint); returns the
     /// training loss, or `None` for a skipped non-finite step. For benchmarks and custom loops.
+    /// Under ZeRO-3 a rank holds only its share of the parameters when it returns:
+    /// [`Trainer::gather_parameters`] (on every rank) before reading the model.
     pub fn train_one_step(&mut self) -> Result<Option<f32>> {
         self.check_trainable()?;
         let batches = self.step_shape().batches(
@@ -530,6 +532,13 @@ impl Trainer {
             return Ok(None);
         };
         Ok(self.settle(&report)?.map(|(loss, _, _)| loss))
+    }
+
+    /// Every parameter whole on this rank again after a ZeRO-3 step (a collective: every rank
+    /// calls it); nothing to do otherwise, or when they are whole already. [`Trainer::train`]
+    /// returns with them whole.
+    pub fn gather_parameters(&mut self) -> Result<()> {
+        Ok(self.strategy.gather_parameters(&self.vars)?)
     }
 
     /// Model FLOPs of one optimizer step at the configured batch size.
@@ -650,6 +659,7 @@ impl Trainer {
         };
         // Rank 0 may still be writing the last checkpoint: the others look after this.
         self.strategy.barrier()?;
+        self.strategy.gather_parameters(&self.vars)?;
         let best_dir = checkpoint::list_checkpoints(&self.run_dir)?
             .into_iter()
             .find(|(s, _)| *s == best_step)

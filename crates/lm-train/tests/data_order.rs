@@ -2,6 +2,7 @@
 //! ranks that build it (each builds only its rows), so a run resumes at once, mid-epoch, on
 //! another number of ranks, with the same losses.
 
+use lm_train::choices::ZeroStage;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -143,18 +144,17 @@ fn a_number_of_ranks_that_cannot_share_the_global_batch_is_refused() {
     );
 }
 
-/// ZeRO-2 on two thread ranks: each rank's memory account holds its share of the gradients and
-/// of the optimizer state (the shares add up to one process's), and a step trains, the ranks'
-/// parameters equal afterwards and equal to one process with the whole batch (within rounding:
-/// two ranks sum in another order).
+/// ZeRO-2 and 3 on two thread ranks: each rank's memory account holds its share of the
+/// gradients and of the optimizer state — at stage 3 of the parameters too — (the shares add up
+/// to one process's), and the run trains, the ranks' parameters equal afterwards (whole again,
+/// as `train` returns them) and equal to one process with the whole batch (within rounding: two
+/// ranks sum in another order).
 #[test]
-fn zero_2_accounts_each_ranks_share_and_trains_like_one_process() {
+fn zero_2_and_3_account_each_ranks_share_and_train_like_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tmp.path().join("corpus.txt");
     std::fs::write(&corpus, &TEXT[..40_000]).unwrap();
     let corpus = corpus.display().to_string();
-    let mut cfg = shrunk("gpt-shakespeare-char", &corpus, 3, 2);
-    cfg.train.zero_stage = lm_train::choices::ZeroStage::Zero2;
     let one = shrunk("gpt-shakespeare-char", &corpus, 6, 2);
     let values = |t: &Trainer| -> Vec<f32> {
         t.params()
@@ -167,23 +167,40 @@ fn zero_2_accounts_each_ranks_share_and_trains_like_one_process() {
     let whole = t.memory_account().unwrap();
     t.train().unwrap();
     let single = values(&t);
-    let run = tmp.path().join("zero2");
-    let ranks = ThreadRank::run(2, |c| {
-        let c: Arc<dyn Collective> = Arc::new(c);
-        let mut t = Trainer::new_distributed(cfg.clone(), &run, Device::Cpu, c).unwrap();
-        let share = t.memory_account().unwrap();
-        t.train().unwrap();
-        (share, values(&t))
-    });
-    let (a, b) = (&ranks[0].0, &ranks[1].0);
-    assert_eq!(a.gradients + b.gradients, whole.gradients, "{a:?} {b:?}");
-    assert_eq!(a.optimizer_state + b.optimizer_state, whole.optimizer_state);
-    assert!(a.gradients > 0 && b.gradients > 0 && a.gradients < whole.gradients);
-    assert_eq!(ranks[0].1, ranks[1].1, "the ranks' parameters differ");
-    for (x, y) in ranks[0].1.iter().zip(&single) {
-        assert!(
-            (x - y).abs() <= 1e-5 * x.abs().max(y.abs()) + 1e-6,
-            "{x} vs {y}"
+    for stage in [ZeroStage::Zero2, ZeroStage::Zero3] {
+        let mut cfg = shrunk("gpt-shakespeare-char", &corpus, 3, 2);
+        cfg.train.zero_stage = stage;
+        let run = tmp.path().join(format!("{stage:?}"));
+        let ranks = ThreadRank::run(2, |c| {
+            let c: Arc<dyn Collective> = Arc::new(c);
+            let mut t = Trainer::new_distributed(cfg.clone(), &run, Device::Cpu, c).unwrap();
+            let share = t.memory_account().unwrap();
+            t.train().unwrap();
+            (share, values(&t))
+        });
+        let (a, b) = (&ranks[0].0, &ranks[1].0);
+        assert_eq!(a.gradients + b.gradients, whole.gradients, "{a:?} {b:?}");
+        assert_eq!(a.optimizer_state + b.optimizer_state, whole.optimizer_state);
+        assert!(a.gradients > 0 && b.gradients > 0 && a.gradients < whole.gradients);
+        match stage {
+            ZeroStage::Zero3 => {
+                assert_eq!(a.parameters + b.parameters, whole.parameters, "{a:?} {b:?}");
+                assert!(a.parameters > 0 && b.parameters > 0);
+            }
+            _ => assert_eq!(
+                (a.parameters, b.parameters),
+                (whole.parameters, whole.parameters)
+            ),
+        }
+        assert_eq!(
+            ranks[0].1, ranks[1].1,
+            "{stage:?}: the ranks' parameters differ"
         );
+        for (x, y) in ranks[0].1.iter().zip(&single) {
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(y.abs()) + 1e-6,
+                "{stage:?}: {x} vs {y}"
+            );
+        }
     }
 }

@@ -300,12 +300,14 @@ fn zero_1_shards_the_optimizer_state_and_still_equals_one_process() {
     }
 }
 
-/// ZeRO-2 (gradients reduced to their owners during backward, optimizer state sharded) on
-/// 2 ranks × 6 equals 1 process × 12: GPT with AdamW, clipping and 2 micro-batches per step
-/// (only the last one reduces, carrying the first); T5 with AdaFactor and clipping. The clip is
-/// small enough to bind, so the global norm — summed over the ranks' shares — matters.
+/// ZeRO-2 (gradients reduced to their owners during backward, optimizer state sharded) and
+/// ZeRO-3 (the parameters too, between uses) on 2 ranks × 6 equal 1 process × 12: GPT with
+/// AdamW, clipping and 2 micro-batches per step (only the last one reduces, carrying the
+/// first); T5 with AdaFactor and clipping. The clip is small enough to bind, so the global
+/// norm — summed over the ranks' shares — matters. A stage-3 run stopped at step 6 on 2 ranks
+/// resumes as 1 process to the same losses (the ranks' memory accounts: tests/data_order.rs).
 #[test]
-fn zero_2_equals_one_process_for_gpt_and_t5_with_clipping() {
+fn zero_2_and_3_equal_one_process_for_gpt_and_t5_with_clipping() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::write(d.join("corpus.txt"), &lm_train::data::SHAKESPEARE[..40_000]).unwrap();
@@ -324,28 +326,83 @@ fn zero_2_equals_one_process_for_gpt_and_t5_with_clipping() {
             (c.optim.grad_clip, c.train.grad_accum) = (0.05, accum);
             c.to_toml().replace("zero_stage = 0", stage)
         };
-        let two = with(shrunk(recipe, 6, tokenizer), "zero_stage = 2");
-        assert!(two.contains("zero_stage = 2"));
+        let one = format!("{recipe}-1x12");
         std::fs::write(
             d.join("one.toml"),
             with(shrunk(recipe, 12, tokenizer), "zero_stage = 0"),
         )
         .unwrap();
-        std::fs::write(d.join("two.toml"), two).unwrap();
-        let (one, two) = (format!("{recipe}-1x12"), format!("{recipe}-zero2"));
-        train_one_process_and_two_ranks(d, &one, &two);
-        assert_same_run(&d.join(&one), &d.join(&two), &format!("ZeRO-2 {recipe}"));
-        // The clip binds: a logged norm above it.
-        let metrics = std::fs::read_to_string(d.join(&two).join("metrics.jsonl")).unwrap();
-        let clipped = metrics.lines().any(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["grad_norm"].as_f64().is_some_and(|n| n > 0.05)
-        });
-        assert!(
-            clipped,
-            "{recipe}: no step's gradient norm reaches the clip"
+        succeeded(
+            &lm_train(
+                &["train", "--config", "one.toml", "--out", &one, "--quiet"],
+                d,
+            ),
+            &one,
         );
+        for stage in [2, 3] {
+            let two = with(
+                shrunk(recipe, 6, tokenizer),
+                &format!("zero_stage = {stage}"),
+            );
+            assert!(two.contains(&format!("zero_stage = {stage}")));
+            std::fs::write(d.join("two.toml"), two).unwrap();
+            let two = format!("{recipe}-zero{stage}");
+            let out = mpirun(
+                &["train", "--config", "two.toml", "--out", &two, "--quiet"],
+                d,
+            );
+            succeeded(&out, &two);
+            let what = format!("ZeRO-{stage} {recipe}");
+            assert_same_run(&d.join(&one), &d.join(&two), &what);
+            // The clip binds: a logged norm above it.
+            let metrics = std::fs::read_to_string(d.join(&two).join("metrics.jsonl")).unwrap();
+            let clipped = metrics.lines().any(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["grad_norm"].as_f64().is_some_and(|n| n > 0.05)
+            });
+            assert!(clipped, "{what}: no step's gradient norm reaches the clip");
+        }
     }
+    // Stage 3 on 2 ranks to step 6, then 1 process to 12: the uninterrupted run's losses.
+    let recipe = "gpt-shakespeare-char";
+    let stage3 = shrunk(recipe, 6, None).replace("zero_stage = 0", "zero_stage = 3");
+    std::fs::write(d.join("three.toml"), stage3).unwrap();
+    let args = [
+        "train",
+        "--config",
+        "three.toml",
+        "--out",
+        "three-to-one",
+        "--quiet",
+        "--max-iters",
+        "6",
+    ];
+    let out = mpirun(&args, d);
+    succeeded(&out, "ZeRO-3 to 6");
+    succeeded(
+        &lm_train(&["train", "--resume", "three-to-one", "--quiet"], d),
+        "1 process from a ZeRO-3 run",
+    );
+    std::fs::write(d.join("plain.toml"), shrunk(recipe, 12, None)).unwrap();
+    succeeded(
+        &lm_train(
+            &[
+                "train",
+                "--config",
+                "plain.toml",
+                "--out",
+                "plain",
+                "--quiet",
+            ],
+            d,
+        ),
+        "plain",
+    );
+    assert_same_run(
+        &d.join("plain"),
+        &d.join("three-to-one"),
+        "ZeRO-3, 2 ranks then 1",
+    );
 }
 
 /// Starts `mpirun -np 2 lm-train train --config long.toml --out OUT` in `d`, waits until it has

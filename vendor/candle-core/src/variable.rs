@@ -149,4 +149,23 @@ impl Var {
         src.copy_strided_src(&mut dst, layout.start_offset(), src_l)?;
         Ok(())
     }
+
+    /// Frees the variable's values, keeping its id, shape and dtype (lm-train's patch: a ZeRO-3
+    /// rank keeps only the parameters it owns between uses). Every tensor sharing the storage
+    /// (views, graph nodes) loses it too: the caller guarantees that nothing reads the variable
+    /// until [`Var::restore`] — an op that does fails on an out-of-range index.
+    pub fn release(&self) -> Result<()> {
+        let empty = self.device().zeros(&Shape::from(0usize), self.dtype())?;
+        *self.0.storage_mut() = empty;
+        Ok(())
+    }
+
+    /// Gives a released variable its values again: a fresh buffer holding `src` (of the
+    /// variable's shape). On a variable that holds its values this is [`Var::set`].
+    pub fn restore(&self, src: &Tensor) -> Result<()> {
+        let (start, n) = (self.layout().start_offset(), self.elem_count());
+        let fresh = self.device().zeros(&Shape::from(start + n), self.dtype())?;
+        *self.0.storage_mut() = fresh;
+        self.set(src)
+    }
 }

@@ -128,7 +128,10 @@ pub struct TrainSection {
     pub loss_scale_growth_interval: u64,
     /// Data parallelism: what the ranks shard — 0 nothing (DDP), 1 the optimizer state (each
     /// rank keeps and updates the state of its share of the parameters, then sends them to the
-    /// others), 2 also the reduced gradients. Read through [`TrainSection::zero_stage`].
+    /// others), 2 also the reduced gradients, 3 also the parameters (each rank keeps its share
+    /// between uses; they are gathered for a step's forward pass, an evaluation or a
+    /// checkpoint, and freed as their gradients are reduced). Read through
+    /// [`TrainSection::zero_stage`].
     #[serde(default)]
     pub zero_stage: ZeroStage,
     /// The old spelling of `zero_stage = 1`: `true` asks for at least stage 1 (kept so that the

@@ -103,8 +103,11 @@ impl Trainer {
     }
 
     /// Writes a checkpoint of the current step and prunes old ones. Weights that are NaN or
-    /// infinite are never written: the previous checkpoints stay, and this is an error.
+    /// infinite are never written: the previous checkpoints stay, and this is an error. Under
+    /// ZeRO-3 the parameters are gathered first (every rank calls this), so rank 0 writes the
+    /// whole model and each rank its optimizer shard.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        self.strategy.gather_parameters(&self.vars)?;
         let dest =
             checkpoint::checkpoints_dir(&self.run_dir).join(format!("step-{:08}", self.state.step));
         let sharded = self.strategy.sharded();
@@ -198,6 +201,8 @@ impl Trainer {
         elapsed: f64,
         pb: &ProgressBar,
     ) -> Result<(Evaluation, PathBuf)> {
+        // ZeRO-3: the evaluation and the checkpoint read every parameter.
+        self.strategy.gather_parameters(&self.vars)?;
         let e = self.evaluate_all()?;
         let (value, higher_is_better) = self.selection(&e);
         let improved = self.state.best.is_none_or(|(_, b)| {

@@ -123,14 +123,25 @@ impl Trainer {
         Ok(())
     }
 
-    /// What this rank holds: parameters and buffers, the trained parameters' gradients (with
-    /// ZeRO-2 those of its share, kept after their bucket is reduced), the optimizer state
+    /// What this rank holds between steps: parameters and buffers (with ZeRO-3 the trained
+    /// parameters of its share only), the trained parameters' gradients (with ZeRO-2 and 3 those
+    /// of its share, kept after their bucket is reduced), the optimizer state
     /// (lm-optim's accounting), and for pretraining the activation estimate of one micro-batch
     /// of this rank's rows (`train.batch_size` is per rank).
     pub fn memory_account(&self) -> Result<crate::memory::MemoryAccount> {
         let bytes = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
-        let parameters = self.store.vars().iter().map(|(_, v)| bytes(v)).sum();
         let owned = self.strategy.owned(&self.vars);
+        let freed: u64 = match self.strategy.parameters_sharded() {
+            true => self
+                .vars
+                .iter()
+                .filter(|v| !owned.contains(&v.id()))
+                .map(|v| bytes(v))
+                .sum(),
+            false => 0,
+        };
+        let parameters = self.store.vars().iter().map(|(_, v)| bytes(v)).sum::<u64>();
+        let parameters = parameters.saturating_sub(freed);
         let gradients = self
             .vars
             .iter()

@@ -48,6 +48,8 @@ impl Trainer {
         batches: &[Share],
         loss_scale: Option<f64>,
     ) -> Result<(Tensor, GradStore, u64)> {
+        // ZeRO-3: the forward passes read every parameter (the backward pass frees them again).
+        self.strategy.gather_parameters(&self.vars)?;
         let accum = batches.len();
         let first_key = self.state.step * accum as u64;
         let mut total: Option<GradStore> = None;

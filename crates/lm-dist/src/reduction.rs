@@ -7,6 +7,7 @@
 //! so no rank holds more than its share plus one bucket of reduced gradients.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Storage, Tensor, TensorId, Var};
@@ -25,8 +26,8 @@ pub struct GradientReduction<'s> {
     /// With ZeRO-2 and 3, the owning rank of each parameter, to which its gradient is reduced.
     reduce_to_owners: Option<&'s [usize]>,
     /// ZeRO-3: the other ranks free a parameter too once its gradient is reduced (nothing reads
-    /// it again this step; its owner updates it).
-    free_parameters: bool,
+    /// it again this step; its owner updates it), clearing the strategy's "whole" flag.
+    free_parameters: Option<&'s AtomicBool>,
     vars: &'s [Var],
     position: HashMap<TensorId, usize>,
     reduced: Vec<bool>,
@@ -41,7 +42,7 @@ impl<'s> GradientReduction<'s> {
     pub(crate) fn new(
         comm: &'s dyn Collective,
         reduce_to_owners: Option<&'s [usize]>,
-        free_parameters: bool,
+        free_parameters: Option<&'s AtomicBool>,
         vars: &'s [Var],
         carried: Option<GradStore>,
     ) -> Self {
@@ -132,8 +133,9 @@ impl<'s> GradientReduction<'s> {
                     } else {
                         for &i in &part {
                             grads.remove(self.vars[i].as_tensor());
-                            if self.free_parameters {
+                            if let Some(whole) = self.free_parameters {
                                 self.vars[i].release()?;
+                                whole.store(false, Ordering::Relaxed);
                             }
                         }
                     }

@@ -203,7 +203,7 @@ impl Strategy {
         carried: Option<GradStore>,
     ) -> GradientReduction<'s> {
         let owners = self.owners.as_deref().filter(|_| self.gradients_sharded());
-        let free_parameters = self.parameters_sharded();
+        let free_parameters = self.parameters_sharded().then_some(&self.gathered);
         GradientReduction::new(self.comm.as_ref(), owners, free_parameters, vars, carried)
     }
 
@@ -269,6 +269,15 @@ impl Strategy {
     /// up to [`crate::reduction::BUCKET`] values, unless they are whole already. Every rank
     /// must call it at the same point; elsewhere it does nothing.
     pub fn gather_parameters(&self, vars: &[Var]) -> Result<()> {
+        let all: Vec<usize> = (0..vars.len()).collect();
+        self.gather_some(vars, &all)?;
+        self.gathered.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// ZeRO-3: parameters `which` (indices into `vars`, the same on every rank) whole on every
+    /// rank, unless all are whole already; a collective, as [`Strategy::gather_parameters`].
+    pub fn gather_some(&self, vars: &[Var], which: &[usize]) -> Result<()> {
         let Some(owners) = self.owners.as_deref().filter(|_| self.parameters_sharded()) else {
             return Ok(());
         };
@@ -278,7 +287,8 @@ impl Strategy {
         for owner in 0..self.comm.world_size() {
             let mut group: Vec<&Var> = vec![];
             let mut values = 0;
-            for (v, _) in vars.iter().zip(owners).filter(|(_, &o)| o == owner) {
+            for &i in which.iter().filter(|&&i| owners[i] == owner) {
+                let v = &vars[i];
                 group.push(v);
                 values += v.elem_count();
                 if values >= crate::reduction::BUCKET {
@@ -290,22 +300,28 @@ impl Strategy {
                 self.send_whole(&group, owner)?;
             }
         }
-        self.gathered.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// ZeRO-3: frees those of parameters `which` (indices into `vars`) that this rank does not
+    /// own; elsewhere it does nothing.
+    pub fn release_some(&self, vars: &[Var], which: &[usize]) -> Result<()> {
+        let Some(owners) = self.owners.as_deref().filter(|_| self.parameters_sharded()) else {
+            return Ok(());
+        };
+        let rank = self.comm.rank();
+        for &i in which.iter().filter(|&&i| owners[i] != rank) {
+            vars[i].release()?;
+        }
+        self.gathered.store(false, Ordering::Relaxed);
         Ok(())
     }
 
     /// ZeRO-3: frees the parameters this rank does not own (their values stay with their
     /// owners); elsewhere it does nothing.
     pub fn release_parameters(&self, vars: &[Var]) -> Result<()> {
-        let Some(owners) = self.owners.as_deref().filter(|_| self.parameters_sharded()) else {
-            return Ok(());
-        };
-        let rank = self.comm.rank();
-        for (v, _) in vars.iter().zip(owners).filter(|(_, &o)| o != rank) {
-            v.release()?;
-        }
-        self.gathered.store(false, Ordering::Relaxed);
-        Ok(())
+        let all: Vec<usize> = (0..vars.len()).collect();
+        self.release_some(vars, &all)
     }
 
     /// Whether every parameter is whole on this rank (always, except between a ZeRO-3 step and

@@ -260,11 +260,15 @@ pub(crate) fn checkpointed<P: Send + Sync + 'static>(
         return f(&part, inputs);
     }
     let states: Vec<DropoutState> = dropouts(&part).iter().map(|d| d.snapshot()).collect();
+    // Its number for a gate (ZeRO-3), in the forward pass and in the recomputation alike.
+    let seq = crate::gate::next_block();
     let run = move |xs: &[Tensor]| {
-        for (d, s) in dropouts(&part).iter().zip(&states) {
-            d.replay(s);
-        }
-        f(&part, xs)
+        crate::gate::run_gated(seq, &mut || {
+            for (d, s) in dropouts(&part).iter().zip(&states) {
+                d.replay(s);
+            }
+            f(&part, xs)
+        })
     };
     Tensor::checkpoint(inputs, Arc::new(run))
 }

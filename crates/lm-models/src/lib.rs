@@ -6,6 +6,7 @@
 //! - [`gpt`]: decoder-only GPT (GPT-2 layout).
 //! - [`context`]: what a forward pass runs under ([`StepContext`]: matmul precision, dropout key),
 //!   passed explicitly to every layer.
+//! - [`gate`]: a hook around each recomputed block (ZeRO-3 gathers its parameters there).
 //! - [`layers`]: the shared HF layers (linear, layer norm, embeddings, attention, seeded dropout).
 //! - [`params`]: the parameter store (a `VarBuilder` backend with keyed initialization).
 //!
@@ -46,6 +47,7 @@ pub mod bart;
 pub mod bert;
 pub mod context;
 mod error;
+pub mod gate;
 pub mod gpt;
 pub mod hf;
 pub mod layers;

@@ -51,6 +51,8 @@ mod logging;
 mod ranks;
 mod setup;
 mod step;
+mod zero3;
+pub use zero3::Zero3Extent;
 
 use batching::{Prefetch, StepShape};
 pub use batching::{Share, Work};
@@ -136,7 +138,10 @@ pub struct Trainer {
     nonfinite: Option<Tensor>,
     /// How the data-parallel ranks share a step (a single process by default): gradient
     /// reduction, optimizer-state placement, parameters kept equal; rank 0 alone writes the run.
-    strategy: Strategy,
+    strategy: Arc<Strategy>,
+    /// ZeRO-3 with activation checkpointing: which parameters each recomputed block reads,
+    /// learned on the first step (`zero3.rs`).
+    block_plan: Option<Arc<zero3::BlockPlan>>,
     /// The optimizer's parameter groups (to rebuild it over a rank's shard).
     groups: Vec<ParamGroup>,
     /// Show a progress bar and print evaluation lines.
@@ -388,7 +393,8 @@ impl Trainer {
             stop_flag: None,
             after_checkpoint: None,
             nonfinite: None,
-            strategy: Strategy::single(),
+            strategy: Arc::new(Strategy::single()),
+            block_plan: None,
             groups,
             verbose: false,
             cfg,
@@ -539,6 +545,13 @@ impl Trainer {
     /// returns with them whole.
     pub fn gather_parameters(&mut self) -> Result<()> {
         Ok(self.strategy.gather_parameters(&self.vars)?)
+    }
+
+    /// ZeRO-3 with activation checkpointing, once a step has learned which parameters each
+    /// recomputed block reads: how the step gathers them; `None` otherwise (every parameter is
+    /// gathered for the step).
+    pub fn zero3_extent(&self) -> Option<zero3::Zero3Extent> {
+        self.block_plan.as_ref().map(|p| p.extent(&self.vars))
     }
 
     /// Model FLOPs of one optimizer step at the configured batch size.

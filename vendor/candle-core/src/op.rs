@@ -1137,6 +1137,7 @@ impl BackpropOp {
     }
 
     pub(crate) fn new1(arg: &Tensor, f: impl Fn(Tensor) -> Op) -> Self {
+        crate::recompute::note_read(arg);
         let op = if crate::recompute::grad_enabled() && arg.track_op() {
             Some(f(arg.clone()))
         } else {
@@ -1146,6 +1147,8 @@ impl BackpropOp {
     }
 
     pub(crate) fn new2(arg1: &Tensor, arg2: &Tensor, f: impl Fn(Tensor, Tensor) -> Op) -> Self {
+        crate::recompute::note_read(arg1);
+        crate::recompute::note_read(arg2);
         let op = if crate::recompute::grad_enabled() && (arg1.track_op() || arg2.track_op()) {
             Some(f(arg1.clone(), arg2.clone()))
         } else {
@@ -1160,6 +1163,9 @@ impl BackpropOp {
         arg3: &Tensor,
         f: impl Fn(Tensor, Tensor, Tensor) -> Op,
     ) -> Self {
+        for arg in [arg1, arg2, arg3] {
+            crate::recompute::note_read(arg);
+        }
         let op = if crate::recompute::grad_enabled()
             && (arg1.track_op() || arg2.track_op() || arg3.track_op())
         {
@@ -1171,6 +1177,9 @@ impl BackpropOp {
     }
 
     pub(crate) fn new<A: AsRef<Tensor>>(args: &[A], f: impl Fn(Vec<Tensor>) -> Op) -> Self {
+        for arg in args {
+            crate::recompute::note_read(arg.as_ref());
+        }
         let op = if crate::recompute::grad_enabled() && args.iter().any(|arg| arg.as_ref().track_op()) {
             let args: Vec<Tensor> = args.iter().map(|arg| arg.as_ref().clone()).collect();
             Some(f(args))

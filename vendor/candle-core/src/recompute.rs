@@ -8,12 +8,45 @@
 //! it may capture). Memory: the function's activations live only while its own backward runs.
 
 use crate::op::{BackpropOp, Op};
-use crate::{Result, Tensor};
-use std::cell::Cell;
+use crate::{Result, Tensor, TensorId};
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+    /// The open recordings of [`record_variable_reads`], innermost last.
+    static READS: RefCell<Vec<HashSet<TensorId>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` and returns with its result the ids of the variables that ops made inside it took
+/// as arguments (with or without grad mode). Recordings nest: a read counts in the innermost
+/// one only. A caller that shards parameters learns this way which variables a block reads.
+pub fn record_variable_reads<T>(f: impl FnOnce() -> T) -> (T, HashSet<TensorId>) {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            READS.with(|r| r.borrow_mut().pop());
+        }
+    }
+    READS.with(|r| r.borrow_mut().push(HashSet::new()));
+    let pop = Pop;
+    let out = f();
+    let reads = READS.with(|r| r.borrow_mut().last_mut().map(std::mem::take));
+    drop(pop);
+    (out, reads.unwrap_or_default())
+}
+
+/// Notes `t` as read by an op if it is a variable and a recording is open.
+pub(crate) fn note_read(t: &Tensor) {
+    if !t.is_variable() {
+        return;
+    }
+    READS.with(|r| {
+        if let Some(top) = r.borrow_mut().last_mut() {
+            top.insert(t.id());
+        }
+    });
 }
 
 /// Whether ops on this thread record the graph (true unless inside [`no_grad`]).

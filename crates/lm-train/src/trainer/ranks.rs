@@ -120,7 +120,12 @@ impl Trainer {
         self.state.world = world;
         self.state.global_batch = global;
         let sizes: Vec<usize> = self.vars.iter().map(|v| v.elem_count()).collect();
-        self.strategy = Strategy::new(comm, self.cfg.train().zero_stage().into(), &sizes);
+        self.strategy = Arc::new(Strategy::new(
+            comm,
+            self.cfg.train().zero_stage().into(),
+            &sizes,
+        ));
+        self.block_plan = None;
         if !self.strategy.sharded() {
             return Ok(());
         }

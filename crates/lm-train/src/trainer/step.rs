@@ -11,7 +11,18 @@
 //! on the host, so that path reads its loss and norm every step (as PyTorch's `GradScaler` does
 //! with an unfused optimizer).
 
+use super::zero3::Zero3Gate;
 use super::*;
+use lm_models::Recompute;
+use std::rc::Rc;
+
+/// `f()`, a backward pass, with the ZeRO-3 gate (when there is one) around the recomputations.
+fn gated<T>(gate: &Option<Rc<Zero3Gate>>, f: impl FnOnce() -> T) -> T {
+    match gate {
+        Some(g) => g.backward(f),
+        None => f(),
+    }
+}
 
 /// What a step leaves for its log line.
 pub(super) enum StepReport {
@@ -48,8 +59,20 @@ impl Trainer {
         batches: &[Share],
         loss_scale: Option<f64>,
     ) -> Result<(Tensor, GradStore, u64)> {
-        // ZeRO-3: the forward passes read every parameter (the backward pass frees them again).
-        self.strategy.gather_parameters(&self.vars)?;
+        // ZeRO-3: the parameters whole for the forward passes (the backward pass frees them
+        // again) — with checkpointing, block by block as the blocks run (`zero3.rs`).
+        let recompute: Recompute = self.cfg.train().activation_checkpointing.into();
+        let gate = match self.strategy.parameters_sharded() && recompute != Recompute::Nothing {
+            true => Some(Zero3Gate::start(
+                self.strategy.clone(),
+                &self.vars,
+                self.block_plan.clone(),
+            )?),
+            false => {
+                self.strategy.gather_parameters(&self.vars)?;
+                None
+            }
+        };
         let accum = batches.len();
         let first_key = self.state.step * accum as u64;
         let mut total: Option<GradStore> = None;
@@ -61,10 +84,12 @@ impl Trainer {
             let (w, global_tokens) = self.share_weights(share)?;
             tokens += global_tokens;
             let b = &share.batch;
-            let recompute = self.cfg.train().activation_checkpointing.into();
             let ctx = StepContext::train(self.matmul_precision(), key, share.first_row)
                 .with_recompute(recompute);
-            let loss = self.model.weighted_loss(b, w, &ctx)?;
+            let loss = match &gate {
+                Some(g) => g.forward(|| self.model.weighted_loss(b, w, &ctx))?,
+                None => self.model.weighted_loss(b, w, &ctx)?,
+            };
             let loss = if accum > 1 {
                 (loss / accum as f64)?
             } else {
@@ -85,14 +110,16 @@ impl Trainer {
                 // in buckets while the backward pass goes on (none before: an accumulation step
                 // communicates once).
                 let mut reduction = self.strategy.reduction(&self.vars, total.take());
-                let mut grads = loss.backward_freeing_graph_with(&mut |id, grads| {
-                    reduction.ready(id, grads).map_err(candle_core::Error::wrap)
+                let mut grads = gated(&gate, || {
+                    loss.backward_freeing_graph_with(&mut |id, grads| {
+                        reduction.ready(id, grads).map_err(candle_core::Error::wrap)
+                    })
                 })?;
                 reduction.finish(&mut grads)?;
                 total = Some(grads);
                 continue;
             }
-            let grads = loss.backward_freeing_graph()?;
+            let grads = gated(&gate, || loss.backward_freeing_graph())?;
             total = Some(match total {
                 None => grads,
                 Some(mut acc) => {
@@ -115,6 +142,9 @@ impl Trainer {
             corpus: "batch".into(),
             problem: "a step needs at least one micro-batch".into(),
         })?;
+        if let Some(plan) = gate.and_then(|g| g.learned_plan()) {
+            self.block_plan = Some(plan);
+        }
         Ok((loss_sum, total, tokens))
     }
 

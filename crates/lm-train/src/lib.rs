@@ -57,6 +57,7 @@ pub mod tasks;
 pub mod tensorboard;
 pub mod tokenizer;
 pub mod trainer;
+pub mod zero3;
 pub mod zero_shot;
 
 pub use error::{Result, TrainError};

@@ -51,8 +51,6 @@ mod logging;
 mod ranks;
 mod setup;
 mod step;
-mod zero3;
-pub use zero3::Zero3Extent;
 
 use batching::{Prefetch, StepShape};
 pub use batching::{Share, Work};
@@ -141,7 +139,7 @@ pub struct Trainer {
     strategy: Arc<Strategy>,
     /// ZeRO-3 with activation checkpointing: which parameters each recomputed block reads,
     /// learned on the first step (`zero3.rs`).
-    block_plan: Option<Arc<zero3::BlockPlan>>,
+    block_plan: Option<Arc<crate::zero3::BlockPlan>>,
     /// The optimizer's parameter groups (to rebuild it over a rank's shard).
     groups: Vec<ParamGroup>,
     /// Show a progress bar and print evaluation lines.
@@ -550,7 +548,7 @@ impl Trainer {
     /// ZeRO-3 with activation checkpointing, once a step has learned which parameters each
     /// recomputed block reads: how the step gathers them; `None` otherwise (every parameter is
     /// gathered for the step).
-    pub fn zero3_extent(&self) -> Option<zero3::Zero3Extent> {
+    pub fn zero3_extent(&self) -> Option<crate::zero3::Zero3Extent> {
         self.block_plan.as_ref().map(|p| p.extent(&self.vars))
     }
 

@@ -11,8 +11,8 @@
 //! on the host, so that path reads its loss and norm every step (as PyTorch's `GradScaler` does
 //! with an unfused optimizer).
 
-use super::zero3::Zero3Gate;
 use super::*;
+use crate::zero3::Zero3Gate;
 use lm_models::Recompute;
 use std::rc::Rc;
 

@@ -10,6 +10,11 @@
 //! those the forward pass reads outside them. A parameter read outside (T5's position bias,
 //! made from block 0's parameters before the blocks run; a tied embedding) is never freed
 //! during the step. Every rank runs the same model, so the plans and the gathers agree.
+//!
+//! The trainer uses it for `train.zero_stage = 3` with `train.activation_checkpointing`; a
+//! custom loop does the same: [`Zero3Gate::start`] per step (with the plan of an earlier step,
+//! if any), the forward pass in [`Zero3Gate::forward`], the backward pass (with the strategy's
+//! reduction) in [`Zero3Gate::backward`], then keep [`Zero3Gate::learned_plan`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -23,7 +28,7 @@ use lm_models::gate::BlockGate;
 /// Which parameters (indices into the trained variables) each recomputed block reads alone,
 /// and those a step keeps whole throughout.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct BlockPlan {
+pub struct BlockPlan {
     /// Per recomputed block, by its number in the forward pass.
     blocks: Vec<Vec<usize>>,
     /// Read outside the recomputed blocks, or by none of them.
@@ -49,13 +54,13 @@ impl BlockPlan {
     }
 
     /// Parameters kept whole for the whole step.
-    pub(crate) fn always(&self) -> &[usize] {
+    pub fn always(&self) -> &[usize] {
         &self.always
     }
 
     /// What a rank holds of the parameters at once during a step: the blocks gated, the values
     /// kept whole throughout and the largest block's values.
-    pub(crate) fn extent(&self, vars: &[Var]) -> Zero3Extent {
+    pub fn extent(&self, vars: &[Var]) -> Zero3Extent {
         let values = |ix: &[usize]| ix.iter().map(|&i| vars[i].elem_count()).sum::<usize>();
         Zero3Extent {
             blocks: self.blocks.len(),
@@ -79,7 +84,7 @@ pub struct Zero3Extent {
 
 /// The gate of one step: learning (every parameter whole, reads recorded) or gathering block by
 /// block from a learned plan.
-pub(crate) struct Zero3Gate {
+pub struct Zero3Gate {
     strategy: Arc<Strategy>,
     vars: Vec<Var>,
     plan: Option<Arc<BlockPlan>>,
@@ -94,7 +99,7 @@ pub(crate) struct Zero3Gate {
 impl Zero3Gate {
     /// A step's gate: with `plan`, the parameters it keeps whole are gathered now; without,
     /// every parameter is, and this step learns the plan.
-    pub(crate) fn start(
+    pub fn start(
         strategy: Arc<Strategy>,
         vars: &[Var],
         plan: Option<Arc<BlockPlan>>,
@@ -114,7 +119,7 @@ impl Zero3Gate {
     }
 
     /// Runs a forward pass, noting (when learning) the parameters it reads outside the blocks.
-    pub(crate) fn forward<T>(self: &Rc<Self>, f: impl FnOnce() -> T) -> T {
+    pub fn forward<T>(self: &Rc<Self>, f: impl FnOnce() -> T) -> T {
         let gate: Rc<dyn BlockGate> = self.clone();
         let (out, reads) = lm_models::gate::with_block_gate(gate, || {
             candle_core::recompute::record_variable_reads(f)
@@ -126,12 +131,12 @@ impl Zero3Gate {
     }
 
     /// Runs a backward pass with the gate around the blocks' recomputations.
-    pub(crate) fn backward<T>(self: &Rc<Self>, f: impl FnOnce() -> T) -> T {
+    pub fn backward<T>(self: &Rc<Self>, f: impl FnOnce() -> T) -> T {
         lm_models::gate::with_block_gate(self.clone(), f)
     }
 
     /// The plan this step learned (`None` when it followed one).
-    pub(crate) fn learned_plan(&self) -> Option<Arc<BlockPlan>> {
+    pub fn learned_plan(&self) -> Option<Arc<BlockPlan>> {
         if self.plan.is_some() {
             return None;
         }

@@ -352,9 +352,11 @@ impl Strategy {
         };
         let dev = first.device();
         let flat = if self.comm.rank() == root {
+            // Detached: a gather inside a recomputed block's forward run is not one of the
+            // block's reads (its owner would record them in another order than the others).
             let parts: Vec<Tensor> = vars
                 .iter()
-                .map(|v| v.as_tensor().flatten_all()?.to_dtype(DType::F32))
+                .map(|v| v.as_tensor().detach().flatten_all()?.to_dtype(DType::F32))
                 .collect::<candle_core::Result<_>>()?;
             Tensor::cat(&parts, 0)?
         } else {
@@ -395,7 +397,7 @@ impl Strategy {
         }
         let flat: Vec<Tensor> = vars
             .iter()
-            .map(|v| v.as_tensor().flatten_all()?.to_dtype(DType::F32))
+            .map(|v| v.as_tensor().detach().flatten_all()?.to_dtype(DType::F32))
             .collect::<candle_core::Result<_>>()?;
         let flat = self.comm.broadcast_tensor(&Tensor::cat(&flat, 0)?, root)?;
         let mut at = 0;

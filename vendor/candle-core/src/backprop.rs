@@ -107,7 +107,7 @@ impl Tensor {
                     }),
                     // lm-train patch: the recomputed function may read variables it captured,
                     // so the node is visited even when no argument tracks.
-                    Op::Recompute(args, _) => {
+                    Op::Recompute(args, _, _) => {
                         track_grad = true;
                         args.iter().fold(nodes, |nodes, arg| walk(arg, nodes, already_seen).1)
                     }
@@ -196,9 +196,11 @@ impl Tensor {
     /// every node that reads it being done (the nodes are in topological order) — so that a
     /// data-parallel trainer can reduce gradients, or free them, while the pass goes on (PyTorch
     /// DDP's bucket hooks). `on_ready` may take or replace the gradient. Variables read inside a
-    /// recomputed function ([`Tensor::checkpoint`]) join the store when their recomputation runs,
-    /// so only the variables reached after the last recomputation are announced; the caller
-    /// takes the others from the returned store.
+    /// recomputed function ([`Tensor::checkpoint`]) join the store when their recomputation runs:
+    /// each is announced once every recomputation that read it in the forward pass is done (and
+    /// the pass has reached it, if it is also a node of the graph), in the order each
+    /// recomputation first read them. Variables nothing read are not announced; the caller takes
+    /// them from the returned store.
     pub fn backward_freeing_graph_with(
         &self,
         on_ready: &mut dyn FnMut(TensorId, &mut GradStore) -> Result<()>,
@@ -221,26 +223,23 @@ impl Tensor {
         mut on_ready: Option<&mut dyn FnMut(TensorId, &mut GradStore) -> Result<()>>,
     ) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
-        // A recomputation may add to any variable it captured: a variable's gradient is known
-        // final only past the last one.
-        let announce_from = match on_ready {
-            None => usize::MAX,
-            Some(_) => sorted_nodes
-                .iter()
-                .rposition(|n| matches!(n.op(), Some(Op::Recompute(..))))
-                .map_or(0, |i| i + 1),
-        };
+        // A recomputation adds to the variables its function read: a variable's gradient is
+        // final once the pass has reached it (if it is a node of this graph) and every
+        // recomputation that reads it is done.
+        let mut readiness = on_ready.as_ref().map(|_| Readiness::new(&sorted_nodes));
         let mut grads = GradStore::new();
         grads.insert(self, seed.contiguous()?);
         // Each node is dropped at the end of its iteration: with `free`, what its op saved goes
         // with it unless a node still to come holds it.
-        for (index, owned) in sorted_nodes.into_iter().enumerate() {
+        for owned in sorted_nodes {
             let node = &owned;
             // `&&Tensor`, as upstream's loop over borrowed nodes had it (`*node` is a `&Tensor`).
             let node = &node;
             if node.is_variable() {
-                if let Some(on_ready) = on_ready.as_mut().filter(|_| index >= announce_from) {
-                    on_ready(node.id(), &mut grads)?;
+                if let (Some(on_ready), Some(r)) = (on_ready.as_mut(), readiness.as_mut()) {
+                    if r.reached(node.id()) {
+                        on_ready(node.id(), &mut grads)?;
+                    }
                 }
                 continue;
             }
@@ -707,7 +706,7 @@ impl Tensor {
                     // share the arguments' storage, and back-propagate this node's gradient
                     // through it; the leaves' gradients are the arguments', the others (the
                     // variables it read) join the store.
-                    Op::Recompute(args, f) => {
+                    Op::Recompute(args, f, _) => {
                         let leaves: Vec<Tensor> = args
                             .iter()
                             .map(|a| {
@@ -729,6 +728,12 @@ impl Tensor {
                             }
                         }
                         grads.extend(inner)?;
+                        if let (Some(on_ready), Some(r)) = (on_ready.as_mut(), readiness.as_mut())
+                        {
+                            for id in r.recomputed(node.id()) {
+                                on_ready(id, &mut grads)?;
+                            }
+                        }
                     }
                     Op::CustomOp2(arg1, arg2, c) => {
                         let (arg_grad1, arg_grad2) = c.bwd(arg1, arg2, node, &grad)?;
@@ -787,6 +792,68 @@ impl Tensor {
 /// A store for gradients, associating a tensor id to the corresponding gradient tensor, used for back propagation.
 #[derive(Default, Debug)]
 pub struct GradStore(HashMap<TensorId, Tensor>);
+
+/// lm-train patch: when each variable's gradient is final in a pass with recomputations.
+struct Readiness {
+    /// Per variable: the recomputations still to run that read it.
+    pending: HashMap<TensorId, usize>,
+    /// Per recomputation node: the variables its function read.
+    reads: HashMap<TensorId, std::sync::Arc<crate::recompute::VariableReads>>,
+    /// Variables that are nodes of the graph, not reached yet.
+    ahead: std::collections::HashSet<TensorId>,
+}
+
+impl Readiness {
+    fn new(nodes: &[Tensor]) -> Self {
+        let mut r = Self {
+            pending: HashMap::new(),
+            reads: HashMap::new(),
+            ahead: Default::default(),
+        };
+        for n in nodes {
+            if n.is_variable() {
+                r.ahead.insert(n.id());
+            }
+            if let Some(Op::Recompute(_, _, reads)) = n.op() {
+                for id in reads.ids() {
+                    *r.pending.entry(*id).or_default() += 1;
+                }
+                r.reads.insert(n.id(), reads);
+            }
+        }
+        r
+    }
+
+    /// The pass reached variable `id`: whether its gradient is final.
+    fn reached(&mut self, id: TensorId) -> bool {
+        self.ahead.remove(&id);
+        self.pending.get(&id).copied().unwrap_or(0) == 0
+    }
+
+    /// Recomputation `node` is done: the variables it read whose gradients are now final, in
+    /// the order they were made (the same on every data-parallel rank, whatever else a rank
+    /// read inside the function).
+    fn recomputed(&mut self, node: TensorId) -> Vec<TensorId> {
+        let Some(reads) = self.reads.remove(&node) else {
+            return vec![];
+        };
+        let mut ready = vec![];
+        for id in reads.ids() {
+            if let Some(p) = self.pending.get_mut(id) {
+                *p = p.saturating_sub(1);
+                if *p == 0 && !self.ahead.contains(id) {
+                    ready.push(*id);
+                }
+            }
+        }
+        ready.sort_by(|a, b| match (a.not_before(*b), b.not_before(*a)) {
+            (true, true) => std::cmp::Ordering::Equal,
+            (true, false) => std::cmp::Ordering::Greater,
+            _ => std::cmp::Ordering::Less,
+        });
+        ready
+    }
+}
 
 impl GradStore {
     /// Create a new gradient store

@@ -189,7 +189,11 @@ pub enum Op {
     ),
     /// lm-train patch: a function of the tensors recomputed in backward
     /// ([`crate::recompute`]).
-    Recompute(Vec<Tensor>, crate::recompute::RecomputeFn),
+    Recompute(
+        Vec<Tensor>,
+        crate::recompute::RecomputeFn,
+        std::sync::Arc<crate::recompute::VariableReads>,
+    ),
 }
 
 pub trait UnaryOpT {

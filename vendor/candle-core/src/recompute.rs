@@ -17,6 +17,31 @@ thread_local! {
     static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
     /// The open recordings of [`record_variable_reads`], innermost last.
     static READS: RefCell<Vec<HashSet<TensorId>>> = const { RefCell::new(Vec::new()) };
+    /// The open forward runs of [`Tensor::checkpoint`], innermost last: a read counts in each.
+    static CHECKPOINT_READS: RefCell<Vec<VariableReads>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The variables a checkpointed function read in its forward run, in the order first read: the
+/// only ones its recomputation adds gradients to, so the backward pass can announce a variable
+/// as final once every recomputation that reads it is done (in this order, the same on every
+/// data-parallel rank).
+#[derive(Debug, Default)]
+pub struct VariableReads {
+    order: Vec<TensorId>,
+    seen: HashSet<TensorId>,
+}
+
+impl VariableReads {
+    fn note(&mut self, id: TensorId) {
+        if self.seen.insert(id) {
+            self.order.push(id);
+        }
+    }
+
+    /// The variables, in the order first read.
+    pub fn ids(&self) -> &[TensorId] {
+        &self.order
+    }
 }
 
 /// Runs `f` and returns with its result the ids of the variables that ops made inside it took
@@ -47,6 +72,28 @@ pub(crate) fn note_read(t: &Tensor) {
             top.insert(t.id());
         }
     });
+    CHECKPOINT_READS.with(|r| {
+        for open in r.borrow_mut().iter_mut() {
+            open.note(t.id());
+        }
+    });
+}
+
+/// `f()` and the variables its ops read, for [`Tensor::checkpoint`] (every open run counts a
+/// read, so a nested checkpoint's reads are its parent's too).
+fn checkpoint_reads<T>(f: impl FnOnce() -> T) -> (T, VariableReads) {
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            CHECKPOINT_READS.with(|r| r.borrow_mut().pop());
+        }
+    }
+    CHECKPOINT_READS.with(|r| r.borrow_mut().push(VariableReads::default()));
+    let pop = Pop;
+    let out = f();
+    let reads = CHECKPOINT_READS.with(|r| r.borrow_mut().last_mut().map(std::mem::take));
+    drop(pop);
+    (out, reads.unwrap_or_default())
 }
 
 /// Whether ops on this thread record the graph (true unless inside [`no_grad`]).
@@ -86,7 +133,8 @@ impl Tensor {
         if !grad_enabled() {
             return f(args);
         }
-        let y = no_grad(|| f(args))?;
-        Ok(y.with_backprop_op(BackpropOp::from_op(Op::Recompute(args.to_vec(), f))))
+        let (y, reads) = checkpoint_reads(|| no_grad(|| f(args)));
+        let op = Op::Recompute(args.to_vec(), f, Arc::new(reads));
+        Ok(y?.with_backprop_op(BackpropOp::from_op(op)))
     }
 }

@@ -24,9 +24,70 @@ use serde_json::{json, Value};
 
 /// The same allocator as the `lm-train` command (see there), so the step is timed as it runs.
 /// (Not on Apple targets, where no C library is built: `cargo xtask metal-check`.)
+/// It counts the bytes allocated and their high-water mark, which `gpt2-memory`'s trace prints
+/// (two relaxed atomic additions per call).
 #[cfg(not(target_vendor = "apple"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: counting::Counting<mimalloc::MiMalloc> = counting::Counting(mimalloc::MiMalloc);
+
+/// An allocator that counts the bytes live in the one it wraps.
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    /// The wrapper.
+    pub struct Counting<A>(pub A);
+
+    // SAFETY: every call is forwarded to the wrapped allocator unchanged; only counters change.
+    unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: forwarded with the caller's guarantees.
+            let p = unsafe { self.0.alloc(layout) };
+            if !p.is_null() {
+                let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            // SAFETY: forwarded with the caller's guarantees.
+            unsafe { self.0.dealloc(ptr, layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: forwarded with the caller's guarantees.
+            let p = unsafe { self.0.alloc_zeroed(layout) };
+            if !p.is_null() {
+                let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            }
+            p
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            // SAFETY: forwarded with the caller's guarantees.
+            let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+            if !p.is_null() {
+                LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+                let now = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            }
+            p
+        }
+    }
+
+    /// Bytes allocated and not freed, and the most there were since the last call.
+    #[allow(dead_code)]
+    pub fn live_and_peak() -> (usize, usize) {
+        let live = LIVE.load(Ordering::Relaxed);
+        (live, PEAK.swap(live, Ordering::Relaxed))
+    }
+}
 
 /// Median seconds of `runs` calls of `f` (after one warm-up call).
 fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {

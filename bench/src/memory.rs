@@ -3,7 +3,9 @@
 //! 1.0, no dropout, the graph freed during backward as the trainer does — with `CHECKPOINTING` `none`, `blocks` or N (every N-th block recomputes).
 //! Prints the median step time, the state the memory account counts (parameters, gradients,
 //! Adam's moments) and the peak resident set, whose difference is what activations and
-//! temporaries took (`LM_BENCH_TRACE=1`: the resident set after each phase of each step;
+//! temporaries took (`LM_BENCH_TRACE=1`: the resident set and the bytes allocated after each
+//! phase of each step and after every 12 gradients made final; `LM_BENCH_STORAGE=1`: the
+//! gradients whose buffer holds more than their values;
 //! `LM_BENCH_WHOLE_HEAD=1`: the head's logits made whole, as below the trainer's threshold). Run it
 //! under `farm-bench` for whole-process figures.
 
@@ -27,7 +29,17 @@ fn trace(what: &str) {
             .find_map(|l| l.strip_prefix(key))
             .map_or("?".to_string(), |v| v.trim().to_string())
     };
-    eprintln!("{what}: RSS {}, peak {}", kib("VmRSS:"), kib("VmHWM:"));
+    #[cfg(not(target_vendor = "apple"))]
+    let (live, peak) = crate::counting::live_and_peak();
+    #[cfg(target_vendor = "apple")]
+    let (live, peak) = (0, 0);
+    eprintln!(
+        "{what}: RSS {}, peak {}; allocated {:.0} MiB, at most {:.0} MiB since the last line",
+        kib("VmRSS:"),
+        kib("VmHWM:"),
+        mib(live as f64),
+        mib(peak as f64)
+    );
 }
 
 /// Runs the measurement; `args` are the words after `gpt2-memory`.
@@ -72,9 +84,32 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
         let mut grads = if keep_graph {
             loss.backward()?
         } else {
-            loss.backward_freeing_graph()?
+            // Traced as each parameter's gradient is final (after each recomputed block).
+            let mut announced = 0;
+            loss.backward_freeing_graph_with(&mut |_, _| {
+                announced += 1;
+                if announced % 12 == 0 {
+                    trace(&format!("  backward, {announced} gradients final"));
+                }
+                Ok(())
+            })?
         };
         trace("backward");
+        if std::env::var_os("LM_BENCH_STORAGE").is_some() {
+            let mut over = vec![];
+            for v in &vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    let (st, l) = g.storage_and_layout();
+                    if let candle_core::Storage::Cpu(c) = &*st {
+                        let len = c.as_slice::<f32>().map(|s| s.len()).unwrap_or(0);
+                        if len != g.elem_count() || !l.is_contiguous() {
+                            over.push((g.dims().to_vec(), len, l.is_contiguous()));
+                        }
+                    }
+                }
+            }
+            eprintln!("grads whose storage is larger: {over:?}");
+        }
         // Clipping as the trainer does it: a factor Adam applies inside its fused update.
         let (host_sq, _) = lm_optim::clip::sum_squares(&grads, &vars)?;
         let factor = lm_optim::clip::clip_factor(host_sq.sqrt(), 1.0)?;

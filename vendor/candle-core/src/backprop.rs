@@ -905,9 +905,12 @@ impl GradStore {
     /// contribution is stored as is (copied only when it is not contiguous).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
+            // In place when the stored gradient is the store's alone (no third buffer).
             Entry::Occupied(mut entry) => {
-                let sum = entry.get().add(grad)?;
-                *entry.get_mut() = sum;
+                if !entry.get().add_in_place_if_unique(grad)? {
+                    let sum = entry.get().add(grad)?;
+                    *entry.get_mut() = sum;
+                }
             }
             // Stored gradients stay contiguous, as upstream's zero-initialized sums were: some
             // accumulations (index_add, scatter_add) need a contiguous destination.

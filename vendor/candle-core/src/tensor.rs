@@ -2381,6 +2381,41 @@ impl Tensor {
         }
     }
 
+    /// lm-train patch: `self += other` in place, when that changes no other tensor's value:
+    /// `self` is held by nobody else (neither the tensor nor its storage is shared), both are
+    /// contiguous f32 tensors in CPU memory of one shape. Returns whether it did; the values
+    /// are those of `self.add(other)`. A gradient store accumulates this way, so that a tied
+    /// weight's second contribution does not make a third buffer of its size.
+    pub(crate) fn add_in_place_if_unique(&self, other: &Tensor) -> Result<bool> {
+        use rayon::prelude::*;
+        let plain = |t: &Tensor| t.dtype == DType::F32 && t.device.is_cpu();
+        if !plain(self) || !plain(other) || self.shape() != other.shape() {
+            return Ok(false);
+        }
+        if Arc::strong_count(&self.0) != 1 || Arc::strong_count(&self.storage) != 1 {
+            return Ok(false);
+        }
+        let (Some((a0, a1)), Some((b0, b1))) = (
+            self.layout.contiguous_offsets(),
+            other.layout.contiguous_offsets(),
+        ) else {
+            return Ok(false);
+        };
+        let src = other.storage();
+        let mut dst = self.storage_mut();
+        if let (Storage::Cpu(crate::CpuStorage::F32(a)), Storage::Cpu(crate::CpuStorage::F32(b))) =
+            (&mut *dst, &*src)
+        {
+            const CHUNK: usize = 1 << 16;
+            a[a0..a1]
+                .par_chunks_mut(CHUNK)
+                .zip(b[b0..b1].par_chunks(CHUNK))
+                .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += *y));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// lm-train patch: this tensor's storage and layout under a new id with backprop op `op`
     /// (no copy).
     pub(crate) fn with_backprop_op(&self, op: BackpropOp) -> Tensor {

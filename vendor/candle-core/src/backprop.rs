@@ -508,7 +508,12 @@ impl Tensor {
                     }
                     Op::IndexSelect(arg, indexes, dim) => {
                         let sum_grad = grads.or_insert(arg)?;
-                        *sum_grad = sum_grad.index_add(indexes, &grad, *dim)?;
+                        // lm-train patch: rows added in place where the sum is the store's alone.
+                        let in_place = *dim == 0
+                            && sum_grad.index_add_rows_in_place_if_unique(indexes, &grad)?;
+                        if !in_place {
+                            *sum_grad = sum_grad.index_add(indexes, &grad, *dim)?;
+                        }
                     }
                     Op::Matmul(lhs, rhs) => {
                         // Skipping checks, the op went ok, we can skip

@@ -2416,6 +2416,64 @@ impl Tensor {
         Ok(false)
     }
 
+    /// lm-train patch: `self[indexes[i]] += source[i]` row by row in place (an `index_add` on
+    /// dimension 0), under the conditions of [`Tensor::add_in_place_if_unique`] and with
+    /// `u32` or `i64` indexes. Returns whether it did; an index out of range is an error. An
+    /// embedding's gradient is accumulated this way, not copied (a tied embedding's gradient
+    /// already holds the head's part).
+    pub(crate) fn index_add_rows_in_place_if_unique(
+        &self,
+        indexes: &Tensor,
+        source: &Tensor,
+    ) -> Result<bool> {
+        let plain = |t: &Tensor| t.dtype == DType::F32 && t.device.is_cpu();
+        if !plain(self) || !plain(source) || !indexes.device.is_cpu() {
+            return Ok(false);
+        }
+        let (Ok((n, d)), Ok((k, d2)), Ok(k2)) = (self.dims2(), source.dims2(), indexes.dims1())
+        else {
+            return Ok(false);
+        };
+        if d != d2 || k != k2 {
+            return Ok(false);
+        }
+        if Arc::strong_count(&self.0) != 1 || Arc::strong_count(&self.storage) != 1 {
+            return Ok(false);
+        }
+        let (Some((a0, _)), Some((b0, _)), Some((i0, _))) = (
+            self.layout.contiguous_offsets(),
+            source.layout.contiguous_offsets(),
+            indexes.layout.contiguous_offsets(),
+        ) else {
+            return Ok(false);
+        };
+        let ids: Vec<usize> = match &*indexes.storage() {
+            Storage::Cpu(crate::CpuStorage::U32(v)) => {
+                v[i0..i0 + k].iter().map(|&i| i as usize).collect()
+            }
+            Storage::Cpu(crate::CpuStorage::I64(v)) => {
+                v[i0..i0 + k].iter().map(|&i| i as usize).collect()
+            }
+            _ => return Ok(false),
+        };
+        if let Some(bad) = ids.iter().find(|&&i| i >= n) {
+            Err(Error::Msg(format!("index-add: index {bad} out of range for {n} rows")).bt())?
+        }
+        let src = source.storage();
+        let mut dst = self.storage_mut();
+        if let (Storage::Cpu(crate::CpuStorage::F32(a)), Storage::Cpu(crate::CpuStorage::F32(b))) =
+            (&mut *dst, &*src)
+        {
+            for (r, &i) in ids.iter().enumerate() {
+                let row = &b[b0 + r * d..b0 + (r + 1) * d];
+                let out = &mut a[a0 + i * d..a0 + (i + 1) * d];
+                out.iter_mut().zip(row).for_each(|(x, y)| *x += *y);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// lm-train patch: this tensor's storage and layout under a new id with backprop op `op`
     /// (no copy).
     pub(crate) fn with_backprop_op(&self, op: BackpropOp) -> Tensor {

@@ -43,6 +43,7 @@ mod counting {
 
     // SAFETY: every call is forwarded to the wrapped allocator unchanged; only counters change.
     unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
+        // SAFETY: GlobalAlloc's contract, which the caller upholds and the body forwards.
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             // SAFETY: forwarded with the caller's guarantees.
             let p = unsafe { self.0.alloc(layout) };
@@ -53,12 +54,14 @@ mod counting {
             p
         }
 
+        // SAFETY: GlobalAlloc's contract, which the caller upholds and the body forwards.
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
             LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
             // SAFETY: forwarded with the caller's guarantees.
             unsafe { self.0.dealloc(ptr, layout) }
         }
 
+        // SAFETY: GlobalAlloc's contract, which the caller upholds and the body forwards.
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
             // SAFETY: forwarded with the caller's guarantees.
             let p = unsafe { self.0.alloc_zeroed(layout) };
@@ -69,6 +72,7 @@ mod counting {
             p
         }
 
+        // SAFETY: GlobalAlloc's contract, which the caller upholds and the body forwards.
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
             // SAFETY: forwarded with the caller's guarantees.
             let p = unsafe { self.0.realloc(ptr, layout, new_size) };

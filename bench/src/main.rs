@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 static ALLOCATOR: counting::Counting<mimalloc::MiMalloc> = counting::Counting(mimalloc::MiMalloc);
 
 /// An allocator that counts the bytes live in the one it wraps.
+#[cfg(not(target_vendor = "apple"))]
 mod counting {
     use std::alloc::{GlobalAlloc, Layout};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -86,7 +87,6 @@ mod counting {
     }
 
     /// Bytes allocated and not freed, and the most there were since the last call.
-    #[allow(dead_code)]
     pub fn live_and_peak() -> (usize, usize) {
         let live = LIVE.load(Ordering::Relaxed);
         (live, PEAK.swap(live, Ordering::Relaxed))

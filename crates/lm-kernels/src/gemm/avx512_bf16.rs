@@ -4,33 +4,84 @@ use super::*;
 use std::arch::x86_64::*;
 
 /// `b` as panels of `NR` columns: panel `p`, k-pair `q`, column `c`, half `h` at
-/// `((p·kp + q)·NR + c)·2 + h` holds `bf16(b[2q + h, p·NR + c])` (zero beyond k or n).
-/// Loops run along whichever axis of `b` is contiguous.
-#[target_feature(enable = "avx512f,avx512bf16")]
-fn pack_b(b: &Mat, k: usize, n: usize, kp: usize) -> Vec<u16> {
+/// `((p·kp + q)·NR + c)·2 + h` holds `bf16(b[2q + h, p·NR + c])` (zero beyond k or n). Panels
+/// are packed in parallel when `parallel`; a row-major `b` is converted 16 values at a time
+/// (`vcvtneps2bf16`, rounding to nearest even as [`to_bf16_bits`]; inputs below f32's normal
+/// range are taken as zero), a column-major one value by value.
+fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, parallel: bool) -> Vec<u16> {
+    use rayon::prelude::*;
     let panels = n.div_ceil(NR);
     let mut out = vec![0u16; panels * kp * NR * 2];
-    let at = |i: usize| (i as isize * b.rs) as usize;
-    if b.cs == 1 {
-        for kk in 0..k {
-            let row = &b.data[at(kk)..at(kk) + n];
-            for (p, chunk) in row.chunks(NR).enumerate() {
-                let base = (p * kp + kk / 2) * NR * 2 + kk % 2;
-                for (c, &v) in chunk.iter().enumerate() {
-                    out[base + 2 * c] = to_bf16_bits(v);
-                }
-            }
+    let panel_len = kp * NR * 2;
+    let pack = |(p, panel): (usize, &mut [u16])| {
+        if b.cs == 1 {
+            // SAFETY: the caller checked AVX512F + AVX512-BF16.
+            unsafe { pack_panel_rows(b, k, n, p, panel) }
+        } else {
+            pack_panel_cols(b, k, n, p, panel)
         }
+    };
+    // Half a million values or more: worth the threads (a fork-join costs microseconds).
+    if parallel && rayon::current_num_threads() > 1 && k * n >= 1 << 19 {
+        out.par_chunks_mut(panel_len).enumerate().for_each(pack);
     } else {
-        for col in 0..n {
-            let (p, c) = (col / NR, col % NR);
-            for kk in 0..k {
-                let v = b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
-                out[((p * kp + kk / 2) * NR + c) * 2 + kk % 2] = to_bf16_bits(v);
-            }
-        }
+        out.chunks_mut(panel_len).enumerate().for_each(pack);
     }
     out
+}
+
+/// Panel `p` of a row-major `b` (`cs == 1`): for each k-pair, rows `2q` and `2q + 1` of the
+/// panel's columns, converted 16 at a time and interleaved into (low, high) pairs.
+/// # Safety
+/// The CPU must have AVX512F and AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_panel_rows(b: &Mat, k: usize, n: usize, p: usize, panel: &mut [u16]) {
+    let c0 = p * NR;
+    let cols = NR.min(n - c0);
+    let at = |i: usize| (i as isize * b.rs) as usize + c0;
+    let out = panel.as_mut_ptr().cast::<u32>();
+    for q in 0..k.div_ceil(2) {
+        for half in 0..NR / 16 {
+            let lo_col = half * 16;
+            if lo_col >= cols {
+                break;
+            }
+            let width = (cols - lo_col).min(16);
+            let mask: __mmask16 = if width == 16 {
+                0xFFFF
+            } else {
+                (1u16 << width) - 1
+            };
+            let row = |kk: usize| -> __m512 {
+                if kk >= k {
+                    return _mm512_setzero_ps();
+                }
+                let start = at(kk) + lo_col;
+                let src = &b.data[start..start + width];
+                _mm512_maskz_loadu_ps(mask, src.as_ptr())
+            };
+            let even: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(row(2 * q)));
+            let odd: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(row(2 * q + 1)));
+            let pairs = _mm512_or_si512(
+                _mm512_cvtepu16_epi32(even),
+                _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(odd)),
+            );
+            // u32 index (q·NR + c): this pair's 16 columns, in bounds of the panel.
+            _mm512_storeu_si512(out.add(q * NR + lo_col).cast(), pairs);
+        }
+    }
+}
+
+/// Panel `p` of a column-major (or strided) `b`, value by value.
+fn pack_panel_cols(b: &Mat, k: usize, n: usize, p: usize, panel: &mut [u16]) {
+    let c0 = p * NR;
+    for c in 0..NR.min(n - c0) {
+        let col = c0 + c;
+        for kk in 0..k {
+            let v = b.data[(kk as isize * b.rs + col as isize * b.cs) as usize];
+            panel[((kk / 2) * NR + c) * 2 + kk % 2] = to_bf16_bits(v);
+        }
+    }
 }
 
 /// Rows `r0..r0 + rows` of `a` as k-pairs: `out[i·kp + q]` = `bf16(a[r0+i, 2q])` in the low
@@ -66,8 +117,7 @@ pub(super) fn gemm(
         "bf16 gemm: destination out of bounds"
     );
     let kp = k.div_ceil(2);
-    // SAFETY: the caller checked AVX512F + AVX512-BF16.
-    let bp = unsafe { pack_b(&b, k, n, kp) };
+    let bp = pack_b(&b, k, n, kp, parallel);
     let work = |(r0, d): (usize, &mut [f32])| {
         let rows = MB.min(m - r0);
         let mut ap = vec![0u32; rows * kp];
@@ -140,4 +190,93 @@ unsafe fn tile<const R: usize>(
         }
     }
     store_tile(d, &acc, (dst_rs, cols, Epilogue::new(accumulate, scale)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row-major `b` packed 16 values at a time equals the value-by-value packing (the one
+    /// strided operands take), bit for bit, on normal values, ties, infinities and NaN, with
+    /// odd k and a last panel of every width; and the packing in parallel equals it too.
+    #[test]
+    fn vector_packing_equals_value_by_value_packing() {
+        if !has_avx512_bf16() {
+            println!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let specials = [
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            -2.5,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            0.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+        ];
+        for (k, n) in [(1, 1), (7, 37), (64, 33), (9, 16), (130, 95), (2, 64)] {
+            let data: Vec<f32> = (0..k * n)
+                .map(|i| match i % 11 {
+                    10 => specials[(i / 11) % specials.len()],
+                    _ => ((i * 7919 % 1000) as f32 - 500.0) * 0.0137,
+                })
+                .collect();
+            let b = Mat::rows(&data, n);
+            let kp = k.div_ceil(2);
+            let mut want = vec![0u16; n.div_ceil(NR) * kp * NR * 2];
+            for (p, panel) in want.chunks_mut(kp * NR * 2).enumerate() {
+                pack_panel_cols(&b, k, n, p, panel);
+            }
+            for parallel in [false, true] {
+                let got = pack_b(&b, k, n, kp, parallel);
+                assert_eq!(got, want, "{k}×{n}, parallel {parallel}");
+            }
+        }
+    }
+
+    /// A product large enough to pack `b` on several threads equals the rounded-f32 fallback.
+    #[test]
+    fn a_product_packed_in_parallel_equals_the_fallback() {
+        if !has_avx512_bf16() {
+            println!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let (m, k, n) = (5, 770, 700);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) * 0.01)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 17 % 89) as f32 - 44.0) * 0.02)
+            .collect();
+        for bv in [Mat::rows(&b, n), Mat::cols(&b, k)] {
+            let mut want = vec![0f32; m * n];
+            fallback(
+                &mut want,
+                n,
+                Mat::rows(&a, k),
+                bv,
+                (m, k, n),
+                false,
+                1.0,
+                true,
+            );
+            let mut got = vec![0f32; m * n];
+            gemm(
+                &mut got,
+                n,
+                Mat::rows(&a, k),
+                bv,
+                (m, k, n),
+                false,
+                1.0,
+                true,
+            );
+            for (x, y) in got.iter().zip(&want) {
+                assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{x} vs {y}");
+            }
+        }
+    }
 }

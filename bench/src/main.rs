@@ -9,6 +9,7 @@ use std::time::Instant;
 mod data;
 mod ddp;
 mod gemm;
+mod gpt2;
 mod memory;
 mod soak;
 
@@ -574,6 +575,9 @@ fn main() -> Result<()> {
     }
     if want("gemm") {
         gemm::gemm(&mut r)?;
+    }
+    if want("gpt2") {
+        gpt2::gpt2(&mut r)?;
     }
     if args.iter().any(|a| a == "step") {
         // Only the headline figures, for quick before/after comparisons.

@@ -85,17 +85,91 @@ fn pack_panel_cols(b: &Mat, k: usize, n: usize, p: usize, panel: &mut [u16]) {
 }
 
 /// Rows `r0..r0 + rows` of `a` as k-pairs: `out[i·kp + q]` = `bf16(a[r0+i, 2q])` in the low
-/// half and `bf16(a[r0+i, 2q+1])` in the high half (zero beyond k).
+/// half and `bf16(a[r0+i, 2q+1])` in the high half (zero beyond k). A row-major `a` is converted
+/// 32 values at a time (`vcvtne2ps2bf16`, as [`pack_b`]'s rows); a column-major one (a transposed
+/// operand, e.g. a weight gradient's `dyᵀ`) is read column by column, each column contiguous;
+/// any other layout value by value.
+/// # Safety
+/// The CPU must have AVX512F and AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bf16")]
-fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u32]) {
-    let at = |i: usize, kk: usize| {
-        let v = a.data[((r0 + i) as isize * a.rs + kk as isize * a.cs) as usize];
-        to_bf16_bits(v) as u32
-    };
+unsafe fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut [u32]) {
+    if a.cs == 1 {
+        for i in 0..rows {
+            let start = ((r0 + i) as isize * a.rs) as usize;
+            let row = &a.data[start..start + k];
+            for (q0, o) in (0..kp)
+                .step_by(16)
+                .zip(out[i * kp..(i + 1) * kp].chunks_mut(16))
+            {
+                let load = |from: usize| -> __m512 {
+                    let width = k.saturating_sub(from).min(16);
+                    let mask: __mmask16 = if width == 16 {
+                        0xFFFF
+                    } else {
+                        (1u16 << width) - 1
+                    };
+                    let src = &row[from.min(k)..from.min(k) + width];
+                    _mm512_maskz_loadu_ps(mask, src.as_ptr())
+                };
+                let (lo, hi) = (load(2 * q0), load(2 * q0 + 16));
+                let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                let mut words = [0u32; 16];
+                _mm512_storeu_si512(words.as_mut_ptr().cast(), pairs);
+                o.copy_from_slice(&words[..o.len()]);
+            }
+        }
+        return;
+    }
+    let at = |i: usize, kk: usize| ((r0 + i) as isize * a.rs + kk as isize * a.cs) as usize;
+    if a.rs == 1 {
+        // 16 rows × 16 k-pairs at a time: each pair's two columns (16 contiguous values each)
+        // converted and interleaved into one vector per pair, then transposed to rows.
+        for i0 in (0..rows).step_by(16) {
+            let height = (rows - i0).min(16);
+            let mask: __mmask16 = if height == 16 {
+                0xFFFF
+            } else {
+                (1u16 << height) - 1
+            };
+            let column = |kk: usize| -> __m256i {
+                if kk >= k {
+                    return _mm256_setzero_si256();
+                }
+                let col = &a.data[at(i0, kk)..at(i0, kk) + height];
+                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(
+                    mask,
+                    col.as_ptr(),
+                )))
+            };
+            for q0 in (0..kp).step_by(16) {
+                let pairs: [__m512i; 16] = std::array::from_fn(|j| {
+                    let (even, odd) = (column(2 * (q0 + j)), column(2 * (q0 + j) + 1));
+                    _mm512_or_si512(
+                        _mm512_cvtepu16_epi32(even),
+                        _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(odd)),
+                    )
+                });
+                let by_row = super::amx::transpose_16x16(pairs);
+                let width = (kp - q0).min(16);
+                for (i, v) in by_row.iter().enumerate().take(height) {
+                    let mut words = [0u32; 16];
+                    _mm512_storeu_si512(words.as_mut_ptr().cast(), *v);
+                    let o = (i0 + i) * kp + q0;
+                    out[o..o + width].copy_from_slice(&words[..width]);
+                }
+            }
+        }
+        return;
+    }
     for i in 0..rows {
         for (q, o) in out[i * kp..(i + 1) * kp].iter_mut().enumerate() {
-            let hi = if 2 * q + 1 < k { at(i, 2 * q + 1) } else { 0 };
-            *o = at(i, 2 * q) | hi << 16;
+            let lo = to_bf16_bits(a.data[at(i, 2 * q)]) as u32;
+            let hi = if 2 * q + 1 < k {
+                to_bf16_bits(a.data[at(i, 2 * q + 1)]) as u32
+            } else {
+                0
+            };
+            *o = lo | hi << 16;
         }
     }
 }
@@ -233,6 +307,50 @@ mod tests {
             for parallel in [false, true] {
                 let got = pack_b(&b, k, n, kp, parallel);
                 assert_eq!(got, want, "{k}×{n}, parallel {parallel}");
+            }
+        }
+    }
+
+    /// Rows of `a` packed from a row-major `a` (32 values at a time) and from a column-major
+    /// one (column by column) equal the definition, bit for bit, with odd k and row offsets.
+    #[test]
+    fn packing_a_equals_the_definition() {
+        if !has_avx512_bf16() {
+            println!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        for (m, k) in [(1, 1), (5, 33), (9, 64), (3, 31), (70, 130)] {
+            let v = |i: usize| match i % 13 {
+                12 => [f32::INFINITY, -2.5, 1.0 + 1.0 / 256.0, f32::NAN][(i / 13) % 4],
+                _ => ((i * 7919 % 1000) as f32 - 500.0) * 0.0137,
+            };
+            let rm: Vec<f32> = (0..m * k).map(v).collect();
+            // The same matrix stored column-major: element (r, c) at c·m + r.
+            let mut cm = vec![0f32; m * k];
+            for r in 0..m {
+                for c in 0..k {
+                    cm[c * m + r] = rm[r * k + c];
+                }
+            }
+            let kp = k.div_ceil(2);
+            let (r0, rows) = (m / 3, m - m / 3);
+            let mut want = vec![0u32; rows * kp];
+            for i in 0..rows {
+                for q in 0..kp {
+                    let at = |c: usize| to_bf16_bits(rm[(r0 + i) * k + c]) as u32;
+                    want[i * kp + q] = at(2 * q)
+                        | if 2 * q + 1 < k {
+                            at(2 * q + 1) << 16
+                        } else {
+                            0
+                        };
+                }
+            }
+            for (name, a) in [("rows", Mat::rows(&rm, k)), ("cols", Mat::cols(&cm, m))] {
+                let mut got = vec![7u32; rows * kp];
+                // SAFETY: checked above that the CPU has AVX512-BF16.
+                unsafe { pack_a(&a, r0, rows, k, kp, &mut got) };
+                assert_eq!(got, want, "{name} {m}×{k}");
             }
         }
     }

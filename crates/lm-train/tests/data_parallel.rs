@@ -590,14 +590,19 @@ fn fine_tuning_on_two_ranks_of_four_equals_one_process_of_eight() {
         };
         std::fs::write(d.join("one.toml"), config(8)).unwrap();
         std::fs::write(d.join("two.toml"), config(4)).unwrap();
+        // The resumed run below shards everything (ZeRO-3): the evaluations, predictions and
+        // the final report gather the parameters.
+        let stage3 = config(4).replace("zero_stage = 0", "zero_stage = 3");
+        assert!(stage3.contains("zero_stage = 3"));
+        std::fs::write(d.join("two-zero3.toml"), stage3).unwrap();
         let (one, two) = (format!("{ft}-1x8"), format!("{ft}-2x4"));
         train_one_process_and_two_ranks(d, &one, &two);
-        // The same two-rank run stopped after step 4 and resumed under mpirun.
-        let resumed = format!("{ft}-2x4-resumed");
+        // The same two-rank run at ZeRO-3, stopped after step 4 and resumed under mpirun.
+        let resumed = format!("{ft}-2x4-zero3-resumed");
         let half = [
             "train",
             "--config",
-            "two.toml",
+            "two-zero3.toml",
             "--out",
             &resumed,
             "--quiet",

@@ -6,7 +6,8 @@
 //! bf16), by hand; docs/performance.md puts the two side by side.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Var};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 use lm_models::gpt::{Gpt, GptConfig};
 use lm_models::{MatmulPrecision, ParamStore, StepContext};
 use lm_objectives::loss::{cross_entropy, head_cross_entropy, CrossEntropy};
@@ -18,35 +19,75 @@ use crate::{median_secs, Report};
 /// The shapes measured: (batch, tokens per row).
 pub const SHAPES: [(usize, usize); 2] = [(4, 64), (1, 1024)];
 
+/// GPT-2 small (vocabulary 50 257) with AdamW (λ 0.1) and a batch of random tokens, stepped
+/// as the trainer steps it; `lm-bench gpt2-memory` measures the same steps.
+pub struct Gpt2Run {
+    cfg: GptConfig,
+    model: Gpt,
+    /// The trained parameters.
+    pub vars: Vec<Var>,
+    /// Their optimizer.
+    pub opt: Adam,
+    x: Tensor,
+    y: Tensor,
+}
+
+impl Gpt2Run {
+    /// The model, its optimizer and `batch × t` random tokens (seed 1337 for the weights).
+    pub fn new(batch: usize, t: usize) -> Result<Self> {
+        let cfg = GptConfig::gpt2_small();
+        let store = ParamStore::new(1337);
+        let model = Gpt::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))?;
+        let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
+        let opt = Adam::new(
+            vec![ParamGroup::new("all", store.vars(), 0.1)],
+            AdamConfig::adamw(),
+        )?;
+        let (x, y) = super::random_batch(cfg.vocab_size, batch, t, &Device::Cpu)?;
+        Ok(Self {
+            cfg,
+            model,
+            vars,
+            opt,
+            x,
+            y,
+        })
+    }
+
+    /// The loss as the trainer computes it: the head in chunks past the trainer's threshold,
+    /// unless `whole_head` (the logits made whole).
+    pub fn loss(&self, ctx: &StepContext, whole_head: bool) -> Result<Tensor> {
+        let ce = CrossEntropy::default();
+        let chunked = self.x.elem_count() * self.cfg.vocab_size >= HEAD_IN_CHUNKS_FROM;
+        Ok(match chunked && !whole_head {
+            true => {
+                let hidden = self.model.hidden_states(&self.x, None, ctx)?;
+                let w = self.model.head_weight();
+                head_cross_entropy(&hidden, w, &self.y, &ce, ctx.precision)?
+                    .ok_or_else(|| anyhow::anyhow!("the chunked head applies on the CPU"))?
+            }
+            false => cross_entropy(&self.model.forward(&self.x, ctx)?, &self.y, &ce)?,
+        })
+    }
+
+    /// Clipping at 1.0 as the trainer does it — a factor AdamW applies inside its fused
+    /// update — and the update.
+    pub fn update(&mut self, grads: &mut GradStore) -> Result<()> {
+        let (host_sq, _) = lm_optim::clip::sum_squares(grads, &self.vars)?;
+        let factor = lm_optim::clip::clip_factor(host_sq.sqrt(), 1.0)?;
+        self.opt.step_scaled(grads, 6e-4, factor)?;
+        Ok(())
+    }
+}
+
 /// Seconds per step (median of 3 after a warm-up) of GPT-2 small at `batch × t` tokens with
 /// products at `prec`.
 pub fn step_secs(batch: usize, t: usize, prec: MatmulPrecision) -> Result<f64> {
-    let cfg = GptConfig::gpt2_small();
-    let store = ParamStore::new(1337);
-    let model = Gpt::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))?;
-    let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
-    let mut opt = Adam::new(
-        vec![ParamGroup::new("all", store.vars(), 0.1)],
-        AdamConfig::adamw(),
-    )?;
-    let (x, y) = super::random_batch(cfg.vocab_size, batch, t, &Device::Cpu)?;
+    let mut run = Gpt2Run::new(batch, t)?;
     let ctx = StepContext::train(prec, 0, 0);
-    let chunked = x.elem_count() * cfg.vocab_size >= HEAD_IN_CHUNKS_FROM;
     let mut step = || -> Result<()> {
-        let ce = CrossEntropy::default();
-        let loss = match chunked {
-            true => {
-                let hidden = model.hidden_states(&x, None, &ctx)?;
-                head_cross_entropy(&hidden, model.head_weight(), &y, &ce, ctx.precision)?
-                    .ok_or_else(|| anyhow::anyhow!("the chunked head applies on the CPU"))?
-            }
-            false => cross_entropy(&model.forward(&x, &ctx)?, &y, &ce)?,
-        };
-        let mut grads = loss.backward_freeing_graph()?;
-        let (host_sq, _) = lm_optim::clip::sum_squares(&grads, &vars)?;
-        let factor = lm_optim::clip::clip_factor(host_sq.sqrt(), 1.0)?;
-        opt.step_scaled(&mut grads, 6e-4, factor)?;
-        Ok(())
+        let mut grads = run.loss(&ctx, false)?.backward_freeing_graph()?;
+        run.update(&mut grads)
     };
     let mut failed = None;
     let secs = median_secs(3, || {

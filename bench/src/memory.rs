@@ -10,12 +10,9 @@
 //! under `farm-bench` for whole-process figures.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Var};
-use lm_models::gpt::{Gpt, GptConfig};
-use lm_models::{MatmulPrecision, ParamStore, Recompute, StepContext};
-use lm_objectives::loss::{cross_entropy, head_cross_entropy, CrossEntropy};
-use lm_optim::{Adam, AdamConfig, Optimizer, ParamGroup};
-use lm_train::families::gpt::HEAD_IN_CHUNKS_FROM;
+use candle_core::backprop::GradStore;
+use candle_core::Var;
+use lm_models::{MatmulPrecision, Recompute, StepContext};
 use lm_train::memory::{mib, peak_rss_bytes};
 
 /// With `LM_BENCH_TRACE` set: the resident set and its peak so far after `what`, on stderr.
@@ -55,31 +52,13 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
     let keep_graph = std::env::var_os("LM_BENCH_KEEP_GRAPH").is_some();
     // `LM_BENCH_WHOLE_HEAD`: the logits made whole even past the trainer's chunking threshold.
     let whole_head = std::env::var_os("LM_BENCH_WHOLE_HEAD").is_some();
-    let cfg = GptConfig::gpt2_small();
-    let store = ParamStore::new(1337);
-    let model = Gpt::new(&cfg, store.var_builder(DType::F32, &Device::Cpu))?;
-    let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
-    let mut opt = Adam::new(
-        vec![ParamGroup::new("all", store.vars(), 0.1)],
-        AdamConfig::adamw(),
-    )?;
-    let (x, y) = super::random_batch(cfg.vocab_size, batch, t, &Device::Cpu)?;
+    let mut run = crate::gpt2::Gpt2Run::new(batch, t)?;
     let ctx = StepContext::train(MatmulPrecision::Highest, 0, 0).with_recompute(recompute);
     let mut times = vec![];
     let mut last = 0.0;
     for _ in 0..steps {
         let start = std::time::Instant::now();
-        // The loss as the trainer computes it: the head in chunks past its threshold.
-        let chunked = x.elem_count() * cfg.vocab_size >= HEAD_IN_CHUNKS_FROM && !whole_head;
-        let ce = CrossEntropy::default();
-        let loss = match chunked {
-            true => {
-                let hidden = model.hidden_states(&x, None, &ctx)?;
-                head_cross_entropy(&hidden, model.head_weight(), &y, &ce, ctx.precision)?
-                    .ok_or_else(|| anyhow::anyhow!("the chunked head applies on the CPU"))?
-            }
-            false => cross_entropy(&model.forward(&x, &ctx)?, &y, &ce)?,
-        };
+        let loss = run.loss(&ctx, whole_head)?;
         trace("forward");
         let mut grads = if keep_graph {
             loss.backward()?
@@ -96,31 +75,19 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
         };
         trace("backward");
         if std::env::var_os("LM_BENCH_STORAGE").is_some() {
-            let mut over = vec![];
-            for v in &vars {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    let (st, l) = g.storage_and_layout();
-                    if let candle_core::Storage::Cpu(c) = &*st {
-                        let len = c.as_slice::<f32>().map(|s| s.len()).unwrap_or(0);
-                        if len != g.elem_count() || !l.is_contiguous() {
-                            over.push((g.dims().to_vec(), len, l.is_contiguous()));
-                        }
-                    }
-                }
-            }
-            eprintln!("grads whose storage is larger: {over:?}");
+            eprintln!(
+                "grads whose storage is larger: {:?}",
+                oversized_gradients(&run.vars, &grads)
+            );
         }
-        // Clipping as the trainer does it: a factor Adam applies inside its fused update.
-        let (host_sq, _) = lm_optim::clip::sum_squares(&grads, &vars)?;
-        let factor = lm_optim::clip::clip_factor(host_sq.sqrt(), 1.0)?;
-        opt.step_scaled(&mut grads, 6e-4, factor)?;
+        run.update(&mut grads)?;
         trace("optimizer step");
         last = loss.to_scalar::<f32>()?;
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    let params: usize = vars.iter().map(|v| v.elem_count() * 4).sum();
-    let state = 2 * params + lm_optim::state_bytes(&opt)?;
+    let params: usize = run.vars.iter().map(|v| v.elem_count() * 4).sum();
+    let state = 2 * params + lm_optim::state_bytes(&run.opt)?;
     let peak = peak_rss_bytes().map_or(f64::NAN, |b| b as f64);
     println!(
         "gpt2-memory batch {batch}×{t}, checkpointing {recompute:?}: {:.2} s/step (median of \
@@ -132,4 +99,20 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
         mib(peak - state as f64)
     );
     Ok(())
+}
+
+/// The gradients whose buffer holds more than their values (a view into a larger buffer keeps
+/// all of it alive until the optimizer step): shape, buffer length, contiguous.
+fn oversized_gradients(vars: &[Var], grads: &GradStore) -> Vec<(Vec<usize>, usize, bool)> {
+    let mut over = vec![];
+    for g in vars.iter().filter_map(|v| grads.get(v.as_tensor())) {
+        let (st, l) = g.storage_and_layout();
+        if let candle_core::Storage::Cpu(c) = &*st {
+            let len = c.as_slice::<f32>().map_or(0, |s| s.len());
+            if len != g.elem_count() || !l.is_contiguous() {
+                over.push((g.dims().to_vec(), len, l.is_contiguous()));
+            }
+        }
+    }
+    over
 }

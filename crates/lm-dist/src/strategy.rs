@@ -37,6 +37,15 @@ pub enum Parallelism {
     Zero3,
 }
 
+/// Where a rank puts parameters it receives.
+#[derive(Debug, Clone, Copy)]
+enum Receive {
+    /// A new buffer for each (the variable may have been freed).
+    FreshBuffer,
+    /// The variable's own buffer.
+    InPlace,
+}
+
 /// The ZeRO stage a run asks for; on one process every stage is [`Parallelism::Single`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum ZeroStage {
@@ -260,7 +269,7 @@ impl Strategy {
                 .filter(|(_, &o)| o == owner)
                 .map(|(v, _)| v)
                 .collect();
-            self.broadcast_vars(&mine, owner)?;
+            self.send_from(&mine, owner, Receive::InPlace)?;
         }
         Ok(())
     }
@@ -292,12 +301,12 @@ impl Strategy {
                 group.push(v);
                 values += v.elem_count();
                 if values >= crate::reduction::BUCKET {
-                    self.send_whole(&std::mem::take(&mut group), owner)?;
+                    self.send_from(&std::mem::take(&mut group), owner, Receive::FreshBuffer)?;
                     values = 0;
                 }
             }
             if !group.is_empty() {
-                self.send_whole(&group, owner)?;
+                self.send_from(&group, owner, Receive::FreshBuffer)?;
             }
         }
         Ok(())
@@ -343,14 +352,14 @@ impl Strategy {
         }
     }
 
-    /// `vars` (owned by `root`, freed or stale on the other ranks) ← `root`'s values, as one
-    /// flat tensor; the other ranks never read their own copies.
-    fn send_whole(&self, vars: &[&Var], root: usize) -> Result<()> {
-        let n: usize = vars.iter().map(|v| v.elem_count()).sum();
+    /// `vars` ← rank `root`'s values, as one flat tensor; the other ranks never read their
+    /// own copies. `Receive::FreshBuffer` gives each a new buffer (ZeRO-3: they may be freed),
+    /// `Receive::InPlace` writes into the buffer it has.
+    fn send_from(&self, vars: &[&Var], root: usize, into: Receive) -> Result<()> {
         let Some(first) = vars.first() else {
+            // Every rank agrees on the (empty) share: nothing to send.
             return Ok(());
         };
-        let dev = first.device();
         let flat = if self.comm.rank() == root {
             // Detached: a gather inside a recomputed block's forward run is not one of the
             // block's reads (its owner would record them in another order than the others).
@@ -360,7 +369,8 @@ impl Strategy {
                 .collect::<candle_core::Result<_>>()?;
             Tensor::cat(&parts, 0)?
         } else {
-            Tensor::zeros(n, DType::F32, dev)?
+            let n: usize = vars.iter().map(|v| v.elem_count()).sum();
+            Tensor::zeros(n, DType::F32, first.device())?
         };
         let flat = self.comm.broadcast_tensor(&flat, root)?;
         if self.comm.rank() == root {
@@ -373,7 +383,10 @@ impl Strategy {
                 .narrow(0, at, k)?
                 .reshape(v.shape())?
                 .to_dtype(v.dtype())?;
-            v.restore(&value)?;
+            match into {
+                Receive::FreshBuffer => v.restore(&value)?,
+                Receive::InPlace => v.set(&value)?,
+            }
             at += k;
         }
         Ok(())
@@ -386,31 +399,7 @@ impl Strategy {
         }
         self.check_whole("broadcast_parameters")?;
         let all: Vec<&Var> = vars.iter().collect();
-        self.broadcast_vars(&all, 0)
-    }
-
-    /// `vars` ← rank `root`'s values, as one flat tensor.
-    fn broadcast_vars(&self, vars: &[&Var], root: usize) -> Result<()> {
-        if vars.is_empty() {
-            // Every rank agrees on the (empty) share: nothing to send.
-            return self.comm.broadcast(&mut [], root);
-        }
-        let flat: Vec<Tensor> = vars
-            .iter()
-            .map(|v| v.as_tensor().detach().flatten_all()?.to_dtype(DType::F32))
-            .collect::<candle_core::Result<_>>()?;
-        let flat = self.comm.broadcast_tensor(&Tensor::cat(&flat, 0)?, root)?;
-        let mut at = 0;
-        for v in vars {
-            let n = v.elem_count();
-            let value = flat
-                .narrow(0, at, n)?
-                .reshape(v.shape())?
-                .to_dtype(v.dtype())?;
-            v.set(&value)?;
-            at += n;
-        }
-        Ok(())
+        self.send_from(&all, 0, Receive::InPlace)
     }
 
     /// How many ranks hold parameters that differ (bit for bit) from rank 0's: 0 when all agree.

@@ -121,12 +121,13 @@ impl Zero3Gate {
     /// Runs a forward pass, noting (when learning) the parameters it reads outside the blocks.
     pub fn forward<T>(self: &Rc<Self>, f: impl FnOnce() -> T) -> T {
         let gate: Rc<dyn BlockGate> = self.clone();
+        if self.plan.is_some() {
+            return lm_models::gate::with_block_gate(gate, f);
+        }
         let (out, reads) = lm_models::gate::with_block_gate(gate, || {
             candle_core::recompute::record_variable_reads(f)
         });
-        if self.plan.is_none() {
-            self.outside.borrow_mut().extend(reads);
-        }
+        self.outside.borrow_mut().extend(reads);
         out
     }
 

@@ -270,16 +270,19 @@ unsafe fn tile<const R: usize>(
 mod tests {
     use super::*;
 
-    /// A row-major `b` packed 16 values at a time equals the value-by-value packing (the one
-    /// strided operands take), bit for bit, on normal values, ties, infinities and NaN, with
-    /// odd k and a last panel of every width; and the packing in parallel equals it too.
-    #[test]
-    fn vector_packing_equals_value_by_value_packing() {
-        if !has_avx512_bf16() {
+    /// Whether this CPU runs these tests (they say so when it does not).
+    fn runs_here() -> bool {
+        let here = has_avx512_bf16();
+        if !here {
             println!("skipped: this CPU has no AVX512-BF16");
-            return;
         }
-        let specials = [
+        here
+    }
+
+    /// Element `i` of a test operand: spread values, and every 11th one of ties, infinities,
+    /// NaN, signed zeros and the extremes of f32's normal range.
+    fn value(i: usize) -> f32 {
+        const SPECIALS: [f32; 10] = [
             1.0 + 1.0 / 256.0,
             1.0 + 3.0 / 256.0,
             -2.5,
@@ -291,13 +294,22 @@ mod tests {
             f32::MIN_POSITIVE,
             f32::MAX,
         ];
+        match i % 11 {
+            10 => SPECIALS[(i / 11) % SPECIALS.len()],
+            _ => ((i * 7919 % 1000) as f32 - 500.0) * 0.0137,
+        }
+    }
+
+    /// A row-major `b` packed 16 values at a time equals the value-by-value packing (the one
+    /// strided operands take), bit for bit, on normal values, ties, infinities and NaN, with
+    /// odd k and a last panel of every width; and the packing in parallel equals it too.
+    #[test]
+    fn vector_packing_equals_value_by_value_packing() {
+        if !runs_here() {
+            return;
+        }
         for (k, n) in [(1, 1), (7, 37), (64, 33), (9, 16), (130, 95), (2, 64)] {
-            let data: Vec<f32> = (0..k * n)
-                .map(|i| match i % 11 {
-                    10 => specials[(i / 11) % specials.len()],
-                    _ => ((i * 7919 % 1000) as f32 - 500.0) * 0.0137,
-                })
-                .collect();
+            let data: Vec<f32> = (0..k * n).map(value).collect();
             let b = Mat::rows(&data, n);
             let kp = k.div_ceil(2);
             let mut want = vec![0u16; n.div_ceil(NR) * kp * NR * 2];
@@ -315,16 +327,11 @@ mod tests {
     /// one (column by column) equal the definition, bit for bit, with odd k and row offsets.
     #[test]
     fn packing_a_equals_the_definition() {
-        if !has_avx512_bf16() {
-            println!("skipped: this CPU has no AVX512-BF16");
+        if !runs_here() {
             return;
         }
         for (m, k) in [(1, 1), (5, 33), (9, 64), (3, 31), (70, 130)] {
-            let v = |i: usize| match i % 13 {
-                12 => [f32::INFINITY, -2.5, 1.0 + 1.0 / 256.0, f32::NAN][(i / 13) % 4],
-                _ => ((i * 7919 % 1000) as f32 - 500.0) * 0.0137,
-            };
-            let rm: Vec<f32> = (0..m * k).map(v).collect();
+            let rm: Vec<f32> = (0..m * k).map(value).collect();
             // The same matrix stored column-major: element (r, c) at c·m + r.
             let mut cm = vec![0f32; m * k];
             for r in 0..m {
@@ -358,8 +365,7 @@ mod tests {
     /// A product large enough to pack `b` on several threads equals the rounded-f32 fallback.
     #[test]
     fn a_product_packed_in_parallel_equals_the_fallback() {
-        if !has_avx512_bf16() {
-            println!("skipped: this CPU has no AVX512-BF16");
+        if !runs_here() {
             return;
         }
         let (m, k, n) = (5, 770, 700);

@@ -144,6 +144,7 @@ fuzz_tests!(
     task_jsonl,
     hf_config,
     safetensors,
+    weights_index,
     checkpoint_state,
     shard,
     manifest,

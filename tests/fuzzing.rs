@@ -21,6 +21,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("task_jsonl", task_jsonl),
     ("hf_config", hf_config),
     ("safetensors", safetensors),
+    ("weights_index", weights_index),
     ("checkpoint_state", checkpoint_state),
     ("shard", shard),
     ("manifest", manifest),
@@ -128,6 +129,32 @@ fn tiny_gpt() -> (lm_models::ParamStore, lm_optim::Adam) {
     let group = lm_optim::ParamGroup::new("all", store.vars(), 0.1);
     let adam = lm_optim::Adam::new(vec![group], lm_optim::AdamConfig::adamw()).expect("AdamW");
     (store, adam)
+}
+
+/// Which of two shards holds a tiny GPT's tensor `name` in the sharded seed: the first
+/// block's in the second.
+fn second_shard(name: &str) -> bool {
+    name.contains(".h.0.")
+}
+
+/// A `model.safetensors.index.json` beside a tiny GPT's shards — one of one with every tensor,
+/// and two of two split by [`second_shard`]: what every reader of a model directory reads where
+/// `model.safetensors` is absent.
+pub fn weights_index(bytes: &[u8]) {
+    let (dir, _) = scratch(lm_models::weights::INDEX, bytes);
+    let (store, _) = tiny_gpt();
+    let shards: [(usize, usize, fn(&str) -> bool); 3] = [
+        (0, 1, |_| true),
+        (0, 2, |n| !second_shard(n)),
+        (1, 2, second_shard),
+    ];
+    for (i, count, mine) in shards {
+        // INVARIANT: the scratch directory is ours and writable.
+        lm_models::hf::save_shard(&store, dir.path(), i, count, mine).expect("a shard is written");
+    }
+    let single = dir.path().join(lm_models::weights::SINGLE);
+    let _ = store.load_safetensors(&single, |n| Some(n.to_string()));
+    let _ = lm_models::hf::store_for(dir.path(), 0);
 }
 
 /// A `model.safetensors` and an `optimizer.safetensors` (the same bytes) for a tiny GPT.
@@ -295,6 +322,22 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             .map(|f| fixture(f, "config.json"))
             .collect(),
         "safetensors" => tiny_gpt_files(),
+        "weights_index" => {
+            let (store, _) = tiny_gpt();
+            let map = |count: usize| -> Vec<u8> {
+                let map: serde_json::Map<String, serde_json::Value> = store
+                    .vars()
+                    .into_iter()
+                    .map(|(n, _)| {
+                        let i = usize::from(count == 2 && second_shard(&n));
+                        (n, lm_models::weights::shard_name(i, count).into())
+                    })
+                    .collect();
+                let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
+                serde_json::to_vec(&index).unwrap_or_default()
+            };
+            vec![map(1), map(2)]
+        }
         "checkpoint_state" => vec![
             serde_json::to_vec(&lm_train::checkpoint::TrainerState::fresh(7)).unwrap_or_default(),
         ],

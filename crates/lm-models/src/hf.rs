@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ModelError, Result};
 use crate::params::ParamStore;
+use crate::weights;
 
 /// Reads `config.json` of `dir`, checks its `model_type` is one of `expected`, and parses it.
 pub fn read_config<C: DeserializeOwned>(dir: &Path, expected: &[&str]) -> Result<C> {
@@ -60,17 +61,13 @@ pub fn model_type(dir: &Path) -> Result<String> {
 }
 
 /// A store for the model of `dir`'s `config.json`, limited to one scalar per byte of its
-/// `model.safetensors` (a stored scalar takes at least two; the slack is for parameters a
-/// checkpoint may leave out): a configuration that declares a larger model than its weights is
-/// refused as it is built, before it allocates.
+/// weight files (`model.safetensors` or the shards its index names; a stored scalar takes at
+/// least two bytes, the slack is for parameters a checkpoint may leave out): a configuration
+/// that declares a larger model than its weights is refused as it is built, before it
+/// allocates.
 pub fn store_for(dir: &Path, seed: u64) -> Result<ParamStore> {
-    let path = dir.join("model.safetensors");
-    let len = std::fs::metadata(&path)
-        .map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?
-        .len();
+    let path = dir.join(weights::SINGLE);
+    let len = weights::total_len(&path)?;
     Ok(ParamStore::with_element_limit(
         seed,
         usize::try_from(len).unwrap_or(usize::MAX),
@@ -78,13 +75,20 @@ pub fn store_for(dir: &Path, seed: u64) -> Result<ParamStore> {
     ))
 }
 
-/// Loads `dir/model.safetensors` into `store`, checking every parameter's presence and shape.
+/// Loads `dir`'s weights (`model.safetensors`, or the shards its index names) into `store`,
+/// checking every parameter's presence and shape.
 pub fn load_weights(store: &ParamStore, dir: &Path) -> Result<()> {
-    store.load_safetensors(&dir.join("model.safetensors"), |n| Some(n.to_string()))
+    store.load_safetensors(&dir.join(weights::SINGLE), |n| Some(n.to_string()))
 }
 
 /// Writes `config` as `config.json` and the store as `model.safetensors` in `dir`.
 pub fn save_dir(store: &ParamStore, config: &serde_json::Value, dir: &Path) -> Result<()> {
+    save_config(config, dir)?;
+    store.save_safetensors(&dir.join(weights::SINGLE))
+}
+
+/// Writes `config` as `dir/config.json` (creating `dir`), through a temporary file.
+pub fn save_config(config: &serde_json::Value, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
         path: dir.to_path_buf(),
         source,
@@ -97,6 +101,37 @@ pub fn save_dir(store: &ParamStore, config: &serde_json::Value, dir: &Path) -> R
         path: tmp.clone(),
         source,
     })?;
-    std::fs::rename(&tmp, &path).map_err(|source| ModelError::Io { path, source })?;
-    store.save_safetensors(&dir.join("model.safetensors"))
+    std::fs::rename(&tmp, &path).map_err(|source| ModelError::Io { path, source })
+}
+
+/// Writes `config.json` and the index of a model sharded `count` ways in `dir`
+/// (`model.safetensors.index.json`, transformers' layout): `shard` gives the shard, from 0, of
+/// each parameter. The shards themselves are written by [`save_shard`], by whoever holds them.
+pub fn save_sharded_index(
+    store: &ParamStore,
+    config: &serde_json::Value,
+    dir: &Path,
+    count: usize,
+    shard: impl Fn(&str) -> usize,
+) -> Result<()> {
+    save_config(config, dir)?;
+    let mut map = std::collections::BTreeMap::new();
+    let mut total = 0u64;
+    for (name, var) in store.vars() {
+        total += (var.elem_count() * var.dtype().size_in_bytes()) as u64;
+        let file = weights::shard_name(shard(&name), count);
+        map.insert(name, file);
+    }
+    weights::write_index(&dir.join(weights::INDEX), &map, total)
+}
+
+/// Writes shard `index` of `count` into `dir`: the parameters for which `mine` holds.
+pub fn save_shard(
+    store: &ParamStore,
+    dir: &Path,
+    index: usize,
+    count: usize,
+    mine: impl Fn(&str) -> bool,
+) -> Result<()> {
+    store.save_safetensors_where(&dir.join(weights::shard_name(index, count)), mine)
 }

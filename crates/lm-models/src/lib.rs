@@ -9,6 +9,7 @@
 //! - [`gate`]: a hook around each recomputed block (ZeRO-3 gathers its parameters there).
 //! - [`layers`]: the shared HF layers (linear, layer norm, embeddings, attention, seeded dropout).
 //! - [`params`]: the parameter store (a `VarBuilder` backend with keyed initialization).
+//! - [`weights`]: weight files, one `model.safetensors` or transformers' sharded layout.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -55,6 +56,7 @@ pub mod params;
 mod sampling;
 pub mod seq2seq;
 pub mod t5;
+pub mod weights;
 
 pub use context::{DropoutKey, MatmulPrecision, Recompute, StepContext};
 pub use error::{ModelError, Result};

@@ -84,8 +84,17 @@ impl ParamStore {
     /// Writes all parameters to a safetensors file (via a temporary file and a rename, so an
     /// existing file is never left half-written).
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        let tensors: std::collections::HashMap<String, Tensor> =
-            self.tensors().into_iter().collect();
+        self.save_safetensors_where(path, |_| true)
+    }
+
+    /// Writes the parameters whose names `keep` holds for to a safetensors file, as
+    /// [`ParamStore::save_safetensors`] does (one shard of a sharded checkpoint).
+    pub fn save_safetensors_where(&self, path: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
+        let tensors: std::collections::HashMap<String, Tensor> = self
+            .tensors()
+            .into_iter()
+            .filter(|(k, _)| keep(k))
+            .collect();
         let tmp = path.with_extension("safetensors.tmp");
         candle_core::safetensors::save(&tensors, &tmp).map_err(|e| ModelError::BadFile {
             path: tmp.clone(),
@@ -121,16 +130,16 @@ impl ParamStore {
         optional: impl Fn(&str) -> bool,
     ) -> Result<Vec<String>> {
         let names: std::collections::HashSet<String> = self.lock().keys().cloned().collect();
-        let file: Vec<String> = {
-            let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            safetensors_names(&bytes).map_err(|problem| ModelError::BadFile {
-                path: path.to_path_buf(),
-                problem,
-            })?
-        };
+        let mut file: Vec<String> = vec![];
+        for part in crate::weights::files(path)? {
+            let bytes = read(&part)?;
+            file.extend(
+                safetensors_names(&bytes).map_err(|problem| ModelError::BadFile {
+                    path: part.clone(),
+                    problem,
+                })?,
+            );
+        }
         let ours = |n: &str| -> Option<String> {
             if names.contains(n) {
                 return Some(n.to_string());
@@ -172,32 +181,46 @@ impl ParamStore {
 
     /// Overwrites every parameter with the tensor of the same name in `path`, after checking
     /// that each exists with the right shape. `rename` maps a file name to a parameter name
-    /// (or `None` to skip it), for layouts that differ from ours.
+    /// (or `None` to skip it), for layouts that differ from ours. `path` names a
+    /// `model.safetensors`; where it is absent, the sharded layout's index beside it names the
+    /// files to read ([`crate::weights`]), and a tensor in two of them is refused.
     pub fn load_safetensors(
         &self,
         path: &Path,
         rename: impl Fn(&str) -> Option<String>,
     ) -> Result<()> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let device = self
             .lock()
             .values()
             .next()
             .map(|v| v.device().clone())
             .unwrap_or(Device::Cpu);
-        let raw = candle_core::safetensors::load_buffer(&bytes, &device).map_err(|e| {
-            ModelError::BadFile {
-                path: path.to_path_buf(),
-                problem: format!("not a readable safetensors file ({e})"),
+        let parts = crate::weights::files(path)?;
+        let mut loaded: BTreeMap<String, Tensor> = BTreeMap::new();
+        for part in &parts {
+            let bytes = read(part)?;
+            let raw = candle_core::safetensors::load_buffer(&bytes, &device).map_err(|e| {
+                ModelError::BadFile {
+                    path: part.clone(),
+                    problem: format!("not a readable safetensors file ({e})"),
+                }
+            })?;
+            for (k, v) in raw {
+                let Some(name) = rename(&k) else { continue };
+                if loaded.insert(name, v).is_some() {
+                    return Err(ModelError::BadFile {
+                        path: part.clone(),
+                        problem: format!("tensor {k} is in another of the index's files too"),
+                    });
+                }
             }
-        })?;
-        let loaded: BTreeMap<String, Tensor> = raw
-            .into_iter()
-            .filter_map(|(k, v)| rename(&k).map(|k| (k, v)))
-            .collect();
+        }
+        // Errors name the file a user would look at: the one file, or the index.
+        let path = match parts.as_slice() {
+            [one] => one.clone(),
+            _ => crate::weights::index_of(path),
+        };
+        let path = path.as_path();
         let vars = self.lock();
         // Check everything before touching anything, so a bad file changes nothing.
         for (name, var) in vars.iter() {
@@ -258,6 +281,14 @@ impl ParamStore {
         };
         t.to_dtype(dtype)
     }
+}
+
+/// The bytes of a weight file; an error names it.
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The tensor names in a safetensors buffer (from its JSON header).

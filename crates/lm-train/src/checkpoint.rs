@@ -2,7 +2,10 @@
 //!
 //! A run directory holds `checkpoints/step-NNNNNNNN/` directories, each with
 //! `model.safetensors` (HuggingFace names), `optimizer.safetensors`, `state.json` (step, RNG,
-//! tokens seen, best validation loss) and `config.json`. A checkpoint is written into a temporary
+//! tokens seen, best validation loss) and `config.json`. Under ZeRO the optimizer state is one
+//! `optimizer-rankN.safetensors` per rank, and under ZeRO-3 the model too is one shard per rank
+//! in transformers' sharded layout (`model.safetensors.index.json`,
+//! `model-0000I-of-0000N.safetensors`), which every reader takes as it takes one file. A checkpoint is written into a temporary
 //! directory and renamed into place only when complete, so a crash or a full disk never leaves a
 //! half-written checkpoint under a real name and never touches the previous ones.
 
@@ -111,8 +114,9 @@ impl FileSum {
 
 /// The files of a checkpoint that carry a checksum in its `state.json` (those it has; a
 /// checkpoint written before a file was listed has no checksum for it).
-pub const CHECKSUMMED: [&str; 6] = [
+pub const CHECKSUMMED: [&str; 7] = [
     "model.safetensors",
+    "model.safetensors.index.json",
     "optimizer.safetensors",
     "tokenizer.json",
     "config.json",
@@ -371,12 +375,25 @@ pub fn read_state(ckpt: &Path) -> Result<TrainerState> {
             .and_then(|f| f.strip_suffix(".safetensors"))
             .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
     };
-    let foreign = |f: &&String| !CHECKSUMMED.contains(&f.as_str()) && !sharded_optimizer(f);
+    // A ZeRO-3 checkpoint's model shards: `model-00001-of-00002.safetensors`.
+    let model_shard = |f: &str| {
+        f.strip_prefix("model-")
+            .and_then(|f| f.strip_suffix(".safetensors"))
+            .and_then(|f| f.split_once("-of-"))
+            .is_some_and(|(i, n)| {
+                [i, n]
+                    .iter()
+                    .all(|s| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
+    let foreign = |f: &&String| {
+        !CHECKSUMMED.contains(&f.as_str()) && !sharded_optimizer(f) && !model_shard(f)
+    };
     if let Some(file) = state.checksums.keys().find(foreign) {
         return Err(TrainError::Checkpoint {
             path,
             problem: format!(
-                "a checksum for {file:?}, which is not a checkpoint file (those are {} and optimizer-rankN.safetensors): damaged",
+                "a checksum for {file:?}, which is not a checkpoint file (those are {}, optimizer-rankN.safetensors and model-0000I-of-0000N.safetensors): damaged",
                 CHECKSUMMED.join(", ")
             ),
         });
@@ -398,6 +415,10 @@ mod tests {
             ("model.safetensors", true),
             ("optimizer-rank12.safetensors", true),
             ("optimizer-rank.safetensors", false),
+            ("model-00002-of-00003.safetensors", true),
+            ("model.safetensors.index.json", true),
+            ("model-2-of-3.safetensors", false),
+            ("model-00002-of-00003.safetensors/../x", false),
             ("../../etc/passwd", false),
             ("/etc/passwd", false),
         ] {

@@ -21,7 +21,8 @@ pub enum ModelRef {
         /// The checkpoint directory.
         checkpoint: PathBuf,
     },
-    /// A HuggingFace directory (`config.json` and `model.safetensors`) outside any run.
+    /// A HuggingFace directory (`config.json` and `model.safetensors`, or the sharded layout's
+    /// `model.safetensors.index.json` and the files it names) outside any run.
     Hf(PathBuf),
 }
 
@@ -34,7 +35,7 @@ impl ModelRef {
         if path.join("config.toml").is_file() {
             return Ok(Self::Run(path.to_path_buf()));
         }
-        if path.join("config.json").is_file() && path.join("model.safetensors").is_file() {
+        if path.join("config.json").is_file() && lm_models::weights::present(path) {
             return Ok(Self::Hf(path.to_path_buf()));
         }
         if !path.exists() {

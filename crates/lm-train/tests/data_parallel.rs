@@ -112,10 +112,15 @@ fn assert_same_run(one: &Path, two: &Path, what: &str) {
             );
         }
     }
+    // The newest checkpoint's tensors: one file, or a ZeRO-3 run's shard per rank.
     let last = |d: &Path| {
         let ckpt = lm_train::checkpoint::latest_checkpoint(d).unwrap();
-        candle_core::safetensors::load(ckpt.join("model.safetensors"), &candle_core::Device::Cpu)
-            .unwrap()
+        let files = lm_models::weights::files(&ckpt.join("model.safetensors")).unwrap();
+        let mut tensors = std::collections::HashMap::new();
+        for f in files {
+            tensors.extend(candle_core::safetensors::load(f, &candle_core::Device::Cpu).unwrap());
+        }
+        tensors
     };
     let (pa, pb) = (last(one), last(two));
     assert_eq!(pa.len(), pb.len());
@@ -379,6 +384,18 @@ fn zero_2_and_3_equal_one_process_for_gpt_and_t5_with_clipping() {
     ];
     let out = mpirun(&args, d);
     succeeded(&out, "ZeRO-3 to 6");
+    // Each rank wrote its parameters as one shard; the index names both.
+    let ckpt = d.join("three-to-one/checkpoints/step-00000006");
+    assert!(!ckpt.join("model.safetensors").exists());
+    let files = lm_models::weights::files(&ckpt.join("model.safetensors")).unwrap();
+    let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors"
+        ]
+    );
     succeeded(
         &lm_train(&["train", "--resume", "three-to-one", "--quiet"], d),
         "1 process from a ZeRO-3 run",

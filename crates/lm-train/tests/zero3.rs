@@ -3,7 +3,8 @@
 //! recomputation is done, and at stage 3 each rank gathers a block's parameters as the block
 //! runs and frees the previous block's. For the four families the trained parameters equal one
 //! process with the whole batch and no checkpointing (within rounding: two ranks sum in another
-//! order), and the plan gates every block, keeping whole only what is read outside them.
+//! order), and the plan gates every block, keeping whole only what is read outside them. A
+//! stage-3 checkpoint is one model shard per rank, read back whole by one process.
 
 use std::sync::Arc;
 
@@ -94,6 +95,26 @@ fn zero_2_and_3_with_checkpointing_equal_one_process_for_the_four_families() {
                 assert_eq!(ranks[0].0, None, "{what}: a plan without ZeRO-3");
                 continue;
             }
+            // The step-3 checkpoint: each rank wrote the parameters it owns as one shard of
+            // transformers' sharded layout, and one process reads them back as the model.
+            let ckpt = run.join("checkpoints/step-00000003");
+            assert!(!ckpt.join("model.safetensors").exists(), "{what}");
+            let map =
+                lm_models::weights::read_index(&ckpt.join("model.safetensors.index.json")).unwrap();
+            assert_eq!(map.len(), single.len(), "{what}");
+            let shards: std::collections::BTreeSet<&str> =
+                map.values().map(String::as_str).collect();
+            let want = [
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors",
+            ];
+            assert_eq!(shards, want.into(), "{what}");
+            let opened = Trainer::open(&run, Device::Cpu).unwrap();
+            assert_eq!(
+                values(&opened),
+                ranks[0].1,
+                "{what}: read back from the shards"
+            );
             let extent = ranks[0].0.expect("a plan after the first step");
             eprintln!("{recipe}: {extent:?}");
             // Every block of every stack is gated (2 per stack).

@@ -104,10 +104,10 @@ impl Trainer {
 
     /// Writes a checkpoint of the current step and prunes old ones. Weights that are NaN or
     /// infinite are never written: the previous checkpoints stay, and this is an error. Under
-    /// ZeRO-3 the parameters are gathered first (every rank calls this), so rank 0 writes the
-    /// whole model and each rank its optimizer shard.
+    /// ZeRO each rank writes its optimizer shard, and under ZeRO-3 its model shard too (the
+    /// parameters it owns, in transformers' sharded layout, indexed by rank 0): nothing is
+    /// gathered, and any reader loads the shards as one model at any number of ranks.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
-        self.strategy.gather_parameters(&self.vars)?;
         let dest =
             checkpoint::checkpoints_dir(&self.run_dir).join(format!("step-{:08}", self.state.step));
         let sharded = self.strategy.sharded();
@@ -127,14 +127,24 @@ impl Trainer {
         } else {
             None
         };
+        let model_sharded = self.strategy.parameters_sharded();
         if sharded {
-            self.write_optimizer_shard(w.as_ref())?;
+            self.write_shards(w.as_ref(), model_sharded)?;
         }
         let Some(w) = w else {
             return Ok(dest);
         };
         let written = (|| -> Result<()> {
-            lm_models::hf::save_dir(&self.store, &self.model.hf_config(), w.dir())?;
+            let config = self.model.hf_config();
+            if model_sharded {
+                let owner = self.owner_of_parameter();
+                let world = self.strategy.world_size();
+                lm_models::hf::save_sharded_index(&self.store, &config, w.dir(), world, |n| {
+                    owner(n)
+                })?;
+            } else {
+                lm_models::hf::save_dir(&self.store, &config, w.dir())?;
+            }
             if !sharded {
                 lm_optim::save_state(self.opt.as_ref(), &w.path("optimizer.safetensors"))?;
             }
@@ -145,9 +155,15 @@ impl Trainer {
             if gen.exists() {
                 std::fs::copy(&gen, w.path("generation_config.json")).map_err(io_err(&gen))?;
             }
-            let shards = (0..self.strategy.world_size())
+            let world = self.strategy.world_size();
+            let shards = (0..world)
                 .map(|r| format!("optimizer-rank{r}.safetensors"))
-                .filter(|_| sharded);
+                .filter(|_| sharded)
+                .chain(
+                    (0..world)
+                        .map(|r| lm_models::weights::shard_name(r, world))
+                        .filter(|_| model_sharded),
+                );
             self.state.checksums = checkpoint::CHECKSUMMED
                 .iter()
                 .map(|f| f.to_string())
@@ -181,18 +197,45 @@ impl Trainer {
         }
     }
 
-    /// Every rank writes its optimizer shard into the checkpoint that rank 0 (holding `w`) has
-    /// begun, then waits for the others.
-    pub(super) fn write_optimizer_shard(&self, w: Option<&CheckpointWriter>) -> Result<()> {
+    /// Every rank writes its optimizer shard — and with `model` (ZeRO-3) the parameters it
+    /// owns as its model shard — into the checkpoint that rank 0 (holding `w`) has begun, then
+    /// waits for the others.
+    pub(super) fn write_shards(&self, w: Option<&CheckpointWriter>, model: bool) -> Result<()> {
         // Rank 0's temporary directory, named by its process id.
         let pid = self
             .strategy
             .sum(w.map_or(0.0, |_| std::process::id() as f64))? as u32;
         let tmp = checkpoint::checkpoints_dir(&self.run_dir)
             .join(format!("step-{:08}.tmp-{pid}", self.state.step));
-        let file = tmp.join(self.optimizer_file());
-        lm_optim::save_state(self.opt.as_ref(), &file)?;
+        lm_optim::save_state(self.opt.as_ref(), &tmp.join(self.optimizer_file()))?;
+        if model {
+            let owner = self.owner_of_parameter();
+            let (rank, world) = (self.strategy.rank(), self.strategy.world_size());
+            lm_models::hf::save_shard(&self.store, &tmp, rank, world, |n| owner(n) == rank)?;
+        }
         Ok(self.strategy.barrier()?)
+    }
+
+    /// The rank that owns each parameter of the store, by name, under ZeRO (rank 0 for a
+    /// parameter outside the optimizer's groups: every rank holds it whole).
+    fn owner_of_parameter(&self) -> impl Fn(&str) -> usize {
+        let owners = self.strategy.owners().unwrap_or(&[]);
+        let by_id: std::collections::HashMap<_, usize> = self
+            .vars
+            .iter()
+            .zip(owners)
+            .map(|(v, &o)| (v.as_tensor().id(), o))
+            .collect();
+        let by_name: std::collections::HashMap<String, usize> = self
+            .store
+            .vars()
+            .into_iter()
+            .map(|(n, v)| {
+                let o = by_id.get(&v.as_tensor().id()).copied().unwrap_or(0);
+                (n, o)
+            })
+            .collect();
+        move |n: &str| by_name.get(n).copied().unwrap_or(0)
     }
 
     pub(super) fn eval_and_checkpoint(
@@ -247,15 +290,25 @@ impl Trainer {
     }
 
     /// Whether every parameter is finite (`0·x` sums to NaN if any `x` is NaN or infinite).
+    /// Under ZeRO-3 each rank looks at the parameters it owns and the ranks agree (every rank
+    /// calls it).
     pub(super) fn weights_finite(&self) -> Result<bool> {
-        for v in &self.vars {
+        let owned = self.strategy.owned(&self.vars);
+        let mine = |v: &&Var| !self.strategy.parameters_sharded() || owned.contains(&v.id());
+        let mut finite = true;
+        for v in self.vars.iter().filter(mine) {
             let probe = (v.as_tensor() * 0.0)?
                 .sum_all()?
                 .to_dtype(candle_core::DType::F32)?;
             if !probe.to_scalar::<f32>()?.is_finite() {
-                return Ok(false);
+                finite = false;
+                break;
             }
         }
-        Ok(true)
+        if self.strategy.parameters_sharded() {
+            let bad = self.strategy.sum(if finite { 0.0 } else { 1.0 })?;
+            return Ok(bad == 0.0);
+        }
+        Ok(finite)
     }
 }

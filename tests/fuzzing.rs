@@ -143,7 +143,9 @@ fn second_shard(name: &str) -> bool {
 pub fn weights_index(bytes: &[u8]) {
     let (dir, _) = scratch(lm_models::weights::INDEX, bytes);
     let (store, _) = tiny_gpt();
-    let shards: [(usize, usize, fn(&str) -> bool); 3] = [
+    // (shard, of how many, which tensors it holds)
+    type Shard = (usize, usize, fn(&str) -> bool);
+    let shards: [Shard; 3] = [
         (0, 1, |_| true),
         (0, 2, |n| !second_shard(n)),
         (1, 2, second_shard),

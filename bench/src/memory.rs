@@ -6,8 +6,9 @@
 //! temporaries took (`LM_BENCH_TRACE=1`: the resident set and the bytes allocated after each
 //! phase of each step and after every 12 gradients made final; `LM_BENCH_STORAGE=1`: the
 //! gradients whose buffer holds more than their values;
-//! `LM_BENCH_WHOLE_HEAD=1`: the head's logits made whole, as below the trainer's threshold). Run it
-//! under `farm-bench` for whole-process figures.
+//! `LM_BENCH_WHOLE_HEAD=1`: the head's logits made whole, as below the trainer's threshold). With
+//! recomputation transparent huge pages are off, as in the trainer (`LM_BENCH_SMALL_PAGES=1`:
+//! without recomputation too). Run it under `farm-bench` for whole-process figures.
 
 use anyhow::Result;
 use candle_core::backprop::GradStore;
@@ -52,7 +53,14 @@ pub fn gpt2_memory(args: &[String]) -> Result<()> {
     let keep_graph = std::env::var_os("LM_BENCH_KEEP_GRAPH").is_some();
     // `LM_BENCH_WHOLE_HEAD`: the logits made whole even past the trainer's chunking threshold.
     let whole_head = std::env::var_os("LM_BENCH_WHOLE_HEAD").is_some();
+    // As the trainer does: a run that recomputes to save memory has no transparent huge pages
+    // (`LM_BENCH_SMALL_PAGES=1`: also without recomputation, to compare like with like).
+    if recompute != Recompute::Nothing || std::env::var_os("LM_BENCH_SMALL_PAGES").is_some() {
+        lm_kernels::memory::disable_huge_pages();
+    }
+    trace("start");
     let mut run = crate::gpt2::Gpt2Run::new(batch, t)?;
+    trace("model and optimizer built");
     let ctx = StepContext::train(MatmulPrecision::Highest, 0, 0).with_recompute(recompute);
     let mut times = vec![];
     let mut last = 0.0;

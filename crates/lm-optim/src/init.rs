@@ -64,9 +64,15 @@ pub fn normal(
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let shape = shape.into();
-    let mut data = vec![0f32; shape.elem_count()];
-    KeyedNormal::new(seed, name).fill_normal(&mut data, std);
+    let data = normal_values(shape.elem_count(), std, seed, name);
     Tensor::from_vec(data, shape, device)?.to_dtype(dtype)
+}
+
+/// The `n` values of [`normal`] (f32, in order), for a caller that builds its own buffer.
+pub fn normal_values(n: usize, std: f64, seed: u64, name: &str) -> Vec<f32> {
+    let mut data = vec![0f32; n];
+    KeyedNormal::new(seed, name).fill_normal(&mut data, std);
+    data
 }
 
 /// `U(−a, a)` values for the tensor `name`, keyed by `seed`.
@@ -79,11 +85,16 @@ pub fn uniform(
     device: &Device,
 ) -> candle_core::Result<Tensor> {
     let shape = shape.into();
-    let mut g = KeyedNormal::new(seed, name);
-    let data: Vec<f32> = (0..shape.elem_count())
-        .map(|_| ((2.0 * g.uniform() - 1.0) * a) as f32)
-        .collect();
+    let data = uniform_values(shape.elem_count(), a, seed, name);
     Tensor::from_vec(data, shape, device)?.to_dtype(dtype)
+}
+
+/// The `n` values of [`uniform`] (f32, in order), for a caller that builds its own buffer.
+pub fn uniform_values(n: usize, a: f64, seed: u64, name: &str) -> Vec<f32> {
+    let mut g = KeyedNormal::new(seed, name);
+    (0..n)
+        .map(|_| ((2.0 * g.uniform() - 1.0) * a) as f32)
+        .collect()
 }
 
 /// Standard deviation of the chapter's `N(0, 1/n)` for a weight with fan-in `n`.

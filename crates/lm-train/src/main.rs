@@ -387,6 +387,12 @@ fn run_trainer(mut trainer: Trainer, quiet: bool, lead: bool) -> anyhow::Result<
     // Freed memory is kept between steps (`keep_freed_memory`); returned at each checkpoint,
     // so that the allocator's retention does not creep over a long run.
     trainer.after_checkpoint(lm_kernels::memory::return_freed_memory);
+    // A run that recomputes activations to save memory takes no transparent huge pages: a
+    // 2 MiB page stays resident whole for any part in use (docs/performance.md).
+    let recomputes = trainer.config().train().activation_checkpointing;
+    if recomputes != lm_train::choices::ActivationCheckpointing::None {
+        lm_kernels::memory::disable_huge_pages();
+    }
     if lead {
         let params = trainer.params().num_params() as f64 / 1e6;
         out!("{params:.2} M parameters");

@@ -47,6 +47,19 @@ pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// Divides this machine's cores between the `local_ranks` processes of a job that run on it:
+/// rayon's global pool of this process gets cores / `local_ranks` threads (at least one), unless
+/// `RAYON_NUM_THREADS` says otherwise or there is one rank. For the binary that owns the process,
+/// before any parallel work.
+pub fn share_cores(local_ranks: usize) {
+    if local_ranks > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads((cores / local_ranks).max(1))
+            .build_global();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::on_compute_threads;

@@ -750,17 +750,6 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// Divides this machine's cores between the ranks that run on it (rayon's pool per process).
-fn share_cores(comm: &dyn Collective) {
-    let local = comm.local_size();
-    if local > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads((cores / local).max(1))
-            .build_global();
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Training reuses its freed buffers every step; preparing data streams through memory once,
@@ -789,7 +778,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        None => share_cores(comm.as_ref()),
+        None => lm_kernels::threads::share_cores(comm.local_size()),
     }
     match run(cli, comm.clone()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,6 +91,18 @@ fn train_one_process_and_two_ranks(d: &Path, one: &str, two: &str) {
     assert!(String::from_utf8_lossy(&out.stdout).contains("on 2 ranks"));
 }
 
+/// A ZeRO-3 checkpoint of 2 ranks: each wrote its parameters as one shard; the index names both.
+fn assert_one_model_shard_per_rank(ckpt: &Path) {
+    assert!(!ckpt.join("model.safetensors").exists());
+    let files = lm_models::weights::files(&ckpt.join("model.safetensors")).unwrap();
+    let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap()).collect();
+    let want = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    assert_eq!(names, want);
+}
+
 /// Two losses (or parameters) agree within 1e-5 relative (1e-6 absolute near zero).
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-6
@@ -384,18 +396,7 @@ fn zero_2_and_3_equal_one_process_for_gpt_and_t5_with_clipping() {
     ];
     let out = mpirun(&args, d);
     succeeded(&out, "ZeRO-3 to 6");
-    // Each rank wrote its parameters as one shard; the index names both.
-    let ckpt = d.join("three-to-one/checkpoints/step-00000006");
-    assert!(!ckpt.join("model.safetensors").exists());
-    let files = lm_models::weights::files(&ckpt.join("model.safetensors")).unwrap();
-    let names: Vec<_> = files.iter().map(|f| f.file_name().unwrap()).collect();
-    assert_eq!(
-        names,
-        [
-            "model-00001-of-00002.safetensors",
-            "model-00002-of-00002.safetensors"
-        ]
-    );
+    assert_one_model_shard_per_rank(&d.join("three-to-one/checkpoints/step-00000006"));
     succeeded(
         &lm_train(&["train", "--resume", "three-to-one", "--quiet"], d),
         "1 process from a ZeRO-3 run",

@@ -139,9 +139,7 @@ impl Trainer {
             if model_sharded {
                 let owner = self.owner_of_parameter();
                 let world = self.strategy.world_size();
-                lm_models::hf::save_sharded_index(&self.store, &config, w.dir(), world, |n| {
-                    owner(n)
-                })?;
+                lm_models::hf::save_sharded_index(&self.store, &config, w.dir(), world, owner)?;
             } else {
                 lm_models::hf::save_dir(&self.store, &config, w.dir())?;
             }
@@ -244,7 +242,7 @@ impl Trainer {
         elapsed: f64,
         pb: &ProgressBar,
     ) -> Result<(Evaluation, PathBuf)> {
-        // ZeRO-3: the evaluation and the checkpoint read every parameter.
+        // ZeRO-3: the evaluation reads every parameter (the checkpoint only each rank's own).
         self.strategy.gather_parameters(&self.vars)?;
         let e = self.evaluate_all()?;
         let (value, higher_is_better) = self.selection(&e);

@@ -16,11 +16,11 @@
 //! - [`host`]: reading tensors back to the host, counted (each is a synchronisation on a GPU).
 //! - [`isa`]: the instruction sets the kernels may use (`LM_KERNELS_MAX_ISA` caps them, to run a
 //!   smaller CPU's paths on a bigger one).
-//! - [`threads`]: running a step on rayon's workers.
+//! - [`threads`]: running a step on rayon's workers; a machine's cores shared between its ranks.
 //! - [`fastmath`]: vectorizable `exp`, `tanh`, sums and dot products.
 //! - [`device`]: opening a GPU with an error, not a panic, where the driver or a CUDA library
 //!   is missing.
-//! - [`memory`]: the allocator knob a training binary may turn.
+//! - [`memory`]: the allocator knobs a training binary may turn (freed memory kept, huge pages off).
 //! - [`peak`]: the measured f32 FMA peak of this CPU.
 //!
 //! All of the workspace's `unsafe` SIMD and `asm!` lives here, each block with its SAFETY note.

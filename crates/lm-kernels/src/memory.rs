@@ -52,10 +52,10 @@ pub fn return_freed_memory() {
 /// For a process that trades time for memory (a run with activation checkpointing): turns
 /// transparent huge pages off for it, on Linux (`PR_SET_THP_DISABLE`; elsewhere nothing).
 /// mimalloc asks for them on its arenas, and a 2 MiB page stays resident whole while any part
-/// of it is in use or kept by the allocator. Measured on GPT-2 small at 1 × 1 024 with every
-/// block recomputed: 380 → 226–246 MiB above the training state, at 1.0–1.2× the step
-/// (docs/performance.md). Freed memory is still kept ([`keep_freed_memory`]): returning it too
-/// took 60 MiB more off at 1.5× the step. Call it before the training steps.
+/// of it is in use or kept by the allocator. On GPT-2 small at 1 × 1 024 with every block
+/// recomputed it took the memory above the training state from 380 to 226 MiB
+/// (docs/performance.md, 2026-12-07). Freed memory is still kept ([`keep_freed_memory`]):
+/// returning it too saved 60 MiB more at 1.5× the step. Call it before the training steps.
 pub fn disable_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process (inherited by its

@@ -245,9 +245,10 @@ impl ParamStore {
     }
 
     /// A new parameter's variable, its values made in one buffer that becomes the variable's
-    /// own (f32 on the CPU): a temporary per parameter — the values, then a shifted copy, then
-    /// the variable's copy — would stay with the allocator, which keeps what it frees
-    /// (`lm_kernels::memory::keep_freed_memory`): 270 MiB of GPT-2 small's resident set.
+    /// own (f32 on the CPU), instead of the drawn values, a shifted copy and the variable's
+    /// copy: two temporaries per parameter that an allocator keeping what it frees
+    /// (`lm_kernels::memory::keep_freed_memory`) would hold (20 MiB of GPT-2 small's resident
+    /// set after its initialization, docs/performance.md).
     fn create(
         &self,
         shape: &Shape,

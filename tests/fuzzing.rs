@@ -138,7 +138,7 @@ fn second_shard(name: &str) -> bool {
 }
 
 /// A `model.safetensors.index.json` beside a tiny GPT's shards — one of one with every tensor,
-/// and two of two split by [`second_shard`]: what every reader of a model directory reads where
+/// and two of two with the first block apart: what every reader of a model directory reads where
 /// `model.safetensors` is absent.
 pub fn weights_index(bytes: &[u8]) {
     let (dir, _) = scratch(lm_models::weights::INDEX, bytes);

@@ -75,7 +75,7 @@ pub fn rms_norm_backward(
 #[cfg(feature = "cuda")]
 pub(crate) use cuda::{BiasGelu, Gelu, LayerNorm, RmsNorm, Softmax};
 
-/// The scalars of one Adam/AdamW step ([`adam_step`]), as lm-optim's CPU kernel uses them.
+/// The scalars of one Adam/AdamW step (`adam_step`, with the `cuda` feature), as lm-optim's CPU kernel uses them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamScalars {
     /// β1.

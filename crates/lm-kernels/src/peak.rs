@@ -206,7 +206,7 @@ const GPU_BF16_PEAKS: [(&str, f64); 10] = [
 ];
 
 /// The dense bf16 peak of the GPU called `name` (as the driver names it, e.g. "NVIDIA H100
-/// 80GB HBM3"), from [`GPU_BF16_PEAKS`]; `None` for a GPU not in the table.
+/// 80GB HBM3"), from a table of data-sheet figures; `None` for a GPU not in the table.
 pub fn gpu_bf16_peak(name: &str) -> Option<Peak> {
     let (k, flops) = GPU_BF16_PEAKS.into_iter().find(|(k, _)| name.contains(k))?;
     Some(Peak {

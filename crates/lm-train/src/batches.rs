@@ -365,8 +365,8 @@ impl BatchSource {
     }
 
     /// Rows `rows` of the global batch of `key` in `split`, of `global` rows (each example from
-    /// its source, [`BatchSource::row_sources`], drawn by its own random stream,
-    /// [`BatchSource::example_rng`]).
+    /// its source, `row_sources`, drawn by its own random stream,
+    /// `example_rng`).
     pub fn batch(
         &self,
         split: Split,

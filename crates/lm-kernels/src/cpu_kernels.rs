@@ -70,13 +70,40 @@ pub fn f32_matmul_kernel() -> F32Kernel {
     }
 }
 
+/// Whether this CPU's `vdpbf16ps` (32 bf16 multiply-adds) issues at the rate of its f32 FMAs
+/// (16), so that bf16 products have twice f32's arithmetic peak: AMD's cores with AVX512-BF16
+/// (Zen 4 and Zen 5) run it on both vector pipes — measured by `lm_kernels::peak`'s loops at
+/// 462 against 234 GFLOP/s on a 2-core Zen 4 (2026-12-08) and 985 against 535 on a Zen 5
+/// (2026-12-07). Intel's (Cooper Lake, Sapphire Rapids and later) run it on one port, the same
+/// FLOP/s as f32 FMAs on two: there bf16 only adds the packing (docs/performance.md: 1.38–1.81×
+/// the f32 step time on the six recipes). Told by the vendor, not timed, so that a run's
+/// precision never depends on how busy the machine was.
+pub fn bf16_dot_outpaces_f32() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0: the vendor string in EBX, EDX, ECX.
+        let id = std::arch::x86_64::__cpuid(0);
+        let amd = [id.ebx, id.edx, id.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .eq(*b"AuthenticAMD");
+        amd && bf16_matmul_kernel() == Bf16Kernel::Avx512Bf16
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The precision that trains fastest on this CPU: bf16 products where the CPU has AMX tiles
 /// (measured 2026-11-29 on an AMX Xeon, docs/performance.md: 0.63–0.85× the f32 step time over
-/// the six pretraining recipes), f32 elsewhere — with AVX512-BF16's `vdpbf16ps` alone the same
-/// recipes took 1.38–1.81× as long as f32, and the rounded-input fallback only adds work. Never
-/// f16: no CPU measured multiplies f16 into f32 sums faster than f32.
+/// the six pretraining recipes) or a `vdpbf16ps` at twice f32's peak
+/// ([`bf16_dot_outpaces_f32`]: on a Zen 4, 2026-12-08, 0.72–0.90× the f32 step time over the
+/// same recipes), f32 elsewhere — on Intel's AVX512-BF16 without AMX the same recipes took
+/// 1.38–1.81× as long as f32, and the rounded-input fallback only adds work. Never f16: no CPU
+/// measured multiplies f16 into f32 sums faster than f32.
 pub fn fastest_training_precision() -> MatmulPrecision {
-    if bf16_matmul_kernel() == Bf16Kernel::Amx {
+    if bf16_matmul_kernel() == Bf16Kernel::Amx || bf16_dot_outpaces_f32() {
         MatmulPrecision::Bf16
     } else {
         MatmulPrecision::Highest

@@ -163,7 +163,8 @@ config_enum! {
 config_enum! {
     /// `train.matmul_precision`: precision of the matrix products.
     Precision {
-        /// The fastest this CPU trains at: bf16 with AMX, f32 otherwise.
+        /// The fastest this CPU trains at: bf16 with AMX or with a `vdpbf16ps` at twice the f32
+        /// FMA rate (AMD Zen 4/5), f32 otherwise.
         Auto = "auto",
         /// f32 products.
         Highest = "highest",
@@ -267,9 +268,10 @@ impl Precision {
     /// One line on what this precision means on this machine: what `auto` chose, or that an
     /// explicit `bf16` is slower here and why.
     pub fn describe(self) -> String {
-        use lm_kernels::cpu_kernels::{bf16_matmul_kernel, Bf16Kernel};
+        use lm_kernels::cpu_kernels::bf16_matmul_kernel;
         use lm_kernels::precision::MatmulPrecision;
         let kernel = bf16_matmul_kernel();
+        let bf16_faster = Self::Auto.resolve() == MatmulPrecision::Bf16;
         match (self, self.resolve()) {
             (Self::Auto, MatmulPrecision::Bf16) => {
                 format!("matmul precision: auto → bf16 products ({kernel}), f32 master weights")
@@ -277,7 +279,7 @@ impl Precision {
             (Self::Auto, _) => format!(
                 "matmul precision: auto → f32 (no AMX here; bf16 would run as {kernel}, slower than f32)"
             ),
-            (Self::Bf16, _) if kernel != Bf16Kernel::Amx => format!(
+            (Self::Bf16, _) if !bf16_faster => format!(
                 "matmul precision: bf16 runs as {kernel} on this CPU (no AMX), slower than f32: measured 1.4–2× the f32 step time on such CPUs; \"auto\" or \"highest\" is faster here"
             ),
             (Self::F16, _) => "matmul precision: f16 products (inputs rounded to f16, f32 \
@@ -430,9 +432,10 @@ mod tests {
     use lm_kernels::precision::MatmulPrecision;
 
     #[test]
-    fn auto_takes_bf16_exactly_where_amx_runs_it() {
-        let amx = bf16_matmul_kernel() == Bf16Kernel::Amx;
-        let want = if amx {
+    fn auto_takes_bf16_exactly_where_amx_or_a_fast_bf16_dot_runs_it() {
+        let fast = bf16_matmul_kernel() == Bf16Kernel::Amx
+            || lm_kernels::cpu_kernels::bf16_dot_outpaces_f32();
+        let want = if fast {
             MatmulPrecision::Bf16
         } else {
             MatmulPrecision::Highest
@@ -444,10 +447,14 @@ mod tests {
         assert!(Precision::F16.describe().contains("dynamic loss scaling"));
         let said = Precision::Auto.describe();
         assert!(
-            said.contains(if amx { "auto → bf16" } else { "auto → f32" }),
+            said.contains(if fast {
+                "auto → bf16"
+            } else {
+                "auto → f32"
+            }),
             "{said}"
         );
-        // An explicit bf16 without AMX says it is slower here.
-        assert_eq!(Precision::Bf16.describe().contains("slower"), !amx);
+        // An explicit bf16 where it is not the faster says it is slower here.
+        assert_eq!(Precision::Bf16.describe().contains("slower"), !fast);
     }
 }

@@ -10,10 +10,17 @@ use std::arch::x86_64::*;
 /// range are taken as zero), a column-major one value by value.
 fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, parallel: bool) -> Vec<u16> {
     use rayon::prelude::*;
+    use std::mem::MaybeUninit;
     let panels = n.div_ceil(NR);
-    let mut out = vec![0u16; panels * kp * NR * 2];
+    let len = panels * kp * NR * 2;
+    // Each panel is zeroed by the thread that packs it, just before (its lines then in cache),
+    // instead of the whole buffer by the caller's thread alone.
+    let mut out: Vec<u16> = Vec::with_capacity(len);
     let panel_len = kp * NR * 2;
-    let pack = |(p, panel): (usize, &mut [u16])| {
+    let pack = |(p, panel): (usize, &mut [MaybeUninit<u16>])| {
+        panel.fill(MaybeUninit::new(0));
+        // SAFETY: every element of `panel` was initialized on the line above.
+        let panel = unsafe { &mut *(panel as *mut [MaybeUninit<u16>] as *mut [u16]) };
         if b.cs == 1 {
             // SAFETY: the caller checked AVX512F + AVX512-BF16.
             unsafe { pack_panel_rows(b, k, n, p, panel) }
@@ -22,11 +29,14 @@ fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, parallel: bool) -> Vec<u16> {
         }
     };
     // Half a million values or more: worth the threads (a fork-join costs microseconds).
+    let spare = &mut out.spare_capacity_mut()[..len];
     if parallel && rayon::current_num_threads() > 1 && k * n >= 1 << 19 {
-        out.par_chunks_mut(panel_len).enumerate().for_each(pack);
+        spare.par_chunks_mut(panel_len).enumerate().for_each(pack);
     } else {
-        out.chunks_mut(panel_len).enumerate().for_each(pack);
+        spare.chunks_mut(panel_len).enumerate().for_each(pack);
     }
+    // SAFETY: the `len` elements were initialized, panel by panel, above.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -113,9 +123,7 @@ unsafe fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut
                 };
                 let (lo, hi) = (load(2 * q0), load(2 * q0 + 16));
                 let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                let mut words = [0u32; 16];
-                _mm512_storeu_si512(words.as_mut_ptr().cast(), pairs);
-                o.copy_from_slice(&words[..o.len()]);
+                store_words(o, pairs);
             }
         }
         return;
@@ -152,10 +160,8 @@ unsafe fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut
                 let by_row = super::amx::transpose_16x16(pairs);
                 let width = (kp - q0).min(16);
                 for (i, v) in by_row.iter().enumerate().take(height) {
-                    let mut words = [0u32; 16];
-                    _mm512_storeu_si512(words.as_mut_ptr().cast(), *v);
                     let o = (i0 + i) * kp + q0;
-                    out[o..o + width].copy_from_slice(&words[..width]);
+                    store_words(&mut out[o..o + width], *v);
                 }
             }
         }
@@ -172,6 +178,22 @@ unsafe fn pack_a(a: &Mat, r0: usize, rows: usize, k: usize, kp: usize, out: &mut
             *o = lo | hi << 16;
         }
     }
+}
+
+/// The first `out.len()` (≤ 16) 32-bit lanes of `v` stored to `out`: one (masked) store.
+/// # Safety
+/// The CPU must have AVX512F.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_words(out: &mut [u32], v: __m512i) {
+    let len = out.len().min(16);
+    let mask = (((1u32 << len) - 1) & 0xFFFF) as __mmask16;
+    _mm512_mask_storeu_epi32(out.as_mut_ptr().cast(), mask, v);
+}
+
+thread_local! {
+    /// The packed rows of `a` of a block (see [`pack_a`]), reused between calls.
+    static PACKED_A: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -194,12 +216,14 @@ pub(super) fn gemm(
     let bp = pack_b(&b, k, n, kp, parallel);
     let work = |(r0, d): (usize, &mut [f32])| {
         let rows = MB.min(m - r0);
-        let mut ap = vec![0u32; rows * kp];
-        // SAFETY: the caller checked AVX512F + AVX512-BF16.
-        unsafe { pack_a(&a, r0, rows, k, kp, &mut ap) };
-        // SAFETY: the caller checked AVX512F + AVX512-BF16; the tile reads `ap` rows
-        // i·kp.. (i < rows) and panel p of `bp`, and writes rows < rows, columns < n of `d`.
-        unsafe { block(d, dst_rs, &ap, &bp, rows, kp, n, accumulate, scale) }
+        with_scratch(&PACKED_A, rows * kp, |ap| {
+            // SAFETY: the caller checked AVX512F + AVX512-BF16; `pack_a` writes every one of
+            // the `rows · kp` words.
+            unsafe { pack_a(&a, r0, rows, k, kp, ap) };
+            // SAFETY: the caller checked AVX512F + AVX512-BF16; the tile reads `ap` rows
+            // i·kp.. (i < rows) and panel p of `bp`, and writes rows < rows, columns < n of `d`.
+            unsafe { block(d, dst_rs, ap, &bp, rows, kp, n, accumulate, scale) }
+        })
     };
     let blocks = row_blocks(dst, dst_rs, m, MB);
     if parallel && rayon::current_num_threads() > 1 && m * n * k >= 1 << 15 {

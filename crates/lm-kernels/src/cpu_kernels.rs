@@ -81,13 +81,18 @@ pub fn f32_matmul_kernel() -> F32Kernel {
 pub fn bf16_dot_outpaces_f32() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // CPUID leaf 0: the vendor string in EBX, EDX, ECX.
-        let id = std::arch::x86_64::__cpuid(0);
-        let amd = [id.ebx, id.edx, id.ecx]
-            .iter()
-            .flat_map(|r| r.to_le_bytes())
-            .eq(*b"AuthenticAMD");
-        amd && bf16_matmul_kernel() == Bf16Kernel::Avx512Bf16
+        // Asked once: CPUID traps to the hypervisor in a VM (microseconds), and the trainer
+        // resolves its precision as it builds each step's ops.
+        static OUTPACES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OUTPACES.get_or_init(|| {
+            // CPUID leaf 0: the vendor string in EBX, EDX, ECX.
+            let id = std::arch::x86_64::__cpuid(0);
+            let amd = [id.ebx, id.edx, id.ecx]
+                .iter()
+                .flat_map(|r| r.to_le_bytes())
+                .eq(*b"AuthenticAMD");
+            amd && bf16_matmul_kernel() == Bf16Kernel::Avx512Bf16
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -28,9 +28,10 @@ fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, parallel: bool) -> Vec<u16> {
             pack_panel_cols(b, k, n, p, panel)
         }
     };
-    // Half a million values or more: worth the threads (a fork-join costs microseconds).
+    // 64 Ki values or more (a 128 × 512 weight, ≈ 20 µs to pack on one core): worth the
+    // threads (a fork-join costs a few µs while the workers poll, `threads::on_compute_threads`).
     let spare = &mut out.spare_capacity_mut()[..len];
-    if parallel && rayon::current_num_threads() > 1 && k * n >= 1 << 19 {
+    if parallel && rayon::current_num_threads() > 1 && k * n >= 1 << 16 {
         spare.par_chunks_mut(panel_len).enumerate().for_each(pack);
     } else {
         spare.chunks_mut(panel_len).enumerate().for_each(pack);
@@ -196,15 +197,31 @@ thread_local! {
     static PACKED_A: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// `dst (+)= scale · bf16(a) · bf16(b)` ([`super::gemm_bf16_into`]'s arguments).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm(
     dst: &mut [f32],
     dst_rs: usize,
     a: Mat,
     b: Mat,
-    (m, k, n): (usize, usize, usize),
+    dims: (usize, usize, usize),
     accumulate: bool,
     scale: f32,
+    parallel: bool,
+) {
+    let epi = Epilogue::new(accumulate, scale);
+    gemm_epi(dst, dst_rs, a, b, dims, epi, parallel)
+}
+
+/// The product written as `epi` says: `d = scale·acc (+ d) (+ bias[column])` — the bias added
+/// as each tile is stored, not first written to every row and read back.
+pub(super) fn gemm_epi(
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: Mat,
+    b: Mat,
+    (m, k, n): (usize, usize, usize),
+    epi: Epilogue,
     parallel: bool,
 ) {
     use rayon::prelude::*;
@@ -222,7 +239,7 @@ pub(super) fn gemm(
             unsafe { pack_a(&a, r0, rows, k, kp, ap) };
             // SAFETY: the caller checked AVX512F + AVX512-BF16; the tile reads `ap` rows
             // i·kp.. (i < rows) and panel p of `bp`, and writes rows < rows, columns < n of `d`.
-            unsafe { block(d, dst_rs, ap, &bp, rows, kp, n, accumulate, scale) }
+            unsafe { block(d, dst_rs, ap, &bp, rows, kp, n, epi) }
         })
     };
     let blocks = row_blocks(dst, dst_rs, m, MB);
@@ -246,17 +263,21 @@ unsafe fn block(
     rows: usize,
     kp: usize,
     n: usize,
-    accumulate: bool,
-    scale: f32,
+    epi: Epilogue,
 ) {
     for p in 0..n.div_ceil(NR) {
         let cols = NR.min(n - p * NR);
         let panel = &bp[p * kp * NR * 2..(p + 1) * kp * NR * 2];
+        // The panel's columns of the bias.
+        let epi = Epilogue {
+            bias: epi.bias.map(|b| &b[p * NR..]),
+            ..epi
+        };
         let mut i = 0;
         while i < rows {
             let mr = MR.min(rows - i);
             let (d, ap) = (&mut d[i * dst_rs + p * NR..], &ap[i * kp..]);
-            let args = (dst_rs, kp, cols, accumulate, scale);
+            let args = (dst_rs, kp, cols, epi);
             rows_tile!(mr, tile(d, ap, panel, args), 8 7 6 5 4 3 2);
             i += mr;
         }
@@ -273,7 +294,7 @@ unsafe fn tile<const R: usize>(
     d: &mut [f32],
     ap: &[u32],
     panel: &[u16],
-    (dst_rs, kp, cols, accumulate, scale): (usize, usize, usize, bool, f32),
+    (dst_rs, kp, cols, epi): (usize, usize, usize, Epilogue),
 ) {
     assert!(ap.len() >= (R - 1) * kp + kp && panel.len() >= kp * NR * 2);
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -287,7 +308,7 @@ unsafe fn tile<const R: usize>(
             acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
         }
     }
-    store_tile(d, &acc, (dst_rs, cols, Epilogue::new(accumulate, scale)));
+    store_tile(d, &acc, (dst_rs, cols, epi));
 }
 
 #[cfg(test)]

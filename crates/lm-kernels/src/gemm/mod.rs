@@ -108,10 +108,19 @@ pub(crate) fn gemm_bf16_bias(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if amx::available() {
-        // The bias is where the tiles start (or is added as they are stored).
-        let epi = (false, 1.0, Some(bias));
-        return amx::gemm(dst, n, a, b, (m, k, n), epi, parallel);
+    {
+        if amx::available() {
+            // The bias is where the tiles start (or is added as they are stored).
+            let epi = (false, 1.0, Some(bias));
+            return amx::gemm(dst, n, a, b, (m, k, n), epi, parallel);
+        }
+        if has_avx512_bf16() {
+            let epi = Epilogue {
+                bias: Some(bias),
+                ..Epilogue::new(false, 1.0)
+            };
+            return avx512_bf16::gemm_epi(dst, n, a, b, (m, k, n), epi, parallel);
+        }
     }
     for row in dst.chunks_exact_mut(n) {
         row.copy_from_slice(&bias[..n]);

@@ -4,6 +4,7 @@
 //! AVX512-BF16 or rounded f32), outputs reused. Run it again under `LM_KERNELS_MAX_ISA=avx512`
 //! or `=generic` for the fallbacks. `bench/pytorch/gemm_cpu.py` measures PyTorch at the same
 //! shapes (by hand; CI needs no Python); docs/performance.md puts the two side by side.
+//! `LM_BENCH_GEMM_SHAPES` measures other products instead.
 
 use anyhow::Result;
 use lm_kernels::cpu_kernels::{bf16_matmul_kernel, f32_matmul_kernel};
@@ -41,6 +42,31 @@ fn rate(prec: MatmulPrecision, (m, k, n): (usize, usize, usize), runs: usize) ->
     2.0 * (m * k * n) as f64 / secs
 }
 
+/// The environment variable that replaces [`SHAPES`]: products as `MxKxN`, comma-separated
+/// (e.g. the demo recipe's `768x128x384,768x512x128`).
+pub const SHAPES_ENV: &str = "LM_BENCH_GEMM_SHAPES";
+
+/// The products to measure: [`SHAPES`], or those `LM_BENCH_GEMM_SHAPES` lists.
+fn shapes() -> Result<Vec<(String, (usize, usize, usize))>> {
+    let Ok(list) = std::env::var(SHAPES_ENV) else {
+        return Ok(SHAPES.iter().map(|(n, d)| (n.to_string(), *d)).collect());
+    };
+    list.split(',')
+        .map(|item| {
+            let dims: Vec<usize> = item
+                .trim()
+                .split('x')
+                .map(|v| v.parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("{SHAPES_ENV}: {item:?} is not MxKxN ({e})"))?;
+            match dims[..] {
+                [m, k, n] if m * k * n > 0 => Ok((item.trim().to_string(), (m, k, n))),
+                _ => anyhow::bail!("{SHAPES_ENV}: {item:?} is not MxKxN with sizes above 0"),
+            }
+        })
+        .collect()
+}
+
 /// The rows of the `gemm` suite.
 pub fn gemm(r: &mut Report) -> Result<()> {
     let kernels = format!(
@@ -48,7 +74,7 @@ pub fn gemm(r: &mut Report) -> Result<()> {
         f32_matmul_kernel(),
         bf16_matmul_kernel()
     );
-    for (name, dims) in SHAPES {
+    for (name, dims) in shapes()? {
         let flop = 2.0 * (dims.0 * dims.1 * dims.2) as f64;
         // About a second of products per line.
         let runs = ((2e11 / flop) as usize).clamp(3, 25);

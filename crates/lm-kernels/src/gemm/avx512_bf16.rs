@@ -15,7 +15,7 @@ fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, parallel: bool) -> Vec<u16> {
     let len = panels * kp * NR * 2;
     // Each panel is zeroed by the thread that packs it, just before (its lines then in cache),
     // instead of the whole buffer by the caller's thread alone.
-    let mut out: Vec<u16> = Vec::with_capacity(len);
+    let mut out: Box<[MaybeUninit<u16>]> = Box::new_uninit_slice(len);
     let panel_len = kp * NR * 2;
     let pack = |(p, panel): (usize, &mut [MaybeUninit<u16>])| {
         panel.fill(MaybeUninit::new(0));
@@ -30,15 +30,13 @@ fn pack_b(b: &Mat, k: usize, n: usize, kp: usize, parallel: bool) -> Vec<u16> {
     };
     // 64 Ki values or more (a 128 × 512 weight, ≈ 20 µs to pack on one core): worth the
     // threads (a fork-join costs a few µs while the workers poll, `threads::on_compute_threads`).
-    let spare = &mut out.spare_capacity_mut()[..len];
     if parallel && rayon::current_num_threads() > 1 && k * n >= 1 << 16 {
-        spare.par_chunks_mut(panel_len).enumerate().for_each(pack);
+        out.par_chunks_mut(panel_len).enumerate().for_each(pack);
     } else {
-        spare.chunks_mut(panel_len).enumerate().for_each(pack);
+        out.chunks_mut(panel_len).enumerate().for_each(pack);
     }
-    // SAFETY: the `len` elements were initialized, panel by panel, above.
-    unsafe { out.set_len(len) };
-    out
+    // SAFETY: every element was initialized, panel by panel, above.
+    unsafe { out.assume_init() }.into_vec()
 }
 
 /// Panel `p` of a row-major `b` (`cs == 1`): for each k-pair, rows `2q` and `2q + 1` of the

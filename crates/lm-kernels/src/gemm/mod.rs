@@ -592,7 +592,7 @@ pub(crate) fn mm_causal(
 }
 
 /// A buffer for a kernel's output, zero-filled: every kernel overwrites it in full, but handing
-/// out uninitialized `f32`s (`set_len` on spare capacity) is undefined behaviour. A large one is
+/// out uninitialized `f32`s is undefined behaviour. A large one is
 /// filled on all of rayon's threads: filled by the allocating thread alone, the zeroing of the
 /// demo recipe's buffers was 6.5% of its bf16 step's cycles, run while the other cores waited.
 pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
@@ -603,13 +603,11 @@ pub(crate) fn output_buffer(len: usize) -> Vec<f32> {
     if len < PARALLEL_FILL || rayon::current_num_threads() < 2 {
         return vec![0.0; len];
     }
-    let mut v = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
-        .par_chunks_mut(1 << 15)
+    let mut v: Box<[MaybeUninit<f32>]> = Box::new_uninit_slice(len);
+    v.par_chunks_mut(1 << 15)
         .for_each(|c| c.fill(MaybeUninit::new(0.0)));
-    // SAFETY: the `len` elements were initialized above.
-    unsafe { v.set_len(len) };
-    v
+    // SAFETY: every element was initialized above.
+    unsafe { v.assume_init() }.into_vec()
 }
 
 /// [`gemm_into`]; with `Bf16`, [`gemm_bf16_into`] for products of at least 2^20 multiply-adds;

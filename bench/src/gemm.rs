@@ -46,8 +46,11 @@ fn rate(prec: MatmulPrecision, (m, k, n): (usize, usize, usize), runs: usize) ->
 /// (e.g. the demo recipe's `768x128x384,768x512x128`).
 pub const SHAPES_ENV: &str = "LM_BENCH_GEMM_SHAPES";
 
+/// A product's name and (m, k, n).
+type Shape = (String, (usize, usize, usize));
+
 /// The products to measure: [`SHAPES`], or those `LM_BENCH_GEMM_SHAPES` lists.
-fn shapes() -> Result<Vec<(String, (usize, usize, usize))>> {
+fn shapes() -> Result<Vec<Shape>> {
     let Ok(list) = std::env::var(SHAPES_ENV) else {
         return Ok(SHAPES.iter().map(|(n, d)| (n.to_string(), *d)).collect());
     };

@@ -62,9 +62,16 @@ fn shapes() -> Result<Vec<Shape>> {
                 .map(|v| v.parse::<usize>())
                 .collect::<Result<_, _>>()
                 .map_err(|e| anyhow::anyhow!("{SHAPES_ENV}: {item:?} is not MxKxN ({e})"))?;
+            // Each operand (m×k, k×n, m×n) non-empty and under 2^34 values.
+            let fits = |r: usize, c: usize| r > 0 && r.checked_mul(c).is_some_and(|s| s < 1 << 34);
             match dims[..] {
-                [m, k, n] if m * k * n > 0 => Ok((item.trim().to_string(), (m, k, n))),
-                _ => anyhow::bail!("{SHAPES_ENV}: {item:?} is not MxKxN with sizes above 0"),
+                [m, k, n] if fits(m, k) && fits(k, n) && fits(m, n) => {
+                    Ok((item.trim().to_string(), (m, k, n)))
+                }
+                _ => anyhow::bail!(
+                    "{SHAPES_ENV}: {item:?} is not MxKxN with sizes above 0 and operands under \
+                     2^34 values"
+                ),
             }
         })
         .collect()

@@ -1646,6 +1646,49 @@ impl CustomOp2 for Add {
     }
 }
 
+/// `x · mask` elementwise for a constant `mask` of `x`'s shape (dropout's scaled mask), on all
+/// threads; its backward is the same product with the incoming gradient.
+pub(crate) struct MulMask;
+
+impl CustomOp2 for MulMask {
+    fn name(&self) -> &'static str {
+        "mul-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "mul-mask x")?;
+        let m = slice(s2, l2, "mul-mask mask")?;
+        if l1.dims() != l2.dims() {
+            candle_core::bail!(
+                "mul-mask: shapes {:?} and {:?} differ",
+                l1.dims(),
+                l2.dims()
+            )
+        }
+        Ok((
+            CpuStorage::F32(par_map2(x, m, |x, m| x * m)),
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        mask: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.contiguous()?.apply_op2_no_bwd(mask, &MulMask)?;
+        Ok((Some(dx), None))
+    }
+}
+
 /// Sum of the rows of `x` viewed as `[rows, n]`.
 struct RowSum {
     n: usize,

@@ -392,6 +392,17 @@ pub fn residual_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `x · mask` for a constant `mask` of `x`'s shape (no gradient flows to it: dropout's scaled
+/// mask): on CPU for f32 on all threads, elsewhere candle's mul.
+pub fn mul_mask(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if fused(x) && mask.dtype() == DType::F32 && x.dims() == mask.dims() {
+        x.contiguous()?
+            .apply_op2(&mask.contiguous()?.detach(), fused::MulMask)
+    } else {
+        x.mul(&mask.detach())
+    }
+}
+
 /// GPT-2's GELU, `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`: fused on CPU and on a GPU for f32,
 /// candle's op elsewhere.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {

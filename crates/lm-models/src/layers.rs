@@ -9,6 +9,7 @@ use crate::context::StepContext;
 use lm_kernels::ops::{causal_softmax, layer_norm, linear, linear_gelu, softmax_last_dim, Gelu};
 pub use lm_kernels::ops::{merge_heads, split_heads};
 use lm_objectives::Rng;
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// `y = x Wᵀ (+ b)` with `W: [out, in]` (PyTorch `nn.Linear`).
@@ -341,11 +342,19 @@ impl Dropout {
         while gens.len() < rows {
             gens.push(Self::generator(self.seed, key, first_row + gens.len()));
         }
-        let mut mask = Vec::with_capacity(x.elem_count());
-        for rng in gens.iter_mut().take(rows) {
-            mask.extend((0..per_row).map(|_| if rng.bernoulli(keep) { scale } else { 0.0 }));
+        if per_row == 0 {
+            return Ok(x.clone());
         }
+        // Each row from its own generator, so the rows are drawn on all threads.
+        let mut mask = vec![0f32; x.elem_count()];
+        mask.par_chunks_mut(per_row)
+            .zip(gens[..rows].par_iter_mut())
+            .for_each(|(row, rng)| {
+                for m in row {
+                    *m = if rng.bernoulli(keep) { scale } else { 0.0 };
+                }
+            });
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x.mul(&mask)
+        lm_kernels::ops::mul_mask(x, &mask)
     }
 }

@@ -358,3 +358,43 @@ impl Dropout {
         lm_kernels::ops::mul_mask(x, &mask)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Dropout against its definition: each row's mask is its own generator's Bernoulli draws in
+    /// order (survivors scaled by 1/(1−p)), whichever thread draws the row, and the gradient of
+    /// `Σ w·dropout(x)` is `w` times the same mask.
+    #[test]
+    fn dropout_masks_are_each_rows_draws_and_scale_the_gradient() {
+        let (rows, per_row, p, seed) = (5, 333, 0.3, 7);
+        let d = Dropout::new(p, seed);
+        let ctx = StepContext::train(crate::MatmulPrecision::Highest, 11, 2);
+        let values: Vec<f32> = (0..rows * per_row).map(|i| 1.0 + i as f32 / 64.0).collect();
+        let x = Var::from_vec(values.clone(), (rows, per_row), &Device::Cpu).unwrap();
+        let w: Vec<f32> = (0..rows * per_row).map(|i| (i % 13) as f32 - 6.0).collect();
+        let wt = Tensor::from_vec(w.clone(), (rows, per_row), &Device::Cpu).unwrap();
+        let y = d.forward(x.as_tensor(), &ctx).unwrap();
+        let grads = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let g = grads.get(x.as_tensor()).unwrap();
+        let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let mut dropped = 0;
+        for r in 0..rows {
+            let mut rng = Dropout::generator(seed, 11, 2 + r);
+            for c in 0..per_row {
+                let i = r * per_row + c;
+                let m = if rng.bernoulli(1.0 - p) { scale } else { 0.0 };
+                dropped += usize::from(m == 0.0);
+                assert_eq!(y[i], values[i] * m, "row {r}, column {c}");
+                assert_eq!(g[i], w[i] * m, "gradient, row {r}, column {c}");
+            }
+        }
+        // About p of the 1 665 values (the draws are the definition's; this only shows both
+        // kinds of element were checked).
+        assert!(dropped > 300 && dropped < 700, "{dropped}");
+    }
+}

@@ -104,7 +104,6 @@ pub fn step_secs(batch: usize, t: usize, prec: MatmulPrecision) -> Result<f64> {
 /// The rows of the `gpt2` suite.
 pub fn gpt2(r: &mut Report) -> Result<()> {
     let cfg = GptConfig::gpt2_small();
-    let threads = rayon::current_num_threads();
     for (batch, t) in SHAPES {
         for (prec, name) in [
             (MatmulPrecision::Highest, "f32"),
@@ -118,10 +117,7 @@ pub fn gpt2(r: &mut Report) -> Result<()> {
             let secs = step_secs(batch, t, prec)?;
             let tokens = (batch * t) as f64;
             let flops = cfg.flops_per_token(t) * tokens / secs;
-            let mfu = match lm_kernels::peak::cpu_peak(prec, threads) {
-                Some(p) => format!(", MFU {:.1}% of {}", 100.0 * flops / p.flops, p.what),
-                None => String::new(),
-            };
+            let mfu = crate::mfu_against_peak(prec, flops);
             r.row(
                 "gpt2",
                 &format!("GPT-2 small step {batch}×{t}, {name} products, AdamW"),

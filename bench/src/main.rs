@@ -348,6 +348,18 @@ fn optim(r: &mut Report, bandwidth: f64) -> Result<()> {
     Ok(())
 }
 
+/// `", MFU x% of <peak>"` for `flop_per_s` of products at `prec`, against the peak of the loop
+/// that bounds them on all of rayon's threads (`lm_kernels::peak::cpu_peak`); empty where no
+/// peak is claimed (AMX).
+pub(crate) fn mfu_against_peak(
+    prec: lm_kernels::precision::MatmulPrecision,
+    flop_per_s: f64,
+) -> String {
+    lm_kernels::peak::cpu_peak(prec, rayon::current_num_threads()).map_or(String::new(), |p| {
+        format!(", MFU {:.1}% of {}", 100.0 * flop_per_s / p.flops, p.what)
+    })
+}
+
 fn train_step(r: &mut Report, peak: f64, recipe: &str, n_embd: usize, steps: usize) -> Result<()> {
     train_step_at(r, peak, recipe, n_embd, steps, "highest")
 }
@@ -392,10 +404,7 @@ fn train_step_at(
     };
     // bf16 products against the peak of the loop that bounds them (none claimed on AMX).
     let mfu = if precision == "bf16" {
-        let prec = lm_kernels::precision::MatmulPrecision::Bf16;
-        lm_kernels::peak::cpu_peak(prec, rayon::current_num_threads()).map_or(String::new(), |p| {
-            format!(", MFU {:.1}% of {}", 100.0 * flops / secs / p.flops, p.what)
-        })
+        mfu_against_peak(lm_kernels::precision::MatmulPrecision::Bf16, flops / secs)
     } else {
         format!(", MFU {:.1}% of FMA peak", 100.0 * flops / secs / peak)
     };

@@ -1626,13 +1626,10 @@ impl CustomOp2 for Add {
         if l1.dims() != l2.dims() {
             candle_core::bail!("add: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
         }
-        let mut y = output_buffer(a.len());
-        par_zip(&mut y, a, b, |y, a, b| {
-            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                *y = a + b;
-            }
-        });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((
+            CpuStorage::F32(par_map2(a, b, |a, b| a + b)),
+            l1.shape().clone(),
+        ))
     }
 
     fn bwd(

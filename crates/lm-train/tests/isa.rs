@@ -84,8 +84,11 @@ fn every_instruction_set_level_trains_the_same_losses_and_auto_takes_the_faster_
             Isa::Generic | Isa::Avx512 => "rounded f32",
         };
         let bf16_faster = isa == Isa::Amx || (isa == Isa::Avx512Bf16 && fast_dot);
-        if bf16_faster {
-            assert!(said.contains("matmul precision: bf16"), "{said}");
+        if isa == Isa::Amx {
+            assert!(said.contains("matmul precision: bf16\n"), "{said}");
+        } else if bf16_faster {
+            let line = format!("matmul precision: bf16 (CPU kernels capped at {isa} by");
+            assert!(said.contains(&line), "{isa}: {said}");
             assert!(!said.contains("slower"), "{isa}: {said}");
         } else {
             assert!(
